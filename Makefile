@@ -1,0 +1,189 @@
+# pcachefs -- top-level Makefile.
+#
+#   make                      build everything into $(O) (default build/)
+#   make check                install missing packages, build, run every test
+#   make run                  demo mount (see README.md)
+#   make bench                benchmarks, writes BENCHMARKS.md
+#   make soak / make fuzz     long runs, never in CI
+#   make SANITIZE=address,undefined   sanitized build into build-asan/
+#   make SANITIZE=thread              TSan build into build-tsan/
+#   make DEVELOPER=1          -Werror (CI sets it)
+#   make V=1                  show full command lines
+#
+# Sources are found by wildcard per folder; each folder is one layer (DESIGN.md section 2):
+#   backing/*.c -> libbacking.a, core/*.c -> libcore.a, fuse/*.c -> pcachefs (fuse/pcachectl*.c
+#   -> pcachectl, fuse/common_*.c -> both), tests/check_*.c + tests/lib/*.c -> one Check runner,
+#   tests/tools/*.c -> one program each, tests/fuzz/fuzz_*.c -> libFuzzer targets.
+
+PKG_CONFIG ?= pkg-config
+CC ?= cc
+CLANG ?= clang
+
+ifeq ($(SANITIZE),)
+O ?= build
+SAN_FLAGS :=
+else ifeq ($(SANITIZE),thread)
+O ?= build-tsan
+SAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
+else
+O ?= build-asan
+SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
+endif
+
+WARN := -Wall -Wextra -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings -Wvla \
+	-Wshadow -Wpointer-arith -Wformat=2 -Wno-unused-parameter -Wundef
+ifeq ($(DEVELOPER),1)
+WARN += -Werror
+endif
+OPT ?= -O2
+
+DEP_PKGS := fuse3 liburing libpmem2
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(DEP_PKGS) 2>/dev/null)
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(DEP_PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
+CHECK_LIBS := $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+
+CFLAGS ?= $(OPT) -g
+ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread \
+	$(WARN) $(SAN_FLAGS) -Iinclude $(PKG_CFLAGS) $(CFLAGS) -MMD -MP
+ALL_LDFLAGS := -pthread $(SAN_FLAGS) $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lm
+
+ifneq ($(V),1)
+Q = @
+QUIET_CC = @echo "  CC      $@";
+QUIET_LD = @echo "  LD      $@";
+QUIET_AR = @echo "  AR      $@";
+endif
+
+BACKING_SRCS := $(sort $(wildcard backing/*.c))
+CORE_SRCS := $(sort $(wildcard core/*.c))
+CTL_SRCS := $(sort $(wildcard fuse/pcachectl*.c))
+FUSE_SRCS := $(sort $(filter-out $(CTL_SRCS),$(wildcard fuse/*.c)))
+# fuse/ files shared by both programs are named fuse/common_*.c
+COMMON_SRCS := $(sort $(wildcard fuse/common_*.c))
+FUSE_SRCS := $(filter-out $(COMMON_SRCS),$(FUSE_SRCS))
+CHECK_SRCS := $(sort $(wildcard tests/check_*.c))
+TESTLIB_SRCS := $(sort $(wildcard tests/lib/*.c))
+TOOL_SRCS := $(sort $(wildcard tests/tools/*.c))
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+
+obj = $(patsubst %.c,$(O)/%.o,$(1))
+
+LIBBACKING := $(O)/libbacking.a
+LIBCORE := $(O)/libcore.a
+PCACHEFS := $(O)/pcachefs
+PCACHECTL := $(O)/pcachectl
+CHECK_BIN := $(O)/check_pcache
+TOOLS := $(patsubst tests/tools/%.c,$(O)/tools/%,$(TOOL_SRCS))
+SUITES_H := $(O)/tests/suites.h
+
+all: $(PCACHEFS) $(PCACHECTL) $(CHECK_BIN) $(TOOLS)
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(QUIET_CC)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(LIBBACKING): $(call obj,$(BACKING_SRCS))
+	$(QUIET_AR)rm -f $@ && ar rcs $@ $^
+
+$(LIBCORE): $(call obj,$(CORE_SRCS))
+	$(QUIET_AR)rm -f $@ && ar rcs $@ $^
+
+$(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING)
+	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(PCACHECTL): $(call obj,$(CTL_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING)
+	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+# The Check runner: one suite per tests/check_<module>.c, each exporting <module>_suite().
+$(SUITES_H): $(CHECK_SRCS) Makefile
+	@mkdir -p $(dir $@)
+	$(Q)for f in $(patsubst tests/check_%.c,%,$(filter-out tests/check_main.c,$(CHECK_SRCS))); do \
+		echo "SUITE($$f)"; done > $@.tmp && mv $@.tmp $@
+
+$(O)/tests/check_main.o: $(SUITES_H)
+$(O)/tests/check_%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(O)/tests -Itests
+
+$(O)/tests/lib/%.o: ALL_CFLAGS += -Itests
+
+$(CHECK_BIN): $(call obj,$(CHECK_SRCS) $(TESTLIB_SRCS)) $(LIBCORE) $(LIBBACKING)
+	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
+
+# Test tools and benchmark programs: one file each, may use core/, backing/, tests/lib/ and
+# fuse/common_*.c (the FUSE session settings shared with pcachefs).
+$(O)/tests/tools/%.o: ALL_CFLAGS += -Itests -Ifuse
+$(O)/tools/%: $(O)/tests/tools/%.o $(call obj,$(TESTLIB_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING)
+	@mkdir -p $(dir $@)
+	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+# libFuzzer targets: clang only, always with ASan+UBSan, own object tree.
+FUZZ_O := build-fuzz
+FUZZ_CFLAGS := -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread -g -O1 \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -Iinclude $(PKG_CFLAGS)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_O)/%,$(FUZZ_SRCS))
+$(FUZZ_O)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(QUIET_CC)$(CLANG) $(FUZZ_CFLAGS) -c -o $@ $<
+$(FUZZ_O)/%: $(FUZZ_O)/obj/tests/fuzz/%.o $(patsubst %.c,$(FUZZ_O)/obj/%.o,$(CORE_SRCS) $(BACKING_SRCS))
+	$(QUIET_LD)$(CLANG) -fsanitize=fuzzer,address,undefined -pthread -o $@ $^ $(LIBS)
+fuzz-build: $(FUZZ_BINS)
+
+FUZZ_SECONDS ?= 600
+fuzz: fuzz-build
+	@for f in $(FUZZ_BINS); do \
+		echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; mkdir -p $(FUZZ_O)/corpus/$$(basename $$f); \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_O)/corpus/$$(basename $$f) || exit 1; done
+
+fuzz-short: fuzz-build
+	@for f in $(FUZZ_BINS); do \
+		echo "== fuzz $$f (short)"; \
+		$$f -runs=20000 -seed=1 >$(FUZZ_O)/$$(basename $$f).log 2>&1 \
+			|| { tail -50 $(FUZZ_O)/$$(basename $$f).log; exit 1; }; \
+		tail -1 $(FUZZ_O)/$$(basename $$f).log; done
+
+deps:
+	$(Q)./contrib/install-deps.sh
+
+# Unit tests of this build flavour (CK_RUN_SUITE / CK_RUN_CASE select, CK_FORK=no debugs).
+unit: $(CHECK_BIN) $(TOOLS)
+	$(Q)PCACHE_BUILD=$(abspath $(O)) $(CHECK_BIN)
+
+# Engine concurrency suites under TSan (names listed by the suites themselves: *_tsan cases).
+TSAN_SUITES ?= $(patsubst tests/check_%.c,%,$(shell grep -l 'TSAN_SUITE' $(CHECK_SRCS) /dev/null))
+tsan-unit:
+	$(Q)$(MAKE) --no-print-directory SANITIZE=thread $(O:build=build-tsan)/check_pcache
+	$(Q)for s in $(TSAN_SUITES); do PCACHE_TSAN=1 CK_RUN_SUITE=$$s \
+		TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
+		PCACHE_BUILD=$(abspath build-tsan) build-tsan/check_pcache || exit 1; done
+
+behaviour: all
+	$(Q)PCACHE_BUILD=$(abspath $(O)) tests/run-behaviour.sh $(T)
+
+check: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory unit
+	$(Q)$(MAKE) --no-print-directory SANITIZE=address,undefined unit
+	$(Q)$(MAKE) --no-print-directory tsan-unit
+	$(Q)$(MAKE) --no-print-directory fuzz-short
+	$(Q)$(MAKE) --no-print-directory behaviour
+
+soak: deps all
+	$(Q)PCACHE_BUILD=$(abspath $(O)) PCACHE_SOAK=1 tests/run-behaviour.sh
+	$(Q)PCACHE_SOAK=1 PCACHE_BUILD=$(abspath $(O)) $(CHECK_BIN)
+
+bench: deps all
+	$(Q)PCACHE_BUILD=$(abspath $(O)) contrib/bench/run-all.sh
+
+run: deps all
+	$(Q)PCACHE_BUILD=$(abspath $(O)) contrib/demo.sh
+
+stop-run:
+	$(Q)PCACHE_BUILD=$(abspath $(O)) contrib/demo.sh stop
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz
+
+.PHONY: all deps unit tsan-unit behaviour check soak bench run stop-run clean fuzz fuzz-build fuzz-short
+
+-include $(shell find $(O) $(FUZZ_O) -name '*.d' 2>/dev/null)

@@ -1,0 +1,161 @@
+/*
+ * cache.h -- the cache engine's API: start and stop a cache on a cache device, attach and
+ * detach images, and per image read, write, flush, discard/zero, writeback and stats.
+ *
+ * Depends on cache_dev.h (for the seam and format options) and util.h. Used by fuse/ and by
+ * the tests; nothing here knows about FUSE.
+ *
+ * Threads: every function may be called from many threads at once, except start/stop.
+ * Images are reference counted: pcache_image_get()/pcache_image_put(); I/O on an image needs a
+ * reference held by the caller. Errors are 0 / -errno throughout.
+ */
+#ifndef PCACHE_CACHE_H
+#define PCACHE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pcache/cache_dev.h"
+
+struct pcache_cache;
+struct pcache_image;
+
+/* ---- start and stop ----------------------------------------------------------------------- */
+
+struct pcache_cache_opts {
+	const char *path;                 /* cache device */
+	uint64_t create_size;             /* create a missing regular file of this size (0 = no) */
+	bool format_if_blank;             /* format an all-zero device (default true in the daemon) */
+	struct pcache_format_opts format; /* used when formatting */
+	int gc_percent;                   /* -1 = keep the persisted value; else set and persist */
+	bool data_crc;                    /* verify data CRCs on hits (needs a data_crc format) */
+	bool prefault;                    /* pre-fault the mapping */
+	bool no_background;               /* tests: no writeback/GC threads (driven by hand) */
+	/* tests: seam wrapper, see struct pcache_cache_dev_opts */
+	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
+	void *wrap_arg;
+};
+
+/* Open the device, replay the log, start the threads. -errno and a message in err. */
+int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache **out,
+		       char *err, size_t errlen);
+/*
+ * Stop: refuse new I/O, persist every staging kset, stop the threads, detach every image
+ * (dirty data stays on the cache device), close the device. With drain, write back all dirty
+ * data first. Returns the first error met while persisting (the cache is stopped anyway).
+ */
+int pcache_cache_stop(struct pcache_cache *c, bool drain);
+
+struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c);
+
+/* ---- images ------------------------------------------------------------------------------- */
+
+struct pcache_attach_opts {
+	const char *name;
+	const char *path;         /* NULL: use the path stored in the image table */
+	bool allow_path_change;   /* accept a path that differs from the stored one */
+	bool read_only;
+	int cache_mode;           /* -1 = keep stored (new images: writeback) */
+};
+
+/*
+ * Attach an image: a new name is added to the image table; a known name must match its stored
+ * identity (size, logical block size; a different path only with allow_path_change). A
+ * mismatch while the cache holds dirty data of that image is refused (-EEXIST with a message).
+ * Returns 0 and a referenced *out (may be NULL if the caller does not want it).
+ */
+int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
+			struct pcache_image **out, char *err, size_t errlen);
+/* Attach every image of the image table that is not attached yet; 0 or first error. */
+int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen);
+/*
+ * Detach: wait for I/O in flight on the image, persist its keys. With forget, also remove it
+ * from the image table, which needs the image to be clean (-EBUSY otherwise).
+ */
+int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget);
+
+/* Look up by name with a reference (NULL if not attached). */
+struct pcache_image *pcache_image_get(struct pcache_cache *c, const char *name);
+void pcache_image_put(struct pcache_image *img);
+/* Up to max referenced attached images in name order; returns the count. */
+int pcache_cache_images(struct pcache_cache *c, struct pcache_image **v, int max);
+
+const char *pcache_image_name(const struct pcache_image *img);
+uint64_t pcache_image_size(const struct pcache_image *img);
+uint32_t pcache_image_lbs(const struct pcache_image *img);      /* engine sector size */
+/* Mode/owner shown on the mount (persisted in the image table). */
+void pcache_image_attr(const struct pcache_image *img, uint32_t *mode, uint32_t *uid, uint32_t *gid);
+int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid);
+
+/* ---- I/O ---------------------------------------------------------------------------------- */
+
+#define PCACHE_IO_FUA (1u << 0)   /* make this write durable before returning (O_SYNC/O_DSYNC) */
+#define PCACHE_IO_PENDING 1       /* pcache_image_read(): done() will be called later */
+
+typedef void (*pcache_io_done_fn)(void *priv, int status);
+
+/*
+ * Read len bytes at off into buf (off and len multiples of pcache_image_lbs(), else -EINVAL;
+ * beyond the image: -EINVAL). Returns 0 when the read completed inline (done is not called),
+ * PCACHE_IO_PENDING when a miss went to the backing image (done(priv, status) is called once,
+ * from the completion thread; buf must stay valid until then), or -errno (done not called).
+ */
+int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t len,
+		      pcache_io_done_fn done, void *priv);
+/* Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
+ * at return with PCACHE_IO_FUA. May wait for space when the cache is full. */
+int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+		       unsigned int flags);
+/* fsync semantics: every write acknowledged before the call is durable when it returns. */
+int pcache_image_flush(struct pcache_image *img);
+int pcache_cache_flush(struct pcache_cache *c);
+/* Discard (zero = false) or zero a range: a ZERO key, reads return zeros at once. */
+int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, bool zero);
+
+/* ---- writeback and tunables --------------------------------------------------------------- */
+
+/* Write back every dirty byte of the image (or of all images) and flush the backing. */
+int pcache_image_writeback_all(struct pcache_image *img);
+int pcache_cache_writeback_all(struct pcache_cache *c);
+
+/*
+ * Knobs by name, values as text (the control tree writes them as they come). Cache knobs:
+ * gc_percent, writeback_rate (bytes/s), dirty_high, dirty_low. Image knobs: cache_mode
+ * (writeback|writethrough|writearound). -EINVAL for a bad name or value: nothing changes.
+ * Accepted values are persisted before return.
+ */
+int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *value);
+int pcache_cache_get_knob(struct pcache_cache *c, const char *name, char *buf, size_t len);
+int pcache_image_set_knob(struct pcache_image *img, const char *name, const char *value);
+int pcache_image_get_knob(struct pcache_image *img, const char *name, char *buf, size_t len);
+
+/* ---- status ------------------------------------------------------------------------------- */
+
+struct pcache_image_stats {
+	uint64_t reads, writes, flushes, discards;
+	uint64_t read_bytes, write_bytes;
+	uint64_t read_hit_bytes, read_miss_bytes;
+	uint64_t dirty_bytes, cached_bytes;   /* indexed now */
+	uint64_t crc_errors, backing_errors;
+	uint64_t wb_lsn, wb_time, wb_bytes;
+	uint32_t cache_mode;
+};
+void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats *st);
+
+struct pcache_cache_status {
+	uint32_t seg_count, segs_used, segs_data, segs_log;
+	uint64_t seg_size;
+	struct pcache_pos key_head, dirty_tail, key_tail;
+	uint32_t gc_percent, dirty_high, dirty_low;
+	uint64_t wb_rate;
+	bool data_crc;
+	const char *granularity;
+	uint64_t full_waits, full_wait_ns;   /* writers that waited for space */
+	uint64_t ksets_written, keys_indexed, index_bytes;
+	uint64_t wb_errors, gc_runs, segs_freed;
+	uint32_t images;
+};
+void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status *st);
+
+#endif

@@ -1,0 +1,181 @@
+/*
+ * cache_dev.h -- the cache device: libpmem2 mapping, the persistence seam, format v1 and the
+ * crash-safe metadata records (superblock, cache info, tails, image table, segment records).
+ *
+ * Depends only on format.h and util.h (libpmem2 stays inside core/cache_dev.c: no PMEM2_E_*
+ * code escapes; every function returns 0 or -errno). Used by the engine (core/) and by the
+ * admin command (fuse/pcachectl.c) for offline format/info/check/dump.
+ *
+ * Thread safety: the record update functions serialise on an internal mutex per record kind;
+ * the engine calls them from its own threads. Reads of the in-memory copies are the caller's
+ * business (the engine keeps its own state; these are the durable copies).
+ */
+#ifndef PCACHE_CACHE_DEV_H
+#define PCACHE_CACHE_DEV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pcache/format.h"
+
+/* ---- the persistence seam ----------------------------------------------------------------- */
+
+/*
+ * Every store into the mapping that must become durable goes through one of these (data copies,
+ * metadata slot writes, zeroing). Production: libpmem2's functions for the mapping. Tests:
+ * counters, or the crash emulator (only ranges passed to persist/flush+drain survive a
+ * simulated power failure). ctx is the seam's own state.
+ *
+ *  memcpy: copy len bytes to dst (inside the mapping); when flags has PCACHE_PM_NODRAIN the copy
+ *          is flushed but not drained (a later drain() orders it), otherwise it is durable on return.
+ *  memset: same for a fill.
+ *  persist: make [addr, addr+len) durable (flush + drain).
+ *  flush / drain: the two halves of persist.
+ */
+#define PCACHE_PM_NODRAIN (1u << 0)
+#define PCACHE_PM_NONTEMPORAL (1u << 1)
+
+struct pcache_pmem_ops {
+	void (*memcpy)(void *ctx, void *dst, const void *src, size_t len, unsigned int flags);
+	void (*memset)(void *ctx, void *dst, int c, size_t len, unsigned int flags);
+	void (*persist)(void *ctx, const void *addr, size_t len);
+	void (*flush)(void *ctx, const void *addr, size_t len);
+	void (*drain)(void *ctx);
+};
+
+struct pcache_pmem {
+	const struct pcache_pmem_ops *ops;
+	void *ctx;
+};
+
+/* ---- opening ------------------------------------------------------------------------------ */
+
+struct pcache_cache_dev;
+
+struct pcache_format_opts {
+	uint64_t seg_size;     /* 0 = PCACHE_DEFAULT_SEG_SIZE */
+	bool data_crc;
+	uint32_t gc_percent;   /* 0 = default; stored as given when set_gc_percent is true */
+	bool set_gc_percent;
+};
+
+struct pcache_cache_dev_opts {
+	const char *path;          /* DAX device, file on fsdax, or any regular file */
+	uint64_t create_size;      /* create/extend a missing regular file to this size (0 = no) */
+	bool format_if_blank;      /* an all-zero device (no superblock) gets formatted */
+	const struct pcache_format_opts *format; /* options used when formatting a blank device */
+	bool read_only;            /* offline inspection: map read-only, write nothing */
+	bool no_lock;              /* do not take the exclusive lock (read-only tools only) */
+	/*
+	 * Wrap the production seam (tests): called once after mapping with the libpmem2 seam;
+	 * returns the seam to use. NULL = use libpmem2 directly.
+	 */
+	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
+	void *wrap_arg;
+	bool prefault;             /* touch every page at start (avoids first-touch latency later) */
+};
+
+/*
+ * Open (and lock) a cache device, validate everything, load the newest valid copy of every
+ * record. On error returns -errno and a message naming the structure in err, e.g.
+ * "superblock: bad magic (not a pcachefs cache device; use 'pcachectl format')",
+ * "cache_info: both slots invalid", "segment 17 record: both slots invalid",
+ * "locked by pid 1234 (pcachefs)". Nothing is written on error.
+ */
+int pcache_cache_dev_open(const struct pcache_cache_dev_opts *opts, struct pcache_cache_dev **out,
+			  char *err, size_t errlen);
+/* Persist nothing more, unmap, unlock, free. */
+void pcache_cache_dev_close(struct pcache_cache_dev *cd);
+
+/* Format the device at path (create at create_size if missing): destroys its content. */
+int pcache_cache_dev_format(const char *path, uint64_t create_size,
+			    const struct pcache_format_opts *fo, char *err, size_t errlen);
+
+/* ---- geometry and mapping ----------------------------------------------------------------- */
+
+struct pcache_pmem *pcache_cache_dev_pmem(struct pcache_cache_dev *cd);
+void *pcache_cache_dev_base(const struct pcache_cache_dev *cd);
+uint64_t pcache_cache_dev_size(const struct pcache_cache_dev *cd);
+uint32_t pcache_cache_dev_seg_count(const struct pcache_cache_dev *cd);
+uint64_t pcache_cache_dev_seg_size(const struct pcache_cache_dev *cd);
+/* Address of byte 0 of segment seg (seg < seg_count). */
+void *pcache_cache_dev_seg_addr(const struct pcache_cache_dev *cd, uint32_t seg);
+/* "cache line", "page" or "byte": libpmem2's store granularity for this mapping. */
+const char *pcache_cache_dev_granularity(const struct pcache_cache_dev *cd);
+const struct pcache_sb_om *pcache_cache_dev_sb(const struct pcache_cache_dev *cd);
+const char *pcache_cache_dev_path(const struct pcache_cache_dev *cd);
+int pcache_cache_dev_fd(const struct pcache_cache_dev *cd);
+
+/*
+ * Read len bytes at device offset off with pread() (media errors become -EIO instead of
+ * SIGBUS). Used for metadata and replay.
+ */
+int pcache_cache_dev_pread(struct pcache_cache_dev *cd, void *buf, size_t len, uint64_t off);
+
+/* ---- metadata records (dual slot; each update persisted before return) -------------------- */
+
+/* Decoded cache info. */
+struct pcache_cache_info {
+	uint32_t flags;          /* PCACHE_INFO_* */
+	uint32_t gc_percent;
+	uint32_t dirty_high, dirty_low;
+	uint64_t wb_rate;
+	uint32_t next_image_id;
+};
+void pcache_cache_dev_get_info(const struct pcache_cache_dev *cd, struct pcache_cache_info *ci);
+/* Validates ranges (-EINVAL: gc_percent > 90, dirty_low >= dirty_high, ...), then persists. */
+int pcache_cache_dev_set_info(struct pcache_cache_dev *cd, const struct pcache_cache_info *ci);
+
+/* A log position. */
+struct pcache_pos {
+	uint32_t seg;
+	uint32_t off;
+	uint64_t lsn;
+};
+void pcache_cache_dev_get_key_tail(const struct pcache_cache_dev *cd, struct pcache_pos *p);
+void pcache_cache_dev_get_dirty_tail(const struct pcache_cache_dev *cd, struct pcache_pos *p);
+int pcache_cache_dev_set_key_tail(struct pcache_cache_dev *cd, const struct pcache_pos *p);
+int pcache_cache_dev_set_dirty_tail(struct pcache_cache_dev *cd, const struct pcache_pos *p);
+
+/* Segment generation. get is lock-free (an atomic load of the in-memory copy). */
+uint64_t pcache_cache_dev_seg_gen(const struct pcache_cache_dev *cd, uint32_t seg);
+/* Bump the generation of seg by one and persist it before returning. */
+int pcache_cache_dev_seg_gen_bump(struct pcache_cache_dev *cd, uint32_t seg);
+
+/* Image table entry, decoded. */
+struct pcache_image_ent {
+	uint32_t slot;           /* table index, 0..PCACHE_MAX_IMAGES-1 */
+	uint32_t id;             /* 0 = unused */
+	uint32_t state;
+	uint8_t uuid[16];
+	uint64_t size;
+	uint32_t lbs;
+	uint32_t cache_mode;
+	uint32_t file_mode, uid, gid;
+	uint64_t wb_lsn, wb_time;
+	char name[PCACHE_NAME_MAX + 1];
+	char path[PCACHE_PATH_MAX + 1];
+};
+/* 1 if name is a valid image name (1..127 bytes, no '/', not "." or "..", no control chars). */
+bool pcache_image_name_valid(const char *name);
+/* Fill ents with every used entry (up to max); returns the count. */
+int pcache_cache_dev_images(const struct pcache_cache_dev *cd, struct pcache_image_ent *ents, int max);
+/* Find by name: 0 and *e, or -ENOENT. */
+int pcache_cache_dev_image_find(const struct pcache_cache_dev *cd, const char *name,
+				struct pcache_image_ent *e);
+/*
+ * Add a new image (id from next_image_id, new uuid, slot chosen here): fills e->slot, e->id,
+ * e->uuid. -EEXIST (name taken), -ENOSPC (table full), -EINVAL (bad name or path).
+ */
+int pcache_cache_dev_image_add(struct pcache_cache_dev *cd, struct pcache_image_ent *e);
+/* Rewrite an existing entry (matched by e->slot and e->id): rename, path, mode, wb_lsn... */
+int pcache_cache_dev_image_update(struct pcache_cache_dev *cd, const struct pcache_image_ent *e);
+/* Free the slot (the id is never reused). */
+int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot);
+
+/* ---- offline check ------------------------------------------------------------------------ */
+
+enum pcache_check_result { PCACHE_CHECK_CLEAN = 0, PCACHE_CHECK_REPAIRABLE = 1, PCACHE_CHECK_CORRUPT = 2 };
+
+#endif
