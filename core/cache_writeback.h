@@ -1,0 +1,186 @@
+/*
+ * cache_writeback.h -- log-order, epoch-based writeback of dirty data from the cache device to
+ * the backing images (DESIGN.md 4.3), online (a thread driven by the engine) and offline
+ * (pcachectl writeback).
+ *
+ * Depends only on cache_dev.h, backing.h and libc. The writeback walks the on-media log itself
+ * from dirty_tail (it never looks at the engine's index): it validates every kset exactly like
+ * replay (magic, CRC, lsn continuity, LAST records) and writes dirty keys straight from pmem.
+ *
+ * GUARANTEE. The backing image of every image always equals all writes of all epochs before
+ * dirty_tail plus a subset of the next epoch's writes. dirty_tail is persisted only after a
+ * backing flush of every image written by the ksets before it.
+ *
+ * NOTES FOR THE ENGINE (core/cache*.c):
+ *  - key_head(): the position (seg, off, lsn) where the next kset will be written. Only ksets
+ *    strictly before it are read, so every kset before it must be persisted when reported.
+ *  - backing_get(image_id): the open backing of an ATTACHED image, with a reference the engine
+ *    keeps until backing_put() (the writeback holds it only while one batch is in flight, so a
+ *    detach waits at most one batch). Return NULL for an image that is not attached: its keys
+ *    then BLOCK dirty_tail (they cannot be written) until it is attached again; keys of other
+ *    images beyond it are still written back and their per-image progress is remembered.
+ *    Keys whose image id is not in the image table at all (removed images) are skipped.
+ *  - tail_moved(dirty_tail): called from the writeback thread after the new dirty_tail is
+ *    persisted (pcache_cache_dev_set_dirty_tail() is done by the writeback, never the engine).
+ *    Everything before it is clean: the engine may mark those keys clean and let GC run.
+ *  - dirty_percent(): percent of the cache's segments that hold dirty data (watermarks);
+ *    NULL = the writeback assumes it is above dirty_high while anything is pending.
+ *  - idle(): true when no user I/O arrived recently (faster writeback when idle); NULL = idle.
+ *  - Call pcache_wb_kick() after closing ksets (new dirty data) and when a writer waits for
+ *    space. pcache_wb_drain() backs pcache_image_writeback_all()/pcache_cache_writeback_all()
+ *    and the drain of pcache_cache_stop(drain = true).
+ *  - Callbacks are called without any writeback lock held; they must not call pcache_wb_stop().
+ *
+ * ERROR POLICY (chosen; see core/cache_writeback.c invariants). A backing error (EIO, ENOSPC,
+ * a range beyond the image, a missing backing) never drops dirty data: dirty_tail stops at the
+ * first kset holding a not-written key of the failing image; that image is retried with
+ * back-off (100 ms doubling to 5 s); other images keep going past it (their progress is kept
+ * per image, and their keys are not written twice). A data CRC mismatch latches the image
+ * (never retried, nothing of it written past that point) until the writeback is restarted.
+ * A corrupt kset before key_head latches the whole writeback (-EUCLEAN).
+ */
+#ifndef PCACHE_CACHE_WRITEBACK_H
+#define PCACHE_CACHE_WRITEBACK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pcache/backing.h"
+#include "pcache/cache_dev.h"
+
+struct pcache_wb;
+
+/* ---- interface with the engine ------------------------------------------------------------ */
+
+struct pcache_wb_ops {
+	void (*key_head)(void *ctx, struct pcache_pos *head);                 /* required */
+	struct pcache_backing *(*backing_get)(void *ctx, uint32_t image_id); /* required */
+	void (*backing_put)(void *ctx, uint32_t image_id, struct pcache_backing *b); /* optional */
+	void (*tail_moved)(void *ctx, const struct pcache_pos *dirty_tail);  /* optional */
+	uint32_t (*dirty_percent)(void *ctx);                                 /* optional */
+	bool (*idle)(void *ctx);                                              /* optional */
+};
+
+/* Tunables; zero fields take the defaults below. */
+#define PCACHE_WB_DEFAULT_MAX_INFLIGHT 64u             /* requests in flight */
+#define PCACHE_WB_DEFAULT_MAX_INFLIGHT_BYTES (64u << 20)
+#define PCACHE_WB_DEFAULT_MAX_REQ_BYTES (1u << 20)     /* merged request size cap */
+#define PCACHE_WB_DEFAULT_BATCH_BYTES (256u << 20)     /* dirty bytes per batch (one flush) */
+#define PCACHE_WB_DEFAULT_BATCH_KEYS 65536u
+#define PCACHE_WB_RETRY_MIN_NS (100ull * 1000 * 1000)
+#define PCACHE_WB_RETRY_MAX_NS (5000ull * 1000 * 1000)
+
+struct pcache_wb_opts {
+	uint32_t max_inflight;       /* requests in flight at once */
+	uint64_t max_inflight_bytes;
+	uint32_t max_req_bytes;      /* cap of one merged request */
+	uint64_t batch_bytes;        /* dirty bytes per batch */
+	uint32_t batch_keys;
+	uint32_t idle_interval_ms;   /* busy and below dirty_low: one batch per interval (1000) */
+	bool no_thread;              /* tests: no thread; drive with pcache_wb_run_once() */
+	/* tests: virtual clock for the rate limiter (now in ns, sleep ns); NULL = real clock */
+	uint64_t (*clock_now)(void *arg);
+	void (*clock_sleep)(void *arg, uint64_t ns);
+	void *clock_arg;
+	/* tests: stop issuing after this many write/zero requests (simulated crash); 0 = never.
+	 * pcache_wb_run_once()/pcache_wb_offline() then return -ECANCELED. */
+	uint64_t stop_after_reqs;
+	bool quiet;                  /* no log lines on stderr (tests) */
+};
+
+/*
+ * Start the writeback of cd. Rate and watermarks come from the device's cache_info; with
+ * opts->no_thread no thread is started. opts may be NULL. Returns 0 and *out or -errno.
+ */
+int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops, void *ctx,
+		    const struct pcache_wb_opts *opts, struct pcache_wb **out);
+/* Stop the thread, wait for every request in flight, persist per-image progress, free. */
+void pcache_wb_stop(struct pcache_wb *wb);
+/* New dirty data or a writer waiting for space: wake the thread (cheap, any thread). */
+void pcache_wb_kick(struct pcache_wb *wb);
+
+/*
+ * Write back everything up to the key_head at the time of the call for one image (image_id)
+ * or all images (image_id 0), flush the backings, persist dirty_tail (all) and the images'
+ * wb_lsn/wb_time, and return 0 when done. Returns the first backing error met by a concerned
+ * image during the drain (-EIO, -ENOSPC, -ENXIO for an image that is not attached,
+ * -EBADMSG for a data CRC mismatch, -EUCLEAN for a corrupt log) -- the data stays dirty.
+ * Without a thread (no_thread) the caller's thread does the work.
+ */
+int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id);
+
+/* Tests (no_thread): process one batch. 1 = progress made, 0 = nothing to do, -errno. */
+int pcache_wb_run_once(struct pcache_wb *wb);
+
+/* Knobs (also persisted by the engine in cache_info; here they only take effect). */
+void pcache_wb_set_rate(struct pcache_wb *wb, uint64_t bytes_per_sec); /* 0 = unlimited */
+int pcache_wb_set_watermarks(struct pcache_wb *wb, uint32_t dirty_high, uint32_t dirty_low);
+
+/* ---- status ------------------------------------------------------------------------------- */
+
+struct pcache_wb_stats {
+	struct pcache_pos dirty_tail;     /* persisted */
+	struct pcache_pos scan;           /* next kset the walker reads (>= dirty_tail) */
+	uint64_t bytes_written;           /* data written to backings (after override) */
+	uint64_t bytes_zeroed;            /* ZERO ranges */
+	uint64_t requests, flushes, batches, epochs;
+	uint64_t keys_dirty, keys_clean_skipped, keys_overridden, keys_stale, keys_unknown_image;
+	uint64_t errors;                  /* backing errors, CRC mismatches, corrupt ksets */
+	uint64_t crc_errors, retries, rate_waits;
+	int latched;                      /* -EUCLEAN when the log is corrupt, else 0 */
+	bool urgent;                      /* above dirty_high (until below dirty_low) */
+	uint64_t drain_total, drain_left; /* bytes of the drain running now (estimates) */
+};
+void pcache_wb_get_stats(struct pcache_wb *wb, struct pcache_wb_stats *st);
+
+struct pcache_wb_image_stats {
+	uint64_t wb_lsn;         /* every key of the image in ksets with lsn < wb_lsn is on the backing */
+	uint64_t wb_time;        /* wall-clock seconds of that progress */
+	uint64_t bytes_written;
+	uint64_t errors;
+	int last_error;          /* 0 or -errno of the last failure (0 after a success) */
+	bool blocked;            /* failing or not attached: blocks dirty_tail */
+};
+/* 0, or -ENOENT when the writeback has not met that image yet. */
+int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id, struct pcache_wb_image_stats *st);
+
+/* ---- offline (pcachectl writeback) -------------------------------------------------------- */
+
+struct pcache_wb_progress {
+	uint64_t total_bytes;    /* dirty bytes found in the log (before override) */
+	uint64_t done_bytes;
+	uint64_t total_ksets, done_ksets;
+};
+typedef void (*pcache_wb_progress_fn)(void *arg, const struct pcache_wb_progress *p);
+
+struct pcache_wb_offline_opts {
+	const struct pcache_wb_opts *wb;   /* NULL = defaults */
+	uint64_t rate;                     /* bytes/s, 0 = unlimited */
+	pcache_wb_progress_fn progress;    /* called after each batch, may be NULL */
+	void *progress_arg;
+	struct pcache_backing_opts backing; /* how the images are opened */
+};
+
+/*
+ * Write back everything in the log of an open (locked) cache device: open each image's backing
+ * from the image table path, find the end of the log by scanning from dirty_tail, write every
+ * epoch in order, flush, persist dirty_tail == end of the log and every image's wb_lsn.
+ * Returns 0, or -errno with a one-line message in err (the device is left consistent: dirty
+ * data that could not be written stays dirty).
+ */
+int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offline_opts *oo,
+		      char *err, size_t errlen);
+
+/* ---- pieces exposed for the unit tests ---------------------------------------------------- */
+
+/* Token bucket: rate bytes/s, burst bytes. take() returns the ns to wait before len may go. */
+struct pcache_wb_bucket {
+	uint64_t rate, burst;
+	uint64_t tokens;     /* bytes available at last */
+	uint64_t last;       /* ns */
+};
+void pcache_wb_bucket_init(struct pcache_wb_bucket *b, uint64_t rate, uint64_t burst, uint64_t now);
+uint64_t pcache_wb_bucket_take(struct pcache_wb_bucket *b, uint64_t now, uint64_t len);
+
+#endif
