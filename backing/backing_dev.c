@@ -1,0 +1,1237 @@
+/*
+ * backing_dev.c -- backing images (regular files or block devices) served through io_uring.
+ *
+ * One ring per image. Requests are accepted by pcache_backing_submit() (queued, any thread, never
+ * blocks on the device) or pcache_backing_submit_direct() (SQE prepared and submitted from the
+ * caller's thread, which may wait for a ring slot). A completion thread owns the CQ: it reaps,
+ * continues short transfers, walks multi-step requests (bounce, read-modify-write, zero
+ * fallbacks), runs the end callbacks, and drains the submit queue into the ring. Callers wake it
+ * through an eventfd that always has a read armed in the ring. Block-device discard and zeroing
+ * are ioctls, run by a worker thread that hands the result back to the completion thread.
+ *
+ * Invariants:
+ *  1. Every accepted request, and every internal child of one, is counted in b->in_flight from
+ *     acceptance until after its end callback and upper put; close returns only at 0.
+ *  2. A request is in exactly one place at a time: the submit queue, the completion thread's
+ *     start or ready list, the ring (one operation at most), the worker queue, the done list,
+ *     or the read-modify-write wait list. Hence no request completes twice.
+ *  3. End callbacks and upper puts run only on the completion thread, once per request, in
+ *     req_finish(), callback first, put second.
+ *  4. b->ring_busy <= b->depth operations are in the kernel (plus the eventfd read), so the
+ *     completion queue (twice the SQ size) never overflows.
+ *  5. Operations on an O_DIRECT image have offset and length aligned to b->align and memory
+ *     aligned to b->mem_align; anything else is bounced.
+ *  6. At most one read-modify-write runs at a time: it rewrites bytes outside its own range,
+ *     so two of them on one block could otherwise undo each other.
+ *
+ * Request stages (struct bk_req.stage), all transitions on the completion thread except the
+ * first one of a direct submission:
+ *
+ *   START --req_start--> IO ----------------------------> done (req_finish)
+ *                    \-> RMW_HEAD -> RMW_TAIL -> IO(write) -> done
+ *                    \-> FSYNC / FALLOC (ZERO_RANGE -> PUNCH_HOLE -> PARENT of zero writes)
+ *                    \-> WORKER (block-device ioctl) -> done
+ *                    \-> PARENT (children outstanding) -> done when the last child ends
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pcache/backing.h"
+#include "pcache/util.h"
+
+#define BK_DEFAULT_DEPTH 128u
+#define BK_MAX_DEPTH 4096u
+#define BK_POOL_CHUNK 64u
+#define BK_OP_MAX (1u << 30)     /* bytes per ring operation (the SQE length is 32-bit) */
+#define BK_ZBUF_SIZE (1u << 20)  /* the shared zero buffer for zeroing fallbacks */
+#define BK_MAX_RETRIES 64u       /* -EAGAIN / -EINTR / -ECANCELED resubmissions per request */
+#define BK_EFD_TAG ((uint64_t)1) /* user_data of the armed eventfd read (requests are aligned) */
+
+enum bk_stage {
+	BK_ST_START,
+	BK_ST_IO,       /* read or write of op_buf at op_off (the request's own op) */
+	BK_ST_RMW_HEAD, /* reading the first aligned block of a read-modify-write */
+	BK_ST_RMW_TAIL, /* reading the last aligned block */
+	BK_ST_FSYNC,
+	BK_ST_FALLOC,
+	BK_ST_WORKER,   /* ioctl on the worker thread */
+	BK_ST_PARENT,   /* waiting for children */
+};
+
+struct bk_req {
+	struct bk_req *next;
+	struct pcache_backing_io io;  /* the caller's description (copied at submission) */
+	uint8_t *data;                /* the caller's memory for READ/WRITE */
+	struct bk_req *parent;        /* internal child: the request it belongs to */
+
+	/* the current operation */
+	uint8_t stage;
+	bool rmw_owner;               /* holds b->rmw_busy */
+	bool counted;                 /* a top-level request (stats count it) */
+	int falloc_mode;
+	uint8_t *op_buf;
+	uint64_t op_off;
+	size_t op_len, op_done, op_ask;
+	unsigned int retries;
+	int worker_res;
+
+	/* bounce: the aligned extent [b_off, b_off + b_len) */
+	uint8_t *bounce;
+	uint64_t b_off;
+	size_t b_len;
+
+	/* PARENT */
+	unsigned int children;
+	int child_status;
+};
+
+struct bk_list {
+	struct bk_req *head, *tail;
+};
+
+struct bk_chunk {
+	struct bk_chunk *next;
+	struct bk_req reqs[BK_POOL_CHUNK];
+};
+
+/*
+ * Locks, in order: lock, then sq_lock (never the other way round; the completion thread takes
+ * them one after the other, not nested).
+ */
+struct pcache_backing {
+	/* immutable after open */
+	int fd;
+	int efd;                      /* eventfd waking the completion thread */
+	char *path;
+	uint64_t size;
+	uint32_t lbs;
+	uint32_t align;               /* offset/length alignment for O_DIRECT (1 when buffered) */
+	uint32_t mem_align;           /* memory alignment for O_DIRECT (1 when buffered) */
+	unsigned int depth;           /* operations allowed in the kernel at once */
+	bool direct, blockdev, read_only;
+	pthread_t cq_thread;
+	pthread_t worker;
+	bool have_worker;
+
+	/* lock: the pool, the submit queue, the worker and done queues, in_flight, closing */
+	pthread_mutex_t lock;
+	struct bk_req *free_list;
+	struct bk_chunk *chunks;
+	struct bk_list submit_q;
+	struct bk_list worker_q;
+	struct bk_list done_q;        /* worker results waiting for the completion thread */
+	pthread_cond_t worker_cond;
+	uint64_t in_flight;
+	bool closing;
+	bool worker_stop;
+
+	/* sq_lock: the submission side of the ring and ring_busy */
+	pthread_mutex_t sq_lock;
+	pthread_cond_t slot_cond;     /* a ring slot was released */
+	unsigned int ring_busy;
+	unsigned int sq_waiters;
+	struct io_uring ring;
+
+	/* completion thread only */
+	struct bk_list start_q;       /* accepted requests not planned yet */
+	struct bk_list ready_q;       /* planned operations waiting for a ring slot */
+	struct bk_list rmw_wait;      /* read-modify-writes waiting for rmw_busy */
+	struct bk_req *release;       /* finished requests to give back to the pool */
+	unsigned int release_n;
+	bool rmw_busy;
+	bool kicked;                  /* a callback submitted: gather before sleeping */
+	bool efd_armed;
+	uint64_t efd_val;
+	uint8_t *zbuf;                /* BK_ZBUF_SIZE zeros, allocated on first need */
+
+	/* statistics (relaxed atomics) */
+	uint64_t st_submitted, st_completed, st_errors, st_short, st_bounced, st_flushes;
+};
+
+static __thread struct pcache_backing *bk_self; /* set on a backing's completion thread */
+
+/*
+ * NOTE: a request handed to the ring by one thread is reaped by the completion thread; the
+ * kernel orders the two, which ThreadSanitizer cannot see, so the hand-over is annotated.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define BK_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define BK_TSAN 1
+#endif
+#endif
+#ifdef BK_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define bk_tsan_release(p) __tsan_release(p)
+#define bk_tsan_acquire(p) __tsan_acquire(p)
+#else
+#define bk_tsan_release(p) ((void)(p))
+#define bk_tsan_acquire(p) ((void)(p))
+#endif
+
+#define bk_stat_add(b, field) __atomic_fetch_add(&(b)->field, 1, __ATOMIC_RELAXED)
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+static void bk_push(struct bk_list *l, struct bk_req *r)
+{
+	r->next = NULL;
+	if (l->tail)
+		l->tail->next = r;
+	else
+		l->head = r;
+	l->tail = r;
+}
+
+static struct bk_req *bk_pop(struct bk_list *l)
+{
+	struct bk_req *r = l->head;
+
+	if (r) {
+		l->head = r->next;
+		if (!l->head)
+			l->tail = NULL;
+		r->next = NULL;
+	}
+	return r;
+}
+
+static void bk_splice(struct bk_list *dst, struct bk_list *src)
+{
+	if (!src->head)
+		return;
+	if (dst->tail)
+		dst->tail->next = src->head;
+	else
+		dst->head = src->head;
+	dst->tail = src->tail;
+	src->head = src->tail = NULL;
+}
+
+static void bk_wake(struct pcache_backing *b)
+{
+	uint64_t one = 1;
+	ssize_t n;
+
+	do
+		n = write(b->efd, &one, sizeof(one));
+	while (n < 0 && errno == EINTR);
+}
+
+static bool bk_aligned(uint64_t v, uint32_t a)
+{
+	return v % a == 0;
+}
+
+/* Take a request from the pool (caller holds b->lock). NULL when memory is exhausted. */
+static struct bk_req *bk_alloc_locked(struct pcache_backing *b)
+{
+	struct bk_req *r = b->free_list;
+
+	if (!r) {
+		struct bk_chunk *c = malloc(sizeof(*c));
+		unsigned int i;
+
+		if (!c)
+			return NULL;
+		c->next = b->chunks;
+		b->chunks = c;
+		for (i = 0; i < BK_POOL_CHUNK; i++) {
+			c->reqs[i].next = b->free_list;
+			b->free_list = &c->reqs[i];
+		}
+		r = b->free_list;
+	}
+	b->free_list = r->next;
+	memset(r, 0, sizeof(*r));
+	return r;
+}
+
+/* ---- validation and acceptance ---------------------------------------------------------------- */
+
+static int bk_validate(const struct pcache_backing *b, const struct pcache_backing_io *io)
+{
+	switch (io->op) {
+	case PCACHE_BIO_FLUSH:
+		return 0;
+	case PCACHE_BIO_READ:
+	case PCACHE_BIO_WRITE:
+		if (io->upper) {
+			if (!io->upper->buf || io->upper_off > io->upper->len ||
+			    io->len > io->upper->len - io->upper_off)
+				return -EINVAL;
+		} else if (!io->kmem) {
+			return -EINVAL;
+		}
+		break;
+	case PCACHE_BIO_DISCARD:
+	case PCACHE_BIO_ZERO:
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (io->len == 0 || io->off > b->size || io->len > b->size - io->off)
+		return -EINVAL;
+	if (b->read_only && io->op != PCACHE_BIO_READ)
+		return -EROFS;
+	return 0;
+}
+
+/*
+ * Validate io and take a request for it, counted in in_flight, with the upper reference taken.
+ * internal: a child created by the completion thread (accepted while closing).
+ */
+static int bk_accept(struct pcache_backing *b, const struct pcache_backing_io *io,
+		     bool internal, struct bk_req **out)
+{
+	struct bk_req *r;
+	int ret = bk_validate(b, io);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&b->lock);
+	if (b->closing && !internal) {
+		pthread_mutex_unlock(&b->lock);
+		return -ESHUTDOWN;
+	}
+	r = bk_alloc_locked(b);
+	if (!r) {
+		pthread_mutex_unlock(&b->lock);
+		return -ENOMEM;
+	}
+	b->in_flight++;
+	pthread_mutex_unlock(&b->lock);
+
+	r->io = *io;
+	r->counted = !internal;
+	if (io->op == PCACHE_BIO_READ || io->op == PCACHE_BIO_WRITE)
+		r->data = io->upper ? (uint8_t *)io->upper->buf + io->upper_off : io->kmem;
+	if (io->upper && io->upper->get)
+		io->upper->get(io->upper);
+	if (!internal)
+		bk_stat_add(b, st_submitted);
+	*out = r;
+	return 0;
+}
+
+/* ---- planning: turning a request into its next kernel operation ----------------------------- */
+
+static void bk_plan_io(struct bk_req *r, uint8_t stage, uint8_t *buf, uint64_t off, size_t len)
+{
+	r->stage = stage;
+	r->op_buf = buf;
+	r->op_off = off;
+	r->op_len = len;
+	r->op_done = 0;
+}
+
+/* True when the request can go to the ring as it is (no bounce, no worker, no children). */
+static bool bk_is_simple(const struct pcache_backing *b, const struct bk_req *r)
+{
+	const struct pcache_backing_io *io = &r->io;
+
+	switch (io->op) {
+	case PCACHE_BIO_READ:
+	case PCACHE_BIO_WRITE:
+		return !b->direct || (bk_aligned(io->off, b->align) && bk_aligned(io->len, b->align) &&
+				      bk_aligned((uintptr_t)r->data, b->mem_align));
+	case PCACHE_BIO_FLUSH:
+		return true;
+	default:
+		return !b->blockdev;
+	}
+}
+
+/* Plan the first operation of a simple request (any thread). */
+static void bk_plan_simple(struct pcache_backing *b, struct bk_req *r)
+{
+	const struct pcache_backing_io *io = &r->io;
+
+	switch (io->op) {
+	case PCACHE_BIO_READ:
+	case PCACHE_BIO_WRITE:
+		bk_plan_io(r, BK_ST_IO, r->data, io->off, io->len);
+		break;
+	case PCACHE_BIO_FLUSH:
+		r->stage = BK_ST_FSYNC;
+		break;
+	case PCACHE_BIO_DISCARD:
+		r->stage = BK_ST_FALLOC;
+		r->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		break;
+	case PCACHE_BIO_ZERO:
+		r->stage = BK_ST_FALLOC;
+		r->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		break;
+	}
+}
+
+/* Fill an SQE for the planned operation of r (caller holds sq_lock). */
+static void bk_prep(struct pcache_backing *b, struct io_uring_sqe *sqe, struct bk_req *r)
+{
+	size_t ask;
+	bool rd;
+
+	switch (r->stage) {
+	case BK_ST_IO:
+	case BK_ST_RMW_HEAD:
+	case BK_ST_RMW_TAIL:
+		ask = PCACHE_MIN(r->op_len - r->op_done, (size_t)BK_OP_MAX);
+		r->op_ask = ask;
+		rd = r->stage != BK_ST_IO || r->io.op == PCACHE_BIO_READ;
+		if (rd)
+			io_uring_prep_read(sqe, b->fd, r->op_buf + r->op_done, (unsigned int)ask,
+					   r->op_off + r->op_done);
+		else
+			io_uring_prep_write(sqe, b->fd, r->op_buf + r->op_done, (unsigned int)ask,
+					    r->op_off + r->op_done);
+		break;
+	case BK_ST_FSYNC:
+		io_uring_prep_fsync(sqe, b->fd, IORING_FSYNC_DATASYNC);
+		break;
+	case BK_ST_FALLOC:
+		io_uring_prep_fallocate(sqe, b->fd, r->falloc_mode, (off_t)r->io.off,
+					(off_t)r->io.len);
+		break;
+	default:
+		abort(); /* only the stages above reach the ring */
+	}
+	io_uring_sqe_set_data(sqe, r);
+	bk_tsan_release(r);
+}
+
+/* ---- completion-thread side ---------------------------------------------------------------- */
+
+static void bk_req_start(struct pcache_backing *b, struct bk_req *r);
+
+/* Run the end callback, drop the upper reference, release the request (invariant 3). */
+static void bk_req_finish(struct pcache_backing *b, struct bk_req *r, int status)
+{
+	struct bk_req *parent = r->parent;
+
+	if (r->rmw_owner) {
+		struct bk_req *next = bk_pop(&b->rmw_wait);
+
+		r->rmw_owner = false;
+		b->rmw_busy = false;
+		if (next)
+			bk_push(&b->start_q, next);
+	}
+	free(r->bounce);
+	r->bounce = NULL;
+	if (r->counted) {
+		if (status < 0)
+			bk_stat_add(b, st_errors);
+		if (r->io.op == PCACHE_BIO_FLUSH && status == 0)
+			bk_stat_add(b, st_flushes);
+	}
+	if (r->io.end)
+		r->io.end(r->io.priv, status);
+	if (r->io.upper && r->io.upper->put)
+		r->io.upper->put(r->io.upper);
+	if (r->counted)
+		bk_stat_add(b, st_completed);
+	r->next = b->release;
+	b->release = r;
+	b->release_n++;
+	if (parent) {
+		if (status < 0 && parent->child_status == 0)
+			parent->child_status = status;
+		if (--parent->children == 0)
+			bk_req_finish(b, parent, parent->child_status);
+	}
+}
+
+static int bk_zbuf(struct pcache_backing *b)
+{
+	void *p;
+
+	if (b->zbuf)
+		return 0;
+	if (posix_memalign(&p, 4096, BK_ZBUF_SIZE))
+		return -ENOMEM;
+	memset(p, 0, BK_ZBUF_SIZE);
+	b->zbuf = p;
+	return 0;
+}
+
+/* Create an internal child of parent (completion thread); it starts with the next gather. */
+static int bk_child(struct pcache_backing *b, struct bk_req *parent, enum pcache_backing_op op,
+		    uint64_t off, size_t len, void *kmem)
+{
+	struct pcache_backing_io io = { .op = op, .off = off, .len = len, .kmem = kmem };
+	struct bk_req *c;
+	int ret = bk_accept(b, &io, true, &c);
+
+	if (ret)
+		return ret;
+	c->parent = parent;
+	parent->children++;
+	bk_push(&b->start_q, c);
+	return 0;
+}
+
+/* Turn r into a parent of children created by add(); finishes r at once if none was made. */
+static void bk_become_parent(struct pcache_backing *b, struct bk_req *r, int ret)
+{
+	r->stage = BK_ST_PARENT;
+	if (ret < 0 && r->child_status == 0)
+		r->child_status = ret;
+	if (r->children == 0)
+		bk_req_finish(b, r, r->child_status);
+}
+
+/* Zero [off, off + len) with zero writes in chunks of the zero buffer (fallback). */
+static void bk_zero_by_writes(struct pcache_backing *b, struct bk_req *r, uint64_t off, size_t len)
+{
+	int ret = bk_zbuf(b);
+
+	r->stage = BK_ST_PARENT;
+	r->children++; /* hold the parent open while children are added */
+	while (!ret && len) {
+		size_t n = PCACHE_MIN(len, (size_t)BK_ZBUF_SIZE);
+
+		ret = bk_child(b, r, PCACHE_BIO_WRITE, off, n, b->zbuf);
+		off += n;
+		len -= n;
+	}
+	r->children--;
+	bk_become_parent(b, r, ret);
+}
+
+/* Block-device DISCARD / ZERO: the aligned middle goes to the worker, unaligned edges of a
+ * ZERO become zero writes (a DISCARD's edges are dropped: discard is advisory). */
+static void bk_start_blk_range(struct pcache_backing *b, struct bk_req *r)
+{
+	uint64_t off = r->io.off, end = off + r->io.len;
+	uint64_t in_off = PCACHE_ALIGN_UP(off, b->lbs), in_end = PCACHE_ALIGN_DOWN(end, b->lbs);
+	int ret = 0;
+
+	if (in_off >= in_end) {
+		in_off = in_end = end;
+	}
+	if (in_off == off && in_end == end) {
+		r->stage = BK_ST_WORKER;
+		pthread_mutex_lock(&b->lock);
+		bk_push(&b->worker_q, r);
+		pthread_cond_signal(&b->worker_cond);
+		pthread_mutex_unlock(&b->lock);
+		return;
+	}
+	if (r->io.op == PCACHE_BIO_DISCARD) {
+		if (in_off < in_end)
+			ret = bk_child(b, r, PCACHE_BIO_DISCARD, in_off, in_end - in_off, NULL);
+		bk_become_parent(b, r, ret);
+		return;
+	}
+	ret = bk_zbuf(b);
+	r->children++;
+	if (!ret && in_off < in_end)
+		ret = bk_child(b, r, PCACHE_BIO_ZERO, in_off, in_end - in_off, NULL);
+	if (!ret && off < in_off)
+		ret = bk_child(b, r, PCACHE_BIO_WRITE, off, in_off - off, b->zbuf);
+	if (!ret && in_end < end && in_end >= in_off)
+		ret = bk_child(b, r, PCACHE_BIO_WRITE, PCACHE_MAX(in_end, off),
+			       end - PCACHE_MAX(in_end, off), b->zbuf);
+	r->children--;
+	bk_become_parent(b, r, ret);
+}
+
+/* Read or write that needs a bounce buffer (direct image, something unaligned). */
+static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
+{
+	const struct pcache_backing_io *io = &r->io;
+	uint64_t a_off = PCACHE_ALIGN_DOWN(io->off, b->align);
+	uint64_t a_end = PCACHE_ALIGN_UP(io->off + io->len, b->align);
+	bool edges = a_off != io->off || a_end != io->off + io->len;
+	void *p;
+
+	if (io->op == PCACHE_BIO_WRITE && edges) {
+		if (b->rmw_busy) {
+			bk_push(&b->rmw_wait, r); /* invariant 6 */
+			return;
+		}
+		b->rmw_busy = true;
+		r->rmw_owner = true;
+	}
+	if (posix_memalign(&p, PCACHE_MAX(b->align, b->mem_align), a_end - a_off)) {
+		bk_req_finish(b, r, -ENOMEM);
+		return;
+	}
+	if (r->counted)
+		bk_stat_add(b, st_bounced);
+	r->bounce = p;
+	r->b_off = a_off;
+	r->b_len = a_end - a_off;
+	if (io->op == PCACHE_BIO_READ) {
+		bk_plan_io(r, BK_ST_IO, r->bounce, a_off, r->b_len);
+	} else if (!edges) {
+		memcpy(r->bounce, r->data, io->len);
+		bk_plan_io(r, BK_ST_IO, r->bounce, a_off, r->b_len);
+	} else if (a_off != io->off) {
+		bk_plan_io(r, BK_ST_RMW_HEAD, r->bounce, a_off, b->align);
+	} else {
+		bk_plan_io(r, BK_ST_RMW_TAIL, r->bounce + r->b_len - b->align, a_end - b->align,
+			   b->align);
+	}
+	bk_push(&b->ready_q, r);
+}
+
+/* Plan a freshly accepted request (completion thread). */
+static void bk_req_start(struct pcache_backing *b, struct bk_req *r)
+{
+	if (bk_is_simple(b, r)) {
+		bk_plan_simple(b, r);
+		bk_push(&b->ready_q, r);
+		return;
+	}
+	switch (r->io.op) {
+	case PCACHE_BIO_READ:
+	case PCACHE_BIO_WRITE:
+		bk_start_bounce(b, r);
+		break;
+	default:
+		bk_start_blk_range(b, r);
+		break;
+	}
+}
+
+/* The read-modify-write edges are in: merge the caller's data and write the whole extent. */
+static void bk_rmw_write(struct pcache_backing *b, struct bk_req *r)
+{
+	memcpy(r->bounce + (r->io.off - r->b_off), r->data, r->io.len);
+	bk_plan_io(r, BK_ST_IO, r->bounce, r->b_off, r->b_len);
+	bk_push(&b->ready_q, r);
+}
+
+static bool bk_retryable(struct bk_req *r, int res)
+{
+	return (res == -EAGAIN || res == -EINTR || res == -ECANCELED) &&
+	       r->retries++ < BK_MAX_RETRIES;
+}
+
+/* One ring operation of r completed with res. */
+static void bk_op_done(struct pcache_backing *b, struct bk_req *r, int res)
+{
+	if (bk_retryable(r, res)) {
+		bk_push(&b->ready_q, r);
+		return;
+	}
+	switch (r->stage) {
+	case BK_ST_IO:
+	case BK_ST_RMW_HEAD:
+	case BK_ST_RMW_TAIL:
+		if (res < 0) {
+			bk_req_finish(b, r, res);
+			return;
+		}
+		if (res == 0) { /* end of file on a read; a write that makes no progress */
+			bk_req_finish(b, r, r->stage == BK_ST_IO && r->io.op == PCACHE_BIO_WRITE ?
+					    -EIO : -ENODATA);
+			return;
+		}
+		r->op_done += (size_t)res;
+		if (r->op_done < r->op_len) {
+			if ((size_t)res < r->op_ask)
+				bk_stat_add(b, st_short);
+			bk_push(&b->ready_q, r);
+			return;
+		}
+		if (r->stage == BK_ST_RMW_HEAD) {
+			uint64_t tail = r->b_off + r->b_len - b->align;
+
+			if (tail > r->b_off && !bk_aligned(r->io.off + r->io.len, b->align)) {
+				bk_plan_io(r, BK_ST_RMW_TAIL, r->bounce + (tail - r->b_off), tail,
+					   b->align);
+				bk_push(&b->ready_q, r);
+			} else {
+				bk_rmw_write(b, r);
+			}
+			return;
+		}
+		if (r->stage == BK_ST_RMW_TAIL) {
+			bk_rmw_write(b, r);
+			return;
+		}
+		if (r->bounce && r->io.op == PCACHE_BIO_READ)
+			memcpy(r->data, r->bounce + (r->io.off - r->b_off), r->io.len);
+		bk_req_finish(b, r, 0);
+		return;
+	case BK_ST_FSYNC:
+		bk_req_finish(b, r, res < 0 ? res : 0);
+		return;
+	case BK_ST_FALLOC:
+		if (res == -EOPNOTSUPP || res == -ENOTSUP) {
+			if (r->falloc_mode & FALLOC_FL_ZERO_RANGE) {
+				/* some filesystems (tmpfs, FUSE) punch holes but cannot zero ranges;
+				 * a punched hole reads back as zeros too */
+				r->falloc_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+				bk_push(&b->ready_q, r);
+			} else if (r->io.op == PCACHE_BIO_ZERO) {
+				bk_zero_by_writes(b, r, r->io.off, r->io.len);
+			} else {
+				bk_req_finish(b, r, 0); /* discard is advisory */
+			}
+			return;
+		}
+		bk_req_finish(b, r, res < 0 ? res : 0);
+		return;
+	default:
+		abort();
+	}
+}
+
+/* A worker ioctl finished (completion thread). */
+static void bk_worker_done(struct pcache_backing *b, struct bk_req *r)
+{
+	int res = r->worker_res;
+
+	if (res == -EOPNOTSUPP || res == -ENOTTY) {
+		if (r->io.op == PCACHE_BIO_ZERO) {
+			bk_zero_by_writes(b, r, r->io.off, r->io.len);
+			return;
+		}
+		res = 0; /* discard is advisory */
+	}
+	bk_req_finish(b, r, res);
+}
+
+/* Give finished requests back to the pool and take the new work (one lock round trip). */
+static bool bk_gather(struct pcache_backing *b, struct bk_list *done)
+{
+	bool exiting;
+
+	pthread_mutex_lock(&b->lock);
+	while (b->release) {
+		struct bk_req *r = b->release;
+
+		b->release = r->next;
+		r->next = b->free_list;
+		b->free_list = r;
+	}
+	b->in_flight -= b->release_n;
+	b->release_n = 0;
+	bk_splice(&b->start_q, &b->submit_q);
+	bk_splice(done, &b->done_q);
+	exiting = b->closing && b->in_flight == 0;
+	pthread_mutex_unlock(&b->lock);
+	return exiting;
+}
+
+/* Move planned operations into the ring and submit them (one io_uring_enter). */
+static void bk_issue(struct pcache_backing *b, unsigned int *reaped)
+{
+	struct io_uring_sqe *sqe;
+	unsigned int n = 0;
+
+	pthread_mutex_lock(&b->sq_lock);
+	b->ring_busy -= *reaped;
+	*reaped = 0;
+	if (!b->efd_armed && (sqe = io_uring_get_sqe(&b->ring))) {
+		io_uring_prep_read(sqe, b->efd, &b->efd_val, sizeof(b->efd_val), 0);
+		io_uring_sqe_set_data64(sqe, BK_EFD_TAG);
+		b->efd_armed = true;
+		n++;
+	}
+	while (b->ready_q.head && b->ring_busy < b->depth) {
+		sqe = io_uring_get_sqe(&b->ring);
+		if (!sqe)
+			break;
+		bk_prep(b, sqe, bk_pop(&b->ready_q));
+		b->ring_busy++;
+		n++;
+	}
+	if (n) {
+		int ret;
+
+		do
+			ret = io_uring_submit(&b->ring);
+		while (ret == -EINTR);
+		/* on -EAGAIN/-EBUSY the SQEs stay in the ring and go with the next submit */
+	}
+	if (b->sq_waiters)
+		pthread_cond_broadcast(&b->slot_cond);
+	pthread_mutex_unlock(&b->sq_lock);
+}
+
+static void *bk_cq_main(void *arg)
+{
+	struct pcache_backing *b = arg;
+	unsigned int reaped = 0;
+
+	bk_self = b;
+	for (;;) {
+		struct bk_list done = { NULL, NULL };
+		struct io_uring_cqe *cqe;
+		struct bk_req *r;
+		unsigned int head, count = 0;
+		int ret;
+
+		b->kicked = false;
+		if (bk_gather(b, &done))
+			break;
+		while ((r = bk_pop(&done)))
+			bk_worker_done(b, r);
+		while ((r = bk_pop(&b->start_q)))
+			bk_req_start(b, r);
+		bk_issue(b, &reaped);
+		if (b->kicked || b->start_q.head || b->release_n)
+			continue; /* new work from callbacks: take it before sleeping */
+
+		ret = io_uring_wait_cqe(&b->ring, &cqe);
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -ETIME) {
+			fprintf(stderr, "pcache backing %s: io_uring_wait_cqe: %s\n", b->path,
+				strerror(-ret));
+			usleep(1000);
+		}
+		io_uring_for_each_cqe(&b->ring, head, cqe) {
+			uint64_t tag = io_uring_cqe_get_data64(cqe);
+
+			count++;
+			if (tag == BK_EFD_TAG) {
+				b->efd_armed = false;
+				continue;
+			}
+			reaped++;
+			bk_tsan_acquire((void *)(uintptr_t)tag);
+			bk_op_done(b, (struct bk_req *)(uintptr_t)tag, cqe->res);
+		}
+		io_uring_cq_advance(&b->ring, count);
+	}
+	return NULL;
+}
+
+/* ---- worker (block-device ioctls) ---------------------------------------------------------- */
+
+static void *bk_worker_main(void *arg)
+{
+	struct pcache_backing *b = arg;
+
+	pthread_mutex_lock(&b->lock);
+	for (;;) {
+		struct bk_req *r = bk_pop(&b->worker_q);
+		uint64_t range[2];
+		int ret;
+
+		if (!r) {
+			if (b->worker_stop)
+				break;
+			pthread_cond_wait(&b->worker_cond, &b->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&b->lock);
+		range[0] = r->io.off;
+		range[1] = r->io.len;
+		ret = ioctl(b->fd, r->io.op == PCACHE_BIO_ZERO ? BLKZEROOUT : BLKDISCARD, range);
+		r->worker_res = ret < 0 ? -errno : 0;
+		pthread_mutex_lock(&b->lock);
+		bk_push(&b->done_q, r);
+		/* the wake happens under lock: close cannot free b before the completion thread
+		 * has taken this result, and it needs the lock to see in_flight reach 0 */
+		bk_wake(b);
+	}
+	pthread_mutex_unlock(&b->lock);
+	return NULL;
+}
+
+/* ---- public API ---------------------------------------------------------------------------- */
+
+int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io)
+{
+	struct bk_req *r;
+	bool was_empty;
+	int ret = bk_validate(b, io);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&b->lock);
+	if (b->closing) {
+		pthread_mutex_unlock(&b->lock);
+		return -ESHUTDOWN;
+	}
+	r = bk_alloc_locked(b);
+	if (!r) {
+		pthread_mutex_unlock(&b->lock);
+		return -ENOMEM;
+	}
+	b->in_flight++;
+	r->io = *io;
+	r->counted = true;
+	if (io->op == PCACHE_BIO_READ || io->op == PCACHE_BIO_WRITE)
+		r->data = io->upper ? (uint8_t *)io->upper->buf + io->upper_off : io->kmem;
+	/* the reference is taken before the request is visible to the completion thread */
+	if (io->upper && io->upper->get)
+		io->upper->get(io->upper);
+	was_empty = !b->submit_q.head;
+	bk_push(&b->submit_q, r);
+	pthread_mutex_unlock(&b->lock);
+	bk_stat_add(b, st_submitted);
+
+	if (bk_self == b)
+		b->kicked = true; /* from a callback: the completion thread gathers next */
+	else if (was_empty)
+		bk_wake(b);       /* a non-empty queue already has a wake pending */
+	return 0;
+}
+
+int pcache_backing_submit_direct(struct pcache_backing *b, const struct pcache_backing_io *io)
+{
+	struct io_uring_sqe *sqe;
+	struct bk_req *r;
+	int ret;
+
+	if (bk_self == b)
+		return pcache_backing_submit(b, io); /* the completion thread must never wait */
+	ret = bk_accept(b, io, false, &r);
+	if (ret)
+		return ret;
+	if (!bk_is_simple(b, r)) {
+		/* bounces, read-modify-writes and ioctls are walked by the completion thread */
+		pthread_mutex_lock(&b->lock);
+		bk_push(&b->submit_q, r);
+		pthread_mutex_unlock(&b->lock);
+		bk_wake(b);
+		return 0;
+	}
+	bk_plan_simple(b, r);
+	pthread_mutex_lock(&b->sq_lock);
+	while (b->ring_busy >= b->depth) {
+		b->sq_waiters++;
+		pthread_cond_wait(&b->slot_cond, &b->sq_lock);
+		b->sq_waiters--;
+	}
+	while (!(sqe = io_uring_get_sqe(&b->ring)))
+		io_uring_submit(&b->ring);
+	bk_prep(b, sqe, r);
+	b->ring_busy++;
+	do
+		ret = io_uring_submit(&b->ring);
+	while (ret == -EINTR);
+	pthread_mutex_unlock(&b->sq_lock);
+	return 0;
+}
+
+struct bk_sync {
+	sem_t sem;
+	int status;
+};
+
+static void bk_sync_end(void *priv, int status)
+{
+	struct bk_sync *s = priv;
+
+	s->status = status;
+	sem_post(&s->sem);
+}
+
+static int bk_sync_run(struct pcache_backing *b, struct pcache_backing_io *io)
+{
+	struct bk_sync s;
+	int ret;
+
+	if (bk_self == b)
+		return -EDEADLK; /* a callback would wait for itself */
+	sem_init(&s.sem, 0, 0);
+	s.status = 0;
+	io->end = bk_sync_end;
+	io->priv = &s;
+	ret = pcache_backing_submit_direct(b, io);
+	if (ret == 0) {
+		while (sem_wait(&s.sem) && errno == EINTR)
+			;
+		ret = s.status;
+	}
+	sem_destroy(&s.sem);
+	return ret;
+}
+
+int pcache_backing_rw_sync(struct pcache_backing *b, enum pcache_backing_op op, void *buf,
+			   size_t len, uint64_t off)
+{
+	struct pcache_backing_io io = { .op = op, .off = off, .len = len, .kmem = buf };
+
+	return bk_sync_run(b, &io);
+}
+
+int pcache_backing_flush_sync(struct pcache_backing *b)
+{
+	struct pcache_backing_io io = { .op = PCACHE_BIO_FLUSH };
+
+	return bk_sync_run(b, &io);
+}
+
+void pcache_backing_get_stats(const struct pcache_backing *b, struct pcache_backing_stats *st)
+{
+	st->submitted = __atomic_load_n(&b->st_submitted, __ATOMIC_RELAXED);
+	st->completed = __atomic_load_n(&b->st_completed, __ATOMIC_RELAXED);
+	st->errors = __atomic_load_n(&b->st_errors, __ATOMIC_RELAXED);
+	st->short_continued = __atomic_load_n(&b->st_short, __ATOMIC_RELAXED);
+	st->bounced = __atomic_load_n(&b->st_bounced, __ATOMIC_RELAXED);
+	st->flushes = __atomic_load_n(&b->st_flushes, __ATOMIC_RELAXED);
+	st->in_flight = st->submitted >= st->completed ? st->submitted - st->completed : 0;
+}
+
+uint64_t pcache_backing_size(const struct pcache_backing *b) { return b->size; }
+uint32_t pcache_backing_lbs(const struct pcache_backing *b) { return b->lbs; }
+bool pcache_backing_is_direct(const struct pcache_backing *b) { return b->direct; }
+bool pcache_backing_is_blockdev(const struct pcache_backing *b) { return b->blockdev; }
+const char *pcache_backing_path(const struct pcache_backing *b) { return b->path; }
+
+/* ---- open and close ------------------------------------------------------------------------ */
+
+#define bk_err(err, errlen, ...) \
+	do { if (err && errlen) snprintf(err, errlen, __VA_ARGS__); } while (0)
+
+/* Refuse anything that is not a regular file or a block device. */
+static int bk_check_type(const char *path, mode_t mode, char *err, size_t errlen)
+{
+	const char *what;
+
+	if (S_ISREG(mode) || S_ISBLK(mode))
+		return 0;
+	if (S_ISDIR(mode)) {
+		bk_err(err, errlen, "%s: is a directory, not an image", path);
+		return -EISDIR;
+	}
+	what = S_ISFIFO(mode) ? "a FIFO" : S_ISSOCK(mode) ? "a socket" :
+	       S_ISCHR(mode) ? "a character device" : "not a regular file or block device";
+	bk_err(err, errlen, "%s: is %s, not an image", path, what);
+	return -EINVAL;
+}
+
+/* Size, logical block size and O_DIRECT alignment of the open image. */
+static int bk_probe(struct pcache_backing *b, char *err, size_t errlen)
+{
+	struct stat st;
+	struct statx stx;
+
+	if (fstat(b->fd, &st) < 0) {
+		bk_err(err, errlen, "%s: fstat: %s", b->path, strerror(errno));
+		return -errno;
+	}
+	if (bk_check_type(b->path, st.st_mode, err, errlen))
+		return -EINVAL;
+	b->blockdev = S_ISBLK(st.st_mode);
+	if (b->blockdev) {
+		int ssz = 0;
+
+		if (ioctl(b->fd, BLKGETSIZE64, &b->size) < 0 || ioctl(b->fd, BLKSSZGET, &ssz) < 0) {
+			bk_err(err, errlen, "%s: block device size query: %s", b->path,
+			       strerror(errno));
+			return -errno;
+		}
+		if (ssz < 512 || !PCACHE_IS_POW2((unsigned int)ssz)) {
+			bk_err(err, errlen, "%s: odd logical block size %d", b->path, ssz);
+			return -EINVAL;
+		}
+		b->lbs = (uint32_t)ssz;
+	} else {
+		b->size = (uint64_t)st.st_size;
+		b->lbs = 512;
+	}
+	if (b->size == 0) {
+		bk_err(err, errlen, "%s: size is 0", b->path);
+		return -EINVAL;
+	}
+	if (b->size % 512) {
+		bk_err(err, errlen, "%s: size %llu is not a multiple of 512", b->path,
+		       (unsigned long long)b->size);
+		return -EINVAL;
+	}
+	b->align = b->mem_align = 1;
+	if (b->direct) {
+		b->align = b->lbs;
+		b->mem_align = 512;
+		if (statx(b->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+		    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+			b->align = PCACHE_MAX(b->align, stx.stx_dio_offset_align);
+			b->mem_align = PCACHE_MAX(b->mem_align, stx.stx_dio_mem_align);
+		}
+	}
+	return 0;
+}
+
+static int bk_open_fd(struct pcache_backing *b, const char *path, bool no_direct, char *err,
+		      size_t errlen)
+{
+	int flags = (b->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+	int ret;
+
+	b->direct = false;
+	if (!no_direct) {
+		b->fd = open(path, flags | O_DIRECT);
+		if (b->fd >= 0)
+			b->direct = true;
+		else if (errno != EINVAL)
+			goto fail;
+	}
+	if (!b->direct)
+		b->fd = open(path, flags);
+	if (b->fd < 0)
+		goto fail;
+	ret = bk_probe(b, err, errlen);
+	if (ret)
+		goto close_fd;
+	if (b->direct && (b->size % b->align)) {
+		/* the last block could never be written with O_DIRECT: stay buffered */
+		close(b->fd);
+		return bk_open_fd(b, path, true, err, errlen);
+	}
+	return 0;
+
+fail:
+	ret = -errno;
+	bk_err(err, errlen, "%s: open: %s", path, strerror(errno));
+	return ret;
+close_fd:
+	close(b->fd);
+	b->fd = -1;
+	return ret;
+}
+
+int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts,
+			struct pcache_backing **out, char *err, size_t errlen)
+{
+	struct pcache_backing_opts def = { 0 };
+	struct pcache_backing *b;
+	struct stat st;
+	int ret;
+
+	if (!opts)
+		opts = &def;
+	if (err && errlen)
+		err[0] = 0;
+	if (stat(path, &st) < 0) {
+		ret = -errno;
+		bk_err(err, errlen, "%s: %s", path, strerror(errno));
+		return ret;
+	}
+	ret = bk_check_type(path, st.st_mode, err, errlen);
+	if (ret)
+		return ret;
+
+	b = calloc(1, sizeof(*b));
+	if (!b) {
+		bk_err(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	b->fd = b->efd = -1;
+	b->read_only = opts->read_only;
+	b->depth = opts->queue_depth ? PCACHE_MIN(opts->queue_depth, BK_MAX_DEPTH) :
+		   BK_DEFAULT_DEPTH;
+	b->path = strdup(path);
+	if (!b->path) {
+		ret = -ENOMEM;
+		bk_err(err, errlen, "out of memory");
+		goto free_b;
+	}
+	ret = bk_open_fd(b, path, opts->no_direct, err, errlen);
+	if (ret)
+		goto free_path;
+	b->efd = eventfd(0, EFD_CLOEXEC);
+	if (b->efd < 0) {
+		ret = -errno;
+		bk_err(err, errlen, "eventfd: %s", strerror(errno));
+		goto close_fd;
+	}
+	/* one SQ slot more than depth for the armed eventfd read (invariant 4) */
+	ret = io_uring_queue_init(b->depth + 1, &b->ring, 0);
+	if (ret < 0) {
+		bk_err(err, errlen, "io_uring setup: %s", strerror(-ret));
+		goto close_efd;
+	}
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_mutex_init(&b->sq_lock, NULL);
+	pthread_cond_init(&b->slot_cond, NULL);
+	pthread_cond_init(&b->worker_cond, NULL);
+	if (b->blockdev && !b->read_only) {
+		ret = -pthread_create(&b->worker, NULL, bk_worker_main, b);
+		if (ret) {
+			bk_err(err, errlen, "worker thread: %s", strerror(-ret));
+			goto exit_ring;
+		}
+		b->have_worker = true;
+	}
+	ret = -pthread_create(&b->cq_thread, NULL, bk_cq_main, b);
+	if (ret) {
+		bk_err(err, errlen, "completion thread: %s", strerror(-ret));
+		goto stop_worker;
+	}
+	*out = b;
+	return 0;
+
+stop_worker:
+	if (b->have_worker) {
+		pthread_mutex_lock(&b->lock);
+		b->worker_stop = true;
+		pthread_cond_signal(&b->worker_cond);
+		pthread_mutex_unlock(&b->lock);
+		pthread_join(b->worker, NULL);
+	}
+exit_ring:
+	pthread_cond_destroy(&b->worker_cond);
+	pthread_cond_destroy(&b->slot_cond);
+	pthread_mutex_destroy(&b->sq_lock);
+	pthread_mutex_destroy(&b->lock);
+	io_uring_queue_exit(&b->ring);
+close_efd:
+	close(b->efd);
+close_fd:
+	close(b->fd);
+free_path:
+	free(b->path);
+free_b:
+	free(b);
+	return ret;
+}
+
+void pcache_backing_close(struct pcache_backing *b)
+{
+	struct bk_chunk *c;
+
+	if (!b)
+		return;
+	if (bk_self == b) {
+		fprintf(stderr, "pcache_backing_close called from its own callback\n");
+		abort();
+	}
+	pthread_mutex_lock(&b->lock);
+	b->closing = true;
+	pthread_mutex_unlock(&b->lock);
+	bk_wake(b);
+	pthread_join(b->cq_thread, NULL); /* returns once in_flight reached 0 (invariant 1) */
+	if (b->have_worker) {
+		pthread_mutex_lock(&b->lock);
+		b->worker_stop = true;
+		pthread_cond_signal(&b->worker_cond);
+		pthread_mutex_unlock(&b->lock);
+		pthread_join(b->worker, NULL);
+	}
+	pthread_cond_destroy(&b->worker_cond);
+	pthread_cond_destroy(&b->slot_cond);
+	pthread_mutex_destroy(&b->sq_lock);
+	pthread_mutex_destroy(&b->lock);
+	io_uring_queue_exit(&b->ring); /* also cancels the armed eventfd read */
+	close(b->efd);
+	close(b->fd);
+	while ((c = b->chunks)) {
+		b->chunks = c->next;
+		free(c);
+	}
+	free(b->zbuf);
+	free(b->path);
+	free(b);
+}
