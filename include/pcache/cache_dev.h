@@ -82,6 +82,14 @@ struct pcache_cache_dev_opts {
  * "superblock: bad magic (not a pcachefs cache device; use 'pcachectl format')",
  * "cache_info: both slots invalid", "segment 17 record: both slots invalid",
  * "locked by pid 1234 (pcachefs)". Nothing is written on error.
+ * Error codes: -ENOENT missing device (and no create_size), -EBUSY locked by another open
+ * (err names the holder), -ENODATA blank device not formatted (format_if_blank false or
+ * read_only), -EMEDIUMTYPE not a pcachefs device (foreign data), -EPROTONOSUPPORT newer format
+ * version or unknown incompatible feature, -ENOSPC too small to format, -EUCLEAN corrupt
+ * metadata (err names the structure), -EINVAL bad options, -EIO and others from the system.
+ * NOTE: a missing *or empty* regular file is created/extended to create_size; the exclusive
+ * lock is flock(LOCK_EX) (LOCK_SH when read_only), held by the device fd until close, and the
+ * holder is named from /proc/locks.
  */
 int pcache_cache_dev_open(const struct pcache_cache_dev_opts *opts, struct pcache_cache_dev **out,
 			  char *err, size_t errlen);
@@ -124,7 +132,11 @@ struct pcache_cache_info {
 	uint32_t next_image_id;
 };
 void pcache_cache_dev_get_info(const struct pcache_cache_dev *cd, struct pcache_cache_info *ci);
-/* Validates ranges (-EINVAL: gc_percent > 90, dirty_low >= dirty_high, ...), then persists. */
+/*
+ * Validates ranges (-EINVAL: gc_percent > 90, dirty_low >= dirty_high, dirty_high > 100,
+ * unknown flags, a change of PCACHE_INFO_DATA_CRC (fixed at format), next_image_id going
+ * backwards), then persists. -EROFS on a read-only open.
+ */
 int pcache_cache_dev_set_info(struct pcache_cache_dev *cd, const struct pcache_cache_info *ci);
 
 /* A log position. */
@@ -157,7 +169,10 @@ struct pcache_image_ent {
 	char name[PCACHE_NAME_MAX + 1];
 	char path[PCACHE_PATH_MAX + 1];
 };
-/* 1 if name is a valid image name (1..127 bytes, no '/', not "." or "..", no control chars). */
+/*
+ * 1 if name is a valid image name (1..127 bytes, no '/', not "." or "..", no control chars).
+ * NOTE: ".pcache" is refused too: it is the mount's control directory.
+ */
 bool pcache_image_name_valid(const char *name);
 /* Fill ents with every used entry (up to max); returns the count. */
 int pcache_cache_dev_images(const struct pcache_cache_dev *cd, struct pcache_image_ent *ents, int max);
@@ -167,9 +182,16 @@ int pcache_cache_dev_image_find(const struct pcache_cache_dev *cd, const char *n
 /*
  * Add a new image (id from next_image_id, new uuid, slot chosen here): fills e->slot, e->id,
  * e->uuid. -EEXIST (name taken), -ENOSPC (table full), -EINVAL (bad name or path).
+ * Validated like a loaded entry: path non-empty; lbs a power of two 512..65536 (0 = 512);
+ * size a multiple of 512; cache_mode a PCACHE_MODE_*; file_mode <= 07777; state ATTACHED or
+ * DETACHED (FREE = 0 means ATTACHED). The bumped next_image_id is durable before the entry.
  */
 int pcache_cache_dev_image_add(struct pcache_cache_dev *cd, struct pcache_image_ent *e);
-/* Rewrite an existing entry (matched by e->slot and e->id): rename, path, mode, wb_lsn... */
+/*
+ * Rewrite an existing entry (matched by e->slot and e->id): rename, path, mode, wb_lsn...
+ * The uuid is kept from the table (e->uuid is ignored). -ENOENT (no such entry), -EEXIST
+ * (name taken by another entry), -EINVAL (as for add).
+ */
 int pcache_cache_dev_image_update(struct pcache_cache_dev *cd, const struct pcache_image_ent *e);
 /* Free the slot (the id is never reused). */
 int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot);
@@ -177,5 +199,29 @@ int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot);
 /* ---- offline check ------------------------------------------------------------------------ */
 
 enum pcache_check_result { PCACHE_CHECK_CLEAN = 0, PCACHE_CHECK_REPAIRABLE = 1, PCACHE_CHECK_CORRUPT = 2 };
+
+/*
+ * Number of records (superblock copies included) whose load found one damaged slot -- a torn
+ * update or corruption -- and used the other, valid one. The device works; the next update of
+ * such a record rewrites the damaged slot (pcache_cache_dev_repair() does it at once).
+ */
+unsigned int pcache_cache_dev_damaged(const struct pcache_cache_dev *cd);
+/*
+ * Report what the load found: report(arg, line) is called once per finding ("cache_info slot 1:
+ * bad CRC; using slot 0 (seq 7)"). Returns PCACHE_CHECK_CLEAN or PCACHE_CHECK_REPAIRABLE (an
+ * open device is never CORRUPT: open refuses corrupt devices with -EUCLEAN). report may be NULL.
+ */
+enum pcache_check_result pcache_cache_dev_check(const struct pcache_cache_dev *cd,
+						void (*report)(void *arg, const char *line),
+						void *arg);
+/*
+ * Rewrite every damaged slot found at load from the valid copy (same values, next seq), and a
+ * damaged superblock copy from the good one. 0, -EROFS on a read-only open.
+ */
+int pcache_cache_dev_repair(struct pcache_cache_dev *cd);
+
+/* Format geometry for a device of dev_size bytes: 0, -EINVAL (bad seg_size) or -ENOSPC. */
+int pcache_cache_dev_geometry(uint64_t dev_size, uint64_t seg_size, uint32_t *seg_count,
+			      uint64_t *seg_base);
 
 #endif

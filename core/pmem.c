@@ -1,0 +1,265 @@
+/*
+ * pmem.c -- the libpmem2 mapping of a cache device and the production persistence seam.
+ *
+ * The whole device is mapped once, shared. PMEM2_GRANULARITY_PAGE is requested so a regular file
+ * on any filesystem (tmpfs for /dev/shm emulation included) maps; libpmem2 reports what it
+ * found (byte on eADR pmem, cache line on ADR pmem, page otherwise) and picks matching
+ * memcpy/flush/drain functions. PMEM2_FORCE_GRANULARITY in the environment is honoured by
+ * libpmem2 itself (tests use it to run the cache-line path on ordinary memory).
+ *
+ * Invariants:
+ *  1. libpmem2 types and PMEM2_E_* codes never leave this file: every error goes through
+ *     pmem_errno() (our pmem2_err_to_errno(), see there) and is returned as -errno.
+ *  2. The seam's ctx is the struct pcache_pmem_map itself, which lives inside the cache device
+ *     (stable address for the device's lifetime).
+ *  3. Metadata is read with pread() (or libpmem2's machine-check-safe read on DAX character
+ *     devices, which do not support read(2)), never through the mapping: poison becomes -EIO.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pmem_i.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/*
+ * PMEM2_E_* (or a -errno passed through by libpmem2) -> -errno.
+ * NOTE: pmem2_err_to_errno() is declared by libpmem2.h but Debian 12's libpmem2 1.12 does not
+ * export it (undefined reference at link time), so this is our own table, following PMDK's
+ * mapping: unsupported -> ENOTSUP, I/O -> EIO, access -> EACCES, everything else -> EINVAL.
+ */
+static int pmem_errno(int rc)
+{
+	if (rc >= 0)
+		return -EIO;
+	if (rc > PMEM2_E_UNKNOWN)
+		return rc; /* already -errno */
+	switch (rc) {
+	case PMEM2_E_NOSUPP:
+	case PMEM2_E_GRANULARITY_NOT_SUPPORTED:
+	case PMEM2_E_SOURCE_TYPE_NOT_SUPPORTED:
+		return -ENOTSUP;
+	case PMEM2_E_IO_FAIL:
+		return -EIO;
+	case PMEM2_E_NO_ACCESS:
+		return -EACCES;
+	case PMEM2_E_MAP_RANGE:
+	case PMEM2_E_LENGTH_OUT_OF_RANGE:
+	case PMEM2_E_OFFSET_OUT_OF_RANGE:
+		return -ERANGE;
+	case PMEM2_E_SOURCE_EMPTY:
+		return -ENOSPC;
+	default:
+		return -EINVAL;
+	}
+}
+
+static int pmem_err(int rc, const char *what, char *err, size_t errlen)
+{
+	int e = pmem_errno(rc);
+	snprintf(err, errlen, "%s: %s", what, pmem2_errormsg());
+	return e;
+}
+
+/* ---- the production seam ------------------------------------------------------------------ */
+
+static unsigned int pm_flags(unsigned int flags)
+{
+	unsigned int f = 0;
+
+	if (flags & PCACHE_PM_NODRAIN)
+		f |= PMEM2_F_MEM_NODRAIN;
+	if (flags & PCACHE_PM_NONTEMPORAL)
+		f |= PMEM2_F_MEM_NONTEMPORAL;
+	return f;
+}
+
+static void pm_memcpy(void *ctx, void *dst, const void *src, size_t len, unsigned int flags)
+{
+	struct pcache_pmem_map *m = ctx;
+
+	m->memcpy_fn(dst, src, len, pm_flags(flags));
+}
+
+static void pm_memset(void *ctx, void *dst, int c, size_t len, unsigned int flags)
+{
+	struct pcache_pmem_map *m = ctx;
+
+	m->memset_fn(dst, c, len, pm_flags(flags));
+}
+
+static void pm_persist(void *ctx, const void *addr, size_t len)
+{
+	struct pcache_pmem_map *m = ctx;
+
+	m->persist_fn(addr, len);
+}
+
+static void pm_flush(void *ctx, const void *addr, size_t len)
+{
+	struct pcache_pmem_map *m = ctx;
+
+	m->flush_fn(addr, len);
+}
+
+static void pm_drain(void *ctx)
+{
+	struct pcache_pmem_map *m = ctx;
+
+	m->drain_fn();
+}
+
+static const struct pcache_pmem_ops pm_ops = {
+	.memcpy = pm_memcpy,
+	.memset = pm_memset,
+	.persist = pm_persist,
+	.flush = pm_flush,
+	.drain = pm_drain,
+};
+
+/* ---- mapping ------------------------------------------------------------------------------ */
+
+int pcache_pmem_source_size(int fd, uint64_t *size, char *err, size_t errlen)
+{
+	struct pmem2_source *src = NULL;
+	size_t sz = 0;
+	int rc;
+
+	rc = pmem2_source_from_fd(&src, fd);
+	if (rc)
+		return pmem_err(rc, "device", err, errlen);
+	rc = pmem2_source_size(src, &sz);
+	pmem2_source_delete(&src);
+	if (rc)
+		return pmem_err(rc, "device size", err, errlen);
+	*size = sz;
+	return 0;
+}
+
+int pcache_pmem_map_open(struct pcache_pmem_map *m, int fd, bool read_only, char *err,
+			 size_t errlen)
+{
+	struct pmem2_config *cfg = NULL;
+	struct stat st;
+	size_t sz = 0;
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	if (fstat(fd, &st) == 0)
+		m->devdax = S_ISCHR(st.st_mode);
+	rc = pmem2_source_from_fd(&m->src, fd);
+	if (rc) {
+		rc = pmem_err(rc, "device", err, errlen);
+		goto out;
+	}
+	rc = pmem2_source_size(m->src, &sz);
+	if (rc) {
+		rc = pmem_err(rc, "device size", err, errlen);
+		goto out_source;
+	}
+	rc = pmem2_config_new(&cfg);
+	if (rc) {
+		rc = pmem_err(rc, "pmem2 config", err, errlen);
+		goto out_source;
+	}
+	rc = pmem2_config_set_required_store_granularity(cfg, PMEM2_GRANULARITY_PAGE);
+	if (!rc)
+		rc = pmem2_config_set_sharing(cfg, PMEM2_SHARED);
+	if (!rc && read_only)
+		rc = pmem2_config_set_protection(cfg, PMEM2_PROT_READ);
+	if (rc) {
+		rc = pmem_err(rc, "pmem2 config", err, errlen);
+		goto out_config;
+	}
+	rc = pmem2_map_new(&m->map, cfg, m->src);
+	if (rc) {
+		rc = pmem_err(rc, "map device", err, errlen);
+		goto out_config;
+	}
+	pmem2_config_delete(&cfg);
+
+	m->base = pmem2_map_get_address(m->map);
+	m->size = pmem2_map_get_size(m->map);
+	m->gran = pmem2_map_get_store_granularity(m->map);
+	m->memcpy_fn = pmem2_get_memcpy_fn(m->map);
+	m->memset_fn = pmem2_get_memset_fn(m->map);
+	m->persist_fn = pmem2_get_persist_fn(m->map);
+	m->flush_fn = pmem2_get_flush_fn(m->map);
+	m->drain_fn = pmem2_get_drain_fn(m->map);
+	m->seam.ops = &pm_ops;
+	m->seam.ctx = m;
+	return 0;
+
+out_config:
+	pmem2_config_delete(&cfg);
+out_source:
+	pmem2_source_delete(&m->src);
+out:
+	return rc;
+}
+
+void pcache_pmem_map_close(struct pcache_pmem_map *m)
+{
+	if (m->map)
+		pmem2_map_delete(&m->map);
+	if (m->src)
+		pmem2_source_delete(&m->src);
+	m->base = NULL;
+}
+
+const char *pcache_pmem_granularity_name(const struct pcache_pmem_map *m)
+{
+	switch (m->gran) {
+	case PMEM2_GRANULARITY_BYTE:
+		return "byte";
+	case PMEM2_GRANULARITY_CACHE_LINE:
+		return "cache line";
+	case PMEM2_GRANULARITY_PAGE:
+		return "page";
+	}
+	return "unknown";
+}
+
+int pcache_pmem_pread(const struct pcache_pmem_map *m, int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	ssize_t n;
+	int rc;
+
+	if (m->devdax) {
+		rc = pmem2_source_pread_mcsafe(m->src, buf, len, (size_t)off);
+		return rc ? pmem_errno(rc) : 0; /* poison is PMEM2_E_IO_FAIL -> -EIO */
+	}
+	while (done < len) {
+		n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO; /* past the end: the device shrank under us */
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+void pcache_pmem_prefault(const struct pcache_pmem_map *m, bool writable)
+{
+	volatile const char *p = m->base;
+	uint64_t off;
+	long pg = sysconf(_SC_PAGESIZE);
+
+	if (madvise(m->base, m->size, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
+		return;
+	/* older kernels: read-fault every page (a write would need the seam; reads are enough) */
+	for (off = 0; off < m->size; off += (uint64_t)(pg > 0 ? pg : 4096))
+		(void)p[off];
+}
