@@ -1,0 +1,1238 @@
+/*
+ * cache.c -- the engine's lifecycle: start (open, replay), stop, images (attach/detach with
+ * identity checks, per-image replay), knobs, status, and the glue to the writeback.
+ *
+ * Replay walks the key log from key_tail and accepts a kset only if magic, CRC and lsn continue
+ * the log and it lies within its segment; LAST records are followed. The global walk at start
+ * rebuilds the segment bitmap and refs and finds key_head; each image's index is rebuilt by a
+ * second walk when the image attaches (keys of images not attached stay in the log untouched).
+ *
+ * Invariants:
+ *  1. Everything read from media is bounds-checked; a CRC-valid kset with a bad key refuses the
+ *     start with a message naming it, never a crash.
+ *  2. A key whose seg_gen is not its segment's current generation is stale: dropped at replay,
+ *     takes no segment ref (GC drops refs only for current keys: refs stay consistent).
+ *  3. key_tail <= dirty_tail <= key_head (lsn order), checked at start.
+ *  4. An image's I/O is quiesced (inflight == 0, no writeback reference) before its backing is
+ *     closed or its index freed.
+ *
+ * Lifecycle of the cache: start -> running -> stop. Threads: timer (closes ksets ~1 s after
+ * their first key, releases idle data heads), GC (cache_gc.c), writeback (cache_writeback.c).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache_i.h"
+#include "cache_writeback.h"
+
+#define ERR(...) snprintf(err, errlen, __VA_ARGS__)
+
+/* ---- log walking (replay) ----------------------------------------------------------------- */
+
+struct walk_cb {
+	int (*kset)(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos);
+	void *arg;
+};
+
+/*
+ * Walk the log from start; stop at the first kset that does not continue it, or at stop_lsn
+ * (exclusive; 0 = no limit). *end gets the end position. Returns 0 or a callback's error.
+ */
+static int log_walk(struct pcache_cache *c, const struct pcache_pos *start, uint64_t stop_lsn,
+		    const struct walk_cb *cb, struct pcache_pos *end, uint64_t *ksets, char *err,
+		    size_t errlen)
+{
+	struct pcache_pos pos = *start;
+	const uint8_t *base = pcache_cache_dev_base(c->cd);
+	uint64_t n = 0;
+	int ret = 0;
+
+	for (;;) {
+		const struct pcache_kset_om *ks;
+		uint32_t avail;
+
+		if (stop_lsn && pos.lsn >= stop_lsn)
+			break;
+		if (pos.seg >= c->seg_count || pos.off >= c->seg_size || pos.off % 8) {
+			ERR("key log: position %u:%u outside the segments", pos.seg, pos.off);
+			return -EUCLEAN;
+		}
+		avail = (uint32_t)(c->seg_size - pos.off);
+		ks = (const struct pcache_kset_om *)pcache_seg_ptr(c, pos.seg, pos.off);
+		(void)base;
+		if (pcache_kset_check(ks, avail, pos.lsn) != 0)
+			break;
+		if (ks->flags & PCACHE_KSET_LAST) {
+			if (ks->next_seg >= c->seg_count) {
+				ERR("key log: LAST record at %u:%u (lsn %" PRIu64 ") links segment %u (only %u)",
+				    pos.seg, pos.off, pos.lsn, ks->next_seg, c->seg_count);
+				return -EUCLEAN;
+			}
+		}
+		if (cb) {
+			ret = cb->kset(cb->arg, ks, &pos);
+			if (ret)
+				return ret;
+		}
+		n++;
+		if (ks->flags & PCACHE_KSET_LAST) {
+			pos.seg = ks->next_seg;
+			pos.off = 0;
+		} else {
+			pos.off += PCACHE_KSET_SIZE(ks->key_num);
+		}
+		pos.lsn++;
+	}
+	*end = pos;
+	if (ksets)
+		*ksets = n;
+	return 0;
+}
+
+struct replay_all {
+	struct pcache_cache *c;
+	char *err;
+	size_t errlen;
+	uint64_t keys;
+	struct pcache_pos dirty_tail;
+	bool saw_dirty_tail;
+};
+
+static int replay_all_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
+{
+	struct replay_all *r = arg;
+	struct pcache_cache *c = r->c;
+	uint32_t i;
+	int ret;
+
+	if (pos->lsn == r->dirty_tail.lsn) {
+		if (pos->seg != r->dirty_tail.seg || pos->off != r->dirty_tail.off) {
+			snprintf(r->err, r->errlen,
+				 "dirty_tail: %u:%u lsn %" PRIu64 " is not the kset at that lsn (%u:%u)",
+				 r->dirty_tail.seg, r->dirty_tail.off, r->dirty_tail.lsn, pos->seg, pos->off);
+			return -EUCLEAN;
+		}
+		r->saw_dirty_tail = true;
+	}
+	if (c->segs.kind[pos->seg] == PCACHE_SEG_DATA) {
+		snprintf(r->err, r->errlen, "key log: segment %u holds both ksets and live data", pos->seg);
+		return -EUCLEAN;
+	}
+	pcache_seg_mark_used(c, pos->seg, PCACHE_SEG_LOG);
+	if (ks->flags & PCACHE_KSET_LAST) {
+		if (c->segs.kind[ks->next_seg] == PCACHE_SEG_DATA) {
+			snprintf(r->err, r->errlen, "key log: segment %u holds both ksets and live data",
+				 ks->next_seg);
+			return -EUCLEAN;
+		}
+		pcache_seg_mark_used(c, ks->next_seg, PCACHE_SEG_LOG);
+		return 0;
+	}
+	for (i = 0; i < ks->key_num; i++) {
+		const struct pcache_key_om *k = &ks->keys[i];
+		uint64_t gen;
+
+		ret = pcache_key_check(c, k, r->err, r->errlen);
+		if (ret)
+			return ret;
+		r->keys++;
+		if (k->flags & PCACHE_KEY_ZERO)
+			continue;
+		gen = pcache_cache_dev_seg_gen(c->cd, k->seg);
+		if (k->seg_gen > gen) {
+			snprintf(r->err, r->errlen,
+				 "key log: key (image %u, off %" PRIu64 ") has generation %" PRIu64
+				 " newer than segment %u's %" PRIu64, k->image_id, k->off, k->seg_gen,
+				 k->seg, gen);
+			return -EUCLEAN;
+		}
+		if (k->seg_gen < gen)
+			continue; /* stale: the segment was freed after this key */
+		if (c->segs.kind[k->seg] == PCACHE_SEG_LOG) {
+			snprintf(r->err, r->errlen,
+				 "key log: key (image %u, off %" PRIu64 ") points into key-log segment %u",
+				 k->image_id, k->off, k->seg);
+			return -EUCLEAN;
+		}
+		pcache_seg_mark_used(c, k->seg, PCACHE_SEG_DATA);
+		pcache_seg_get(c, k->seg);
+	}
+	return 0;
+}
+
+static int replay(struct pcache_cache *c, char *err, size_t errlen)
+{
+	struct replay_all r = { .c = c, .err = err, .errlen = errlen };
+	struct walk_cb cb = { replay_all_kset, &r };
+	struct pcache_pos kt, end;
+	int ret;
+
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
+	pcache_cache_dev_get_dirty_tail(c->cd, &r.dirty_tail);
+	if (kt.seg >= c->seg_count || kt.off >= c->seg_size ||
+	    r.dirty_tail.seg >= c->seg_count || r.dirty_tail.off >= c->seg_size) {
+		ERR("tails: key_tail %u:%u or dirty_tail %u:%u outside the segments", kt.seg, kt.off,
+		    r.dirty_tail.seg, r.dirty_tail.off);
+		return -EUCLEAN;
+	}
+	if (r.dirty_tail.lsn < kt.lsn) {
+		ERR("tails: dirty_tail lsn %" PRIu64 " before key_tail lsn %" PRIu64, r.dirty_tail.lsn,
+		    kt.lsn);
+		return -EUCLEAN;
+	}
+	pcache_seg_mark_used(c, kt.seg, PCACHE_SEG_LOG);
+	ret = log_walk(c, &kt, 0, &cb, &end, NULL, err, errlen);
+	if (ret)
+		return ret;
+	if (r.dirty_tail.lsn > end.lsn ||
+	    (r.dirty_tail.lsn == end.lsn &&
+	     (r.dirty_tail.seg != end.seg || r.dirty_tail.off != end.off)) ||
+	    (r.dirty_tail.lsn < end.lsn && !r.saw_dirty_tail)) {
+		ERR("dirty_tail: %u:%u lsn %" PRIu64 " is not inside the log (key_tail lsn %" PRIu64
+		    ", key_head %u:%u lsn %" PRIu64 ")", r.dirty_tail.seg, r.dirty_tail.off,
+		    r.dirty_tail.lsn, kt.lsn, end.seg, end.off, end.lsn);
+		return -EUCLEAN;
+	}
+	c->log.head = end;
+	atomic_store(&c->log.head_lsn, end.lsn);
+	c->replay_keys = r.keys;
+	return 0;
+}
+
+struct replay_img {
+	struct pcache_cache *c;
+	struct pcache_image *img;
+	uint64_t dirty_lsn;
+	int ret;
+};
+
+static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
+{
+	struct replay_img *r = arg;
+	struct pcache_image *img = r->img;
+	uint32_t i;
+
+	if (ks->flags & PCACHE_KSET_LAST)
+		return 0;
+	for (i = 0; i < ks->key_num; i++) {
+		const struct pcache_key_om *k = &ks->keys[i];
+		struct pcache_ikey ik;
+		struct pcache_subtree *sub;
+		uint64_t region;
+		int ret;
+
+		if (k->image_id != img->id)
+			continue;
+		if (k->off >= img->size || k->len > img->size - k->off)
+			continue; /* beyond the image (identity is checked at attach) */
+		if (!(k->flags & PCACHE_KEY_ZERO) &&
+		    k->seg_gen != pcache_cache_dev_seg_gen(r->c->cd, k->seg))
+			continue;
+		region = k->off >> PCACHE_REGION_SHIFT;
+		memset(&ik, 0, sizeof(ik));
+		ik.off = (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1));
+		ik.len = k->len;
+		ik.flags = k->flags;
+		if (pos->lsn < r->dirty_lsn)
+			ik.flags |= PCACHE_KEY_CLEAN; /* written back already */
+		if (!(k->flags & PCACHE_KEY_ZERO)) {
+			ik.seg = k->seg;
+			ik.seg_off = k->seg_off;
+			ik.seg_gen = k->seg_gen;
+			if (r->c->data_crc) {
+				ik.data_crc = k->data_crc;
+				ik.crc_len = k->len;
+			}
+		}
+		sub = &img->ix.sub[region];
+		pthread_mutex_lock(&sub->lock);
+		ret = pcache_subtree_insert(sub, &ik);
+		pthread_mutex_unlock(&sub->lock);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen)
+{
+	struct replay_img r = { .c = c, .img = img };
+	struct walk_cb cb = { replay_img_kset, &r };
+	struct pcache_pos kt, dt, head, end;
+	int ret;
+
+	/* GC may not move key_tail (and free log segments) under the walk */
+	pthread_mutex_lock(&c->gc_lock);
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
+	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
+	pcache_log_head(c, &head);
+	r.dirty_lsn = dt.lsn;
+	ret = log_walk(c, &kt, head.lsn, &cb, &end, NULL, err, errlen);
+	pthread_mutex_unlock(&c->gc_lock);
+	if (ret == -ENOMEM)
+		ERR("image %s: out of memory rebuilding the index", img->name);
+	return ret;
+}
+
+/* Does the log hold dirty keys (after dirty_tail) of image id? */
+struct dirty_scan {
+	uint32_t id;
+	uint64_t wb_lsn;   /* keys of the image in ksets before it are written back */
+	bool found;
+};
+
+static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
+{
+	struct dirty_scan *d = arg;
+	uint32_t i;
+
+	if ((ks->flags & PCACHE_KSET_LAST) || pos->lsn < d->wb_lsn)
+		return 0;
+	for (i = 0; i < ks->key_num; i++)
+		if (ks->keys[i].image_id == d->id && !(ks->keys[i].flags & PCACHE_KEY_CLEAN))
+			d->found = true;
+	return 0;
+}
+
+static bool image_has_dirty(struct pcache_cache *c, uint32_t id)
+{
+	struct dirty_scan d = { .id = id };
+	struct walk_cb cb = { dirty_scan_kset, &d };
+	struct pcache_wb_image_stats ws;
+	struct pcache_pos dt, head, end;
+	char err[16];
+
+	if (c->wb && pcache_wb_image_stats(c->wb, id, &ws) == 0)
+		d.wb_lsn = ws.wb_lsn;
+
+	pthread_mutex_lock(&c->gc_lock);
+	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
+	pcache_log_head(c, &head);
+	(void)log_walk(c, &dt, head.lsn, &cb, &end, NULL, err, sizeof(err));
+	pthread_mutex_unlock(&c->gc_lock);
+	return d.found;
+}
+
+/* ---- writeback glue ----------------------------------------------------------------------- */
+
+void pcache_wb_notify_kick(struct pcache_cache *c)
+{
+	if (c->wb)
+		pcache_wb_kick(c->wb);
+}
+
+static void wbo_key_head(void *ctx, struct pcache_pos *head)
+{
+	pcache_log_head(ctx, head);
+}
+
+struct pcache_image *pcache_image_get_by_id(struct pcache_cache *c, uint32_t id)
+{
+	struct pcache_image *img = NULL;
+	uint32_t i;
+
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+		if (c->imgs[i] && c->imgs[i]->id == id) {
+			img = c->imgs[i];
+			atomic_fetch_add(&img->refs, 1);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->img_lock);
+	return img;
+}
+
+static struct pcache_backing *wbo_backing_get(void *ctx, uint32_t image_id)
+{
+	struct pcache_image *img = pcache_image_get_by_id(ctx, image_id);
+
+	if (!img)
+		return NULL;
+	atomic_fetch_add(&img->wb_refs, 1);
+	if (atomic_load(&img->detaching)) {
+		atomic_fetch_sub(&img->wb_refs, 1);
+		pcache_image_put(img);
+		return NULL;
+	}
+	return img->b;
+}
+
+static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing *b)
+{
+	struct pcache_cache *c = ctx;
+	struct pcache_image *img = NULL;
+	uint32_t i;
+
+	(void)b;
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (c->imgs[i] && c->imgs[i]->id == image_id && c->imgs[i]->b == b)
+			img = c->imgs[i];
+	pthread_mutex_unlock(&c->img_lock);
+	if (!img) {
+		/* detaching: it left the list but is still waiting for this reference */
+		pthread_mutex_lock(&c->img_lock);
+		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+			if (c->live[i] && c->live[i]->id == image_id && c->live[i]->b == b)
+				img = c->live[i];
+		pthread_mutex_unlock(&c->img_lock);
+	}
+	if (!img)
+		return;
+	atomic_fetch_sub(&img->wb_refs, 1);
+	pcache_image_put(img);
+}
+
+static void wbo_tail_moved(void *ctx, const struct pcache_pos *dirty_tail)
+{
+	(void)dirty_tail;
+	pcache_gc_kick(ctx);
+}
+
+static const struct pcache_wb_ops wb_ops = {
+	.key_head = wbo_key_head,
+	.backing_get = wbo_backing_get,
+	.backing_put = wbo_backing_put,
+	.tail_moved = wbo_tail_moved,
+};
+
+/* ---- timer thread ------------------------------------------------------------------------- */
+
+static void *timer_main(void *arg)
+{
+	struct pcache_cache *c = arg;
+
+	pthread_mutex_lock(&c->bg_lock);
+	while (!c->stopping) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&c->timer_cond, &c->bg_lock, &ts);
+		if (c->stopping)
+			break;
+		pthread_mutex_unlock(&c->bg_lock);
+		/* ksets ~1 s after their first key; busy stages are retried next tick */
+		(void)pcache_stages_close_all(c, false, true, true);
+		pcache_heads_release(c, false);
+		pthread_mutex_lock(&c->bg_lock);
+	}
+	pthread_mutex_unlock(&c->bg_lock);
+	return NULL;
+}
+
+/* ---- start / stop ------------------------------------------------------------------------- */
+
+static void cache_free(struct pcache_cache *c)
+{
+	free(c->stage);
+	free(c);
+}
+
+int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache **out,
+		       char *err, size_t errlen)
+{
+	struct pcache_cache_dev_opts dopts;
+	struct pcache_cache_info ci;
+	struct pcache_wb_opts wo;
+	struct pcache_cache *c;
+	int ret;
+
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		ERR("out of memory");
+		return -ENOMEM;
+	}
+	c->stage = calloc(PCACHE_NSTAGE, sizeof(*c->stage));
+	if (!c->stage) {
+		ERR("out of memory");
+		ret = -ENOMEM;
+		goto err_free;
+	}
+	memset(&dopts, 0, sizeof(dopts));
+	dopts.path = opts->path;
+	dopts.create_size = opts->create_size;
+	dopts.format_if_blank = opts->format_if_blank;
+	dopts.format = &opts->format;
+	dopts.wrap_pmem = opts->wrap_pmem;
+	dopts.wrap_arg = opts->wrap_arg;
+	dopts.prefault = opts->prefault;
+	ret = pcache_cache_dev_open(&dopts, &c->cd, err, errlen);
+	if (ret)
+		goto err_free;
+	c->pm = pcache_cache_dev_pmem(c->cd);
+	c->seg_count = pcache_cache_dev_seg_count(c->cd);
+	c->seg_size = pcache_cache_dev_seg_size(c->cd);
+	c->no_background = opts->no_background;
+	pcache_cache_dev_get_info(c->cd, &ci);
+	c->data_crc = ci.flags & PCACHE_INFO_DATA_CRC;
+	if (opts->data_crc && !c->data_crc) {
+		ERR("data_crc: the cache device was formatted without data CRCs (format it with data_crc)");
+		ret = -EINVAL;
+		goto err_dev;
+	}
+	if (opts->gc_percent >= 0 && (uint32_t)opts->gc_percent != ci.gc_percent) {
+		ci.gc_percent = (uint32_t)opts->gc_percent;
+		ret = pcache_cache_dev_set_info(c->cd, &ci);
+		if (ret) {
+			ERR("gc_percent %d: %s", opts->gc_percent, strerror(-ret));
+			goto err_dev;
+		}
+	}
+	ret = pcache_segs_init(c);
+	if (ret) {
+		ERR("out of memory");
+		goto err_dev;
+	}
+	pcache_log_init(c);
+	pthread_mutex_init(&c->img_lock, NULL);
+	pthread_mutex_init(&c->gc_lock, NULL);
+	pthread_mutex_init(&c->bg_lock, NULL);
+	pthread_cond_init(&c->bg_cond, NULL);
+	pthread_cond_init(&c->timer_cond, NULL);
+
+	uint64_t t0 = pcache_now_ns();
+	ret = replay(c, err, errlen);
+	if (ret)
+		goto err_segs;
+	c->replay_ns = pcache_now_ns() - t0;
+
+	memset(&wo, 0, sizeof(wo));
+	wo.no_thread = opts->no_background;
+	wo.quiet = opts->no_background;
+	ret = pcache_wb_start(c->cd, &wb_ops, c, &wo, &c->wb);
+	if (ret) {
+		ERR("writeback: %s", strerror(-ret));
+		goto err_segs;
+	}
+	if (!opts->no_background) {
+		ret = pcache_gc_start(c);
+		if (ret) {
+			ERR("gc thread: %s", strerror(-ret));
+			goto err_wb;
+		}
+		ret = pthread_create(&c->timer_thread, NULL, timer_main, c);
+		if (ret) {
+			ERR("timer thread: %s", strerror(ret));
+			ret = -ret;
+			goto err_gc;
+		}
+		c->timer_started = true;
+	}
+	*out = c;
+	return 0;
+
+err_gc:
+	pcache_gc_stop(c);
+err_wb:
+	pcache_wb_stop(c->wb);
+	c->wb = NULL;
+err_segs:
+	pcache_segs_exit(c);
+err_dev:
+	pcache_cache_dev_close(c->cd);
+err_free:
+	cache_free(c);
+	return ret;
+}
+
+static void image_free(struct pcache_image *img)
+{
+	pcache_index_exit(&img->ix);
+	pthread_mutex_destroy(&img->ent_lock);
+	free(img);
+}
+
+void pcache_image_put(struct pcache_image *img)
+{
+	if (img && atomic_fetch_sub(&img->refs, 1) == 1)
+		image_free(img);
+}
+
+/* Wait until no I/O and no writeback reference is on img (detaching already set). */
+static void image_quiesce(struct pcache_image *img)
+{
+	while (atomic_load(&img->inflight) || atomic_load(&img->wb_refs))
+		usleep(1000);
+}
+
+/* Close the image's backing and free its index; it is out of the list, quiesced. */
+static void image_teardown(struct pcache_cache *c, struct pcache_image *img)
+{
+	uint32_t i;
+
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (c->live[i] == img)
+			c->live[i] = NULL;
+	pthread_mutex_unlock(&c->img_lock);
+	pcache_backing_close(img->b);
+	img->b = NULL;
+	/* the index is freed with the last reference (stats readers may still look at it) */
+}
+
+int pcache_cache_stop(struct pcache_cache *c, bool drain)
+{
+	struct pcache_image *imgs[PCACHE_MAX_IMAGES];
+	uint32_t i, n = 0;
+	int ret = 0, r;
+
+	if (!c)
+		return 0;
+	/* 1. refuse new I/O and wait for what is in flight */
+	atomic_store(&c->stopping_io, true);
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (c->imgs[i])
+			imgs[n++] = c->imgs[i];
+	pthread_mutex_unlock(&c->img_lock);
+	for (i = 0; i < n; i++)
+		while (atomic_load(&imgs[i]->inflight))
+			usleep(1000);
+	/* 2. persist every staging kset */
+	r = pcache_cache_flush(c);
+	if (r && !ret)
+		ret = r;
+	/* 3. optional drain, then stop the threads */
+	if (drain && c->wb) {
+		r = pcache_wb_drain(c->wb, 0);
+		if (r && !ret)
+			ret = r;
+	}
+	pthread_mutex_lock(&c->bg_lock);
+	c->stopping = true;
+	pthread_cond_broadcast(&c->bg_cond);
+	pthread_cond_broadcast(&c->timer_cond);
+	pthread_mutex_unlock(&c->bg_lock);
+	if (c->timer_started)
+		pthread_join(c->timer_thread, NULL);
+	pcache_gc_stop(c);
+	if (c->wb)
+		pcache_wb_stop(c->wb);
+	c->wb = NULL;
+	pcache_segs_fail(c);
+	/* 4. detach every image (dirty data stays on the cache device) */
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+		struct pcache_image *img = c->imgs[i];
+
+		if (!img)
+			continue;
+		c->imgs[i] = NULL;
+		atomic_store(&img->detaching, true);
+		pthread_mutex_unlock(&c->img_lock);
+		image_quiesce(img);
+		image_teardown(c, img);
+		pcache_image_put(img);
+		pthread_mutex_lock(&c->img_lock);
+	}
+	pthread_mutex_unlock(&c->img_lock);
+	/* 5. data heads, segments, device */
+	pcache_heads_release(c, true);
+	pcache_segs_exit(c);
+	pcache_cache_dev_close(c->cd);
+	cache_free(c);
+	return ret;
+}
+
+struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c)
+{
+	return c->cd;
+}
+
+/* ---- images ------------------------------------------------------------------------------- */
+
+static const char *mode_name(uint32_t m)
+{
+	switch (m) {
+	case PCACHE_MODE_WRITEBACK:
+		return "writeback";
+	case PCACHE_MODE_WRITETHROUGH:
+		return "writethrough";
+	case PCACHE_MODE_WRITEAROUND:
+		return "writearound";
+	}
+	return "unknown";
+}
+
+static int mode_parse(const char *s, uint32_t *m)
+{
+	size_t n = strlen(s);
+
+	while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
+		n--;
+	if (n == 9 && !strncmp(s, "writeback", n))
+		*m = PCACHE_MODE_WRITEBACK;
+	else if (n == 12 && !strncmp(s, "writethrough", n))
+		*m = PCACHE_MODE_WRITETHROUGH;
+	else if (n == 11 && !strncmp(s, "writearound", n))
+		return -EOPNOTSUPP;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static struct pcache_image *find_attached(struct pcache_cache *c, const char *name)
+{
+	uint32_t i;
+
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (c->imgs[i] && !strcmp(c->imgs[i]->name, name))
+			return c->imgs[i];
+	return NULL;
+}
+
+int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
+			struct pcache_image **out, char *err, size_t errlen)
+{
+	struct pcache_backing_opts bo = { .read_only = ao->read_only };
+	struct pcache_backing *b = NULL;
+	struct pcache_image_ent e;
+	struct pcache_image *img;
+	bool known, rekey = false;
+	const char *path;
+	uint32_t i, mode;
+	int ret;
+
+	if (!ao->name || !pcache_image_name_valid(ao->name)) {
+		ERR("image name '%s' is not valid", ao->name ? ao->name : "");
+		return -EINVAL;
+	}
+	if (ao->cache_mode == (int)PCACHE_MODE_WRITEAROUND) {
+		ERR("image %s: cache mode writearound is not supported", ao->name);
+		return -EOPNOTSUPP;
+	}
+	if (ao->cache_mode > (int)PCACHE_MODE_WRITEAROUND || ao->cache_mode < -1) {
+		ERR("image %s: bad cache mode %d", ao->name, ao->cache_mode);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&c->img_lock);
+	if (atomic_load(&c->stopping_io)) {
+		ret = -ESHUTDOWN;
+		ERR("cache is stopping");
+		goto out_unlock;
+	}
+	if (find_attached(c, ao->name)) {
+		ERR("image %s is already attached", ao->name);
+		ret = -EBUSY;
+		goto out_unlock;
+	}
+	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
+	path = ao->path ? ao->path : (known ? e.path : NULL);
+	if (!path || !*path) {
+		ERR("image %s: no backing path given and none stored", ao->name);
+		ret = -EINVAL;
+		goto out_unlock;
+	}
+	ret = pcache_backing_open(path, &bo, &b, err, errlen);
+	if (ret)
+		goto out_unlock;
+	if (known) {
+		bool same_id = e.size == pcache_backing_size(b) && e.lbs == pcache_backing_lbs(b);
+		bool same_path = !strcmp(e.path, path);
+
+		if (!same_path && !ao->allow_path_change) {
+			ERR("image %s: backing path %s differs from the stored %s (use allow_path_change)",
+			    ao->name, path, e.path);
+			ret = -EEXIST;
+			goto out_close;
+		}
+		if (!same_id) {
+			if (image_has_dirty(c, e.id)) {
+				ERR("image %s: backing %s is %" PRIu64 " bytes / lbs %u, the cache holds dirty data "
+				    "of an image of %" PRIu64 " bytes / lbs %u: refused",
+				    ao->name, path, pcache_backing_size(b), pcache_backing_lbs(b), e.size,
+				    e.lbs);
+				ret = -EEXIST;
+				goto out_close;
+			}
+			/* clean: forget the old identity (its cached keys stay unused in the log) */
+			fprintf(stderr, "pcache: image %s: backing identity changed (clean): re-keyed\n",
+				ao->name);
+			rekey = true;
+		}
+	}
+	if (rekey) {
+		struct pcache_image_ent old = e;
+
+		ret = pcache_cache_dev_image_remove(c->cd, old.slot);
+		if (ret) {
+			ERR("image %s: image table: %s", ao->name, strerror(-ret));
+			goto out_close;
+		}
+		known = false;
+		memset(&e, 0, sizeof(e));
+		e.cache_mode = old.cache_mode;
+		e.file_mode = old.file_mode;
+		e.uid = old.uid;
+		e.gid = old.gid;
+	} else if (!known) {
+		memset(&e, 0, sizeof(e));
+		e.cache_mode = PCACHE_MODE_WRITEBACK;
+		e.file_mode = 0644;
+	}
+	mode = ao->cache_mode >= 0 ? (uint32_t)ao->cache_mode : e.cache_mode;
+	if (!known) {
+		snprintf(e.name, sizeof(e.name), "%s", ao->name);
+		snprintf(e.path, sizeof(e.path), "%s", path);
+		e.size = pcache_backing_size(b);
+		e.lbs = pcache_backing_lbs(b);
+		e.state = PCACHE_IMAGE_ATTACHED;
+		e.cache_mode = mode;
+		ret = pcache_cache_dev_image_add(c->cd, &e);
+		if (ret) {
+			ERR("image %s: image table: %s", ao->name, ret == -ENOSPC ? "full" : strerror(-ret));
+			goto out_close;
+		}
+	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode) {
+		snprintf(e.path, sizeof(e.path), "%s", path);
+		e.state = PCACHE_IMAGE_ATTACHED;
+		e.cache_mode = mode;
+		ret = pcache_cache_dev_image_update(c->cd, &e);
+		if (ret) {
+			ERR("image %s: image table: %s", ao->name, strerror(-ret));
+			goto out_close;
+		}
+	}
+	img = calloc(1, sizeof(*img));
+	if (!img) {
+		ret = -ENOMEM;
+		ERR("out of memory");
+		goto out_close;
+	}
+	img->c = c;
+	atomic_init(&img->refs, 1);
+	img->id = e.id;
+	img->slot = e.slot;
+	snprintf(img->name, sizeof(img->name), "%s", e.name);
+	img->b = b;
+	img->size = e.size;
+	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
+	img->read_only = ao->read_only;
+	atomic_init(&img->cache_mode, mode);
+	pthread_mutex_init(&img->ent_lock, NULL);
+	img->ent = e;
+	ret = pcache_index_init(&img->ix, img->size);
+	if (ret) {
+		ERR("out of memory");
+		goto out_img;
+	}
+	ret = pcache_replay_image(c, img, err, errlen);
+	if (ret)
+		goto out_img;
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (!c->imgs[i])
+			break;
+	c->imgs[i] = img; /* at most PCACHE_MAX_IMAGES entries exist in the table */
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (!c->live[i])
+			break;
+	if (i < PCACHE_MAX_IMAGES)
+		c->live[i] = img;
+	if (out) {
+		atomic_fetch_add(&img->refs, 1);
+		*out = img;
+	}
+	pthread_mutex_unlock(&c->img_lock);
+	pcache_wb_notify_kick(c); /* its keys may have been blocking the writeback */
+	return 0;
+
+out_img:
+	image_free(img);
+out_close:
+	pcache_backing_close(b);
+out_unlock:
+	pthread_mutex_unlock(&c->img_lock);
+	return ret;
+}
+
+int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen)
+{
+	struct pcache_image_ent *ents;
+	int n, i, ret = 0, r;
+
+	ents = calloc(PCACHE_MAX_IMAGES, sizeof(*ents));
+	if (!ents)
+		return -ENOMEM;
+	n = pcache_cache_dev_images(c->cd, ents, PCACHE_MAX_IMAGES);
+	for (i = 0; i < n; i++) {
+		struct pcache_attach_opts ao = { .name = ents[i].name, .cache_mode = -1 };
+		bool attached;
+
+		pthread_mutex_lock(&c->img_lock);
+		attached = find_attached(c, ents[i].name) != NULL;
+		pthread_mutex_unlock(&c->img_lock);
+		if (attached)
+			continue;
+		r = pcache_image_attach(c, &ao, NULL, ret ? NULL : err, ret ? 0 : errlen);
+		if (r && !ret)
+			ret = r;
+	}
+	free(ents);
+	return ret;
+}
+
+int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
+{
+	struct pcache_image *img;
+	struct pcache_image_ent e;
+	uint32_t i;
+	int ret;
+
+	pthread_mutex_lock(&c->img_lock);
+	img = find_attached(c, name);
+	if (!img) {
+		pthread_mutex_unlock(&c->img_lock);
+		return -ENOENT;
+	}
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		if (c->imgs[i] == img)
+			c->imgs[i] = NULL;
+	atomic_store(&img->detaching, true);
+	pthread_mutex_unlock(&c->img_lock);
+
+	image_quiesce(img);
+	ret = pcache_cache_flush(c);
+	if (!ret && forget && image_has_dirty(c, img->id)) {
+		/* not clean: put it back */
+		atomic_store(&img->detaching, false);
+		pthread_mutex_lock(&c->img_lock);
+		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+			if (!c->imgs[i])
+				break;
+		c->imgs[i] = img;
+		pthread_mutex_unlock(&c->img_lock);
+		return -EBUSY;
+	}
+	pthread_mutex_lock(&img->ent_lock);
+	e = img->ent;
+	pthread_mutex_unlock(&img->ent_lock);
+	if (forget) {
+		ret = pcache_cache_dev_image_remove(c->cd, e.slot);
+	} else {
+		e.state = PCACHE_IMAGE_DETACHED;
+		ret = pcache_cache_dev_image_update(c->cd, &e);
+	}
+	image_teardown(c, img);
+	pcache_image_put(img);
+	return ret;
+}
+
+struct pcache_image *pcache_image_get(struct pcache_cache *c, const char *name)
+{
+	struct pcache_image *img;
+
+	pthread_mutex_lock(&c->img_lock);
+	img = find_attached(c, name);
+	if (img)
+		atomic_fetch_add(&img->refs, 1);
+	pthread_mutex_unlock(&c->img_lock);
+	return img;
+}
+
+static int img_cmp(const void *a, const void *b)
+{
+	return strcmp((*(struct pcache_image *const *)a)->name, (*(struct pcache_image *const *)b)->name);
+}
+
+int pcache_cache_images(struct pcache_cache *c, struct pcache_image **v, int max)
+{
+	struct pcache_image *all[PCACHE_MAX_IMAGES];
+	int n = 0, i;
+	uint32_t s;
+
+	pthread_mutex_lock(&c->img_lock);
+	for (s = 0; s < PCACHE_MAX_IMAGES; s++)
+		if (c->imgs[s])
+			all[n++] = c->imgs[s];
+	qsort(all, (size_t)n, sizeof(all[0]), img_cmp);
+	if (n > max)
+		n = max;
+	for (i = 0; i < n; i++) {
+		atomic_fetch_add(&all[i]->refs, 1);
+		v[i] = all[i];
+	}
+	pthread_mutex_unlock(&c->img_lock);
+	return n;
+}
+
+const char *pcache_image_name(const struct pcache_image *img)
+{
+	return img->name;
+}
+
+uint64_t pcache_image_size(const struct pcache_image *img)
+{
+	return img->size;
+}
+
+uint32_t pcache_image_lbs(const struct pcache_image *img)
+{
+	return img->lbs;
+}
+
+void pcache_image_attr(const struct pcache_image *img, uint32_t *mode, uint32_t *uid, uint32_t *gid)
+{
+	struct pcache_image *m = (struct pcache_image *)img;
+
+	pthread_mutex_lock(&m->ent_lock);
+	if (mode)
+		*mode = m->ent.file_mode;
+	if (uid)
+		*uid = m->ent.uid;
+	if (gid)
+		*gid = m->ent.gid;
+	pthread_mutex_unlock(&m->ent_lock);
+}
+
+int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid)
+{
+	struct pcache_image_ent e;
+	int ret;
+
+	if (mode > 07777)
+		return -EINVAL;
+	pthread_mutex_lock(&img->ent_lock);
+	e = img->ent;
+	e.file_mode = mode;
+	e.uid = uid;
+	e.gid = gid;
+	ret = pcache_cache_dev_image_update(img->c->cd, &e);
+	if (!ret)
+		img->ent = e;
+	pthread_mutex_unlock(&img->ent_lock);
+	return ret;
+}
+
+/* ---- writeback ---------------------------------------------------------------------------- */
+
+int pcache_image_writeback_all(struct pcache_image *img)
+{
+	int ret = pcache_cache_flush(img->c);
+
+	if (ret)
+		return ret;
+	if (!img->c->wb)
+		return -EOPNOTSUPP;
+	return pcache_wb_drain(img->c->wb, img->id);
+}
+
+int pcache_cache_writeback_all(struct pcache_cache *c)
+{
+	int ret = pcache_cache_flush(c);
+
+	if (ret)
+		return ret;
+	if (!c->wb)
+		return -EOPNOTSUPP;
+	return pcache_wb_drain(c->wb, 0);
+}
+
+/* ---- knobs -------------------------------------------------------------------------------- */
+
+static int parse_u64(const char *s, uint64_t max, uint64_t *v)
+{
+	char *end;
+	unsigned long long x;
+
+	while (*s == ' ')
+		s++;
+	if (*s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	x = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	while (*end == ' ' || *end == '\n')
+		end++;
+	if (*end || x > max)
+		return -EINVAL;
+	*v = x;
+	return 0;
+}
+
+int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *value)
+{
+	struct pcache_cache_info ci;
+	uint64_t v;
+	int ret;
+
+	pthread_mutex_lock(&c->bg_lock);
+	pcache_cache_dev_get_info(c->cd, &ci);
+	if (!strcmp(name, "gc_percent")) {
+		ret = parse_u64(value, PCACHE_MAX_GC_PERCENT, &v);
+		ci.gc_percent = (uint32_t)v;
+	} else if (!strcmp(name, "writeback_rate")) {
+		ret = parse_u64(value, UINT64_MAX, &v);
+		ci.wb_rate = v;
+	} else if (!strcmp(name, "dirty_high")) {
+		ret = parse_u64(value, 100, &v);
+		ci.dirty_high = (uint32_t)v;
+	} else if (!strcmp(name, "dirty_low")) {
+		ret = parse_u64(value, 100, &v);
+		ci.dirty_low = (uint32_t)v;
+	} else {
+		ret = -EINVAL;
+	}
+	if (!ret)
+		ret = pcache_cache_dev_set_info(c->cd, &ci);
+	if (!ret && c->wb) {
+		pcache_wb_set_rate(c->wb, ci.wb_rate);
+		(void)pcache_wb_set_watermarks(c->wb, ci.dirty_high, ci.dirty_low);
+	}
+	pthread_mutex_unlock(&c->bg_lock);
+	if (!ret)
+		pcache_gc_kick(c);
+	return ret;
+}
+
+int pcache_cache_get_knob(struct pcache_cache *c, const char *name, char *buf, size_t len)
+{
+	struct pcache_cache_info ci;
+	int n;
+
+	pcache_cache_dev_get_info(c->cd, &ci);
+	if (!strcmp(name, "gc_percent"))
+		n = snprintf(buf, len, "%u\n", ci.gc_percent);
+	else if (!strcmp(name, "writeback_rate"))
+		n = snprintf(buf, len, "%" PRIu64 "\n", ci.wb_rate);
+	else if (!strcmp(name, "dirty_high"))
+		n = snprintf(buf, len, "%u\n", ci.dirty_high);
+	else if (!strcmp(name, "dirty_low"))
+		n = snprintf(buf, len, "%u\n", ci.dirty_low);
+	else
+		return -EINVAL;
+	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+int pcache_image_set_knob(struct pcache_image *img, const char *name, const char *value)
+{
+	struct pcache_image_ent e;
+	uint32_t m;
+	int ret;
+
+	if (strcmp(name, "cache_mode"))
+		return -EINVAL;
+	ret = mode_parse(value, &m);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&img->ent_lock);
+	e = img->ent;
+	e.cache_mode = m;
+	ret = pcache_cache_dev_image_update(img->c->cd, &e);
+	if (!ret) {
+		img->ent = e;
+		atomic_store(&img->cache_mode, m);
+	}
+	pthread_mutex_unlock(&img->ent_lock);
+	return ret;
+}
+
+int pcache_image_get_knob(struct pcache_image *img, const char *name, char *buf, size_t len)
+{
+	int n;
+
+	if (strcmp(name, "cache_mode"))
+		return -EINVAL;
+	n = snprintf(buf, len, "%s\n", mode_name(atomic_load(&img->cache_mode)));
+	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+/* ---- status ------------------------------------------------------------------------------- */
+
+void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats *st)
+{
+	struct pcache_wb_image_stats ws;
+
+	memset(st, 0, sizeof(*st));
+	st->reads = atomic_load(&img->reads);
+	st->writes = atomic_load(&img->writes);
+	st->flushes = atomic_load(&img->flushes);
+	st->discards = atomic_load(&img->discards);
+	st->read_bytes = atomic_load(&img->read_bytes);
+	st->write_bytes = atomic_load(&img->write_bytes);
+	st->read_hit_bytes = atomic_load(&img->read_hit_bytes);
+	st->read_miss_bytes = atomic_load(&img->read_miss_bytes);
+	st->crc_errors = atomic_load(&img->crc_errors);
+	st->backing_errors = atomic_load(&img->backing_errors);
+	st->cache_mode = atomic_load(&img->cache_mode);
+	if (!atomic_load(&img->detaching))
+		pcache_index_count(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL);
+	if (img->c->wb && pcache_wb_image_stats(img->c->wb, img->id, &ws) == 0) {
+		st->wb_lsn = ws.wb_lsn;
+		st->wb_time = ws.wb_time;
+		st->wb_bytes = ws.bytes_written;
+	} else {
+		pthread_mutex_lock(&img->ent_lock);
+		st->wb_lsn = img->ent.wb_lsn;
+		st->wb_time = img->ent.wb_time;
+		pthread_mutex_unlock(&img->ent_lock);
+	}
+}
+
+void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status *st)
+{
+	struct pcache_cache_info ci;
+	struct pcache_image *imgs[PCACHE_MAX_IMAGES];
+	int n, i;
+
+	memset(st, 0, sizeof(*st));
+	st->seg_count = c->seg_count;
+	st->seg_size = c->seg_size;
+	st->segs_used = pcache_segs_used(c, &st->segs_data, &st->segs_log);
+	pcache_log_head(c, &st->key_head);
+	pcache_cache_dev_get_dirty_tail(c->cd, &st->dirty_tail);
+	pcache_cache_dev_get_key_tail(c->cd, &st->key_tail);
+	pcache_cache_dev_get_info(c->cd, &ci);
+	st->gc_percent = ci.gc_percent;
+	st->dirty_high = ci.dirty_high;
+	st->dirty_low = ci.dirty_low;
+	st->wb_rate = ci.wb_rate;
+	st->data_crc = c->data_crc;
+	st->granularity = pcache_cache_dev_granularity(c->cd);
+	pthread_mutex_lock(&c->segs.lock);
+	st->full_waits = c->segs.full_waits;
+	st->full_wait_ns = c->segs.full_wait_ns;
+	st->segs_freed = c->segs.segs_freed;
+	pthread_mutex_unlock(&c->segs.lock);
+	pthread_mutex_lock(&c->log.lock);
+	st->ksets_written = c->log.ksets_written;
+	pthread_mutex_unlock(&c->log.lock);
+	pthread_mutex_lock(&c->bg_lock);
+	st->gc_runs = c->gc_runs;
+	pthread_mutex_unlock(&c->bg_lock);
+	st->wb_errors = atomic_load(&c->wb_errors);
+	if (c->wb) {
+		struct pcache_wb_stats ws;
+
+		pcache_wb_get_stats(c->wb, &ws);
+		st->wb_errors += ws.errors;
+	}
+	n = pcache_cache_images(c, imgs, PCACHE_MAX_IMAGES);
+	st->images = (uint32_t)n;
+	for (i = 0; i < n; i++) {
+		uint64_t keys = 0;
+
+		if (!atomic_load(&imgs[i]->detaching)) {
+			pcache_index_count(&imgs[i]->ix, NULL, NULL, &keys);
+			st->keys_indexed += keys;
+			st->index_bytes += (uint64_t)imgs[i]->ix.nsub * sizeof(struct pcache_subtree);
+			for (uint32_t s = 0; s < imgs[i]->ix.nsub; s++) {
+				pthread_mutex_lock(&imgs[i]->ix.sub[s].lock);
+				st->index_bytes += (uint64_t)imgs[i]->ix.sub[s].cap * sizeof(struct pcache_ikey);
+				pthread_mutex_unlock(&imgs[i]->ix.sub[s].lock);
+			}
+		}
+		pcache_image_put(imgs[i]);
+	}
+}

@@ -1,0 +1,247 @@
+/*
+ * cache_gc.c -- garbage collection (FIFO eviction from key_tail) and the stale-key cleaner.
+ *
+ * The GC thread wakes every second, when kicked (a writer waits for space, dirty_tail moved, a
+ * knob changed) and runs GC steps while usage >= gc_percent or someone waits for space. A step
+ * reads the kset at key_tail: a LAST record moves key_tail to the next key-log segment and frees
+ * the old one; a normal kset drops one segment reference per current key (a data segment
+ * reaching zero gets its durable generation bump and is freed, segment.c) and then moves
+ * key_tail past it. When writers wait, GC also closes the staging ksets (trylock, no wait),
+ * releases every data head and kicks the writeback, so that all data becomes collectable.
+ *
+ * Invariants:
+ *  1. key_tail never passes dirty_tail (lsn order): GC never frees unwritten data.
+ *  2. The references of a kset's keys are dropped (generation bumps persisted) before key_tail
+ *     moves past the kset; a crash in between leaves keys that replay finds stale.
+ *  3. The index is never scanned as a whole per free: stale keys are dropped lazily at lookup,
+ *     and by an incremental cleaner that visits a bounded number of subtrees per wake-up and
+ *     only while segments were freed since its last full sweep (digest 12.2 item 10).
+ *  4. GC never waits for space and never blocks on a subtree or stage lock (trylock).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache_i.h"
+#include "cache_writeback.h"
+
+void pcache_gc_kick(struct pcache_cache *c)
+{
+	pthread_mutex_lock(&c->bg_lock);
+	c->gc_kick = true;
+	pthread_cond_broadcast(&c->bg_cond);
+	pthread_mutex_unlock(&c->bg_lock);
+}
+
+static bool gc_needed(struct pcache_cache *c)
+{
+	struct pcache_cache_info ci;
+	uint32_t used, waiters;
+
+	pcache_cache_dev_get_info(c->cd, &ci);
+	pthread_mutex_lock(&c->segs.lock);
+	used = c->segs.count - c->segs.nfree;
+	waiters = c->segs.waiters;
+	pthread_mutex_unlock(&c->segs.lock);
+	return waiters > 0 || (uint64_t)used * 100 >= (uint64_t)c->seg_count * ci.gc_percent;
+}
+
+/* One step at key_tail: 1 progress, 0 nothing to do, -errno (corrupt log: latched). */
+static int gc_step(struct pcache_cache *c)
+{
+	struct pcache_pos kt, dt, next;
+	const struct pcache_kset_om *ks;
+	uint32_t i;
+	int ret;
+
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
+	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
+	if (kt.lsn >= dt.lsn)
+		return 0; /* never past dirty_tail */
+	if (kt.seg >= c->seg_count || kt.off >= c->seg_size)
+		return -EUCLEAN;
+	ks = (const struct pcache_kset_om *)pcache_seg_ptr(c, kt.seg, kt.off);
+	if (pcache_kset_check(ks, (uint32_t)(c->seg_size - kt.off), kt.lsn) != 0) {
+		fprintf(stderr, "pcache: gc: kset at key_tail %u:%u (lsn %" PRIu64 ") is invalid; gc stopped\n",
+			kt.seg, kt.off, kt.lsn);
+		return -EUCLEAN;
+	}
+	if (ks->flags & PCACHE_KSET_LAST) {
+		if (ks->next_seg >= c->seg_count)
+			return -EUCLEAN;
+		next = (struct pcache_pos){ .seg = ks->next_seg, .off = 0, .lsn = kt.lsn + 1 };
+		ret = pcache_cache_dev_set_key_tail(c->cd, &next);
+		if (ret)
+			return ret;
+		/* key_tail left the segment durably: it is no longer part of the log */
+		pcache_seg_free(c, kt.seg);
+		return 1;
+	}
+	for (i = 0; i < ks->key_num; i++) {
+		const struct pcache_key_om *k = &ks->keys[i];
+
+		if (k->flags & PCACHE_KEY_ZERO)
+			continue;
+		if (k->seg >= c->seg_count || k->seg_gen != pcache_cache_dev_seg_gen(c->cd, k->seg))
+			continue; /* stale: holds no reference */
+		pcache_seg_put(c, k->seg);
+	}
+	next = (struct pcache_pos){ .seg = kt.seg, .off = kt.off + PCACHE_KSET_SIZE(ks->key_num),
+				    .lsn = kt.lsn + 1 };
+	/* the generation bumps above are durable before key_tail moves past their keys */
+	ret = pcache_cache_dev_set_key_tail(c->cd, &next);
+	return ret ? ret : 1;
+}
+
+void pcache_gc_clean(struct pcache_cache *c, uint32_t budget)
+{
+	struct pcache_image *imgs[PCACHE_MAX_IMAGES];
+	uint64_t total = 0, pending = atomic_load(&c->clean_pending);
+	uint32_t n = 0, i, s;
+
+	if (!pending)
+		return;
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+		if (c->imgs[i]) {
+			imgs[n++] = c->imgs[i];
+			atomic_fetch_add(&c->imgs[i]->refs, 1);
+		}
+	}
+	pthread_mutex_unlock(&c->img_lock);
+	for (i = 0; i < n; i++)
+		total += imgs[i]->ix.nsub;
+	while (budget-- && total) {
+		uint64_t cur = c->clean_cursor % total, acc = 0;
+
+		for (i = 0; i < n; i++) {
+			if (cur < acc + imgs[i]->ix.nsub)
+				break;
+			acc += imgs[i]->ix.nsub;
+		}
+		s = (uint32_t)(cur - acc);
+		if (i < n && !atomic_load(&imgs[i]->detaching)) {
+			struct pcache_subtree *sub = &imgs[i]->ix.sub[s];
+
+			if (pthread_mutex_trylock(&sub->lock) == 0) {
+				uint32_t j = 0;
+
+				while (j < sub->n) {
+					const struct pcache_ikey *k = &sub->v[j];
+
+					if (!(k->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY)) &&
+					    pcache_cache_dev_seg_gen(c->cd, k->seg) != k->seg_gen)
+						pcache_subtree_remove(sub, j);
+					else
+						j++;
+				}
+				pthread_mutex_unlock(&sub->lock);
+			}
+		}
+		c->clean_cursor = (uint32_t)((cur + 1) % total);
+		if (c->clean_cursor == 0) {
+			/* a full sweep done: what was pending when it started is cleaned */
+			atomic_fetch_sub(&c->clean_pending, pending);
+			break;
+		}
+	}
+	for (i = 0; i < n; i++)
+		pcache_image_put(imgs[i]);
+}
+
+int pcache_gc_run(struct pcache_cache *c)
+{
+	uint32_t waiters;
+	int ret, freed = 0;
+
+	pthread_mutex_lock(&c->segs.lock);
+	waiters = c->segs.waiters;
+	pthread_mutex_unlock(&c->segs.lock);
+	if (waiters) {
+		/* make everything collectable: staged keys to the log, head pins dropped */
+		(void)pcache_stages_close_all(c, false, true, false);
+		pcache_heads_release(c, true);
+		pcache_wb_notify_kick(c);
+	}
+	while (gc_needed(c)) {
+		pthread_mutex_lock(&c->gc_lock);
+		ret = gc_step(c);
+		pthread_mutex_unlock(&c->gc_lock);
+		if (ret <= 0) {
+			if (ret < 0) {
+				fprintf(stderr, "pcache: gc: %s; writers waiting for space fail\n", strerror(-ret));
+				pcache_segs_fail(c);
+			}
+			break;
+		}
+		freed++;
+	}
+	if (c->wb) {
+		struct pcache_wb_stats ws;
+
+		pcache_wb_get_stats(c->wb, &ws);
+		if (ws.latched && waiters) {
+			fprintf(stderr, "pcache: writeback stopped (%s): no space can be freed; "
+				"writers waiting for space fail with EIO\n", strerror(-ws.latched));
+			pcache_segs_fail(c);
+		}
+	}
+	pthread_mutex_lock(&c->bg_lock);
+	c->gc_runs++;
+	pthread_mutex_unlock(&c->bg_lock);
+	pcache_gc_clean(c, 64);
+	return freed;
+}
+
+static void *gc_main(void *arg)
+{
+	struct pcache_cache *c = arg;
+
+	pthread_mutex_lock(&c->bg_lock);
+	while (!c->stopping) {
+		if (!c->gc_kick) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += atomic_load(&c->clean_pending) ? 10 * 1000 * 1000 : 0;
+			ts.tv_sec += atomic_load(&c->clean_pending) ? 0 : 1;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&c->bg_cond, &c->bg_lock, &ts);
+		}
+		if (c->stopping)
+			break;
+		c->gc_kick = false;
+		pthread_mutex_unlock(&c->bg_lock);
+		(void)pcache_gc_run(c);
+		pthread_mutex_lock(&c->bg_lock);
+	}
+	pthread_mutex_unlock(&c->bg_lock);
+	return NULL;
+}
+
+int pcache_gc_start(struct pcache_cache *c)
+{
+	int ret = pthread_create(&c->gc_thread, NULL, gc_main, c);
+
+	if (ret)
+		return -ret;
+	c->gc_started = true;
+	return 0;
+}
+
+void pcache_gc_stop(struct pcache_cache *c)
+{
+	if (!c->gc_started)
+		return;
+	pthread_mutex_lock(&c->bg_lock);
+	c->stopping = true;
+	pthread_cond_broadcast(&c->bg_cond);
+	pthread_mutex_unlock(&c->bg_lock);
+	pthread_join(c->gc_thread, NULL);
+	c->gc_started = false;
+}

@@ -1,0 +1,278 @@
+/*
+ * cache_i.h -- private interface of the cache engine (core/segment.c, cache_key.c, cache_kset.c,
+ * cache_req.c, cache_gc.c, cache.c). Nothing outside core/ (and the engine's unit tests)
+ * includes it.
+ *
+ * GLOBAL LOCK ORDER (take left before right; never the other way):
+ *
+ *   c->img_lock -> c->flush_lock -> subtree.lock -> stage.lock -> c->log.lock -> head.lock
+ *     -> c->segs.lock -> (cache_dev record mutexes)
+ *
+ *   c->gc_lock is held by the GC thread around one GC step and by an attach replay; it nests
+ *   outside subtree locks (replay inserts into a new, not yet visible index) and outside
+ *   c->log.lock.
+ *
+ * Waiting for space (the only blocking waits on the request path) happens in two places:
+ *  - pcache_seg_alloc() on c->segs.cond, with only c->segs.lock held (a data head's lock may
+ *    be held by the caller: heads are taken before any index lock);
+ *  - a staging kset close that needs a new key-log segment, with the subtree and stage locks
+ *    held but c->log.lock released.
+ * Neither the GC thread, the timer thread nor the backing completion thread ever waits for space
+ * or blocks on a subtree or stage lock (they use trylock), so they keep freeing space.
+ */
+#ifndef PCACHE_CACHE_I_H
+#define PCACHE_CACHE_I_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pcache/backing.h"
+#include "pcache/cache.h"
+#include "pcache/cache_dev.h"
+#include "pcache/format.h"
+#include "pcache/util.h"
+
+#define PCACHE_SECTOR 512u
+#define PCACHE_REGION_SIZE (1u << PCACHE_REGION_SHIFT)
+#define PCACHE_NSTAGE 16u           /* staging ksets (striped by image and 4 MiB region) */
+#define PCACHE_NHEADS 4u            /* data heads */
+#define PCACHE_LOG_RESERVE 2u       /* free segments data allocation leaves to the key log */
+#define PCACHE_KSET_CLOSE_NS 1000000000ull   /* close a kset ~1 s after its first key */
+#define PCACHE_HEAD_IDLE_NS 2000000000ull    /* release an idle data head after ~2 s */
+
+/* ---- segment.c: allocation bitmap, refs, generations, data heads ---------------------------- */
+
+enum pcache_seg_kind { PCACHE_SEG_FREE = 0, PCACHE_SEG_DATA = 1, PCACHE_SEG_LOG = 2 };
+
+struct pcache_segs {
+	pthread_mutex_t lock;       /* guards everything below except refs */
+	pthread_cond_t cond;        /* space freed / ticket served */
+	uint64_t *bitmap;           /* 1 = used */
+	uint8_t *kind;              /* enum pcache_seg_kind */
+	uint32_t count, nfree, hint;
+	uint64_t ticket_next, ticket_serving; /* FIFO order of writers waiting for space */
+	uint32_t waiters;
+	uint64_t full_waits, full_wait_ns, segs_freed;
+	bool failed;                /* nothing can ever be freed: waiters get -EIO */
+	_Atomic uint32_t *refs;     /* lock-free: keys in the log (+ staged) + head pin */
+};
+
+struct pcache_head {
+	pthread_mutex_t lock;       /* guards the fields below */
+	uint32_t seg;
+	uint32_t off;
+	uint64_t gen;
+	bool has_seg;
+	uint64_t last_ns;           /* last allocation (idle release) */
+};
+
+/* An allocation: [seg_off, seg_off + len) of segment seg at generation gen, one ref taken. */
+struct pcache_alloc {
+	uint32_t seg, seg_off, len;
+	uint64_t gen;
+};
+
+struct pcache_cache;
+
+int pcache_segs_init(struct pcache_cache *c);
+void pcache_segs_exit(struct pcache_cache *c);
+/* Mark seg used with kind (replay). */
+void pcache_seg_mark_used(struct pcache_cache *c, uint32_t seg, enum pcache_seg_kind kind);
+/* Take a free segment: wait (FIFO) when none is free and wait is set, else -ENOSPC.
+ * for_log may use the last PCACHE_LOG_RESERVE segments. -EIO when the cache failed/stops. */
+int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *seg);
+/* Free a segment (log segments by GC; data segments when refs reach 0, after the gen bump). */
+void pcache_seg_free(struct pcache_cache *c, uint32_t seg);
+void pcache_seg_get(struct pcache_cache *c, uint32_t seg);
+void pcache_seg_put(struct pcache_cache *c, uint32_t seg);
+/* Allocate up to len bytes (may return less) from a data head; may wait for space. */
+int pcache_data_alloc(struct pcache_cache *c, uint32_t len, bool wait, struct pcache_alloc *a);
+/* Drop the head pins of heads idle for PCACHE_HEAD_IDLE_NS (or all heads with force). */
+void pcache_heads_release(struct pcache_cache *c, bool force);
+/* Wait until space for metadata-only keys (ZERO) is available (free > reserve). */
+int pcache_space_wait(struct pcache_cache *c);
+uint32_t pcache_segs_used(struct pcache_cache *c, uint32_t *data, uint32_t *log);
+/* Wake every waiter with -EIO (cache stopping or nothing can be freed). */
+void pcache_segs_fail(struct pcache_cache *c);
+
+/* ---- cache_key.c: the index ----------------------------------------------------------------- */
+
+#define PCACHE_IKEY_EMPTY (1u << 15)  /* placeholder for an in-flight miss (seg = miss id) */
+
+/* An index key (40 B): a non-overlapping extent inside one 4 MiB region. */
+struct pcache_ikey {
+	uint32_t off;        /* byte offset inside the region */
+	uint32_t len;        /* bytes */
+	uint32_t seg;        /* data segment; EMPTY: the miss id */
+	uint32_t seg_off;    /* data offset in the segment */
+	uint64_t seg_gen;    /* generation at allocation */
+	uint32_t data_crc;   /* CRC32C of the original extent (crc_len bytes) */
+	uint32_t crc_front;  /* bytes cut from the original extent's front */
+	uint32_t crc_len;    /* bytes the CRC covers; 0 = no CRC */
+	uint16_t flags;      /* PCACHE_KEY_CLEAN, PCACHE_KEY_ZERO, PCACHE_IKEY_EMPTY */
+	uint16_t pad;
+};
+
+/* One 4 MiB region: a sorted array of non-overlapping keys. */
+struct pcache_subtree {
+	pthread_mutex_t lock;       /* guards v, n, cap */
+	struct pcache_ikey *v;
+	uint32_t n, cap;
+};
+
+struct pcache_index {
+	uint32_t nsub;
+	struct pcache_subtree *sub;
+};
+
+int pcache_index_init(struct pcache_index *ix, uint64_t size);
+void pcache_index_exit(struct pcache_index *ix);
+/* First key whose end is past off (may be st->n). Lock held. */
+uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off);
+/* Insert with fixup (digest 4.3): overlapped keys are cut/split/removed. Lock held. */
+int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k);
+/* Remove key i. Lock held. */
+void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i);
+/* Make room for extra keys (so insert cannot fail with -ENOMEM). Lock held. */
+int pcache_subtree_reserve(struct pcache_subtree *st, uint32_t extra);
+/* Key counters: bytes in the index, dirty bytes, key count. Takes each lock. */
+void pcache_index_count(struct pcache_index *ix, uint64_t *cached, uint64_t *dirty, uint64_t *keys);
+
+/* ---- cache_kset.c: staging ksets and the key log ---------------------------------------------- */
+
+struct pcache_stage {
+	pthread_mutex_t lock;       /* guards n, keys, first_ns */
+	uint32_t n;
+	uint64_t first_ns;          /* time of the first unpersisted key */
+	struct pcache_key_om keys[PCACHE_KSET_MAX_KEYS];
+};
+
+struct pcache_log {
+	pthread_mutex_t lock;       /* guards head, next_lsn, epoch */
+	struct pcache_pos head;     /* next kset position; head.lsn = lsn of the next kset */
+	uint64_t epoch;
+	uint64_t ksets_written;
+	_Atomic uint64_t head_lsn;  /* copy of head.lsn for lock-free readers */
+};
+
+/* Encode/decode between an on-media key and an index key (region-relative off). */
+void pcache_key_encode(struct pcache_key_om *om, uint32_t image_id, uint64_t off,
+		       const struct pcache_ikey *k);
+/* Validate a kset at addr (avail bytes readable): 0 when magic, CRC, lsn and size are right and
+ * it lies inside its segment; -EINVAL otherwise. */
+int pcache_kset_check(const struct pcache_kset_om *ks, uint32_t avail, uint64_t lsn);
+/* Check one key of a valid kset against the geometry: 0 or -EUCLEAN with a message. */
+int pcache_key_check(const struct pcache_cache *c, const struct pcache_key_om *k, char *err,
+		     size_t errlen);
+
+int pcache_log_init(struct pcache_cache *c);
+/* Stage index of (image id, region). */
+uint32_t pcache_stage_of(uint32_t image_id, uint64_t region);
+/*
+ * With st->lock held: make sure the stage can take one more key. A full stage is closed
+ * (wait: may wait for log space; else -EAGAIN when no log space).
+ */
+int pcache_stage_room(struct pcache_cache *c, struct pcache_stage *st, bool wait);
+/* With st->lock held and room made: add a key; a stage that becomes full is closed (no wait). */
+void pcache_stage_add(struct pcache_cache *c, struct pcache_stage *st, const struct pcache_key_om *k);
+/* With st->lock held: persist the staged keys as one kset. */
+int pcache_stage_close(struct pcache_cache *c, struct pcache_stage *st, bool wait);
+/* Close every stage holding keys (flush). trylock: skip busy stages (background threads). */
+int pcache_stages_close_all(struct pcache_cache *c, bool wait, bool trylock, bool only_old);
+/* Snapshot of key_head. */
+void pcache_log_head(struct pcache_cache *c, struct pcache_pos *p);
+/* Bump the flush epoch (after a flush closed its ksets). */
+void pcache_log_epoch_bump(struct pcache_cache *c);
+
+/* ---- images --------------------------------------------------------------------------------- */
+
+struct pcache_image {
+	struct pcache_cache *c;
+	_Atomic int refs;
+	_Atomic int inflight;       /* I/O inside the engine (misses until done) */
+	_Atomic bool detaching;
+	_Atomic int wb_refs;        /* backings lent to the writeback */
+	uint32_t id, slot;
+	char name[PCACHE_NAME_MAX + 1];
+	struct pcache_backing *b;
+	uint64_t size;
+	uint32_t lbs;               /* engine sector */
+	bool read_only;
+	_Atomic uint32_t cache_mode;
+	pthread_mutex_t ent_lock;   /* guards ent (image table copy) */
+	struct pcache_image_ent ent;
+	struct pcache_index ix;
+	/* stats (relaxed atomics) */
+	_Atomic uint64_t reads, writes, flushes, discards, read_bytes, write_bytes;
+	_Atomic uint64_t read_hit_bytes, read_miss_bytes, crc_errors, backing_errors;
+};
+
+/* Reference an attached image by id for the writeback (NULL if none); put with image_put. */
+struct pcache_image *pcache_image_get_by_id(struct pcache_cache *c, uint32_t id);
+/* Replay the keys of one image into its index (attach). */
+int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen);
+
+/* ---- the cache ------------------------------------------------------------------------------ */
+
+struct pcache_wb;
+
+struct pcache_cache {
+	struct pcache_cache_dev *cd;
+	struct pcache_pmem *pm;
+	uint32_t seg_count;
+	uint64_t seg_size;
+	bool data_crc;
+	bool no_background;
+
+	struct pcache_segs segs;
+	struct pcache_head heads[PCACHE_NHEADS];
+	struct pcache_log log;
+	struct pcache_stage *stage;   /* PCACHE_NSTAGE */
+	pthread_mutex_t flush_lock;   /* serialises flushes (epoch bumps) */
+
+	pthread_mutex_t img_lock;     /* guards imgs[] and live[] */
+	struct pcache_image *imgs[PCACHE_MAX_IMAGES];  /* attached */
+	struct pcache_image *live[PCACHE_MAX_IMAGES];  /* attached or detaching (backing open) */
+	_Atomic bool stopping_io;     /* pcache_cache_stop() began: new I/O is refused */
+	uint64_t replay_keys, replay_ns;
+
+	/* GC */
+	pthread_mutex_t gc_lock;      /* one GC step / an attach replay */
+	pthread_mutex_t bg_lock;      /* guards the wake flags; bg_cond wakes GC and timer */
+	pthread_cond_t bg_cond;       /* wakes the GC thread */
+	pthread_cond_t timer_cond;    /* wakes the timer thread (stop) */
+	bool gc_kick, stopping;
+	pthread_t gc_thread, timer_thread;
+	bool gc_started, timer_started;
+	uint64_t gc_runs;
+	_Atomic uint64_t fill_skips;
+	uint32_t clean_cursor;        /* incremental cleaner position (images x subtrees) */
+	_Atomic uint64_t clean_pending; /* segments freed since the cleaner last finished a sweep */
+	_Atomic uint32_t miss_id;
+
+	/* writeback (core/cache_writeback.c) */
+	struct pcache_wb *wb;
+	_Atomic uint64_t wb_errors;
+};
+
+/* GC (cache_gc.c) */
+int pcache_gc_start(struct pcache_cache *c);
+void pcache_gc_stop(struct pcache_cache *c);
+/* Run GC steps until nothing more can be done now; returns segments freed (tests, no_background). */
+int pcache_gc_run(struct pcache_cache *c);
+void pcache_gc_kick(struct pcache_cache *c);
+/* Drop stale keys from up to budget subtrees (incremental cleaner). */
+void pcache_gc_clean(struct pcache_cache *c, uint32_t budget);
+
+/* writeback glue (cache.c) */
+void pcache_wb_notify_kick(struct pcache_cache *c);
+
+/* Address in the mapping of segment seg, offset off. */
+static inline uint8_t *pcache_seg_ptr(struct pcache_cache *c, uint32_t seg, uint32_t off)
+{
+	return (uint8_t *)pcache_cache_dev_seg_addr(c->cd, seg) + off;
+}
+
+#endif

@@ -1,0 +1,250 @@
+/*
+ * cache_kset.c -- staging ksets and the key log.
+ *
+ * Keys are staged in PCACHE_NSTAGE buffers striped by (image id, 4 MiB region): the same region
+ * always maps to the same buffer, and a key is inserted into the index and appended to its
+ * buffer under the region's subtree lock, so for overlapping keys log order equals index order
+ * (replay: later in the log wins). A buffer is closed -- written as one kset at key_head and
+ * persisted -- when it fills (128 keys), on a flush (all buffers), on a FUA write (its buffer),
+ * and about 1 s after its first unpersisted key (timer thread, cache.c).
+ *
+ * Invariants:
+ *  1. Every kset (LAST records included) carries lsn = previous + 1 and the current flush
+ *     epoch; epochs never decrease along the log (both are read under c->log.lock).
+ *  2. A kset is durable before c->log.lock is released and before key_head moves past it, so
+ *     everything before key_head is persisted (what writeback may read).
+ *  3. No zero terminator is written or relied on: replay stops at the first kset whose magic,
+ *     CRC or lsn does not continue the log. A new key-log segment is zeroed (persisted) before
+ *     the LAST record that links it, so bytes of its previous use (user data of a data segment)
+ *     can never be parsed as a kset.
+ *  4. A kset never crosses its segment: a segment always keeps room for a LAST record.
+ *  5. pcache_stage_room() is called before the index is touched: a key that made it into the
+ *     index always has a place in its buffer (digest 12.2 item 7: no hole on append failure).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cache_i.h"
+
+void pcache_key_encode(struct pcache_key_om *om, uint32_t image_id, uint64_t off,
+		       const struct pcache_ikey *k)
+{
+	memset(om, 0, sizeof(*om));
+	om->off = off;
+	om->len = k->len;
+	om->flags = k->flags & (PCACHE_KEY_CLEAN | PCACHE_KEY_ZERO);
+	om->image_id = image_id;
+	if (!(k->flags & PCACHE_KEY_ZERO)) {
+		om->seg = k->seg;
+		om->seg_off = k->seg_off;
+		om->seg_gen = k->seg_gen;
+		om->data_crc = k->data_crc;
+	}
+}
+
+int pcache_kset_check(const struct pcache_kset_om *ks, uint32_t avail, uint64_t lsn)
+{
+	uint32_t size;
+
+	if (avail < PCACHE_KSET_HDR_SIZE)
+		return -EINVAL;
+	if (ks->magic != PCACHE_KSET_MAGIC || ks->lsn != lsn)
+		return -EINVAL;
+	if (ks->flags & ~PCACHE_KSET_LAST)
+		return -EINVAL;
+	if (ks->flags & PCACHE_KSET_LAST) {
+		if (ks->key_num != 0)
+			return -EINVAL;
+	} else if (ks->key_num == 0 || ks->key_num > PCACHE_KSET_MAX_KEYS) {
+		return -EINVAL;
+	}
+	size = PCACHE_KSET_SIZE(ks->key_num);
+	if (size > avail)
+		return -EINVAL;
+	if (ks->crc != pcache_crc32c(PCACHE_CRC_SEED, (const uint8_t *)ks + 4, size - 4))
+		return -EINVAL;
+	return 0;
+}
+
+int pcache_key_check(const struct pcache_cache *c, const struct pcache_key_om *k, char *err,
+		     size_t errlen)
+{
+	const char *why = NULL;
+
+	if (k->len == 0 || k->len % PCACHE_SECTOR || k->off % PCACHE_SECTOR)
+		why = "bad length or offset";
+	else if ((k->off >> PCACHE_REGION_SHIFT) != ((k->off + k->len - 1) >> PCACHE_REGION_SHIFT))
+		why = "crosses a 4 MiB region";
+	else if (k->flags & ~(PCACHE_KEY_CLEAN | PCACHE_KEY_ZERO))
+		why = "unknown flags";
+	else if (k->image_id == 0)
+		why = "image id 0";
+	else if (!(k->flags & PCACHE_KEY_ZERO) &&
+		 (k->seg >= c->seg_count || k->seg_off > c->seg_size ||
+		  k->len > c->seg_size - k->seg_off))
+		why = "data position outside the segments";
+	if (!why)
+		return 0;
+	snprintf(err, errlen,
+		 "key log: key (image %u, off %llu, len %u, seg %u, seg_off %u): %s",
+		 k->image_id, (unsigned long long)k->off, k->len, k->seg, k->seg_off, why);
+	return -EUCLEAN;
+}
+
+int pcache_log_init(struct pcache_cache *c)
+{
+	uint32_t i;
+
+	pthread_mutex_init(&c->log.lock, NULL);
+	pthread_mutex_init(&c->flush_lock, NULL);
+	for (i = 0; i < PCACHE_NSTAGE; i++) {
+		pthread_mutex_init(&c->stage[i].lock, NULL);
+		c->stage[i].n = 0;
+	}
+	return 0;
+}
+
+uint32_t pcache_stage_of(uint32_t image_id, uint64_t region)
+{
+	uint64_t x = region * 0x9E3779B97F4A7C15ull + image_id * 0xC2B2AE3D27D4EB4Full;
+
+	return (uint32_t)((x >> 32) % PCACHE_NSTAGE);
+}
+
+void pcache_log_head(struct pcache_cache *c, struct pcache_pos *p)
+{
+	pthread_mutex_lock(&c->log.lock);
+	*p = c->log.head;
+	pthread_mutex_unlock(&c->log.lock);
+}
+
+void pcache_log_epoch_bump(struct pcache_cache *c)
+{
+	pthread_mutex_lock(&c->log.lock);
+	c->log.epoch++;
+	pthread_mutex_unlock(&c->log.lock);
+}
+
+/* With c->log.lock held: write a LAST record at key_head linking seg, move key_head there. */
+static void log_link_segment(struct pcache_cache *c, uint32_t seg)
+{
+	struct pcache_log *lg = &c->log;
+	struct pcache_kset_om last;
+
+	/* the new segment's old bytes must never parse as ksets: zero it, flushed, ... */
+	c->pm->ops->memset(c->pm->ctx, pcache_seg_ptr(c, seg, 0), 0, c->seg_size,
+			   PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN);
+	/* ... and drained before the LAST record that makes it part of the log */
+	c->pm->ops->drain(c->pm->ctx);
+
+	memset(&last, 0, sizeof(last));
+	last.key_num = 0;
+	last.flags = PCACHE_KSET_LAST;
+	last.magic = PCACHE_KSET_MAGIC;
+	last.lsn = lg->head.lsn;
+	last.epoch = lg->epoch;
+	last.next_seg = seg;
+	last.crc = pcache_crc32c(PCACHE_CRC_SEED, (const uint8_t *)&last + 4, PCACHE_KSET_HDR_SIZE - 4);
+	/* the LAST record is durable before key_head moves into the new segment */
+	c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, lg->head.seg, lg->head.off), &last,
+			   PCACHE_KSET_HDR_SIZE, 0);
+	lg->head.seg = seg;
+	lg->head.off = 0;
+	lg->head.lsn++;
+	lg->ksets_written++;
+}
+
+int pcache_stage_close(struct pcache_cache *c, struct pcache_stage *st, bool wait)
+{
+	struct pcache_log *lg = &c->log;
+	union {
+		struct pcache_kset_om ks;
+		uint8_t raw[PCACHE_KSET_MAX_SIZE];
+	} buf;
+	uint32_t size, seg;
+	int ret;
+
+	if (st->n == 0)
+		return 0;
+	size = PCACHE_KSET_SIZE(st->n);
+	pthread_mutex_lock(&lg->lock);
+	while (lg->head.off + size + PCACHE_KSET_HDR_SIZE > c->seg_size) {
+		ret = pcache_seg_alloc(c, true, false, &seg);
+		if (ret == -ENOSPC && wait) {
+			/* wait without the log lock: writeback and GC need it to make space */
+			pthread_mutex_unlock(&lg->lock);
+			ret = pcache_seg_alloc(c, true, true, &seg);
+			pthread_mutex_lock(&lg->lock);
+			if (ret == 0 && lg->head.off + size + PCACHE_KSET_HDR_SIZE <= c->seg_size) {
+				/* someone else linked a segment meanwhile */
+				pcache_seg_free(c, seg);
+				continue;
+			}
+		}
+		if (ret) {
+			pthread_mutex_unlock(&lg->lock);
+			return ret == -ENOSPC ? -EAGAIN : ret;
+		}
+		log_link_segment(c, seg);
+	}
+	memset(&buf.ks, 0, PCACHE_KSET_HDR_SIZE);
+	buf.ks.key_num = (uint16_t)st->n;
+	buf.ks.magic = PCACHE_KSET_MAGIC;
+	buf.ks.lsn = lg->head.lsn;
+	buf.ks.epoch = lg->epoch;
+	memcpy(buf.ks.keys, st->keys, (size_t)st->n * sizeof(st->keys[0]));
+	buf.ks.crc = pcache_crc32c(PCACHE_CRC_SEED, buf.raw + 4, size - 4);
+	/* the kset (keys + CRC) is durable before key_head moves past it and the writers go on */
+	c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, lg->head.seg, lg->head.off), buf.raw, size,
+			   PCACHE_PM_NONTEMPORAL);
+	lg->head.off += size;
+	lg->head.lsn++;
+	lg->ksets_written++;
+	atomic_store(&lg->head_lsn, lg->head.lsn);
+	pthread_mutex_unlock(&lg->lock);
+	st->n = 0;
+	pcache_wb_notify_kick(c);
+	return 0;
+}
+
+int pcache_stage_room(struct pcache_cache *c, struct pcache_stage *st, bool wait)
+{
+	if (st->n < PCACHE_KSET_MAX_KEYS)
+		return 0;
+	return pcache_stage_close(c, st, wait);
+}
+
+void pcache_stage_add(struct pcache_cache *c, struct pcache_stage *st, const struct pcache_key_om *k)
+{
+	if (st->n == 0)
+		st->first_ns = pcache_now_ns();
+	st->keys[st->n++] = *k;
+	if (st->n == PCACHE_KSET_MAX_KEYS)
+		(void)pcache_stage_close(c, st, false); /* else the next appender or the timer closes it */
+}
+
+int pcache_stages_close_all(struct pcache_cache *c, bool wait, bool trylock, bool only_old)
+{
+	uint64_t now = pcache_now_ns();
+	uint32_t i;
+	int ret, first = 0;
+
+	for (i = 0; i < PCACHE_NSTAGE; i++) {
+		struct pcache_stage *st = &c->stage[i];
+
+		if (trylock) {
+			if (pthread_mutex_trylock(&st->lock) != 0)
+				continue;
+		} else {
+			pthread_mutex_lock(&st->lock);
+		}
+		if (st->n && (!only_old || now - st->first_ns >= PCACHE_KSET_CLOSE_NS)) {
+			ret = pcache_stage_close(c, st, wait);
+			if (ret && !first)
+				first = ret;
+		}
+		pthread_mutex_unlock(&st->lock);
+	}
+	return first;
+}

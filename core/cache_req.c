@@ -1,0 +1,676 @@
+/*
+ * cache_req.c -- the request path: write, read (hits and misses), flush, discard/zero.
+ *
+ * Writes copy the data into space from a data head, persist it, then insert the key into the
+ * index and stage it under the region's subtree lock. Reads copy hits out of pmem outside the
+ * subtree lock (generation re-checked after the copy) and send misses to the backing image as
+ * REQ requests with an EMPTY placeholder in the index; the completion thread fills the cache
+ * with the data read unless a write raced with it.
+ *
+ * Invariants:
+ *  1. Data is durable in pmem (drained) before its key enters the index or a staging kset.
+ *  2. A key is inserted into the index and appended to its staging kset under one hold of the
+ *     subtree lock, after room in the kset was made (cache_kset.c invariant 5).
+ *  3. A hit is copied without the subtree lock; the copy is valid only if the segment's
+ *     generation still equals the key's after the copy (a segment is bumped durably before
+ *     reuse, segment.c invariant 1). Otherwise the range is read from the backing image (a
+ *     stale key is always clean: GC frees a data segment only behind dirty_tail).
+ *  4. With data CRCs on, a hit whose CRC does not match is -EIO (counted), never wrong data.
+ *  5. A miss fill replaces only its own placeholder: a racing write removed or cut it, and the
+ *     fill then caches nothing or only the part still covered.
+ *  6. The completion thread never waits: fills use non-blocking allocation and trylock on the
+ *     staging kset, and are skipped (counted) when either is not available.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_i.h"
+
+/* ---- common ------------------------------------------------------------------------------- */
+
+static int io_enter(struct pcache_image *img)
+{
+	atomic_fetch_add(&img->inflight, 1);
+	if (atomic_load(&img->detaching) || atomic_load(&img->c->stopping_io)) {
+		atomic_fetch_sub(&img->inflight, 1);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+static void io_exit(struct pcache_image *img)
+{
+	atomic_fetch_sub(&img->inflight, 1);
+}
+
+static int check_range(const struct pcache_image *img, uint64_t off, uint64_t len)
+{
+	if (off % img->lbs || len % img->lbs)
+		return -EINVAL;
+	if (off > img->size || len > img->size - off)
+		return -EINVAL;
+	return 0;
+}
+
+static inline bool key_stale(struct pcache_cache *c, const struct pcache_ikey *k)
+{
+	if (k->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY))
+		return false;
+	return pcache_cache_dev_seg_gen(c->cd, k->seg) != k->seg_gen;
+}
+
+/*
+ * Insert k (region-relative) into the index of img and stage it, under the subtree lock.
+ * *stage_idx gets the staging kset used. wait: may wait for log space.
+ */
+static int index_add(struct pcache_image *img, uint64_t region, const struct pcache_ikey *k,
+		     bool wait, uint32_t *stage_idx)
+{
+	struct pcache_cache *c = img->c;
+	struct pcache_subtree *sub = &img->ix.sub[region];
+	uint32_t si = pcache_stage_of(img->id, region);
+	struct pcache_stage *st = &c->stage[si];
+	struct pcache_key_om om;
+	int ret;
+
+	pthread_mutex_lock(&sub->lock);
+	ret = pcache_subtree_reserve(sub, 2);
+	if (ret)
+		goto out_sub;
+	pthread_mutex_lock(&st->lock);
+	ret = pcache_stage_room(c, st, wait);
+	if (ret)
+		goto out_stage;
+	/* room made and index memory reserved: neither step below can fail */
+	(void)pcache_subtree_insert(sub, k);
+	pcache_key_encode(&om, img->id, (region << PCACHE_REGION_SHIFT) + k->off, k);
+	pcache_stage_add(c, st, &om);
+	if (stage_idx)
+		*stage_idx = si;
+out_stage:
+	pthread_mutex_unlock(&st->lock);
+out_sub:
+	pthread_mutex_unlock(&sub->lock);
+	return ret;
+}
+
+static int close_stages(struct pcache_cache *c, uint32_t mask)
+{
+	uint32_t i;
+	int ret, first = 0;
+
+	for (i = 0; i < PCACHE_NSTAGE; i++) {
+		if (!(mask & (1u << i)))
+			continue;
+		pthread_mutex_lock(&c->stage[i].lock);
+		ret = pcache_stage_close(c, &c->stage[i], true);
+		pthread_mutex_unlock(&c->stage[i].lock);
+		if (ret && !first)
+			first = ret;
+	}
+	return first;
+}
+
+/* ---- write -------------------------------------------------------------------------------- */
+
+/* Write into the cache only (the cache-mode logic is in pcache_image_write). */
+static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
+		       unsigned int flags, uint16_t key_flags)
+{
+	struct pcache_cache *c = img->c;
+	uint32_t mask = 0, si;
+	int ret = 0;
+
+	while (len) {
+		uint64_t region = off >> PCACHE_REGION_SHIFT;
+		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
+		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
+		struct pcache_alloc a;
+		struct pcache_ikey k;
+
+		ret = pcache_data_alloc(c, chunk, true, &a);
+		if (ret)
+			break;
+		c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
+				   PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN);
+		memset(&k, 0, sizeof(k));
+		k.off = roff;
+		k.len = a.len;
+		k.seg = a.seg;
+		k.seg_off = a.seg_off;
+		k.seg_gen = a.gen;
+		k.flags = key_flags;
+		if (c->data_crc) {
+			k.data_crc = pcache_crc32c(PCACHE_CRC_SEED, src, a.len);
+			k.crc_len = a.len;
+		}
+		/* the data copied above is durable before its key is indexed and staged */
+		c->pm->ops->drain(c->pm->ctx);
+		ret = index_add(img, region, &k, true, &si);
+		if (ret) {
+			pcache_seg_put(c, a.seg);
+			break;
+		}
+		mask |= 1u << si;
+		src += a.len;
+		off += a.len;
+		len -= a.len;
+	}
+	if (flags & PCACHE_IO_FUA) {
+		int r = close_stages(c, mask);
+
+		if (!ret)
+			ret = r;
+	}
+	return ret;
+}
+
+int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+		       unsigned int flags)
+{
+	uint32_t mode;
+	int ret;
+
+	ret = check_range(img, off, len);
+	if (ret)
+		return ret;
+	if (img->read_only)
+		return -EROFS;
+	if (len == 0)
+		return 0;
+	ret = io_enter(img);
+	if (ret)
+		return ret;
+	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
+	mode = atomic_load(&img->cache_mode);
+	if (mode == PCACHE_MODE_WRITETHROUGH) {
+		/*
+		 * Writethrough: the backing image gets the data first; the cached copy is then staged
+		 * as a dirty key, so the log-ordered writeback writes it again after any older dirty
+		 * key of the range (the backing image never ends up older than the cache).
+		 */
+		ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_WRITE, (void *)buf, len, off);
+		if (!ret && (flags & PCACHE_IO_FUA))
+			ret = pcache_backing_flush_sync(img->b);
+		if (ret)
+			atomic_fetch_add(&img->backing_errors, 1);
+	}
+	if (!ret)
+		ret = cache_write(img, buf, off, len, flags, 0);
+	io_exit(img);
+	return ret;
+}
+
+/* ---- discard / zero ----------------------------------------------------------------------- */
+
+int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, bool zero)
+{
+	struct pcache_cache *c = img->c;
+	int ret;
+
+	(void)zero; /* both become a ZERO key: the range reads back as zeros */
+	ret = check_range(img, off, len);
+	if (ret)
+		return ret;
+	if (img->read_only)
+		return -EROFS;
+	if (len == 0)
+		return 0;
+	ret = io_enter(img);
+	if (ret)
+		return ret;
+	atomic_fetch_add_explicit(&img->discards, 1, memory_order_relaxed);
+	while (len) {
+		uint64_t region = off >> PCACHE_REGION_SHIFT;
+		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
+		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
+		struct pcache_ikey k;
+
+		ret = pcache_space_wait(c);
+		if (ret)
+			break;
+		memset(&k, 0, sizeof(k));
+		k.off = roff;
+		k.len = chunk;
+		k.flags = PCACHE_KEY_ZERO;
+		ret = index_add(img, region, &k, true, NULL);
+		if (ret)
+			break;
+		off += chunk;
+		len -= chunk;
+	}
+	io_exit(img);
+	return ret;
+}
+
+/* ---- flush -------------------------------------------------------------------------------- */
+
+int pcache_cache_flush(struct pcache_cache *c)
+{
+	int ret;
+
+	pthread_mutex_lock(&c->flush_lock);
+	ret = pcache_stages_close_all(c, true, false, false);
+	/* ksets closed above carry the old epoch; later ones the new (writeback barriers) */
+	pcache_log_epoch_bump(c);
+	pthread_mutex_unlock(&c->flush_lock);
+	return ret;
+}
+
+int pcache_image_flush(struct pcache_image *img)
+{
+	int ret = io_enter(img);
+
+	if (ret)
+		return ret;
+	atomic_fetch_add_explicit(&img->flushes, 1, memory_order_relaxed);
+	ret = pcache_cache_flush(img->c);
+	if (!ret && atomic_load(&img->cache_mode) == PCACHE_MODE_WRITETHROUGH)
+		ret = pcache_backing_flush_sync(img->b);
+	io_exit(img);
+	return ret;
+}
+
+/* ---- read --------------------------------------------------------------------------------- */
+
+struct miss_piece {
+	struct miss_req *m;
+	uint64_t off;        /* image offset */
+	uint32_t len;
+	uint32_t id;         /* placeholder id, 0 = none (no fill) */
+	size_t buf_off;      /* offset in the caller's buffer */
+};
+
+struct miss_req {
+	struct pcache_upper_req up;
+	_Atomic int refs;     /* upper-request references (backing + submitter) */
+	_Atomic int pending;  /* pieces not ended + 1 for the submitter */
+	_Atomic int status;
+	struct pcache_image *img;
+	pcache_io_done_fn done;
+	void *priv;
+	uint32_t n;
+	struct miss_piece p[];
+};
+
+struct piece_vec {
+	struct miss_piece *v;
+	uint32_t n, cap;
+};
+
+static int vec_push(struct piece_vec *pv, uint64_t off, uint32_t len, uint32_t id, size_t buf_off)
+{
+	if (pv->n == pv->cap) {
+		uint32_t cap = pv->cap ? pv->cap * 2 : 8;
+		struct miss_piece *v = realloc(pv->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		pv->v = v;
+		pv->cap = cap;
+	}
+	pv->v[pv->n++] = (struct miss_piece){ .off = off, .len = len, .id = id, .buf_off = buf_off };
+	return 0;
+}
+
+static void upper_get(struct pcache_upper_req *u)
+{
+	struct miss_req *m = pcache_container_of(u, struct miss_req, up);
+
+	atomic_fetch_add(&m->refs, 1);
+}
+
+static void upper_put(struct pcache_upper_req *u)
+{
+	struct miss_req *m = pcache_container_of(u, struct miss_req, up);
+
+	if (atomic_fetch_sub(&m->refs, 1) == 1)
+		free(m);
+}
+
+/* Remove the placeholder id at image offset off (if still there). */
+static void drop_placeholder(struct pcache_image *img, uint64_t off, uint32_t id)
+{
+	struct pcache_subtree *sub = &img->ix.sub[off >> PCACHE_REGION_SHIFT];
+	uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), i;
+
+	pthread_mutex_lock(&sub->lock);
+	i = pcache_subtree_find(sub, roff);
+	if (i < sub->n && sub->v[i].off == roff && (sub->v[i].flags & PCACHE_IKEY_EMPTY) &&
+	    sub->v[i].seg == id)
+		pcache_subtree_remove(sub, i);
+	pthread_mutex_unlock(&sub->lock);
+}
+
+/* Completion thread: cache the data of a finished miss in place of its placeholder. */
+static void miss_fill(struct miss_req *m, const struct miss_piece *p)
+{
+	struct pcache_image *img = m->img;
+	struct pcache_cache *c = img->c;
+	uint64_t region = p->off >> PCACHE_REGION_SHIFT;
+	struct pcache_subtree *sub = &img->ix.sub[region];
+	uint32_t roff = (uint32_t)(p->off & (PCACHE_REGION_SIZE - 1)), i, flen;
+	uint32_t si = pcache_stage_of(img->id, region);
+	struct pcache_stage *st = &c->stage[si];
+	const uint8_t *src = (const uint8_t *)m->up.buf + p->buf_off;
+	struct pcache_key_om om;
+	struct pcache_alloc a;
+	struct pcache_ikey k;
+	bool keyed = false;
+
+	if (pcache_data_alloc(c, p->len, false, &a) != 0) {
+		atomic_fetch_add(&c->fill_skips, 1);
+		drop_placeholder(img, p->off, p->id);
+		return;
+	}
+	c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
+			   PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN);
+	/* the filled data is durable before its key is indexed and staged */
+	c->pm->ops->drain(c->pm->ctx);
+
+	pthread_mutex_lock(&sub->lock);
+	i = pcache_subtree_find(sub, roff);
+	if (!(i < sub->n && sub->v[i].off == roff && (sub->v[i].flags & PCACHE_IKEY_EMPTY) &&
+	      sub->v[i].seg == p->id))
+		goto out_unlock; /* a write replaced the whole placeholder */
+	flen = PCACHE_MIN(sub->v[i].len, a.len);
+	if (pthread_mutex_trylock(&st->lock) != 0) {
+		pcache_subtree_remove(sub, i);
+		goto out_skip;
+	}
+	if (pcache_subtree_reserve(sub, 2) != 0 || pcache_stage_room(c, st, false) != 0) {
+		pthread_mutex_unlock(&st->lock);
+		pcache_subtree_remove(sub, i);
+		goto out_skip;
+	}
+	memset(&k, 0, sizeof(k));
+	k.off = roff;
+	k.len = flen;
+	k.seg = a.seg;
+	k.seg_off = a.seg_off;
+	k.seg_gen = a.gen;
+	k.flags = PCACHE_KEY_CLEAN;
+	if (c->data_crc) {
+		k.data_crc = pcache_crc32c(PCACHE_CRC_SEED, src, flen);
+		k.crc_len = flen;
+	}
+	/* a non-EMPTY key over the placeholder's front removes the whole placeholder (fixup) */
+	(void)pcache_subtree_insert(sub, &k);
+	pcache_key_encode(&om, img->id, p->off, &k);
+	pcache_stage_add(c, st, &om);
+	pthread_mutex_unlock(&st->lock);
+	keyed = true;
+	goto out_unlock;
+out_skip:
+	atomic_fetch_add(&c->fill_skips, 1);
+out_unlock:
+	pthread_mutex_unlock(&sub->lock);
+	if (!keyed)
+		pcache_seg_put(c, a.seg);
+}
+
+static void miss_finish(struct miss_req *m)
+{
+	struct pcache_image *img = m->img;
+	int status = atomic_load(&m->status);
+
+	m->done(m->priv, status);
+	io_exit(img);
+}
+
+static void piece_end(void *priv, int status)
+{
+	struct miss_piece *p = priv;
+	struct miss_req *m = p->m;
+
+	if (status) {
+		int expect = 0;
+
+		atomic_fetch_add(&m->img->backing_errors, 1);
+		atomic_compare_exchange_strong(&m->status, &expect, status);
+		if (p->id)
+			drop_placeholder(m->img, p->off, p->id);
+	} else if (p->id) {
+		miss_fill(m, p);
+	}
+	if (atomic_fetch_sub(&m->pending, 1) == 1)
+		miss_finish(m);
+}
+
+struct hit {
+	size_t buf_off;
+	uint32_t len;
+	struct pcache_ikey k;  /* seg_off already advanced to the hit's start */
+	uint32_t skip;         /* bytes of k's data before the hit (CRC range) */
+};
+
+/*
+ * Scan one region piece under its lock: hits are collected in hv (copied by the caller),
+ * misses become pieces (with a placeholder in holes).
+ */
+static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, size_t buf_off,
+		       struct hit *hv, uint32_t *nh, uint32_t hcap, struct piece_vec *pv)
+{
+	struct pcache_cache *c = img->c;
+	uint64_t region = off >> PCACHE_REGION_SHIFT;
+	struct pcache_subtree *sub = &img->ix.sub[region];
+	uint32_t pos = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), end = pos + len, i;
+	uint64_t base = region << PCACHE_REGION_SHIFT;
+	int ret = 0;
+
+	*nh = 0;
+	pthread_mutex_lock(&sub->lock);
+	i = pcache_subtree_find(sub, pos);
+	while (pos < end && !ret) {
+		const struct pcache_ikey *k = i < sub->n ? &sub->v[i] : NULL;
+		uint32_t gap_end, part_end;
+
+		if (!k || k->off >= end || k->off > pos) {
+			struct pcache_ikey ph;
+			uint32_t id;
+
+			gap_end = (!k || k->off >= end) ? end : k->off;
+			memset(&ph, 0, sizeof(ph));
+			ph.off = pos;
+			ph.len = gap_end - pos;
+			ph.flags = PCACHE_IKEY_EMPTY;
+			do {
+				id = atomic_fetch_add(&c->miss_id, 1) + 1;
+			} while (id == 0);
+			ph.seg = id;
+			if (pcache_subtree_reserve(sub, 1) == 0) {
+				(void)pcache_subtree_insert(sub, &ph);
+				i++;
+			} else {
+				id = 0;
+			}
+			ret = vec_push(pv, base + pos, gap_end - pos, id, buf_off + (pos - (uint32_t)(off - base)));
+			if (ret && id)
+				pcache_subtree_remove(sub, --i);
+			pos = gap_end;
+			continue;
+		}
+		if (key_stale(c, k)) {
+			/* lazy drop: the segment was freed and maybe reused (always a clean key) */
+			pcache_subtree_remove(sub, i);
+			continue;
+		}
+		part_end = PCACHE_MIN(end, k->off + k->len);
+		if (k->flags & PCACHE_IKEY_EMPTY) {
+			/* someone else's miss is in flight: read the backing too, no placeholder */
+			ret = vec_push(pv, base + pos, part_end - pos, 0, buf_off + (pos - (uint32_t)(off - base)));
+		} else if (*nh < hcap) {
+			struct hit *h = &hv[(*nh)++];
+
+			h->buf_off = buf_off + (pos - (uint32_t)(off - base));
+			h->len = part_end - pos;
+			h->k = *k;
+			h->skip = pos - k->off;
+			h->k.seg_off += h->skip;
+		} else {
+			/* too many hits for one pass: stop here, the caller scans the rest again */
+			break;
+		}
+		pos = part_end;
+		i++;
+	}
+	pthread_mutex_unlock(&sub->lock);
+	return ret ? ret : (int)(pos - (uint32_t)(off - base));
+}
+
+/* Copy hits out of pmem; stale ones become misses without placeholder. */
+static int copy_hits(struct pcache_image *img, uint8_t *buf, struct hit *hv, uint32_t nh,
+		     struct piece_vec *pv, uint64_t *hit_bytes)
+{
+	struct pcache_cache *c = img->c;
+	uint32_t j;
+	int ret = 0;
+
+	for (j = 0; j < nh; j++) {
+		struct hit *h = &hv[j];
+		bool crc_bad = false;
+
+		if (h->k.flags & PCACHE_KEY_ZERO) {
+			memset(buf + h->buf_off, 0, h->len);
+			*hit_bytes += h->len;
+			continue;
+		}
+		memcpy(buf + h->buf_off, pcache_seg_ptr(c, h->k.seg, h->k.seg_off), h->len);
+		if (h->k.crc_len) {
+			uint32_t start = h->k.seg_off - h->skip - h->k.crc_front;
+			uint32_t crc = pcache_crc32c(PCACHE_CRC_SEED, pcache_seg_ptr(c, h->k.seg, start),
+						     h->k.crc_len);
+
+			crc_bad = crc != h->k.data_crc;
+		}
+		/* the copy's loads complete before the generation is re-read (seqlock-style check) */
+		atomic_thread_fence(memory_order_acquire);
+		if (pcache_cache_dev_seg_gen(c->cd, h->k.seg) != h->k.seg_gen) {
+			/* freed (and maybe reused) during the copy: read the backing instead */
+			if (vec_push(pv, 0, h->len, 0, h->buf_off) != 0)
+				return -ENOMEM;
+			pv->v[pv->n - 1].off = UINT64_MAX; /* filled in by the caller */
+			continue;
+		}
+		if (crc_bad) {
+			atomic_fetch_add(&img->crc_errors, 1);
+			fprintf(stderr, "pcache: image %s: data CRC mismatch in segment %u at %u\n",
+				img->name, h->k.seg, h->k.seg_off);
+			ret = -EIO;
+			continue;
+		}
+		*hit_bytes += h->len;
+	}
+	return ret;
+}
+
+#define HITS_PER_PASS 64u
+
+int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t len,
+		      pcache_io_done_fn done, void *priv)
+{
+	struct hit hv[HITS_PER_PASS];
+	struct piece_vec pv = { 0 };
+	uint64_t pos = off, hit_bytes = 0, miss_bytes = 0;
+	struct miss_req *m;
+	int ret, status = 0;
+	uint32_t j, nh;
+
+	ret = check_range(img, off, len);
+	if (ret)
+		return ret;
+	if (len == 0)
+		return 0;
+	ret = io_enter(img);
+	if (ret)
+		return ret;
+	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&img->read_bytes, len, memory_order_relaxed);
+
+	while (pos < off + len) {
+		uint64_t rend = ((pos >> PCACHE_REGION_SHIFT) + 1) << PCACHE_REGION_SHIFT;
+		uint32_t plen = (uint32_t)(PCACHE_MIN(off + len, rend) - pos);
+		uint32_t first;
+		int done_bytes;
+
+		done_bytes = scan_region(img, pos, plen, (size_t)(pos - off), hv, &nh, HITS_PER_PASS, &pv);
+		if (done_bytes < 0) {
+			status = done_bytes;
+			break;
+		}
+		first = pv.n;
+		ret = copy_hits(img, buf, hv, nh, &pv, &hit_bytes);
+		for (j = first; j < pv.n; j++)
+			if (pv.v[j].off == UINT64_MAX)
+				pv.v[j].off = off + pv.v[j].buf_off;
+		if (ret && !status)
+			status = ret;
+		pos += (uint32_t)done_bytes;
+	}
+	atomic_fetch_add_explicit(&img->read_hit_bytes, hit_bytes, memory_order_relaxed);
+
+	if (pv.n == 0) {
+		free(pv.v);
+		io_exit(img);
+		return status;
+	}
+	m = malloc(sizeof(*m) + pv.n * sizeof(m->p[0]));
+	if (!m) {
+		for (j = 0; j < pv.n; j++)
+			if (pv.v[j].id)
+				drop_placeholder(img, pv.v[j].off, pv.v[j].id);
+		free(pv.v);
+		io_exit(img);
+		return -ENOMEM;
+	}
+	m->up.buf = buf;
+	m->up.len = len;
+	m->up.get = upper_get;
+	m->up.put = upper_put;
+	atomic_init(&m->refs, 1);
+	atomic_init(&m->pending, (int)pv.n + 1);
+	atomic_init(&m->status, status);
+	m->img = img;
+	m->done = done;
+	m->priv = priv;
+	m->n = pv.n;
+	memcpy(m->p, pv.v, pv.n * sizeof(pv.v[0]));
+	free(pv.v);
+	for (j = 0; j < m->n; j++) {
+		struct miss_piece *p = &m->p[j];
+		struct pcache_backing_io io = {
+			.op = PCACHE_BIO_READ,
+			.off = p->off,
+			.len = p->len,
+			.upper = &m->up,
+			.upper_off = p->buf_off,
+			.end = piece_end,
+			.priv = p,
+		};
+
+		p->m = m;
+		miss_bytes += p->len;
+		ret = done ? pcache_backing_submit(img->b, &io) : -EINVAL;
+		if (ret) {
+			if (!done) {
+				/* no callback: read synchronously (tests and tools) */
+				ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_READ,
+							     (uint8_t *)buf + p->buf_off, p->len, p->off);
+			}
+			piece_end(p, ret);
+		}
+	}
+	atomic_fetch_add_explicit(&img->read_miss_bytes, miss_bytes, memory_order_relaxed);
+	if (atomic_fetch_sub(&m->pending, 1) == 1) {
+		/* every piece already ended: complete inline, done() is not called */
+		status = atomic_load(&m->status);
+		upper_put(&m->up);
+		io_exit(img);
+		return status;
+	}
+	upper_put(&m->up);
+	return PCACHE_IO_PENDING;
+}

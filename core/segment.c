@@ -1,0 +1,380 @@
+/*
+ * segment.c -- segment allocation, reference counts, generations and data heads.
+ *
+ * Every segment is free, a data segment or a key-log segment. The bitmap lives in DRAM and is
+ * rebuilt by replay. Data segments are filled sequentially by data heads (PCACHE_NHEADS, picked
+ * by a hash of the calling thread) and freed when their reference count drops to zero; a data
+ * segment's refs = keys pointing into it in the log between key_tail and key_head (plus keys
+ * still staged) + 1 while a data head sits in it.
+ *
+ * Invariants:
+ *  1. A data segment's generation is bumped durably (cache_dev persists it) before its bitmap
+ *     bit is cleared, so it is bumped before any reuse: every key of the old use is then stale.
+ *  2. Data allocation never takes the last PCACHE_LOG_RESERVE free segments: the key log can
+ *     always get a segment to persist the keys of data already written.
+ *  3. Writers waiting for space are served first come first served (tickets), and counted.
+ *  4. A data head never pins a segment forever: idle heads are released by the timer thread,
+ *     and every head is released when a writer waits for space (digest 12.2 item 4).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "cache_i.h"
+
+static inline bool bit_test(const uint64_t *bm, uint32_t i)
+{
+	return (bm[i / 64] >> (i % 64)) & 1;
+}
+
+static inline void bit_set(uint64_t *bm, uint32_t i)
+{
+	bm[i / 64] |= 1ull << (i % 64);
+}
+
+static inline void bit_clear(uint64_t *bm, uint32_t i)
+{
+	bm[i / 64] &= ~(1ull << (i % 64));
+}
+
+int pcache_segs_init(struct pcache_cache *c)
+{
+	struct pcache_segs *s = &c->segs;
+	uint32_t i;
+
+	memset(s, 0, sizeof(*s));
+	s->count = c->seg_count;
+	s->nfree = c->seg_count;
+	s->bitmap = calloc((s->count + 63) / 64, sizeof(uint64_t));
+	s->kind = calloc(s->count, 1);
+	s->refs = calloc(s->count, sizeof(*s->refs));
+	if (!s->bitmap || !s->kind || !s->refs)
+		goto err_free;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	for (i = 0; i < PCACHE_NHEADS; i++) {
+		pthread_mutex_init(&c->heads[i].lock, NULL);
+		c->heads[i].has_seg = false;
+	}
+	return 0;
+
+err_free:
+	free(s->bitmap);
+	free(s->kind);
+	free(s->refs);
+	return -ENOMEM;
+}
+
+void pcache_segs_exit(struct pcache_cache *c)
+{
+	struct pcache_segs *s = &c->segs;
+	uint32_t i;
+
+	for (i = 0; i < PCACHE_NHEADS; i++)
+		pthread_mutex_destroy(&c->heads[i].lock);
+	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->lock);
+	free(s->bitmap);
+	free(s->kind);
+	free((void *)s->refs);
+	s->bitmap = NULL;
+	s->kind = NULL;
+	s->refs = NULL;
+}
+
+void pcache_seg_mark_used(struct pcache_cache *c, uint32_t seg, enum pcache_seg_kind kind)
+{
+	struct pcache_segs *s = &c->segs;
+
+	pthread_mutex_lock(&s->lock);
+	if (!bit_test(s->bitmap, seg)) {
+		bit_set(s->bitmap, seg);
+		s->nfree--;
+	}
+	s->kind[seg] = (uint8_t)kind;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static uint32_t find_free(struct pcache_segs *s)
+{
+	uint32_t i, idx;
+
+	for (i = 0; i < s->count; i++) {
+		idx = (s->hint + i) % s->count;
+		if (!bit_test(s->bitmap, idx)) {
+			s->hint = (idx + 1) % s->count;
+			return idx;
+		}
+	}
+	return UINT32_MAX;
+}
+
+int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *seg)
+{
+	struct pcache_segs *s = &c->segs;
+	uint32_t reserve = for_log ? 0 : PCACHE_LOG_RESERVE;
+	uint64_t ticket, t0 = 0;
+	uint32_t idx;
+	int ret = 0;
+
+	pthread_mutex_lock(&s->lock);
+	/* fast path: nobody queued and space is there */
+	if (s->ticket_next == s->ticket_serving && s->nfree > reserve && !s->failed)
+		goto take;
+	if (s->failed) {
+		ret = -EIO;
+		goto out;
+	}
+	if (for_log) {
+		/*
+		 * Log allocations jump the queue and may use the reserve: persisting staged keys is
+		 * what lets the queued writers go on once writeback and GC have run.
+		 */
+		while (s->nfree == 0 && wait && !s->failed) {
+			struct timespec ts;
+
+			pthread_mutex_unlock(&s->lock);
+			pcache_gc_kick(c);
+			pthread_mutex_lock(&s->lock);
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000 * 1000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			if (s->nfree == 0 && !s->failed) {
+				s->waiters++;
+				pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+				s->waiters--;
+			}
+		}
+		if (s->failed) {
+			ret = -EIO;
+			goto out;
+		}
+		if (s->nfree > 0)
+			goto take;
+		ret = -ENOSPC;
+		goto out;
+	}
+	if (!wait) {
+		ret = -ENOSPC;
+		goto out;
+	}
+	ticket = s->ticket_next++;
+	s->waiters++;
+	s->full_waits++;
+	t0 = pcache_now_ns();
+	while (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+		pthread_mutex_unlock(&s->lock);
+		/* wake GC (and through it writeback and the heads) before sleeping */
+		pcache_gc_kick(c);
+		pthread_mutex_lock(&s->lock);
+		if (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000 * 1000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+		}
+	}
+	s->waiters--;
+	s->ticket_serving++;
+	s->full_wait_ns += pcache_now_ns() - t0;
+	pthread_cond_broadcast(&s->cond);
+	if (s->failed) {
+		ret = -EIO;
+		goto out;
+	}
+take:
+	idx = find_free(s);
+	if (idx == UINT32_MAX) {
+		ret = -ENOSPC;
+		goto out;
+	}
+	bit_set(s->bitmap, idx);
+	s->nfree--;
+	s->kind[idx] = for_log ? PCACHE_SEG_LOG : PCACHE_SEG_DATA;
+	atomic_store(&s->refs[idx], 0);
+	*seg = idx;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+void pcache_seg_free(struct pcache_cache *c, uint32_t seg)
+{
+	struct pcache_segs *s = &c->segs;
+
+	pthread_mutex_lock(&s->lock);
+	if (bit_test(s->bitmap, seg)) {
+		bit_clear(s->bitmap, seg);
+		s->nfree++;
+		s->segs_freed++;
+	}
+	s->kind[seg] = PCACHE_SEG_FREE;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+void pcache_seg_get(struct pcache_cache *c, uint32_t seg)
+{
+	atomic_fetch_add(&c->segs.refs[seg], 1);
+}
+
+void pcache_seg_put(struct pcache_cache *c, uint32_t seg)
+{
+	uint32_t old = atomic_fetch_sub(&c->segs.refs[seg], 1);
+
+	if (old != 1)
+		return;
+	/*
+	 * Last reference: bump the generation durably (cache_dev persists the record before it
+	 * returns) so every key of this use is stale, and only then make the segment allocatable.
+	 */
+	if (pcache_cache_dev_seg_gen_bump(c->cd, seg) != 0) {
+		fprintf(stderr, "pcache: segment %u: generation bump failed; segment leaked\n", seg);
+		return;
+	}
+	pcache_seg_free(c, seg);
+	atomic_fetch_add(&c->clean_pending, 1);
+}
+
+static unsigned int head_of_thread(void)
+{
+	static __thread unsigned int idx = UINT32_MAX;
+
+	if (idx == UINT32_MAX) {
+		uint64_t t = (uint64_t)syscall(SYS_gettid);
+
+		idx = (unsigned int)((t * 0x9E3779B97F4A7C15ull) >> 60) % PCACHE_NHEADS;
+	}
+	return idx;
+}
+
+int pcache_data_alloc(struct pcache_cache *c, uint32_t len, bool wait, struct pcache_alloc *a)
+{
+	struct pcache_head *h = &c->heads[head_of_thread()];
+	uint32_t seg, left;
+	int ret;
+
+	pthread_mutex_lock(&h->lock);
+	if (!h->has_seg) {
+		ret = pcache_seg_alloc(c, false, wait, &seg);
+		if (ret)
+			goto out;
+		atomic_store(&c->segs.refs[seg], 1); /* the head's pin */
+		h->seg = seg;
+		h->off = 0;
+		h->gen = pcache_cache_dev_seg_gen(c->cd, seg);
+		h->has_seg = true;
+	}
+	left = (uint32_t)c->seg_size - h->off;
+	a->seg = h->seg;
+	a->seg_off = h->off;
+	a->gen = h->gen;
+	a->len = PCACHE_MIN(len, left);
+	pcache_seg_get(c, h->seg); /* the key's reference */
+	h->off += a->len;
+	h->last_ns = pcache_now_ns();
+	if (h->off == c->seg_size) {
+		/* exhausted: drop the pin, the next allocation takes a fresh segment */
+		h->has_seg = false;
+		pcache_seg_put(c, h->seg);
+	}
+	ret = 0;
+out:
+	pthread_mutex_unlock(&h->lock);
+	return ret;
+}
+
+void pcache_heads_release(struct pcache_cache *c, bool force)
+{
+	uint64_t now = pcache_now_ns();
+	uint32_t i;
+
+	for (i = 0; i < PCACHE_NHEADS; i++) {
+		struct pcache_head *h = &c->heads[i];
+
+		if (pthread_mutex_trylock(&h->lock) != 0)
+			continue;
+		if (h->has_seg && (force || now - h->last_ns > PCACHE_HEAD_IDLE_NS)) {
+			/* the unused rest of the segment is given up; it frees with its keys */
+			h->has_seg = false;
+			pcache_seg_put(c, h->seg);
+		}
+		pthread_mutex_unlock(&h->lock);
+	}
+}
+
+int pcache_space_wait(struct pcache_cache *c)
+{
+	struct pcache_segs *s = &c->segs;
+	uint64_t t0;
+	int ret = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->nfree > PCACHE_LOG_RESERVE && !s->failed)
+		goto out;
+	s->full_waits++;
+	t0 = pcache_now_ns();
+	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed) {
+		struct timespec ts;
+
+		pthread_mutex_unlock(&s->lock);
+		pcache_gc_kick(c);
+		pthread_mutex_lock(&s->lock);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		s->waiters++;
+		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+		s->waiters--;
+	}
+	s->full_wait_ns += pcache_now_ns() - t0;
+	if (s->failed)
+		ret = -EIO;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+uint32_t pcache_segs_used(struct pcache_cache *c, uint32_t *data, uint32_t *log)
+{
+	struct pcache_segs *s = &c->segs;
+	uint32_t i, d = 0, l = 0, used;
+
+	pthread_mutex_lock(&s->lock);
+	for (i = 0; i < s->count; i++) {
+		if (s->kind[i] == PCACHE_SEG_DATA)
+			d++;
+		else if (s->kind[i] == PCACHE_SEG_LOG)
+			l++;
+	}
+	used = s->count - s->nfree;
+	pthread_mutex_unlock(&s->lock);
+	if (data)
+		*data = d;
+	if (log)
+		*log = l;
+	return used;
+}
+
+void pcache_segs_fail(struct pcache_cache *c)
+{
+	pthread_mutex_lock(&c->segs.lock);
+	c->segs.failed = true;
+	pthread_cond_broadcast(&c->segs.cond);
+	pthread_mutex_unlock(&c->segs.lock);
+}
