@@ -1270,6 +1270,281 @@ START_TEST(forced_cache_line_granularity_path_works)
 }
 END_TEST
 
+/* ---- Sweep -------------------------------------------------------------------------------- */
+
+/* Everything the loader exposes, for exact comparison. */
+struct snap {
+	struct pcache_sb_om sb;
+	struct pcache_cache_info ci;
+	struct pcache_pos kt, dt;
+	int nimg;
+	struct pcache_image_ent img[PCACHE_MAX_IMAGES];
+	uint32_t seg_count;
+	uint64_t gen[8];
+};
+
+static void take_snap(struct pcache_cache_dev *cd, struct snap *s)
+{
+	uint32_t i;
+
+	memset(s, 0, sizeof(*s));
+	s->sb = *pcache_cache_dev_sb(cd);
+	pcache_cache_dev_get_info(cd, &s->ci);
+	pcache_cache_dev_get_key_tail(cd, &s->kt);
+	pcache_cache_dev_get_dirty_tail(cd, &s->dt);
+	s->nimg = pcache_cache_dev_images(cd, s->img, PCACHE_MAX_IMAGES);
+	s->seg_count = pcache_cache_dev_seg_count(cd);
+	for (i = 0; i < 8; i++)
+		s->gen[i] = pcache_cache_dev_seg_gen(cd, i);
+}
+
+static bool ent_eq(const struct pcache_image_ent *a, const struct pcache_image_ent *b)
+{
+	return a->slot == b->slot && a->id == b->id && a->state == b->state &&
+	       !memcmp(a->uuid, b->uuid, 16) && a->size == b->size && a->lbs == b->lbs &&
+	       a->cache_mode == b->cache_mode && a->file_mode == b->file_mode && a->uid == b->uid &&
+	       a->gid == b->gid && a->wb_lsn == b->wb_lsn && a->wb_time == b->wb_time &&
+	       !strcmp(a->name, b->name) && !strcmp(a->path, b->path);
+}
+
+static bool pos_eq(const struct pcache_pos *a, const struct pcache_pos *b)
+{
+	return a->seg == b->seg && a->off == b->off && a->lsn == b->lsn;
+}
+
+static bool snap_eq(const struct snap *a, const struct snap *b)
+{
+	int i;
+
+	if (memcmp(&a->sb, &b->sb, sizeof(a->sb)) || a->ci.flags != b->ci.flags ||
+	    a->ci.gc_percent != b->ci.gc_percent || a->ci.dirty_high != b->ci.dirty_high ||
+	    a->ci.dirty_low != b->ci.dirty_low || a->ci.wb_rate != b->ci.wb_rate ||
+	    a->ci.next_image_id != b->ci.next_image_id || !pos_eq(&a->kt, &b->kt) ||
+	    !pos_eq(&a->dt, &b->dt) || a->nimg != b->nimg || a->seg_count != b->seg_count ||
+	    memcmp(a->gen, b->gen, sizeof(a->gen)))
+		return false;
+	for (i = 0; i < a->nimg; i++)
+		if (!ent_eq(&a->img[i], &b->img[i]))
+			return false;
+	return true;
+}
+
+/* The outcome a flipped byte must have: a snapshot to load, or a refusal naming a structure. */
+struct expect {
+	const struct snap *snap;
+	char refusal[48];
+};
+
+struct sweep {
+	const char *path;
+	int fd;
+	uint64_t md_len;
+	struct snap golden, old_info, old_kt, old_dt, old_img0, old_seg3;
+	int newest_info, newest_kt, newest_dt, newest_img0, newest_seg3;
+	unsigned long cases, fallbacks, refusals, wrong;
+	uint32_t rng;
+};
+
+static int newest_of(const char *p, uint64_t off0, uint64_t off1)
+{
+	return pcache_seq_after(slot_seq(p, off1), slot_seq(p, off0)) ? 1 : 0;
+}
+
+/* Which outcome a change of byte off must produce (see the setup in sweep_setup). */
+static void sweep_expect(const struct sweep *sw, uint64_t off, struct expect *ex)
+{
+	uint64_t rel;
+	uint32_t i, k;
+
+	ex->snap = &sw->golden;
+	ex->refusal[0] = 0;
+	if (off < PCACHE_INFO_OFF) /* superblock copies: the other copy is identical */
+		return;
+	if (off < PCACHE_TAILS_OFF) {
+		k = (uint32_t)((off - PCACHE_INFO_OFF) / PCACHE_INFO_SLOT_SIZE);
+		rel = (off - PCACHE_INFO_OFF) % PCACHE_INFO_SLOT_SIZE;
+		if (rel < sizeof(struct pcache_cache_info_om) && (int)k == sw->newest_info)
+			ex->snap = &sw->old_info;
+		return;
+	}
+	if (off < PCACHE_IMAGES_OFF) {
+		rel = off - PCACHE_TAILS_OFF;
+		if (rel >= 1024 || rel % 256 >= sizeof(struct pcache_tail_om))
+			return;
+		k = (uint32_t)(rel / 256) % 2;
+		if (rel < 512 && (int)k == sw->newest_kt)
+			ex->snap = &sw->old_kt;
+		else if (rel >= 512 && (int)k == sw->newest_dt)
+			ex->snap = &sw->old_dt;
+		return;
+	}
+	if (off < PCACHE_SEGTAB_OFF) {
+		i = (uint32_t)((off - PCACHE_IMAGES_OFF) / (2 * PCACHE_IMAGE_SLOT_SIZE));
+		k = (uint32_t)((off - PCACHE_IMAGES_OFF) / PCACHE_IMAGE_SLOT_SIZE) % 2;
+		if (i == 0 && (int)k == sw->newest_img0) {
+			ex->snap = &sw->old_img0;
+		} else if (i != 0 && k == 0) { /* the only valid copy (format wrote slot 0) */
+			ex->snap = NULL;
+			snprintf(ex->refusal, sizeof(ex->refusal), "image %u: ", i);
+		}
+		return;
+	}
+	if (off < sw->md_len) {
+		i = (uint32_t)((off - PCACHE_SEGTAB_OFF) / (2 * PCACHE_SEG_SLOT_SIZE));
+		k = (uint32_t)((off - PCACHE_SEGTAB_OFF) / PCACHE_SEG_SLOT_SIZE) % 2;
+		if (i == 3 && (int)k == sw->newest_seg3) {
+			ex->snap = &sw->old_seg3;
+		} else if (i != 3 && k == 0) {
+			ex->snap = NULL;
+			snprintf(ex->refusal, sizeof(ex->refusal), "segment %u record: ", i);
+		}
+	}
+}
+
+static void sweep_case(struct sweep *sw, uint64_t off)
+{
+	struct pcache_cache_dev *cd = NULL;
+	struct expect ex;
+	struct snap *got = malloc(sizeof(*got));
+	uint8_t orig, x;
+	int rc;
+
+	ck_assert_ptr_nonnull(got);
+	sw->rng = sw->rng * 1103515245u + 12345u;
+	x = (uint8_t)((sw->rng >> 16) % 255 + 1);
+	ck_assert_int_eq(pread(sw->fd, &orig, 1, (off_t)off), 1);
+	orig ^= x;
+	ck_assert_int_eq(pwrite(sw->fd, &orig, 1, (off_t)off), 1);
+	orig ^= x;
+
+	sweep_expect(sw, off, &ex);
+	sw->cases++;
+	rc = try_open(sw->path, &cd, false, false);
+	if (rc == 0) {
+		take_snap(cd, got);
+		pcache_cache_dev_close(cd);
+		if (ex.snap && snap_eq(got, ex.snap)) {
+			sw->fallbacks++;
+		} else {
+			sw->wrong++;
+			fprintf(stderr, "sweep: byte %llu ^ 0x%02x: opened with %s values\n",
+				(unsigned long long)off, x, ex.snap ? "unexpected" : "(should refuse)");
+		}
+	} else if (!ex.snap && rc == -EUCLEAN && !strncmp(errbuf, ex.refusal, strlen(ex.refusal))) {
+		sw->refusals++;
+	} else {
+		sw->wrong++;
+		fprintf(stderr, "sweep: byte %llu ^ 0x%02x: refused (%d %s), expected %s\n",
+			(unsigned long long)off, x, rc, errbuf, ex.snap ? "a fallback" : ex.refusal);
+	}
+	ck_assert_int_eq(pwrite(sw->fd, &orig, 1, (off_t)off), 1);
+	free(got);
+}
+
+static void sweep_setup(struct sweep *sw)
+{
+	struct pcache_cache_dev *cd;
+	struct pcache_image_ent e = mk_image("alpha", "/images/alpha.raw");
+	struct pcache_cache_info ci;
+	struct pcache_pos a = { 1, 64, 10 }, b = { 2, 128, 11 };
+
+	sw->path = fresh_dev("sweep");
+	cd = open_ok(sw->path, false);
+	ck_assert_int_eq(pcache_cache_dev_image_add(cd, &e), 0);
+	e.wb_lsn = 5;
+	ck_assert_int_eq(pcache_cache_dev_image_update(cd, &e), 0);
+	pcache_cache_dev_get_info(cd, &ci);
+	ci.wb_rate = 1000, ci.gc_percent = 50;
+	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), 0);
+	ci.wb_rate = 2000, ci.gc_percent = 60;
+	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), 0);
+	ck_assert_int_eq(pcache_cache_dev_set_key_tail(cd, &a), 0);
+	ck_assert_int_eq(pcache_cache_dev_set_key_tail(cd, &b), 0);
+	ck_assert_int_eq(pcache_cache_dev_set_dirty_tail(cd, &a), 0);
+	ck_assert_int_eq(pcache_cache_dev_set_dirty_tail(cd, &b), 0);
+	ck_assert_int_eq(pcache_cache_dev_seg_gen_bump(cd, 3), 0);
+	ck_assert_int_eq(pcache_cache_dev_seg_gen_bump(cd, 3), 0);
+	take_snap(cd, &sw->golden);
+	pcache_cache_dev_close(cd);
+
+	/* what each record looked like one update earlier */
+	sw->old_info = sw->golden;
+	sw->old_info.ci.wb_rate = 1000, sw->old_info.ci.gc_percent = 50;
+	sw->old_kt = sw->golden;
+	sw->old_kt.kt = a;
+	sw->old_dt = sw->golden;
+	sw->old_dt.dt = a;
+	sw->old_img0 = sw->golden;
+	sw->old_img0.img[0].wb_lsn = 0;
+	sw->old_seg3 = sw->golden;
+	sw->old_seg3.gen[3] = 1;
+	sw->newest_info = newest_of(sw->path, PCACHE_INFO_OFF, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE);
+	sw->newest_kt = newest_of(sw->path, PCACHE_KEY_TAIL_SLOT(0), PCACHE_KEY_TAIL_SLOT(1));
+	sw->newest_dt = newest_of(sw->path, PCACHE_DIRTY_TAIL_SLOT(0), PCACHE_DIRTY_TAIL_SLOT(1));
+	sw->newest_img0 = newest_of(sw->path, PCACHE_IMAGE_SLOT(0, 0), PCACHE_IMAGE_SLOT(0, 1));
+	sw->newest_seg3 = newest_of(sw->path, PCACHE_SEG_SLOT(3, 0), PCACHE_SEG_SLOT(3, 1));
+	sw->md_len = PCACHE_SEGTAB_OFF + 8 * 2 * PCACHE_SEG_SLOT_SIZE;
+	sw->fd = open(sw->path, O_RDWR);
+	ck_assert_int_ge(sw->fd, 0);
+	sw->rng = 12345;
+}
+
+START_TEST(corruption_sweep_never_loads_wrong_values)
+{
+	struct sweep *sw = calloc(1, sizeof(*sw));
+	uint64_t off, stride = check_under_tsan() ? 13 : 1;
+	uint32_t k, i, n;
+
+	ck_assert_ptr_nonnull(sw);
+	sweep_setup(sw);
+	/* every byte of both superblock copies */
+	for (off = 0; off < 2 * PCACHE_SB_SLOT_SIZE; off += stride)
+		sweep_case(sw, off);
+	for (k = 0; k < 2; k++) {
+		uint64_t info = PCACHE_INFO_OFF + k * PCACHE_INFO_SLOT_SIZE;
+
+		for (off = 0; off < sizeof(struct pcache_cache_info_om) + 8; off++)
+			sweep_case(sw, info + off);
+		for (off = 0; off < sizeof(struct pcache_tail_om) + 8; off++) {
+			sweep_case(sw, PCACHE_KEY_TAIL_SLOT(k) + off);
+			sweep_case(sw, PCACHE_DIRTY_TAIL_SLOT(k) + off);
+		}
+		for (off = 0; off < PCACHE_IMAGE_SLOT_SIZE; off += stride)
+			sweep_case(sw, PCACHE_IMAGE_SLOT(0, k) + off);
+		for (off = 0; off < PCACHE_SEG_SLOT_SIZE; off++) {
+			sweep_case(sw, PCACHE_SEG_SLOT(3, k) + off); /* both slots valid */
+			sweep_case(sw, PCACHE_SEG_SLOT(6, k) + off); /* one valid slot */
+		}
+		for (off = 0; off < 64; off++)
+			sweep_case(sw, PCACHE_IMAGE_SLOT(7, k) + off * 16); /* an unused entry */
+	}
+	/* random bytes anywhere in the metadata area */
+	n = check_under_tsan() ? 200 : 3000;
+	for (i = 0; i < n; i++) {
+		sw->rng = sw->rng * 1103515245u + 12345u;
+		sweep_case(sw, ((uint64_t)sw->rng << 8 ^ sw->rng >> 8) % sw->md_len);
+	}
+	printf("corruption sweep: %lu cases, %lu fallbacks, %lu refusals, %lu wrong\n", sw->cases,
+	       sw->fallbacks, sw->refusals, sw->wrong);
+	fflush(stdout);
+	ck_assert_uint_eq(sw->wrong, 0);
+	ck_assert_uint_gt(sw->refusals, 0);
+	/* the device is intact again after the sweep */
+	{
+		struct pcache_cache_dev *cd = open_ok(sw->path, false);
+		struct snap *s = malloc(sizeof(*s));
+
+		take_snap(cd, s);
+		ck_assert(snap_eq(s, &sw->golden));
+		ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 0);
+		pcache_cache_dev_close(cd);
+		free(s);
+	}
+	close(sw->fd);
+	free(sw);
+}
+END_TEST
+
 Suite *cache_dev_suite(void);
 Suite *cache_dev_suite(void)
 {
@@ -1309,6 +1584,11 @@ Suite *cache_dev_suite(void)
 	tcase_add_test(tc, crafted_superblock_geometry_is_refused);
 	tcase_add_test(tc, crafted_record_values_are_refused);
 	tcase_add_test(tc, second_open_is_refused_naming_the_holder);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("Sweep");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, corruption_sweep_never_loads_wrong_values);
 	suite_add_tcase(s, tc);
 	return s;
 }
