@@ -1,0 +1,447 @@
+/*
+ * ctl.c -- the content of the .pcache/ control tree: status (human-readable), status.json,
+ * the cache knobs (gc_percent, writeback_rate, dirty_high, dirty_low), flush, attach, detach, and
+ * per image .pcache/images/<name>/{stats,cache_mode,flush}.
+ *
+ * Invariants:
+ *  1. Reads are generated from the engine's state at the time of the read (control files are
+ *     direct-io, so a reader always sees fresh content).
+ *  2. A write applies completely or not at all: bad input is -EINVAL plus one log line, and
+ *     nothing changes (the engine validates knob values before persisting them; attach parses
+ *     and checks its argument before calling the engine).
+ *  3. Permission (root only) is checked by ops.c before any write reaches this file.
+ */
+#include "daemon_i.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void pfs_text_printf(struct pfs_text *t, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		size_t room = t->cap - t->len;
+
+		va_start(ap, fmt);
+		n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? room : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if (t->buf && (size_t)n < room) {
+			t->len += (size_t)n;
+			return;
+		}
+		size_t cap = t->cap ? t->cap * 2 : 4096;
+		char *nb;
+
+		while (cap - t->len <= (size_t)n)
+			cap *= 2;
+		nb = realloc(t->buf, cap);
+		if (!nb)
+			return;
+		t->buf = nb;
+		t->cap = cap;
+	}
+}
+
+void pfs_text_free(struct pfs_text *t)
+{
+	free(t->buf);
+	t->buf = NULL;
+	t->len = t->cap = 0;
+}
+
+bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
+{
+	switch (fixed_ino) {
+	case PFS_INO_GC_PERCENT:
+	case PFS_INO_WB_RATE:
+	case PFS_INO_DIRTY_HIGH:
+	case PFS_INO_DIRTY_LOW:
+	case PFS_INO_FLUSH:
+	case PFS_INO_ATTACH:
+	case PFS_INO_DETACH:
+		return true;
+	case 0:
+		return k == PFS_IK_MODE || k == PFS_IK_FLUSH;
+	default:
+		return false;
+	}
+}
+
+static const char *knob_name(uint64_t ino)
+{
+	switch (ino) {
+	case PFS_INO_GC_PERCENT: return "gc_percent";
+	case PFS_INO_WB_RATE: return "writeback_rate";
+	case PFS_INO_DIRTY_HIGH: return "dirty_high";
+	case PFS_INO_DIRTY_LOW: return "dirty_low";
+	default: return NULL;
+	}
+}
+
+static const char *human(uint64_t v, char *buf, size_t len)
+{
+	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	double d = (double)v;
+	int u = 0;
+
+	while (d >= 1024 && u < 4) {
+		d /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, len, "%" PRIu64 " B", v);
+	else
+		snprintf(buf, len, "%.1f %s", d, units[u]);
+	return buf;
+}
+
+/* Snapshot of the attached images: referenced slots' images and names (pfs.lock taken here). */
+struct img_snap {
+	int n;
+	struct pcache_image *img[PFS_MAX_SLOTS];
+	char name[PFS_MAX_SLOTS][PCACHE_NAME_MAX + 1];
+};
+
+static void images_snapshot(struct img_snap *is)
+{
+	is->n = pcache_cache_images(pfs.cache, is->img, PFS_MAX_SLOTS);
+	if (is->n < 0)
+		is->n = 0;
+	for (int i = 0; i < is->n; i++)
+		snprintf(is->name[i], sizeof(is->name[i]), "%s", pcache_image_name(is->img[i]));
+}
+
+static void images_release(struct img_snap *is)
+{
+	for (int i = 0; i < is->n; i++)
+		pcache_image_put(is->img[i]);
+	is->n = 0;
+}
+
+static void image_path(const char *name, char *buf, size_t len)
+{
+	struct pcache_image_ent *e = malloc(sizeof(*e));
+
+	snprintf(buf, len, "?");
+	if (!e)
+		return;
+	if (pcache_cache_dev_image_find(pcache_cache_device(pfs.cache), name, e) == 0)
+		snprintf(buf, len, "%s", e->path);
+	free(e);
+}
+
+static void status_text(struct pfs_text *t)
+{
+	struct pcache_cache_status cs;
+	struct img_snap is;
+	char h1[32], h2[32], path[PCACHE_PATH_MAX + 1];
+
+	memset(&cs, 0, sizeof(cs));
+	pcache_cache_get_status(pfs.cache, &cs);
+	pfs_text_printf(t, "pcachefs %s cache %s\n", PFS_VERSION, pfs.opts->cache_path);
+	pfs_text_printf(t, "  size %s, %u segments of %s, used %u (data %u, log %u), %s granularity, data_crc %s\n",
+			human((uint64_t)cs.seg_count * cs.seg_size, h1, sizeof(h1)), cs.seg_count,
+			human(cs.seg_size, h2, sizeof(h2)), cs.segs_used, cs.segs_data, cs.segs_log,
+			cs.granularity ? cs.granularity : "?", cs.data_crc ? "on" : "off");
+	pfs_text_printf(t, "  key_head %u:%u lsn %" PRIu64 ", dirty_tail %u:%u lsn %" PRIu64
+			", key_tail %u:%u lsn %" PRIu64 "\n",
+			cs.key_head.seg, cs.key_head.off, cs.key_head.lsn, cs.dirty_tail.seg, cs.dirty_tail.off,
+			cs.dirty_tail.lsn, cs.key_tail.seg, cs.key_tail.off, cs.key_tail.lsn);
+	pfs_text_printf(t, "  gc_percent %u, dirty_high %u, dirty_low %u, writeback_rate %" PRIu64 "%s\n",
+			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.wb_rate ? " B/s" : " (unlimited)");
+	pfs_text_printf(t, "  full_waits %" PRIu64 " (%" PRIu64 " ms), ksets_written %" PRIu64 ", keys_indexed %" PRIu64
+			", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64 ", segs_freed %" PRIu64 "\n",
+			cs.full_waits, cs.full_wait_ns / 1000000, cs.ksets_written, cs.keys_indexed, cs.index_bytes,
+			cs.wb_errors, cs.gc_runs, cs.segs_freed);
+	images_snapshot(&is);
+	pfs_text_printf(t, "  images %d\n", is.n);
+	for (int i = 0; i < is.n; i++) {
+		struct pcache_image_stats st;
+
+		memset(&st, 0, sizeof(st));
+		pcache_image_get_stats(is.img[i], &st);
+		image_path(is.name[i], path, sizeof(path));
+		pfs_text_printf(t, "image %s %s size %" PRIu64 " lbs %u mode %s\n", is.name[i], path,
+				pcache_image_size(is.img[i]), pcache_image_lbs(is.img[i]),
+				pfs_cache_mode_name(st.cache_mode));
+		pfs_text_printf(t, "  reads %" PRIu64 " (%" PRIu64 " bytes, hit %" PRIu64 ", miss %" PRIu64 ") writes %"
+				PRIu64 " (%" PRIu64 " bytes) flushes %" PRIu64 " discards %" PRIu64 "\n",
+				st.reads, st.read_bytes, st.read_hit_bytes, st.read_miss_bytes, st.writes,
+				st.write_bytes, st.flushes, st.discards);
+		pfs_text_printf(t, "  dirty %" PRIu64 " cached %" PRIu64 " crc_errors %" PRIu64 " backing_errors %" PRIu64
+				" wb_lsn %" PRIu64 " wb_time %" PRIu64 " wb_bytes %" PRIu64 "\n",
+				st.dirty_bytes, st.cached_bytes, st.crc_errors, st.backing_errors, st.wb_lsn,
+				st.wb_time, st.wb_bytes);
+	}
+	images_release(&is);
+}
+
+static void json_str(struct pfs_text *t, const char *s)
+{
+	pfs_text_printf(t, "\"");
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			pfs_text_printf(t, "\\%c", c);
+		else if (c < 0x20)
+			pfs_text_printf(t, "\\u%04x", c);
+		else
+			pfs_text_printf(t, "%c", c);
+	}
+	pfs_text_printf(t, "\"");
+}
+
+static void json_pos(struct pfs_text *t, const char *name, const struct pcache_pos *p)
+{
+	pfs_text_printf(t, "\"%s\": {\"seg\": %u, \"off\": %u, \"lsn\": %" PRIu64 "}", name, p->seg, p->off, p->lsn);
+}
+
+static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats *st)
+{
+	pfs_text_printf(t, "\"cache_mode\": \"%s\", \"reads\": %" PRIu64 ", \"writes\": %" PRIu64
+			", \"flushes\": %" PRIu64 ", \"discards\": %" PRIu64 ", \"read_bytes\": %" PRIu64
+			", \"write_bytes\": %" PRIu64 ", \"read_hit_bytes\": %" PRIu64 ", \"read_miss_bytes\": %" PRIu64
+			", \"dirty_bytes\": %" PRIu64 ", \"cached_bytes\": %" PRIu64 ", \"crc_errors\": %" PRIu64
+			", \"backing_errors\": %" PRIu64 ", \"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64
+			", \"wb_bytes\": %" PRIu64,
+			pfs_cache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
+			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
+			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes);
+}
+
+static void status_json(struct pfs_text *t)
+{
+	struct pcache_cache_status cs;
+	struct img_snap is;
+	char path[PCACHE_PATH_MAX + 1];
+
+	memset(&cs, 0, sizeof(cs));
+	pcache_cache_get_status(pfs.cache, &cs);
+	pfs_text_printf(t, "{\"version\": \"%s\", \"cache\": {\"path\": ", PFS_VERSION);
+	json_str(t, pfs.opts->cache_path);
+	pfs_text_printf(t, ", \"size\": %" PRIu64 ", \"seg_size\": %" PRIu64 ", \"seg_count\": %u, \"segs_used\": %u"
+			", \"segs_data\": %u, \"segs_log\": %u, \"granularity\": ",
+			(uint64_t)cs.seg_count * cs.seg_size, cs.seg_size, cs.seg_count, cs.segs_used, cs.segs_data,
+			cs.segs_log);
+	json_str(t, cs.granularity ? cs.granularity : "");
+	pfs_text_printf(t, ", \"data_crc\": %s, ", cs.data_crc ? "true" : "false");
+	json_pos(t, "key_head", &cs.key_head);
+	pfs_text_printf(t, ", ");
+	json_pos(t, "dirty_tail", &cs.dirty_tail);
+	pfs_text_printf(t, ", ");
+	json_pos(t, "key_tail", &cs.key_tail);
+	pfs_text_printf(t, ", \"gc_percent\": %u, \"dirty_high\": %u, \"dirty_low\": %u, \"writeback_rate\": %" PRIu64
+			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"ksets_written\": %" PRIu64
+			", \"keys_indexed\": %" PRIu64 ", \"index_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64
+			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"parallel_write_opens\": %" PRIu64 "}",
+			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.full_waits, cs.full_wait_ns,
+			cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
+			pcache_fuse_session_pdw_count());
+	images_snapshot(&is);
+	pfs_text_printf(t, ", \"images\": [");
+	for (int i = 0; i < is.n; i++) {
+		struct pcache_image_stats st;
+
+		memset(&st, 0, sizeof(st));
+		pcache_image_get_stats(is.img[i], &st);
+		image_path(is.name[i], path, sizeof(path));
+		pfs_text_printf(t, "%s{\"name\": ", i ? ", " : "");
+		json_str(t, is.name[i]);
+		pfs_text_printf(t, ", \"path\": ");
+		json_str(t, path);
+		pfs_text_printf(t, ", \"size\": %" PRIu64 ", \"lbs\": %u, ", pcache_image_size(is.img[i]),
+				pcache_image_lbs(is.img[i]));
+		image_stats_json(t, &st);
+		pfs_text_printf(t, "}");
+	}
+	pfs_text_printf(t, "]}\n");
+	images_release(&is);
+}
+
+static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
+{
+	struct pcache_image_stats st;
+
+	memset(&st, 0, sizeof(st));
+	pcache_image_get_stats(img, &st);
+	pfs_text_printf(t, "cache_mode %s\nreads %" PRIu64 "\nwrites %" PRIu64 "\nflushes %" PRIu64 "\ndiscards %" PRIu64
+			"\nread_bytes %" PRIu64 "\nwrite_bytes %" PRIu64 "\nread_hit_bytes %" PRIu64
+			"\nread_miss_bytes %" PRIu64 "\ndirty_bytes %" PRIu64 "\ncached_bytes %" PRIu64
+			"\ncrc_errors %" PRIu64 "\nbacking_errors %" PRIu64 "\nwb_lsn %" PRIu64 "\nwb_time %" PRIu64
+			"\nwb_bytes %" PRIu64 "\n",
+			pfs_cache_mode_name(st.cache_mode), st.reads, st.writes, st.flushes, st.discards, st.read_bytes,
+			st.write_bytes, st.read_hit_bytes, st.read_miss_bytes, st.dirty_bytes, st.cached_bytes,
+			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes);
+}
+
+int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, struct pfs_text *out)
+{
+	char buf[128];
+	const char *kn;
+	int ret;
+
+	if (fixed_ino) {
+		switch (fixed_ino) {
+		case PFS_INO_STATUS:
+			status_text(out);
+			break;
+		case PFS_INO_STATUS_JSON:
+			status_json(out);
+			break;
+		case PFS_INO_FLUSH:
+		case PFS_INO_ATTACH:
+		case PFS_INO_DETACH:
+			return -EACCES;
+		default:
+			kn = knob_name(fixed_ino);
+			if (!kn)
+				return -EINVAL;
+			ret = pcache_cache_get_knob(pfs.cache, kn, buf, sizeof(buf));
+			if (ret)
+				return ret;
+			pfs_text_printf(out, "%s\n", buf);
+		}
+		return out->buf ? 0 : -ENOMEM;
+	}
+	switch (k) {
+	case PFS_IK_STATS:
+		image_stats_text(out, s->img);
+		break;
+	case PFS_IK_MODE:
+		ret = pcache_image_get_knob(s->img, "cache_mode", buf, sizeof(buf));
+		if (ret) {
+			struct pcache_image_stats st;
+
+			memset(&st, 0, sizeof(st));
+			pcache_image_get_stats(s->img, &st);
+			snprintf(buf, sizeof(buf), "%s", pfs_cache_mode_name(st.cache_mode));
+		}
+		pfs_text_printf(out, "%s\n", buf);
+		break;
+	default:
+		return -EACCES;
+	}
+	return out->buf ? 0 : -ENOMEM;
+}
+
+static int write_flush(const char *what, const char *value, struct pcache_image *img)
+{
+	int ret;
+
+	if (strcmp(value, "1") != 0) {
+		pfs_log(LOG_WARNING, "%s: bad value '%s' (write 1 to write back all dirty data)", what, value);
+		return -EINVAL;
+	}
+	ret = img ? pcache_image_writeback_all(img) : pcache_cache_writeback_all(pfs.cache);
+	if (ret)
+		pfs_log(LOG_ERR, "%s: writeback failed: %s", what, strerror(-ret));
+	return ret;
+}
+
+static int write_attach(const char *value)
+{
+	const char *colon = strchr(value, ':');
+	char name[PCACHE_NAME_MAX + 1], err[512], *abs;
+	struct stat st;
+	int ret;
+
+	if (!colon || colon == value || !colon[1] || (size_t)(colon - value) > PCACHE_NAME_MAX) {
+		pfs_log(LOG_WARNING, "attach: bad input '%s' (expected NAME:PATH)", value);
+		return -EINVAL;
+	}
+	memcpy(name, value, (size_t)(colon - value));
+	name[colon - value] = '\0';
+	if (!pcache_image_name_valid(name)) {
+		pfs_log(LOG_WARNING, "attach: invalid image name '%s'", name);
+		return -EINVAL;
+	}
+	abs = realpath(colon + 1, NULL);
+	if (!abs) {
+		ret = -errno;
+		pfs_log(LOG_WARNING, "attach %s: image path '%s': %s", name, colon + 1, strerror(-ret));
+		return -EINVAL;
+	}
+	if (stat(abs, &st) != 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) ||
+	    !strcmp(abs, pfs.opts->cache_path) || strlen(abs) > PCACHE_PATH_MAX) {
+		pfs_log(LOG_WARNING, "attach %s: '%s' is not a usable image (regular file or block device)", name, abs);
+		free(abs);
+		return -EINVAL;
+	}
+	ret = pfs_image_attach(name, abs, -1, err, sizeof(err));
+	if (ret)
+		pfs_log(LOG_WARNING, "attach %s:%s: %s", name, abs, err);
+	else
+		pfs_log(LOG_INFO, "attached image %s (%s)", name, abs);
+	free(abs);
+	return ret;
+}
+
+static int write_detach(const char *value)
+{
+	char err[512];
+	int ret;
+
+	if (!pcache_image_name_valid(value)) {
+		pfs_log(LOG_WARNING, "detach: invalid image name '%s'", value);
+		return -EINVAL;
+	}
+	ret = pfs_image_detach(value, err, sizeof(err));
+	if (ret) {
+		pfs_log(LOG_WARNING, "detach %s: %s", value, err);
+		return ret == -ENOENT ? -EINVAL : ret;
+	}
+	pfs_log(LOG_INFO, "detached image %s", value);
+	return 0;
+}
+
+int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, const char *value)
+{
+	const char *kn;
+	int ret;
+
+	if (fixed_ino) {
+		switch (fixed_ino) {
+		case PFS_INO_FLUSH:
+			return write_flush("flush", value, NULL);
+		case PFS_INO_ATTACH:
+			return write_attach(value);
+		case PFS_INO_DETACH:
+			return write_detach(value);
+		default:
+			kn = knob_name(fixed_ino);
+			if (!kn)
+				return -EACCES;
+			ret = pcache_cache_set_knob(pfs.cache, kn, value);
+			if (ret)
+				pfs_log(LOG_WARNING, "%s: bad value '%s': %s", kn, value, strerror(-ret));
+			else
+				pfs_log(LOG_INFO, "%s set to %s", kn, value);
+			return ret;
+		}
+	}
+	switch (k) {
+	case PFS_IK_MODE:
+		if (pfs_parse_cache_mode(value) < 0) {
+			pfs_log(LOG_WARNING, "%s cache_mode: bad value '%s' (writeback, writethrough or writearound)",
+				s->name, value);
+			return -EINVAL;
+		}
+		ret = pcache_image_set_knob(s->img, "cache_mode", value);
+		if (ret)
+			pfs_log(LOG_WARNING, "%s cache_mode: cannot set '%s': %s", s->name, value, strerror(-ret));
+		return ret;
+	case PFS_IK_FLUSH:
+		return write_flush(s->name, value, s->img);
+	default:
+		return -EACCES;
+	}
+}

@@ -1,0 +1,201 @@
+/*
+ * daemon_i.h -- private interface between the files of the pcachefs daemon (fuse/main.c,
+ * opts.c, ops.c, ctl.c, rangelock.c). Nothing outside fuse/ includes it.
+ *
+ * Lock order (outermost first): pfs.lock (image slots, attach/detach) -> a range lock of one
+ * image (rangelock.c) -> engine locks (inside core/). Never hold pfs.lock across engine I/O;
+ * attach/detach hold it across pcache_image_attach/detach only (they take no FUSE locks).
+ * No lock is held across fuse_reply_*().
+ */
+#ifndef PCACHE_FUSE_DAEMON_I_H
+#define PCACHE_FUSE_DAEMON_I_H
+
+#include "common_session.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <syslog.h>
+#include <time.h>
+
+#include "pcache/cache.h"
+#include "pcache/util.h"
+
+#define PFS_VERSION "0.1"
+#define PFS_MAX_IMAGE_OPTS 64
+
+/* ---- options (opts.c) --------------------------------------------------------------------- */
+
+struct pfs_image_opt {
+	char *name;
+	char *path;     /* absolute (realpath) after validation */
+};
+
+struct pfs_opts {
+	char *cache_path;          /* absolute after validation */
+	uint64_t cache_size;       /* -o cache_size: create a missing cache file (0 = no) */
+	uint64_t segment_size;     /* -o segment_size: format time */
+	int gc_percent;            /* -1 = keep persisted */
+	int cache_mode;            /* -1 = keep (new images: writeback) */
+	bool data_crc;
+	bool allow_other;
+	bool kernel_cache;
+	bool drain_on_exit;
+	bool foreground;
+	bool debug;
+	bool single_thread;
+	bool no_pdw;               /* -o no_parallel_writes (benchmark switch) */
+	unsigned int max_threads;
+	char *mountpoint;
+	int n_images;
+	struct pfs_image_opt images[PFS_MAX_IMAGE_OPTS];
+};
+
+enum pfs_parse_result { PFS_PARSE_OK = 0, PFS_PARSE_EXIT_OK = 1, PFS_PARSE_ERROR = -1 };
+
+/*
+ * Parse argv into o and the leftover libfuse arguments into fargs (mount options such as
+ * allow_other, fsname). Prints a one-line error and returns PFS_PARSE_ERROR on bad input;
+ * PFS_PARSE_EXIT_OK after --help/--version. Validates everything that can be checked without
+ * touching the cache device (names, paths, sizes, duplicates).
+ */
+int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *fargs);
+void pfs_opts_free(struct pfs_opts *o);
+/* Size with K/M/G/T suffix (powers of 1024). 0 or -EINVAL. */
+int pfs_parse_size(const char *s, uint64_t *out);
+/* Cache mode name -> PCACHE_MODE_* or -EINVAL; and back. */
+int pfs_parse_cache_mode(const char *s);
+const char *pfs_cache_mode_name(uint32_t mode);
+
+/* ---- logging (main.c) --------------------------------------------------------------------- */
+
+/* To stderr in the foreground, to syslog once daemonized. */
+void pfs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- range locks (rangelock.c) ------------------------------------------------------------ */
+
+/*
+ * Per-image lock table of byte ranges. Shared holders (aligned writes) coexist with each other;
+ * an exclusive holder (a read-modify-write of edge sectors) excludes every overlapping holder.
+ * Waiters are woken through one condition variable.
+ */
+struct pfs_range {
+	uint64_t start, end;       /* [start, end) */
+	bool excl;
+	struct pfs_range *next;
+};
+
+struct pfs_rangelock {
+	pthread_mutex_t mu;        /* guards held */
+	pthread_cond_t cv;
+	struct pfs_range *held;
+	unsigned int waiters;
+};
+
+int pfs_rangelock_init(struct pfs_rangelock *rl);
+void pfs_rangelock_destroy(struct pfs_rangelock *rl);
+/* Take [start, end) shared or exclusive; r is caller storage, held until unlock. */
+void pfs_rangelock_lock(struct pfs_rangelock *rl, struct pfs_range *r, uint64_t start, uint64_t end, bool excl);
+void pfs_rangelock_unlock(struct pfs_rangelock *rl, struct pfs_range *r);
+
+/* ---- images and nodes (ops.c) ------------------------------------------------------------- */
+
+enum pfs_slot_state { PFS_SLOT_FREE = 0, PFS_SLOT_ATTACHED, PFS_SLOT_DETACHING };
+
+/*
+ * One attached image as the mount shows it. Slots live in pfs.slots[] for the life of the
+ * daemon; a slot is reused after detach with gen + 1, so stale inode numbers never match.
+ *   state, gen, img, name, open_count: guarded by pfs.lock. I/O paths read img and lbs without
+ *   the lock: they hold an open file (open_count > 0), and detach refuses while open_count > 0.
+ */
+struct pfs_slot {
+	enum pfs_slot_state state;
+	uint32_t gen;
+	unsigned int open_count;
+	struct pcache_image *img;  /* the daemon's reference */
+	char name[PCACHE_NAME_MAX + 1];
+	uint64_t size;
+	uint32_t lbs;
+	struct pfs_rangelock rl;
+};
+
+/* Inode numbers: fixed ones for the root and .pcache/, encoded ones for image nodes. */
+enum pfs_fixed_ino {
+	PFS_INO_ROOT = 1,
+	PFS_INO_CTL_DIR,
+	PFS_INO_STATUS,
+	PFS_INO_STATUS_JSON,
+	PFS_INO_GC_PERCENT,
+	PFS_INO_WB_RATE,
+	PFS_INO_DIRTY_HIGH,
+	PFS_INO_DIRTY_LOW,
+	PFS_INO_FLUSH,
+	PFS_INO_ATTACH,
+	PFS_INO_DETACH,
+	PFS_INO_IMAGES_DIR,
+	PFS_INO_FIXED_END
+};
+
+/* Kinds of per-image nodes. */
+enum pfs_img_kind {
+	PFS_IK_FILE = 0,   /* /<name> */
+	PFS_IK_DIR,        /* .pcache/images/<name>/ */
+	PFS_IK_STATS,
+	PFS_IK_MODE,
+	PFS_IK_FLUSH,
+	PFS_IK_COUNT
+};
+
+#define PFS_INO_IMG_FLAG (1ull << 40)
+#define PFS_MAX_SLOTS 64
+
+static inline uint64_t pfs_img_ino(uint32_t slot, uint32_t gen, enum pfs_img_kind k)
+{
+	return PFS_INO_IMG_FLAG | ((uint64_t)gen << 12) | ((uint64_t)slot << 3) | (uint64_t)k;
+}
+
+struct pfs {
+	struct pfs_opts *opts;
+	struct pcache_cache *cache;
+	struct fuse_session *se;
+	struct pcache_fuse_session_cfg scfg;
+	time_t start_time;
+	uid_t uid;
+	gid_t gid;
+
+	pthread_mutex_t lock;      /* guards slots[] state/gen/img/name/open_count */
+	struct pfs_slot slots[PFS_MAX_SLOTS];
+};
+
+extern struct pfs pfs;
+extern const struct fuse_lowlevel_ops pfs_ops;
+
+/* Attach an image at run time or at start (name, absolute path): 0 or -errno + message. */
+int pfs_image_attach(const char *name, const char *path, int cache_mode, char *err, size_t errlen);
+/* Attach every image the cache device knows; 0 or -errno + message. */
+int pfs_images_attach_known(char *err, size_t errlen);
+/* Write back and detach by name: 0, -ENOENT, -EBUSY (open), or an engine error. */
+int pfs_image_detach(const char *name, char *err, size_t errlen);
+/* Release the daemon's references of every slot (at exit, before pcache_cache_stop). */
+void pfs_images_release(void);
+
+/* ---- control tree (ctl.c) ----------------------------------------------------------------- */
+
+/* A generated text buffer. */
+struct pfs_text {
+	char *buf;
+	size_t len, cap;
+};
+void pfs_text_printf(struct pfs_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void pfs_text_free(struct pfs_text *t);
+
+/* Content of a readable control node (fixed ino, or image kind with its slot). 0 or -errno. */
+int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, struct pfs_text *out);
+/* Apply a write to a control node (value already stripped of trailing whitespace). 0 or -errno. */
+int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, const char *value);
+/* Is the control node writable (for the mode bits shown)? */
+bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k);
+
+#endif

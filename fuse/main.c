@@ -1,0 +1,299 @@
+/*
+ * main.c -- pcachefs, the FUSE daemon: serves disk images through a persistent cache
+ * (include/pcache/cache.h). One regular file per image under the mount point, plus the .pcache/
+ * control tree. See contrib/pcachefs.8 for the user's view.
+ *
+ *   pcachefs -o cache=/dev/pmem0 -o image=vm1:/var/lib/images/vm1.raw /mnt/pcache
+ *
+ * Caveats: images never change size through the mount; shared mmap of an image needs
+ * -o kernel_cache (direct I/O files cannot be mmapped with libfuse 3.14).
+ * Build: cc ... $(pkg-config --cflags --libs fuse3 liburing libpmem2) (see the Makefile).
+ *
+ * Start-up order and why (main()):
+ *   parse + validate options      (nothing touched on disk; errors: one line, exit 1)
+ *   create the FUSE session       (libfuse validates its own options; still nothing on disk)
+ *   fork unless -f                (before any thread exists; the parent waits for the child's
+ *                                  verdict on a pipe and exits 0 or 1 accordingly)
+ *   start the engine              (opens/locks/formats the cache device, replays the log)
+ *   attach images                 (named ones, then every image the device knows)
+ *   signals, mount, report ok     (the parent exits 0 once the mount is live)
+ *   session loop                  (until unmount, SIGTERM, SIGINT or SIGHUP)
+ *   unmount, release images, pcache_cache_stop() (persists staging ksets; -o drain_on_exit
+ *                                  writes back everything first), destroy the session
+ *
+ * Invariants:
+ *  1. Any failure before the mount is live unwinds what was done: images this run added to the
+ *     cache device's table are removed again, and the engine is stopped (its stop persists only
+ *     what is already valid), so a failed start leaves the device as it was.
+ *  2. Engine threads never take SIGTERM/SIGINT/SIGHUP (blocked while they are created), so the
+ *     signal always reaches a FUSE thread or the main thread and ends the loop.
+ */
+#include "daemon_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool use_syslog;
+static int ready_fd = -1;   /* write end of the daemonize pipe (child), -1 in the foreground */
+
+void pfs_log(int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (use_syslog) {
+		vsyslog(prio, fmt, ap);
+	} else {
+		fprintf(stderr, "pcachefs: ");
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+	}
+	va_end(ap);
+}
+
+/*
+ * Fork: the parent waits for one status byte from the child (0 = mounted) and exits with it;
+ * the child continues in a new session. 0 in the child, exits in the parent.
+ */
+static int daemonize_start(void)
+{
+	int fds[2];
+	pid_t pid;
+	char st;
+	ssize_t n;
+
+	if (pipe(fds) != 0) {
+		fprintf(stderr, "pcachefs: pipe: %s\n", strerror(errno));
+		return -1;
+	}
+	pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "pcachefs: fork: %s\n", strerror(errno));
+		close(fds[0]);
+		close(fds[1]);
+		return -1;
+	}
+	if (pid > 0) {
+		close(fds[1]);
+		do {
+			n = read(fds[0], &st, 1);
+		} while (n < 0 && errno == EINTR);
+		_exit(n == 1 && st == 0 ? 0 : 1);
+	}
+	close(fds[0]);
+	ready_fd = fds[1];
+	if (setsid() < 0) {
+		fprintf(stderr, "pcachefs: setsid: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Tell the waiting parent the verdict; on success detach from the terminal. */
+static void daemonize_done(int ok)
+{
+	char st = ok ? 0 : 1;
+	int nullfd;
+
+	if (ready_fd < 0)
+		return;
+	if (ok) {
+		if (chdir("/") != 0)
+			pfs_log(LOG_WARNING, "chdir /: %s", strerror(errno));
+		nullfd = open("/dev/null", O_RDWR);
+		if (nullfd >= 0) {
+			dup2(nullfd, 0);
+			dup2(nullfd, 1);
+			dup2(nullfd, 2);
+			if (nullfd > 2)
+				close(nullfd);
+		}
+		openlog("pcachefs", LOG_PID, LOG_DAEMON);
+		use_syslog = true;
+	}
+	if (write(ready_fd, &st, 1) != 1)
+		pfs_log(LOG_WARNING, "cannot report start-up status");
+	close(ready_fd);
+	ready_fd = -1;
+}
+
+static int add_fuse_args(struct fuse_args *fa, const struct pfs_opts *o)
+{
+	char *opt = NULL, *fsname;
+	int ret = -1;
+
+	if (fuse_opt_add_arg(fa, "-odefault_permissions") || fuse_opt_add_arg(fa, "-osubtype=pcachefs"))
+		return -1;
+	fsname = malloc(strlen(o->cache_path) + 8);
+	if (!fsname)
+		return -1;
+	sprintf(fsname, "fsname=%s", o->cache_path);
+	if (fuse_opt_add_opt_escaped(&opt, fsname) == 0 && fuse_opt_add_arg(fa, "-o") == 0 &&
+	    fuse_opt_add_arg(fa, opt) == 0)
+		ret = 0;
+	free(opt);
+	free(fsname);
+	if (!ret && pcache_fuse_session_add_args(fa) != 0)
+		ret = -1;
+	return ret;
+}
+
+static int start_engine(const struct pfs_opts *o)
+{
+	struct pcache_cache_opts co;
+	sigset_t block, old;
+	char err[512] = "";
+	int ret;
+
+	memset(&co, 0, sizeof(co));
+	co.path = o->cache_path;
+	co.create_size = o->cache_size;
+	co.format_if_blank = true;
+	co.format.seg_size = o->segment_size;
+	co.format.data_crc = o->data_crc;
+	if (o->gc_percent >= 0) {
+		co.format.gc_percent = (uint32_t)o->gc_percent;
+		co.format.set_gc_percent = true;
+	}
+	co.gc_percent = o->gc_percent;
+	co.data_crc = o->data_crc;
+	co.prefault = true;
+
+	/* engine threads inherit this mask: they never take the termination signals */
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	ret = pcache_cache_start(&co, &pfs.cache, err, sizeof(err));
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret) {
+		fprintf(stderr, "pcachefs: cache device %s: %s\n", o->cache_path, err[0] ? err : strerror(-ret));
+		pfs.cache = NULL;
+	}
+	return ret;
+}
+
+/* Attach -o image images, then the known ones; on failure forget the images this run added. */
+static int attach_images(const struct pfs_opts *o)
+{
+	bool added[PFS_MAX_IMAGE_OPTS] = { false };
+	struct pcache_image_ent *ent = malloc(sizeof(*ent));
+	char err[512];
+	int ret = 0, i;
+
+	if (!ent)
+		return -ENOMEM;
+	for (i = 0; i < o->n_images; i++) {
+		const struct pfs_image_opt *io = &o->images[i];
+
+		added[i] = pcache_cache_dev_image_find(pcache_cache_device(pfs.cache), io->name, ent) != 0;
+		err[0] = '\0';
+		ret = pfs_image_attach(io->name, io->path, o->cache_mode, err, sizeof(err));
+		if (ret) {
+			fprintf(stderr, "pcachefs: image %s (%s): %s\n", io->name, io->path, err[0] ? err : strerror(-ret));
+			added[i] = false;
+			goto undo;
+		}
+	}
+	err[0] = '\0';
+	ret = pfs_images_attach_known(err, sizeof(err));
+	if (ret) {
+		fprintf(stderr, "pcachefs: attaching the images known to the cache device: %s\n",
+			err[0] ? err : strerror(-ret));
+		goto undo;
+	}
+	free(ent);
+	return 0;
+undo:
+	while (--i >= 0) {
+		if (added[i] && pfs_image_detach(o->images[i].name, err, sizeof(err)) != 0)
+			fprintf(stderr, "pcachefs: undo: %s\n", err);
+	}
+	free(ent);
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	static struct pfs_opts opts;
+	struct fuse_args fargs;
+	int ret = 1, pr, stop_ret;
+
+	pr = pfs_opts_parse(argc, argv, &opts, &fargs);
+	if (pr == PFS_PARSE_EXIT_OK) {
+		ret = 0;
+		goto out_args;
+	}
+	if (pr != PFS_PARSE_OK)
+		goto out_args;
+	pfs.opts = &opts;
+	pfs.start_time = time(NULL);
+	pfs.uid = getuid();
+	pfs.gid = getgid();
+	pcache_fuse_session_cfg_default(&pfs.scfg);
+	pfs.scfg.single_thread = opts.single_thread;
+	pfs.scfg.max_threads = opts.max_threads;
+	pfs.scfg.parallel_writes = !opts.no_pdw;
+	if (pthread_mutex_init(&pfs.lock, NULL) != 0)
+		goto out_args;
+	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
+		if (pfs_rangelock_init(&pfs.slots[i].rl) != 0)
+			goto out_args;
+	}
+	if (add_fuse_args(&fargs, &opts) != 0) {
+		fprintf(stderr, "pcachefs: out of memory\n");
+		goto out_args;
+	}
+
+	pfs.se = fuse_session_new(&fargs, &pfs_ops, sizeof(pfs_ops), NULL);
+	if (!pfs.se)
+		goto out_args;   /* libfuse printed why (e.g. an unknown option) */
+	if (!opts.foreground && daemonize_start() != 0)
+		goto out_session;
+	if (start_engine(&opts) != 0)
+		goto out_report;
+	if (attach_images(&opts) != 0)
+		goto out_engine;
+	if (fuse_set_signal_handlers(pfs.se) != 0) {
+		fprintf(stderr, "pcachefs: cannot install signal handlers\n");
+		goto out_images;
+	}
+	if (pcache_fuse_session_mount(pfs.se, opts.mountpoint, &pfs.scfg) != 0) {
+		fprintf(stderr, "pcachefs: cannot mount on %s\n", opts.mountpoint);
+		goto out_signals;
+	}
+	daemonize_done(1);
+	pfs_log(LOG_INFO, "mounted %s on %s (%s threads)", opts.cache_path, opts.mountpoint,
+		opts.single_thread ? "single" : "multiple");
+
+	/* > 0: the number of the signal that ended the loop, a normal stop */
+	ret = pcache_fuse_session_loop(pfs.se, &pfs.scfg) < 0 ? 1 : 0;
+	pfs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
+
+	fuse_session_unmount(pfs.se);
+out_signals:
+	fuse_remove_signal_handlers(pfs.se);
+out_images:
+	pfs_images_release();
+out_engine:
+	stop_ret = pcache_cache_stop(pfs.cache, opts.drain_on_exit);
+	if (stop_ret) {
+		pfs_log(LOG_ERR, "stopping the cache: %s", strerror(-stop_ret));
+		ret = 1;
+	}
+out_report:
+	daemonize_done(0);   /* no-op once reported */
+out_session:
+	fuse_session_destroy(pfs.se);
+out_args:
+	fuse_opt_free_args(&fargs);
+	pfs_opts_free(&opts);
+	return ret;
+}

@@ -1,0 +1,502 @@
+/*
+ * opts.c -- command line of pcachefs: libfuse-style options (-o key=value, -f, -d, -s), the
+ * help text, and validation of everything that can be checked before the cache device is
+ * touched.
+ *
+ * Invariants:
+ *  1. Parsing never touches the cache device or a backing image: a bad command line changes
+ *     nothing on disk. Image paths are only resolved (realpath) and stat'ed.
+ *  2. Every error is one line on stderr starting with "pcachefs: "; the caller exits with 1.
+ *  3. Options pcachefs does not know are left for libfuse (mount options such as fsname,
+ *     default_permissions); options mount.fuse3 passes from fstab that mean nothing to a FUSE
+ *     daemon (defaults, auto, noauto, nofail, _netdev, user, users) are dropped.
+ *  4. `pcachefs MOUNTPOINT`, `pcachefs SOURCE MOUNTPOINT` (mount.fuse3: SOURCE is "none",
+ *     "pcachefs" or the cache device) are both accepted.
+ */
+#include "daemon_i.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "pcache/format.h"
+
+enum {
+	KEY_HELP,
+	KEY_VERSION,
+	KEY_FOREGROUND,
+	KEY_DEBUG,
+	KEY_SINGLE,
+	KEY_CACHE,
+	KEY_CACHE_SIZE,
+	KEY_IMAGE,
+	KEY_DATA_CRC,
+	KEY_GC_PERCENT,
+	KEY_CACHE_MODE,
+	KEY_SEGMENT_SIZE,
+	KEY_ALLOW_OTHER,
+	KEY_KERNEL_CACHE,
+	KEY_DRAIN,
+	KEY_MAX_THREADS,
+	KEY_NO_PDW,
+	KEY_DROP,
+};
+
+static const struct fuse_opt pfs_opt_spec[] = {
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
+	FUSE_OPT_KEY("-d", KEY_DEBUG),
+	FUSE_OPT_KEY("debug", KEY_DEBUG),
+	FUSE_OPT_KEY("-s", KEY_SINGLE),
+	FUSE_OPT_KEY("cache=", KEY_CACHE),
+	FUSE_OPT_KEY("cache_size=", KEY_CACHE_SIZE),
+	FUSE_OPT_KEY("image=", KEY_IMAGE),
+	FUSE_OPT_KEY("data_crc", KEY_DATA_CRC),
+	FUSE_OPT_KEY("gc_percent=", KEY_GC_PERCENT),
+	FUSE_OPT_KEY("cache_mode=", KEY_CACHE_MODE),
+	FUSE_OPT_KEY("segment_size=", KEY_SEGMENT_SIZE),
+	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+	FUSE_OPT_KEY("kernel_cache", KEY_KERNEL_CACHE),
+	FUSE_OPT_KEY("drain_on_exit", KEY_DRAIN),
+	FUSE_OPT_KEY("max_threads=", KEY_MAX_THREADS),
+	FUSE_OPT_KEY("no_parallel_writes", KEY_NO_PDW),
+	FUSE_OPT_KEY("defaults", KEY_DROP),
+	FUSE_OPT_KEY("auto", KEY_DROP),
+	FUSE_OPT_KEY("noauto", KEY_DROP),
+	FUSE_OPT_KEY("nofail", KEY_DROP),
+	FUSE_OPT_KEY("_netdev", KEY_DROP),
+	FUSE_OPT_KEY("user", KEY_DROP),
+	FUSE_OPT_KEY("users", KEY_DROP),
+	FUSE_OPT_END
+};
+
+struct parse_ctx {
+	struct pfs_opts *o;
+	int n_nonopt;
+	char *nonopt[2];
+	int exit_ok;
+	int error;
+};
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [options] MOUNTPOINT\n"
+	       "       %s SOURCE MOUNTPOINT -o cache=PATH[,...]   (as mount.fuse3 calls it)\n"
+	       "\n"
+	       "Serves disk images through a persistent cache: one regular file per image under\n"
+	       "MOUNTPOINT, and the control tree MOUNTPOINT/.pcache/.\n"
+	       "\n"
+	       "pcachefs options:\n"
+	       "    -o cache=PATH             cache device (DAX device or file); required\n"
+	       "    -o cache_size=SIZE        create a missing cache file of SIZE (K/M/G/T suffix)\n"
+	       "    -o image=NAME:PATH        attach image NAME backed by PATH (repeatable);\n"
+	       "                              images known to the cache device come back by themselves\n"
+	       "    -o cache_mode=MODE        writeback (default), writethrough or writearound, for\n"
+	       "                              the images named with -o image\n"
+	       "    -o gc_percent=N           start garbage collection at N %% usage (persisted)\n"
+	       "    -o data_crc               checksum cached data (format time) and verify it on hits\n"
+	       "    -o segment_size=SIZE      segment size when formatting (default 16M)\n"
+	       "    -o allow_other            let other users access the mount (needs\n"
+	       "                              user_allow_other in /etc/fuse.conf for non-root)\n"
+	       "    -o kernel_cache           use the kernel page cache instead of direct I/O\n"
+	       "                              (needed for shared mmap of image files)\n"
+	       "    -o drain_on_exit          write back all dirty data before exiting\n"
+	       "    -o max_threads=N          FUSE worker threads (default: number of CPUs)\n"
+	       "    -o no_parallel_writes     do not enable parallel direct writes (benchmarks)\n"
+	       "    -f                        stay in the foreground\n"
+	       "    -d, -o debug              FUSE debug output (implies -f)\n"
+	       "    -s                        single-threaded session loop\n"
+	       "    -h, --help                this help\n"
+	       "    -V, --version             version\n"
+	       "\n"
+	       "Other -o options go to FUSE (for example fsname=NAME, default_permissions).\n",
+	       prog, prog);
+}
+
+int pfs_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	if (!s || !*s || *s == '-')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: break;
+	}
+	if (*end == 'i' && shift)
+		end++;
+	if ((*end == 'B' || *end == 'b') && shift)
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+int pfs_parse_cache_mode(const char *s)
+{
+	if (!strcmp(s, "writeback"))
+		return PCACHE_MODE_WRITEBACK;
+	if (!strcmp(s, "writethrough"))
+		return PCACHE_MODE_WRITETHROUGH;
+	if (!strcmp(s, "writearound"))
+		return PCACHE_MODE_WRITEAROUND;
+	return -EINVAL;
+}
+
+const char *pfs_cache_mode_name(uint32_t mode)
+{
+	switch (mode) {
+	case PCACHE_MODE_WRITEBACK: return "writeback";
+	case PCACHE_MODE_WRITETHROUGH: return "writethrough";
+	case PCACHE_MODE_WRITEAROUND: return "writearound";
+	default: return "unknown";
+	}
+}
+
+static int perr(struct parse_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int perr(struct parse_ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fprintf(stderr, "pcachefs: ");
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	c->error = 1;
+	return -1;
+}
+
+/* "key=value" -> value */
+static const char *optval(const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+
+	return eq ? eq + 1 : "";
+}
+
+static int set_string(char **dst, const char *v)
+{
+	char *s = strdup(v);
+
+	if (!s)
+		return -1;
+	free(*dst);
+	*dst = s;
+	return 0;
+}
+
+static int add_image(struct parse_ctx *c, const char *v)
+{
+	struct pfs_opts *o = c->o;
+	const char *colon = strchr(v, ':');
+	struct pfs_image_opt *io;
+	char *name;
+
+	if (!colon || colon == v || !colon[1])
+		return perr(c, "bad -o image=%s (expected image=NAME:PATH)", v);
+	if (o->n_images >= PFS_MAX_IMAGE_OPTS)
+		return perr(c, "too many -o image options (max %d)", PFS_MAX_IMAGE_OPTS);
+	name = strndup(v, (size_t)(colon - v));
+	if (!name)
+		return -1;
+	if (!pcache_image_name_valid(name)) {
+		perr(c, "invalid image name '%s' (1-127 bytes, no '/', not '.' or '..', no control characters)", name);
+		free(name);
+		return -1;
+	}
+	for (int i = 0; i < o->n_images; i++) {
+		if (!strcmp(o->images[i].name, name)) {
+			perr(c, "duplicate image name '%s'", name);
+			free(name);
+			return -1;
+		}
+	}
+	io = &o->images[o->n_images];
+	io->name = name;
+	io->path = strdup(colon + 1);
+	if (!io->path) {
+		free(name);
+		return -1;
+	}
+	o->n_images++;
+	return 0;
+}
+
+static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct parse_ctx *c = data;
+	struct pfs_opts *o = c->o;
+	const char *v = optval(arg);
+	uint64_t n;
+
+	switch (key) {
+	case FUSE_OPT_KEY_NONOPT:
+		if (c->n_nonopt >= 2)
+			return perr(c, "too many arguments: '%s' (usage: pcachefs [options] MOUNTPOINT)", arg);
+		c->nonopt[c->n_nonopt++] = strdup(arg);
+		return 0;
+	case KEY_HELP:
+		usage("pcachefs");
+		c->exit_ok = 1;
+		return 0;
+	case KEY_VERSION:
+		printf("pcachefs version %s (libfuse %s, format v%u)\n", PFS_VERSION, fuse_pkgversion(),
+		       PCACHE_FORMAT_VERSION);
+		c->exit_ok = 1;
+		return 0;
+	case KEY_FOREGROUND:
+		o->foreground = true;
+		return 0;
+	case KEY_DEBUG:
+		o->debug = o->foreground = true;
+		return fuse_opt_add_arg(outargs, "-d");
+	case KEY_SINGLE:
+		o->single_thread = true;
+		return 0;
+	case KEY_CACHE:
+		if (!*v)
+			return perr(c, "empty -o cache=");
+		return set_string(&o->cache_path, v);
+	case KEY_CACHE_SIZE:
+		if (pfs_parse_size(v, &n) || n == 0)
+			return perr(c, "bad -o cache_size=%s (a size such as 1G)", v);
+		o->cache_size = n;
+		return 0;
+	case KEY_IMAGE:
+		return add_image(c, v);
+	case KEY_DATA_CRC:
+		o->data_crc = true;
+		return 0;
+	case KEY_GC_PERCENT: {
+		char *end;
+		long g;
+
+		errno = 0;
+		g = strtol(v, &end, 10);
+		if (errno || end == v || *end || g < 0 || g > PCACHE_MAX_GC_PERCENT)
+			return perr(c, "bad -o gc_percent=%s (0-90)", v);
+		o->gc_percent = (int)g;
+		return 0;
+	}
+	case KEY_CACHE_MODE:
+		o->cache_mode = pfs_parse_cache_mode(v);
+		if (o->cache_mode < 0)
+			return perr(c, "bad -o cache_mode=%s (writeback, writethrough or writearound)", v);
+		return 0;
+	case KEY_SEGMENT_SIZE:
+		if (pfs_parse_size(v, &n) || !PCACHE_IS_POW2(n) || n < PCACHE_MIN_SEG_SIZE ||
+		    n > PCACHE_MAX_SEG_SIZE)
+			return perr(c, "bad -o segment_size=%s (a power of two, 1M-1G)", v);
+		o->segment_size = n;
+		return 0;
+	case KEY_ALLOW_OTHER:
+		o->allow_other = true;
+		return fuse_opt_add_arg(outargs, "-oallow_other");
+	case KEY_KERNEL_CACHE:
+		o->kernel_cache = true;
+		return 0;
+	case KEY_DRAIN:
+		o->drain_on_exit = true;
+		return 0;
+	case KEY_MAX_THREADS: {
+		char *end;
+		long t;
+
+		errno = 0;
+		t = strtol(v, &end, 10);
+		if (errno || end == v || *end || t < 1 || t > 256)
+			return perr(c, "bad -o max_threads=%s (1-256)", v);
+		o->max_threads = (unsigned int)t;
+		return 0;
+	}
+	case KEY_NO_PDW:
+		o->no_pdw = true;
+		return 0;
+	case KEY_DROP:
+		return 0;
+	default:
+		return 1;   /* keep for libfuse */
+	}
+}
+
+/* Resolve a path that must exist; one-line error otherwise. */
+static int resolve(struct parse_ctx *c, char **path, const char *what)
+{
+	char *r = realpath(*path, NULL);
+
+	if (!r) {
+		fprintf(stderr, "pcachefs: %s '%s': %s\n", what, *path, strerror(errno));
+		c->error = 1;
+		return -1;
+	}
+	free(*path);
+	*path = r;
+	return 0;
+}
+
+static int validate(struct parse_ctx *c)
+{
+	struct pfs_opts *o = c->o;
+	struct stat st;
+
+	if (c->n_nonopt == 0)
+		return perr(c, "missing MOUNTPOINT (see pcachefs --help)");
+	o->mountpoint = c->nonopt[c->n_nonopt - 1];
+	c->nonopt[c->n_nonopt - 1] = NULL;
+	if (c->n_nonopt == 2) {
+		/* mount.fuse3 passes the fstab source first: "none", "pcachefs" or the cache device */
+		const char *src = c->nonopt[0];
+
+		if (strcmp(src, "none") && strcmp(src, "pcachefs") && !o->cache_path) {
+			if (set_string(&o->cache_path, src))
+				return -1;
+		}
+	}
+	if (!o->cache_path)
+		return perr(c, "missing -o cache=PATH (the cache device)");
+	if (stat(o->cache_path, &st) != 0) {
+		if (errno != ENOENT || !o->cache_size) {
+			fprintf(stderr, "pcachefs: cache device '%s': %s%s\n", o->cache_path, strerror(errno),
+				errno == ENOENT ? " (add -o cache_size=SIZE to create it)" : "");
+			c->error = 1;
+			return -1;
+		}
+		/* a file to be created: resolve its directory */
+		char *dup = strdup(o->cache_path), *slash, *abs;
+		const char *dir;
+
+		if (!dup)
+			return -1;
+		slash = strrchr(dup, '/');
+		dir = slash ? (slash == dup ? "/" : dup) : ".";
+		if (slash && slash != dup)
+			*slash = '\0';
+		abs = realpath(dir, NULL);
+		if (!abs) {
+			fprintf(stderr, "pcachefs: cache device directory '%s': %s\n", dir, strerror(errno));
+			free(dup);
+			c->error = 1;
+			return -1;
+		}
+		const char *base = slash ? slash + 1 : dup;
+		char *full = malloc(strlen(abs) + strlen(base) + 2);
+
+		if (!full) {
+			free(abs);
+			free(dup);
+			return -1;
+		}
+		sprintf(full, "%s/%s", strcmp(abs, "/") ? abs : "", base);
+		free(abs);
+		free(dup);
+		free(o->cache_path);
+		o->cache_path = full;
+	} else {
+		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode))
+			return perr(c, "cache device '%s' is not a file or a device", o->cache_path);
+		if (resolve(c, &o->cache_path, "cache device"))
+			return -1;
+	}
+	for (int i = 0; i < o->n_images; i++) {
+		struct pfs_image_opt *io = &o->images[i];
+
+		if (resolve(c, &io->path, "image path"))
+			return -1;
+		if (stat(io->path, &st) != 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
+			fprintf(stderr, "pcachefs: image path '%s' is not a regular file or block device\n", io->path);
+			c->error = 1;
+			return -1;
+		}
+		if (!strcmp(io->path, o->cache_path)) {
+			fprintf(stderr, "pcachefs: image '%s' is the cache device itself\n", io->name);
+			c->error = 1;
+			return -1;
+		}
+		if (strlen(io->path) > PCACHE_PATH_MAX) {
+			fprintf(stderr, "pcachefs: image path '%s' is too long\n", io->path);
+			c->error = 1;
+			return -1;
+		}
+	}
+	if (stat(o->mountpoint, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "pcachefs: mount point '%s' is not a directory\n", o->mountpoint);
+		c->error = 1;
+		return -1;
+	}
+	/* absolute: the daemon changes to / and libfuse unmounts by this path at exit */
+	return resolve(c, &o->mountpoint, "mount point");
+}
+
+int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *fargs)
+{
+	struct parse_ctx c = { .o = o };
+	int ret = PFS_PARSE_ERROR;
+
+	memset(o, 0, sizeof(*o));
+	o->gc_percent = -1;
+	o->cache_mode = -1;
+	fargs->argc = 0;
+	fargs->argv = NULL;
+	fargs->allocated = 0;
+	if (fuse_opt_add_arg(fargs, argv[0]) != 0)
+		return PFS_PARSE_ERROR;
+	{
+		struct fuse_args in = FUSE_ARGS_INIT(argc, argv);
+
+		/* fuse_opt_parse writes the kept arguments into 'in'; copy them to fargs after */
+		if (fuse_opt_parse(&in, &c, pfs_opt_spec, pfs_opt_proc) != 0) {
+			if (!c.error)
+				fprintf(stderr, "pcachefs: bad command line (see pcachefs --help)\n");
+			fuse_opt_free_args(&in);
+			goto out;
+		}
+		for (int i = 1; i < in.argc; i++)
+			if (fuse_opt_add_arg(fargs, in.argv[i]) != 0) {
+				fuse_opt_free_args(&in);
+				goto out;
+			}
+		fuse_opt_free_args(&in);
+	}
+	if (c.exit_ok) {
+		ret = PFS_PARSE_EXIT_OK;
+		goto out;
+	}
+	if (validate(&c) != 0)
+		goto out;
+	ret = PFS_PARSE_OK;
+out:
+	for (int i = 0; i < 2; i++)
+		free(c.nonopt[i]);
+	return ret;
+}
+
+void pfs_opts_free(struct pfs_opts *o)
+{
+	free(o->cache_path);
+	free(o->mountpoint);
+	for (int i = 0; i < o->n_images; i++) {
+		free(o->images[i].name);
+		free(o->images[i].path);
+	}
+	memset(o, 0, sizeof(*o));
+}
