@@ -4,10 +4,13 @@
  *
  * Devices are small (1 MiB segments, 8 segments) so the suite stays fast under ASan. Raw slot
  * bytes are read and crafted with pread/pwrite on the device file while it is closed.
+ * The "Threads" case also runs under TSan (loops shrink there: check_under_tsan()).
  */
+/* TSAN_SUITE */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1270,6 +1273,91 @@ START_TEST(forced_cache_line_granularity_path_works)
 }
 END_TEST
 
+/* ---- Threads ------------------------------------------------------------------------------ */
+
+struct thr_arg {
+	struct pcache_cache_dev *cd;
+	int which, n;
+};
+
+static void *thr_main(void *p)
+{
+	struct thr_arg *a = p;
+	struct pcache_cache_info ci;
+	struct pcache_pos t;
+	struct pcache_image_ent e, list[PCACHE_MAX_IMAGES];
+	char name[32];
+	int i;
+
+	for (i = 0; i < a->n; i++) {
+		switch (a->which) {
+		case 0: /* generation bumps, each segment by its own thread half */
+			if (pcache_cache_dev_seg_gen_bump(a->cd, (uint32_t)i % 4) != 0)
+				return (void *)1;
+			break;
+		case 1:
+			if (pcache_cache_dev_seg_gen_bump(a->cd, 4 + (uint32_t)i % 4) != 0)
+				return (void *)1;
+			t = (struct pcache_pos){ (uint32_t)i % 8, 8 * (uint32_t)i, 1 + (uint64_t)i };
+			if (pcache_cache_dev_set_key_tail(a->cd, &t) || pcache_cache_dev_set_dirty_tail(a->cd, &t))
+				return (void *)1;
+			break;
+		case 2: /* tunables (info_lock) racing with image adds (img_lock -> info_lock) */
+			pcache_cache_dev_get_info(a->cd, &ci);
+			ci.wb_rate = (uint64_t)i;
+			if (pcache_cache_dev_set_info(a->cd, &ci))
+				return (void *)1;
+			break;
+		case 3:
+			snprintf(name, sizeof(name), "t%d", i);
+			e = mk_image(name, "/t");
+			if (pcache_cache_dev_image_add(a->cd, &e))
+				return (void *)1;
+			if (i % 2 && pcache_cache_dev_image_remove(a->cd, e.slot))
+				return (void *)1;
+			break;
+		default: /* readers */
+			(void)pcache_cache_dev_seg_gen(a->cd, (uint32_t)i % 8);
+			pcache_cache_dev_get_key_tail(a->cd, &t);
+			(void)pcache_cache_dev_images(a->cd, list, PCACHE_MAX_IMAGES);
+			pcache_cache_dev_get_info(a->cd, &ci);
+			break;
+		}
+	}
+	return NULL;
+}
+
+START_TEST(concurrent_updates_are_serialised_and_all_land)
+{
+	const char *p = fresh_dev("threads");
+	struct pcache_cache_dev *cd = open_ok(p, false);
+	struct thr_arg args[5];
+	pthread_t th[5];
+	struct pcache_cache_info ci;
+	struct pcache_image_ent list[PCACHE_MAX_IMAGES];
+	int i, n = check_under_tsan() ? 40 : 400;
+	void *ret;
+
+	for (i = 0; i < 5; i++) {
+		args[i] = (struct thr_arg){ cd, i, i == 3 ? 100 : n };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, thr_main, &args[i]), 0);
+	}
+	for (i = 0; i < 5; i++) {
+		ck_assert_int_eq(pthread_join(th[i], &ret), 0);
+		ck_assert_ptr_null(ret);
+	}
+	pcache_cache_dev_close(cd);
+	cd = open_ok(p, false);
+	for (i = 0; i < 8; i++)
+		ck_assert_uint_eq(pcache_cache_dev_seg_gen(cd, (uint32_t)i), (uint64_t)n / 4);
+	pcache_cache_dev_get_info(cd, &ci);
+	ck_assert_uint_eq(ci.wb_rate, (uint64_t)n - 1);
+	ck_assert_uint_eq(ci.next_image_id, 101);
+	ck_assert_int_eq(pcache_cache_dev_images(cd, list, PCACHE_MAX_IMAGES), 50);
+	pcache_cache_dev_close(cd);
+}
+END_TEST
+
 /* ---- Sweep -------------------------------------------------------------------------------- */
 
 /* Everything the loader exposes, for exact comparison. */
@@ -1584,6 +1672,11 @@ Suite *cache_dev_suite(void)
 	tcase_add_test(tc, crafted_superblock_geometry_is_refused);
 	tcase_add_test(tc, crafted_record_values_are_refused);
 	tcase_add_test(tc, second_open_is_refused_naming_the_holder);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("Threads");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, concurrent_updates_are_serialised_and_all_land);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("Sweep");
