@@ -1,0 +1,434 @@
+/*
+ * check_cache_req.c -- the request path (core/cache_req.c) on a real cache file and real backing
+ * images: hits, misses (asynchronous fill), overlapping writes, discard/zero, FUA, flush,
+ * validation, data CRCs, writeback to the backing, and image attach identity rules.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/cache_i.h"
+#include "check_util.h"
+#include "lib/engine_util.h"
+
+#define IMG_SIZE (16u << 20)
+
+static char cpath[256], ipath[256], ipath2[256];
+static struct pcache_cache *c;
+static struct pcache_image *img;
+
+static void start(bool data_crc)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "vm1", .path = ipath, .cache_mode = -1 };
+	char err[256];
+
+	eng_opts(&o, cpath);
+	o.data_crc = data_crc;
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+}
+
+static void stop(void)
+{
+	if (img)
+		pcache_image_put(img);
+	img = NULL;
+	if (c)
+		ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	c = NULL;
+}
+
+static void setup_common(bool data_crc)
+{
+	check_scratch_path(cpath, sizeof(cpath), "req-cache");
+	check_scratch_path(ipath, sizeof(ipath), "req-img");
+	check_scratch_path(ipath2, sizeof(ipath2), "req-img2");
+	ck_assert_int_eq(eng_format(cpath, 48u << 20, 1u << 20, data_crc), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	start(data_crc);
+}
+
+static void setup(void)
+{
+	setup_common(false);
+}
+
+static void setup_crc(void)
+{
+	setup_common(true);
+}
+
+static void teardown(void)
+{
+	stop();
+	unlink(cpath);
+	unlink(ipath);
+	unlink(ipath2);
+}
+
+static void check_range_version(uint64_t off, size_t len, uint32_t want)
+{
+	uint8_t *buf = malloc(len);
+	size_t s;
+	uint32_t v;
+
+	ck_assert_int_eq(eng_read(img, buf, off, len), 0);
+	for (s = 0; s < len; s += 512) {
+		ck_assert_msg(eng_decode(buf + s, 1, off + s, &v) == 0, "sector %llu garbage",
+			      (unsigned long long)(off + s) / 512);
+		ck_assert_msg(v == want, "sector %llu: version %u, want %u",
+			      (unsigned long long)(off + s) / 512, v, want);
+	}
+	free(buf);
+}
+
+static void write_version(uint64_t off, size_t len, uint32_t v, unsigned int flags)
+{
+	uint8_t *buf = malloc(len);
+
+	eng_fill(buf, len, 1, off, v);
+	ck_assert_int_eq(pcache_image_write(img, buf, off, len, flags), 0);
+	free(buf);
+}
+
+START_TEST(write_then_read_hits_inline)
+{
+	uint8_t buf[8192];
+	struct pcache_image_stats st;
+
+	write_version(4096, 8192, 5, 0);
+	eng_fill(buf, sizeof(buf), 1, 4096, 0);
+	/* a full hit completes inline: done is not called, 0 returned */
+	ck_assert_int_eq(pcache_image_read(img, buf, 4096, 8192, NULL, NULL), 0);
+	check_range_version(4096, 8192, 5);
+	pcache_image_get_stats(img, &st);
+	ck_assert_uint_eq(st.writes, 1);
+	ck_assert_uint_ge(st.read_hit_bytes, 16384);
+	ck_assert_uint_eq(st.read_miss_bytes, 0);
+	ck_assert_uint_eq(st.dirty_bytes, 8192);
+}
+END_TEST
+
+START_TEST(miss_reads_backing_then_hits)
+{
+	struct pcache_image_stats st;
+
+	check_range_version(1 << 20, 65536, 0);
+	pcache_image_get_stats(img, &st);
+	ck_assert_uint_eq(st.read_miss_bytes, 65536);
+	ck_assert_uint_eq(st.cached_bytes, 65536); /* filled as clean keys */
+	ck_assert_uint_eq(st.dirty_bytes, 0);
+	check_range_version(1 << 20, 65536, 0);
+	pcache_image_get_stats(img, &st);
+	ck_assert_uint_eq(st.read_miss_bytes, 65536);
+	ck_assert_uint_eq(st.read_hit_bytes, 65536);
+}
+END_TEST
+
+START_TEST(partial_hits_and_misses_in_one_read)
+{
+	write_version(8192, 4096, 3, 0);
+	write_version(20480, 1024, 4, 0);
+	{
+		uint8_t buf[32768];
+		uint32_t v;
+		size_t s;
+
+		ck_assert_int_eq(eng_read(img, buf, 0, sizeof(buf)), 0);
+		for (s = 0; s < sizeof(buf); s += 512) {
+			uint32_t want = (s >= 8192 && s < 12288) ? 3 : (s >= 20480 && s < 21504) ? 4 : 0;
+
+			ck_assert_int_eq(eng_decode(buf + s, 1, s, &v), 0);
+			ck_assert_uint_eq(v, want);
+		}
+	}
+}
+END_TEST
+
+START_TEST(overlapping_writes_later_wins)
+{
+	write_version(0, 65536, 1, 0);
+	write_version(4096, 4096, 2, 0);
+	write_version(2048, 1024, 3, 0);
+	write_version(60 * 1024, 8192, 4, 0); /* extends past the first write */
+	check_range_version(0, 2048, 1);
+	check_range_version(2048, 1024, 3);
+	check_range_version(3072, 1024, 1);
+	check_range_version(4096, 4096, 2);
+	check_range_version(8192, 52 * 1024, 1);
+	check_range_version(60 * 1024, 8192, 4);
+	check_range_version(68 * 1024, 4096, 0);
+}
+END_TEST
+
+START_TEST(write_across_regions_and_segments)
+{
+	/* 3 MiB starting 1 MiB before a region boundary: split by regions and 1 MiB segments */
+	write_version(3u << 20, 3u << 20, 9, 0);
+	check_range_version((3u << 20) - 4096, 4096, 0);
+	check_range_version(3u << 20, 3u << 20, 9);
+	check_range_version(6u << 20, 4096, 0);
+}
+END_TEST
+
+START_TEST(discard_and_zero_read_as_zeros)
+{
+	write_version(0, 16384, 2, 0);
+	ck_assert_int_eq(pcache_image_discard(img, 4096, 4096, false), 0);
+	ck_assert_int_eq(pcache_image_discard(img, 12288, 8192, true), 0);
+	check_range_version(0, 4096, 2);
+	check_range_version(4096, 4096, ENG_ZERO);
+	check_range_version(8192, 4096, 2);
+	check_range_version(12288, 8192, ENG_ZERO);
+	check_range_version(20480, 4096, 0);
+	write_version(4096, 512, 7, 0);
+	check_range_version(4096, 512, 7);
+	check_range_version(4608, 3584, ENG_ZERO);
+}
+END_TEST
+
+START_TEST(bad_ranges_are_einval)
+{
+	uint8_t buf[4096];
+
+	memset(buf, 0, sizeof(buf));
+	ck_assert_int_eq(pcache_image_write(img, buf, 100, 512, 0), -EINVAL);
+	ck_assert_int_eq(pcache_image_write(img, buf, 0, 100, 0), -EINVAL);
+	ck_assert_int_eq(pcache_image_write(img, buf, IMG_SIZE, 512, 0), -EINVAL);
+	ck_assert_int_eq(pcache_image_write(img, buf, IMG_SIZE - 512, 1024, 0), -EINVAL);
+	ck_assert_int_eq(pcache_image_read(img, buf, 1, 512, NULL, NULL), -EINVAL);
+	ck_assert_int_eq(pcache_image_read(img, buf, IMG_SIZE, 512, NULL, NULL), -EINVAL);
+	ck_assert_int_eq(pcache_image_discard(img, 0, 100, false), -EINVAL);
+	ck_assert_int_eq(pcache_image_write(img, buf, IMG_SIZE - 512, 512, 0), 0);
+}
+END_TEST
+
+START_TEST(fua_write_persists_its_kset)
+{
+	struct pcache_cache_status a, b;
+
+	pcache_cache_get_status(c, &a);
+	write_version(0, 4096, 1, 0);
+	pcache_cache_get_status(c, &b);
+	ck_assert_uint_eq(a.ksets_written, b.ksets_written); /* staged only */
+	write_version(8192, 4096, 1, PCACHE_IO_FUA);
+	pcache_cache_get_status(c, &b);
+	ck_assert_uint_gt(b.ksets_written, a.ksets_written);
+	ck_assert_uint_gt(b.key_head.lsn, a.key_head.lsn);
+}
+END_TEST
+
+START_TEST(flush_persists_every_staged_key)
+{
+	struct pcache_cache_status a, b;
+	uint64_t off;
+
+	pcache_cache_get_status(c, &a);
+	for (off = 0; off < (8u << 20); off += 1u << 20)
+		write_version(off, 4096, 1, 0);
+	ck_assert_int_eq(pcache_image_flush(img), 0);
+	pcache_cache_get_status(c, &b);
+	ck_assert_uint_gt(b.key_head.lsn, a.key_head.lsn);
+	/* nothing is staged any more: a second flush writes no kset */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	pcache_cache_get_status(c, &a);
+	ck_assert_uint_eq(a.ksets_written, b.ksets_written);
+}
+END_TEST
+
+START_TEST(writeback_all_reaches_the_backing)
+{
+	uint8_t buf[8192];
+	uint32_t v;
+	int fd;
+
+	write_version(1u << 20, 8192, 6, 0);
+	ck_assert_int_eq(pcache_image_discard(img, 2u << 20, 4096, true), 0);
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, buf, 8192, 1u << 20), 8192);
+	ck_assert_int_eq(eng_decode(buf, 1, 1u << 20, &v), 0);
+	ck_assert_uint_eq(v, 6);
+	ck_assert_int_eq(eng_decode(buf + 7680, 1, (1u << 20) + 7680, &v), 0);
+	ck_assert_uint_eq(v, 6);
+	ck_assert_int_eq(pread(fd, buf, 4096, 2u << 20), 4096);
+	ck_assert_int_eq(eng_decode(buf, 1, 2u << 20, &v), 0);
+	ck_assert_uint_eq(v, ENG_ZERO);
+	close(fd);
+}
+END_TEST
+
+START_TEST(crc_mismatch_on_hit_is_eio_and_counted)
+{
+	struct pcache_subtree *sub;
+	struct pcache_image_stats st;
+	uint8_t buf[4096], *p;
+
+	write_version(0, 4096, 1, 0);
+	check_range_version(0, 4096, 1);
+	sub = &img->ix.sub[0];
+	pthread_mutex_lock(&sub->lock);
+	ck_assert_uint_eq(sub->n, 1);
+	p = pcache_seg_ptr(c, sub->v[0].seg, sub->v[0].seg_off);
+	pthread_mutex_unlock(&sub->lock);
+	p[100] ^= 0xFF; /* media corruption */
+	ck_assert_int_eq(eng_read(img, buf, 0, 4096), -EIO);
+	pcache_image_get_stats(img, &st);
+	ck_assert_uint_eq(st.crc_errors, 1);
+	/* an unaffected range still reads */
+	write_version(8192, 4096, 2, 0);
+	check_range_version(8192, 4096, 2);
+}
+END_TEST
+
+START_TEST(crc_is_verified_on_cut_keys)
+{
+	write_version(0, 16384, 1, 0);
+	write_version(4096, 4096, 2, 0); /* splits the first key: CRC covers the original extent */
+	check_range_version(0, 4096, 1);
+	check_range_version(4096, 4096, 2);
+	check_range_version(8192, 8192, 1);
+}
+END_TEST
+
+START_TEST(attach_refuses_changed_identity_with_dirty_data)
+{
+	struct pcache_attach_opts ao = { .name = "vm1", .cache_mode = -1 };
+	char err[256];
+	int fd;
+
+	write_version(0, 4096, 1, PCACHE_IO_FUA);
+	ck_assert_int_eq(pcache_image_detach(c, "vm1", false), 0);
+	pcache_image_put(img);
+	img = NULL;
+	/* the backing grew: dirty data of the old identity refuses the attach */
+	fd = open(ipath, O_WRONLY);
+	ck_assert_int_eq(ftruncate(fd, IMG_SIZE * 2), 0);
+	close(fd);
+	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
+	ck_assert_ptr_ne(strstr(err, "dirty"), NULL);
+	/* a different path is refused without allow_path_change */
+	eng_make_image(ipath2, IMG_SIZE, 1);
+	ao.path = ipath2;
+	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
+	ao.allow_path_change = true;
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
+	check_range_version(0, 4096, 1); /* the dirty data is still there */
+}
+END_TEST
+
+START_TEST(detach_forget_needs_clean_image)
+{
+	write_version(0, 4096, 1, 0);
+	ck_assert_int_eq(pcache_image_detach(c, "vm1", true), -EBUSY);
+	check_range_version(0, 4096, 1); /* still attached and usable */
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	ck_assert_int_eq(pcache_image_detach(c, "vm1", true), 0);
+	ck_assert_ptr_eq(pcache_image_get(c, "vm1"), NULL);
+	ck_assert_int_eq(pcache_image_write(img, "x", 0, 512, 0) == -ENODEV ||
+			 pcache_image_write(img, "x", 0, 512, 0) == -EINVAL, 1);
+}
+END_TEST
+
+START_TEST(knobs_round_trip_and_reject_bad_values)
+{
+	char buf[64];
+
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "50\n"), 0);
+	ck_assert_int_eq(pcache_cache_get_knob(c, "gc_percent", buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "50\n");
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "91"), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "x"), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "nope", "1"), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1048576"), 0);
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_get_knob(img, "cache_mode", buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "writethrough\n");
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "bogus"), -EINVAL);
+	/* persisted: survives a restart */
+	stop();
+	start(false);
+	ck_assert_int_eq(pcache_cache_get_knob(c, "gc_percent", buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "50\n");
+	ck_assert_int_eq(pcache_image_get_knob(img, "cache_mode", buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "writethrough\n");
+}
+END_TEST
+
+START_TEST(writethrough_writes_the_backing_at_once)
+{
+	uint8_t buf[4096];
+	uint32_t v;
+	int fd;
+
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	write_version(4096, 4096, 8, 0);
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 4096, 4096), 4096);
+	close(fd);
+	ck_assert_int_eq(eng_decode(buf, 1, 4096, &v), 0);
+	ck_assert_uint_eq(v, 8);
+	check_range_version(4096, 4096, 8);
+}
+END_TEST
+
+START_TEST(status_reports_geometry_and_index)
+{
+	struct pcache_cache_status st;
+	struct pcache_image *v[4];
+
+	write_version(0, 4096, 1, 0);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.seg_size, 1u << 20);
+	ck_assert_uint_ge(st.seg_count, 40);
+	ck_assert_uint_ge(st.segs_used, 2);
+	ck_assert_uint_eq(st.images, 1);
+	ck_assert_uint_eq(st.keys_indexed, 1);
+	ck_assert_uint_gt(st.index_bytes, 0);
+	ck_assert_ptr_ne(st.granularity, NULL);
+	ck_assert_int_eq(pcache_cache_images(c, v, 4), 1);
+	ck_assert_str_eq(pcache_image_name(v[0]), "vm1");
+	ck_assert_uint_eq(pcache_image_size(v[0]), IMG_SIZE);
+	ck_assert_uint_eq(pcache_image_lbs(v[0]), 512);
+	pcache_image_put(v[0]);
+}
+END_TEST
+
+Suite *cache_req_suite(void);
+Suite *cache_req_suite(void)
+{
+	Suite *s = suite_create("cache_req");
+	TCase *tc = tcase_create("Core");
+	TCase *tcc = tcase_create("DataCrc");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, write_then_read_hits_inline);
+	tcase_add_test(tc, miss_reads_backing_then_hits);
+	tcase_add_test(tc, partial_hits_and_misses_in_one_read);
+	tcase_add_test(tc, overlapping_writes_later_wins);
+	tcase_add_test(tc, write_across_regions_and_segments);
+	tcase_add_test(tc, discard_and_zero_read_as_zeros);
+	tcase_add_test(tc, bad_ranges_are_einval);
+	tcase_add_test(tc, fua_write_persists_its_kset);
+	tcase_add_test(tc, flush_persists_every_staged_key);
+	tcase_add_test(tc, writeback_all_reaches_the_backing);
+	tcase_add_test(tc, attach_refuses_changed_identity_with_dirty_data);
+	tcase_add_test(tc, detach_forget_needs_clean_image);
+	tcase_add_test(tc, knobs_round_trip_and_reject_bad_values);
+	tcase_add_test(tc, writethrough_writes_the_backing_at_once);
+	tcase_add_test(tc, status_reports_geometry_and_index);
+	suite_add_tcase(s, tc);
+	tcase_add_checked_fixture(tcc, setup_crc, teardown);
+	tcase_set_timeout(tcc, 60);
+	tcase_add_test(tcc, crc_mismatch_on_hit_is_eio_and_counted);
+	tcase_add_test(tcc, crc_is_verified_on_cut_keys);
+	suite_add_tcase(s, tcc);
+	return s;
+}
