@@ -20,6 +20,25 @@
  *    -ENODATA for a read that hit the end of the image).
  *  - O_DIRECT alignment is the layer's problem: unaligned memory, offsets or lengths are
  *    bounced, never rejected.
+ *
+ * Threading rules (one completion thread per open image):
+ *  - submit() and submit_direct() may be called from any thread, including a callback of the
+ *    same image (submit_direct() then queues instead of waiting, so a callback never blocks).
+ *  - A callback blocks every other completion of its image while it runs: keep it short, and
+ *    never wait in it for another request of the same image. rw_sync()/flush_sync() return
+ *    -EDEADLK from a callback of the same image; close() from one aborts the process.
+ *  - Callbacks of one image run one at a time, in completion order (not submission order).
+ *  - Once close() has started, submissions fail with -ESHUTDOWN (no callback), including
+ *    submissions made by callbacks during the drain; requests already accepted all complete.
+ *  - The caller keeps buffers (kmem, upper->buf) valid until the callback has run.
+ *
+ * NOTE: an unaligned WRITE on an O_DIRECT image is a read-modify-write of its edge blocks.
+ * Such writes are serialized among themselves, but a concurrent aligned WRITE overlapping an
+ * edge block of one can be undone by it. Writers must not overlap writes that are in flight
+ * (the engine never does).
+ * NOTE: for regular files io_uring itself continues short reads (and O_DIRECT writes) before
+ * completing; on FUSE-backed images with direct_io this kernel path misplaces data after a
+ * short transfer (seen on 6.18 with tests/tools/flakyfs), so do not inject short reads there.
  */
 #ifndef PCACHE_BACKING_H
 #define PCACHE_BACKING_H
@@ -41,17 +60,23 @@ struct pcache_backing_opts {
 /*
  * Open the image at path (a regular file or a block device). opts may be NULL (defaults).
  * Returns 0 and *out, or -errno with a one-line reason in err (if err is not NULL):
- * -EISDIR / -EINVAL for a directory, FIFO, socket or character device, -EINVAL for a size
- * that is not a multiple of 512 or is 0, or the errno of open/ioctl/io_uring setup.
+ * -EISDIR for a directory, -EINVAL for a FIFO, socket or character device, -EINVAL for a size
+ * that is 0 or not a multiple of 512, or the errno of stat/open/ioctl/io_uring setup.
+ * O_DIRECT is tried first (unless no_direct) and kept when the open succeeds and the size is
+ * a multiple of the direct-I/O alignment; otherwise the image is opened buffered. The size is
+ * fixed at open (a file that shrinks later gives -ENODATA on reads past its new end).
  */
 int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts,
 			struct pcache_backing **out, char *err, size_t errlen);
 
-/* Stop: wait for every request in flight (each gets its callback), then free. NULL is a no-op. */
+/*
+ * Stop: refuse new submissions (-ESHUTDOWN), wait for every accepted request (each gets its
+ * callback), join the threads, free. NULL is a no-op. Not from a callback of the same image.
+ */
 void pcache_backing_close(struct pcache_backing *b);
 
 uint64_t pcache_backing_size(const struct pcache_backing *b);       /* bytes */
-uint32_t pcache_backing_lbs(const struct pcache_backing *b);        /* logical block size */
+uint32_t pcache_backing_lbs(const struct pcache_backing *b);        /* BLKSSZGET; 512 for files */
 bool pcache_backing_is_direct(const struct pcache_backing *b);      /* opened O_DIRECT */
 bool pcache_backing_is_blockdev(const struct pcache_backing *b);
 const char *pcache_backing_path(const struct pcache_backing *b);
@@ -62,13 +87,18 @@ enum pcache_backing_op {
 	PCACHE_BIO_READ,
 	PCACHE_BIO_WRITE,
 	PCACHE_BIO_FLUSH,   /* off/len ignored: makes every completed write durable */
-	PCACHE_BIO_DISCARD, /* the range may read back as zeros or old data; files: punch hole */
-	PCACHE_BIO_ZERO,    /* the range reads back as zeros */
+	/* DISCARD: advisory; the range may read back as zeros or old data. Files: punch hole;
+	 * block devices: BLKDISCARD of the logical-block-aligned part. Unsupported = success. */
+	PCACHE_BIO_DISCARD,
+	/* ZERO: the range reads back as zeros. Files: ZERO_RANGE, else PUNCH_HOLE, else zero
+	 * writes; block devices: BLKZEROOUT, unaligned edges as zero writes. */
+	PCACHE_BIO_ZERO,
 };
 
 /*
- * An upper request (for REQ). The backing layer calls get() at submission and put() after the
- * end callback has run. buf is the upper request's data buffer.
+ * An upper request (for REQ). The backing layer calls get() at submission (on the submitting
+ * thread, before submit returns) and put() on the completion thread after the end callback has
+ * run; get/put may be NULL. buf is the upper request's data buffer, len its size.
  */
 struct pcache_upper_req {
 	void *buf;
@@ -77,7 +107,7 @@ struct pcache_upper_req {
 	void (*put)(struct pcache_upper_req *u);
 };
 
-/* End callback: status is 0 or -errno. Runs on the completion thread. */
+/* End callback: status is 0 or -errno. Runs on the completion thread (see threading rules). */
 typedef void (*pcache_backing_end_fn)(void *priv, int status);
 
 struct pcache_backing_io {
@@ -88,30 +118,41 @@ struct pcache_backing_io {
 	struct pcache_upper_req *upper;
 	size_t upper_off;
 	void *kmem;
-	pcache_backing_end_fn end;
+	pcache_backing_end_fn end;     /* may be NULL (fire and forget) */
 	void *priv;
 };
 
 /*
  * Queue a request (any thread, also one that holds engine locks): it goes on the submit queue
- * and the submitter drains it into the ring. Never blocks on the device.
- * Returns 0, or -EINVAL (range beyond the image, bad op), -EROFS, -ESHUTDOWN (closing); on
- * error the callback is NOT called and no reference is taken.
+ * and the completion thread drains it into the ring. Never blocks on the device (takes one
+ * short mutex, and may write an eventfd).
+ * Returns 0, or -EINVAL (len 0, range beyond the image, bad op, NULL memory, upper range
+ * beyond upper->len), -EROFS, -ESHUTDOWN (closing), -ENOMEM; on error the callback is NOT
+ * called and no reference is taken. off/len are ignored (not checked) for FLUSH.
  */
 int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io);
 
 /*
  * Submit directly into the ring from the calling thread, which may block while the ring is
- * full. Same contract as pcache_backing_submit() otherwise.
+ * full (queue_depth operations in the kernel). Same contract as pcache_backing_submit()
+ * otherwise. Requests that need several steps (bounce, read-modify-write, block-device
+ * discard/zero) and calls from a callback of the same image are queued instead.
  */
 int pcache_backing_submit_direct(struct pcache_backing *b, const struct pcache_backing_io *io);
 
-/* Synchronous helpers (submit + wait on the completion): 0 or -errno. */
+/* Synchronous helpers (submit + wait on the completion): 0 or -errno; -EDEADLK from a
+ * callback of the same image. buf is KMEM memory. */
 int pcache_backing_rw_sync(struct pcache_backing *b, enum pcache_backing_op op, void *buf,
 			   size_t len, uint64_t off);
 int pcache_backing_flush_sync(struct pcache_backing *b);
 
-/* Counters (monotonic, for status and tests). */
+/*
+ * Counters (monotonic, for status and tests). They count the caller's requests only (not the
+ * layer's internal sub-requests): submitted = accepted, completed = callbacks run, errors =
+ * callbacks with status < 0, short_continued = operations resubmitted after a short
+ * transfer, bounced = requests that went through a bounce buffer, flushes = successful
+ * FLUSHes, in_flight = submitted - completed.
+ */
 struct pcache_backing_stats {
 	uint64_t submitted, completed, errors, short_continued, bounced, flushes;
 	uint64_t in_flight;
