@@ -1,0 +1,584 @@
+#!/bin/bash
+# bench-fuse.sh -- FUSE-level benchmark: pcachefs beside the FUSE ceiling, QEMU's FUSE export and
+# the raw backing.
+#
+# Run by `make bench` (contrib/bench/run-all.sh sets PCACHE_BUILD, BENCH_DIR, BENCH_OUT); also
+# runs alone: `contrib/bench/bench-fuse.sh` writes to a temporary BENCH_OUT and prints the section.
+# Writes $BENCH_OUT/fuse.md and the charts $BENCH_DIR/bench-fuse-iops.png, bench-fuse-bw.png.
+#
+# Configurations (each row of the table; the fio jobs are contrib/bench/fio/fuse.fio):
+#   pc-hit     pcachefs, cache in /dev/shm, image warmed (read fully) before every round
+#   pc-hit-st  the same with the single-threaded session loop (-s), QD16 jobs only
+#   pc-miss    pcachefs on a fresh cache for every run (4 KiB random reads only), backing on disk
+#   ceiling    build/tools/ceilingfs: RAM-backed FUSE file with pcachefs's session settings
+#   qsd        qemu-storage-daemon FUSE export of a raw image on disk, cache.direct=on
+#   qsd-shm    the same export of an image in /dev/shm (QEMU's FUSE ceiling)
+#   raw        fio on the backing image file on disk, O_DIRECT (pc-miss reads the same file)
+#   shm        fio on a /dev/shm file (memory limit, no FUSE)
+#
+# Rounds are interleaved: round r runs every job on every configuration (configuration order
+# rotated per round) before round r+1; the tables show medians over the rounds.
+#
+# Knobs (environment): BENCH_QUICK=1 (1 round, 2 s runs); FUSE_ROUNDS, FUSE_RUNTIME, FUSE_RAMP;
+# FUSE_CONFIGS / FUSE_JOBS (space-separated subsets); FUSE_DISK_DIR (default /var/tmp);
+# FUSE_SHM_DIR (default /dev/shm); FUSE_CACHE_SIZE (pc-hit cache, default 2g); FUSE_PROFILE
+# (space-separated jobs to profile on pc-hit with perf after the rounds); FUSE_SKIP_RSS=1.
+#
+# Every daemon this script starts is recorded and stopped by PID; every mount is unmounted and
+# every temporary file removed on exit, whatever the exit path.
+set -u
+set -o pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+PCACHE_BUILD=${PCACHE_BUILD:-$top/build}
+BENCH_DIR=${BENCH_DIR:-$top}
+standalone=0
+if [ -z "${BENCH_OUT:-}" ]; then
+	BENCH_OUT=$(mktemp -d /tmp/pcache-bench-out.XXXXXX)
+	standalone=1
+fi
+JOBFILE=$here/fio/fuse.fio
+PREPFILE=$here/fio/fuse-prep.fio
+PLOT=$here/fuse-plot.gp
+PCACHEFS=$PCACHE_BUILD/pcachefs
+CEILINGFS=$PCACHE_BUILD/tools/ceilingfs
+
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+	ROUNDS=${FUSE_ROUNDS:-1}; RUNTIME=${FUSE_RUNTIME:-2}; RAMP=${FUSE_RAMP:-1}
+else
+	ROUNDS=${FUSE_ROUNDS:-3}; RUNTIME=${FUSE_RUNTIME:-5}; RAMP=${FUSE_RAMP:-1}
+fi
+DISK_DIR=${FUSE_DISK_DIR:-/var/tmp}
+SHM_DIR=${FUSE_SHM_DIR:-/dev/shm}
+IMG_SIZE=1g            # every image and file the jobs run on, except pc-miss/raw
+MISS_SIZE=4g           # pc-miss and raw: large enough that a run never reads a block twice
+CACHE_SIZE=${FUSE_CACHE_SIZE:-2g}
+MISS_CACHE_SIZE=2g
+RSS_CACHE_SIZE=2g
+
+ALL_JOBS="rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16 sr1m sw1m"
+ALL_CONFIGS="pc-hit pc-hit-st pc-miss ceiling qsd qsd-shm raw shm"
+JOBS=${FUSE_JOBS:-$ALL_JOBS}
+CONFIGS=${FUSE_CONFIGS:-$ALL_CONFIGS}
+
+# Which jobs each configuration runs (default: all).
+declare -A CFG_JOBS=(
+	[pc-miss]="rr4k_j1 rr4k_qd16"
+	[pc-hit-st]="rr4k_qd16 rw4k_qd16"
+)
+
+log() { echo "bench-fuse: $*" >&2; }
+
+# ---- bookkeeping and cleanup ---------------------------------------------------------------
+
+WORK_DISK= WORK_SHM= WORK_RUN=
+declare -A DAEMON_PID=()     # name -> pid of a daemon we started
+declare -A DAEMON_MNT=()     # name -> its mount point (a directory, or a file for qsd)
+declare -A DAEMON_BY_SIGNAL=() # name -> 1: stop it with SIGTERM (qsd stays up when unmounted)
+declare -A CFG_FILE=()       # config -> the file fio runs on
+declare -A CFG_SIZE=()       # config -> fio size
+declare -A CFG_NOTE=()       # config -> why it did not run
+NOTES=()
+fio_failures=0
+
+is_mounted() { awk -v p="$1" '$5 == p { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+
+# wait_exit PID SECONDS: wait for a child we started to exit; 0 if it did.
+wait_exit() {
+	local pid=$1 n=$(( $2 * 20 ))
+	while [ "$n" -gt 0 ]; do
+		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+		sleep 0.05; n=$((n - 1))
+	done
+	return 1
+}
+
+# daemon_stop NAME: unmount its mount point, wait for the daemon to exit, kill it by PID if it
+# does not, and drop a mount that is left behind.
+daemon_stop() {
+	local name=$1 pid=${DAEMON_PID[$1]:-} mnt=${DAEMON_MNT[$1]:-}
+	[ -n "$pid" ] || return 0
+	if [ -n "${DAEMON_BY_SIGNAL[$name]:-}" ]; then
+		kill -TERM "$pid" 2>/dev/null
+	elif [ -n "$mnt" ] && is_mounted "$mnt"; then
+		umount "$mnt" 2>/dev/null || fusermount3 -u "$mnt" 2>/dev/null
+	fi
+	if ! wait_exit "$pid" 120; then
+		log "$name (pid $pid) did not exit after unmount: SIGTERM"
+		kill -TERM "$pid" 2>/dev/null
+		if ! wait_exit "$pid" 10; then
+			kill -KILL "$pid" 2>/dev/null
+			wait_exit "$pid" 5
+		fi
+	fi
+	if [ -n "$mnt" ] && is_mounted "$mnt"; then
+		umount -l "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null
+	fi
+	unset "DAEMON_PID[$name]" "DAEMON_MNT[$name]" "DAEMON_BY_SIGNAL[$name]"
+}
+
+cleanup() {
+	local name
+	trap - EXIT INT TERM
+	for name in "${!DAEMON_PID[@]}"; do daemon_stop "$name"; done
+	[ -n "$WORK_DISK" ] && rm -rf "$WORK_DISK"
+	[ -n "$WORK_SHM" ] && rm -rf "$WORK_SHM"
+	[ -n "$WORK_RUN" ] && rm -rf "$WORK_RUN"
+	[ "$standalone" = 1 ] && rm -rf "$BENCH_OUT"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM
+
+# daemon_start NAME MOUNTPOINT READY_FILE TIMEOUT CMD...: start CMD in the background (its output
+# to $WORK_RUN/NAME.log), record it, wait until MOUNTPOINT is mounted and READY_FILE can be
+# stat'ed. Sets START_NS to the time that took. 1 if the daemon died or timed out (stopped then).
+daemon_start() {
+	local name=$1 mnt=$2 ready=$3 secs=$4 t0 n
+	shift 4
+	t0=$(date +%s%N)
+	"$@" >"$WORK_RUN/$name.log" 2>&1 &
+	DAEMON_PID[$name]=$!
+	DAEMON_MNT[$name]=$mnt
+	n=$((secs * 200))
+	while [ "$n" -gt 0 ]; do
+		if is_mounted "$mnt" && stat "$ready" >/dev/null 2>&1; then
+			START_NS=$(( $(date +%s%N) - t0 ))
+			return 0
+		fi
+		if ! kill -0 "${DAEMON_PID[$name]}" 2>/dev/null; then
+			log "$name exited before its mount was ready:"; sed 's/^/    /' "$WORK_RUN/$name.log" >&2
+			daemon_stop "$name"
+			return 1
+		fi
+		sleep 0.005; n=$((n - 1))
+	done
+	log "$name: mount not ready after ${secs}s"
+	daemon_stop "$name"
+	return 1
+}
+
+# ---- fio ------------------------------------------------------------------------------------
+
+# fio_run OUT.json FILE SIZE SECTION JOBFILE: one fio run; 0 if fio and every job succeeded.
+fio_run() {
+	local out=$1 file=$2 size=$3 section=$4 jobfile=$5
+	FIO_FILE=$file FIO_SIZE=$size FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
+		timeout -k 10 $((RUNTIME + RAMP + 120)) \
+		fio --output-format=json --output="$out" --section="$section" "$jobfile" \
+		>"$out.err" 2>&1 || return 1
+	[ "$(jq '[.jobs[].error] | add' "$out" 2>/dev/null)" = 0 ]
+}
+
+# fio_prep FILE SIZE SECTION: a preparation pass (fuse-prep.fio); 0 on success.
+fio_prep() {
+	local out=$WORK_RUN/prep.json
+	FIO_FILE=$1 FIO_SIZE=$2 timeout -k 10 600 \
+		fio --output-format=json --output="$out" --section="$3" "$PREPFILE" >"$out.err" 2>&1 &&
+	[ "$(jq '[.jobs[].error] | add' "$out" 2>/dev/null)" = 0 ] || { log "prep $3 on $1 failed"; cat "$out.err" >&2; return 1; }
+}
+
+# metric SECTION JSON: IOPS for the 4 KiB jobs, bytes/s for the 1 MiB jobs (reads plus writes).
+metric() {
+	case $1 in
+	*1m) jq '.jobs[0].read.bw_bytes + .jobs[0].write.bw_bytes' "$2" ;;
+	*) jq '.jobs[0].read.iops + .jobs[0].write.iops' "$2" ;;
+	esac
+}
+
+fio_cmdline() { # the command line of one measured run, as printed in the report
+	echo "FIO_FILE=$1 FIO_SIZE=$2 FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP fio --output-format=json --section=$3 contrib/bench/fio/fuse.fio"
+}
+
+# ---- configurations -------------------------------------------------------------------------
+
+pcachefs_works() { [ -x "$PCACHEFS" ]; }
+
+# pc_cmd CACHEFILE IMAGEPATH MOUNTPOINT [EXTRA...]: set CMD to the pcachefs command line (the
+# image is named "img").
+pc_cmd() {
+	local cache=$1 img=$2 mnt=$3
+	shift 3
+	CMD=("$PCACHEFS" -f "$@" -o "cache=$cache" -o "image=img:$img" "$mnt")
+}
+
+# new_cache PATH SIZE: a fresh (sparse) cache file; the daemon formats it on first use.
+new_cache() { rm -f "$1"; truncate -s "$2" "$1"; }
+
+# pc_start NAME CACHEFILE IMAGE [EXTRA...]: mount pcachefs on $WORK_RUN/mnt-NAME, serving "img".
+pc_start() {
+	local name=$1 cache=$2 img=$3 mnt=$WORK_RUN/mnt-$1
+	shift 3
+	mkdir -p "$mnt"
+	pc_cmd "$cache" "$img" "$mnt" "$@"
+	daemon_start "$name" "$mnt" "$mnt/img" 180 "${CMD[@]}"
+}
+
+qsd_cmd() { # qsd_cmd IMAGE MOUNTFILE: set CMD to the qemu-storage-daemon command line
+	CMD=(qemu-storage-daemon \
+		--blockdev "driver=file,node-name=file,filename=$1,cache.direct=on,aio=native" \
+		--blockdev driver=raw,node-name=raw,file=file \
+		--export "type=fuse,id=exp,node-name=raw,mountpoint=$2,writable=on")
+}
+
+# setup_config CONFIG: create its files and mount it; sets CFG_FILE/CFG_SIZE, or CFG_NOTE and 1.
+setup_config() {
+	local c=$1 mnt
+	case $c in
+	pc-hit|pc-hit-st)
+		pcachefs_works || { CFG_NOTE[$c]="build/pcachefs not built"; return 1; }
+		fio_prep "$WORK_DISK/$c.img" $IMG_SIZE fill || return 1
+		new_cache "$WORK_SHM/$c.cache" "$CACHE_SIZE"
+		local extra=()
+		[ "$c" = pc-hit-st ] && extra=(-s)
+		pc_start "$c" "$WORK_SHM/$c.cache" "$WORK_DISK/$c.img" "${extra[@]}" ||
+			{ CFG_NOTE[$c]="pcachefs did not mount (see the log above)"; return 1; }
+		CFG_FILE[$c]=$WORK_RUN/mnt-$c/img; CFG_SIZE[$c]=$IMG_SIZE
+		;;
+	pc-miss)
+		pcachefs_works || { CFG_NOTE[$c]="build/pcachefs not built"; return 1; }
+		[ -f "$WORK_DISK/miss.img" ] || fio_prep "$WORK_DISK/miss.img" $MISS_SIZE fill || return 1
+		CFG_FILE[$c]=$WORK_RUN/mnt-$c/img; CFG_SIZE[$c]=$MISS_SIZE   # mounted per run
+		;;
+	raw)
+		[ -f "$WORK_DISK/miss.img" ] || fio_prep "$WORK_DISK/miss.img" $MISS_SIZE fill || return 1
+		CFG_FILE[$c]=$WORK_DISK/miss.img; CFG_SIZE[$c]=$MISS_SIZE
+		;;
+	shm)
+		fio_prep "$WORK_SHM/shm.file" $IMG_SIZE fill || return 1
+		CFG_FILE[$c]=$WORK_SHM/shm.file; CFG_SIZE[$c]=$IMG_SIZE
+		;;
+	ceiling)
+		[ -x "$CEILINGFS" ] || { CFG_NOTE[$c]="build/tools/ceilingfs not built"; return 1; }
+		mnt=$WORK_RUN/mnt-ceiling; mkdir -p "$mnt"
+		daemon_start ceiling "$mnt" "$mnt/ceiling" 60 "$CEILINGFS" -f -o size=1g "$mnt" ||
+			{ CFG_NOTE[$c]="ceilingfs did not mount"; return 1; }
+		CFG_FILE[$c]=$mnt/ceiling; CFG_SIZE[$c]=$IMG_SIZE
+		;;
+	qsd|qsd-shm)
+		command -v qemu-storage-daemon >/dev/null || { CFG_NOTE[$c]="qemu-storage-daemon not installed"; return 1; }
+		local dir=$WORK_DISK
+		[ "$c" = qsd-shm ] && dir=$WORK_SHM
+		fio_prep "$dir/$c.img" $IMG_SIZE fill || return 1
+		mnt=$WORK_RUN/mnt-$c; : > "$mnt"
+		qsd_cmd "$dir/$c.img" "$mnt"
+		DAEMON_BY_SIGNAL[$c]=1
+		daemon_start "$c" "$mnt" "$mnt" 60 "${CMD[@]}" ||
+			{ CFG_NOTE[$c]="qemu-storage-daemon did not mount"; return 1; }
+		CFG_FILE[$c]=$mnt; CFG_SIZE[$c]=$IMG_SIZE
+		;;
+	*) CFG_NOTE[$c]="unknown configuration"; return 1 ;;
+	esac
+}
+
+cfg_runs_job() { # cfg_runs_job CONFIG JOB
+	local j
+	[ -n "${CFG_JOBS[$1]:-}" ] || return 0
+	for j in ${CFG_JOBS[$1]}; do [ "$j" = "$2" ] && return 0; done
+	return 1
+}
+
+# run_one ROUND JOB CONFIG: one measured run; appends "round job config value" to results.tsv.
+run_one() {
+	local r=$1 j=$2 c=$3 out=$WORK_RUN/json/$1-$2-$3.json v=NA
+	if [ "$c" = pc-miss ]; then
+		# A cold cache for every run: a fresh cache file, a fresh daemon.
+		new_cache "$WORK_SHM/miss.cache" $MISS_CACHE_SIZE
+		if ! pc_start pc-miss "$WORK_SHM/miss.cache" "$WORK_DISK/miss.img"; then
+			echo "$r $j $c NA" >> "$WORK_RUN/results.tsv"; fio_failures=$((fio_failures + 1)); return
+		fi
+	fi
+	if fio_run "$out" "${CFG_FILE[$c]}" "${CFG_SIZE[$c]}" "$j" "$JOBFILE"; then
+		v=$(metric "$j" "$out")
+	else
+		log "fio $j on $c failed (round $r):"; sed 's/^/    /' "$out.err" >&2
+		fio_failures=$((fio_failures + 1))
+	fi
+	if [ "$c" = pc-miss ]; then
+		daemon_stop pc-miss
+		rm -f "$WORK_SHM/miss.cache"
+	fi
+	echo "$r $j $c $v" >> "$WORK_RUN/results.tsv"
+	log "round $r $j $c: $v"
+}
+
+# ---- results --------------------------------------------------------------------------------
+
+# median JOB CONFIG: median of the rounds' values (empty if none).
+median() {
+	awk -v j="$1" -v c="$2" '$2 == j && $3 == c && $4 != "NA" { print $4 }' "$WORK_RUN/results.tsv" |
+		sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.6f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+fmt() { # fmt JOB VALUE: 38.0k / 4.94 GB/s
+	[ -n "$2" ] || { echo "-"; return; }
+	case $1 in
+	*1m) awk -v v="$2" 'BEGIN { printf "%.2f GB/s", v / 1e9 }' ;;
+	*) awk -v v="$2" 'BEGIN { if (v >= 1000) printf "%.1fk", v / 1000; else printf "%.0f", v }' ;;
+	esac
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.2f\n", a / b }'; }
+
+# target_row LABEL JOB CFG REF_CFG MIN: one line of the targets table.
+target_row() {
+	local label=$1 j=$2 c=$3 ref=$4 min=$5 a b r verdict
+	a=$(median "$j" "$c"); b=$(median "$j" "$ref"); r=$(ratio "$a" "$b")
+	if [ -z "$r" ]; then verdict="not measured"
+	elif [ "$min" = info ]; then verdict="(no target)"
+	elif awk -v r="$r" -v m="$min" 'BEGIN { exit !(r >= m) }'; then verdict="met"
+	else verdict="**missed**"
+	fi
+	local tgt=">= $min"
+	case $min in info) tgt="-" ;; 0.*) tgt=">= $(awk -v m="$min" 'BEGIN { printf "%d %%", m * 100 }')" ;; *) tgt=">= ${min}x" ;; esac
+	echo "| $label | $j | $(fmt "$j" "$a") | $ref $(fmt "$j" "$b") | ${r:--} | $tgt | $verdict |"
+}
+
+status_field() { # status_field MOUNT KEY: a number from .pcache/status.json (searched anywhere)
+	local f=$1/.pcache/status.json
+	[ -r "$f" ] || return 0
+	jq -r --arg k "$2" '[.. | objects | select(has($k)) | .[$k]] | first // empty' "$f" 2>/dev/null
+}
+
+proc_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+# ---- memory and replay ----------------------------------------------------------------------
+
+RSS_MD=
+rss_and_replay() {
+	local cache=$WORK_SHM/rss.cache img=$WORK_DISK/pc-hit.img mnt=$WORK_RUN/mnt-rss pid i
+	local rss0 rss1 anon shmem file idx keys full=() empty=()
+	[ -f "$img" ] || fio_prep "$img" $IMG_SIZE fill || return 1
+	new_cache "$cache" $RSS_CACHE_SIZE
+	pc_start rss "$cache" "$img" || return 1
+	pid=${DAEMON_PID[rss]}
+	rss0=$(proc_kb "$pid" VmRSS)
+	fio_prep "$mnt/img" $IMG_SIZE fill4k || { daemon_stop rss; return 1; }
+	sleep 1
+	rss1=$(proc_kb "$pid" VmRSS); anon=$(proc_kb "$pid" RssAnon)
+	file=$(proc_kb "$pid" RssFile); shmem=$(proc_kb "$pid" RssShmem)
+	idx=$(status_field "$mnt" index_bytes); keys=$(status_field "$mnt" keys_indexed)
+	cp "$mnt/.pcache/status.json" "$WORK_RUN/rss-status.json" 2>/dev/null
+	daemon_stop rss
+	# Replay: start on the filled cache, time until the image file is reachable.
+	for i in 1 2 3; do
+		pc_start rss "$cache" "$img" || return 1
+		full+=("$START_NS"); daemon_stop rss
+	done
+	# The same on an empty cache of the same size (formatted by a first, untimed start).
+	new_cache "$cache" $RSS_CACHE_SIZE
+	pc_start rss "$cache" "$img" || return 1
+	daemon_stop rss
+	for i in 1 2 3; do
+		pc_start rss "$cache" "$img" || return 1
+		empty+=("$START_NS"); daemon_stop rss
+	done
+	rm -f "$cache"
+	local mf me
+	mf=$(printf '%s\n' "${full[@]}" | sort -n | sed -n 2p)
+	me=$(printf '%s\n' "${empty[@]}" | sort -n | sed -n 2p)
+	RSS_MD=$(
+		echo "### Memory and replay with 1 GiB cached in 4 KiB extents"
+		echo
+		echo "Cache $RSS_CACHE_SIZE in $SHM_DIR, image 1 GiB on disk, filled with \`FIO_FILE=<mnt>/img FIO_SIZE=1g fio --section=fill4k contrib/bench/fio/fuse-prep.fio\` (4 KiB random writes, libaio QD16, every 4 KiB block written once)."
+		echo
+		echo "| measure | value |"
+		echo "|---|---|"
+		echo "| VmRSS after mount (empty cache) | $(awk -v k="$rss0" 'BEGIN { printf "%.1f MiB", k / 1024 }') |"
+		echo "| VmRSS with 1 GiB in 4 KiB extents | $(awk -v k="$rss1" 'BEGIN { printf "%.1f MiB", k / 1024 }') |"
+		echo "| of which RssAnon (daemon heap: index, buffers) | $(awk -v k="$anon" 'BEGIN { printf "%.1f MiB", k / 1024 }') |"
+		echo "| of which RssShmem + RssFile (the mapped cache file) | $(awk -v a="$shmem" -v b="$file" 'BEGIN { printf "%.1f MiB", (a + b) / 1024 }') |"
+		echo "| engine index_bytes (.pcache/status.json) | ${idx:-not exposed} $( [ -n "$idx" ] && awk -v v="$idx" 'BEGIN { printf "(%.1f MiB)", v / 1048576 }') |"
+		echo "| keys_indexed (.pcache/status.json) | ${keys:-not exposed} |"
+		echo "| start to ready, that cache (median of 3) | $(awk -v n="$mf" 'BEGIN { printf "%.3f s", n / 1e9 }') |"
+		echo "| start to ready, empty formatted cache (median of 3) | $(awk -v n="$me" 'BEGIN { printf "%.3f s", n / 1e9 }') |"
+		echo "| **replay time** (difference) | $(awk -v a="$mf" -v b="$me" 'BEGIN { printf "%.3f s", (a - b) / 1e9 }') |"
+		echo
+		echo "\"Ready\" = the mount is in /proc/self/mountinfo and \`stat <mnt>/img\` succeeds, polled every 5 ms; daemon command: \`$(pc_cmd '<cache>' '<img>' '<mnt>'; echo "${CMD[*]/#$top\//}")\`."
+	)
+}
+
+# ---- profile --------------------------------------------------------------------------------
+
+PROFILE_MD=
+profile_job() { # profile_job JOB: perf record the pc-hit daemon during one run of JOB
+	local j=$1 pid=${DAEMON_PID[pc-hit]:-} out=$WORK_RUN/perf-$1 fpid
+	[ -n "$pid" ] || return 0
+	FIO_FILE=${CFG_FILE[pc-hit]} FIO_SIZE=$IMG_SIZE FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
+		fio --output-format=json --output="$out.json" --section="$j" "$JOBFILE" >/dev/null 2>&1 &
+	fpid=$!
+	sleep "$RAMP"
+	perf record -q -e cpu-clock -g -p "$pid" -o "$out.data" -- sleep "$((RUNTIME > 1 ? RUNTIME - 1 : 1))" >/dev/null 2>&1
+	wait "$fpid"
+	PROFILE_MD+=$'\n'"#### $j on pc-hit ($(fmt "$j" "$(metric "$j" "$out.json" 2>/dev/null)") while profiled)"$'\n\n```\n'
+	PROFILE_MD+=$(perf report -i "$out.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
+		grep -v '^#' | grep -E '^ +[0-9]' | head -25)
+	PROFILE_MD+=$'\n```\n'
+	rm -f "$out.data"
+}
+
+# ---- main -----------------------------------------------------------------------------------
+
+for t in fio jq awk; do command -v $t >/dev/null || { log "$t not installed"; exit 1; }; done
+WORK_DISK=$(mktemp -d "$DISK_DIR/pcache-bench-fuse.XXXXXX") || exit 1
+WORK_SHM=$(mktemp -d "$SHM_DIR/pcache-bench-fuse.XXXXXX") || exit 1
+WORK_RUN=$(mktemp -d /tmp/pcache-bench-fuse.XXXXXX) || exit 1
+mkdir -p "$WORK_RUN/json"
+: > "$WORK_RUN/results.tsv"
+t_start=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+active=()
+for c in $CONFIGS; do
+	log "setting up $c"
+	if setup_config "$c"; then active+=("$c"); else log "$c skipped: ${CFG_NOTE[$c]:-setup failed}"; fi
+done
+[ "${#active[@]}" -gt 0 ] || { log "no configuration could run"; exit 1; }
+
+round_loads=()
+for r in $(seq 1 "$ROUNDS"); do
+	round_loads+=("$(cut -d' ' -f1 /proc/loadavg)")
+	# pc-hit rows measure hits: re-read the whole image so that whatever the previous round's
+	# writes pushed out of the cache is cached again.
+	for c in pc-hit pc-hit-st; do
+		[ -n "${DAEMON_PID[$c]:-}" ] && { log "warming $c"; fio_prep "${CFG_FILE[$c]}" $IMG_SIZE warm; }
+	done
+	# Rotate the configuration order every round.
+	n=${#active[@]}; order=()
+	for i in $(seq 0 $((n - 1))); do order+=("${active[$(( (i + r - 1) % n ))]}"); done
+	for j in $JOBS; do
+		for c in "${order[@]}"; do
+			cfg_runs_job "$c" "$j" && run_one "$r" "$j" "$c"
+		done
+	done
+done
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+for j in ${FUSE_PROFILE:-}; do
+	command -v perf >/dev/null && { log "profiling $j"; profile_job "$j"; }
+done
+
+# Stop the long-running daemons now; the memory test needs the RAM.
+for c in pc-hit pc-hit-st ceiling qsd qsd-shm; do daemon_stop "$c"; done
+rm -f "$WORK_SHM"/*.img "$WORK_SHM"/*.cache "$WORK_SHM/shm.file"
+
+if [ "${FUSE_SKIP_RSS:-0}" != 1 ] && pcachefs_works; then
+	log "memory and replay"
+	rss_and_replay || NOTES+=("The memory/replay measurement failed (pcachefs did not start or the fill failed).")
+fi
+t_total=$(( $(date +%s) - t_start ))
+
+# ---- report ---------------------------------------------------------------------------------
+
+md=$BENCH_OUT/fuse.md
+shown=()
+for c in $ALL_CONFIGS; do
+	grep -q " $c " "$WORK_RUN/results.tsv" && shown+=("$c")
+done
+{
+	echo "## FUSE level (contrib/bench/bench-fuse.sh)"
+	echo
+	echo "fio, O_DIRECT, medians of $ROUNDS interleaved round(s) of ${RUNTIME} s runs after ${RAMP} s ramp; 4 KiB columns in IOPS, 1 MiB columns in GB/s (10^9 B/s). Whole bench: ${t_total} s."
+	echo "Load average (1/5/15 min) at the start: $load_start; at the end: $load_end; 1-min load at each round's start: ${round_loads[*]}."
+	echo "Other work (builds, tests of other developers) may have been running on this 2-core machine during the run: compare rows of the same run, not runs."
+	echo
+	echo "| config | $(echo $JOBS | sed 's/ / | /g') |"
+	echo "|---|$(for j in $JOBS; do printf -- '---|'; done)"
+	for c in "${shown[@]}"; do
+		printf '| %s |' "$c"
+		for j in $JOBS; do printf ' %s |' "$(fmt "$j" "$(median "$j" "$c")")"; done
+		echo
+	done
+	echo
+	echo "Rows:"
+	pc_cmd "$SHM_DIR/<tmp>/pc-hit.cache" "$DISK_DIR/<tmp>/pc-hit.img" '<mnt>'
+	echo "- pc-hit: \`${CMD[*]/#$top\//}\`, cache file $CACHE_SIZE in $SHM_DIR (fresh, sparse), 1 GiB image on disk; the image is read fully (\`--section=warm\` of fio/fuse-prep.fio) after mounting and before every round, so reads are cache hits. Writes land in the cache (their writeback to the image runs in the background)."
+	echo "- pc-hit-st: the same with \`-s\` (single-threaded session loop), QD16 jobs only."
+	echo "- pc-miss: the same command on a fresh $MISS_CACHE_SIZE cache file and a fresh daemon for every run, image = the 4 GiB file of the raw row (O_DIRECT in the backing layer); fio covers all 4 GiB (FIO_SIZE=4g), and fio's random map never reads a block twice in a pass, so every read in the window is a miss."
+	echo "- ceiling: \`build/tools/ceilingfs -f -o size=1g <mnt>\` (RAM-backed, the same libfuse session settings as pcachefs: fuse/common_session.c)."
+	qsd_cmd "$DISK_DIR/<tmp>/qsd.img" '<mnt-file>'
+	echo "- qsd: \`${CMD[*]/#$top\//}\` (qemu-storage-daemon $(qemu-storage-daemon --version 2>/dev/null | head -1 | awk '{ print $3 }')), raw image on disk."
+	echo "- qsd-shm: the same export of an image in $SHM_DIR (what QEMU's FUSE export reaches with RAM behind it)."
+	echo "- raw: fio straight on the 4 GiB backing file on disk ($DISK_DIR, $(findmnt -no FSTYPE -T "$DISK_DIR" 2>/dev/null)), O_DIRECT, FIO_SIZE=4g."
+	echo "- shm: fio on a 1 GiB file in $SHM_DIR (memory speed, no FUSE)."
+	echo "- Every image and file is filled with data first (\`--section=fill\`), so no read hits a hole."
+	for c in $CONFIGS; do
+		[ -n "${CFG_NOTE[$c]:-}" ] && echo "- **$c not measured**: ${CFG_NOTE[$c]}."
+	done
+	echo
+	echo "Jobs (contrib/bench/fio/fuse.fio): rr4k/rw4k = 4 KiB random read/write, _j1 = 1 job psync QD1, _j2 = 2 jobs psync QD1, _qd16 = 1 job libaio QD16; sr1m/sw1m = 1 MiB sequential read/write, 1 job libaio QD4. Command of one run, for example:"
+	echo
+	echo '```'
+	fio_cmdline '<file>' 1g rr4k_j1
+	echo '```'
+	echo
+	echo "### Targets"
+	echo
+	echo "| target | job | pcachefs | reference | ratio | target | verdict |"
+	echo "|---|---|---|---|---|---|---|"
+	for j in rr4k_j2 rr4k_qd16 rw4k_j2 rw4k_qd16 sr1m; do target_row "hits vs ceiling" "$j" pc-hit ceiling 0.85; done
+	target_row "hits vs ceiling" sw1m pc-hit ceiling 0.75
+	for j in rr4k_j1 rw4k_j1; do target_row "hits vs ceiling" "$j" pc-hit ceiling info; done
+	for j in rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16; do target_row "hits vs qsd" "$j" pc-hit qsd 3; done
+	target_row "hits vs qsd" sr1m pc-hit qsd 5
+	target_row "hits vs qsd" sw1m pc-hit qsd info
+	for j in rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16 sr1m sw1m; do target_row "hits vs qsd-shm" "$j" pc-hit qsd-shm info; done
+	target_row "misses vs raw backing" rr4k_qd16 pc-miss raw 0.85
+	target_row "misses vs raw backing" rr4k_j1 pc-miss raw info
+	for j in rr4k_qd16 rw4k_qd16; do target_row "hits single-threaded vs ceiling" "$j" pc-hit-st ceiling info; done
+	echo
+	echo "The targets against qsd use the qsd row (the same kind of image on the same disk, as a user would run it); the qsd-shm lines show the margin against QEMU's export with RAM behind it."
+	echo
+	echo "![IOPS per job and configuration](bench-fuse-iops.png)"
+	echo "![1 MiB bandwidth per configuration](bench-fuse-bw.png)"
+	if [ -n "$RSS_MD" ]; then echo; echo "$RSS_MD"; fi
+	if [ -n "$PROFILE_MD" ]; then
+		echo
+		echo "### Profiles (perf record -e cpu-clock -g -p <pcachefs pid>, top symbols)"
+		echo "$PROFILE_MD"
+	fi
+	if [ "$fio_failures" -gt 0 ]; then echo; echo "**$fio_failures fio run(s) failed**; their values are left out of the medians."; fi
+	for n in "${NOTES[@]}"; do echo; echo "$n"; done
+	echo
+	echo "<details><summary>All samples (round job config value)</summary>"
+	echo
+	echo '```'
+	cat "$WORK_RUN/results.tsv"
+	echo '```'
+	echo "</details>"
+} > "$md"
+
+# ---- charts ---------------------------------------------------------------------------------
+
+chart_data() { # chart_data JOBLIST SCALE > file
+	local j c
+	printf 'job'; for c in "${shown[@]}"; do printf ' %s' "$c"; done; echo
+	for j in $1; do
+		printf '%s' "$j"
+		for c in "${shown[@]}"; do
+			v=$(median "$j" "$c")
+			if [ -n "$v" ]; then printf ' %s' "$(awk -v v="$v" -v s="$2" 'BEGIN { printf "%.3f", v / s }')"; else printf ' -'; fi
+		done
+		echo
+	done
+}
+if command -v gnuplot >/dev/null; then
+	j4k=$(for j in $JOBS; do case $j in *1m) ;; *) printf '%s ' "$j" ;; esac; done)
+	j1m=$(for j in $JOBS; do case $j in *1m) printf '%s ' "$j" ;; esac; done)
+	if [ -n "$j4k" ]; then
+		chart_data "$j4k" 1 > "$WORK_RUN/iops.dat"
+		gnuplot -e "datafile='$WORK_RUN/iops.dat'; outfile='$BENCH_DIR/bench-fuse-iops.png'; ytitle='IOPS (median, log scale)'; charttitle='4 KiB random I/O, O_DIRECT (bench-fuse.sh)'; logy=1" "$PLOT" ||
+			log "gnuplot failed (iops)"
+	fi
+	if [ -n "$j1m" ]; then
+		chart_data "$j1m" 1e9 > "$WORK_RUN/bw.dat"
+		gnuplot -e "datafile='$WORK_RUN/bw.dat'; outfile='$BENCH_DIR/bench-fuse-bw.png'; ytitle='GB/s (median)'; charttitle='1 MiB sequential I/O, libaio QD4, O_DIRECT (bench-fuse.sh)'" "$PLOT" ||
+			log "gnuplot failed (bw)"
+	fi
+else
+	log "gnuplot not installed: no charts"
+fi
+
+log "wrote $md"
+[ "$standalone" = 1 ] && cat "$md"
+[ "$fio_failures" -eq 0 ]
