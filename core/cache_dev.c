@@ -19,7 +19,8 @@
  *     superblock slots zero), which format_if_blank formats again.
  *  5. The initial log state after format is key_tail == dirty_tail == (seg 0, off 0, lsn 1),
  *     and the first PCACHE_KSET_MAX_SIZE bytes of segment 0 are zero, so the kset at the tail
- *     is invalid and the log is empty. All segments have generation 0.
+ *     is invalid and the log is empty. All segments have generation 0. Format writes both
+ *     slots of every record (slot 0 seq 1, slot 1 seq 0, same values).
  *  6. image ids come from cache_info.next_image_id, which is bumped durably before the entry
  *     using the id is written, so an id is never handed out twice, even across a crash.
  *  7. Every used image entry has 0 < id < next_image_id, a unique id and a unique valid name.
@@ -690,7 +691,7 @@ static int dev_format(struct pcache_cache_dev *cd, const struct pcache_format_op
 	struct pcache_seg_om *segs;
 	struct pcache_pos pos = { .seg = 0, .off = 0, .lsn = 1 };
 	uint64_t seg_base, tab_len;
-	uint32_t count, i;
+	uint32_t count, i, k;
 	int rc;
 
 	if (cd->read_only)
@@ -729,33 +730,42 @@ static int dev_format(struct pcache_cache_dev *cd, const struct pcache_format_op
 			PCACHE_PM_NODRAIN);
 	pm->ops->memset(pm->ctx, base + seg_base, 0, PCACHE_KSET_MAX_SIZE, PCACHE_PM_NODRAIN);
 
-	/* 3. one valid slot (slot 0, seq 1) of every record */
+	/*
+	 * 3. every record in both slots: slot 0 with seq 1 (newest), slot 1 the same values with
+	 * seq 0, so a fresh device survives the loss of any one slot
+	 */
 	info_encode(&info, &ci);
-	info.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_INFO, .len = sizeof(info), .seq = 1 };
-	info.hdr.crc = rec_crc(&info, sizeof(info));
-	pm->ops->memcpy(pm->ctx, base + PCACHE_INFO_OFF, &info, sizeof(info), PCACHE_PM_NODRAIN);
-
 	tail_encode(&tail, &pos);
-	tail.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_KEY_TAIL, .len = sizeof(tail), .seq = 1 };
-	tail.hdr.crc = rec_crc(&tail, sizeof(tail));
-	pm->ops->memcpy(pm->ctx, base + PCACHE_KEY_TAIL_SLOT(0), &tail, sizeof(tail), PCACHE_PM_NODRAIN);
-	tail.hdr.type = PCACHE_REC_DIRTY_TAIL;
-	tail.hdr.crc = rec_crc(&tail, sizeof(tail));
-	pm->ops->memcpy(pm->ctx, base + PCACHE_DIRTY_TAIL_SLOT(0), &tail, sizeof(tail),
-			PCACHE_PM_NODRAIN);
-
 	memset(&img, 0, sizeof(img));
-	img.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_IMAGE, .len = sizeof(img), .seq = 1 };
-	img.hdr.crc = rec_crc(&img, sizeof(img));
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		pm->ops->memcpy(pm->ctx, base + PCACHE_IMAGE_SLOT(i, 0), &img, sizeof(img),
+	for (k = 0; k < 2; k++) {
+		uint64_t seq = 1 - k;
+
+		info.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_INFO, .len = sizeof(info), .seq = seq };
+		info.hdr.crc = rec_crc(&info, sizeof(info));
+		pm->ops->memcpy(pm->ctx, base + PCACHE_INFO_OFF + k * PCACHE_INFO_SLOT_SIZE, &info,
+				sizeof(info), PCACHE_PM_NODRAIN);
+
+		tail.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_KEY_TAIL, .len = sizeof(tail), .seq = seq };
+		tail.hdr.crc = rec_crc(&tail, sizeof(tail));
+		pm->ops->memcpy(pm->ctx, base + PCACHE_KEY_TAIL_SLOT(k), &tail, sizeof(tail),
+				PCACHE_PM_NODRAIN);
+		tail.hdr.type = PCACHE_REC_DIRTY_TAIL;
+		tail.hdr.crc = rec_crc(&tail, sizeof(tail));
+		pm->ops->memcpy(pm->ctx, base + PCACHE_DIRTY_TAIL_SLOT(k), &tail, sizeof(tail),
 				PCACHE_PM_NODRAIN);
 
-	for (i = 0; i < count; i++) {
-		struct pcache_seg_om *s = &segs[2 * i];
+		img.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_IMAGE, .len = sizeof(img), .seq = seq };
+		img.hdr.crc = rec_crc(&img, sizeof(img));
+		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+			pm->ops->memcpy(pm->ctx, base + PCACHE_IMAGE_SLOT(i, k), &img, sizeof(img),
+					PCACHE_PM_NODRAIN);
 
-		s->hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_SEG, .len = sizeof(*s), .seq = 1 };
-		s->hdr.crc = rec_crc(s, sizeof(*s));
+		for (i = 0; i < count; i++) {
+			struct pcache_seg_om *sg = &segs[2 * i + k];
+
+			sg->hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_SEG, .len = sizeof(*sg), .seq = seq };
+			sg->hdr.crc = rec_crc(sg, sizeof(*sg));
+		}
 	}
 	pm->ops->memcpy(pm->ctx, base + PCACHE_SEGTAB_OFF, segs, tab_len, PCACHE_PM_NODRAIN);
 	free(segs);

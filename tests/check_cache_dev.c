@@ -196,11 +196,17 @@ START_TEST(blank_file_is_created_formatted_and_reopens_with_same_identity)
 	ck_assert_uint_eq(pcache_cache_dev_sb(cd)->version, PCACHE_FORMAT_VERSION);
 	ck_assert_uint_eq(pcache_cache_dev_sb(cd)->dev_size, SMALL_SIZE);
 	pcache_cache_dev_close(cd);
-	/* both superblock copies and one slot of every record were written */
+	/* both superblock copies and both slots of every record were written */
 	ck_assert(slot_valid(p, 0, sizeof(struct pcache_sb_om), PCACHE_REC_SB));
 	ck_assert(slot_valid(p, PCACHE_SB_SLOT_SIZE, sizeof(struct pcache_sb_om), PCACHE_REC_SB));
 	ck_assert(slot_valid(p, PCACHE_SEG_SLOT(7, 0), 32, PCACHE_REC_SEG));
+	ck_assert(slot_valid(p, PCACHE_SEG_SLOT(7, 1), 32, PCACHE_REC_SEG));
 	ck_assert(slot_valid(p, PCACHE_IMAGE_SLOT(63, 0), 1024, PCACHE_REC_IMAGE));
+	ck_assert(slot_valid(p, PCACHE_IMAGE_SLOT(63, 1), 1024, PCACHE_REC_IMAGE));
+	ck_assert(slot_valid(p, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, 64, PCACHE_REC_INFO));
+	ck_assert(slot_valid(p, PCACHE_DIRTY_TAIL_SLOT(1), 32, PCACHE_REC_DIRTY_TAIL));
+	ck_assert_uint_eq(slot_seq(p, PCACHE_INFO_OFF), 1);
+	ck_assert_uint_eq(slot_seq(p, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE), 0);
 }
 END_TEST
 
@@ -488,7 +494,7 @@ START_TEST(damaged_superblock_copy_and_torn_slot_are_reported_repairable)
 	struct lines l = { "" };
 
 	flip_byte(p, PCACHE_SB_SLOT_SIZE + 20, 0x01);
-	flip_byte(p, PCACHE_SEG_SLOT(5, 1) + 3, 0x80); /* a blank slot turned into garbage */
+	flip_byte(p, PCACHE_SEG_SLOT(5, 1) + 3, 0x80); /* the older copy */
 	cd = open_ok(p, false);
 	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 2);
 	ck_assert_int_eq(pcache_cache_dev_check(cd, collect, &l), PCACHE_CHECK_REPAIRABLE);
@@ -948,8 +954,14 @@ START_TEST(crafted_record_values_are_refused)
 	CRAFT_TAIL(t.off = MIB, "offset");
 	CRAFT_TAIL(t.off = 4, "offset");
 	CRAFT_TAIL(t.lsn = 0, "lsn");
-	CRAFT_TAIL(t.hdr.type = PCACHE_REC_KEY_TAIL, "both slots invalid");
 #undef CRAFT_TAIL
+	/* a CRC-valid record of another type in the slot: invalid, the other slot is used */
+	t = to;
+	t.hdr.type = PCACHE_REC_KEY_TAIL;
+	raw_write_rec(p, PCACHE_DIRTY_TAIL_SLOT(0), &t, sizeof(t));
+	cd = open_ok(p, false);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 1);
+	pcache_cache_dev_close(cd);
 	raw_write(p, PCACHE_DIRTY_TAIL_SLOT(0), &to, sizeof(to));
 	pcache_cache_dev_close(open_ok(p, false));
 }
@@ -1469,64 +1481,84 @@ static void sweep_expect(const struct sweep *sw, uint64_t off, struct expect *ex
 	if (off < PCACHE_SEGTAB_OFF) {
 		i = (uint32_t)((off - PCACHE_IMAGES_OFF) / (2 * PCACHE_IMAGE_SLOT_SIZE));
 		k = (uint32_t)((off - PCACHE_IMAGES_OFF) / PCACHE_IMAGE_SLOT_SIZE) % 2;
-		if (i == 0 && (int)k == sw->newest_img0) {
+		if (i == 0 && (int)k == sw->newest_img0) /* other entries: same values in both slots */
 			ex->snap = &sw->old_img0;
-		} else if (i != 0 && k == 0) { /* the only valid copy (format wrote slot 0) */
-			ex->snap = NULL;
-			snprintf(ex->refusal, sizeof(ex->refusal), "image %u: ", i);
-		}
 		return;
 	}
 	if (off < sw->md_len) {
 		i = (uint32_t)((off - PCACHE_SEGTAB_OFF) / (2 * PCACHE_SEG_SLOT_SIZE));
 		k = (uint32_t)((off - PCACHE_SEGTAB_OFF) / PCACHE_SEG_SLOT_SIZE) % 2;
-		if (i == 3 && (int)k == sw->newest_seg3) {
+		if (i == 3 && (int)k == sw->newest_seg3)
 			ex->snap = &sw->old_seg3;
-		} else if (i != 3 && k == 0) {
-			ex->snap = NULL;
-			snprintf(ex->refusal, sizeof(ex->refusal), "segment %u record: ", i);
-		}
 	}
 }
 
-static void sweep_case(struct sweep *sw, uint64_t off)
+/* Flip byte off (and off2 when != UINT64_MAX), open, compare with ex, restore. */
+static void sweep_run(struct sweep *sw, uint64_t off, uint64_t off2, const struct expect *ex)
 {
 	struct pcache_cache_dev *cd = NULL;
-	struct expect ex;
 	struct snap *got = malloc(sizeof(*got));
-	uint8_t orig, x;
-	int rc;
+	uint64_t offs[2] = { off, off2 };
+	uint8_t orig[2], b;
+	uint8_t x;
+	int rc, i, n = off2 == UINT64_MAX ? 1 : 2;
 
 	ck_assert_ptr_nonnull(got);
 	sw->rng = sw->rng * 1103515245u + 12345u;
 	x = (uint8_t)((sw->rng >> 16) % 255 + 1);
-	ck_assert_int_eq(pread(sw->fd, &orig, 1, (off_t)off), 1);
-	orig ^= x;
-	ck_assert_int_eq(pwrite(sw->fd, &orig, 1, (off_t)off), 1);
-	orig ^= x;
-
-	sweep_expect(sw, off, &ex);
+	for (i = 0; i < n; i++) {
+		ck_assert_int_eq(pread(sw->fd, &orig[i], 1, (off_t)offs[i]), 1);
+		b = orig[i] ^ x;
+		ck_assert_int_eq(pwrite(sw->fd, &b, 1, (off_t)offs[i]), 1);
+	}
 	sw->cases++;
 	rc = try_open(sw->path, &cd, false, false);
 	if (rc == 0) {
 		take_snap(cd, got);
 		pcache_cache_dev_close(cd);
-		if (ex.snap && snap_eq(got, ex.snap)) {
+		if (ex->snap && snap_eq(got, ex->snap)) {
 			sw->fallbacks++;
 		} else {
 			sw->wrong++;
-			fprintf(stderr, "sweep: byte %llu ^ 0x%02x: opened with %s values\n",
-				(unsigned long long)off, x, ex.snap ? "unexpected" : "(should refuse)");
+			fprintf(stderr, "sweep: byte %llu%s ^ 0x%02x: opened with %s values\n",
+				(unsigned long long)off, n == 2 ? " and its twin" : "", x,
+				ex->snap ? "unexpected" : "(should refuse)");
 		}
-	} else if (!ex.snap && rc == -EUCLEAN && !strncmp(errbuf, ex.refusal, strlen(ex.refusal))) {
+	} else if (!ex->snap && !strncmp(errbuf, ex->refusal, strlen(ex->refusal))) {
 		sw->refusals++;
 	} else {
 		sw->wrong++;
-		fprintf(stderr, "sweep: byte %llu ^ 0x%02x: refused (%d %s), expected %s\n",
-			(unsigned long long)off, x, rc, errbuf, ex.snap ? "a fallback" : ex.refusal);
+		fprintf(stderr, "sweep: byte %llu%s ^ 0x%02x: refused (%d %s), expected %s\n",
+			(unsigned long long)off, n == 2 ? " and its twin" : "", x, rc, errbuf,
+			ex->snap ? "a fallback" : ex->refusal);
 	}
-	ck_assert_int_eq(pwrite(sw->fd, &orig, 1, (off_t)off), 1);
+	for (i = n - 1; i >= 0; i--)
+		ck_assert_int_eq(pwrite(sw->fd, &orig[i], 1, (off_t)offs[i]), 1);
 	free(got);
+}
+
+static void sweep_case(struct sweep *sw, uint64_t off)
+{
+	struct expect ex;
+
+	sweep_expect(sw, off, &ex);
+	sweep_run(sw, off, UINT64_MAX, &ex);
+}
+
+/*
+ * The same byte of both slots of a record (rel < len: inside the record -> a refusal naming it;
+ * else slot padding, which nothing reads -> the golden values).
+ */
+static void sweep_both(struct sweep *sw, uint64_t off0, uint64_t off1, uint64_t rel, uint64_t len,
+		       const char *name)
+{
+	struct expect ex = { .snap = &sw->golden };
+
+	if (rel < len) {
+		ex.snap = NULL;
+		snprintf(ex.refusal, sizeof(ex.refusal), "%s: ", name);
+	}
+	sweep_run(sw, off0 + rel, off1 + rel, &ex);
 }
 
 static void sweep_setup(struct sweep *sw)
@@ -1600,12 +1632,30 @@ START_TEST(corruption_sweep_never_loads_wrong_values)
 		for (off = 0; off < PCACHE_IMAGE_SLOT_SIZE; off += stride)
 			sweep_case(sw, PCACHE_IMAGE_SLOT(0, k) + off);
 		for (off = 0; off < PCACHE_SEG_SLOT_SIZE; off++) {
-			sweep_case(sw, PCACHE_SEG_SLOT(3, k) + off); /* both slots valid */
-			sweep_case(sw, PCACHE_SEG_SLOT(6, k) + off); /* one valid slot */
+			sweep_case(sw, PCACHE_SEG_SLOT(3, k) + off); /* slots differ */
+			sweep_case(sw, PCACHE_SEG_SLOT(6, k) + off); /* slots as format wrote them */
 		}
 		for (off = 0; off < 64; off++)
 			sweep_case(sw, PCACHE_IMAGE_SLOT(7, k) + off * 16); /* an unused entry */
 	}
+	/* the same byte in both slots: no valid copy left */
+	for (off = 0; off < sizeof(struct pcache_sb_om) + 64; off += stride)
+		sweep_both(sw, 0, PCACHE_SB_SLOT_SIZE, off, sizeof(struct pcache_sb_om), "superblock");
+	for (off = 0; off < sizeof(struct pcache_cache_info_om) + 8; off++)
+		sweep_both(sw, PCACHE_INFO_OFF, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, off,
+			   sizeof(struct pcache_cache_info_om), "cache_info");
+	for (off = 0; off < sizeof(struct pcache_tail_om) + 8; off++) {
+		sweep_both(sw, PCACHE_KEY_TAIL_SLOT(0), PCACHE_KEY_TAIL_SLOT(1), off,
+			   sizeof(struct pcache_tail_om), "key_tail");
+		sweep_both(sw, PCACHE_DIRTY_TAIL_SLOT(0), PCACHE_DIRTY_TAIL_SLOT(1), off,
+			   sizeof(struct pcache_tail_om), "dirty_tail");
+	}
+	for (off = 0; off < PCACHE_IMAGE_SLOT_SIZE; off += 4 * stride)
+		sweep_both(sw, PCACHE_IMAGE_SLOT(0, 0), PCACHE_IMAGE_SLOT(0, 1), off,
+			   PCACHE_IMAGE_SLOT_SIZE, "image 0");
+	for (off = 0; off < PCACHE_SEG_SLOT_SIZE; off++)
+		sweep_both(sw, PCACHE_SEG_SLOT(6, 0), PCACHE_SEG_SLOT(6, 1), off, PCACHE_SEG_SLOT_SIZE,
+			   "segment 6 record");
 	/* random bytes anywhere in the metadata area */
 	n = check_under_tsan() ? 200 : 3000;
 	for (i = 0; i < n; i++) {

@@ -1,0 +1,272 @@
+/*
+ * pcachectl.c -- the pcachefs admin command: dispatch, help, and helpers shared by the
+ * subcommands (fuse/pcachectl_<cmd>.c).
+ *
+ *   pcachectl format|info|check|dump [OPTIONS] DEVICE      (see contrib/pcachectl.8)
+ *
+ * Invariants:
+ *  1. Every subcommand is one entry of cmds[] (struct pcachectl_cmd); help, dispatch and the
+ *     command list all come from that table. Weak entries (writeback) are skipped when absent.
+ *  2. Exit status is one of PCACHECTL_OK/REPAIRABLE/CORRUPT/ERROR (pcachectl_i.h) for every
+ *     command, so scripts can tell "fix it" from "broken" from "you called it wrong".
+ *  3. Inspection opens read-only with a shared lock: it never runs against a mounted (locked)
+ *     device unless --no-lock is given where allowed (dump, info).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pcachectl_i.h"
+
+#define PCACHECTL_VERSION "pcachectl (pcachefs) 1.0, on-media format v1"
+
+static const struct pcachectl_cmd *const *cmds_table(void)
+{
+	static const struct pcachectl_cmd *cmds[8];
+	size_t n = 0;
+
+	if (!cmds[0]) {
+		cmds[n++] = &pcachectl_cmd_format;
+		cmds[n++] = &pcachectl_cmd_info;
+		cmds[n++] = &pcachectl_cmd_check;
+		cmds[n++] = &pcachectl_cmd_dump;
+		if (&pcachectl_cmd_writeback) /* weak: present once fuse/pcachectl_writeback.c exists */
+			cmds[n++] = &pcachectl_cmd_writeback;
+		cmds[n] = NULL;
+	}
+	return cmds;
+}
+
+static const struct pcachectl_cmd *find_cmd(const char *name)
+{
+	const struct pcachectl_cmd *const *c;
+
+	for (c = cmds_table(); *c; c++)
+		if (!strcmp((*c)->name, name))
+			return *c;
+	return NULL;
+}
+
+static void main_usage(FILE *f)
+{
+	const struct pcachectl_cmd *const *c;
+
+	fprintf(f, "usage: pcachectl COMMAND [OPTIONS] DEVICE\n"
+		   "       pcachectl COMMAND --help | pcachectl --help | pcachectl --version\n\n"
+		   "Administer a pcachefs cache device (a DAX device, or a file used as one).\n\n"
+		   "commands:\n");
+	for (c = cmds_table(); *c; c++)
+		fprintf(f, "  %s\n", (*c)->usage);
+	fprintf(f, "\nexit status: 0 ok, 1 repairable (check) or refused without --force (format),\n"
+		   "2 not a valid pcachefs cache, 3 usage or I/O error or device locked.\n");
+}
+
+void pcachectl_print_help(FILE *f, const struct pcachectl_cmd *cmd)
+{
+	fprintf(f, "usage: pcachectl %s\n\n%s", cmd->usage, cmd->help);
+}
+
+int pcachectl_usage_error(const struct pcachectl_cmd *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "pcachectl %s: ", cmd->name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: pcachectl %s\n(see 'pcachectl %s --help')\n", cmd->usage, cmd->name);
+	return PCACHECTL_ERROR;
+}
+
+int pcachectl_parse_size(const char *s, uint64_t *out)
+{
+	unsigned long long v;
+	unsigned int shift = 0;
+	char *end;
+
+	if (!s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	switch (toupper((unsigned char)*end)) {
+	case 'K':
+		shift = 10;
+		break;
+	case 'M':
+		shift = 20;
+		break;
+	case 'G':
+		shift = 30;
+		break;
+	case 'T':
+		shift = 40;
+		break;
+	case 0:
+		break;
+	default:
+		if (toupper((unsigned char)*end) != 'B')
+			return -EINVAL;
+	}
+	if (shift) {
+		end++;
+		if (!strcasecmp(end, "iB"))
+			end += 2;
+	}
+	if (toupper((unsigned char)*end) == 'B' && !end[1])
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+const char *pcachectl_fmt_size(uint64_t v, char *buf, size_t len)
+{
+	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	unsigned int u = 0;
+	double d = (double)v;
+
+	while (d >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+		d /= 1024;
+		u++;
+	}
+	if (u == 0 || d == (double)(uint64_t)d)
+		snprintf(buf, len, "%.0f %s", d, units[u]);
+	else
+		snprintf(buf, len, "%.1f %s", d, units[u]);
+	return buf;
+}
+
+const char *pcachectl_fmt_uuid(const uint8_t u[16], char *buf, size_t len)
+{
+	snprintf(buf, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+		 u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+		 u[15]);
+	return buf;
+}
+
+const char *pcachectl_state_name(uint32_t state)
+{
+	switch (state) {
+	case PCACHE_IMAGE_FREE:
+		return "free";
+	case PCACHE_IMAGE_ATTACHED:
+		return "attached";
+	case PCACHE_IMAGE_DETACHED:
+		return "detached";
+	}
+	return "?";
+}
+
+const char *pcachectl_mode_name(uint32_t mode)
+{
+	switch (mode) {
+	case PCACHE_MODE_WRITEBACK:
+		return "writeback";
+	case PCACHE_MODE_WRITETHROUGH:
+		return "writethrough";
+	case PCACHE_MODE_WRITEAROUND:
+		return "writearound";
+	}
+	return "?";
+}
+
+int pcachectl_open_status(int rc)
+{
+	switch (rc) {
+	case 0:
+		return PCACHECTL_OK;
+	case -EUCLEAN:
+	case -EMEDIUMTYPE:
+	case -ENODATA:
+	case -EPROTONOSUPPORT:
+		return PCACHECTL_CORRUPT;
+	default:
+		return PCACHECTL_ERROR;
+	}
+}
+
+int pcachectl_open(const char *path, bool read_write, bool no_lock, struct pcache_cache_dev **cd)
+{
+	struct pcache_cache_dev_opts o = {
+		.path = path,
+		.read_only = !read_write,
+		.no_lock = no_lock && !read_write,
+	};
+	char err[512];
+	int rc;
+
+	rc = pcache_cache_dev_open(&o, cd, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "pcachectl: %s: %s\n", path, err);
+		return pcachectl_open_status(rc);
+	}
+	return PCACHECTL_OK;
+}
+
+void pcachectl_json_str(FILE *f, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	fputc('"', f);
+	for (; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+int main(int argc, char **argv)
+{
+	const struct pcachectl_cmd *cmd;
+	int i;
+
+	if (argc < 2) {
+		main_usage(stderr);
+		return PCACHECTL_ERROR;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		main_usage(stdout);
+		return PCACHECTL_OK;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+		printf("%s\n", PCACHECTL_VERSION);
+		return PCACHECTL_OK;
+	}
+	if (!strcmp(argv[1], "help")) {
+		if (argc < 3) {
+			main_usage(stdout);
+			return PCACHECTL_OK;
+		}
+		cmd = find_cmd(argv[2]);
+		if (!cmd) {
+			fprintf(stderr, "pcachectl: unknown command '%s'\n", argv[2]);
+			return PCACHECTL_ERROR;
+		}
+		pcachectl_print_help(stdout, cmd);
+		return PCACHECTL_OK;
+	}
+	cmd = find_cmd(argv[1]);
+	if (!cmd) {
+		fprintf(stderr, "pcachectl: unknown command '%s'\n\n", argv[1]);
+		main_usage(stderr);
+		return PCACHECTL_ERROR;
+	}
+	for (i = 2; i < argc && strcmp(argv[i], "--"); i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			pcachectl_print_help(stdout, cmd);
+			return PCACHECTL_OK;
+		}
+	return cmd->run(argc - 1, argv + 1);
+}

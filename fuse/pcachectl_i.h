@@ -1,0 +1,70 @@
+/*
+ * pcachectl_i.h -- private interface of the admin command pcachectl (fuse/pcachectl*.c).
+ *
+ * Depends only on include/pcache/ (cache_dev.h, format.h, util.h) and libc.
+ *
+ * ADDING A SUBCOMMAND: write fuse/pcachectl_<name>.c defining
+ *     const struct pcachectl_cmd pcachectl_cmd_<name> = { "<name>", <fn>, "<usage>", "<help>" };
+ * and add `&pcachectl_cmd_<name>` to the table in fuse/pcachectl.c. The table already refers to
+ * pcachectl_cmd_writeback as a weak symbol (issue 5): defining it in fuse/pcachectl_writeback.c
+ * is all that command needs -- no other file changes.
+ *
+ * EXIT STATUS (every command): PCACHECTL_OK 0; PCACHECTL_REPAIRABLE 1 (check: damaged slots,
+ * repaired with --repair; format: refused to overwrite without --force); PCACHECTL_CORRUPT 2
+ * (not a valid pcachefs cache: corrupt, foreign, blank, newer version); PCACHECTL_ERROR 3
+ * (usage, I/O error, device locked).
+ */
+#ifndef PCACHECTL_I_H
+#define PCACHECTL_I_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pcache/cache_dev.h"
+
+enum { PCACHECTL_OK = 0, PCACHECTL_REPAIRABLE = 1, PCACHECTL_CORRUPT = 2, PCACHECTL_ERROR = 3 };
+
+struct pcachectl_cmd {
+	const char *name;
+	/* argv[0] is the command name; returns an exit status above */
+	int (*run)(int argc, char **argv);
+	const char *usage;   /* "format [OPTIONS] DEVICE" */
+	const char *help;    /* description and options, printed by --help */
+};
+
+/* Print the command's usage and help to f. */
+void pcachectl_print_help(FILE *f, const struct pcachectl_cmd *cmd);
+/* Usage error: print "pcachectl <cmd>: <msg>" and a hint to stderr; returns PCACHECTL_ERROR. */
+int pcachectl_usage_error(const struct pcachectl_cmd *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Parse "16M", "1G", "4096", "512k" (K/M/G/T = powers of 1024, optional "B"/"iB"). 0 or -EINVAL. */
+int pcachectl_parse_size(const char *s, uint64_t *out);
+/* "16 MiB", "1.5 GiB", "512 B" into buf. */
+const char *pcachectl_fmt_size(uint64_t v, char *buf, size_t len);
+/* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (37 bytes with the NUL). */
+const char *pcachectl_fmt_uuid(const uint8_t uuid[16], char *buf, size_t len);
+const char *pcachectl_state_name(uint32_t state);
+const char *pcachectl_mode_name(uint32_t mode);
+
+/*
+ * Open a device for inspection (read-only, shared lock unless no_lock) or for repair
+ * (read-write, exclusive lock). On failure prints "pcachectl: DEVICE: <error>" and returns the
+ * exit status (PCACHECTL_CORRUPT or PCACHECTL_ERROR); 0 and *cd on success.
+ */
+int pcachectl_open(const char *path, bool read_write, bool no_lock, struct pcache_cache_dev **cd);
+/* The exit status an open error maps to. */
+int pcachectl_open_status(int rc);
+
+/* JSON output helpers: a string with escapes. */
+void pcachectl_json_str(FILE *f, const char *s);
+
+/* The commands (weak ones may be missing from the build). */
+extern const struct pcachectl_cmd pcachectl_cmd_format;
+extern const struct pcachectl_cmd pcachectl_cmd_info;
+extern const struct pcachectl_cmd pcachectl_cmd_check;
+extern const struct pcachectl_cmd pcachectl_cmd_dump;
+extern const struct pcachectl_cmd pcachectl_cmd_writeback __attribute__((weak));
+
+#endif
