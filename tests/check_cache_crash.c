@@ -1,0 +1,361 @@
+/*
+ * check_cache_crash.c -- power-failure states through the persistence emulator
+ * (tests/lib/pmem_emu.c): only what the engine persisted survives, the crashing persist is torn.
+ *
+ * A scenario runs writes, FUA writes, discards and flushes on two images of one cache (and, in
+ * the long runs, writeback and GC steps). It is run once to count its persist events, then once
+ * per crash point: crash at event K, stop, write the surviving shadow over the device, start
+ * again (replay) and check the durability contract of DESIGN.md section 5:
+ *  - every write covered by a flush (or FUA) that returned before the crash is intact;
+ *  - every sector holds a value that was written to it before the crash, or its original;
+ *  - nothing of the other image, no garbage, no failure to start;
+ *  - after a full writeback the backing image equals what the engine served.
+ * The suite prints "N crash states checked, M violations". PCACHE_SOAK=1 runs more.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/cache_i.h"
+#include "../core/cache_writeback.h"
+#include "check_util.h"
+#include "lib/engine_util.h"
+#include "lib/pmem_emu.h"
+
+#define SPAN (512u << 10)      /* bytes of each image the scenario touches */
+#define NSECT (SPAN / 512)
+#define IMG_SIZE (1u << 20)
+
+struct sect_hist {
+	uint32_t *v;               /* versions written (started before the crash) */
+	uint32_t n, cap;
+	uint32_t base;             /* must be at least this version (flushed) */
+	uint32_t acked;            /* latest version acknowledged */
+};
+
+struct model {
+	struct sect_hist s[2][NSECT];
+	uint32_t next_v;
+	bool zero_v[1 << 16];      /* version -> it was a discard */
+};
+
+static char cpath[256], ipath[2][256];
+static uint64_t states, violations;
+
+static void hist_add(struct sect_hist *h, uint32_t v)
+{
+	if (h->n == h->cap) {
+		h->cap = h->cap ? h->cap * 2 : 4;
+		h->v = realloc(h->v, h->cap * sizeof(*h->v));
+	}
+	h->v[h->n++] = v;
+}
+
+static void model_free(struct model *m)
+{
+	int i;
+	uint32_t s;
+
+	for (i = 0; i < 2; i++)
+		for (s = 0; s < NSECT; s++)
+			free(m->s[i][s].v);
+	free(m);
+}
+
+struct run {
+	struct pcache_cache *c;
+	struct pcache_image *img[2];
+	struct pmem_emu emu;
+	bool use_emu;
+	struct model *m;
+};
+
+static bool crashed(struct run *r)
+{
+	return r->use_emu && pmem_emu_events(&r->emu) >= r->emu.crash_at && r->emu.crash_at;
+}
+
+static int start(struct run *r, bool emu, char *err, size_t errlen)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .cache_mode = -1 };
+	int i, ret;
+
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	o.gc_percent = 0;
+	if (emu) {
+		o.wrap_pmem = pmem_emu_wrap;
+		o.wrap_arg = &r->emu;
+	}
+	ret = pcache_cache_start(&o, &r->c, err, errlen);
+	if (ret)
+		return ret;
+	for (i = 0; i < 2; i++) {
+		ao.name = i ? "b" : "a";
+		ao.path = ipath[i];
+		ret = pcache_image_attach(r->c, &ao, &r->img[i], err, errlen);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static void stop(struct run *r)
+{
+	int i;
+
+	for (i = 0; i < 2; i++)
+		if (r->img[i])
+			pcache_image_put(r->img[i]);
+	r->img[0] = r->img[1] = NULL;
+	(void)pcache_cache_stop(r->c, false);
+	r->c = NULL;
+}
+
+/* One scenario; returns the persist events it took. long_run adds writeback and GC steps. */
+static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
+{
+	struct model *m = r->m;
+	unsigned int rs = seed;
+	uint8_t *buf = malloc(65536);
+	int op;
+
+	for (op = 0; op < ops; op++) {
+		int i = rand_r(&rs) % 2, kind = rand_r(&rs) % 16;
+		uint32_t sect = (uint32_t)rand_r(&rs) % NSECT;
+		uint32_t n = 1 + (uint32_t)rand_r(&rs) % 64, s, v;
+		bool pre = !crashed(r);
+
+		if (sect + n > NSECT)
+			n = NSECT - sect;
+		if (kind < 2) {
+			/* flush: writes acknowledged before it are durable once it returns */
+			{
+				static uint32_t snap[2][NSECT];
+				int j;
+
+				for (j = 0; j < 2; j++)
+					for (s = 0; s < NSECT; s++)
+						snap[j][s] = m->s[j][s].acked;
+				ck_assert_int_eq(pcache_cache_flush(r->c), 0);
+				if (!crashed(r))
+					for (j = 0; j < 2; j++)
+						for (s = 0; s < NSECT; s++)
+							if (snap[j][s] > m->s[j][s].base)
+								m->s[j][s].base = snap[j][s];
+			}
+			continue;
+		}
+		if (long_run && kind == 2) {
+			if (!crashed(r)) {
+				(void)pcache_wb_run_once(r->c->wb);
+				(void)pcache_gc_run(r->c);
+			}
+			continue;
+		}
+		v = ++m->next_v;
+		if (kind == 3) {
+			m->zero_v[v] = true;
+			if (pre)
+				for (s = sect; s < sect + n; s++)
+					hist_add(&m->s[i][s], v);
+			ck_assert_int_eq(pcache_image_discard(r->img[i], (uint64_t)sect * 512, n * 512, kind & 1), 0);
+		} else {
+			unsigned int fl = kind == 4 ? PCACHE_IO_FUA : 0;
+
+			eng_fill(buf, n * 512, (uint32_t)i + 1, (uint64_t)sect * 512, v);
+			if (pre)
+				for (s = sect; s < sect + n; s++)
+					hist_add(&m->s[i][s], v);
+			ck_assert_int_eq(pcache_image_write(r->img[i], buf, (uint64_t)sect * 512, n * 512, fl), 0);
+			if (fl && !crashed(r))
+				for (s = sect; s < sect + n; s++)
+					m->s[i][s].base = v;
+		}
+		for (s = sect; s < sect + n; s++)
+			m->s[i][s].acked = v;
+	}
+	free(buf);
+	return r->use_emu ? pmem_emu_events(&r->emu) : 0;
+}
+
+/* After the restart: check every sector against the model; count violations. */
+static uint64_t verify(struct run *r, const char *what)
+{
+	uint8_t *buf = malloc(SPAN), *back = malloc(SPAN);
+	uint64_t bad = 0;
+	int i, fd;
+	uint32_t s, k;
+
+	for (i = 0; i < 2; i++) {
+		ck_assert_int_eq(eng_read(r->img[i], buf, 0, SPAN), 0);
+		for (s = 0; s < NSECT; s++) {
+			struct sect_hist *h = &r->m->s[i][s];
+			uint32_t v;
+			bool ok = false;
+
+			if (eng_decode(buf + (size_t)s * 512, (uint32_t)i + 1, (uint64_t)s * 512, &v) != 0) {
+				ok = false;
+			} else if (v == 0) {
+				ok = h->base == 0;
+			} else if (v == ENG_ZERO) {
+				for (k = 0; k < h->n; k++)
+					ok |= r->m->zero_v[h->v[k]] && h->v[k] >= h->base;
+			} else {
+				for (k = 0; k < h->n; k++)
+					ok |= h->v[k] == v && !r->m->zero_v[v] && v >= h->base;
+			}
+			if (!ok) {
+				if (bad < 3)
+					fprintf(stderr, "crash %s: image %d sector %u: read version %d, flushed %u\n",
+						what, i, s, eng_decode(buf + (size_t)s * 512, (uint32_t)i + 1,
+								       (uint64_t)s * 512, &v) ? -1 : (int)v, h->base);
+				bad++;
+			}
+		}
+		/* after a full writeback the backing equals what the engine served */
+		ck_assert_int_eq(pcache_image_writeback_all(r->img[i]), 0);
+		fd = open(ipath[i], O_RDONLY);
+		ck_assert_int_eq(pread(fd, back, SPAN, 0), (ssize_t)SPAN);
+		close(fd);
+		if (memcmp(back, buf, SPAN)) {
+			if (bad < 3)
+				fprintf(stderr, "crash %s: image %d: backing differs after writeback\n", what, i);
+			bad++;
+		}
+	}
+	free(buf);
+	free(back);
+	return bad;
+}
+
+static void fresh_devices(bool long_run)
+{
+	ck_assert_int_eq(eng_format(cpath, (long_run ? 26u : 12u) << 20, 1u << 20, false), 0);
+	eng_make_image(ipath[0], IMG_SIZE, 1);
+	eng_make_image(ipath[1], IMG_SIZE, 2);
+}
+
+/* Run the scenario crashing at event k (0 = count only). Returns the events of the run. */
+static uint64_t crash_run(uint32_t seed, int ops, bool long_run, uint64_t k)
+{
+	struct run r;
+	char err[256], what[64];
+	uint64_t ev;
+
+	memset(&r, 0, sizeof(r));
+	r.m = calloc(1, sizeof(*r.m));
+	fresh_devices(long_run);
+	pmem_emu_init(&r.emu, k, seed ^ (uint32_t)k);
+	r.use_emu = true;
+	ck_assert_msg(start(&r, true, err, sizeof(err)) == 0, "start: %s", err);
+	ev = scenario(&r, seed, ops, long_run);
+	stop(&r);
+	if (!k) {
+		pmem_emu_free(&r.emu);
+		model_free(r.m);
+		return ev;
+	}
+	ck_assert_int_eq(pmem_emu_power_fail(&r.emu, cpath), 0);
+	r.use_emu = false;
+	snprintf(what, sizeof(what), "seed %u at %llu", seed, (unsigned long long)k);
+	if (start(&r, false, err, sizeof(err)) != 0) {
+		fprintf(stderr, "crash %s: restart failed: %s\n", what, err);
+		violations++;
+	} else {
+		violations += verify(&r, what) ? 1 : 0;
+		stop(&r);
+	}
+	states++;
+	model_free(r.m);
+	return ev;
+}
+
+static int scale(void)
+{
+	int n = getenv("PCACHE_SOAK") ? 8 : 1;
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	n = 0;
+#endif
+	if (check_under_tsan())
+		n = 0;
+	return n;
+}
+
+static void setup(void)
+{
+	check_scratch_path(cpath, sizeof(cpath), "crash-cache");
+	check_scratch_path(ipath[0], sizeof(ipath[0]), "crash-a");
+	check_scratch_path(ipath[1], sizeof(ipath[1]), "crash-b");
+}
+
+static void teardown(void)
+{
+	unlink(cpath);
+	unlink(ipath[0]);
+	unlink(ipath[1]);
+}
+
+START_TEST(every_persist_of_short_scenarios)
+{
+	uint32_t base = eng_seed("crash every persist");
+	int nscen = scale() ? 16 * scale() : 2, j;
+	uint64_t k, ev;
+
+	states = violations = 0;
+	for (j = 0; j < nscen; j++) {
+		uint32_t seed = base + (uint32_t)j;
+
+		ev = crash_run(seed, 60, false, 0);
+		for (k = 1; k <= ev; k += scale() ? 1 : 9)
+			crash_run(seed, 60, false, k);
+	}
+	fprintf(stderr, "short scenarios: %llu crash states checked, %llu violations\n",
+		(unsigned long long)states, (unsigned long long)violations);
+	ck_assert_uint_eq(violations, 0);
+	ck_assert_uint_gt(states, 0);
+	if (scale())
+		ck_assert_uint_ge(states, 1000);
+}
+END_TEST
+
+START_TEST(random_points_of_long_runs_with_writeback_and_gc)
+{
+	uint32_t base = eng_seed("crash long runs");
+	int nrun = scale() ? 4 * scale() : 1, j, p;
+	uint64_t ev;
+
+	states = violations = 0;
+	for (j = 0; j < nrun; j++) {
+		uint32_t seed = base + 1000u * (uint32_t)j;
+		unsigned int rs = seed;
+
+		ev = crash_run(seed, 300, true, 0);
+		for (p = 0; p < 12; p++)
+			crash_run(seed, 300, true, 1 + (uint64_t)rand_r(&rs) % ev);
+	}
+	fprintf(stderr, "long runs: %llu crash states checked, %llu violations\n",
+		(unsigned long long)states, (unsigned long long)violations);
+	ck_assert_uint_eq(violations, 0);
+}
+END_TEST
+
+Suite *cache_crash_suite(void);
+Suite *cache_crash_suite(void)
+{
+	Suite *s = suite_create("cache_crash");
+	TCase *tc = tcase_create("Recovery");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, getenv("PCACHE_SOAK") ? 3600 : 240);
+	tcase_add_test(tc, every_persist_of_short_scenarios);
+	tcase_add_test(tc, random_points_of_long_runs_with_writeback_and_gc);
+	suite_add_tcase(s, tc);
+	return s;
+}

@@ -1,0 +1,289 @@
+/*
+ * check_cache_replay.c -- replay at start (core/cache.c): restarts keep data, keys of images
+ * not attached stay in the log until they attach, a CRC-valid kset with a bad key refuses the
+ * start with a message naming it, stale ksets of an earlier lap are never replayed, and the
+ * replay of a large log.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/cache_i.h"
+#include "check_util.h"
+#include "lib/engine_util.h"
+
+#define IMG_SIZE (16u << 20)
+
+static char cpath[256], ipath[2][256];
+static struct pcache_cache *c;
+static struct pcache_image *img[2];
+
+static int start_cache(char *err, size_t errlen)
+{
+	struct pcache_cache_opts o;
+
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	return pcache_cache_start(&o, &c, err, errlen);
+}
+
+static void attach(int i)
+{
+	struct pcache_attach_opts ao = { .name = i ? "b" : "a", .path = ipath[i], .cache_mode = -1 };
+	char err[256];
+
+	ck_assert_msg(pcache_image_attach(c, &ao, &img[i], err, sizeof(err)) == 0, "attach: %s", err);
+}
+
+static void start_all(void)
+{
+	char err[256];
+
+	ck_assert_msg(start_cache(err, sizeof(err)) == 0, "start: %s", err);
+	attach(0);
+	attach(1);
+}
+
+static void stop_all(void)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (img[i])
+			pcache_image_put(img[i]);
+		img[i] = NULL;
+	}
+	if (c)
+		ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	c = NULL;
+}
+
+static void setup(void)
+{
+	check_scratch_path(cpath, sizeof(cpath), "replay-cache");
+	check_scratch_path(ipath[0], sizeof(ipath[0]), "replay-a");
+	check_scratch_path(ipath[1], sizeof(ipath[1]), "replay-b");
+	ck_assert_int_eq(eng_format(cpath, 40u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath[0], IMG_SIZE, 1);
+	eng_make_image(ipath[1], IMG_SIZE, 2);
+	start_all();
+}
+
+static void teardown(void)
+{
+	stop_all();
+	unlink(cpath);
+	unlink(ipath[0]);
+	unlink(ipath[1]);
+}
+
+static void wr(int i, uint64_t off, size_t len, uint32_t v, unsigned int flags)
+{
+	uint8_t *buf = malloc(len);
+
+	eng_fill(buf, len, (uint32_t)i + 1, off, v);
+	ck_assert_int_eq(pcache_image_write(img[i], buf, off, len, flags), 0);
+	free(buf);
+}
+
+static void expect(int i, uint64_t off, size_t len, uint32_t want)
+{
+	uint8_t *buf = malloc(len);
+	uint32_t v;
+	size_t s;
+
+	ck_assert_int_eq(eng_read(img[i], buf, off, len), 0);
+	for (s = 0; s < len; s += 512) {
+		ck_assert_msg(eng_decode(buf + s, (uint32_t)i + 1, off + s, &v) == 0,
+			      "image %d sector %llu garbage", i, (unsigned long long)(off + s) / 512);
+		ck_assert_msg(v == want, "image %d sector %llu: version %u want %u", i,
+			      (unsigned long long)(off + s) / 512, v, want);
+	}
+	free(buf);
+}
+
+START_TEST(restart_keeps_flushed_and_stopped_data)
+{
+	wr(0, 0, 65536, 1, 0);
+	wr(0, 4096, 4096, 2, 0);
+	wr(1, 0, 8192, 3, 0);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	wr(0, 1u << 20, 4096, 4, 0); /* staged only: stop persists it */
+	ck_assert_int_eq(pcache_image_discard(img[1], 4096, 4096, true), 0);
+	stop_all();
+	start_all();
+	expect(0, 0, 4096, 1);
+	expect(0, 4096, 4096, 2);
+	expect(0, 8192, 65536 - 8192, 1);
+	expect(0, 1u << 20, 4096, 4);
+	expect(1, 0, 4096, 3);
+	expect(1, 4096, 4096, ENG_ZERO);
+	expect(1, 8192, 4096, 0);
+}
+END_TEST
+
+START_TEST(keys_of_unattached_image_wait_for_its_attach)
+{
+	char err[256];
+
+	wr(1, 0, 4096, 7, 0);
+	wr(0, 0, 4096, 8, 0);
+	stop_all();
+	ck_assert_msg(start_cache(err, sizeof(err)) == 0, "%s", err);
+	attach(0);
+	expect(0, 0, 4096, 8);
+	/* more log traffic while b is away; its keys must survive it */
+	wr(0, 8192, 65536, 9, PCACHE_IO_FUA);
+	stop_all();
+	ck_assert_msg(start_cache(err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(pcache_cache_attach_known(c, err, sizeof(err)), 0);
+	img[0] = pcache_image_get(c, "a");
+	img[1] = pcache_image_get(c, "b");
+	ck_assert_ptr_ne(img[0], NULL);
+	ck_assert_ptr_ne(img[1], NULL);
+	expect(1, 0, 4096, 7);
+	expect(0, 8192, 65536, 9);
+}
+END_TEST
+
+START_TEST(crc_valid_kset_with_bad_key_refuses_start)
+{
+	struct pcache_kset_om *ks;
+	struct pcache_pos head;
+	uint8_t raw[PCACHE_KSET_SIZE(1)];
+	int fd;
+	char err[256];
+	uint64_t devoff;
+
+	wr(0, 0, 4096, 1, PCACHE_IO_FUA);
+	pcache_log_head(c, &head);
+	devoff = (uint64_t)((uint8_t *)pcache_seg_ptr(c, head.seg, head.off) -
+			    (uint8_t *)pcache_cache_dev_base(c->cd));
+	stop_all();
+	/* stop may have written more ksets; find the end of the log again by scanning forward */
+	fd = open(cpath, O_RDWR);
+	ck_assert_int_ge(fd, 0);
+	for (;;) {
+		struct pcache_kset_om hdr;
+
+		ck_assert_int_eq(pread(fd, &hdr, sizeof(hdr), (off_t)devoff), (ssize_t)sizeof(hdr));
+		if (hdr.magic != PCACHE_KSET_MAGIC || hdr.lsn != head.lsn || (hdr.flags & PCACHE_KSET_LAST))
+			break;
+		devoff += PCACHE_KSET_SIZE(hdr.key_num);
+		head.lsn++;
+	}
+	memset(raw, 0, sizeof(raw));
+	ks = (struct pcache_kset_om *)raw;
+	ks->key_num = 1;
+	ks->magic = PCACHE_KSET_MAGIC;
+	ks->lsn = head.lsn;
+	ks->keys[0].off = 0;
+	ks->keys[0].len = 4096;
+	ks->keys[0].image_id = 1;
+	ks->keys[0].seg = 999999; /* no such segment */
+	ks->crc = pcache_crc32c(PCACHE_CRC_SEED, raw + 4, sizeof(raw) - 4);
+	ck_assert_int_eq(pwrite(fd, raw, sizeof(raw), (off_t)devoff), (ssize_t)sizeof(raw));
+	close(fd);
+	ck_assert_int_eq(start_cache(err, sizeof(err)), -EUCLEAN);
+	ck_assert_msg(strstr(err, "seg 999999") != NULL, "message: %s", err);
+	c = NULL;
+}
+END_TEST
+
+START_TEST(garbage_after_the_log_end_is_ignored)
+{
+	struct pcache_pos head;
+	uint8_t junk[8192];
+	int fd;
+	uint64_t devoff;
+
+	wr(0, 0, 4096, 1, PCACHE_IO_FUA);
+	pcache_log_head(c, &head);
+	devoff = (uint64_t)((uint8_t *)pcache_seg_ptr(c, head.seg, head.off) -
+			    (uint8_t *)pcache_cache_dev_base(c->cd));
+	stop_all();
+	fd = open(cpath, O_RDWR);
+	/* random bytes a little past the end: not a kset continuing the log */
+	memset(junk, 0xA7, sizeof(junk));
+	ck_assert_int_eq(pwrite(fd, junk, sizeof(junk), (off_t)devoff + 4096), (ssize_t)sizeof(junk));
+	close(fd);
+	start_all();
+	expect(0, 0, 4096, 1);
+}
+END_TEST
+
+START_TEST(old_lap_kset_with_wrong_lsn_is_not_replayed)
+{
+	struct pcache_pos head;
+	uint8_t *copy;
+	uint64_t devoff;
+	uint32_t size = PCACHE_KSET_SIZE(1);
+	int fd;
+
+	/* kset A (v1) persisted; remember its bytes */
+	wr(0, 0, 4096, 1, PCACHE_IO_FUA);
+	pcache_log_head(c, &head);
+	devoff = (uint64_t)((uint8_t *)pcache_seg_ptr(c, head.seg, head.off) -
+			    (uint8_t *)pcache_cache_dev_base(c->cd)) - size;
+	copy = malloc(size);
+	memcpy(copy, pcache_seg_ptr(c, head.seg, head.off - size), size);
+	wr(0, 0, 4096, 2, PCACHE_IO_FUA);
+	stop_all();
+	/* put the old kset (v1, old lsn) right after the log end: it must not be replayed */
+	fd = open(cpath, O_RDWR);
+	{
+		struct pcache_kset_om hdr;
+		uint64_t o = devoff + size;
+
+		for (;;) {
+			ck_assert_int_eq(pread(fd, &hdr, sizeof(hdr), (off_t)o), (ssize_t)sizeof(hdr));
+			if (hdr.magic != PCACHE_KSET_MAGIC || (hdr.flags & PCACHE_KSET_LAST))
+				break;
+			o += PCACHE_KSET_SIZE(hdr.key_num);
+		}
+		ck_assert_int_eq(pwrite(fd, copy, size, (off_t)o), (ssize_t)size);
+	}
+	close(fd);
+	free(copy);
+	start_all();
+	expect(0, 0, 4096, 2);
+}
+END_TEST
+
+START_TEST(large_log_replays)
+{
+	uint64_t i, n = check_under_tsan() ? 2000 : 20000;
+	struct pcache_cache_status st;
+
+	for (i = 0; i < n; i++)
+		wr(0, (i * 4096) % (8u << 20), 512, (uint32_t)i + 1, 0);
+	stop_all();
+	start_all();
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_ge(c->replay_keys, n);
+	for (i = n - 2048; i < n; i += 97)
+		expect(0, (i * 4096) % (8u << 20), 512, (uint32_t)i + 1);
+}
+END_TEST
+
+Suite *cache_replay_suite(void);
+Suite *cache_replay_suite(void)
+{
+	Suite *s = suite_create("cache_replay");
+	TCase *tc = tcase_create("Recovery");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, restart_keeps_flushed_and_stopped_data);
+	tcase_add_test(tc, keys_of_unattached_image_wait_for_its_attach);
+	tcase_add_test(tc, crc_valid_kset_with_bad_key_refuses_start);
+	tcase_add_test(tc, garbage_after_the_log_end_is_ignored);
+	tcase_add_test(tc, old_lap_kset_with_wrong_lsn_is_not_replayed);
+	tcase_add_test(tc, large_log_replays);
+	suite_add_tcase(s, tc);
+	return s;
+}
