@@ -125,7 +125,8 @@ struct pcache_wb_stats {
 	uint64_t bytes_written;           /* data written to backings (after override) */
 	uint64_t bytes_zeroed;            /* ZERO ranges */
 	uint64_t requests, flushes, batches, epochs;
-	uint64_t keys_dirty, keys_clean_skipped, keys_overridden, keys_stale, keys_unknown_image;
+	uint64_t keys_dirty, keys_clean_skipped, keys_stale, keys_unknown_image;
+	uint64_t bytes_overridden;        /* dirty bytes not written: a later key of the batch won */
 	uint64_t errors;                  /* backing errors, CRC mismatches, corrupt ksets */
 	uint64_t crc_errors, retries, rate_waits;
 	int latched;                      /* -EUCLEAN when the log is corrupt, else 0 */
@@ -177,7 +178,7 @@ int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offlin
 /* Token bucket: rate bytes/s, burst bytes. take() returns the ns to wait before len may go. */
 struct pcache_wb_bucket {
 	uint64_t rate, burst;
-	uint64_t tokens;     /* bytes available at last */
+	int64_t tokens;      /* bytes available at last (negative: debt of the last request) */
 	uint64_t last;       /* ns */
 };
 void pcache_wb_bucket_init(struct pcache_wb_bucket *b, uint64_t rate, uint64_t burst, uint64_t now);

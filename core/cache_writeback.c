@@ -1,0 +1,1500 @@
+/*
+ * cache_writeback.c -- log-order, epoch-based writeback of dirty data to the backing images.
+ *
+ * The writeback walks the on-media log from dirty_tail up to key_head (supplied by the engine,
+ * or the end of the log found by scanning when offline), validating each kset like replay. The
+ * ksets are cut into batches: a batch holds ksets of ONE epoch (an epoch is everything between
+ * two upper-layer flushes), up to batch_bytes / batch_keys. For a batch:
+ *   1. collect the dirty keys (CLEAN skipped, stale and unknown-image keys skipped and counted,
+ *      data CRC verified when the cache has data_crc);
+ *   2. resolve overlaps per image with a sweep, the latest key of the batch winning for each
+ *      byte, and merge ranges adjacent on the backing and in pmem into one request;
+ *   3. issue the requests (KMEM writes straight from pmem, ZERO for ZERO keys) with up to
+ *      max_inflight requests / max_inflight_bytes in flight, through the token bucket;
+ *   4. wait for all of them, then FLUSH every image written, then persist dirty_tail.
+ * Dirty_tail is persisted at most once per batch, and the backing flush is the only barrier.
+ *
+ * Invariants:
+ *  1. The backing image equals all writes of all epochs before dirty_tail plus a subset of the
+ *     next epoch's writes: a batch never spans two epochs, and the requests of a batch are
+ *     issued only after the previous batch's requests completed and its flush returned.
+ *  2. dirty_tail is persisted only after a successful FLUSH of every image whose keys lie
+ *     before it (no flush is needed for a batch that wrote nothing).
+ *  3. Within a batch no two requests overlap on one image (the sweep gives each byte to the
+ *     latest key), so completion order does not matter.
+ *  4. Nothing is written from a key whose data CRC does not match (when data_crc), from a key
+ *     of a stale segment generation, or from a kset that failed validation.
+ *  5. A failing image never loses data: its done_lsn does not move past the failed batch, its
+ *     later keys are skipped (never written out of order), and dirty_tail stays at or before
+ *     the first kset holding one of its not-yet-durable keys (block_pos). Other images go on;
+ *     on retry the walker rewinds to dirty_tail and skips keys below each image's done_lsn.
+ *  6. For every image that is not blocked, done_lsn >= the committed scan position; a blocked
+ *     image's done_lsn is at most the lsn of its first not-durable key.
+ *
+ * Threads and locks: one worker (the writeback thread, or the caller with no_thread / offline)
+ * runs batches. wb->lock guards the fields marked below (read by stats/drain from any thread);
+ * wb->io_lock guards the in-flight counters updated by backing completions. Order: lock before
+ * io_lock; neither is held across a backing submit that may block, nor across engine callbacks.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pcache/util.h"
+#include "cache_writeback.h"
+
+#define WB_NS_PER_SEC 1000000000ull
+#define WB_POLL_NS (1000ull * 1000 * 1000)      /* key_head poll when nothing to do */
+#define WB_PERSIST_NS (30ull * WB_NS_PER_SEC)   /* wb_lsn persisted at least this often */
+#define WB_ZERO_MAX_REQ (64ull << 20)
+#define WB_OFFLINE_MAX_FAILS 4u
+
+/* Per-image writeback state (only the worker writes it, under wb->lock). */
+struct wb_img {
+	uint32_t id;
+	bool in_table;          /* present in the image table (else its keys are skipped) */
+	bool blocked;           /* failing or not attached: its keys are skipped until retry */
+	bool latched;           /* data CRC mismatch: blocked until restart */
+	uint64_t done_lsn;      /* all its keys in ksets with lsn < done_lsn are durable */
+	uint64_t persisted_lsn; /* wb_lsn last written to the image table */
+	uint64_t wb_time;
+	uint64_t retry_at, backoff;
+	uint64_t bytes_written, errors, fail_seq, fails_in_row;
+	int last_error;
+	bool written_since_persist;
+	/* per batch (worker only) */
+	struct pcache_backing *b;
+	bool in_batch;
+	int batch_err;
+	uint64_t batch_bytes;
+};
+
+/* One dirty key range of the batch (input of the sweep). */
+struct wb_ext {
+	uint64_t off, end;
+	uint64_t seq;           /* position in the batch: larger = later in the log */
+	const uint8_t *src;     /* pmem data of byte off (NULL for ZERO) */
+	uint32_t img;           /* index in wb->imgs */
+};
+
+/* One request to a backing (output of the sweep). */
+struct wb_req {
+	struct pcache_wb *wb;
+	uint64_t off, len;
+	const uint8_t *src;     /* NULL: ZERO */
+	uint32_t img;
+	int status;
+};
+
+struct pcache_wb {
+	struct pcache_cache_dev *cd;
+	struct pcache_wb_ops ops;
+	void *ctx;
+	struct pcache_wb_opts o;
+	uint32_t seg_count;
+	uint64_t seg_size;
+	bool data_crc;
+	bool offline;
+
+	/* worker-only scratch */
+	uint8_t kbuf[PCACHE_KSET_MAX_SIZE] __attribute__((aligned(8)));
+	struct wb_ext *exts;
+	size_t n_exts, cap_exts;
+	struct wb_req *reqs;
+	size_t n_reqs, cap_reqs;
+	uint32_t *heap;
+	size_t cap_heap;
+	uint64_t reqs_issued;             /* for stop_after_reqs */
+
+	pthread_mutex_t persist_lock;     /* serialises wb_persist_images(); before lock */
+	struct pcache_image_ent *table;   /* image table copy (PCACHE_MAX_IMAGES), persist_lock
+					   * or the worker (the worker holds it for lookups) */
+	uint64_t last_persist_ns;         /* persist_lock */
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;              /* worker wake-ups (kick, stop, drain) */
+	pthread_cond_t done_cond;         /* progress for drains */
+	/* guarded by lock */
+	struct wb_img *imgs;
+	uint32_t n_imgs, cap_imgs;
+	struct pcache_pos dirty_tail;     /* persisted */
+	struct pcache_pos scan;           /* committed walker position */
+	bool block_set;
+	struct pcache_pos block_pos;      /* first kset with a not-durable key of a blocked image */
+	uint64_t last_epoch;
+	bool have_epoch;
+	struct pcache_wb_stats st;
+	uint64_t rate;
+	uint32_t dirty_high, dirty_low;
+	struct pcache_wb_bucket bucket;
+	unsigned int drains;              /* drains waiting (full speed while > 0) */
+	bool kicked, stopping;
+	int latched;                      /* -EUCLEAN: corrupt log, nothing more is done */
+	uint64_t progress_seq;            /* bumped after every batch */
+
+	pthread_mutex_t io_lock;
+	pthread_cond_t io_cond;
+	/* guarded by io_lock */
+	uint32_t inflight;
+	uint64_t inflight_bytes;
+
+	pthread_t thread;
+	bool have_thread;
+};
+
+static void wb_log(struct pcache_wb *wb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void wb_log(struct pcache_wb *wb, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (wb->o.quiet)
+		return;
+	va_start(ap, fmt);
+	fputs("pcache writeback: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+/* ---- clock and token bucket --------------------------------------------------------------- */
+
+static uint64_t wb_now(struct pcache_wb *wb)
+{
+	return wb->o.clock_now ? wb->o.clock_now(wb->o.clock_arg) : pcache_now_ns();
+}
+
+static void wb_sleep(struct pcache_wb *wb, uint64_t ns)
+{
+	struct timespec ts;
+
+	if (wb->o.clock_sleep) {
+		wb->o.clock_sleep(wb->o.clock_arg, ns);
+		return;
+	}
+	ts.tv_sec = (time_t)(ns / WB_NS_PER_SEC);
+	ts.tv_nsec = (long)(ns % WB_NS_PER_SEC);
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+void pcache_wb_bucket_init(struct pcache_wb_bucket *b, uint64_t rate, uint64_t burst, uint64_t now)
+{
+	b->rate = rate;
+	b->burst = burst;
+	b->tokens = (int64_t)burst;
+	b->last = now;
+}
+
+uint64_t pcache_wb_bucket_take(struct pcache_wb_bucket *b, uint64_t now, uint64_t len)
+{
+	uint64_t dt, add;
+
+	if (!b->rate)
+		return 0;
+	if (now > b->last) {
+		dt = now - b->last;
+		/* refill: rate * dt / 1e9 without overflow for dt up to hours */
+		add = (dt / WB_NS_PER_SEC) * b->rate + (dt % WB_NS_PER_SEC) * b->rate / WB_NS_PER_SEC;
+		b->last = now;
+		if (add > b->burst || b->tokens + (int64_t)add > (int64_t)b->burst)
+			b->tokens = (int64_t)b->burst;
+		else
+			b->tokens += (int64_t)add;
+	}
+	if (b->tokens < 0)
+		return ((uint64_t)-b->tokens * WB_NS_PER_SEC + b->rate - 1) / b->rate;
+	/* NOTE: a request may drive the bucket into debt by at most its length; the next one
+	 * waits for the debt. So bytes issued by time T <= burst + rate * T + one request. */
+	b->tokens -= (int64_t)len;
+	return 0;
+}
+
+/* ---- images ------------------------------------------------------------------------------- */
+
+static int wb_table_find(struct pcache_wb *wb, uint32_t id, struct pcache_image_ent *out)
+{
+	int n = pcache_cache_dev_images(wb->cd, wb->table, (int)PCACHE_MAX_IMAGES);
+
+	for (int i = 0; i < n; i++) {
+		if (wb->table[i].id == id) {
+			if (out)
+				*out = wb->table[i];
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/* Index of image id, created (done_lsn = the walker position) on first sight; -ENOMEM. */
+static int wb_img_index(struct pcache_wb *wb, uint32_t id, uint64_t cur_lsn)
+{
+	struct wb_img *v, *im;
+	struct pcache_image_ent e;
+	bool found;
+
+	for (uint32_t i = 0; i < wb->n_imgs; i++)
+		if (wb->imgs[i].id == id)
+			return (int)i;
+	if (wb->n_imgs == wb->cap_imgs) {
+		uint32_t cap = wb->cap_imgs ? wb->cap_imgs * 2 : 8;
+
+		pthread_mutex_lock(&wb->lock);
+		v = realloc(wb->imgs, cap * sizeof(*v));
+		if (v) {
+			wb->imgs = v;
+			wb->cap_imgs = cap;
+		}
+		pthread_mutex_unlock(&wb->lock);
+		if (!v)
+			return -ENOMEM;
+	}
+	memset(&e, 0, sizeof(e));
+	pthread_mutex_lock(&wb->persist_lock);
+	found = wb_table_find(wb, id, &e) == 0;
+	pthread_mutex_unlock(&wb->persist_lock);
+	pthread_mutex_lock(&wb->lock);
+	im = &wb->imgs[wb->n_imgs];
+	memset(im, 0, sizeof(*im));
+	im->id = id;
+	im->in_table = found;
+	im->done_lsn = cur_lsn;
+	im->persisted_lsn = e.wb_lsn;
+	im->wb_time = e.wb_time;
+	wb->n_imgs++;
+	pthread_mutex_unlock(&wb->lock);
+	return (int)(wb->n_imgs - 1);
+}
+
+/* Persist wb_lsn/wb_time of images written since the last persist (all when force). */
+static void wb_persist_images(struct pcache_wb *wb, bool force)
+{
+	struct pcache_image_ent e;
+	uint64_t lsn, t;
+	uint32_t id, n;
+	bool skip;
+
+	pthread_mutex_lock(&wb->persist_lock);
+	pthread_mutex_lock(&wb->lock);
+	n = wb->n_imgs;
+	pthread_mutex_unlock(&wb->lock);
+	for (uint32_t i = 0; i < n; i++) {
+		pthread_mutex_lock(&wb->lock);
+		id = wb->imgs[i].id;
+		lsn = wb->imgs[i].done_lsn;
+		t = wb->imgs[i].wb_time;
+		skip = !wb->imgs[i].in_table || lsn == wb->imgs[i].persisted_lsn ||
+		       (!force && !wb->imgs[i].written_since_persist);
+		pthread_mutex_unlock(&wb->lock);
+		if (skip || wb_table_find(wb, id, &e) != 0)
+			continue;
+		e.wb_lsn = lsn;
+		e.wb_time = t;
+		if (pcache_cache_dev_image_update(wb->cd, &e) == 0) {
+			pthread_mutex_lock(&wb->lock);
+			wb->imgs[i].persisted_lsn = lsn;
+			wb->imgs[i].written_since_persist = false;
+			pthread_mutex_unlock(&wb->lock);
+		}
+	}
+	wb->last_persist_ns = pcache_now_ns();
+	pthread_mutex_unlock(&wb->persist_lock);
+}
+
+/* ---- reading the log ---------------------------------------------------------------------- */
+
+/*
+ * Copy the kset at pos into wb->kbuf and validate it like replay: bounds, magic, key count,
+ * flags, CRC, lsn == pos->lsn, LAST target. 0 = valid, -EUCLEAN = not a valid continuation.
+ */
+static int wb_read_kset(struct pcache_wb *wb, const struct pcache_pos *pos)
+{
+	struct pcache_kset_om *ks = (struct pcache_kset_om *)(void *)wb->kbuf;
+	const uint8_t *seg;
+	uint32_t size, n, flags;
+
+	if (pos->seg >= wb->seg_count || pos->off % 8 ||
+	    (uint64_t)pos->off + PCACHE_KSET_HDR_SIZE > wb->seg_size)
+		return -EUCLEAN;
+	seg = pcache_cache_dev_seg_addr(wb->cd, pos->seg);
+	memcpy(wb->kbuf, seg + pos->off, PCACHE_KSET_HDR_SIZE);
+	if (pcache_le64(&ks->magic) != PCACHE_KSET_MAGIC)
+		return -EUCLEAN;
+	n = pcache_le16(&ks->key_num);
+	flags = pcache_le16(&ks->flags);
+	if (n > PCACHE_KSET_MAX_KEYS || (flags & ~PCACHE_KSET_LAST) ||
+	    ((flags & PCACHE_KSET_LAST) != 0) != (n == 0))
+		return -EUCLEAN;
+	size = PCACHE_KSET_SIZE(n);
+	if ((uint64_t)pos->off + size > wb->seg_size)
+		return -EUCLEAN;
+	/* copy once, then validate the copy (the media may change under us) */
+	memcpy(wb->kbuf, seg + pos->off, size);
+	if (pcache_crc32c(PCACHE_CRC_SEED, wb->kbuf + 4, size - 4) != pcache_le32(&ks->crc))
+		return -EUCLEAN;
+	if (pcache_le64(&ks->lsn) != pos->lsn)
+		return -EUCLEAN;
+	if ((flags & PCACHE_KSET_LAST) && pcache_le32(&ks->next_seg) >= wb->seg_count)
+		return -EUCLEAN;
+	return 0;
+}
+
+/* Position after the (valid) kset in wb->kbuf that sits at pos. */
+static void wb_next_pos(struct pcache_wb *wb, const struct pcache_pos *pos, struct pcache_pos *next)
+{
+	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
+
+	if (pcache_le16(&ks->flags) & PCACHE_KSET_LAST) {
+		next->seg = pcache_le32(&ks->next_seg);
+		next->off = 0;
+	} else {
+		next->seg = pos->seg;
+		next->off = pos->off + PCACHE_KSET_SIZE(pcache_le16(&ks->key_num));
+	}
+	next->lsn = pos->lsn + 1;
+}
+
+/* A key is usable when it is sector aligned, inside one segment and one region, no odd flags. */
+static bool wb_key_valid(struct pcache_wb *wb, const struct pcache_key_om *k)
+{
+	uint64_t off = pcache_le64(&k->off);
+	uint32_t len = pcache_le32(&k->len);
+	uint16_t flags = pcache_le16(&k->flags);
+
+	if (!len || len % 512 || off % 512 || off + len < off)
+		return false;
+	if (flags & ~(PCACHE_KEY_CLEAN | PCACHE_KEY_ZERO))
+		return false;
+	if ((off >> PCACHE_REGION_SHIFT) != ((off + len - 1) >> PCACHE_REGION_SHIFT))
+		return false;
+	if (!pcache_le32(&k->image_id))
+		return false;
+	if (flags & PCACHE_KEY_ZERO)
+		return true;
+	return pcache_le32(&k->seg) < wb->seg_count &&
+	       (uint64_t)pcache_le32(&k->seg_off) + len <= wb->seg_size;
+}
+
+/* ---- the batch ---------------------------------------------------------------------------- */
+
+static int wb_push_ext(struct pcache_wb *wb, const struct wb_ext *e)
+{
+	if (wb->n_exts == wb->cap_exts) {
+		size_t cap = wb->cap_exts ? wb->cap_exts * 2 : 1024;
+		struct wb_ext *v = realloc(wb->exts, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		wb->exts = v;
+		wb->cap_exts = cap;
+	}
+	wb->exts[wb->n_exts++] = *e;
+	return 0;
+}
+
+static int wb_push_req(struct pcache_wb *wb, uint32_t img, uint64_t off, uint64_t len,
+		       const uint8_t *src)
+{
+	struct wb_req *p = wb->n_reqs ? &wb->reqs[wb->n_reqs - 1] : NULL;
+	uint64_t cap = src ? wb->o.max_req_bytes : WB_ZERO_MAX_REQ;
+
+	/* merge with the previous request when contiguous on the backing and in pmem */
+	if (p && p->img == img && p->off + p->len == off && (p->src == NULL) == (src == NULL) &&
+	    (!src || p->src + p->len == src) && p->len + len <= cap) {
+		p->len += len;
+		return 0;
+	}
+	if (wb->n_reqs == wb->cap_reqs) {
+		size_t cap2 = wb->cap_reqs ? wb->cap_reqs * 2 : 1024;
+		struct wb_req *v = realloc(wb->reqs, cap2 * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		wb->reqs = v;
+		wb->cap_reqs = cap2;
+	}
+	p = &wb->reqs[wb->n_reqs++];
+	memset(p, 0, sizeof(*p));
+	p->wb = wb;
+	p->img = img;
+	p->off = off;
+	p->len = len;
+	p->src = src;
+	return 0;
+}
+
+static int wb_ext_cmp(const void *a, const void *b)
+{
+	const struct wb_ext *x = a, *y = b;
+
+	if (x->img != y->img)
+		return x->img < y->img ? -1 : 1;
+	if (x->off != y->off)
+		return x->off < y->off ? -1 : 1;
+	return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+/* max-heap of ext indices by seq */
+static void wb_heap_push(struct pcache_wb *wb, size_t *n, uint32_t v)
+{
+	size_t i = (*n)++;
+
+	while (i) {
+		size_t p = (i - 1) / 2;
+
+		if (wb->exts[wb->heap[p]].seq >= wb->exts[v].seq)
+			break;
+		wb->heap[i] = wb->heap[p];
+		i = p;
+	}
+	wb->heap[i] = v;
+}
+
+static void wb_heap_pop(struct pcache_wb *wb, size_t *n)
+{
+	uint32_t v = wb->heap[--(*n)];
+	size_t i = 0;
+
+	for (;;) {
+		size_t c = 2 * i + 1;
+
+		if (c >= *n)
+			break;
+		if (c + 1 < *n && wb->exts[wb->heap[c + 1]].seq > wb->exts[wb->heap[c]].seq)
+			c++;
+		if (wb->exts[v].seq >= wb->exts[wb->heap[c]].seq)
+			break;
+		wb->heap[i] = wb->heap[c];
+		i = c;
+	}
+	if (*n)
+		wb->heap[i] = v;
+}
+
+/*
+ * Turn the batch's extents into non-overlapping requests: for every byte the extent with the
+ * largest seq (the latest key) wins (invariant 3). Sweep per image over the sorted starts.
+ */
+static int wb_resolve(struct pcache_wb *wb, uint64_t *overridden)
+{
+	size_t i = 0, hn = 0;
+	uint64_t in = 0, out = 0;
+	int r;
+
+	wb->n_reqs = 0;
+	if (!wb->n_exts)
+		return 0;
+	if (wb->cap_heap < wb->n_exts) {
+		uint32_t *h = realloc(wb->heap, wb->n_exts * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		wb->heap = h;
+		wb->cap_heap = wb->n_exts;
+	}
+	qsort(wb->exts, wb->n_exts, sizeof(*wb->exts), wb_ext_cmp);
+	for (size_t k = 0; k < wb->n_exts; k++)
+		in += wb->exts[k].end - wb->exts[k].off;
+
+	while (i < wb->n_exts) {
+		uint32_t img = wb->exts[i].img;
+		uint64_t pos = wb->exts[i].off;
+
+		hn = 0;
+		for (;;) {
+			const struct wb_ext *top;
+			uint64_t next;
+
+			while (i < wb->n_exts && wb->exts[i].img == img && wb->exts[i].off <= pos)
+				wb_heap_push(wb, &hn, (uint32_t)i++);
+			while (hn && wb->exts[wb->heap[0]].end <= pos)
+				wb_heap_pop(wb, &hn);
+			if (!hn) {
+				if (i < wb->n_exts && wb->exts[i].img == img) {
+					pos = wb->exts[i].off;
+					continue;
+				}
+				break;
+			}
+			top = &wb->exts[wb->heap[0]];
+			next = top->end;
+			if (i < wb->n_exts && wb->exts[i].img == img && wb->exts[i].off < next)
+				next = wb->exts[i].off;
+			r = wb_push_req(wb, img, pos, next - pos,
+					top->src ? top->src + (pos - top->off) : NULL);
+			if (r)
+				return r;
+			out += next - pos;
+			pos = next;
+		}
+	}
+	*overridden = in - out;
+	return 0;
+}
+
+static void wb_io_end(void *priv, int status)
+{
+	struct wb_req *rq = priv;
+	struct pcache_wb *wb = rq->wb;
+
+	rq->status = status;
+	pthread_mutex_lock(&wb->io_lock);
+	wb->inflight--;
+	wb->inflight_bytes -= rq->len;
+	pthread_cond_broadcast(&wb->io_cond);
+	pthread_mutex_unlock(&wb->io_lock);
+}
+
+static void wb_wait_inflight(struct pcache_wb *wb, uint32_t max_n, uint64_t max_bytes)
+{
+	pthread_mutex_lock(&wb->io_lock);
+	while (wb->inflight > max_n || (wb->inflight && wb->inflight_bytes > max_bytes))
+		pthread_cond_wait(&wb->io_cond, &wb->io_lock);
+	pthread_mutex_unlock(&wb->io_lock);
+}
+
+static int wb_submit(struct pcache_wb *wb, struct pcache_backing *b, struct wb_req *rq,
+		     enum pcache_backing_op op)
+{
+	struct pcache_backing_io io;
+	int r;
+
+	memset(&io, 0, sizeof(io));
+	io.op = op;
+	io.off = rq->off;
+	io.len = rq->len;
+	io.kmem = (void *)(uintptr_t)rq->src;
+	io.end = wb_io_end;
+	io.priv = rq;
+	pthread_mutex_lock(&wb->io_lock);
+	wb->inflight++;
+	wb->inflight_bytes += rq->len;
+	pthread_mutex_unlock(&wb->io_lock);
+	r = pcache_backing_submit_direct(b, &io);
+	if (r)
+		wb_io_end(rq, r); /* the callback is not called on a submit error: account here */
+	return 0;
+}
+
+/* Rate limit before issuing len bytes (no limit when urgent or draining). */
+static void wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited)
+{
+	uint64_t wait;
+
+	if (!limited)
+		return;
+	for (;;) {
+		pthread_mutex_lock(&wb->lock);
+		wait = wb->stopping ? 0 : pcache_wb_bucket_take(&wb->bucket, wb_now(wb), len);
+		if (wait)
+			wb->st.rate_waits++;
+		pthread_mutex_unlock(&wb->lock);
+		if (!wait)
+			return;
+		wb_sleep(wb, PCACHE_MIN(wait, 100ull * 1000 * 1000));
+	}
+}
+
+static void wb_img_fail(struct pcache_wb *wb, struct wb_img *im, int err, uint64_t now)
+{
+	/* caller holds wb->lock */
+	if (!im->fails_in_row || im->last_error != err)
+		wb_log(wb, "image %u: %s; its dirty data stays in the cache, retrying", im->id,
+		       strerror(-err));
+	im->blocked = true;
+	im->last_error = err;
+	im->errors++;
+	im->fail_seq++;
+	im->fails_in_row++;
+	if (err != -ENXIO)
+		wb->st.errors++;
+	im->backoff = im->backoff ? PCACHE_MIN(im->backoff * 2, PCACHE_WB_RETRY_MAX_NS)
+				  : PCACHE_WB_RETRY_MIN_NS;
+	if (err == -ENXIO)
+		im->backoff = WB_POLL_NS;
+	im->retry_at = now + im->backoff;
+}
+
+/* Block image im from the kset at pos on (its keys are not durable from there). */
+static void wb_block_at(struct pcache_wb *wb, const struct pcache_pos *pos)
+{
+	if (!wb->block_set || pos->lsn < wb->block_pos.lsn) {
+		wb->block_set = true;
+		wb->block_pos = *pos;
+	}
+}
+
+/* Unblock images whose retry is due; the walker rewinds to dirty_tail. Caller holds lock. */
+static void wb_retry_due(struct pcache_wb *wb, uint64_t now)
+{
+	bool any = false;
+
+	for (uint32_t i = 0; i < wb->n_imgs; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->blocked && !im->latched && now >= im->retry_at) {
+			im->blocked = false;
+			wb->st.retries++;
+			any = true;
+		}
+	}
+	if (any) {
+		wb->scan = wb->dirty_tail;
+		wb->block_set = false;
+		/* still-blocked images re-block at their first key met by the rescan */
+	}
+}
+
+static void wb_release_backings(struct pcache_wb *wb)
+{
+	for (uint32_t i = 0; i < wb->n_imgs; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->b && wb->ops.backing_put)
+			wb->ops.backing_put(wb->ctx, im->id, im->b);
+		im->b = NULL;
+		im->in_batch = false;
+		im->batch_err = 0;
+		im->batch_bytes = 0;
+	}
+}
+
+/*
+ * One batch. Returns 1 (progress: the walker moved), 0 (nothing to do now), -ECANCELED
+ * (stop_after_reqs reached), -EUCLEAN (corrupt log, latched), -ENOMEM.
+ */
+static int wb_batch(struct pcache_wb *wb, bool limited)
+{
+	struct pcache_pos head, cur, start, newtail;
+	uint64_t now = wb_now(wb), seq = 0, bytes = 0, batch_epoch = 0, overridden = 0;
+	uint64_t written = 0, zeroed = 0, nflush = 0, dirty_keys = 0, clean = 0, stale = 0, unknown = 0;
+	uint64_t crcerr = 0;
+	bool have_epoch = false, canceled = false, moved;
+	int r = 0;
+
+	pthread_mutex_lock(&wb->lock);
+	if (wb->latched) {
+		pthread_mutex_unlock(&wb->lock);
+		return wb->latched;
+	}
+	wb_retry_due(wb, now);
+	cur = start = wb->scan;
+	pthread_mutex_unlock(&wb->lock);
+	wb->ops.key_head(wb->ctx, &head);
+	if (cur.lsn >= head.lsn)
+		return 0;
+
+	wb->n_exts = 0;
+	while (cur.lsn < head.lsn) {
+		const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
+		struct pcache_pos next;
+		uint32_t n;
+		uint64_t ep;
+
+		r = wb_read_kset(wb, &cur);
+		if (r && cur.lsn != start.lsn) {
+			r = 0;
+			break; /* write back what comes before it; the next batch latches */
+		}
+		if (r) {
+			pthread_mutex_lock(&wb->lock);
+			wb->latched = -EUCLEAN;
+			wb->st.latched = -EUCLEAN;
+			wb->st.errors++;
+			pthread_cond_broadcast(&wb->done_cond);
+			pthread_mutex_unlock(&wb->lock);
+			wb_log(wb, "corrupt kset at segment %u offset %u (lsn %" PRIu64
+			       ") before key_head: writeback stopped", cur.seg, cur.off, cur.lsn);
+			wb_release_backings(wb);
+			return -EUCLEAN;
+		}
+		wb_next_pos(wb, &cur, &next);
+		n = pcache_le16(&ks->key_num);
+		if (n == 0) { /* LAST: follow it, belongs to no epoch */
+			cur = next;
+			continue;
+		}
+		ep = pcache_le64(&ks->epoch);
+		if (have_epoch && ep != batch_epoch)
+			break; /* invariant 1: one epoch per batch */
+		if (seq && (bytes >= wb->o.batch_bytes || seq + n > wb->o.batch_keys))
+			break;
+		have_epoch = true;
+		batch_epoch = ep;
+		for (uint32_t k = 0; k < n; k++) {
+			const struct pcache_key_om *key = &ks->keys[k];
+			struct wb_ext e;
+			struct wb_img *im;
+			uint32_t len = pcache_le32(&key->len), kseg;
+			uint16_t flags = pcache_le16(&key->flags);
+			int idx;
+
+			if (!wb_key_valid(wb, key)) {
+				pthread_mutex_lock(&wb->lock);
+				wb->latched = -EUCLEAN;
+				wb->st.latched = -EUCLEAN;
+				wb->st.errors++;
+				pthread_cond_broadcast(&wb->done_cond);
+				pthread_mutex_unlock(&wb->lock);
+				wb_log(wb, "invalid key %u in kset lsn %" PRIu64 ": writeback stopped",
+				       k, cur.lsn);
+				wb_release_backings(wb);
+				return -EUCLEAN;
+			}
+			if (flags & PCACHE_KEY_CLEAN) {
+				clean++;
+				continue;
+			}
+			idx = wb_img_index(wb, pcache_le32(&key->image_id), cur.lsn);
+			if (idx < 0) {
+				wb_release_backings(wb);
+				return idx;
+			}
+			im = &wb->imgs[idx];
+			if (!im->in_table) {
+				unknown++;
+				continue;
+			}
+			if (im->done_lsn > cur.lsn)
+				continue; /* durable already (written before a rewind) */
+			if (im->blocked) {
+				pthread_mutex_lock(&wb->lock);
+				wb_block_at(wb, &cur);
+				pthread_mutex_unlock(&wb->lock);
+				continue;
+			}
+			if (!im->in_batch) {
+				im->in_batch = true;
+				im->batch_err = 0;
+				im->b = wb->ops.backing_get(wb->ctx, im->id);
+				if (!im->b)
+					im->batch_err = -ENXIO;
+			}
+			if (im->batch_err)
+				continue; /* failed below at the end of the batch */
+			e.off = pcache_le64(&key->off);
+			e.end = e.off + len;
+			e.seq = seq++;
+			e.img = (uint32_t)idx;
+			e.src = NULL;
+			if (!(flags & PCACHE_KEY_ZERO)) {
+				kseg = pcache_le32(&key->seg);
+				if (pcache_le64(&key->seg_gen) < pcache_cache_dev_seg_gen(wb->cd, kseg)) {
+					stale++; /* its segment was freed: replay drops it too */
+					continue;
+				}
+				e.src = (const uint8_t *)pcache_cache_dev_seg_addr(wb->cd, kseg) +
+					pcache_le32(&key->seg_off);
+				if (wb->data_crc && pcache_crc32c(PCACHE_CRC_SEED, e.src, len) !=
+							    pcache_le32(&key->data_crc)) {
+					/* invariant 4: never write it; the image stops here */
+					crcerr++;
+					im->batch_err = -EBADMSG;
+					continue;
+				}
+			}
+			if (e.end > pcache_backing_size(im->b)) {
+				im->batch_err = -ERANGE;
+				continue;
+			}
+			r = wb_push_ext(wb, &e);
+			if (r) {
+				wb_release_backings(wb);
+				return r;
+			}
+			dirty_keys++;
+			bytes += len;
+		}
+		cur = next;
+	}
+
+	r = wb_resolve(wb, &overridden);
+	if (r) {
+		wb_release_backings(wb);
+		return r;
+	}
+
+	/* issue (invariant 3: no two requests of the batch overlap on one image) */
+	for (size_t i = 0; i < wb->n_reqs; i++) {
+		struct wb_req *rq = &wb->reqs[i];
+		struct wb_img *im = &wb->imgs[rq->img];
+
+		if (im->batch_err)
+			continue;
+		if (wb->o.stop_after_reqs && wb->reqs_issued >= wb->o.stop_after_reqs) {
+			canceled = true;
+			break;
+		}
+		wb_throttle(wb, rq->len, limited);
+		wb_wait_inflight(wb, wb->o.max_inflight - 1,
+				 wb->o.max_inflight_bytes > rq->len ? wb->o.max_inflight_bytes - rq->len : 0);
+		wb->reqs_issued++;
+		wb_submit(wb, im->b, rq, rq->src ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO);
+	}
+	wb_wait_inflight(wb, 0, 0);
+	if (canceled) {
+		wb_release_backings(wb);
+		return -ECANCELED;
+	}
+	for (size_t i = 0; i < wb->n_reqs; i++) {
+		struct wb_req *rq = &wb->reqs[i];
+		struct wb_img *im = &wb->imgs[rq->img];
+
+		if (rq->status && !im->batch_err)
+			im->batch_err = rq->status;
+		if (!rq->status) {
+			if (rq->src)
+				written += rq->len;
+			else
+				zeroed += rq->len;
+			im->batch_bytes += rq->len;
+		}
+	}
+
+	/* invariant 2: flush every image written by this batch, all at once, before the tail */
+	{
+		struct wb_req *fl = calloc(wb->n_imgs ? wb->n_imgs : 1, sizeof(*fl));
+
+		if (!fl) {
+			wb_release_backings(wb);
+			return -ENOMEM;
+		}
+		for (uint32_t i = 0; i < wb->n_imgs; i++) {
+			struct wb_img *im = &wb->imgs[i];
+
+			if (!im->in_batch || im->batch_err || !im->b)
+				continue;
+			fl[i].wb = wb;
+			wb_submit(wb, im->b, &fl[i], PCACHE_BIO_FLUSH);
+			nflush++;
+		}
+		wb_wait_inflight(wb, 0, 0);
+		for (uint32_t i = 0; i < wb->n_imgs; i++)
+			if (fl[i].wb && fl[i].status && !wb->imgs[i].batch_err)
+				wb->imgs[i].batch_err = fl[i].status;
+		free(fl);
+	}
+
+	/* commit: per-image progress, block position, the walker, dirty_tail */
+	pthread_mutex_lock(&wb->lock);
+	now = wb_now(wb);
+	for (uint32_t i = 0; i < wb->n_imgs; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->in_batch && im->batch_err) {
+			if (im->batch_err == -EBADMSG)
+				im->latched = true;
+			wb_img_fail(wb, im, im->batch_err, now);
+			wb_block_at(wb, &start);
+		} else if (!im->blocked) {
+			if (im->in_batch) {
+				im->bytes_written += im->batch_bytes;
+				im->fails_in_row = 0;
+				im->backoff = 0;
+				im->last_error = 0;
+				im->written_since_persist = true;
+				im->wb_time = (uint64_t)time(NULL);
+			}
+			if (im->done_lsn < cur.lsn)
+				im->done_lsn = cur.lsn; /* invariant 6 */
+		}
+	}
+	wb->scan = cur;
+	newtail = wb->block_set ? wb->block_pos : cur;
+	moved = newtail.lsn > wb->dirty_tail.lsn;
+	wb->st.bytes_written += written;
+	wb->st.bytes_zeroed += zeroed;
+	wb->st.requests += wb->n_reqs;
+	wb->st.flushes += nflush;
+	wb->st.batches++;
+	if (!wb->have_epoch || batch_epoch != wb->last_epoch)
+		wb->st.epochs += have_epoch;
+	if (have_epoch) {
+		wb->have_epoch = true;
+		wb->last_epoch = batch_epoch;
+	}
+	wb->st.keys_dirty += dirty_keys;
+	wb->st.keys_clean_skipped += clean;
+	wb->st.keys_stale += stale;
+	wb->st.keys_unknown_image += unknown;
+	wb->st.bytes_overridden += overridden;
+	wb->st.crc_errors += crcerr;
+	wb->st.drain_left = wb->st.drain_left > written + zeroed ? wb->st.drain_left - written - zeroed : 0;
+	pthread_mutex_unlock(&wb->lock);
+	wb_release_backings(wb);
+
+	if (moved) {
+		/* invariant 2: the flushes above made every write before newtail durable */
+		r = pcache_cache_dev_set_dirty_tail(wb->cd, &newtail);
+		if (r) {
+			wb_log(wb, "persisting dirty_tail failed: %s", strerror(-r));
+		} else {
+			pthread_mutex_lock(&wb->lock);
+			wb->dirty_tail = newtail;
+			wb->st.dirty_tail = newtail;
+			pthread_mutex_unlock(&wb->lock);
+			if (wb->ops.tail_moved)
+				wb->ops.tail_moved(wb->ctx, &newtail);
+		}
+	}
+	pthread_mutex_lock(&wb->lock);
+	wb->st.scan = wb->scan;
+	wb->progress_seq++;
+	pthread_cond_broadcast(&wb->done_cond);
+	pthread_mutex_unlock(&wb->lock);
+	if (!wb->offline && pcache_now_ns() - wb->last_persist_ns > WB_PERSIST_NS)
+		wb_persist_images(wb, false);
+	return 1;
+}
+
+int pcache_wb_run_once(struct pcache_wb *wb)
+{
+	bool limited;
+
+	pthread_mutex_lock(&wb->lock);
+	limited = wb->rate && !wb->st.urgent && !wb->drains;
+	pthread_mutex_unlock(&wb->lock);
+	return wb_batch(wb, limited);
+}
+
+/* ---- the thread --------------------------------------------------------------------------- */
+
+/* Hysteresis: urgent from dirty_high until below dirty_low. Returns the dirty percent. */
+static uint32_t wb_urgent_update(struct pcache_wb *wb, bool *urgent)
+{
+	uint32_t pct = wb->ops.dirty_percent ? wb->ops.dirty_percent(wb->ctx) : 100;
+
+	pthread_mutex_lock(&wb->lock);
+	if (pct >= wb->dirty_high)
+		wb->st.urgent = true;
+	else if (pct < wb->dirty_low)
+		wb->st.urgent = false;
+	*urgent = wb->st.urgent;
+	pthread_mutex_unlock(&wb->lock);
+	return pct;
+}
+
+static void wb_wait(struct pcache_wb *wb, uint64_t ns)
+{
+	struct timespec ts;
+	uint64_t t;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	t = (uint64_t)ts.tv_sec * WB_NS_PER_SEC + (uint64_t)ts.tv_nsec + ns;
+	ts.tv_sec = (time_t)(t / WB_NS_PER_SEC);
+	ts.tv_nsec = (long)(t % WB_NS_PER_SEC);
+	pthread_mutex_lock(&wb->lock);
+	while (!wb->kicked && !wb->stopping)
+		if (pthread_cond_timedwait(&wb->cond, &wb->lock, &ts) == ETIMEDOUT)
+			break;
+	wb->kicked = false;
+	pthread_mutex_unlock(&wb->lock);
+}
+
+static uint64_t wb_next_retry_ns(struct pcache_wb *wb)
+{
+	uint64_t now = wb_now(wb), best = WB_POLL_NS;
+
+	pthread_mutex_lock(&wb->lock);
+	for (uint32_t i = 0; i < wb->n_imgs; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->blocked && !im->latched)
+			best = PCACHE_MIN(best, im->retry_at > now ? im->retry_at - now : 0);
+	}
+	pthread_mutex_unlock(&wb->lock);
+	return best;
+}
+
+/*
+ * The writeback thread. Speed by state: a drain waiting or above dirty_high (until below
+ * dirty_low): full speed, no rate limit; otherwise rate limited, continuous when idle or above
+ * dirty_low; busy and below dirty_low: one batch per idle_interval_ms (time-based trickle).
+ */
+static void *wb_thread(void *arg)
+{
+	struct pcache_wb *wb = arg;
+
+	for (;;) {
+		bool urgent, drain, idle, stop, trickle;
+		uint64_t rate;
+		uint32_t pct, low;
+		int r;
+
+		pthread_mutex_lock(&wb->lock);
+		stop = wb->stopping;
+		drain = wb->drains > 0;
+		rate = wb->rate;
+		low = wb->dirty_low;
+		pthread_mutex_unlock(&wb->lock);
+		if (stop)
+			break;
+		pct = wb_urgent_update(wb, &urgent);
+		idle = wb->ops.idle ? wb->ops.idle(wb->ctx) : true;
+		trickle = !urgent && !drain && !idle && pct < low;
+		r = wb_batch(wb, rate && !urgent && !drain);
+		if (r > 0) {
+			if (trickle)
+				wb_wait(wb, (uint64_t)wb->o.idle_interval_ms * 1000000ull);
+			continue;
+		}
+		if (r == -ENOMEM) {
+			wb_wait(wb, 100ull * 1000 * 1000);
+			continue;
+		}
+		wb_wait(wb, r < 0 ? WB_POLL_NS : wb_next_retry_ns(wb));
+	}
+	return NULL;
+}
+
+/* ---- start, stop, controls ---------------------------------------------------------------- */
+
+int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops, void *ctx,
+		    const struct pcache_wb_opts *opts, struct pcache_wb **out)
+{
+	struct pcache_cache_info ci;
+	struct pcache_wb *wb;
+	int r;
+
+	if (!ops || !ops->key_head || !ops->backing_get)
+		return -EINVAL;
+	wb = calloc(1, sizeof(*wb));
+	if (!wb)
+		return -ENOMEM;
+	wb->table = calloc(PCACHE_MAX_IMAGES, sizeof(*wb->table));
+	if (!wb->table) {
+		r = -ENOMEM;
+		goto err_free;
+	}
+	wb->cd = cd;
+	wb->ops = *ops;
+	wb->ctx = ctx;
+	if (opts)
+		wb->o = *opts;
+	if (!wb->o.max_inflight)
+		wb->o.max_inflight = PCACHE_WB_DEFAULT_MAX_INFLIGHT;
+	if (!wb->o.max_inflight_bytes)
+		wb->o.max_inflight_bytes = PCACHE_WB_DEFAULT_MAX_INFLIGHT_BYTES;
+	if (!wb->o.max_req_bytes)
+		wb->o.max_req_bytes = PCACHE_WB_DEFAULT_MAX_REQ_BYTES;
+	if (!wb->o.batch_bytes)
+		wb->o.batch_bytes = PCACHE_WB_DEFAULT_BATCH_BYTES;
+	if (!wb->o.batch_keys)
+		wb->o.batch_keys = PCACHE_WB_DEFAULT_BATCH_KEYS;
+	if (!wb->o.idle_interval_ms)
+		wb->o.idle_interval_ms = 1000;
+	wb->seg_count = pcache_cache_dev_seg_count(cd);
+	wb->seg_size = pcache_cache_dev_seg_size(cd);
+	pcache_cache_dev_get_info(cd, &ci);
+	wb->data_crc = (ci.flags & PCACHE_INFO_DATA_CRC) != 0;
+	wb->rate = ci.wb_rate;
+	wb->dirty_high = ci.dirty_high;
+	wb->dirty_low = ci.dirty_low;
+	pcache_wb_bucket_init(&wb->bucket, wb->rate, PCACHE_MAX(wb->rate / 10, wb->o.max_req_bytes),
+			      wb_now(wb));
+	pcache_cache_dev_get_dirty_tail(cd, &wb->dirty_tail);
+	wb->scan = wb->dirty_tail;
+	wb->st.dirty_tail = wb->dirty_tail;
+	wb->st.scan = wb->scan;
+	wb->last_persist_ns = pcache_now_ns();
+	pthread_mutex_init(&wb->persist_lock, NULL);
+	pthread_mutex_init(&wb->lock, NULL);
+	pthread_cond_init(&wb->cond, NULL);
+	pthread_cond_init(&wb->done_cond, NULL);
+	pthread_mutex_init(&wb->io_lock, NULL);
+	pthread_cond_init(&wb->io_cond, NULL);
+	if (!wb->o.no_thread) {
+		r = -pthread_create(&wb->thread, NULL, wb_thread, wb);
+		if (r)
+			goto err_sync;
+		wb->have_thread = true;
+	}
+	*out = wb;
+	return 0;
+
+err_sync:
+	pthread_cond_destroy(&wb->io_cond);
+	pthread_mutex_destroy(&wb->io_lock);
+	pthread_cond_destroy(&wb->done_cond);
+	pthread_cond_destroy(&wb->cond);
+	pthread_mutex_destroy(&wb->lock);
+	pthread_mutex_destroy(&wb->persist_lock);
+	free(wb->table);
+err_free:
+	free(wb);
+	return r;
+}
+
+void pcache_wb_stop(struct pcache_wb *wb)
+{
+	if (!wb)
+		return;
+	pthread_mutex_lock(&wb->lock);
+	wb->stopping = true;
+	pthread_cond_broadcast(&wb->cond);
+	pthread_cond_broadcast(&wb->done_cond);
+	pthread_mutex_unlock(&wb->lock);
+	if (wb->have_thread)
+		pthread_join(wb->thread, NULL);
+	wb_wait_inflight(wb, 0, 0);
+	wb_persist_images(wb, true);
+	pthread_cond_destroy(&wb->io_cond);
+	pthread_mutex_destroy(&wb->io_lock);
+	pthread_cond_destroy(&wb->done_cond);
+	pthread_cond_destroy(&wb->cond);
+	pthread_mutex_destroy(&wb->lock);
+	pthread_mutex_destroy(&wb->persist_lock);
+	free(wb->imgs);
+	free(wb->exts);
+	free(wb->reqs);
+	free(wb->heap);
+	free(wb->table);
+	free(wb);
+}
+
+void pcache_wb_kick(struct pcache_wb *wb)
+{
+	pthread_mutex_lock(&wb->lock);
+	wb->kicked = true;
+	pthread_cond_signal(&wb->cond);
+	pthread_mutex_unlock(&wb->lock);
+}
+
+void pcache_wb_set_rate(struct pcache_wb *wb, uint64_t bytes_per_sec)
+{
+	pthread_mutex_lock(&wb->lock);
+	wb->rate = bytes_per_sec;
+	pcache_wb_bucket_init(&wb->bucket, bytes_per_sec,
+			      PCACHE_MAX(bytes_per_sec / 10, wb->o.max_req_bytes), wb_now(wb));
+	pthread_mutex_unlock(&wb->lock);
+}
+
+int pcache_wb_set_watermarks(struct pcache_wb *wb, uint32_t dirty_high, uint32_t dirty_low)
+{
+	if (dirty_high > 100 || dirty_low >= dirty_high)
+		return -EINVAL;
+	pthread_mutex_lock(&wb->lock);
+	wb->dirty_high = dirty_high;
+	wb->dirty_low = dirty_low;
+	pthread_cond_signal(&wb->cond);
+	pthread_mutex_unlock(&wb->lock);
+	return 0;
+}
+
+void pcache_wb_get_stats(struct pcache_wb *wb, struct pcache_wb_stats *st)
+{
+	pthread_mutex_lock(&wb->lock);
+	*st = wb->st;
+	pthread_mutex_unlock(&wb->lock);
+}
+
+int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id, struct pcache_wb_image_stats *st)
+{
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&wb->lock);
+	for (uint32_t i = 0; i < wb->n_imgs; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->id != image_id)
+			continue;
+		st->wb_lsn = im->done_lsn;
+		st->wb_time = im->wb_time;
+		st->bytes_written = im->bytes_written;
+		st->errors = im->errors;
+		st->last_error = im->last_error;
+		st->blocked = im->blocked;
+		r = 0;
+	}
+	pthread_mutex_unlock(&wb->lock);
+	return r;
+}
+
+/* ---- drain -------------------------------------------------------------------------------- */
+
+/* Dirty bytes between from and head (an estimate for progress: before override). */
+static uint64_t wb_scan_dirty(struct pcache_wb *wb, struct pcache_pos from, const struct pcache_pos *head,
+			      uint32_t image_id, uint64_t *ksets, struct pcache_pos *end)
+{
+	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
+	uint64_t total = 0, n = 0;
+
+	while (!head || from.lsn < head->lsn) {
+		struct pcache_pos next;
+
+		if (wb_read_kset(wb, &from))
+			break;
+		for (uint32_t k = 0; k < pcache_le16(&ks->key_num); k++) {
+			const struct pcache_key_om *key = &ks->keys[k];
+
+			if (!(pcache_le16(&key->flags) & PCACHE_KEY_CLEAN) &&
+			    (!image_id || pcache_le32(&key->image_id) == image_id))
+				total += pcache_le32(&key->len);
+		}
+		wb_next_pos(wb, &from, &next);
+		from = next;
+		n++;
+	}
+	if (ksets)
+		*ksets = n;
+	if (end)
+		*end = from;
+	return total;
+}
+
+/* Caller holds wb->lock. 1 = done, 0 = not yet, -errno = failed since fail_seq snapshot. */
+static int wb_drain_state(struct pcache_wb *wb, uint32_t image_id, uint64_t target,
+			  const uint64_t *snap)
+{
+	bool done = true;
+
+	if (wb->latched)
+		return wb->latched;
+	if (!image_id)
+		done = wb->dirty_tail.lsn >= target;
+	for (uint32_t i = 0; i < wb->n_imgs; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (image_id && im->id != image_id)
+			continue;
+		if (!im->in_table)
+			continue;
+		if (im->blocked && (im->latched || im->fail_seq != (i < PCACHE_MAX_IMAGES * 4 ? snap[i] : 0)))
+			return im->last_error ? im->last_error : -EIO;
+		if (image_id)
+			return !im->blocked && im->done_lsn >= target;
+	}
+	if (image_id) /* never met: done when the walker passed target */
+		return wb->scan.lsn >= target;
+	return done;
+}
+
+int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
+{
+	struct pcache_pos head;
+	uint64_t snap[PCACHE_MAX_IMAGES * 4] = { 0 };
+	uint64_t total;
+	int r;
+
+	wb->ops.key_head(wb->ctx, &head);
+	pthread_mutex_lock(&wb->lock);
+	for (uint32_t i = 0; i < wb->n_imgs && i < PCACHE_ARRAY_SIZE(snap); i++)
+		snap[i] = wb->imgs[i].fail_seq;
+	pthread_mutex_unlock(&wb->lock);
+	if (!wb->have_thread) {
+		total = wb_scan_dirty(wb, wb->dirty_tail, &head, image_id, NULL, NULL);
+		pthread_mutex_lock(&wb->lock);
+		wb->st.drain_total = wb->st.drain_left = total;
+		wb->drains++;
+		pthread_mutex_unlock(&wb->lock);
+		for (;;) {
+			pthread_mutex_lock(&wb->lock);
+			r = wb_drain_state(wb, image_id, head.lsn, snap);
+			pthread_mutex_unlock(&wb->lock);
+			if (r)
+				break;
+			r = wb_batch(wb, false);
+			if (r < 0 && r != -ECANCELED)
+				continue; /* latched: wb_drain_state reports it */
+			if (r < 0)
+				break;
+			if (r == 0)
+				wb_sleep(wb, wb_next_retry_ns(wb));
+		}
+	} else {
+		pthread_mutex_lock(&wb->lock);
+		wb->drains++;
+		wb->kicked = true;
+		pthread_cond_signal(&wb->cond);
+		for (;;) {
+			r = wb_drain_state(wb, image_id, head.lsn, snap);
+			if (r || wb->stopping)
+				break;
+			pthread_cond_wait(&wb->done_cond, &wb->lock);
+		}
+		if (!r && wb->stopping)
+			r = -ESHUTDOWN;
+		pthread_mutex_unlock(&wb->lock);
+	}
+	pthread_mutex_lock(&wb->lock);
+	wb->drains--;
+	wb->st.drain_left = 0;
+	pthread_mutex_unlock(&wb->lock);
+	if (r == 1)
+		r = 0;
+	if (!wb->have_thread || r == 0)
+		wb_persist_images(wb, true);
+	return r;
+}
+
+/* ---- offline ------------------------------------------------------------------------------ */
+
+struct wb_offline {
+	struct pcache_cache_dev *cd;
+	struct pcache_pos end;
+	struct pcache_backing_opts bo;
+	struct {
+		uint32_t id;
+		struct pcache_backing *b;
+		int err;
+		char msg[1200];
+	} img[PCACHE_MAX_IMAGES];
+	uint32_t n;
+};
+
+static void wb_off_head(void *ctx, struct pcache_pos *head)
+{
+	struct wb_offline *w = ctx;
+
+	*head = w->end;
+}
+
+static struct pcache_backing *wb_off_backing(void *ctx, uint32_t id)
+{
+	struct wb_offline *w = ctx;
+	struct pcache_image_ent *ents;
+	int n, slot = -1;
+
+	for (uint32_t i = 0; i < w->n; i++)
+		if (w->img[i].id == id)
+			return w->img[i].b;
+	if (w->n == PCACHE_MAX_IMAGES)
+		return NULL;
+	slot = (int)w->n++;
+	w->img[slot].id = id;
+	ents = calloc(PCACHE_MAX_IMAGES, sizeof(*ents));
+	if (!ents) {
+		w->img[slot].err = -ENOMEM;
+		return NULL;
+	}
+	n = pcache_cache_dev_images(w->cd, ents, (int)PCACHE_MAX_IMAGES);
+	for (int i = 0; i < n; i++) {
+		char err[200] = "";
+		int r;
+
+		if (ents[i].id != id)
+			continue;
+		r = pcache_backing_open(ents[i].path, &w->bo, &w->img[slot].b, err, sizeof(err));
+		if (r) {
+			w->img[slot].err = r;
+			snprintf(w->img[slot].msg, sizeof(w->img[slot].msg), "image %s: %s: %s",
+				 ents[i].name, ents[i].path, err[0] ? err : strerror(-r));
+		} else if (pcache_backing_size(w->img[slot].b) != ents[i].size) {
+			w->img[slot].err = -EINVAL;
+			snprintf(w->img[slot].msg, sizeof(w->img[slot].msg),
+				 "image %s: %s is %" PRIu64 " bytes, the cache knows it as %" PRIu64
+				 " (wrong or resized image): not written", ents[i].name, ents[i].path,
+				 pcache_backing_size(w->img[slot].b), ents[i].size);
+			pcache_backing_close(w->img[slot].b);
+			w->img[slot].b = NULL;
+		}
+		break;
+	}
+	free(ents);
+	return w->img[slot].b;
+}
+
+int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offline_opts *oo,
+		      char *err, size_t errlen)
+{
+	struct pcache_wb_offline_opts defo;
+	struct pcache_wb_opts wo;
+	struct pcache_wb_ops ops = { .key_head = wb_off_head, .backing_get = wb_off_backing };
+	struct pcache_wb_progress pg;
+	struct pcache_wb_stats st;
+	struct wb_offline *w;
+	struct pcache_wb *wb;
+	int r, res = 0;
+
+	if (err && errlen)
+		err[0] = 0;
+	if (!oo) {
+		memset(&defo, 0, sizeof(defo));
+		oo = &defo;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->cd = cd;
+	w->bo = oo->backing;
+	if (oo->wb)
+		wo = *oo->wb;
+	else
+		memset(&wo, 0, sizeof(wo));
+	wo.no_thread = true;
+	r = pcache_wb_start(cd, &ops, w, &wo, &wb);
+	if (r) {
+		free(w);
+		if (err)
+			snprintf(err, errlen, "writeback start: %s", strerror(-r));
+		return r;
+	}
+	wb->offline = true;
+	pcache_wb_set_rate(wb, oo->rate);
+	memset(&pg, 0, sizeof(pg));
+	pg.total_bytes = wb_scan_dirty(wb, wb->dirty_tail, NULL, 0, &pg.total_ksets, &w->end);
+
+	for (;;) {
+		bool pending_retry = false, failed = false;
+
+		r = wb_batch(wb, oo->rate != 0);
+		pcache_wb_get_stats(wb, &st);
+		pg.done_bytes = st.bytes_written + st.bytes_zeroed + st.bytes_overridden;
+		pg.done_ksets = st.dirty_tail.lsn - (w->end.lsn - pg.total_ksets);
+		if (oo->progress)
+			oo->progress(oo->progress_arg, &pg);
+		if (r < 0) {
+			res = r;
+			if (err)
+				snprintf(err, errlen, r == -EUCLEAN ? "corrupt log at lsn %" PRIu64
+					 " (see pcachectl check): written back up to there" :
+					 "writeback stopped at lsn %" PRIu64 ": %s",
+					 st.scan.lsn, strerror(-r));
+			break;
+		}
+		if (r > 0)
+			continue;
+		/* at the end of the log: retry blocked images a few times, then give up */
+		for (uint32_t i = 0; i < wb->n_imgs; i++) {
+			struct wb_img *im = &wb->imgs[i];
+
+			if (!im->blocked)
+				continue;
+			if (im->latched || im->fails_in_row >= WB_OFFLINE_MAX_FAILS ||
+			    im->last_error == -ENXIO || im->last_error == -ERANGE) {
+				failed = true;
+				if (!res) {
+					res = im->last_error ? im->last_error : -EIO;
+					if (err) {
+						const char *m = NULL;
+
+						for (uint32_t j = 0; j < w->n; j++)
+							if (w->img[j].id == im->id && w->img[j].msg[0])
+								m = w->img[j].msg;
+						if (m)
+							snprintf(err, errlen, "%s", m);
+						else
+							snprintf(err, errlen, "image id %u: %s (its dirty data stays in the cache)",
+								 im->id, im->latched ? "data CRC mismatch in the cache" :
+								 strerror(-res));
+					}
+				}
+			} else {
+				pending_retry = true;
+			}
+		}
+		if (!pending_retry)
+			break;
+		(void)failed;
+		wb_sleep(wb, wb_next_retry_ns(wb));
+	}
+	pcache_wb_stop(wb); /* persists every image's wb_lsn */
+	for (uint32_t i = 0; i < w->n; i++)
+		pcache_backing_close(w->img[i].b);
+	free(w);
+	return res;
+}
