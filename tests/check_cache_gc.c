@@ -1,0 +1,205 @@
+/*
+ * check_cache_gc.c -- GC and back-pressure (core/cache_gc.c, core/segment.c): gc_percent is
+ * honoured, freed data segments get their generation bumped and stale keys fall back to the
+ * backing image, idle data heads do not pin segments, and writers that fill the cache wait for
+ * space (counted) and complete with correct data.
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/cache_i.h"
+#include "check_util.h"
+#include "lib/engine_util.h"
+
+static char cpath[256], ipath[256];
+static struct pcache_cache *c;
+static struct pcache_image *img;
+
+static void start(bool background, uint64_t cache_size, uint64_t img_size)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "g", .path = ipath, .cache_mode = -1 };
+	char err[256];
+
+	ck_assert_int_eq(eng_format(cpath, cache_size, 1u << 20, false), 0);
+	eng_make_image(ipath, img_size, 1);
+	eng_opts(&o, cpath);
+	o.no_background = !background;
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+}
+
+static void setup(void)
+{
+	check_scratch_path(cpath, sizeof(cpath), "gc-cache");
+	check_scratch_path(ipath, sizeof(ipath), "gc-img");
+}
+
+static void teardown(void)
+{
+	if (img)
+		pcache_image_put(img);
+	img = NULL;
+	if (c)
+		pcache_cache_stop(c, false);
+	c = NULL;
+	unlink(cpath);
+	unlink(ipath);
+}
+
+static void wr(uint64_t off, size_t len, uint32_t v)
+{
+	uint8_t *buf = malloc(len);
+
+	eng_fill(buf, len, 1, off, v);
+	ck_assert_int_eq(pcache_image_write(img, buf, off, len, 0), 0);
+	free(buf);
+}
+
+static void expect(uint64_t off, size_t len, uint32_t want)
+{
+	uint8_t *buf = malloc(len);
+	uint32_t v;
+	size_t s;
+
+	ck_assert_int_eq(eng_read(img, buf, off, len), 0);
+	for (s = 0; s < len; s += 512) {
+		ck_assert_int_eq(eng_decode(buf + s, 1, off + s, &v), 0);
+		ck_assert_msg(v == want, "sector %llu: %u want %u", (unsigned long long)(off + s) / 512, v, want);
+	}
+	free(buf);
+}
+
+START_TEST(gc_percent_gates_collection)
+{
+	struct pcache_cache_status st;
+
+	start(false, 24u << 20, 8u << 20);
+	wr(0, 2u << 20, 1);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	pcache_heads_release(c, true);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "90"), 0);
+	ck_assert_int_eq(pcache_gc_run(c), 0); /* usage far below 90 % */
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_gt(pcache_gc_run(c), 0);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_ge(st.segs_freed, 2);
+	ck_assert_uint_eq(st.segs_data, 0);
+	ck_assert_uint_eq(st.key_tail.lsn, st.dirty_tail.lsn); /* stopped at dirty_tail */
+	/* the data is still readable: stale keys fall back to the (written back) backing */
+	expect(0, 2u << 20, 1);
+}
+END_TEST
+
+START_TEST(gc_never_passes_dirty_tail)
+{
+	struct pcache_cache_status st;
+
+	start(false, 24u << 20, 8u << 20);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	wr(0, 1u << 20, 1);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	pcache_heads_release(c, true);
+	ck_assert_int_eq(pcache_gc_run(c), 0); /* nothing written back: nothing to collect */
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.segs_freed, 0);
+	expect(0, 1u << 20, 1);
+}
+END_TEST
+
+START_TEST(freed_segment_reuse_makes_old_keys_stale)
+{
+	struct pcache_cache_status st;
+	uint32_t seg;
+	uint64_t gen;
+
+	start(false, 24u << 20, 8u << 20);
+	wr(0, 1u << 20, 1); /* fills exactly one data segment */
+	seg = img->ix.sub[0].v[0].seg;
+	gen = pcache_cache_dev_seg_gen(c->cd, seg);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_gt(pcache_gc_run(c), 0);
+	ck_assert_uint_eq(pcache_cache_dev_seg_gen(c->cd, seg), gen + 1);
+	/* reuse everything: other data overwrites the freed segment */
+	wr(4u << 20, 4u << 20, 2);
+	expect(0, 1u << 20, 1);     /* served from the backing, never from the reused segment */
+	expect(4u << 20, 4u << 20, 2);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_ge(st.segs_freed, 1);
+}
+END_TEST
+
+START_TEST(idle_head_does_not_pin_a_segment)
+{
+	struct pcache_cache_status st;
+
+	start(false, 24u << 20, 8u << 20);
+	wr(0, 4096, 1); /* a head now sits in a nearly empty segment */
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	(void)pcache_gc_run(c);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.segs_data, 1); /* pinned by the head */
+	pcache_heads_release(c, true);      /* what the timer does after PCACHE_HEAD_IDLE_NS */
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.segs_data, 0);
+	expect(0, 4096, 1);
+}
+END_TEST
+
+START_TEST(writers_wait_for_space_and_complete)
+{
+	struct pcache_cache_status st;
+	uint64_t off, total = check_under_tsan() ? (16u << 20) : (48u << 20);
+
+	/* 12 MiB device: ~9 segments of 1 MiB; write several times that */
+	start(true, 12u << 20, total);
+	for (off = 0; off < total; off += 65536)
+		wr(off, 65536, (uint32_t)(off >> 16) + 1);
+	for (off = 0; off < total; off += 65536)
+		expect(off, 65536, (uint32_t)(off >> 16) + 1);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_gt(st.full_waits, 0);
+	ck_assert_uint_gt(st.segs_freed, 0);
+	ck_assert_uint_gt(st.gc_runs, 0);
+	fprintf(stderr, "gc: %llu full waits, %.1f ms waited, %llu segments freed\n",
+		(unsigned long long)st.full_waits, st.full_wait_ns / 1e6,
+		(unsigned long long)st.segs_freed);
+}
+END_TEST
+
+START_TEST(zero_keys_wait_for_log_space_too)
+{
+	uint64_t off, total = 32u << 20;
+
+	start(true, 12u << 20, total);
+	for (off = 0; off < total; off += 4096)
+		ck_assert_int_eq(pcache_image_discard(img, off, 512, true), 0);
+	expect(0, 512, ENG_ZERO);
+	expect(512, 3584, 0);
+	expect(total - 4096, 512, ENG_ZERO);
+}
+END_TEST
+
+Suite *cache_gc_suite(void);
+Suite *cache_gc_suite(void)
+{
+	Suite *s = suite_create("cache_gc");
+	TCase *tc = tcase_create("Core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, gc_percent_gates_collection);
+	tcase_add_test(tc, gc_never_passes_dirty_tail);
+	tcase_add_test(tc, freed_segment_reuse_makes_old_keys_stale);
+	tcase_add_test(tc, idle_head_does_not_pin_a_segment);
+	tcase_add_test(tc, writers_wait_for_space_and_complete);
+	tcase_add_test(tc, zero_keys_wait_for_log_space_too);
+	suite_add_tcase(s, tc);
+	return s;
+}
