@@ -136,14 +136,19 @@ static int do_write(const char *file, const char *logp, uint64_t slots, uint64_t
 		gen++;
 		for (uint32_t i = 0; i < rsize / SECTOR; i++)
 			fill_sector(buf + (size_t)i * SECTOR, slot, gen, i);
-		if (pwrite(fd, buf, rsize, (off_t)(slot * rsize)) != (ssize_t)rsize)
-			break;   /* the daemon is gone: stop, log nothing more */
+		if (pwrite(fd, buf, rsize, (off_t)(slot * rsize)) != (ssize_t)rsize) {
+			/* the daemon is gone: stop, log nothing more */
+			fprintf(stderr, "fsync_writer: write stopped: %s\n", strerror(errno));
+			break;
+		}
 		done++;
 		pending[npend++] = slot;
 		pending[npend++] = gen;
 		if (per_write || npend / 2 >= batch || npend >= 16) {
-			if (!per_write && fsync(fd) != 0)
+			if (!per_write && fsync(fd) != 0) {
+				fprintf(stderr, "fsync_writer: fsync stopped: %s\n", strerror(errno));
 				break;
+			}
 			/* durable now: log it (the log outlives the daemon, not the machine) */
 			for (int i = 0; i < npend; i += 2) {
 				int n = snprintf(line, sizeof(line), "%" PRIu64 " %" PRIu64 "\n", pending[i], pending[i + 1]);
