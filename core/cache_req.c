@@ -546,8 +546,12 @@ static int copy_hits(struct pcache_image *img, uint8_t *buf, struct hit *hv, uin
 
 			crc_bad = crc != h->k.data_crc;
 		}
-		/* the copy's loads complete before the generation is re-read (seqlock-style check) */
-		atomic_thread_fence(memory_order_acquire);
+		/*
+		 * The copy's loads complete before the generation is re-read (seqlock-style check).
+		 * NOTE: x86-64 does not reorder loads with loads, so a compiler barrier is the whole
+		 * read fence here (atomic_thread_fence() is not supported by TSan builds).
+		 */
+		__asm__ __volatile__("" ::: "memory");
 		if (pcache_cache_dev_seg_gen(c->cd, h->k.seg) != h->k.seg_gen) {
 			/* freed (and maybe reused) during the copy: read the backing instead */
 			if (vec_push(pv, 0, h->len, 0, h->buf_off) != 0)

@@ -1,0 +1,167 @@
+/* TSAN_SUITE */
+/*
+ * check_cache_conc.c -- concurrency of the engine: writer threads on overlapping ranges, reader
+ * threads whose misses fill the cache while writes race with the fills, flushers and discards,
+ * with the background threads (GC, writeback, timer) running. Every sector read must be a whole
+ * version written to it (or the original), never torn or of another sector; sectors owned by
+ * one writer must end with that writer's last version. Run under TSan by `make tsan-unit`.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check_util.h"
+#include "lib/engine_util.h"
+#include "pcache/cache.h"
+
+#define IMG_SIZE (8u << 20)
+#define SHARED (1u << 20)        /* [0, 1 MiB): every writer, overlapping */
+#define OWN (256u << 10)         /* then one private window per writer */
+#define NWRITERS 3
+
+static char cpath[256], ipath[256];
+static struct pcache_cache *c;
+static struct pcache_image *img;
+static atomic_int failures;
+static atomic_bool done;
+static uint32_t last_own[NWRITERS][OWN / 512];
+
+static int iters(void)
+{
+	return check_under_tsan() ? 300 : 5000;
+}
+
+static void *writer(void *arg)
+{
+	int t = (int)(intptr_t)arg, i;
+	unsigned int rs = 77u + (unsigned int)t;
+	uint8_t *buf = malloc(65536);
+
+	for (i = 0; i < iters(); i++) {
+		uint32_t v = (uint32_t)(t + 1) * 1000000u + (uint32_t)i + 1;
+		uint32_t n = 1 + (uint32_t)rand_r(&rs) % 64, s;
+		bool own = rand_r(&rs) % 2;
+		uint64_t base = own ? SHARED + (uint64_t)t * OWN : 0;
+		uint64_t span = own ? OWN : SHARED;
+		uint64_t off = ((uint64_t)rand_r(&rs) % (span / 512 - n)) * 512;
+
+		eng_fill(buf, n * 512, 1, base + off, v);
+		if (pcache_image_write(img, buf, base + off, n * 512, i % 50 == 0 ? PCACHE_IO_FUA : 0)) {
+			atomic_fetch_add(&failures, 1);
+			break;
+		}
+		if (own)
+			for (s = 0; s < n; s++)
+				last_own[t][off / 512 + s] = v;
+		if (i % 97 == 0 && pcache_image_flush(img))
+			atomic_fetch_add(&failures, 1);
+	}
+	free(buf);
+	return NULL;
+}
+
+static void *reader(void *arg)
+{
+	unsigned int rs = 991u + (unsigned int)(intptr_t)arg;
+	uint8_t *buf = malloc(131072);
+
+	while (!atomic_load(&done)) {
+		uint32_t n = 1 + (uint32_t)rand_r(&rs) % 256, s, v;
+		uint64_t off = ((uint64_t)rand_r(&rs) % (IMG_SIZE / 512 - n)) * 512;
+
+		if (eng_read(img, buf, off, n * 512)) {
+			atomic_fetch_add(&failures, 1);
+			break;
+		}
+		for (s = 0; s < n; s++)
+			if (eng_decode(buf + (size_t)s * 512, 1, off + (uint64_t)s * 512, &v)) {
+				fprintf(stderr, "conc: torn or foreign sector %llu\n",
+					(unsigned long long)(off / 512 + s));
+				atomic_fetch_add(&failures, 1);
+				break;
+			}
+	}
+	free(buf);
+	return NULL;
+}
+
+static void *discarder(void *arg)
+{
+	unsigned int rs = 5u;
+
+	(void)arg;
+	while (!atomic_load(&done)) {
+		/* discard only above the writers' windows: the readers see zeros or the original */
+		uint64_t off = (4u << 20) + ((uint64_t)rand_r(&rs) % 4096) * 512;
+
+		if (pcache_image_discard(img, off, 4096, rand_r(&rs) % 2))
+			atomic_fetch_add(&failures, 1);
+		usleep(1000);
+	}
+	return NULL;
+}
+
+START_TEST(writers_readers_flushers_on_overlapping_ranges)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "conc", .path = ipath, .cache_mode = -1 };
+	pthread_t w[NWRITERS], r[2], d;
+	char err[256];
+	int t;
+	uint8_t buf[512];
+
+	check_scratch_path(cpath, sizeof(cpath), "conc-cache");
+	check_scratch_path(ipath, sizeof(ipath), "conc-img");
+	ck_assert_int_eq(eng_format(cpath, 64u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	eng_opts(&o, cpath);
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
+	atomic_store(&failures, 0);
+	atomic_store(&done, false);
+	for (t = 0; t < 2; t++)
+		pthread_create(&r[t], NULL, reader, (void *)(intptr_t)t);
+	pthread_create(&d, NULL, discarder, NULL);
+	for (t = 0; t < NWRITERS; t++)
+		pthread_create(&w[t], NULL, writer, (void *)(intptr_t)t);
+	for (t = 0; t < NWRITERS; t++)
+		pthread_join(w[t], NULL);
+	atomic_store(&done, true);
+	for (t = 0; t < 2; t++)
+		pthread_join(r[t], NULL);
+	pthread_join(d, NULL);
+	ck_assert_int_eq(atomic_load(&failures), 0);
+	/* private windows end with their writer's last version */
+	for (t = 0; t < NWRITERS; t++) {
+		uint32_t s, v;
+
+		for (s = 0; s < OWN / 512; s++) {
+			uint64_t off = SHARED + (uint64_t)t * OWN + (uint64_t)s * 512;
+
+			ck_assert_int_eq(eng_read(img, buf, off, 512), 0);
+			ck_assert_int_eq(eng_decode(buf, 1, off, &v), 0);
+			ck_assert_uint_eq(v, last_own[t][s]);
+		}
+	}
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_cache_stop(c, true), 0);
+	unlink(cpath);
+	unlink(ipath);
+}
+END_TEST
+
+Suite *cache_conc_suite(void);
+Suite *cache_conc_suite(void)
+{
+	Suite *s = suite_create("cache_conc");
+	TCase *tc = tcase_create("Concurrency");
+
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, writers_readers_flushers_on_overlapping_ranges);
+	suite_add_tcase(s, tc);
+	return s;
+}
