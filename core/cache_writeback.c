@@ -966,8 +966,13 @@ int pcache_wb_run_once(struct pcache_wb *wb)
 /* Hysteresis: urgent from dirty_high until below dirty_low. Returns the dirty percent. */
 static uint32_t wb_urgent_update(struct pcache_wb *wb, bool *urgent)
 {
-	uint32_t pct = wb->ops.dirty_percent ? wb->ops.dirty_percent(wb->ctx) : 100;
+	uint32_t pct;
 
+	pthread_mutex_lock(&wb->lock);
+	pct = wb->dirty_low; /* no dirty_percent op: rate limited, continuous */
+	pthread_mutex_unlock(&wb->lock);
+	if (wb->ops.dirty_percent)
+		pct = wb->ops.dirty_percent(wb->ctx);
 	pthread_mutex_lock(&wb->lock);
 	if (pct >= wb->dirty_high)
 		wb->st.urgent = true;

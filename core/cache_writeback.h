@@ -24,7 +24,8 @@
  *    persisted (pcache_cache_dev_set_dirty_tail() is done by the writeback, never the engine).
  *    Everything before it is clean: the engine may mark those keys clean and let GC run.
  *  - dirty_percent(): percent of the cache's segments that hold dirty data (watermarks);
- *    NULL = the writeback assumes it is above dirty_high while anything is pending.
+ *    NULL = the writeback runs continuously at the rate limit (never urgent, never trickle):
+ *    the watermarks then have no effect.
  *  - idle(): true when no user I/O arrived recently (faster writeback when idle); NULL = idle.
  *  - Call pcache_wb_kick() after closing ksets (new dirty data) and when a writer waits for
  *    space. pcache_wb_drain() backs pcache_image_writeback_all()/pcache_cache_writeback_all()
@@ -48,6 +49,7 @@
 
 #include "pcache/backing.h"
 #include "pcache/cache_dev.h"
+#include "pcache/writeback.h"
 
 struct pcache_wb;
 
@@ -146,32 +148,7 @@ struct pcache_wb_image_stats {
 /* 0, or -ENOENT when the writeback has not met that image yet. */
 int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id, struct pcache_wb_image_stats *st);
 
-/* ---- offline (pcachectl writeback) -------------------------------------------------------- */
-
-struct pcache_wb_progress {
-	uint64_t total_bytes;    /* dirty bytes found in the log (before override) */
-	uint64_t done_bytes;
-	uint64_t total_ksets, done_ksets;
-};
-typedef void (*pcache_wb_progress_fn)(void *arg, const struct pcache_wb_progress *p);
-
-struct pcache_wb_offline_opts {
-	const struct pcache_wb_opts *wb;   /* NULL = defaults */
-	uint64_t rate;                     /* bytes/s, 0 = unlimited */
-	pcache_wb_progress_fn progress;    /* called after each batch, may be NULL */
-	void *progress_arg;
-	struct pcache_backing_opts backing; /* how the images are opened */
-};
-
-/*
- * Write back everything in the log of an open (locked) cache device: open each image's backing
- * from the image table path, find the end of the log by scanning from dirty_tail, write every
- * epoch in order, flush, persist dirty_tail == end of the log and every image's wb_lsn.
- * Returns 0, or -errno with a one-line message in err (the device is left consistent: dirty
- * data that could not be written stays dirty).
- */
-int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offline_opts *oo,
-		      char *err, size_t errlen);
+/* ---- offline (pcachectl writeback): see include/pcache/writeback.h ------------------------ */
 
 /* ---- pieces exposed for the unit tests ---------------------------------------------------- */
 
