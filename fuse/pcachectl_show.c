@@ -303,7 +303,7 @@ static void dump_text(struct pcache_cache_dev *cd)
 {
 	struct pcache_image_ent *ents = calloc(PCACHE_MAX_IMAGES, sizeof(*ents));
 	struct slot_view v[2];
-	char name[48];
+	char name[PCACHE_NAME_MAX + 64];
 	uint32_t i, count = pcache_cache_dev_seg_count(cd);
 	int n, j;
 
