@@ -114,7 +114,7 @@ struct pcache_wb {
 	pthread_mutex_t persist_lock;     /* serialises wb_persist_images(); before lock */
 	struct pcache_image_ent *table;   /* image table copy (PCACHE_MAX_IMAGES), persist_lock
 					   * or the worker (the worker holds it for lookups) */
-	uint64_t last_persist_ns;         /* persist_lock */
+	uint64_t last_persist_ns;         /* written under persist_lock, read atomically */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;              /* worker wake-ups (kick, stop, drain) */
@@ -301,7 +301,7 @@ static void wb_persist_images(struct pcache_wb *wb, bool force)
 			pthread_mutex_unlock(&wb->lock);
 		}
 	}
-	wb->last_persist_ns = pcache_now_ns();
+	__atomic_store_n(&wb->last_persist_ns, pcache_now_ns(), __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&wb->persist_lock);
 }
 
@@ -946,7 +946,8 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 	wb->progress_seq++;
 	pthread_cond_broadcast(&wb->done_cond);
 	pthread_mutex_unlock(&wb->lock);
-	if (!wb->offline && pcache_now_ns() - wb->last_persist_ns > WB_PERSIST_NS)
+	if (!wb->offline &&
+	    pcache_now_ns() - __atomic_load_n(&wb->last_persist_ns, __ATOMIC_RELAXED) > WB_PERSIST_NS)
 		wb_persist_images(wb, false);
 	return 1;
 }
