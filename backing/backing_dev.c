@@ -1,13 +1,22 @@
 /*
  * backing_dev.c -- backing images (regular files or block devices) served through io_uring.
  *
- * One ring per image. Requests are accepted by pcache_backing_submit() (queued, any thread, never
- * blocks on the device) or pcache_backing_submit_direct() (SQE prepared and submitted from the
- * caller's thread, which may wait for a ring slot). A completion thread owns the CQ: it reaps,
- * continues short transfers, walks multi-step requests (bounce, read-modify-write, zero
- * fallbacks), runs the end callbacks, and drains the submit queue into the ring. Callers wake it
- * through an eventfd that always has a read armed in the ring. Block-device discard and zeroing
- * are ioctls, run by a worker thread that hands the result back to the completion thread.
+ * One ring per image, owned by one completion thread: it drains the submit queue into the SQ,
+ * submits and waits in one io_uring_enter, reaps, continues short transfers, walks multi-step
+ * requests (bounce, read-modify-write, zero fallbacks) and runs the end callbacks. Requests are
+ * accepted by pcache_backing_submit() (any thread, never blocks) or
+ * pcache_backing_submit_direct() (the same queue, but the caller waits while depth requests
+ * are outstanding). A sleeping completion thread is woken through an eventfd that always has
+ * a read armed in the ring. Block-device discard and zeroing are ioctls, run by a worker
+ * thread that hands the result back to the completion thread.
+ *
+ * NOTE: why submit_direct() does not enter the ring from the caller's thread: io_uring posts
+ * the completion of a request through task work of the task that submitted it, so a request
+ * submitted by a thread that then sleeps (e.g. the writeback thread waiting for its batch)
+ * needs that thread woken before the completion thread sees anything, and the SQ would need
+ * a lock held across io_uring_enter. With one owner the completion thread submits and waits
+ * in a single io_uring_enter, and a hand-over costs one mutex round trip plus, only when the
+ * completion thread sleeps, one eventfd write.
  *
  * Invariants:
  *  1. Every accepted request, and every internal child of one, is counted in b->in_flight from
@@ -18,14 +27,14 @@
  *  3. End callbacks and upper puts run only on the completion thread, once per request, in
  *     req_finish(), callback first, put second.
  *  4. b->ring_busy <= b->depth operations are in the kernel (plus the eventfd read), so the
- *     completion queue (twice the SQ size) never overflows.
+ *     completion queue (twice the SQ size) never overflows. Only the completion thread
+ *     touches the ring.
  *  5. Operations on an O_DIRECT image have offset and length aligned to b->align and memory
  *     aligned to b->mem_align; anything else is bounced.
  *  6. At most one read-modify-write runs at a time: it rewrites bytes outside its own range,
  *     so two of them on one block could otherwise undo each other.
  *
- * Request stages (struct bk_req.stage), all transitions on the completion thread except the
- * first one of a direct submission:
+ * Request stages (struct bk_req.stage), all transitions on the completion thread:
  *
  *   START --req_start--> IO ----------------------------> done (req_finish)
  *                    \-> RMW_HEAD -> RMW_TAIL -> IO(write) -> done
@@ -105,10 +114,7 @@ struct bk_chunk {
 	struct bk_req reqs[BK_POOL_CHUNK];
 };
 
-/*
- * Locks, in order: lock, then sq_lock (never the other way round; the completion thread takes
- * them one after the other, not nested).
- */
+/* One lock (b->lock); the ring and the lists after it belong to the completion thread. */
 struct pcache_backing {
 	/* immutable after open */
 	int fd;
@@ -124,7 +130,7 @@ struct pcache_backing {
 	pthread_t worker;
 	bool have_worker;
 
-	/* lock: the pool, the submit queue, the worker and done queues, in_flight, closing */
+	/* lock: the pool, the submit queue, the worker and done queues, in_flight, closing, idle */
 	pthread_mutex_t lock;
 	struct bk_req *free_list;
 	struct bk_chunk *chunks;
@@ -132,18 +138,16 @@ struct pcache_backing {
 	struct bk_list worker_q;
 	struct bk_list done_q;        /* worker results waiting for the completion thread */
 	pthread_cond_t worker_cond;
+	pthread_cond_t room_cond;     /* in_flight went down (direct submitters wait on it) */
+	unsigned int room_waiters;
 	uint64_t in_flight;
 	bool closing;
 	bool worker_stop;
-
-	/* sq_lock: the submission side of the ring and ring_busy */
-	pthread_mutex_t sq_lock;
-	pthread_cond_t slot_cond;     /* a ring slot was released */
-	unsigned int ring_busy;
-	unsigned int sq_waiters;
-	struct io_uring ring;
+	bool cq_idle;                 /* the completion thread sleeps (or is about to): wake it */
 
 	/* completion thread only */
+	struct io_uring ring;
+	unsigned int ring_busy;
 	struct bk_list start_q;       /* accepted requests not planned yet */
 	struct bk_list ready_q;       /* planned operations waiting for a ring slot */
 	struct bk_list rmw_wait;      /* read-modify-writes waiting for rmw_busy */
@@ -160,27 +164,6 @@ struct pcache_backing {
 };
 
 static __thread struct pcache_backing *bk_self; /* set on a backing's completion thread */
-
-/*
- * NOTE: a request handed to the ring by one thread is reaped by the completion thread; the
- * kernel orders the two, which ThreadSanitizer cannot see, so the hand-over is annotated.
- */
-#if defined(__SANITIZE_THREAD__)
-#define BK_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define BK_TSAN 1
-#endif
-#endif
-#ifdef BK_TSAN
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#define bk_tsan_release(p) __tsan_release(p)
-#define bk_tsan_acquire(p) __tsan_acquire(p)
-#else
-#define bk_tsan_release(p) ((void)(p))
-#define bk_tsan_acquire(p) ((void)(p))
-#endif
 
 #define bk_stat_add(b, field) __atomic_fetch_add(&(b)->field, 1, __ATOMIC_RELAXED)
 
@@ -291,11 +274,11 @@ static int bk_validate(const struct pcache_backing *b, const struct pcache_backi
 }
 
 /*
- * Validate io and take a request for it, counted in in_flight, with the upper reference taken.
- * internal: a child created by the completion thread (accepted while closing).
+ * Validate io and take a request for it, counted in in_flight, for an internal child created
+ * by the completion thread (accepted while closing too: its parent is already in flight).
  */
-static int bk_accept(struct pcache_backing *b, const struct pcache_backing_io *io,
-		     bool internal, struct bk_req **out)
+static int bk_accept_child(struct pcache_backing *b, const struct pcache_backing_io *io,
+			   struct bk_req **out)
 {
 	struct bk_req *r;
 	int ret = bk_validate(b, io);
@@ -303,26 +286,14 @@ static int bk_accept(struct pcache_backing *b, const struct pcache_backing_io *i
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&b->lock);
-	if (b->closing && !internal) {
-		pthread_mutex_unlock(&b->lock);
-		return -ESHUTDOWN;
-	}
 	r = bk_alloc_locked(b);
-	if (!r) {
-		pthread_mutex_unlock(&b->lock);
-		return -ENOMEM;
-	}
-	b->in_flight++;
+	if (r)
+		b->in_flight++;
 	pthread_mutex_unlock(&b->lock);
-
+	if (!r)
+		return -ENOMEM;
 	r->io = *io;
-	r->counted = !internal;
-	if (io->op == PCACHE_BIO_READ || io->op == PCACHE_BIO_WRITE)
-		r->data = io->upper ? (uint8_t *)io->upper->buf + io->upper_off : io->kmem;
-	if (io->upper && io->upper->get)
-		io->upper->get(io->upper);
-	if (!internal)
-		bk_stat_add(b, st_submitted);
+	r->data = io->kmem;
 	*out = r;
 	return 0;
 }
@@ -355,7 +326,7 @@ static bool bk_is_simple(const struct pcache_backing *b, const struct bk_req *r)
 	}
 }
 
-/* Plan the first operation of a simple request (any thread). */
+/* Plan the first operation of a simple request. */
 static void bk_plan_simple(struct pcache_backing *b, struct bk_req *r)
 {
 	const struct pcache_backing_io *io = &r->io;
@@ -379,7 +350,7 @@ static void bk_plan_simple(struct pcache_backing *b, struct bk_req *r)
 	}
 }
 
-/* Fill an SQE for the planned operation of r (caller holds sq_lock). */
+/* Fill an SQE for the planned operation of r (completion thread). */
 static void bk_prep(struct pcache_backing *b, struct io_uring_sqe *sqe, struct bk_req *r)
 {
 	size_t ask;
@@ -410,7 +381,6 @@ static void bk_prep(struct pcache_backing *b, struct io_uring_sqe *sqe, struct b
 		abort(); /* only the stages above reach the ring */
 	}
 	io_uring_sqe_set_data(sqe, r);
-	bk_tsan_release(r);
 }
 
 /* ---- completion-thread side ---------------------------------------------------------------- */
@@ -437,13 +407,13 @@ static void bk_req_finish(struct pcache_backing *b, struct bk_req *r, int status
 			bk_stat_add(b, st_errors);
 		if (r->io.op == PCACHE_BIO_FLUSH && status == 0)
 			bk_stat_add(b, st_flushes);
+		/* counted before the callback: whoever saw the callback sees the counters */
+		bk_stat_add(b, st_completed);
 	}
 	if (r->io.end)
 		r->io.end(r->io.priv, status);
 	if (r->io.upper && r->io.upper->put)
 		r->io.upper->put(r->io.upper);
-	if (r->counted)
-		bk_stat_add(b, st_completed);
 	r->next = b->release;
 	b->release = r;
 	b->release_n++;
@@ -474,7 +444,7 @@ static int bk_child(struct pcache_backing *b, struct bk_req *parent, enum pcache
 {
 	struct pcache_backing_io io = { .op = op, .off = off, .len = len, .kmem = kmem };
 	struct bk_req *c;
-	int ret = bk_accept(b, &io, true, &c);
+	int ret = bk_accept_child(b, &io, &c);
 
 	if (ret)
 		return ret;
@@ -726,20 +696,32 @@ static bool bk_gather(struct pcache_backing *b, struct bk_list *done)
 	b->release_n = 0;
 	bk_splice(&b->start_q, &b->submit_q);
 	bk_splice(done, &b->done_q);
+	b->cq_idle = false;
+	if (b->room_waiters)
+		pthread_cond_broadcast(&b->room_cond);
 	exiting = b->closing && b->in_flight == 0;
 	pthread_mutex_unlock(&b->lock);
 	return exiting;
 }
 
-/* Move planned operations into the ring and submit them (one io_uring_enter). */
-static void bk_issue(struct pcache_backing *b, unsigned int *reaped)
+/* Declare the completion thread idle unless work arrived meanwhile; true: it may sleep. */
+static bool bk_enter_idle(struct pcache_backing *b)
+{
+	bool idle;
+
+	pthread_mutex_lock(&b->lock);
+	idle = !b->submit_q.head && !b->done_q.head && !(b->closing && b->in_flight == b->release_n);
+	b->cq_idle = idle;
+	pthread_mutex_unlock(&b->lock);
+	return idle;
+}
+
+/* Move planned operations into the SQ (completion thread); returns how many. */
+static unsigned int bk_fill_sq(struct pcache_backing *b)
 {
 	struct io_uring_sqe *sqe;
 	unsigned int n = 0;
 
-	pthread_mutex_lock(&b->sq_lock);
-	b->ring_busy -= *reaped;
-	*reaped = 0;
 	if (!b->efd_armed && (sqe = io_uring_get_sqe(&b->ring))) {
 		io_uring_prep_read(sqe, b->efd, &b->efd_val, sizeof(b->efd_val), 0);
 		io_uring_sqe_set_data64(sqe, BK_EFD_TAG);
@@ -754,30 +736,19 @@ static void bk_issue(struct pcache_backing *b, unsigned int *reaped)
 		b->ring_busy++;
 		n++;
 	}
-	if (n) {
-		int ret;
-
-		do
-			ret = io_uring_submit(&b->ring);
-		while (ret == -EINTR);
-		/* on -EAGAIN/-EBUSY the SQEs stay in the ring and go with the next submit */
-	}
-	if (b->sq_waiters)
-		pthread_cond_broadcast(&b->slot_cond);
-	pthread_mutex_unlock(&b->sq_lock);
+	return n;
 }
 
 static void *bk_cq_main(void *arg)
 {
 	struct pcache_backing *b = arg;
-	unsigned int reaped = 0;
 
 	bk_self = b;
 	for (;;) {
 		struct bk_list done = { NULL, NULL };
 		struct io_uring_cqe *cqe;
 		struct bk_req *r;
-		unsigned int head, count = 0;
+		unsigned int head, n, count = 0;
 		int ret;
 
 		b->kicked = false;
@@ -787,13 +758,18 @@ static void *bk_cq_main(void *arg)
 			bk_worker_done(b, r);
 		while ((r = bk_pop(&b->start_q)))
 			bk_req_start(b, r);
-		bk_issue(b, &reaped);
-		if (b->kicked || b->start_q.head || b->release_n)
-			continue; /* new work from callbacks: take it before sleeping */
-
-		ret = io_uring_wait_cqe(&b->ring, &cqe);
-		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -ETIME) {
-			fprintf(stderr, "pcache backing %s: io_uring_wait_cqe: %s\n", b->path,
+		n = bk_fill_sq(b);
+		if (b->kicked || b->start_q.head || !bk_enter_idle(b)) {
+			/* new work arrived (e.g. from callbacks): submit, take it, then sleep */
+			if (n)
+				io_uring_submit(&b->ring);
+			continue;
+		}
+		/* submit and sleep until a completion (or the eventfd) in one io_uring_enter;
+		 * on -EAGAIN/-EBUSY the SQEs stay in the SQ and go with the next enter */
+		ret = io_uring_submit_and_wait(&b->ring, 1);
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
+			fprintf(stderr, "pcache backing %s: io_uring_enter: %s\n", b->path,
 				strerror(-ret));
 			usleep(1000);
 		}
@@ -805,8 +781,7 @@ static void *bk_cq_main(void *arg)
 				b->efd_armed = false;
 				continue;
 			}
-			reaped++;
-			bk_tsan_acquire((void *)(uintptr_t)tag);
+			b->ring_busy--;
 			bk_op_done(b, (struct bk_req *)(uintptr_t)tag, cqe->res);
 		}
 		io_uring_cq_advance(&b->ring, count);
@@ -849,15 +824,21 @@ static void *bk_worker_main(void *arg)
 
 /* ---- public API ---------------------------------------------------------------------------- */
 
-int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io)
+/* Accept io and hand it to the completion thread; direct: wait while depth are outstanding. */
+static int bk_submit(struct pcache_backing *b, const struct pcache_backing_io *io, bool direct)
 {
 	struct bk_req *r;
-	bool was_empty;
+	bool wake;
 	int ret = bk_validate(b, io);
 
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&b->lock);
+	while (direct && !b->closing && b->in_flight >= b->depth) {
+		b->room_waiters++;
+		pthread_cond_wait(&b->room_cond, &b->lock);
+		b->room_waiters--;
+	}
 	if (b->closing) {
 		pthread_mutex_unlock(&b->lock);
 		return -ESHUTDOWN;
@@ -875,53 +856,28 @@ int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_
 	/* the reference is taken before the request is visible to the completion thread */
 	if (io->upper && io->upper->get)
 		io->upper->get(io->upper);
-	was_empty = !b->submit_q.head;
 	bk_push(&b->submit_q, r);
+	wake = b->cq_idle;
+	b->cq_idle = false; /* one wake is enough until it gathers */
 	pthread_mutex_unlock(&b->lock);
 	bk_stat_add(b, st_submitted);
 
 	if (bk_self == b)
 		b->kicked = true; /* from a callback: the completion thread gathers next */
-	else if (was_empty)
-		bk_wake(b);       /* a non-empty queue already has a wake pending */
+	else if (wake)
+		bk_wake(b);
 	return 0;
+}
+
+int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io)
+{
+	return bk_submit(b, io, false);
 }
 
 int pcache_backing_submit_direct(struct pcache_backing *b, const struct pcache_backing_io *io)
 {
-	struct io_uring_sqe *sqe;
-	struct bk_req *r;
-	int ret;
-
-	if (bk_self == b)
-		return pcache_backing_submit(b, io); /* the completion thread must never wait */
-	ret = bk_accept(b, io, false, &r);
-	if (ret)
-		return ret;
-	if (!bk_is_simple(b, r)) {
-		/* bounces, read-modify-writes and ioctls are walked by the completion thread */
-		pthread_mutex_lock(&b->lock);
-		bk_push(&b->submit_q, r);
-		pthread_mutex_unlock(&b->lock);
-		bk_wake(b);
-		return 0;
-	}
-	bk_plan_simple(b, r);
-	pthread_mutex_lock(&b->sq_lock);
-	while (b->ring_busy >= b->depth) {
-		b->sq_waiters++;
-		pthread_cond_wait(&b->slot_cond, &b->sq_lock);
-		b->sq_waiters--;
-	}
-	while (!(sqe = io_uring_get_sqe(&b->ring)))
-		io_uring_submit(&b->ring);
-	bk_prep(b, sqe, r);
-	b->ring_busy++;
-	do
-		ret = io_uring_submit(&b->ring);
-	while (ret == -EINTR);
-	pthread_mutex_unlock(&b->sq_lock);
-	return 0;
+	/* the completion thread must never wait for room it alone can make */
+	return bk_submit(b, io, bk_self != b);
 }
 
 struct bk_sync {
@@ -1154,8 +1110,7 @@ int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts
 		goto close_efd;
 	}
 	pthread_mutex_init(&b->lock, NULL);
-	pthread_mutex_init(&b->sq_lock, NULL);
-	pthread_cond_init(&b->slot_cond, NULL);
+	pthread_cond_init(&b->room_cond, NULL);
 	pthread_cond_init(&b->worker_cond, NULL);
 	if (b->blockdev && !b->read_only) {
 		ret = -pthread_create(&b->worker, NULL, bk_worker_main, b);
@@ -1183,8 +1138,7 @@ stop_worker:
 	}
 exit_ring:
 	pthread_cond_destroy(&b->worker_cond);
-	pthread_cond_destroy(&b->slot_cond);
-	pthread_mutex_destroy(&b->sq_lock);
+	pthread_cond_destroy(&b->room_cond);
 	pthread_mutex_destroy(&b->lock);
 	io_uring_queue_exit(&b->ring);
 close_efd:
@@ -1221,8 +1175,7 @@ void pcache_backing_close(struct pcache_backing *b)
 		pthread_join(b->worker, NULL);
 	}
 	pthread_cond_destroy(&b->worker_cond);
-	pthread_cond_destroy(&b->slot_cond);
-	pthread_mutex_destroy(&b->sq_lock);
+	pthread_cond_destroy(&b->room_cond);
 	pthread_mutex_destroy(&b->lock);
 	io_uring_queue_exit(&b->ring); /* also cancels the armed eventfd read */
 	close(b->efd);

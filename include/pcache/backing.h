@@ -23,7 +23,7 @@
  *
  * Threading rules (one completion thread per open image):
  *  - submit() and submit_direct() may be called from any thread, including a callback of the
- *    same image (submit_direct() then queues instead of waiting, so a callback never blocks).
+ *    same image (submit_direct() then does not wait, so a callback never blocks).
  *  - A callback blocks every other completion of its image while it runs: keep it short, and
  *    never wait in it for another request of the same image. rw_sync()/flush_sync() return
  *    -EDEADLK from a callback of the same image; close() from one aborts the process.
@@ -54,7 +54,8 @@ struct pcache_backing;
 struct pcache_backing_opts {
 	bool read_only;        /* open O_RDONLY; writes, discards and zeroing fail with -EROFS */
 	bool no_direct;        /* never try O_DIRECT (buffered I/O, made durable by flush) */
-	unsigned int queue_depth; /* io_uring entries; 0 = default (128) */
+	unsigned int queue_depth; /* operations in the kernel at once, and the outstanding requests
+				   * submit_direct() waits below; 0 = default (128), max 4096 */
 };
 
 /*
@@ -133,10 +134,12 @@ struct pcache_backing_io {
 int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io);
 
 /*
- * Submit directly into the ring from the calling thread, which may block while the ring is
- * full (queue_depth operations in the kernel). Same contract as pcache_backing_submit()
- * otherwise. Requests that need several steps (bounce, read-modify-write, block-device
- * discard/zero) and calls from a callback of the same image are queued instead.
+ * Submit for callers that may block (e.g. writeback): same contract as
+ * pcache_backing_submit(), but the caller waits while queue_depth requests of this image are
+ * outstanding (back-pressure). From a callback of the same image it never waits.
+ * NOTE: the request still goes through the completion thread, which alone owns the ring; see
+ * the NOTE at the top of backing/backing_dev.c for why that is faster than entering the ring
+ * from the caller's thread.
  */
 int pcache_backing_submit_direct(struct pcache_backing *b, const struct pcache_backing_io *io);
 
@@ -148,7 +151,8 @@ int pcache_backing_flush_sync(struct pcache_backing *b);
 
 /*
  * Counters (monotonic, for status and tests). They count the caller's requests only (not the
- * layer's internal sub-requests): submitted = accepted, completed = callbacks run, errors =
+ * layer's internal sub-requests): submitted = accepted, completed = callbacks run (counted
+ * just before each callback, so a caller that saw its callback sees it counted), errors =
  * callbacks with status < 0, short_continued = operations resubmitted after a short
  * transfer, bounced = requests that went through a bounce buffer, flushes = successful
  * FLUSHes, in_flight = submitted - completed.
