@@ -700,6 +700,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	struct pcache_image_ent e;
 	struct pcache_image *img;
 	bool known, rekey = false;
+	char pathbuf[PCACHE_PATH_MAX + 1];
 	const char *path;
 	uint32_t i, mode;
 	int ret;
@@ -727,9 +728,16 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		ret = -EBUSY;
 		goto out_unlock;
 	}
+	if (ao->path && strlen(ao->path) > PCACHE_PATH_MAX) {
+		ERR("image %s: backing path longer than %u bytes", ao->name, PCACHE_PATH_MAX);
+		ret = -ENAMETOOLONG;
+		goto out_unlock;
+	}
 	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
-	path = ao->path ? ao->path : (known ? e.path : NULL);
-	if (!path || !*path) {
+	/* a private copy: e is rewritten below */
+	snprintf(pathbuf, sizeof(pathbuf), "%s", ao->path ? ao->path : (known ? e.path : ""));
+	path = pathbuf;
+	if (!*path) {
 		ERR("image %s: no backing path given and none stored", ao->name);
 		ret = -EINVAL;
 		goto out_unlock;

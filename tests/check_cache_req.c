@@ -303,10 +303,19 @@ START_TEST(attach_refuses_changed_identity_with_dirty_data)
 	char err[256];
 	int fd;
 
+	struct pcache_cache_opts o;
+
+	/* restart without background writeback, so the data stays dirty */
+	stop();
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	ck_assert_int_eq(pcache_cache_start(&o, &c, err, sizeof(err)), 0);
+	ck_assert_int_eq(pcache_cache_attach_known(c, err, sizeof(err)), 0);
+	img = pcache_image_get(c, "vm1");
 	write_version(0, 4096, 1, PCACHE_IO_FUA);
-	ck_assert_int_eq(pcache_image_detach(c, "vm1", false), 0);
 	pcache_image_put(img);
 	img = NULL;
+	ck_assert_int_eq(pcache_image_detach(c, "vm1", false), 0);
 	/* the backing grew: dirty data of the old identity refuses the attach */
 	fd = open(ipath, O_WRONLY);
 	ck_assert_int_eq(ftruncate(fd, IMG_SIZE * 2), 0);
@@ -323,8 +332,48 @@ START_TEST(attach_refuses_changed_identity_with_dirty_data)
 }
 END_TEST
 
+START_TEST(changed_identity_of_clean_image_is_rekeyed)
+{
+	struct pcache_attach_opts ao = { .name = "vm1", .cache_mode = -1 };
+	char err[256];
+	int fd;
+
+	write_version(0, 4096, 1, 0);
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	ck_assert_int_eq(pcache_image_detach(c, "vm1", false), 0);
+	pcache_image_put(img);
+	img = NULL;
+	/* the image file is replaced by another of another size: clean, so accepted */
+	eng_make_image(ipath, IMG_SIZE * 2, 1);
+	fd = open(ipath, O_WRONLY);
+	ck_assert_int_eq(pwrite(fd, "\0\0\0\0", 4, 0), 4); /* sector 0 now differs from the cache */
+	close(fd);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(pcache_image_size(img), IMG_SIZE * 2);
+	{
+		uint8_t buf[512], want[512];
+
+		ck_assert_int_eq(eng_read(img, buf, 0, 512), 0);
+		fd = open(ipath, O_RDONLY);
+		ck_assert_int_eq(pread(fd, want, 512, 0), 512);
+		close(fd);
+		ck_assert_mem_eq(buf, want, 512); /* the old cached copy is not served */
+	}
+}
+END_TEST
+
 START_TEST(detach_forget_needs_clean_image)
 {
+	struct pcache_cache_opts o;
+	char err[256];
+
+	/* without background writeback, so the data stays dirty until written back here */
+	stop();
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	ck_assert_int_eq(pcache_cache_start(&o, &c, err, sizeof(err)), 0);
+	ck_assert_int_eq(pcache_cache_attach_known(c, err, sizeof(err)), 0);
+	img = pcache_image_get(c, "vm1");
 	write_version(0, 4096, 1, 0);
 	ck_assert_int_eq(pcache_image_detach(c, "vm1", true), -EBUSY);
 	check_range_version(0, 4096, 1); /* still attached and usable */
@@ -420,6 +469,7 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, flush_persists_every_staged_key);
 	tcase_add_test(tc, writeback_all_reaches_the_backing);
 	tcase_add_test(tc, attach_refuses_changed_identity_with_dirty_data);
+	tcase_add_test(tc, changed_identity_of_clean_image_is_rekeyed);
 	tcase_add_test(tc, detach_forget_needs_clean_image);
 	tcase_add_test(tc, knobs_round_trip_and_reject_bad_values);
 	tcase_add_test(tc, writethrough_writes_the_backing_at_once);
