@@ -842,6 +842,80 @@ START_TEST(short_transfers_are_continued_not_reported)
 }
 END_TEST
 
+START_TEST(submit_direct_waits_while_queue_depth_requests_are_outstanding)
+{
+	struct pcache_backing_opts o = { .queue_depth = 4 };
+	struct pcache_backing *b;
+	struct pcache_backing_stats st;
+	struct waiter w = WAITER_INIT;
+	struct rec recs[12];
+	char p[300], img[350], err[256];
+	uint8_t *buf;
+	uint64_t max_in_flight = 0, t0;
+	int i;
+
+	check_make_file(tpath(p, sizeof(p), "real"), 1 << 20, 1);
+	if (!flaky_start(p, "delay=0:1048576:r:20000")) /* every read takes 20 ms */
+		return;
+	snprintf(img, sizeof(img), "%s/image", flaky_mnt);
+	ck_assert_int_eq(pcache_backing_open(img, &o, &b, err, sizeof(err)), 0);
+	ck_assert_int_eq(posix_memalign((void **)&buf, 4096, 12 * 4096), 0);
+	t0 = pcache_now_ns();
+	waiter_add(&w, 12);
+	for (i = 0; i < 12; i++) {
+		struct pcache_backing_io io = { .op = PCACHE_BIO_READ, .off = (uint64_t)i * 4096,
+						.len = 4096, .kmem = buf + i * 4096, .end = rec_end,
+						.priv = &recs[i] };
+
+		recs[i] = (struct rec){ .w = &w };
+		ck_assert_int_eq(pcache_backing_submit_direct(b, &io), 0);
+		pcache_backing_get_stats(b, &st);
+		max_in_flight = PCACHE_MAX(max_in_flight, st.in_flight);
+	}
+	/* 12 requests, at most 4 outstanding: the 12th was accepted after 8 had completed */
+	ck_assert_uint_ge(pcache_now_ns() - t0, 20 * 1000 * 1000);
+	ck_assert_uint_le(max_in_flight, 4);
+	waiter_wait(&w);
+	for (i = 0; i < 12; i++)
+		ck_assert_int_eq(recs[i].status, 0);
+	expect_pattern(buf, 12 * 4096, 0, 1);
+	pcache_backing_close(b);
+	free(buf);
+}
+END_TEST
+
+START_TEST(close_waits_for_slow_requests)
+{
+	struct pcache_backing *b;
+	struct waiter w = WAITER_INIT;
+	struct rec recs[8];
+	char p[300], img[350];
+	uint8_t *buf;
+	int i;
+
+	check_make_file(tpath(p, sizeof(p), "real"), 1 << 20, 1);
+	if (!flaky_start(p, "delay=65536:4096:rw:200000"))
+		return;
+	snprintf(img, sizeof(img), "%s/image", flaky_mnt);
+	b = bk_open(img, false, false);
+	ck_assert_int_eq(posix_memalign((void **)&buf, 4096, 8 * 4096), 0);
+	waiter_add(&w, 8);
+	for (i = 0; i < 8; i++) {
+		struct pcache_backing_io io = { .op = i & 1 ? PCACHE_BIO_WRITE : PCACHE_BIO_READ,
+						.off = 65536, .len = 4096, .kmem = buf + i * 4096,
+						.end = rec_end, .priv = &recs[i] };
+
+		recs[i] = (struct rec){ .w = &w };
+		ck_assert_int_eq(pcache_backing_submit(b, &io), 0);
+	}
+	pcache_backing_close(b); /* returns only after every slow request ended */
+	for (i = 0; i < 8; i++)
+		ck_assert_int_eq(recs[i].calls, 1);
+	ck_assert_int_eq(w.pending, 0);
+	free(buf);
+}
+END_TEST
+
 START_TEST(read_past_the_end_of_a_shrunk_file_is_enodata)
 {
 	struct pcache_backing *b;
@@ -1201,6 +1275,8 @@ Suite *backing_suite(void)
 	tcase_add_test(tc, eio_from_the_image_reaches_the_callback);
 	tcase_add_test(tc, short_transfers_are_continued_not_reported);
 	tcase_add_test(tc, read_past_the_end_of_a_shrunk_file_is_enodata);
+	tcase_add_test(tc, submit_direct_waits_while_queue_depth_requests_are_outstanding);
+	tcase_add_test(tc, close_waits_for_slow_requests);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("Ranges");
