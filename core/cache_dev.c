@@ -64,6 +64,8 @@ struct pcache_cache_dev {
 	bool read_only;
 	struct pcache_pmem_map map;
 	struct pcache_pmem pmem;    /* the seam in use: map.seam, or what wrap_pmem returned */
+	int (*read_fault)(uint64_t off, size_t len, void *arg); /* tests: opts->read_fault */
+	void *read_fault_arg;
 
 	/* immutable after open */
 	struct pcache_sb_om sb;
@@ -159,6 +161,19 @@ static int random_bytes(void *buf, size_t len)
 static uint32_t rec_crc(const void *rec, size_t len)
 {
 	return pcache_crc32c(PCACHE_CRC_SEED, (const uint8_t *)rec + 4, len - 4);
+}
+
+/* Every read of the device: the test fault hook first, then pread (or the mcsafe read). */
+static int dev_pread(struct pcache_cache_dev *cd, void *buf, size_t len, uint64_t off)
+{
+	int rc;
+
+	if (cd->read_fault) {
+		rc = cd->read_fault(off, len, cd->read_fault_arg);
+		if (rc)
+			return rc < 0 ? rc : -EIO;
+	}
+	return pcache_pmem_pread(&cd->map, cd->fd, buf, len, off);
 }
 
 /* ---- geometry ----------------------------------------------------------------------------- */
@@ -459,14 +474,14 @@ static int md_read(struct pcache_cache_dev *cd, struct md_buf *md, uint64_t len)
 	md->bad_page = calloc(pages, sizeof(bool));
 	if (!md->buf || !md->bad_page)
 		return -ENOMEM;
-	rc = pcache_pmem_pread(&cd->map, cd->fd, md->buf, len, 0);
+	rc = dev_pread(cd, md->buf, len, 0);
 	if (rc == 0)
 		return 0;
 	/* a media error somewhere: read page by page, mark the unreadable ones */
 	for (p = 0; p < pages; p++) {
 		uint64_t n = PCACHE_MIN((uint64_t)MD_PAGE, len - p * MD_PAGE);
 
-		if (pcache_pmem_pread(&cd->map, cd->fd, md->buf + p * MD_PAGE, n, p * MD_PAGE)) {
+		if (dev_pread(cd, md->buf + p * MD_PAGE, n, p * MD_PAGE)) {
 			memset(md->buf + p * MD_PAGE, 0, n);
 			md->bad_page[p] = true;
 		}
@@ -945,7 +960,7 @@ static int dev_load(struct pcache_cache_dev *cd, bool format_if_blank,
 	if (!slots)
 		return seterr(err, errlen, -ENOMEM, "out of memory");
 	for (i = 0; i < 2; i++) {
-		unreadable[i] = pcache_pmem_pread(&cd->map, cd->fd, slots + i * PCACHE_SB_SLOT_SIZE,
+		unreadable[i] = dev_pread(cd, slots + i * PCACHE_SB_SLOT_SIZE,
 						  PCACHE_SB_SLOT_SIZE,
 						  PCACHE_SB_OFF + (uint64_t)i * PCACHE_SB_SLOT_SIZE) != 0;
 		if (unreadable[i])
@@ -961,7 +976,7 @@ static int dev_load(struct pcache_cache_dev *cd, bool format_if_blank,
 		if (rc)
 			goto out;
 		for (i = 0; i < 2; i++) {
-			rc = pcache_pmem_pread(&cd->map, cd->fd, slots + i * PCACHE_SB_SLOT_SIZE,
+			rc = dev_pread(cd, slots + i * PCACHE_SB_SLOT_SIZE,
 					       PCACHE_SB_SLOT_SIZE,
 					       PCACHE_SB_OFF + (uint64_t)i * PCACHE_SB_SLOT_SIZE);
 			if (rc) {
@@ -999,6 +1014,8 @@ int pcache_cache_dev_open(const struct pcache_cache_dev_opts *opts, struct pcach
 	cd = dev_alloc(opts->path);
 	if (!cd)
 		return seterr(err, errlen, -ENOMEM, "out of memory");
+	cd->read_fault = opts->read_fault;
+	cd->read_fault_arg = opts->read_fault_arg;
 	rc = dev_attach(cd, opts->create_size, opts->read_only, opts->no_lock, err, errlen);
 	if (rc)
 		goto out_free;
@@ -1098,7 +1115,7 @@ int pcache_cache_dev_pread(struct pcache_cache_dev *cd, void *buf, size_t len, u
 {
 	if (off > cd->map.size || len > cd->map.size - off)
 		return -EINVAL;
-	return pcache_pmem_pread(&cd->map, cd->fd, buf, len, off);
+	return dev_pread(cd, buf, len, off);
 }
 
 /* ---- records ------------------------------------------------------------------------------ */

@@ -508,6 +508,83 @@ START_TEST(damaged_superblock_copy_and_torn_slot_are_reported_repairable)
 }
 END_TEST
 
+/* Fail every read that overlaps one of the listed 4 KiB pages (poisoned media). */
+struct poison {
+	uint64_t page[4];
+	int n;
+};
+
+static int poison_fault(uint64_t off, size_t len, void *arg)
+{
+	const struct poison *po = arg;
+	int i;
+
+	for (i = 0; i < po->n; i++)
+		if (off < po->page[i] * 4096 + 4096 && po->page[i] * 4096 < off + len)
+			return -EIO;
+	return 0;
+}
+
+static int open_poisoned(const char *p, struct poison *po, struct pcache_cache_dev **cd)
+{
+	struct pcache_cache_dev_opts o = { .path = p, .read_fault = poison_fault, .read_fault_arg = po };
+
+	errbuf[0] = 0;
+	return pcache_cache_dev_open(&o, cd, errbuf, sizeof(errbuf));
+}
+
+START_TEST(unreadable_slots_count_as_invalid)
+{
+	const char *p = fresh_dev("poison");
+	struct pcache_cache_dev *cd = open_ok(p, false);
+	struct pcache_cache_info ci;
+	struct poison po = { { 0 }, 0 };
+	struct lines l = { "" };
+	uint8_t buf[16];
+
+	pcache_cache_dev_get_info(cd, &ci);
+	ci.wb_rate = 5;
+	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), 0); /* into slot 1 */
+	pcache_cache_dev_close(cd);
+
+	/* the page of cache_info slot 1 (the newest) is poisoned: slot 0 is used */
+	po = (struct poison){ { PCACHE_INFO_OFF / 4096 + 1 }, 1 };
+	ck_assert_int_eq(open_poisoned(p, &po, &cd), 0);
+	pcache_cache_dev_get_info(cd, &ci);
+	ck_assert_uint_eq(ci.wb_rate, 0);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 1);
+	pcache_cache_dev_check(cd, collect, &l);
+	ck_assert_msg(strstr(l.text, "cache_info slot 1: unreadable"), "%s", l.text);
+	ck_assert_int_eq(pcache_cache_dev_pread(cd, buf, sizeof(buf), PCACHE_INFO_OFF + 4096), -EIO);
+	ck_assert_int_eq(pcache_cache_dev_pread(cd, buf, sizeof(buf), 0), 0);
+	pcache_cache_dev_close(cd);
+
+	/* superblock copy 0 unreadable: copy 1 is used */
+	po = (struct poison){ { 0 }, 1 };
+	ck_assert_int_eq(open_poisoned(p, &po, &cd), 0);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 1);
+	pcache_cache_dev_close(cd);
+
+	/* both slots unreadable: refused, naming the structure; and nothing is formatted */
+	po = (struct poison){ { PCACHE_INFO_OFF / 4096, PCACHE_INFO_OFF / 4096 + 1 }, 2 };
+	ck_assert_int_eq(open_poisoned(p, &po, &cd), -EUCLEAN);
+	ck_assert_msg(strstr(errbuf, "cache_info: both slots invalid (slot 0: unreadable, slot 1: unreadable)"),
+		      "%s", errbuf);
+	po = (struct poison){ { 0, 1 }, 2 };
+	ck_assert_int_eq(open_poisoned(p, &po, &cd), -EUCLEAN);
+	ck_assert_msg(strstr(errbuf, "superblock: both copies invalid (copy 0: unreadable, copy 1: unreadable)"),
+		      "%s", errbuf);
+	/* a poisoned segment-table page takes out its records, not the whole read */
+	po = (struct poison){ { PCACHE_SEGTAB_OFF / 4096 }, 1 };
+	ck_assert_int_eq(open_poisoned(p, &po, &cd), -EUCLEAN);
+	ck_assert_msg(strstr(errbuf, "segment 0 record: both slots invalid"), "%s", errbuf);
+	po = (struct poison){ { PCACHE_IMAGES_OFF / 4096 + 3 }, 1 }; /* images 6 and 7 */
+	ck_assert_int_eq(open_poisoned(p, &po, &cd), -EUCLEAN);
+	ck_assert_msg(strstr(errbuf, "image 6: both slots invalid"), "%s", errbuf);
+	pcache_cache_dev_close(open_ok(p, false));
+}
+END_TEST
+
 START_TEST(both_copies_corrupt_is_refused_naming_the_structure)
 {
 	static const struct {
@@ -1706,6 +1783,7 @@ Suite *cache_dev_suite(void)
 	tcase_add_test(tc, corrupt_newest_copy_falls_back_to_older_and_repair_rewrites_it);
 	tcase_add_test(tc, damaged_superblock_copy_and_torn_slot_are_reported_repairable);
 	tcase_add_test(tc, both_copies_corrupt_is_refused_naming_the_structure);
+	tcase_add_test(tc, unreadable_slots_count_as_invalid);
 	tcase_add_test(tc, sequence_numbers_wrap_around);
 	tcase_add_test(tc, crash_at_every_step_of_format_leaves_a_formattable_device);
 	suite_add_tcase(s, tc);

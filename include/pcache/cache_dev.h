@@ -9,6 +9,10 @@
  * Thread safety: the record update functions serialise on an internal mutex per record kind;
  * the engine calls them from its own threads. Reads of the in-memory copies are the caller's
  * business (the engine keeps its own state; these are the durable copies).
+ * NOTE: the internal mutexes are leaves for callers: cache_dev never calls back into its caller
+ * while holding one (internal order: image table -> cache_info; tails and segments are
+ * independent), so any engine lock may be held across these calls. pcache_cache_dev_seg_gen()
+ * takes no lock at all.
  */
 #ifndef PCACHE_CACHE_DEV_H
 #define PCACHE_CACHE_DEV_H
@@ -74,6 +78,13 @@ struct pcache_cache_dev_opts {
 	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
 	void *wrap_arg;
 	bool prefault;             /* touch every page at start (avoids first-touch latency later) */
+	/*
+	 * Tests: called before every read of the device (metadata loads and
+	 * pcache_cache_dev_pread()) with its range; a non-zero return fails that read with -EIO
+	 * (or the negative value returned), emulating poisoned media. NULL in production.
+	 */
+	int (*read_fault)(uint64_t off, size_t len, void *arg);
+	void *read_fault_arg;
 };
 
 /*

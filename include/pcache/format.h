@@ -137,6 +137,20 @@
  *
  * The end of the log is the first position whose kset has a bad magic, bad CRC, or an lsn that
  * does not continue the log: a stale kset from an earlier lap of a segment can never replay.
+ *
+ * BLANK DEVICE AND FORMAT. A device is blank when both 4 KiB superblock slots are all zero; only
+ * a blank device is formatted on first use. Format (core/cache_dev.c) writes, in this order:
+ *   1. zeroes over both superblock slots (from here a crash leaves a blank device);
+ *   2. zeroes over [8 KiB, seg_base) and over the first PCACHE_KSET_MAX_SIZE bytes of segment 0;
+ *   3. both slots of every record, same values: slot 0 seq 1, slot 1 seq 0 --
+ *      cache_info defaults (gc 70, dirty 60/30, wb_rate 0, next_image_id 1, DATA_CRC as asked),
+ *      key_tail = dirty_tail = (seg 0, off 0, lsn 1), every image entry FREE (id 0, state 0),
+ *      every segment gen 0;
+ *   4. superblock copy 0, then copy 1 (the commit record of the format).
+ * INITIAL LOG STATE: key_tail == dirty_tail == (0, 0, lsn 1) and the kset at segment 0 offset 0
+ * is all zero (invalid), so the log is empty; the first kset written goes there with lsn 1.
+ * A removed image is a FREE record written like any update (never a zeroed slot: zeroing would
+ * let the older copy win at load). Ids are never reused: next_image_id only grows.
  */
 #ifndef PCACHE_FORMAT_H
 #define PCACHE_FORMAT_H
