@@ -142,6 +142,9 @@ struct pcache_wb {
 	/* guarded by io_lock */
 	uint32_t inflight;
 	uint64_t inflight_bytes;
+	bool io_waiting;                  /* the issuer sleeps until io_wake_n / io_wake_bytes */
+	uint32_t io_wake_n;
+	uint64_t io_wake_bytes;
 
 	pthread_t thread;
 	bool have_thread;
@@ -545,16 +548,37 @@ static void wb_io_end(void *priv, int status)
 	pthread_mutex_lock(&wb->io_lock);
 	wb->inflight--;
 	wb->inflight_bytes -= rq->len;
-	pthread_cond_broadcast(&wb->io_cond);
+	/* wake the issuer only once its refill threshold is reached (fewer context switches) */
+	if (wb->io_waiting && wb->inflight <= wb->io_wake_n &&
+	    (!wb->inflight || wb->inflight_bytes <= wb->io_wake_bytes))
+		pthread_cond_signal(&wb->io_cond);
 	pthread_mutex_unlock(&wb->io_lock);
 }
 
 static void wb_wait_inflight(struct pcache_wb *wb, uint32_t max_n, uint64_t max_bytes)
 {
 	pthread_mutex_lock(&wb->io_lock);
-	while (wb->inflight > max_n || (wb->inflight && wb->inflight_bytes > max_bytes))
+	while (wb->inflight > max_n || (wb->inflight && wb->inflight_bytes > max_bytes)) {
+		wb->io_waiting = true;
+		wb->io_wake_n = max_n;
+		wb->io_wake_bytes = max_bytes;
 		pthread_cond_wait(&wb->io_cond, &wb->io_lock);
+	}
+	wb->io_waiting = false;
 	pthread_mutex_unlock(&wb->io_lock);
+}
+
+/* Before issuing len more bytes: when the window is full, wait until it is half empty. */
+static void wb_window(struct pcache_wb *wb, uint64_t len)
+{
+	bool full;
+
+	pthread_mutex_lock(&wb->io_lock);
+	full = wb->inflight >= wb->o.max_inflight ||
+	       (wb->inflight && wb->inflight_bytes + len > wb->o.max_inflight_bytes);
+	pthread_mutex_unlock(&wb->io_lock);
+	if (full)
+		wb_wait_inflight(wb, wb->o.max_inflight / 2, wb->o.max_inflight_bytes / 2);
 }
 
 static int wb_submit(struct pcache_wb *wb, struct pcache_backing *b, struct wb_req *rq,
@@ -830,8 +854,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 			break;
 		}
 		wb_throttle(wb, rq->len, limited);
-		wb_wait_inflight(wb, wb->o.max_inflight - 1,
-				 wb->o.max_inflight_bytes > rq->len ? wb->o.max_inflight_bytes - rq->len : 0);
+		wb_window(wb, rq->len);
 		wb->reqs_issued++;
 		wb_submit(wb, im->b, rq, rq->src ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO);
 	}
