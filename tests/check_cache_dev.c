@@ -384,6 +384,36 @@ START_TEST(every_record_survives_1000_updates_and_restarts_alternating_slots)
 }
 END_TEST
 
+START_TEST(largest_segment_count_formats_and_reloads)
+{
+	const char *p = dev_path("huge");
+	struct pcache_format_opts fo = { .seg_size = MIB };
+	struct pcache_cache_dev *cd;
+	uint32_t last;
+	int fd;
+
+	if (check_under_tsan())
+		return; /* 64 MiB segment table: too slow under TSan, same code as below */
+	unlink(p);
+	fd = open(p, O_CREAT | O_RDWR, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)(3ull << 40)), 0); /* sparse: only metadata is written */
+	close(fd);
+	ck_assert_int_eq(pcache_cache_dev_format(p, 0, &fo, errbuf, sizeof(errbuf)), 0);
+	cd = open_ok(p, false);
+	ck_assert_uint_eq(pcache_cache_dev_seg_count(cd), PCACHE_MAX_SEGS);
+	last = PCACHE_MAX_SEGS - 1;
+	ck_assert_ptr_nonnull(pcache_cache_dev_seg_addr(cd, last));
+	ck_assert_int_eq(pcache_cache_dev_seg_gen_bump(cd, last), 0);
+	pcache_cache_dev_close(cd);
+	cd = open_ok(p, false);
+	ck_assert_uint_eq(pcache_cache_dev_seg_gen(cd, last), 1);
+	ck_assert_uint_eq(pcache_cache_dev_seg_gen(cd, last - 1), 0);
+	pcache_cache_dev_close(cd);
+	unlink(p);
+}
+END_TEST
+
 START_TEST(set_functions_validate_ranges)
 {
 	const char *p = fresh_dev("ranges");
@@ -1773,6 +1803,7 @@ Suite *cache_dev_suite(void)
 	tcase_add_test(tc, geometry_is_maximal_aligned_and_fits);
 	tcase_add_test(tc, every_record_survives_1000_updates_and_restarts_alternating_slots);
 	tcase_add_test(tc, set_functions_validate_ranges);
+	tcase_add_test(tc, largest_segment_count_formats_and_reloads);
 	tcase_add_test(tc, read_only_open_refuses_updates);
 	tcase_add_test(tc, forced_cache_line_granularity_path_works);
 	tcase_add_test(tc, counting_seam_sees_a_durable_store_per_update_into_the_other_slot);
