@@ -152,8 +152,15 @@ int pcache_pmem_map_open(struct pcache_pmem_map *m, int fd, bool read_only, char
 	int rc;
 
 	memset(m, 0, sizeof(*m));
-	if (fstat(fd, &st) == 0)
-		m->devdax = S_ISCHR(st.st_mode);
+	if (fstat(fd, &st))
+		return -errno;
+	if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {
+		snprintf(err, errlen, "device: not a regular file or DAX character device%s",
+			 S_ISBLK(st.st_mode) ? " (libpmem2 cannot map a block device; use a DAX "
+					       "device or a file on a DAX file system)" : "");
+		return S_ISDIR(st.st_mode) ? -EISDIR : -ENOTSUP;
+	}
+	m->devdax = S_ISCHR(st.st_mode);
 	rc = pmem2_source_from_fd(&m->src, fd);
 	if (rc) {
 		rc = pmem_err(rc, "device", err, errlen);

@@ -64,7 +64,7 @@ static int device_content(const char *path, char *what, size_t len)
 	}
 	if (rc == -ENODATA || rc == -ENOENT)
 		return 0;
-	if (rc == -EBUSY || rc == -EACCES || rc == -EPERM) {
+	if (rc == -EBUSY || rc == -EACCES || rc == -EPERM || rc == -EISDIR || rc == -ENOTSUP) {
 		snprintf(what, len, "%s", err);
 		return -1;
 	}
