@@ -262,8 +262,9 @@ static void flaky_ctl(const char *cmd)
 
 /* ---- loop device -------------------------------------------------------------------------- */
 
-/* Attach file to a free loop device (autoclear); false (skip) when not possible. */
-static bool loop_attach(const char *file, char *dev, size_t len)
+/* Attach file to a free loop device (autoclear, logical block size bs or the default for 0);
+ * false (skip) when not possible. */
+static bool loop_attach(const char *file, uint32_t bs, char *dev, size_t len)
 {
 	int ctl, i;
 
@@ -290,6 +291,7 @@ static bool loop_attach(const char *file, char *dev, size_t len)
 		ck_assert_int_ge(ffd, 0);
 		memset(&cfg, 0, sizeof(cfg));
 		cfg.fd = (uint32_t)ffd;
+		cfg.block_size = bs;
 		cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
 		ret = ioctl(loop_fd, LOOP_CONFIGURE, &cfg);
 		close(ffd);
@@ -1025,7 +1027,7 @@ START_TEST(loop_device_queries_io_zero_and_discard)
 	uint8_t *buf;
 
 	check_make_file(tpath(p, sizeof(p), "loopimg"), 4 << 20, 15);
-	if (!loop_attach(p, dev, sizeof(dev)))
+	if (!loop_attach(p, 0, dev, sizeof(dev)))
 		return;
 	b = bk_open(dev, false, false);
 	ck_assert(pcache_backing_is_blockdev(b));
@@ -1040,6 +1042,45 @@ START_TEST(loop_device_queries_io_zero_and_discard)
 	zero_and_discard(dev, b, 15);
 	pcache_backing_close(b);
 	free(buf);
+}
+END_TEST
+
+START_TEST(loop_device_with_4k_blocks_bounces_and_zeroes_unaligned_ranges)
+{
+	struct pcache_backing *b;
+	struct pcache_backing_stats st;
+	char p[300], dev[64];
+	uint8_t *buf, *chk;
+	size_t k;
+
+	check_make_file(tpath(p, sizeof(p), "loopimg4k"), 4 << 20, 16);
+	if (!loop_attach(p, 4096, dev, sizeof(dev)))
+		return;
+	b = bk_open(dev, false, false);
+	ck_assert_uint_eq(pcache_backing_lbs(b), 4096);
+	ck_assert(pcache_backing_is_direct(b));
+	ck_assert_int_eq(posix_memalign((void **)&buf, 4096, 65536), 0);
+	chk = malloc(65536);
+	zero_and_discard(dev, b, 16); /* BLKZEROOUT needs 4 KiB alignment here */
+	pcache_backing_get_stats(b, &st);
+	ck_assert_uint_eq(st.bounced, 0); /* the zeroing sub-writes are not caller requests */
+	/* 512-aligned but not 4 KiB-aligned: still bounced, and a read-modify-write */
+	ck_assert_int_eq(do_io(b, PCACHE_BIO_READ, buf, 1536, 512, false), 0);
+	expect_pattern(buf, 1536, 512, 16);
+	for (k = 0; k < 5000; k++)
+		buf[k] = (uint8_t)(k * 13);
+	ck_assert_int_eq(do_io(b, PCACHE_BIO_WRITE, buf, 5000, 6000, true), 0);
+	ck_assert_int_eq(pcache_backing_flush_sync(b), 0);
+	pread_all(dev, chk, 16384, 0);
+	expect_pattern(chk, 6000, 0, 16);
+	for (k = 0; k < 5000; k++)
+		ck_assert_int_eq(chk[6000 + k], (uint8_t)(k * 13));
+	expect_pattern(chk + 11000, 16384 - 11000, 11000, 16);
+	pcache_backing_get_stats(b, &st);
+	ck_assert_uint_eq(st.bounced, 2);
+	pcache_backing_close(b);
+	free(buf);
+	free(chk);
 }
 END_TEST
 
@@ -1286,6 +1327,7 @@ Suite *backing_suite(void)
 	tcase_add_test(tc, zero_and_discard_on_files);
 	tcase_add_test(tc, zero_through_fuse_without_fallocate_support_writes_zeros);
 	tcase_add_test(tc, loop_device_queries_io_zero_and_discard);
+	tcase_add_test(tc, loop_device_with_4k_blocks_bounces_and_zeroes_unaligned_ranges);
 	suite_add_tcase(s, tc);
 	return s;
 }
