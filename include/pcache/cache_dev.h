@@ -118,7 +118,7 @@ void *pcache_cache_dev_base(const struct pcache_cache_dev *cd);
 uint64_t pcache_cache_dev_size(const struct pcache_cache_dev *cd);
 uint32_t pcache_cache_dev_seg_count(const struct pcache_cache_dev *cd);
 uint64_t pcache_cache_dev_seg_size(const struct pcache_cache_dev *cd);
-/* Address of byte 0 of segment seg (seg < seg_count). */
+/* Address of byte 0 of segment seg; NULL when seg >= seg_count. */
 void *pcache_cache_dev_seg_addr(const struct pcache_cache_dev *cd, uint32_t seg);
 /* "cache line", "page" or "byte": libpmem2's store granularity for this mapping. */
 const char *pcache_cache_dev_granularity(const struct pcache_cache_dev *cd);
@@ -128,7 +128,7 @@ int pcache_cache_dev_fd(const struct pcache_cache_dev *cd);
 
 /*
  * Read len bytes at device offset off with pread() (media errors become -EIO instead of
- * SIGBUS). Used for metadata and replay.
+ * SIGBUS). Used for metadata and replay. -EINVAL if the range is outside the device.
  */
 int pcache_cache_dev_pread(struct pcache_cache_dev *cd, void *buf, size_t len, uint64_t off);
 
@@ -158,12 +158,13 @@ struct pcache_pos {
 };
 void pcache_cache_dev_get_key_tail(const struct pcache_cache_dev *cd, struct pcache_pos *p);
 void pcache_cache_dev_get_dirty_tail(const struct pcache_cache_dev *cd, struct pcache_pos *p);
+/* Persist a tail: -EINVAL unless seg < seg_count, off < seg_size and 8-aligned, lsn != 0. */
 int pcache_cache_dev_set_key_tail(struct pcache_cache_dev *cd, const struct pcache_pos *p);
 int pcache_cache_dev_set_dirty_tail(struct pcache_cache_dev *cd, const struct pcache_pos *p);
 
-/* Segment generation. get is lock-free (an atomic load of the in-memory copy). */
+/* Segment generation. get is lock-free (an atomic load of the in-memory copy); 0 if out of range. */
 uint64_t pcache_cache_dev_seg_gen(const struct pcache_cache_dev *cd, uint32_t seg);
-/* Bump the generation of seg by one and persist it before returning. */
+/* Bump the generation of seg by one and persist it before returning. -EINVAL, -EROFS. */
 int pcache_cache_dev_seg_gen_bump(struct pcache_cache_dev *cd, uint32_t seg);
 
 /* Image table entry, decoded. */
