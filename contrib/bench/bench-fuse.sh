@@ -60,6 +60,10 @@ RSS_CACHE_SIZE=2g
 ALL_JOBS="rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16 sr1m sw1m"
 ALL_CONFIGS="pc-hit pc-hit-st pc-miss ceiling qsd qsd-shm raw shm"
 JOBS=${FUSE_JOBS:-$ALL_JOBS}
+# Reads run before writes within a round, so that no write pushes warmed data out of the cache
+# before a read job measures hits.
+EXEC_JOBS="$(for j in $JOBS; do case $j in rr*|sr*) printf '%s ' "$j" ;; esac; done)"
+EXEC_JOBS+="$(for j in $JOBS; do case $j in rr*|sr*) ;; *) printf '%s ' "$j" ;; esac; done)"
 CONFIGS=${FUSE_CONFIGS:-$ALL_CONFIGS}
 
 # Which jobs each configuration runs (default: all).
@@ -202,6 +206,14 @@ pc_cmd() {
 	CMD=("$PCACHEFS" -f "$@" -o "cache=$cache" -o "image=img:$img" "$mnt")
 }
 
+# show_cmd: CMD as printed in the report (build/ paths, no temporary directories).
+show_cmd() {
+	local s="${CMD[*]}"
+	[ -n "$WORK_RUN" ] && s=${s//$WORK_RUN\/bin\//build\/}
+	s=${s//$PCACHE_BUILD\//build\/}
+	echo "$s"
+}
+
 # new_cache PATH SIZE: a fresh (sparse) cache file; the daemon formats it on first use.
 new_cache() { rm -f "$1"; truncate -s "$2" "$1"; }
 
@@ -278,9 +290,18 @@ cfg_runs_job() { # cfg_runs_job CONFIG JOB
 	return 1
 }
 
-# run_one ROUND JOB CONFIG: one measured run; appends "round job config value" to results.tsv.
+# pc_counters MOUNT: "read_hit_bytes read_miss_bytes full_waits full_wait_ns" of image "img"
+# from .pcache/status.json (empty if the daemon does not expose them).
+pc_counters() {
+	jq -r '[(.images[] | select(.name == "img") | .read_hit_bytes, .read_miss_bytes),
+		.cache.full_waits, .cache.full_wait_ns] | map(. // 0) | map(tostring) | join(" ")' \
+		"$1/.pcache/status.json" 2>/dev/null
+}
+
+# run_one ROUND JOB CONFIG: one measured run; appends "round job config value" to results.tsv
+# and, for pcachefs, the counter deltas of the run to pcstats.tsv.
 run_one() {
-	local r=$1 j=$2 c=$3 out=$WORK_RUN/json/$1-$2-$3.json v=NA
+	local r=$1 j=$2 c=$3 out=$WORK_RUN/json/$1-$2-$3.json v=NA before= after=
 	if [ "$c" = pc-miss ]; then
 		# A cold cache for every run: a fresh cache file, a fresh daemon.
 		new_cache "$WORK_SHM/miss.cache" $MISS_CACHE_SIZE
@@ -288,11 +309,16 @@ run_one() {
 			echo "$r $j $c NA" >> "$WORK_RUN/results.tsv"; fio_failures=$((fio_failures + 1)); return
 		fi
 	fi
+	case $c in pc-*) before=$(pc_counters "$WORK_RUN/mnt-$c") ;; esac
 	if fio_run "$out" "${CFG_FILE[$c]}" "${CFG_SIZE[$c]}" "$j" "$JOBFILE"; then
 		v=$(metric "$j" "$out")
 	else
 		log "fio $j on $c failed (round $r):"; sed 's/^/    /' "$out.err" >&2
 		fio_failures=$((fio_failures + 1))
+	fi
+	case $c in pc-*) after=$(pc_counters "$WORK_RUN/mnt-$c") ;; esac
+	if [ -n "$before" ] && [ -n "$after" ]; then
+		echo "$r $j $c $before $after" | awk '{ print $1, $2, $3, $8 - $4, $9 - $5, $10 - $6, $11 - $7 }' >> "$WORK_RUN/pcstats.tsv"
 	fi
 	if [ "$c" = pc-miss ]; then
 		daemon_stop pc-miss
@@ -394,7 +420,7 @@ rss_and_replay() {
 		echo "| start to ready, empty formatted cache (median of 3) | $(awk -v n="$me" 'BEGIN { printf "%.3f s", n / 1e9 }') |"
 		echo "| **replay time** (difference) | $(awk -v a="$mf" -v b="$me" 'BEGIN { printf "%.3f s", (a - b) / 1e9 }') |"
 		echo
-		echo "\"Ready\" = the mount is in /proc/self/mountinfo and \`stat <mnt>/img\` succeeds, polled every 5 ms; daemon command: \`$(pc_cmd '<cache>' '<img>' '<mnt>'; echo "${CMD[*]/#$top\//}")\`."
+		echo "\"Ready\" = the mount is in /proc/self/mountinfo and \`stat <mnt>/img\` succeeds, polled every 5 ms; daemon command: \`$(pc_cmd '<cache>' '<img>' '<mnt>'; show_cmd)\`."
 	)
 }
 
@@ -408,11 +434,16 @@ profile_job() { # profile_job JOB: perf record the pc-hit daemon during one run 
 		fio --output-format=json --output="$out.json" --section="$j" "$JOBFILE" >/dev/null 2>&1 &
 	fpid=$!
 	sleep "$RAMP"
-	perf record -q -e cpu-clock -g -p "$pid" -o "$out.data" -- sleep "$((RUNTIME > 1 ? RUNTIME - 1 : 1))" >/dev/null 2>&1
+	perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$out.data" \
+		-- sleep "$((RUNTIME > 1 ? RUNTIME - 1 : 1))" >/dev/null 2>&1
 	wait "$fpid"
 	PROFILE_MD+=$'\n'"#### $j on pc-hit ($(fmt "$j" "$(metric "$j" "$out.json" 2>/dev/null)") while profiled)"$'\n\n```\n'
-	PROFILE_MD+=$(perf report -i "$out.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
-		grep -v '^#' | grep -E '^ +[0-9]' | head -25)
+	PROFILE_MD+="self time, top 20:"$'\n'
+	PROFILE_MD+=$(perf report -i "$out.data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null |
+		grep -E '^ +[0-9]' | head -20 | sed 's/ *$//')
+	PROFILE_MD+=$'\n\n'"including callees, pcachefs and libfuse functions, top 15:"$'\n'
+	PROFILE_MD+=$(perf report -i "$out.data" --stdio --children -g none --sort dso,symbol 2>/dev/null |
+		grep -E '^ +[0-9].*(pcachefs|libfuse)' | head -15 | sed 's/ *$//')
 	PROFILE_MD+=$'\n```\n'
 	rm -f "$out.data"
 }
@@ -423,8 +454,15 @@ for t in fio jq awk; do command -v $t >/dev/null || { log "$t not installed"; ex
 WORK_DISK=$(mktemp -d "$DISK_DIR/pcache-bench-fuse.XXXXXX") || exit 1
 WORK_SHM=$(mktemp -d "$SHM_DIR/pcache-bench-fuse.XXXXXX") || exit 1
 WORK_RUN=$(mktemp -d /tmp/pcache-bench-fuse.XXXXXX) || exit 1
-mkdir -p "$WORK_RUN/json"
+mkdir -p "$WORK_RUN/json" "$WORK_RUN/bin"
+# Run private copies of the binaries: a rebuild during the bench then changes nothing, and perf
+# still finds the symbols of the binary that ran.
+for b in PCACHEFS CEILINGFS; do
+	if [ -x "${!b}" ]; then cp -p "${!b}" "$WORK_RUN/bin/" && printf -v "$b" '%s' "$WORK_RUN/bin/$(basename "${!b}")"; fi
+done
+build_rev=$(git -C "$top" rev-parse --short HEAD 2>/dev/null)
 : > "$WORK_RUN/results.tsv"
+: > "$WORK_RUN/pcstats.tsv"
 t_start=$(date +%s)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -438,15 +476,20 @@ done
 round_loads=()
 for r in $(seq 1 "$ROUNDS"); do
 	round_loads+=("$(cut -d' ' -f1 /proc/loadavg)")
-	# pc-hit rows measure hits: re-read the whole image so that whatever the previous round's
-	# writes pushed out of the cache is cached again.
+	# pc-hit rows measure hits in a steady state: write back what the previous round's writes
+	# left dirty (so no writeback runs behind the reads), then re-read the whole image so that
+	# whatever those writes pushed out of the cache is cached again.
 	for c in pc-hit pc-hit-st; do
-		[ -n "${DAEMON_PID[$c]:-}" ] && { log "warming $c"; fio_prep "${CFG_FILE[$c]}" $IMG_SIZE warm; }
+		[ -n "${DAEMON_PID[$c]:-}" ] || continue
+		log "draining and warming $c"
+		timeout 600 sh -c "echo 1 > '$WORK_RUN/mnt-$c/.pcache/flush'" ||
+			log "$c: writing 1 to .pcache/flush failed"
+		fio_prep "${CFG_FILE[$c]}" $IMG_SIZE warm
 	done
 	# Rotate the configuration order every round.
 	n=${#active[@]}; order=()
 	for i in $(seq 0 $((n - 1))); do order+=("${active[$(( (i + r - 1) % n ))]}"); done
-	for j in $JOBS; do
+	for j in $EXEC_JOBS; do
 		for c in "${order[@]}"; do
 			cfg_runs_job "$c" "$j" && run_one "$r" "$j" "$c"
 		done
@@ -481,6 +524,7 @@ done
 	echo "fio, O_DIRECT, medians of $ROUNDS interleaved round(s) of ${RUNTIME} s runs after ${RAMP} s ramp; 4 KiB columns in IOPS, 1 MiB columns in GB/s (10^9 B/s). Whole bench: ${t_total} s."
 	echo "Load average (1/5/15 min) at the start: $load_start; at the end: $load_end; 1-min load at each round's start: ${round_loads[*]}."
 	echo "Other work (builds, tests of other developers) may have been running on this 2-core machine during the run: compare rows of the same run, not runs."
+	echo "Binaries: build/pcachefs and build/tools/ceilingfs as built at commit ${build_rev:-?} (copied at the start of the run)."
 	echo
 	echo "| config | $(echo $JOBS | sed 's/ / | /g') |"
 	echo "|---|$(for j in $JOBS; do printf -- '---|'; done)"
@@ -492,12 +536,12 @@ done
 	echo
 	echo "Rows:"
 	pc_cmd "$SHM_DIR/<tmp>/pc-hit.cache" "$DISK_DIR/<tmp>/pc-hit.img" '<mnt>'
-	echo "- pc-hit: \`${CMD[*]/#$top\//}\`, cache file $CACHE_SIZE in $SHM_DIR (fresh, sparse), 1 GiB image on disk; the image is read fully (\`--section=warm\` of fio/fuse-prep.fio) after mounting and before every round, so reads are cache hits. Writes land in the cache (their writeback to the image runs in the background)."
+	echo "- pc-hit: \`$(show_cmd)\`, cache file $CACHE_SIZE in $SHM_DIR (fresh, sparse), 1 GiB image on disk; the image is read fully (\`--section=warm\` of fio/fuse-prep.fio) after mounting and before every round, so reads are cache hits. Writes land in the cache (their writeback to the image runs in the background)."
 	echo "- pc-hit-st: the same with \`-s\` (single-threaded session loop), QD16 jobs only."
 	echo "- pc-miss: the same command on a fresh $MISS_CACHE_SIZE cache file and a fresh daemon for every run, image = the 4 GiB file of the raw row (O_DIRECT in the backing layer); fio covers all 4 GiB (FIO_SIZE=4g), and fio's random map never reads a block twice in a pass, so every read in the window is a miss."
 	echo "- ceiling: \`build/tools/ceilingfs -f -o size=1g <mnt>\` (RAM-backed, the same libfuse session settings as pcachefs: fuse/common_session.c)."
 	qsd_cmd "$DISK_DIR/<tmp>/qsd.img" '<mnt-file>'
-	echo "- qsd: \`${CMD[*]/#$top\//}\` (qemu-storage-daemon $(qemu-storage-daemon --version 2>/dev/null | head -1 | awk '{ print $3 }')), raw image on disk."
+	echo "- qsd: \`$(show_cmd)\` (qemu-storage-daemon $(qemu-storage-daemon --version 2>/dev/null | head -1 | awk '{ print $3 }')), raw image on disk."
 	echo "- qsd-shm: the same export of an image in $SHM_DIR (what QEMU's FUSE export reaches with RAM behind it)."
 	echo "- raw: fio straight on the 4 GiB backing file on disk ($DISK_DIR, $(findmnt -no FSTYPE -T "$DISK_DIR" 2>/dev/null)), O_DIRECT, FIO_SIZE=4g."
 	echo "- shm: fio on a 1 GiB file in $SHM_DIR (memory speed, no FUSE)."
@@ -512,6 +556,18 @@ done
 	fio_cmdline '<file>' 1g rr4k_j1
 	echo '```'
 	echo
+	if [ -s "$WORK_RUN/pcstats.tsv" ]; then
+		echo "pcachefs counters over the measured runs (from .pcache/status.json, summed over the rounds, ramp included): share of the bytes read that were cache hits, and how often and how long writers waited for cache space (back-pressure while GC and writeback free segments):"
+		echo
+		echo "| config | job | read hits | writer waits | wait time |"
+		echo "|---|---|---|---|---|"
+		awk '{ k = $3 " " $2; h[k] += $4; m[k] += $5; w[k] += $6; t[k] += $7; if (!(k in o)) { o[k] = ++n; key[n] = k } }
+		     END { for (i = 1; i <= n; i++) { k = key[i]; split(k, a, " ")
+			rd = h[k] + m[k]; hs = rd ? sprintf("%.1f %%", 100 * h[k] / rd) : "-"
+			printf "| %s | %s | %s | %d | %.2f s |\n", a[1], a[2], hs, w[k], t[k] / 1e9 } }' "$WORK_RUN/pcstats.tsv" |
+			sort -t'|' -k2,2 -s
+		echo
+	fi
 	echo "### Targets"
 	echo
 	echo "| target | job | pcachefs | reference | ratio | target | verdict |"
@@ -534,7 +590,7 @@ done
 	if [ -n "$RSS_MD" ]; then echo; echo "$RSS_MD"; fi
 	if [ -n "$PROFILE_MD" ]; then
 		echo
-		echo "### Profiles (perf record -e cpu-clock -g -p <pcachefs pid>, top symbols)"
+		echo "### Profiles (perf record -e cpu-clock -F 499 --call-graph dwarf -p <pcachefs pid> during one run of the job, after its ramp)"
 		echo "$PROFILE_MD"
 	fi
 	if [ "$fio_failures" -gt 0 ]; then echo; echo "**$fio_failures fio run(s) failed**; their values are left out of the medians."; fi
@@ -550,12 +606,15 @@ done
 
 # ---- charts ---------------------------------------------------------------------------------
 
-chart_data() { # chart_data JOBLIST SCALE > file
-	local j c
-	printf 'job'; for c in "${shown[@]}"; do printf ' %s' "$c"; done; echo
+chart_data() { # chart_data JOBLIST SCALE > file: the configurations with a value for any job
+	local j c cols=()
+	for c in "${shown[@]}"; do
+		for j in $1; do [ -n "$(median "$j" "$c")" ] && { cols+=("$c"); break; }; done
+	done
+	printf 'job'; for c in "${cols[@]}"; do printf ' %s' "$c"; done; echo
 	for j in $1; do
 		printf '%s' "$j"
-		for c in "${shown[@]}"; do
+		for c in "${cols[@]}"; do
 			v=$(median "$j" "$c")
 			if [ -n "$v" ]; then printf ' %s' "$(awk -v v="$v" -v s="$2" 'BEGIN { printf "%.3f", v / s }')"; else printf ' -'; fi
 		done
