@@ -827,35 +827,36 @@ static void *bk_worker_main(void *arg)
 /* Accept io and hand it to the completion thread; direct: wait while depth are outstanding. */
 static int bk_submit(struct pcache_backing *b, const struct pcache_backing_io *io, bool direct)
 {
+	struct pcache_upper_req *up = io->upper;
 	struct bk_req *r;
 	bool wake;
 	int ret = bk_validate(b, io);
 
 	if (ret)
 		return ret;
+	/* the reference is taken before the request is visible to the completion thread, and
+	 * outside b->lock: get() may take the caller's locks (lock order: caller, then b->lock) */
+	if (up && up->get)
+		up->get(up);
 	pthread_mutex_lock(&b->lock);
 	while (direct && !b->closing && b->in_flight >= b->depth) {
 		b->room_waiters++;
 		pthread_cond_wait(&b->room_cond, &b->lock);
 		b->room_waiters--;
 	}
-	if (b->closing) {
-		pthread_mutex_unlock(&b->lock);
-		return -ESHUTDOWN;
-	}
-	r = bk_alloc_locked(b);
+	r = b->closing ? NULL : bk_alloc_locked(b);
 	if (!r) {
+		ret = b->closing ? -ESHUTDOWN : -ENOMEM;
 		pthread_mutex_unlock(&b->lock);
-		return -ENOMEM;
+		if (up && up->put)
+			up->put(up); /* refused: give the reference back */
+		return ret;
 	}
 	b->in_flight++;
 	r->io = *io;
 	r->counted = true;
 	if (io->op == PCACHE_BIO_READ || io->op == PCACHE_BIO_WRITE)
-		r->data = io->upper ? (uint8_t *)io->upper->buf + io->upper_off : io->kmem;
-	/* the reference is taken before the request is visible to the completion thread */
-	if (io->upper && io->upper->get)
-		io->upper->get(io->upper);
+		r->data = up ? (uint8_t *)up->buf + io->upper_off : io->kmem;
 	bk_push(&b->submit_q, r);
 	wake = b->cq_idle;
 	b->cq_idle = false; /* one wake is enough until it gathers */

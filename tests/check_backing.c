@@ -1231,17 +1231,31 @@ struct late {
 	struct pcache_backing *b;
 	sem_t in_cb, go;
 	int late_ret;
+	int gets, puts;
+	struct pcache_upper_req up;
 	uint8_t buf[512];
 };
+
+static void late_get(struct pcache_upper_req *u)
+{
+	pcache_container_of(u, struct late, up)->gets++;
+}
+
+static void late_put(struct pcache_upper_req *u)
+{
+	pcache_container_of(u, struct late, up)->puts++;
+}
 
 static void late_end(void *priv, int status)
 {
 	struct late *l = priv;
-	struct pcache_backing_io io = { .op = PCACHE_BIO_READ, .len = 512, .kmem = l->buf,
+	struct pcache_backing_io io = { .op = PCACHE_BIO_READ, .len = 512, .upper = &l->up,
 					.end = late_end, .priv = l };
 
 	if (status < 0)
 		return;
+	l->up = (struct pcache_upper_req){ .buf = l->buf, .len = sizeof(l->buf), .get = late_get,
+					   .put = late_put };
 	sem_post(&l->in_cb);
 	while (sem_wait(&l->go) && errno == EINTR)
 		;
@@ -1276,6 +1290,8 @@ START_TEST(submit_after_close_started_is_refused_with_eshutdown)
 	sem_post(&l.go);
 	pthread_join(th, NULL);
 	ck_assert_int_eq(l.late_ret, -ESHUTDOWN);
+	ck_assert_int_eq(l.gets, 1);
+	ck_assert_int_eq(l.puts, 1); /* a refused request keeps no reference */
 }
 END_TEST
 

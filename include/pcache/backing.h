@@ -23,7 +23,8 @@
  *
  * Threading rules (one completion thread per open image):
  *  - submit() and submit_direct() may be called from any thread, including a callback of the
- *    same image (submit_direct() then does not wait, so a callback never blocks).
+ *    same image (submit_direct() then does not wait, so a callback never blocks). From a
+ *    callback of another image, submit_direct() may wait: use submit() there.
  *  - A callback blocks every other completion of its image while it runs: keep it short, and
  *    never wait in it for another request of the same image. rw_sync()/flush_sync() return
  *    -EDEADLK from a callback of the same image; close() from one aborts the process.
@@ -129,7 +130,9 @@ struct pcache_backing_io {
  * short mutex, and may write an eventfd).
  * Returns 0, or -EINVAL (len 0, range beyond the image, bad op, NULL memory, upper range
  * beyond upper->len), -EROFS, -ESHUTDOWN (closing), -ENOMEM; on error the callback is NOT
- * called and no reference is taken. off/len are ignored (not checked) for FLUSH.
+ * called and no reference is kept (invalid requests take none; for -ESHUTDOWN/-ENOMEM the
+ * get() is matched by a put() before return). off/len are ignored (not checked) for FLUSH.
+ * get() is called without any lock of this layer held, so it may take the caller's locks.
  */
 int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io);
 
