@@ -395,11 +395,35 @@ static void wbo_tail_moved(void *ctx, const struct pcache_pos *dirty_tail)
 	pcache_gc_kick(ctx);
 }
 
+/*
+ * Percent of the segments holding dirty data, estimated without walking anything: the data
+ * segments in use, scaled by the share of the live log (key_tail..key_head, in ksets) that is
+ * not written back yet (dirty_tail..key_head).
+ */
+static uint32_t wbo_dirty_percent(void *ctx)
+{
+	struct pcache_cache *c = ctx;
+	struct pcache_pos kt, dt, head;
+	uint32_t data;
+	uint64_t live, dirty;
+
+	pcache_log_head(c, &head);
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
+	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
+	(void)pcache_segs_used(c, &data, NULL);
+	live = head.lsn > kt.lsn ? head.lsn - kt.lsn : 0;
+	dirty = head.lsn > dt.lsn ? head.lsn - dt.lsn : 0;
+	if (!live || !c->seg_count)
+		return 0;
+	return (uint32_t)((uint64_t)data * 100u * dirty / live / c->seg_count);
+}
+
 static const struct pcache_wb_ops wb_ops = {
 	.key_head = wbo_key_head,
 	.backing_get = wbo_backing_get,
 	.backing_put = wbo_backing_put,
 	.tail_moved = wbo_tail_moved,
+	.dirty_percent = wbo_dirty_percent,
 };
 
 /* ---- timer thread ------------------------------------------------------------------------- */
