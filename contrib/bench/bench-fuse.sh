@@ -22,7 +22,8 @@
 # Knobs (environment): BENCH_QUICK=1 (1 round, 2 s runs); FUSE_ROUNDS, FUSE_RUNTIME, FUSE_RAMP;
 # FUSE_CONFIGS / FUSE_JOBS (space-separated subsets); FUSE_DISK_DIR (default /var/tmp);
 # FUSE_SHM_DIR (default /dev/shm); FUSE_CACHE_SIZE (pc-hit cache, default 2g); FUSE_PROFILE
-# (space-separated jobs to profile on pc-hit with perf after the rounds); FUSE_SKIP_RSS=1.
+# (space-separated [CONFIG:]JOB to profile with perf after the rounds, CONFIG pc-hit (default),
+# pc-hit-st or pc-miss); FUSE_SKIP_RSS=1.
 #
 # Every daemon this script starts is recorded and stopped by PID; every mount is unmounted and
 # every temporary file removed on exit, whatever the exit path.
@@ -77,7 +78,7 @@ log() { echo "bench-fuse: $*" >&2; }
 
 # ---- bookkeeping and cleanup ---------------------------------------------------------------
 
-WORK_DISK= WORK_SHM= WORK_RUN=
+WORK_DISK='' WORK_SHM='' WORK_RUN=''
 declare -A DAEMON_PID=()     # name -> pid of a daemon we started
 declare -A DAEMON_MNT=()     # name -> its mount point (a directory, or a file for qsd)
 declare -A DAEMON_BY_SIGNAL=() # name -> 1: stop it with SIGTERM (qsd stays up when unmounted)
@@ -178,9 +179,13 @@ fio_run() {
 # fio_prep FILE SIZE SECTION: a preparation pass (fuse-prep.fio); 0 on success.
 fio_prep() {
 	local out=$WORK_RUN/prep.json
-	FIO_FILE=$1 FIO_SIZE=$2 timeout -k 10 600 \
+	if FIO_FILE=$1 FIO_SIZE=$2 timeout -k 10 600 \
 		fio --output-format=json --output="$out" --section="$3" "$PREPFILE" >"$out.err" 2>&1 &&
-	[ "$(jq '[.jobs[].error] | add' "$out" 2>/dev/null)" = 0 ] || { log "prep $3 on $1 failed"; cat "$out.err" >&2; return 1; }
+		[ "$(jq '[.jobs[].error] | add' "$out" 2>/dev/null)" = 0 ]; then
+		return 0
+	fi
+	log "prep $3 on $1 failed"; cat "$out.err" >&2
+	return 1
 }
 
 # metric SECTION JSON: IOPS for the 4 KiB jobs, bytes/s for the 1 MiB jobs (reads plus writes).
@@ -228,6 +233,7 @@ pc_start() {
 }
 
 qsd_cmd() { # qsd_cmd IMAGE MOUNTFILE: set CMD to the qemu-storage-daemon command line
+	# shellcheck disable=SC2054  # the commas belong to qemu's option syntax
 	CMD=(qemu-storage-daemon \
 		--blockdev "driver=file,node-name=file,filename=$1,cache.direct=on,aio=native" \
 		--blockdev driver=raw,node-name=raw,file=file \
@@ -299,10 +305,18 @@ pc_counters() {
 		"$1/.pcache/status.json" 2>/dev/null
 }
 
+# pc_prepare CONFIG: write back everything dirty, then read the whole image into the cache.
+pc_prepare() {
+	log "draining and warming $1"
+	timeout 600 sh -c "echo 1 > '$WORK_RUN/mnt-$1/.pcache/flush'" ||
+		log "$1: writing 1 to .pcache/flush failed"
+	fio_prep "${CFG_FILE[$1]}" $IMG_SIZE warm
+}
+
 # run_one ROUND JOB CONFIG: one measured run; appends "round job config value" to results.tsv
 # and, for pcachefs, the counter deltas of the run to pcstats.tsv.
 run_one() {
-	local r=$1 j=$2 c=$3 out=$WORK_RUN/json/$1-$2-$3.json v=NA before= after=
+	local r=$1 j=$2 c=$3 out=$WORK_RUN/json/$1-$2-$3.json v=NA before='' after=''
 	if [ "$c" = pc-miss ]; then
 		# A cold cache for every run: a fresh cache file, a fresh daemon.
 		new_cache "$WORK_SHM/miss.cache" $MISS_CACHE_SIZE
@@ -433,23 +447,38 @@ rss_and_replay() {
 # ---- profile --------------------------------------------------------------------------------
 
 PROFILE_MD=
-profile_job() { # profile_job JOB: perf record the pc-hit daemon during one run of JOB
-	local j=$1 pid=${DAEMON_PID[pc-hit]:-} out=$WORK_RUN/perf-$1 fpid
-	[ -n "$pid" ] || return 0
-	FIO_FILE=${CFG_FILE[pc-hit]} FIO_SIZE=$IMG_SIZE FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
+profile_job() { # profile_job [CONFIG:]JOB: perf record a pcachefs daemon (default pc-hit) during one run of JOB
+	local c=pc-hit j=$1 pid out fpid
+	case $1 in *:*) c=${1%%:*}; j=${1#*:} ;; esac
+	out=$WORK_RUN/perf-$c-$j
+	case $c in
+	pc-hit|pc-hit-st)
+		[ -n "${DAEMON_PID[$c]:-}" ] || return 0
+		case $j in rr*|sr*) pc_prepare "$c" ;; esac
+		;;
+	pc-miss)
+		[ -n "${CFG_FILE[$c]:-}" ] || return 0
+		new_cache "$WORK_SHM/miss.cache" $MISS_CACHE_SIZE
+		pc_start pc-miss "$WORK_SHM/miss.cache" "$WORK_DISK/miss.img" || return 0
+		;;
+	*) log "cannot profile $c"; return 0 ;;
+	esac
+	pid=${DAEMON_PID[$c]}
+	FIO_FILE=${CFG_FILE[$c]} FIO_SIZE=${CFG_SIZE[$c]} FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
 		fio --output-format=json --output="$out.json" --section="$j" "$JOBFILE" >/dev/null 2>&1 &
 	fpid=$!
 	sleep "$RAMP"
 	perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$out.data" \
 		-- sleep "$((RUNTIME > 1 ? RUNTIME - 1 : 1))" >/dev/null 2>&1
 	wait "$fpid"
-	PROFILE_MD+=$'\n'"#### $j on pc-hit ($(fmt "$j" "$(metric "$j" "$out.json" 2>/dev/null)") while profiled)"$'\n\n```\n'
+	if [ "$c" = pc-miss ]; then daemon_stop pc-miss; rm -f "$WORK_SHM/miss.cache"; fi
+	PROFILE_MD+=$'\n'"#### $j on $c ($(fmt "$j" "$(metric "$j" "$out.json" 2>/dev/null)") while profiled)"$'\n\n```\n'
 	PROFILE_MD+="self time, top 20:"$'\n'
 	PROFILE_MD+=$(perf report -i "$out.data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null |
 		grep -E '^ +[0-9]' | head -20 | sed 's/ *$//')
-	PROFILE_MD+=$'\n\n'"including callees, pcachefs and libfuse functions, top 15:"$'\n'
+	PROFILE_MD+=$'\n\n'"including callees, pcachefs and libfuse functions, top 20:"$'\n'
 	PROFILE_MD+=$(perf report -i "$out.data" --stdio --children -g none --sort dso,symbol 2>/dev/null |
-		grep -E '^ +[0-9].*(pcachefs|libfuse)' | head -15 | sed 's/ *$//')
+		grep -E '^ +[0-9].*(pcachefs|libfuse)' | head -20 | sed 's/ *$//')
 	PROFILE_MD+=$'\n```\n'
 	rm -f "$out.data"
 }
@@ -486,11 +515,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	# left dirty (so no writeback runs behind the reads), then re-read the whole image so that
 	# whatever those writes pushed out of the cache is cached again.
 	for c in pc-hit pc-hit-st; do
-		[ -n "${DAEMON_PID[$c]:-}" ] || continue
-		log "draining and warming $c"
-		timeout 600 sh -c "echo 1 > '$WORK_RUN/mnt-$c/.pcache/flush'" ||
-			log "$c: writing 1 to .pcache/flush failed"
-		fio_prep "${CFG_FILE[$c]}" $IMG_SIZE warm
+		[ -n "${DAEMON_PID[$c]:-}" ] && pc_prepare "$c"
 	done
 	# Rotate the configuration order every round.
 	n=${#active[@]}; order=()
@@ -503,9 +528,11 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-for j in ${FUSE_PROFILE:-}; do
-	command -v perf >/dev/null && { log "profiling $j"; profile_job "$j"; }
-done
+if [ -n "${FUSE_PROFILE:-}" ] && ! command -v perf >/dev/null; then
+	NOTES+=("perf is not installed: no profiles.")
+elif [ -n "${FUSE_PROFILE:-}" ]; then
+	for j in $FUSE_PROFILE; do log "profiling $j"; profile_job "$j"; done
+fi
 
 # Stop the long-running daemons now; the memory test needs the RAM.
 for c in pc-hit pc-hit-st ceiling qsd qsd-shm; do daemon_stop "$c"; done
@@ -532,7 +559,7 @@ done
 	echo "Other work (builds, tests of other developers) may have been running on this 2-core machine during the run: compare rows of the same run, not runs."
 	echo "Binaries: build/pcachefs and build/tools/ceilingfs as built at commit ${build_rev:-?} (copied at the start of the run)."
 	echo
-	echo "| config | $(echo $JOBS | sed 's/ / | /g') |"
+	echo "| config | ${JOBS// / | } |"
 	echo "|---|$(for j in $JOBS; do printf -- '---|'; done)"
 	for c in "${shown[@]}"; do
 		printf '| %s |' "$c"
