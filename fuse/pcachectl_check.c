@@ -55,7 +55,7 @@ static int open_dev(const char *path, bool rw, bool quiet, struct pcache_cache_d
 		return pcachectl_open_status(pcache_cache_dev_open(&o, cd, err, sizeof(err)));
 	rc = pcachectl_open(path, rw, false, cd);
 	if (rc == PCACHECTL_CORRUPT)
-		printf("%s: corrupt\n", path);
+		printf("%s: corrupt or not a pcachefs cache this version can read\n", path);
 	return rc;
 }
 
