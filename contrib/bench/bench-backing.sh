@@ -13,9 +13,12 @@
 # resubmits through pcache_backing_submit(): the engine's miss-read shape) and with --path
 # direct (a thread submits through pcache_backing_submit_direct(): the writeback shape).
 # Rounds are interleaved (every row of every job in round r before round r+1, row order
-# rotated per round); the table shows medians and the ratio to fio's median.
+# rotated per round); the table shows medians and the ratio to fio's median. Beside the rate,
+# the CPU time (user+system) per I/O: fio's job thread from its JSON (usr_cpu, sys_cpu,
+# job_runtime), bench_backing's whole process from getrusage. The CPU column is the cost of
+# the layer itself and is much less sensitive to other load on the disk than the rate.
 #
-# Knobs (environment): BACKING_ROUNDS (3), BACKING_RUNTIME (seconds per run, 5),
+# Knobs (environment): BACKING_ROUNDS (5), BACKING_RUNTIME (seconds per run, 4),
 # BACKING_SIZE_MIB (file size, 1024), BACKING_DIR (/var/tmp), BENCH_QUICK=1 (1 round, 2 s).
 set -u
 set -o pipefail
@@ -31,7 +34,7 @@ fi
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
 	ROUNDS=${BACKING_ROUNDS:-1}; RUNTIME=${BACKING_RUNTIME:-2}
 else
-	ROUNDS=${BACKING_ROUNDS:-3}; RUNTIME=${BACKING_RUNTIME:-5}
+	ROUNDS=${BACKING_ROUNDS:-5}; RUNTIME=${BACKING_RUNTIME:-4}
 fi
 SIZE_MIB=${BACKING_SIZE_MIB:-1024}
 DIR=${BACKING_DIR:-/var/tmp}
@@ -65,6 +68,7 @@ declare -A FIORW=([rr4k]=randread [sw1m]=write)
 declare -A BS=([rr4k]=4096 [sw1m]=1048576)
 declare -A QD=([rr4k]=32 [sw1m]=8)
 declare -A IOPS=()   # "job row" -> space-separated IOPS of every round
+declare -A CPU=()    # "job row" -> space-separated CPU microseconds per I/O of every round
 
 cmd_of() { # job row -> the exact command line
 	local j=$1 r=$2
@@ -77,18 +81,21 @@ cmd_of() { # job row -> the exact command line
 	esac
 }
 
-run_one() { # job row -> prints IOPS
+run_one() { # job row -> prints "IOPS CPU_US_PER_IO"
 	local j=$1 r=$2 out
 	if [ "$r" = fio ]; then
 		out=$($(cmd_of "$j" "$r") 2>/dev/null) || return 1
-		echo "$out" | jq '(.jobs[0].read.iops + .jobs[0].write.iops) | floor'
+		echo "$out" | jq -r '.jobs[0] | (.read.total_ios + .write.total_ios) as $n |
+			"\((.read.iops + .write.iops) | floor) \(if $n > 0 then
+			((.usr_cpu + .sys_cpu) / 100 * .job_runtime * 1000 / $n * 100 | round) / 100
+			else 0 end)"'
 	else
 		out=$($(cmd_of "$j" "$r")) || return 1
-		echo "$out" | sed -n 's/^iops=\([0-9]*\).*/\1/p'
+		echo "$out" | sed -n 's/^iops=\([0-9]*\).*cpu_us_per_io=\([0-9.]*\).*/\1 \2/p'
 	fi
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 
 rc=0
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -104,8 +111,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
 				rc=1
 				continue
 			fi
-			IOPS["$j $r"]="${IOPS["$j $r"]:-} $v"
-			log "round $round $j $r: $v IOPS"
+			IOPS["$j $r"]="${IOPS["$j $r"]:-} ${v% *}"
+			CPU["$j $r"]="${CPU["$j $r"]:-} ${v#* }"
+			log "round $round $j $r: ${v% *} IOPS, ${v#* } us CPU per I/O"
 		done
 	done
 done
@@ -123,18 +131,23 @@ done
 		f=$(echo "${IOPS["$j fio"]:-}" | median)
 		q=$(echo "${IOPS["$j queue"]:-}" | median)
 		d=$(echo "${IOPS["$j direct"]:-}" | median)
-		fmt() { awk -v v="$1" -v bs="${BS[$j]}" 'BEGIN {printf "%d IOPS, %.0f MiB/s", v, v * bs / 1048576}'; }
+		fc=$(echo "${CPU["$j fio"]:-}" | median)
+		qc=$(echo "${CPU["$j queue"]:-}" | median)
+		dc=$(echo "${CPU["$j direct"]:-}" | median)
+		fmt() { awk -v v="$1" -v c="$2" -v bs="${BS[$j]}" 'BEGIN {printf "%d IOPS, %.0f MiB/s, %.2f us CPU/IO", v, v * bs / 1048576, c}'; }
 		ratio() { awk -v a="$1" -v b="$f" 'BEGIN {if (b > 0) printf "%.0f %%", 100 * a / b; else print "-"}'; }
-		echo "| $j (${BS[$j]} B, QD${QD[$j]}) | $(fmt "$f") | $(fmt "$q") | $(ratio "$q") | $(fmt "$d") | $(ratio "$d") |"
+		echo "| $j (${BS[$j]} B, QD${QD[$j]}) | $(fmt "$f" "$fc") | $(fmt "$q" "$qc") | $(ratio "$q") | $(fmt "$d" "$dc") | $(ratio "$d") |"
 	done
 	echo
-	echo "Per-round IOPS:"
+	echo "Per-round IOPS / CPU microseconds per I/O:"
 	echo
 	for j in $JOBS; do
 		for r in $ROWS; do
-			echo "- $j $r:${IOPS["$j $r"]:-}"
+			echo "- $j $r: IOPS${IOPS["$j $r"]:-} / CPU${CPU["$j $r"]:-}"
 		done
 	done
+	echo
+	echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine disturbs the rates)."
 	echo
 	echo "Commands (the image was written first with \`dd if=/dev/zero of=IMG bs=1M count=$SIZE_MIB oflag=direct\`):"
 	echo

@@ -9,7 +9,8 @@
  * thread (the engine's miss-read shape); --path direct: the main thread submits with
  * pcache_backing_submit_direct() whenever a completion frees a slot (the writeback shape).
  * Offsets are bs-aligned: uniform random for rand*, sequential (wrapping) otherwise.
- * Prints one line: "iops=N mib_s=N ios=N errors=N seconds=S" (errors make the exit status 1).
+ * Prints one line: "iops=N mib_s=N ios=N errors=N seconds=S cpu_us_per_io=C" (errors make the
+ * exit status 1); C is the process's user+system CPU time (all threads) per completed I/O.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "pcache/backing.h"
@@ -110,7 +112,8 @@ int main(int argc, char **argv)
 	struct pcache_backing_opts opts = { 0 };
 	struct bench bn = { .bs = 4096, .qd = 32, .rng = 0x9E3779B97F4A7C15ULL };
 	const char *file = NULL, *rw = "randread";
-	double runtime = 5, secs;
+	double runtime = 5, secs, cpu;
+	struct rusage ru;
 	struct slot *slots;
 	uint64_t start;
 	char err[256];
@@ -180,9 +183,13 @@ int main(int argc, char **argv)
 	}
 	secs = (double)(pcache_now_ns() - start) / 1e9;
 	pcache_backing_close(bn.b);
-	printf("iops=%.0f mib_s=%.1f ios=%llu errors=%llu seconds=%.2f\n", (double)bn.ios / secs,
-	       (double)bn.ios * (double)bn.bs / secs / 1048576.0, (unsigned long long)bn.ios,
-	       (unsigned long long)bn.errors, secs);
+	getrusage(RUSAGE_SELF, &ru);
+	cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+	      (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+	printf("iops=%.0f mib_s=%.1f ios=%llu errors=%llu seconds=%.2f cpu_us_per_io=%.2f\n",
+	       (double)bn.ios / secs, (double)bn.ios * (double)bn.bs / secs / 1048576.0,
+	       (unsigned long long)bn.ios, (unsigned long long)bn.errors, secs,
+	       bn.ios ? cpu / (double)bn.ios : 0.0);
 	free(slots);
 	free(bn.bufs);
 	return bn.errors ? 1 : 0;
