@@ -700,7 +700,7 @@ static int mode_parse(const char *s, uint32_t *m)
 	else if (n == 12 && !strncmp(s, "writethrough", n))
 		*m = PCACHE_MODE_WRITETHROUGH;
 	else if (n == 11 && !strncmp(s, "writearound", n))
-		return -EOPNOTSUPP;
+		*m = PCACHE_MODE_WRITEAROUND;
 	else
 		return -EINVAL;
 	return 0;
@@ -732,10 +732,6 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	if (!ao->name || !pcache_image_name_valid(ao->name)) {
 		ERR("image name '%s' is not valid", ao->name ? ao->name : "");
 		return -EINVAL;
-	}
-	if (ao->cache_mode == (int)PCACHE_MODE_WRITEAROUND) {
-		ERR("image %s: cache mode writearound is not supported", ao->name);
-		return -EOPNOTSUPP;
 	}
 	if (ao->cache_mode > (int)PCACHE_MODE_WRITEAROUND || ao->cache_mode < -1) {
 		ERR("image %s: bad cache mode %d", ao->name, ao->cache_mode);
@@ -1050,24 +1046,35 @@ int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid,
 
 int pcache_image_writeback_all(struct pcache_image *img)
 {
-	int ret = pcache_cache_flush(img->c);
+	int ret = pcache_cache_flush(img->c), tries = 0;
 
 	if (ret)
 		return ret;
 	if (!img->c->wb)
 		return -EOPNOTSUPP;
-	return pcache_wb_drain(img->c->wb, img->id);
+	/*
+	 * NOTE: a writeback batch that began before this image attached ends with -ENXIO for it,
+	 * and a drain running then reports that; the image is attached now, so drain again.
+	 */
+	do
+		ret = pcache_wb_drain(img->c->wb, img->id);
+	while (ret == -ENXIO && !atomic_load(&img->detaching) && ++tries < 5);
+	return ret;
 }
 
 int pcache_cache_writeback_all(struct pcache_cache *c)
 {
-	int ret = pcache_cache_flush(c);
+	int ret = pcache_cache_flush(c), tries = 0;
 
 	if (ret)
 		return ret;
 	if (!c->wb)
 		return -EOPNOTSUPP;
-	return pcache_wb_drain(c->wb, 0);
+	/* see pcache_image_writeback_all(): a batch older than an attach may report -ENXIO */
+	do
+		ret = pcache_wb_drain(c->wb, 0);
+	while (ret == -ENXIO && ++tries < 3);
+	return ret;
 }
 
 /* ---- knobs -------------------------------------------------------------------------------- */

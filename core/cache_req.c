@@ -167,6 +167,45 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 	return ret;
 }
 
+/*
+ * Writearound, after the backing write: drop the placeholders of misses in flight over the
+ * range (their fills could cache data read before the write), and if cached keys cover any of
+ * it, stage the new data over them as dirty keys (log order then also wins over older dirty
+ * keys that the writeback has not written yet). A range with no key is not cached.
+ */
+static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
+			   unsigned int flags)
+{
+	int ret = 0;
+
+	while (len && !ret) {
+		uint64_t region = off >> PCACHE_REGION_SHIFT;
+		struct pcache_subtree *sub = &img->ix.sub[region];
+		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
+		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
+		bool cached = false;
+		uint32_t i;
+
+		pthread_mutex_lock(&sub->lock);
+		i = pcache_subtree_find(sub, roff);
+		while (i < sub->n && sub->v[i].off < roff + chunk) {
+			if (sub->v[i].flags & PCACHE_IKEY_EMPTY) {
+				pcache_subtree_remove(sub, i);
+				continue;
+			}
+			cached = true;
+			i++;
+		}
+		pthread_mutex_unlock(&sub->lock);
+		if (cached)
+			ret = cache_write(img, src, off, chunk, flags, 0);
+		src += chunk;
+		off += chunk;
+		len -= chunk;
+	}
+	return ret;
+}
+
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 		       unsigned int flags)
 {
@@ -186,6 +225,17 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
 	mode = atomic_load(&img->cache_mode);
+	if (mode == PCACHE_MODE_WRITEAROUND) {
+		ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_WRITE, (void *)buf, len, off);
+		if (!ret && (flags & PCACHE_IO_FUA))
+			ret = pcache_backing_flush_sync(img->b);
+		if (ret)
+			atomic_fetch_add(&img->backing_errors, 1);
+		else
+			ret = writearound_fix(img, buf, off, len, flags);
+		io_exit(img);
+		return ret;
+	}
 	if (mode == PCACHE_MODE_WRITETHROUGH) {
 		/*
 		 * Writethrough: the backing image gets the data first; the cached copy is then staged
@@ -268,7 +318,7 @@ int pcache_image_flush(struct pcache_image *img)
 		return ret;
 	atomic_fetch_add_explicit(&img->flushes, 1, memory_order_relaxed);
 	ret = pcache_cache_flush(img->c);
-	if (!ret && atomic_load(&img->cache_mode) == PCACHE_MODE_WRITETHROUGH)
+	if (!ret && atomic_load(&img->cache_mode) != PCACHE_MODE_WRITEBACK)
 		ret = pcache_backing_flush_sync(img->b);
 	io_exit(img);
 	return ret;

@@ -1,6 +1,7 @@
 /*
  * check_cache_model.c -- model-based randomized test of the whole engine: random writes (some
- * FUA), reads, flushes, discards, zeroes, writebacks and restarts (stop + start + replay) on two
+ * FUA), reads, flushes, discards, zeroes, writebacks, cache-mode changes (writeback,
+ * writethrough, writearound) and restarts (stop + start + replay) on two
  * images of one small cache (1 MiB segments, so GC, writeback and waits for space all run),
  * checked byte for byte against an in-memory model. Prints its seed; PCACHE_SEED reproduces.
  */
@@ -136,6 +137,11 @@ static void run_model(bool data_crc, int nops)
 			stop();
 			start(data_crc);
 			counts[5]++;
+		} else if (kind < 97) {
+			static const char *const modes[] = { "writeback", "writethrough", "writearound" };
+
+			ck_assert_int_eq(pcache_image_set_knob(img[i], "cache_mode", modes[rand_r(&rs) % 3]), 0);
+			counts[7]++;
 		} else {
 			/* a read of the whole image now and then */
 			uint64_t o;
@@ -150,8 +156,8 @@ static void run_model(bool data_crc, int nops)
 	}
 	pcache_cache_get_status(c, &st);
 	fprintf(stderr, "model: %d ops (%d writes, %d reads, %d flushes, %d discards, %d writebacks, "
-		"%d restarts, %d full reads); %llu segments freed, %llu full waits\n", nops, counts[0],
-		counts[1], counts[2], counts[3], counts[4], counts[5], counts[6],
+		"%d restarts, %d full reads, %d mode changes); %llu segments freed, %llu full waits\n",
+		nops, counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], counts[7],
 		(unsigned long long)st.segs_freed, (unsigned long long)st.full_waits);
 	/* the end: everything written back equals the model on the backing images */
 	{

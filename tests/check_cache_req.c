@@ -427,6 +427,39 @@ START_TEST(writethrough_writes_the_backing_at_once)
 }
 END_TEST
 
+START_TEST(writearound_bypasses_the_cache_and_never_serves_old_data)
+{
+	struct pcache_image_stats st;
+	uint8_t buf[4096];
+	uint32_t v;
+	int fd;
+
+	write_version(0, 8192, 1, 0);          /* cached, dirty */
+	check_range_version(65536, 4096, 0);   /* cached clean by a miss fill */
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writearound"), 0);
+	write_version(4096, 4096, 2, 0);       /* over a dirty key: overridden in the cache too */
+	write_version(65536, 4096, 3, 0);      /* over a clean key */
+	write_version(1u << 20, 4096, 4, 0);   /* nothing cached: bypasses the cache */
+	check_range_version(0, 4096, 1);
+	check_range_version(4096, 4096, 2);
+	check_range_version(65536, 4096, 3);
+	pcache_image_get_stats(img, &st);
+	check_range_version(1u << 20, 4096, 4);
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 4096, 1u << 20), 4096);
+	ck_assert_int_eq(eng_decode(buf, 1, 1u << 20, &v), 0);
+	ck_assert_uint_eq(v, 4);
+	close(fd);
+	/* after a full writeback the older dirty key did not overwrite the newer backing data */
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 4096, 4096), 4096);
+	close(fd);
+	ck_assert_int_eq(eng_decode(buf, 1, 4096, &v), 0);
+	ck_assert_uint_eq(v, 2);
+}
+END_TEST
+
 START_TEST(status_reports_geometry_and_index)
 {
 	struct pcache_cache_status st;
@@ -473,6 +506,7 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, detach_forget_needs_clean_image);
 	tcase_add_test(tc, knobs_round_trip_and_reject_bad_values);
 	tcase_add_test(tc, writethrough_writes_the_backing_at_once);
+	tcase_add_test(tc, writearound_bypasses_the_cache_and_never_serves_old_data);
 	tcase_add_test(tc, status_reports_geometry_and_index);
 	suite_add_tcase(s, tc);
 	tcase_add_checked_fixture(tcc, setup_crc, teardown);
