@@ -100,14 +100,29 @@ typedef void (*pcache_io_done_fn)(void *priv, int status);
  * beyond the image: -EINVAL). Returns 0 when the read completed inline (done is not called),
  * PCACHE_IO_PENDING when a miss went to the backing image (done(priv, status) is called once,
  * from the completion thread; buf must stay valid until then), or -errno (done not called).
+ * Hits never wait. With data CRCs on, a hit whose CRC does not match fails the read with -EIO
+ * (counted in crc_errors); no wrong data is returned.
+ * NOTE: done may be NULL (tools, tests): misses are then read synchronously in the caller's
+ * thread and the call returns 0 or -errno, never PCACHE_IO_PENDING.
  */
 int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t len,
 		      pcache_io_done_fn done, void *priv);
-/* Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
- * at return with PCACHE_IO_FUA. May wait for space when the cache is full. */
+/*
+ * Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
+ * at return with PCACHE_IO_FUA. May wait for space when the cache is full (first come first
+ * served, counted in full_waits); -EIO only when no space can ever be freed (writeback stopped
+ * on a corrupt log, or the cache is stopping). -EROFS on a read-only image, -ENODEV once the
+ * image is detaching. Cache modes: writeback (default); writethrough (the backing image is
+ * written first, synchronously, then the cache); writearound (the backing image only; cached
+ * copies of the range are replaced, placeholders of misses in flight dropped).
+ */
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 		       unsigned int flags);
-/* fsync semantics: every write acknowledged before the call is durable when it returns. */
+/*
+ * fsync semantics: every write acknowledged before the call is durable when it returns (all
+ * staging ksets holding keys are closed and persisted; the flush epoch advances). In
+ * writethrough/writearound mode the backing image is flushed too.
+ */
 int pcache_image_flush(struct pcache_image *img);
 int pcache_cache_flush(struct pcache_cache *c);
 /* Discard (zero = false) or zero a range: a ZERO key, reads return zeros at once. */
