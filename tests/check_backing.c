@@ -955,6 +955,38 @@ START_TEST(flush_completes_and_is_counted)
 }
 END_TEST
 
+START_TEST(flush_error_reaches_the_callback)
+{
+	struct pcache_backing *b;
+	struct pcache_backing_stats st;
+	char p[300], img[350], status[512];
+	int fd;
+	ssize_t n;
+
+	check_make_file(tpath(p, sizeof(p), "real"), 1 << 20, 1);
+	if (!flaky_start(p, NULL))
+		return;
+	snprintf(img, sizeof(img), "%s/image", flaky_mnt);
+	b = bk_open(img, false, true);
+	ck_assert_int_eq(pcache_backing_flush_sync(b), 0);
+	flaky_ctl("fsync_eio 1\n");
+	ck_assert_int_eq(do_io(b, PCACHE_BIO_FLUSH, NULL, 0, 0, false), -EIO);
+	ck_assert_int_eq(pcache_backing_flush_sync(b), 0); /* the rule expired */
+	pcache_backing_get_stats(b, &st);
+	ck_assert_uint_eq(st.flushes, 2);
+	ck_assert_uint_eq(st.errors, 1);
+	pcache_backing_close(b);
+	snprintf(img, sizeof(img), "%s/.control", flaky_mnt);
+	fd = open(img, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	n = read(fd, status, sizeof(status) - 1);
+	close(fd);
+	ck_assert_int_gt(n, 0);
+	status[n] = 0;
+	ck_assert_msg(strstr(status, "fsync_errors 1\n"), "status: %s", status);
+}
+END_TEST
+
 /* Zero and discard ranges of an open image at path (size >= 4 MiB, pattern seed). */
 static void zero_and_discard(const char *path, struct pcache_backing *b, uint32_t seed)
 {
@@ -1340,6 +1372,7 @@ Suite *backing_suite(void)
 	tcase_add_checked_fixture(tc, env_setup, env_cleanup);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, flush_completes_and_is_counted);
+	tcase_add_test(tc, flush_error_reaches_the_callback);
 	tcase_add_test(tc, zero_and_discard_on_files);
 	tcase_add_test(tc, zero_through_fuse_without_fallocate_support_writes_zeros);
 	tcase_add_test(tc, loop_device_queries_io_zero_and_discard);

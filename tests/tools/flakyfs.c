@@ -8,7 +8,7 @@
  * and asynchronous direct I/O is off, so a short write reaches the caller as a short count.
  *
  * Usage:
- *   flakyfs -f -o backing=/path/to/file[,name=image][,delay_us=N][,nofalloc][,RULE=SPEC...] MOUNTPOINT
+ *   flakyfs -f -o backing=FILE[,name=image][,delay_us=N][,nofalloc][,fsync_eio=N][,RULE=SPEC...] MNT
  *
  * Files in the mount:
  *   MOUNTPOINT/<name>     the image (default name "image"), same size as the backing file;
@@ -33,9 +33,12 @@
  *   eio|enospc|short|delay OFF LEN [DIR [ARG]]   add a rule
  *   clear                                         remove every rule
  *   delay_us N                                    set the global delay
+ *   fsync_eio N                                   the next N fsyncs of the image fail with EIO
+ *                                                 (0 stops; -1 = every fsync from now on)
  *   reset                                         zero the counters
  * Reading .control gives "key value" lines: reads, writes, errors (requests failed by a rule),
- * shorts (requests trimmed), delayed, then one "rule KIND OFF LEN DIR ARG" line per rule.
+ * shorts (requests trimmed), delayed, fsyncs, fsync_errors, delay_us, fsync_eio, then one
+ * "rule KIND OFF LEN DIR ARG" line per rule. On the command line: fsync_eio=N.
  * Example: printf 'eio 0 4096 r 1\n' > /mnt/.control   (the next read of block 0 fails once)
  *
  * SIGTERM/SIGINT unmount and exit (fuse_main's handlers). Multi-threaded; rules are guarded by
@@ -48,6 +51,7 @@
 #include <fuse.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +79,7 @@ struct flaky_conf {
 	char *name;
 	unsigned int delay_us;
 	int nofalloc;
+	int fsync_eio;
 };
 
 /* lock guards the rules, the counters and delay_us (written by .control). */
@@ -85,7 +90,8 @@ static struct {
 	struct flaky_rule rules[FLAKY_MAX_RULES];
 	unsigned int nrules;
 	unsigned int delay_us;
-	uint64_t reads, writes, errors, shorts, delayed;
+	int fsync_eio;     /* fsyncs left to fail; -1: all */
+	uint64_t reads, writes, errors, shorts, delayed, fsyncs, fsync_errors;
 } fl = { .fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static struct flaky_conf conf;
@@ -191,8 +197,10 @@ static size_t flaky_status(char *buf, size_t len)
 	pthread_mutex_lock(&fl.lock);
 	n += (size_t)snprintf(buf + n, len - n,
 			      "reads %" PRIu64 "\nwrites %" PRIu64 "\nerrors %" PRIu64
-			      "\nshorts %" PRIu64 "\ndelayed %" PRIu64 "\ndelay_us %u\n",
-			      fl.reads, fl.writes, fl.errors, fl.shorts, fl.delayed, fl.delay_us);
+			      "\nshorts %" PRIu64 "\ndelayed %" PRIu64 "\nfsyncs %" PRIu64
+			      "\nfsync_errors %" PRIu64 "\ndelay_us %u\nfsync_eio %d\n",
+			      fl.reads, fl.writes, fl.errors, fl.shorts, fl.delayed, fl.fsyncs,
+			      fl.fsync_errors, fl.delay_us, fl.fsync_eio);
 	for (i = 0; i < fl.nrules && n < len; i++) {
 		const struct flaky_rule *r = &fl.rules[i];
 
@@ -347,8 +355,11 @@ static int flaky_control(const char *buf, size_t size)
 			fl.nrules = 0;
 		} else if (!strcmp(line, "reset")) {
 			fl.reads = fl.writes = fl.errors = fl.shorts = fl.delayed = 0;
+			fl.fsyncs = fl.fsync_errors = 0;
 		} else if (!strncmp(line, "delay_us ", 9)) {
 			fl.delay_us = (unsigned int)strtoul(line + 9, NULL, 0);
+		} else if (!strncmp(line, "fsync_eio ", 10)) {
+			fl.fsync_eio = (int)strtol(line + 10, NULL, 0);
 		} else {
 			ret = flaky_add_rule(line);
 		}
@@ -398,8 +409,20 @@ static int flaky_truncate(const char *path, off_t size, struct fuse_file_info *f
 
 static int flaky_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
+	bool fail;
+
 	if (flaky_which(path) != FLAKY_INO_IMAGE)
 		return 0;
+	pthread_mutex_lock(&fl.lock);
+	fl.fsyncs++;
+	fail = fl.fsync_eio != 0;
+	if (fl.fsync_eio > 0)
+		fl.fsync_eio--;
+	if (fail)
+		fl.fsync_errors++;
+	pthread_mutex_unlock(&fl.lock);
+	if (fail)
+		return -EIO;
 	return fdatasync(fl.fd) < 0 ? -errno : 0;
 }
 
@@ -433,6 +456,7 @@ static const struct fuse_opt flaky_opts[] = {
 	FLAKY_OPT("name=%s", name),
 	FLAKY_OPT("delay_us=%u", delay_us),
 	FLAKY_OPT("nofalloc", nofalloc),
+	FLAKY_OPT("fsync_eio=%d", fsync_eio),
 	FUSE_OPT_KEY("eio=", FLAKY_KEY_RULE),
 	FUSE_OPT_KEY("enospc=", FLAKY_KEY_RULE),
 	FUSE_OPT_KEY("short=", FLAKY_KEY_RULE),
@@ -447,7 +471,7 @@ static int flaky_opt_proc(void *data, const char *arg, int key, struct fuse_args
 	char line[256], *p;
 
 	if (key == FLAKY_KEY_HELP) {
-		printf("usage: flakyfs -f -o backing=FILE[,name=NAME][,delay_us=N][,nofalloc]"
+		printf("usage: flakyfs -f -o backing=FILE[,name=NAME][,delay_us=N][,nofalloc][,fsync_eio=N]"
 		       "[,eio|enospc|short|delay=OFF:LEN[:DIR[:ARG]]...] MOUNTPOINT\n"
 		       "see the comment at the top of tests/tools/flakyfs.c\n");
 		exit(0);
@@ -484,6 +508,7 @@ int main(int argc, char *argv[])
 		goto free_args;
 	}
 	fl.delay_us = conf.delay_us;
+	fl.fsync_eio = conf.fsync_eio;
 	fl.fd = open(conf.backing, O_RDWR | O_CLOEXEC);
 	if (fl.fd < 0) {
 		fprintf(stderr, "flakyfs: %s: %s\n", conf.backing, strerror(errno));
