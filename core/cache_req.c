@@ -19,9 +19,10 @@
  *  5. A miss fill replaces only its own placeholder: a racing write removed or cut it, and the
  *     fill then caches nothing or only the part still covered.
  *  6. The completion thread never waits: fills use non-blocking allocation and trylock on the
- *     staging kset, and are skipped (counted) when either is not available.
+ *     subtree and the staging kset, and are skipped (counted) when one is not available.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,13 +382,39 @@ static void upper_put(struct pcache_upper_req *u)
 		free(m);
 }
 
-/* Remove the placeholder id at image offset off (if still there). */
-static void drop_placeholder(struct pcache_image *img, uint64_t off, uint32_t id)
+/*
+ * Take a subtree lock from the completion thread: a bounded number of tries (lock holders keep
+ * it for microseconds), never an unbounded wait. true when taken.
+ */
+static bool subtree_trylock_bounded(struct pcache_subtree *sub)
+{
+	int i;
+
+	for (i = 0; i < 256; i++) {
+		if (pthread_mutex_trylock(&sub->lock) == 0)
+			return true;
+		sched_yield();
+	}
+	return false;
+}
+
+/*
+ * Remove the placeholder id at image offset off (if still there). From the completion thread
+ * (may_block false) a busy subtree is left alone: a writer holding it may be waiting for log
+ * space that only this thread's completions can free. A leftover placeholder is harmless: reads
+ * of its range go to the backing image until a write replaces it.
+ */
+static void drop_placeholder(struct pcache_image *img, uint64_t off, uint32_t id, bool may_block)
 {
 	struct pcache_subtree *sub = &img->ix.sub[off >> PCACHE_REGION_SHIFT];
 	uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), i;
 
-	pthread_mutex_lock(&sub->lock);
+	if (!may_block) {
+		if (!subtree_trylock_bounded(sub))
+			return;
+	} else {
+		pthread_mutex_lock(&sub->lock);
+	}
 	i = pcache_subtree_find(sub, roff);
 	if (i < sub->n && sub->v[i].off == roff && (sub->v[i].flags & PCACHE_IKEY_EMPTY) &&
 	    sub->v[i].seg == id)
@@ -413,7 +440,7 @@ static void miss_fill(struct miss_req *m, const struct miss_piece *p)
 
 	if (pcache_data_alloc(c, p->len, false, &a) != 0) {
 		atomic_fetch_add(&c->fill_skips, 1);
-		drop_placeholder(img, p->off, p->id);
+		drop_placeholder(img, p->off, p->id, false);
 		return;
 	}
 	c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
@@ -421,7 +448,12 @@ static void miss_fill(struct miss_req *m, const struct miss_piece *p)
 	/* the filled data is durable before its key is indexed and staged */
 	c->pm->ops->drain(c->pm->ctx);
 
-	pthread_mutex_lock(&sub->lock);
+	/* never block the completion thread on a subtree (see drop_placeholder()) */
+	if (!subtree_trylock_bounded(sub)) {
+		atomic_fetch_add(&c->fill_skips, 1);
+		pcache_seg_put(c, a.seg);
+		return;
+	}
 	i = pcache_subtree_find(sub, roff);
 	if (!(i < sub->n && sub->v[i].off == roff && (sub->v[i].flags & PCACHE_IKEY_EMPTY) &&
 	      sub->v[i].seg == p->id))
@@ -482,7 +514,7 @@ static void piece_end(void *priv, int status)
 		atomic_fetch_add(&m->img->backing_errors, 1);
 		atomic_compare_exchange_strong(&m->status, &expect, status);
 		if (p->id)
-			drop_placeholder(m->img, p->off, p->id);
+			drop_placeholder(m->img, p->off, p->id, false);
 	} else if (p->id) {
 		miss_fill(m, p);
 	}
@@ -675,7 +707,7 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 	if (!m) {
 		for (j = 0; j < pv.n; j++)
 			if (pv.v[j].id)
-				drop_placeholder(img, pv.v[j].off, pv.v[j].id);
+				drop_placeholder(img, pv.v[j].off, pv.v[j].id, true);
 		free(pv.v);
 		io_exit(img);
 		return -ENOMEM;
