@@ -808,7 +808,8 @@ END_TEST
  * kernel (6.18) that internal retry puts the data at the wrong place on a FUSE direct_io file
  * (reproduced without pcachefs: an io_uring read of flakyfs with a short rule returns the
  * full length with wrong bytes after the first short piece). So short-read rules of flakyfs
- * are not usable through io_uring.
+ * are not usable through io_uring. The read continuation is covered by the shrunk-file case
+ * below (a read crossing the end comes back short, the rest gives -ENODATA).
  */
 START_TEST(short_transfers_are_continued_not_reported)
 {
@@ -921,6 +922,7 @@ END_TEST
 START_TEST(read_past_the_end_of_a_shrunk_file_is_enodata)
 {
 	struct pcache_backing *b;
+	struct pcache_backing_stats st;
 	char p[300];
 	uint8_t *buf;
 
@@ -929,7 +931,11 @@ START_TEST(read_past_the_end_of_a_shrunk_file_is_enodata)
 	ck_assert_int_eq(truncate(p, 512 << 10), 0);
 	ck_assert_int_eq(posix_memalign((void **)&buf, 4096, 8192), 0);
 	ck_assert_int_eq(do_io(b, PCACHE_BIO_READ, buf, 8192, 768 << 10, false), -ENODATA);
+	/* crossing the new end: the first 4 KiB arrive (a short read), the rest is -ENODATA */
 	ck_assert_int_eq(do_io(b, PCACHE_BIO_READ, buf, 8192, (512 << 10) - 4096, true), -ENODATA);
+	pcache_backing_get_stats(b, &st);
+	ck_assert_uint_eq(st.short_continued, 1);
+	expect_pattern(buf, 4096, (512 << 10) - 4096, 1);
 	ck_assert_int_eq(do_io(b, PCACHE_BIO_READ, buf, 4096, (512 << 10) - 4096, true), 0);
 	pcache_backing_close(b);
 	free(buf);
