@@ -18,7 +18,7 @@
 # job_runtime), bench_backing's whole process from getrusage. The CPU column is the cost of
 # the layer itself and is much less sensitive to other load on the disk than the rate.
 #
-# Knobs (environment): BACKING_ROUNDS (5), BACKING_RUNTIME (seconds per run, 4),
+# Knobs (environment): BACKING_ROUNDS (9), BACKING_RUNTIME (seconds per run, 2),
 # BACKING_SIZE_MIB (file size, 1024), BACKING_DIR (/var/tmp), BENCH_QUICK=1 (1 round, 2 s).
 set -u
 set -o pipefail
@@ -34,7 +34,7 @@ fi
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
 	ROUNDS=${BACKING_ROUNDS:-1}; RUNTIME=${BACKING_RUNTIME:-2}
 else
-	ROUNDS=${BACKING_ROUNDS:-5}; RUNTIME=${BACKING_RUNTIME:-4}
+	ROUNDS=${BACKING_ROUNDS:-9}; RUNTIME=${BACKING_RUNTIME:-2}
 fi
 SIZE_MIB=${BACKING_SIZE_MIB:-1024}
 DIR=${BACKING_DIR:-/var/tmp}
