@@ -114,7 +114,11 @@ struct bk_chunk {
 	struct bk_req reqs[BK_POOL_CHUNK];
 };
 
-/* One lock (b->lock); the ring and the lists after it belong to the completion thread. */
+/*
+ * One lock (b->lock), innermost: callers may hold their own locks when they submit, and the
+ * layer never calls out (end callbacks, upper get/put) with it held. The ring and the fields
+ * after "completion thread only" belong to the completion thread.
+ */
 struct pcache_backing {
 	/* immutable after open */
 	int fd;
