@@ -851,7 +851,10 @@ static void lock_holder(int fd, char *buf, size_t len)
 			comm[strcspn(comm, "\n")] = 0;
 		fclose(f);
 	}
-	snprintf(buf, len, "pid %d (%s)", pid, comm[0] ? comm : "?");
+	if (comm[0])
+		snprintf(buf, len, "pid %d (%s)", pid, comm);
+	else /* the locker exited after a fork: a child inherited the locked descriptor */
+		snprintf(buf, len, "pid %d (exited; a process it forked holds the lock)", pid);
 }
 
 static void dev_detach(struct pcache_cache_dev *cd)

@@ -1081,7 +1081,7 @@ START_TEST(second_open_is_refused_naming_the_holder)
 	const char *p = fresh_dev("lock");
 	struct pcache_cache_dev *cd = open_ok(p, false), *cd2 = NULL;
 	char want[64];
-	int pipefd[2], status;
+	int pipefd[2], status, rc;
 	pid_t pid;
 	char c;
 
@@ -1095,8 +1095,7 @@ START_TEST(second_open_is_refused_naming_the_holder)
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
-		int rc = try_open(p, &cd2, false, false);
-
+		rc = try_open(p, &cd2, false, false);
 		_exit(rc == -EBUSY && strstr(errbuf, want) ? 0 : 1);
 	}
 	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
@@ -1127,6 +1126,48 @@ START_TEST(second_open_is_refused_naming_the_holder)
 	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
 	/* the lock died with its holder */
 	pcache_cache_dev_close(open_ok(p, false));
+
+	/* the locker forks and exits (a daemonizing server): the message says so */
+	ck_assert_int_eq(pipe(pipefd), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct pcache_cache_dev *ccd = NULL;
+		pid_t gc;
+
+		close(pipefd[0]);
+		if (try_open(p, &ccd, false, false))
+			_exit(1);
+		gc = fork();
+		if (gc == 0) {
+			gc = getpid();
+			if (write(pipefd[1], &gc, sizeof(gc)) != sizeof(gc))
+				_exit(1);
+			pause();
+			_exit(0);
+		}
+		_exit(gc > 0 ? 0 : 1);
+	}
+	close(pipefd[1]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	{
+		pid_t gpid = 0;
+		int tries;
+
+		ck_assert_int_eq(read(pipefd[0], &gpid, sizeof(gpid)), (ssize_t)sizeof(gpid));
+		close(pipefd[0]);
+		snprintf(want, sizeof(want), "locked by pid %d (exited;", (int)pid);
+		rc = try_open(p, &cd2, false, false);
+		kill(gpid, SIGKILL); /* the grandchild we started (its pid came through the pipe) */
+		ck_assert_int_eq(rc, -EBUSY);
+		ck_assert_msg(strstr(errbuf, want), "%s", errbuf);
+		/* the lock goes away with the last descriptor */
+		for (tries = 0; tries < 200 && try_open(p, &cd2, false, false) == -EBUSY; tries++)
+			usleep(10000);
+		ck_assert_ptr_nonnull(cd2);
+		pcache_cache_dev_close(cd2);
+	}
 
 	/* read-only opens share the lock with each other, not with a read-write open */
 	cd = NULL;
@@ -1170,6 +1211,19 @@ START_TEST(read_only_open_refuses_updates)
 	ck_assert_int_eq(pcache_cache_dev_repair(cd), -EROFS);
 	pcache_cache_dev_close(cd);
 	ck_assert_uint_eq(file_crc(p), crc);
+	/* prefault, read-only and read-write */
+	{
+		struct pcache_cache_dev_opts o = { .path = p, .read_only = true, .prefault = true };
+
+		ck_assert_int_eq(pcache_cache_dev_open(&o, &cd, errbuf, sizeof(errbuf)), 0);
+		pcache_cache_dev_close(cd);
+		ck_assert_uint_eq(file_crc(p), crc);
+		o.read_only = false;
+		ck_assert_int_eq(pcache_cache_dev_open(&o, &cd, errbuf, sizeof(errbuf)), 0);
+		pcache_cache_dev_get_info(cd, &ci);
+		ck_assert_uint_eq(ci.gc_percent, PCACHE_DEFAULT_GC_PERCENT);
+		pcache_cache_dev_close(cd);
+	}
 }
 END_TEST
 
