@@ -620,9 +620,19 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 		if (c->imgs[i])
 			imgs[n++] = c->imgs[i];
 	pthread_mutex_unlock(&c->img_lock);
-	for (i = 0; i < n; i++)
-		while (atomic_load(&imgs[i]->inflight))
+	for (i = 0; i < n; i++) {
+		uint64_t t0 = pcache_now_ns();
+
+		while (atomic_load(&imgs[i]->inflight)) {
 			usleep(1000);
+			if (pcache_now_ns() - t0 > 10ull * 1000 * 1000 * 1000) {
+				/* writers still waiting for space that does not come: fail them */
+				fprintf(stderr, "pcache: stop: writers waiting for space get EIO\n");
+				pcache_segs_fail(c);
+				t0 = pcache_now_ns();
+			}
+		}
+	}
 	/* 2. persist every staging kset */
 	r = pcache_cache_flush(c);
 	if (r && !ret)
