@@ -158,6 +158,16 @@ static int random_bytes(void *buf, size_t len)
 	return 0;
 }
 
+/* A random (version 4, RFC 4122 variant) UUID. */
+static int random_uuid(uint8_t uuid[16])
+{
+	int rc = random_bytes(uuid, 16);
+
+	uuid[6] = (uint8_t)((uuid[6] & 0x0f) | 0x40);
+	uuid[8] = (uint8_t)((uuid[8] & 0x3f) | 0x80);
+	return rc;
+}
+
 static uint32_t rec_crc(const void *rec, size_t len)
 {
 	return pcache_crc32c(PCACHE_CRC_SEED, (const uint8_t *)rec + 4, len - 4);
@@ -799,7 +809,7 @@ static int dev_format(struct pcache_cache_dev *cd, const struct pcache_format_op
 	sb.seg_base = seg_base;
 	sb.dev_size = cd->map.size;
 	sb.max_images = PCACHE_MAX_IMAGES;
-	rc = random_bytes(sb.uuid, sizeof(sb.uuid));
+	rc = random_uuid(sb.uuid);
 	if (rc)
 		return seterr(err, errlen, rc, "format: getrandom: %s", strerror(-rc));
 	sb.hdr.crc = rec_crc(&sb, sizeof(sb));
@@ -1327,7 +1337,7 @@ int pcache_cache_dev_image_add(struct pcache_cache_dev *cd, struct pcache_image_
 	rc = image_normalise(&n, e);
 	if (rc)
 		return rc;
-	rc = random_bytes(n.uuid, sizeof(n.uuid));
+	rc = random_uuid(n.uuid);
 	if (rc)
 		return rc;
 	LOCK(cd, img_lock);

@@ -189,6 +189,8 @@ START_TEST(blank_file_is_created_formatted_and_reopens_with_same_identity)
 	ck_assert_int_eq(pcache_cache_dev_pread(cd, kset, 16, SMALL_SIZE - 8), -EINVAL);
 	memcpy(uuid, pcache_cache_dev_sb(cd)->uuid, 16);
 	ck_assert(memcmp(uuid, zero, 16) != 0);
+	ck_assert_uint_eq(uuid[6] >> 4, 4);  /* a version 4 UUID */
+	ck_assert_uint_eq(uuid[8] >> 6, 2);  /* RFC 4122 variant */
 	pcache_cache_dev_close(cd);
 
 	cd = open_ok(p, false);
@@ -716,6 +718,8 @@ START_TEST(image_table_add_find_update_remove_and_identity_round_trip)
 	ck_assert_uint_eq(b.slot, 1);
 	ck_assert_uint_eq(b.lbs, 512);
 	ck_assert(memcmp(a.uuid, b.uuid, 16) != 0);
+	ck_assert_uint_eq(b.uuid[6] >> 4, 4);
+	ck_assert_uint_eq(b.uuid[8] >> 6, 2);
 	pcache_cache_dev_get_info(cd, &ci);
 	ck_assert_uint_eq(ci.next_image_id, 3);
 

@@ -176,5 +176,30 @@ wait_gone "$HOLD_PID" 10 || fail "holdlock did not exit"
 HOLD_PID=
 ctl 0 info "$D"
 
+note "images: info and dump --json show the table, names escaped"
+[ -x "$TOOLS/cachedev_image" ] || fail "build/tools/cachedev_image missing"
+ctl 0 format --force --segment-size=2M "$D"
+"$TOOLS/cachedev_image" "$D" add vm1 /var/lib/images/vm1.raw $((8 << 30)) >/dev/null || fail "add vm1"
+"$TOOLS/cachedev_image" "$D" add 'db "prod" \x' '/dev/disk/by-id/a b' 1048576 >/dev/null || fail "add db"
+"$TOOLS/cachedev_image" "$D" add 'bad/name' /x 2>/dev/null && fail "a name with / was accepted"
+"$TOOLS/cachedev_image" "$D" add vm1 /y 2>/dev/null && fail "a duplicate name was accepted"
+ctl 0 info "$D"
+has "$OUT" "images:        2"
+has "$OUT" "vm1"
+has "$OUT" "/var/lib/images/vm1.raw"
+has "$OUT" "next image id: 3"
+ctl 0 dump --json "$D"
+jq -e '(.images | length) == 2 and .images[0].name == "vm1" and .images[0].size == 8589934592 and
+	.images[0].id == 1 and .images[1].name == "db \"prod\" \\x" and
+	.images[1].path == "/dev/disk/by-id/a b" and .images[1].state == "attached" and
+	.images[0].uuid != .images[1].uuid and .cache_info.next_image_id == 3' "$OUT" >/dev/null ||
+	{ cat "$OUT" >&2; fail "dump --json image table"; }
+"$TOOLS/cachedev_image" "$D" rename vm1 vm1-old || fail "rename"
+"$TOOLS/cachedev_image" "$D" remove 'db "prod" \x' || fail "remove"
+ctl 0 dump --json "$D"
+jq -e '(.images | length) == 1 and .images[0].name == "vm1-old" and .images[0].id == 1' "$OUT" >/dev/null ||
+	{ cat "$OUT" >&2; fail "dump --json after rename and remove"; }
+ctl 0 check "$D"
+
 note "pcachectl admin: all checks passed"
 exit 0
