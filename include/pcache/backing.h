@@ -25,6 +25,9 @@
  *  - submit() and submit_direct() may be called from any thread, including a callback of the
  *    same image (submit_direct() then does not wait, so a callback never blocks). From a
  *    callback of another image, submit_direct() may wait: use submit() there.
+ *  - submit_direct() waits for completions when queue_depth requests are outstanding: never
+ *    call it holding a lock that an end callback (or upper put) of the same image takes.
+ *    submit() only takes the layer's innermost lock briefly, so it is safe under any lock.
  *  - A callback blocks every other completion of its image while it runs: keep it short, and
  *    never wait in it for another request of the same image. rw_sync()/flush_sync() return
  *    -EDEADLK from a callback of the same image; close() from one aborts the process.
