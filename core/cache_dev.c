@@ -474,6 +474,27 @@ static int rec_pick(struct pcache_cache_dev *cd, const struct md_buf *md, const 
 	return pick;
 }
 
+/*
+ * The slot not picked, when it holds a CRC-valid copy (so its fields can be checked too: a
+ * fallback must never land on bad values); NULL otherwise.
+ */
+static const void *rec_other(const struct md_buf *md, uint64_t off0, uint64_t off1, int pick,
+			     uint16_t type, uint16_t len)
+{
+	uint64_t off = pick ? off0 : off1;
+	const char *why;
+
+	return slot_classify(md, off, type, len, &why) == SLOT_VALID ? md->buf + off : NULL;
+}
+
+/* The older copy of a record has bad values: count it as a damaged slot (repair rewrites it). */
+static void rec_bad_other(struct pcache_cache_dev *cd, struct rec_slot *rs, const char *name,
+			  const char *why)
+{
+	rs->damaged = true;
+	note(cd, "%s slot %d: valid CRC but %s; using slot %d", name, rs->newest ^ 1, why, rs->newest);
+}
+
 static int md_read(struct pcache_cache_dev *cd, struct md_buf *md, uint64_t len)
 {
 	uint64_t p, pages = (len + MD_PAGE - 1) / MD_PAGE;
@@ -626,6 +647,7 @@ static int records_load(struct pcache_cache_dev *cd, const struct md_buf *md, ch
 			size_t errlen)
 {
 	char name[48], why[96];
+	const void *other;
 	uint32_t i, j;
 	int k, rc;
 
@@ -636,6 +658,15 @@ static int records_load(struct pcache_cache_dev *cd, const struct md_buf *md, ch
 	info_decode(&cd->info, (const void *)(md->buf + PCACHE_INFO_OFF + k * PCACHE_INFO_SLOT_SIZE));
 	if (info_check(&cd->info, why, sizeof(why)))
 		return seterr(err, errlen, -EUCLEAN, "cache_info: %s", why);
+	other = rec_other(md, PCACHE_INFO_OFF, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, k,
+			  PCACHE_REC_INFO, sizeof(struct pcache_cache_info_om));
+	if (other) {
+		struct pcache_cache_info oci;
+
+		info_decode(&oci, other);
+		if (info_check(&oci, why, sizeof(why)))
+			rec_bad_other(cd, &cd->info_rs, "cache_info", why);
+	}
 
 	for (i = 0; i < 2; i++) {
 		struct pcache_pos *p = i ? &cd->dirty_tail : &cd->key_tail;
@@ -654,6 +685,18 @@ static int records_load(struct pcache_cache_dev *cd, const struct md_buf *md, ch
 		p->lsn = pcache_le64(&om->lsn);
 		if (pos_check(cd, p, why, sizeof(why)))
 			return seterr(err, errlen, -EUCLEAN, "%s: %s", tn, why);
+		other = rec_other(md, o0, o1, k, i ? PCACHE_REC_DIRTY_TAIL : PCACHE_REC_KEY_TAIL,
+				  sizeof(struct pcache_tail_om));
+		if (other) {
+			struct pcache_pos op;
+
+			om = other;
+			op.seg = pcache_le32(&om->seg);
+			op.off = pcache_le32(&om->off);
+			op.lsn = pcache_le64(&om->lsn);
+			if (pos_check(cd, &op, why, sizeof(why)))
+				rec_bad_other(cd, i ? &cd->dirty_rs : &cd->key_rs, tn, why);
+		}
 	}
 
 	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
@@ -668,6 +711,23 @@ static int records_load(struct pcache_cache_dev *cd, const struct md_buf *md, ch
 				  sizeof(why));
 		if (rc)
 			return seterr(err, errlen, -EUCLEAN, "%s: %s", name, why);
+		other = rec_other(md, PCACHE_IMAGE_SLOT(i, 0), PCACHE_IMAGE_SLOT(i, 1), k,
+				  PCACHE_REC_IMAGE, sizeof(struct pcache_image_om));
+		if (other) {
+			struct pcache_image_ent *oe = malloc(sizeof(*oe));
+
+			if (!oe)
+				return seterr(err, errlen, -ENOMEM, "%s: out of memory", name);
+			rc = image_decode(oe, i, other, why, sizeof(why));
+			if (!rc && oe->id >= cd->info.next_image_id) {
+				snprintf(why, sizeof(why), "id %u >= next_image_id %u", oe->id,
+					 cd->info.next_image_id);
+				rc = -EUCLEAN;
+			}
+			if (rc)
+				rec_bad_other(cd, &cd->img_rs[i], name, why);
+			free(oe);
+		}
 		if (!e->id)
 			continue;
 		if (e->id >= cd->info.next_image_id)

@@ -617,6 +617,44 @@ START_TEST(unreadable_slots_count_as_invalid)
 }
 END_TEST
 
+START_TEST(bad_values_in_the_older_copy_are_repairable)
+{
+	const char *p = fresh_dev("oldbad");
+	struct pcache_cache_dev *cd;
+	struct pcache_cache_info_om ci;
+	struct pcache_tail_om t;
+	struct pcache_image_om *im = malloc(sizeof(*im));
+	struct lines l = { "" };
+	struct pcache_cache_info got;
+
+	/* format wrote slot 1 as the older copy (seq 0): give it valid CRCs over bad values */
+	raw_read(p, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, &ci, sizeof(ci));
+	ci.gc_percent = 99;
+	raw_write_rec(p, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, &ci, sizeof(ci));
+	raw_read(p, PCACHE_KEY_TAIL_SLOT(1), &t, sizeof(t));
+	t.seg = 1000;
+	raw_write_rec(p, PCACHE_KEY_TAIL_SLOT(1), &t, sizeof(t));
+	raw_read(p, PCACHE_IMAGE_SLOT(4, 1), im, sizeof(*im));
+	im->id = 5; /* >= next_image_id, and no name */
+	raw_write_rec(p, PCACHE_IMAGE_SLOT(4, 1), im, sizeof(*im));
+	free(im);
+
+	cd = open_ok(p, false);
+	pcache_cache_dev_get_info(cd, &got);
+	ck_assert_uint_eq(got.gc_percent, PCACHE_DEFAULT_GC_PERCENT);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 3);
+	ck_assert_int_eq(pcache_cache_dev_check(cd, collect, &l), PCACHE_CHECK_REPAIRABLE);
+	ck_assert_msg(strstr(l.text, "cache_info slot 1: valid CRC but gc_percent 99") &&
+		      strstr(l.text, "key_tail slot 1: valid CRC but segment 1000") &&
+		      strstr(l.text, "image 4 slot 1: valid CRC but"), "%s", l.text);
+	ck_assert_int_eq(pcache_cache_dev_repair(cd), 0);
+	pcache_cache_dev_close(cd);
+	cd = open_ok(p, false);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 0);
+	pcache_cache_dev_close(cd);
+}
+END_TEST
+
 START_TEST(both_copies_corrupt_is_refused_naming_the_structure)
 {
 	static const struct {
@@ -1992,6 +2030,7 @@ Suite *cache_dev_suite(void)
 	tcase_add_test(tc, damaged_superblock_copy_and_torn_slot_are_reported_repairable);
 	tcase_add_test(tc, both_copies_corrupt_is_refused_naming_the_structure);
 	tcase_add_test(tc, unreadable_slots_count_as_invalid);
+	tcase_add_test(tc, bad_values_in_the_older_copy_are_repairable);
 	tcase_add_test(tc, sequence_numbers_wrap_around);
 	tcase_add_test(tc, crash_at_every_step_of_format_leaves_a_formattable_device);
 	tcase_add_test(tc, torn_update_at_any_byte_keeps_the_previous_value);
