@@ -107,12 +107,17 @@ enum pfs_slot_state { PFS_SLOT_FREE = 0, PFS_SLOT_ATTACHED, PFS_SLOT_DETACHING }
 /*
  * One attached image as the mount shows it. Slots live in pfs.slots[] for the life of the
  * daemon; a slot is reused after detach with gen + 1, so stale inode numbers never match.
- *   state, gen, img, name, open_count: guarded by pfs.lock. I/O paths read img and lbs without
- *   the lock: they hold an open file (open_count > 0), and detach refuses while open_count > 0.
+ *   state, gen, img, name, open_count: written under pfs.lock.
+ *   The I/O paths read img, size and lbs without the lock, between io_enter() and io_exit()
+ *   (ops.c): io_enter counts the request in inflight, then checks state and gen (both atomic);
+ *   detach first sets DETACHING, then waits for inflight to drop to 0, so it never pulls the
+ *   image from under a request (sequentially consistent atomics on both sides).
+ *   Detach also refuses while files are open (open_count), the usual case.
  */
 struct pfs_slot {
-	enum pfs_slot_state state;
-	uint32_t gen;
+	_Atomic enum pfs_slot_state state;
+	_Atomic uint32_t gen;
+	atomic_uint inflight;
 	unsigned int open_count;
 	struct pcache_image *img;  /* the daemon's reference */
 	char name[PCACHE_NAME_MAX + 1];

@@ -20,8 +20,9 @@
  *  4. Writes on a file opened O_SYNC/O_DSYNC carry PCACHE_IO_FUA (durable on reply); fsync and
  *     fdatasync call pcache_image_flush() (every acknowledged write durable on reply). FUSE flush
  *     (close) promises nothing more and is a no-op (image files are opened with noflush).
- *  5. An image slot cannot be detached while any file of it is open (open_count), so the I/O
- *     path uses slot->img without a lock.
+ *  5. Every use of an image's engine handle by a request sits between io_enter() and io_exit();
+ *     detach waits for those to drain (daemon_i.h, struct pfs_slot), and refuses while files are
+ *     open. A request for a detached (or detached and reused) slot fails with ESTALE.
  *  6. A read miss (PCACHE_IO_PENDING) replies from the engine's completion callback; the buffer
  *     belongs to the request until then.
  */
@@ -54,24 +55,34 @@ struct pfs_node {
 	enum pfs_img_kind kind;
 };
 
-/* An open file (fi->fh). */
-struct pfs_fh {
+/*
+ * fi->fh of an open file is a value, not a pointer: its inode number plus PFS_FH_SYNC. Nothing
+ * is allocated per open file, so a release that overtakes a request of the same file (its caller
+ * was killed while the request was in the daemon) frees nothing that request still uses.
+ * Directories keep no state either (each readdir lists afresh; offsets are entry indexes).
+ */
+#define PFS_FH_SYNC (1ull << 62)   /* opened O_SYNC / O_DSYNC: every write is FUA */
+
+/* An open file, decoded from (ino, fi->fh). */
+struct pfs_file {
+	fuse_ino_t ino;
 	struct pfs_node node;
-	struct pfs_slot *s;        /* image nodes: slot, open_count held */
-	bool sync;                 /* O_SYNC / O_DSYNC: every write is FUA */
-	pthread_mutex_t mu;        /* guards snap (control files) */
-	struct pfs_text snap;      /* control files: content generated at offset 0 */
+	struct pfs_slot *s;        /* image nodes: the slot (its open_count counts this file) */
+	bool sync;
 };
 
-/* An open directory (fi->fh): the whole listing, generated at opendir. */
-struct pfs_dirh {
-	char *buf;
-	size_t len;
+/* One directory entry of a listing. */
+struct pfs_dent {
+	char name[PCACHE_NAME_MAX + 1];
+	fuse_ino_t ino;
+	mode_t type;
 };
+#define PFS_MAX_DENTS (PFS_MAX_SLOTS + 16)
 
 /* A pending read. */
 struct pfs_read {
 	fuse_req_t req;
+	struct pfs_slot *s;
 	char *buf;
 	size_t skip, len;
 };
@@ -153,6 +164,23 @@ static struct pfs_slot *slot_by_name(const char *name)
 			return s;
 	}
 	return NULL;
+}
+
+/* Pin the slot of node ino for one request: 0, or -ESTALE if it is not that image any more. */
+static int io_enter(struct pfs_slot *s, fuse_ino_t ino, enum pfs_img_kind k)
+{
+	atomic_fetch_add(&s->inflight, 1);
+	if (atomic_load(&s->state) != PFS_SLOT_ATTACHED ||
+	    pfs_img_ino((uint32_t)(s - pfs.slots), atomic_load(&s->gen), k) != ino) {
+		atomic_fetch_sub(&s->inflight, 1);
+		return -ESTALE;
+	}
+	return 0;
+}
+
+static void io_exit(struct pfs_slot *s)
+{
+	atomic_fetch_sub(&s->inflight, 1);
 }
 
 static void stat_common(struct stat *st, fuse_ino_t ino)
@@ -406,6 +434,9 @@ int pfs_image_detach(const char *name, char *err, size_t errlen)
 	s->state = PFS_SLOT_DETACHING;
 	img = s->img;
 	pthread_mutex_unlock(&pfs.lock);
+	/* requests already past io_enter() finish first (a killed client's request can outlive its file) */
+	while (atomic_load(&s->inflight))
+		usleep(1000);
 
 	/* the backing image must be complete on its own once it leaves the cache */
 	ret = pcache_image_writeback_all(img);
@@ -562,10 +593,12 @@ static void read_done(void *priv, int status)
 		fuse_reply_err(rr->req, -status);
 	else
 		fuse_reply_buf(rr->req, rr->buf + rr->skip, rr->len);
+	io_exit(rr->s);
 	free(rr->buf);
 	free(rr);
 }
 
+/* Read of an image file (the caller did io_enter; every path here ends in io_exit). */
 static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t off)
 {
 	uint64_t lbs = s->lbs, a, e;
@@ -575,6 +608,7 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 	int ret;
 
 	if (off >= s->size || size == 0) {
+		io_exit(s);
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
@@ -589,26 +623,30 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 		e = s->size;   /* a size that is not a sector multiple: the engine decides */
 	buf = buf_get();
 	if (!buf) {
+		io_exit(s);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	rr = malloc(sizeof(*rr));
 	if (!rr) {
+		io_exit(s);
 		buf_put(buf);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	rr->req = req;
+	rr->s = s;
 	rr->buf = buf;
 	rr->skip = (size_t)(off - a);
 	rr->len = len;
 	ret = pcache_image_read(s->img, buf, a, (size_t)(e - a), read_done, rr);
 	if (ret == PCACHE_IO_PENDING)
-		return;   /* read_done replies and frees */
+		return;   /* read_done replies, leaves the slot and frees */
 	if (ret < 0)
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_buf(req, buf + rr->skip, len);
+	io_exit(s);
 	free(rr);
 	buf_put(buf);
 }
@@ -724,9 +762,8 @@ static bool req_is_root(fuse_req_t req)
 static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	bool wr = (fi->flags & O_ACCMODE) != O_RDONLY;
-	struct pfs_fh *fh;
 	struct pfs_node n;
-	struct pfs_slot *s = NULL;
+	struct pfs_slot *s;
 	int err = 0;
 
 	if (node_decode(ino, &n)) {
@@ -747,14 +784,6 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	fh = calloc(1, sizeof(*fh));
-	if (!fh) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	pthread_mutex_init(&fh->mu, NULL);
-	fh->node = n;
-	fh->sync = (fi->flags & (O_SYNC | O_DSYNC)) != 0;
 	if (!n.fixed) {
 		pthread_mutex_lock(&pfs.lock);
 		s = slot_of(ino, &n);
@@ -764,101 +793,99 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			err = ENOENT;
 		pthread_mutex_unlock(&pfs.lock);
 		if (err) {
-			pthread_mutex_destroy(&fh->mu);
-			free(fh);
 			fuse_reply_err(req, err);
 			return;
 		}
-		fh->s = s;
 	}
-	if (!n.fixed && n.kind == PFS_IK_FILE && pfs.opts->kernel_cache) {
+	if (!n.fixed && n.kind == PFS_IK_FILE && pfs.opts->kernel_cache)
 		fi->keep_cache = 1;
-	} else {
+	else
 		fi->direct_io = 1;
-	}
 	fi->noflush = 1;
-	fi->fh = (uint64_t)(uintptr_t)fh;
-	if (fuse_reply_open(req, fi) != 0) {
+	fi->fh = (uint64_t)ino | ((fi->flags & (O_SYNC | O_DSYNC)) ? PFS_FH_SYNC : 0);
+	if (fuse_reply_open(req, fi) != 0 && !n.fixed) {
 		/* the kernel will not send a release for it */
-		if (fh->s) {
-			pthread_mutex_lock(&pfs.lock);
-			fh->s->open_count--;
-			pthread_mutex_unlock(&pfs.lock);
-		}
-		pthread_mutex_destroy(&fh->mu);
-		free(fh);
+		pthread_mutex_lock(&pfs.lock);
+		pfs.slots[n.slot].open_count--;
+		pthread_mutex_unlock(&pfs.lock);
 	}
+}
+
+/* Decode an open file. 0 or -ENOENT (never for a file the kernel opened through us). */
+static int file_of(fuse_ino_t ino, const struct fuse_file_info *fi, struct pfs_file *f)
+{
+	if (node_decode(ino, &f->node))
+		return -ENOENT;
+	f->ino = ino;
+	f->s = f->node.fixed ? NULL : &pfs.slots[f->node.slot];
+	f->sync = (fi->fh & PFS_FH_SYNC) != 0;
+	return 0;
+}
+
+static bool file_is_image(const struct pfs_file *f)
+{
+	return !f->node.fixed && f->node.kind == PFS_IK_FILE;
 }
 
 /* Valid replies: fuse_reply_err (always 0). */
 static void pfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct pfs_fh *fh = (struct pfs_fh *)(uintptr_t)fi->fh;
+	struct pfs_file f;
 
-	if (fh->s) {
+	if (file_of(ino, fi, &f) == 0 && f.s) {
 		pthread_mutex_lock(&pfs.lock);
-		fh->s->open_count--;
+		if (f.s->open_count)
+			f.s->open_count--;
 		pthread_mutex_unlock(&pfs.lock);
 	}
-	pfs_text_free(&fh->snap);
-	pthread_mutex_destroy(&fh->mu);
-	free(fh);
 	fuse_reply_err(req, 0);
 }
 
-/* Control file read: content generated at offset 0, later offsets read that snapshot. */
-static void ctl_read(fuse_req_t req, struct pfs_fh *fh, size_t size, off_t off)
+/* Control file read: generated afresh for every read (control files are direct-io). */
+static void ctl_read(fuse_req_t req, const struct pfs_file *f, size_t size, off_t off)
 {
-	char *copy;
-	int ret = 0;
+	struct pfs_text t = { 0 };
+	int ret;
 
-	pthread_mutex_lock(&fh->mu);
-	if (off == 0 || !fh->snap.buf) {
-		pfs_text_free(&fh->snap);
-		ret = pfs_ctl_read(fh->node.fixed, fh->s, fh->node.kind, &fh->snap);
+	if (f->s && io_enter(f->s, f->ino, f->node.kind)) {
+		fuse_reply_err(req, ESTALE);
+		return;
 	}
-	if (ret) {
-		pthread_mutex_unlock(&fh->mu);
+	ret = pfs_ctl_read(f->node.fixed, f->s, f->node.kind, &t);
+	if (f->s)
+		io_exit(f->s);
+	if (ret)
 		fuse_reply_err(req, -ret);
-		return;
-	}
-	if ((size_t)off >= fh->snap.len) {
-		pthread_mutex_unlock(&fh->mu);
+	else if ((size_t)off >= t.len)
 		fuse_reply_buf(req, NULL, 0);
-		return;
-	}
-	if (size > fh->snap.len - (size_t)off)
-		size = fh->snap.len - (size_t)off;
-	/* copy out: a concurrent read at offset 0 may regenerate the snapshot after unlock */
-	copy = malloc(size);
-	if (copy)
-		memcpy(copy, fh->snap.buf + off, size);
-	pthread_mutex_unlock(&fh->mu);
-	if (copy)
-		fuse_reply_buf(req, copy, size);
 	else
-		fuse_reply_err(req, ENOMEM);
-	free(copy);
+		fuse_reply_buf(req, t.buf + off, PCACHE_MIN(size, t.len - (size_t)off));
+	pfs_text_free(&t);
 }
 
 /* Valid replies: fuse_reply_buf, fuse_reply_err (EIO, EINVAL, engine errors). */
 static void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct pfs_fh *fh = (struct pfs_fh *)(uintptr_t)fi->fh;
+	struct pfs_file f;
 
-	if (off < 0) {
+	if (off < 0 || file_of(ino, fi, &f)) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
-	if (fh->node.fixed || fh->node.kind != PFS_IK_FILE) {
-		ctl_read(req, fh, size, off);
+	if (!file_is_image(&f)) {
+		ctl_read(req, &f, size, off);
 		return;
 	}
-	image_read(req, fh->s, size, (uint64_t)off);
+	if (io_enter(f.s, ino, PFS_IK_FILE)) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	image_read(req, f.s, size, (uint64_t)off);
 }
 
-static void ctl_write(fuse_req_t req, struct pfs_fh *fh, const char *buf, size_t size)
+static void ctl_write(fuse_req_t req, const struct pfs_file *f, const char *buf, size_t size)
 {
+	bool is_detach = f->node.fixed == PFS_INO_DETACH;
 	char *v;
 	size_t n = size;
 	int ret;
@@ -882,14 +909,18 @@ static void ctl_write(fuse_req_t req, struct pfs_fh *fh, const char *buf, size_t
 	if (strlen(v) != n) {
 		pfs_log(LOG_WARNING, "control file write with a NUL byte refused");
 		ret = -EINVAL;
+	} else if (f->s && io_enter(f->s, f->ino, f->node.kind)) {
+		ret = -ESTALE;
 	} else {
-		ret = pfs_ctl_write(fh->node.fixed, fh->s, fh->node.kind, v);
+		ret = pfs_ctl_write(f->node.fixed, f->s, f->node.kind, v);
+		if (f->s)
+			io_exit(f->s);
 	}
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_write(req, size);
-	if (!ret && fh->node.fixed == PFS_INO_DETACH) {
+	if (!ret && is_detach) {
 		/* after the reply: drop the kernel's cached entries of the detached image */
 		fuse_lowlevel_notify_inval_entry(pfs.se, PFS_INO_ROOT, v, strlen(v));
 		fuse_lowlevel_notify_inval_entry(pfs.se, PFS_INO_IMAGES_DIR, v, strlen(v));
@@ -901,15 +932,20 @@ static void ctl_write(fuse_req_t req, struct pfs_fh *fh, const char *buf, size_t
 static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
-	struct pfs_fh *fh = (struct pfs_fh *)(uintptr_t)fi->fh;
-	struct pfs_slot *s = fh->s;
+	struct pfs_file f;
+	struct pfs_slot *s;
 	size_t len = size;
 	int ret;
 
-	if (fh->node.fixed || fh->node.kind != PFS_IK_FILE) {
-		ctl_write(req, fh, buf, size);
+	if (file_of(ino, fi, &f)) {
+		fuse_reply_err(req, EINVAL);
 		return;
 	}
+	if (!file_is_image(&f)) {
+		ctl_write(req, &f, buf, size);
+		return;
+	}
+	s = f.s;
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -924,7 +960,12 @@ static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 	}
 	if (len > s->size - (uint64_t)off)
 		len = (size_t)(s->size - (uint64_t)off);
-	ret = image_write(s, buf, (uint64_t)off, len, fh->sync ? PCACHE_IO_FUA : 0);
+	if (io_enter(s, ino, PFS_IK_FILE)) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	ret = image_write(s, buf, (uint64_t)off, len, f.sync ? PCACHE_IO_FUA : 0);
+	io_exit(s);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
@@ -940,11 +981,16 @@ static void pfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 /* Valid replies: fuse_reply_err (0 or the engine's error). */
 static void pfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	struct pfs_fh *fh = (struct pfs_fh *)(uintptr_t)fi->fh;
+	struct pfs_file f;
 	int ret = 0;
 
-	if (!fh->node.fixed && fh->node.kind == PFS_IK_FILE)
-		ret = pcache_image_flush(fh->s->img);
+	if (file_of(ino, fi, &f) == 0 && file_is_image(&f)) {
+		ret = io_enter(f.s, ino, PFS_IK_FILE);
+		if (!ret) {
+			ret = pcache_image_flush(f.s->img);
+			io_exit(f.s);
+		}
+	}
 	fuse_reply_err(req, -ret);
 }
 
@@ -956,17 +1002,18 @@ static void pfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_
 static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
 			  struct fuse_file_info *fi)
 {
-	struct pfs_fh *fh = (struct pfs_fh *)(uintptr_t)fi->fh;
-	struct pfs_slot *s = fh->s;
+	struct pfs_file f;
+	struct pfs_slot *s;
 	bool zero;
 	uint64_t off, end, a, e, lbs;
 	struct pfs_range r;
 	int ret = 0;
 
-	if (fh->node.fixed || fh->node.kind != PFS_IK_FILE) {
+	if (file_of(ino, fi, &f) || !file_is_image(&f)) {
 		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
+	s = f.s;
 	if (offset < 0 || length <= 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -996,11 +1043,15 @@ static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 		fuse_reply_err(req, 0);
 		return;
 	}
+	if (io_enter(s, ino, PFS_IK_FILE)) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
 	lbs = s->lbs;
 	a = PCACHE_ALIGN_UP(off, lbs);
 	e = PCACHE_ALIGN_DOWN(end, lbs);
 	if (a >= e) {
-		ret = write_rmw(s, NULL, off, (size_t)(end - off), fh->sync ? PCACHE_IO_FUA : 0);
+		ret = write_rmw(s, NULL, off, (size_t)(end - off), f.sync ? PCACHE_IO_FUA : 0);
 	} else {
 		if (off < a)
 			ret = write_rmw(s, NULL, off, (size_t)(a - off), 0);
@@ -1011,145 +1062,140 @@ static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 			ret = pcache_image_discard(s->img, a, e - a, zero);
 			pfs_rangelock_unlock(&s->rl, &r);
 		}
-		if (!ret && fh->sync)
+		if (!ret && f.sync)
 			ret = pcache_image_flush(s->img);
 	}
+	io_exit(s);
 	fuse_reply_err(req, -ret);
 }
 
 /* ---- directories ----------------------------------------------------------------------------- */
 
-static int dir_add(fuse_req_t req, struct pfs_dirh *d, const char *name, fuse_ino_t ino, mode_t type)
+static void dir_add(struct pfs_dent *v, int *n, const char *name, fuse_ino_t ino, mode_t type)
 {
-	struct stat st;
-	size_t need;
-	char *nb;
-
-	memset(&st, 0, sizeof(st));
-	st.st_ino = ino;
-	st.st_mode = type;
-	need = fuse_add_direntry(req, NULL, 0, name, NULL, 0);
-	nb = realloc(d->buf, d->len + need);
-	if (!nb)
-		return -ENOMEM;
-	d->buf = nb;
-	fuse_add_direntry(req, d->buf + d->len, need, name, &st, (off_t)(d->len + need));
-	d->len += need;
-	return 0;
+	if (*n >= PFS_MAX_DENTS)
+		return;
+	snprintf(v[*n].name, sizeof(v[*n].name), "%s", name);
+	v[*n].ino = ino;
+	v[*n].type = type;
+	(*n)++;
 }
 
-/* Build the listing of ino (pfs.lock held). */
-static int dir_build(fuse_req_t req, fuse_ino_t ino, struct pfs_dirh *d)
+/* The listing of directory ino into v (pfs.lock held): the count, or -ENOENT / -ENOTDIR. */
+static int dir_list(fuse_ino_t ino, struct pfs_dent *v)
 {
 	struct pfs_node n;
 	struct pfs_slot *s;
-	int ret;
+	int cnt = 0;
 
 	if (node_decode(ino, &n))
 		return -ENOENT;
-	ret = dir_add(req, d, ".", ino, S_IFDIR);
-	if (ret)
-		return ret;
 	if (n.fixed == PFS_INO_ROOT) {
-		ret = dir_add(req, d, "..", ino, S_IFDIR);
-		if (!ret)
-			ret = dir_add(req, d, ".pcache", PFS_INO_CTL_DIR, S_IFDIR);
-		for (int i = 0; !ret && i < PFS_MAX_SLOTS; i++) {
+		dir_add(v, &cnt, ".", ino, S_IFDIR);
+		dir_add(v, &cnt, "..", ino, S_IFDIR);
+		dir_add(v, &cnt, ".pcache", PFS_INO_CTL_DIR, S_IFDIR);
+		for (int i = 0; i < PFS_MAX_SLOTS; i++) {
 			s = &pfs.slots[i];
 			if (s->state == PFS_SLOT_ATTACHED)
-				ret = dir_add(req, d, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_FILE), S_IFREG);
+				dir_add(v, &cnt, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_FILE), S_IFREG);
 		}
-		return ret;
+		return cnt;
 	}
 	if (n.fixed == PFS_INO_CTL_DIR) {
-		ret = dir_add(req, d, "..", PFS_INO_ROOT, S_IFDIR);
-		for (size_t i = 0; !ret && i < PCACHE_ARRAY_SIZE(ctl_names); i++)
-			ret = dir_add(req, d, ctl_names[i].name, ctl_names[i].ino,
-				      ctl_names[i].ino == PFS_INO_IMAGES_DIR ? S_IFDIR : S_IFREG);
-		return ret;
+		dir_add(v, &cnt, ".", ino, S_IFDIR);
+		dir_add(v, &cnt, "..", PFS_INO_ROOT, S_IFDIR);
+		for (size_t i = 0; i < PCACHE_ARRAY_SIZE(ctl_names); i++)
+			dir_add(v, &cnt, ctl_names[i].name, ctl_names[i].ino,
+				ctl_names[i].ino == PFS_INO_IMAGES_DIR ? S_IFDIR : S_IFREG);
+		return cnt;
 	}
 	if (n.fixed == PFS_INO_IMAGES_DIR) {
-		ret = dir_add(req, d, "..", PFS_INO_CTL_DIR, S_IFDIR);
-		for (int i = 0; !ret && i < PFS_MAX_SLOTS; i++) {
+		dir_add(v, &cnt, ".", ino, S_IFDIR);
+		dir_add(v, &cnt, "..", PFS_INO_CTL_DIR, S_IFDIR);
+		for (int i = 0; i < PFS_MAX_SLOTS; i++) {
 			s = &pfs.slots[i];
 			if (s->state == PFS_SLOT_ATTACHED)
-				ret = dir_add(req, d, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_DIR), S_IFDIR);
+				dir_add(v, &cnt, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_DIR), S_IFDIR);
 		}
-		return ret;
+		return cnt;
 	}
 	if (!n.fixed && n.kind == PFS_IK_DIR) {
 		s = slot_of(ino, &n);
 		if (!s)
 			return -ENOENT;
-		ret = dir_add(req, d, "..", PFS_INO_IMAGES_DIR, S_IFDIR);
-		for (int k = PFS_IK_STATS; !ret && k < PFS_IK_COUNT; k++)
-			ret = dir_add(req, d, img_ctl_names[k], pfs_img_ino(n.slot, s->gen, (enum pfs_img_kind)k), S_IFREG);
-		return ret;
+		dir_add(v, &cnt, ".", ino, S_IFDIR);
+		dir_add(v, &cnt, "..", PFS_INO_IMAGES_DIR, S_IFDIR);
+		for (int k = PFS_IK_STATS; k < PFS_IK_COUNT; k++)
+			dir_add(v, &cnt, img_ctl_names[k], pfs_img_ino(n.slot, s->gen, (enum pfs_img_kind)k), S_IFREG);
+		return cnt;
 	}
 	return -ENOTDIR;
 }
 
-/* Valid replies: fuse_reply_open, fuse_reply_err (ENOENT, ENOTDIR, ENOMEM). */
+/* Valid replies: fuse_reply_open, fuse_reply_err (ENOENT, ENOTDIR). */
 static void pfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct pfs_dirh *d = calloc(1, sizeof(*d));
-	int ret;
+	struct pfs_node n;
+	int ret = 0;
 
-	if (!d) {
+	if (node_decode(ino, &n))
+		ret = -ENOENT;
+	else if (!(n.fixed == PFS_INO_ROOT || n.fixed == PFS_INO_CTL_DIR || n.fixed == PFS_INO_IMAGES_DIR ||
+		   (!n.fixed && n.kind == PFS_IK_DIR)))
+		ret = -ENOTDIR;
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fi->fh = 0;
+	fuse_reply_open(req, fi);
+}
+
+/*
+ * Lists afresh on every call; off is the index of the next entry (an image attached or
+ * detached between two calls may shift the rest by one, as in any live directory).
+ * Valid replies: fuse_reply_buf, fuse_reply_err (ENOENT, ENOTDIR, ENOMEM).
+ */
+static void pfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct pfs_dent *v = malloc(sizeof(*v) * PFS_MAX_DENTS);
+	char *buf = NULL;
+	size_t used = 0;
+	int cnt;
+
+	if (!v) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	pthread_mutex_lock(&pfs.lock);
-	ret = dir_build(req, ino, d);
+	cnt = dir_list(ino, v);
 	pthread_mutex_unlock(&pfs.lock);
-	if (ret) {
-		free(d->buf);
-		free(d);
-		fuse_reply_err(req, -ret);
+	if (cnt < 0) {
+		free(v);
+		fuse_reply_err(req, -cnt);
 		return;
 	}
-	fi->fh = (uint64_t)(uintptr_t)d;
-	if (fuse_reply_open(req, fi) != 0) {
-		free(d->buf);
-		free(d);
-	}
-}
-
-/* Valid replies: fuse_reply_buf. */
-static void pfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
-{
-	struct pfs_dirh *d = (struct pfs_dirh *)(uintptr_t)fi->fh;
-	size_t o = off < 0 ? 0 : (size_t)off, end;
-
-	if (o >= d->len) {
-		fuse_reply_buf(req, NULL, 0);
+	buf = malloc(size ? size : 1);
+	if (!buf) {
+		free(v);
+		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	/* entries are packed; cut at the last whole entry that fits */
-	end = o;
-	while (end < d->len) {
-		const char *p = d->buf + end;
-		/* struct fuse_dirent: ino(8) off(8) namelen(4) type(4) name, padded to 8 */
-		uint32_t namelen;
-		size_t rec;
+	for (off_t i = off < 0 ? 0 : off; i < cnt; i++) {
+		struct stat st;
+		size_t need;
 
-		memcpy(&namelen, p + 16, 4);
-		rec = (24 + namelen + 7) & ~(size_t)7;
-		if (end + rec - o > size)
+		memset(&st, 0, sizeof(st));
+		st.st_ino = v[i].ino;
+		st.st_mode = v[i].type;
+		need = fuse_add_direntry(req, buf + used, size - used, v[i].name, &st, i + 1);
+		if (need > size - used)
 			break;
-		end += rec;
+		used += need;
 	}
-	fuse_reply_buf(req, d->buf + o, end - o);
-}
-
-/* Valid replies: fuse_reply_err (0). */
-static void pfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	struct pfs_dirh *d = (struct pfs_dirh *)(uintptr_t)fi->fh;
-
-	free(d->buf);
-	free(d);
-	fuse_reply_err(req, 0);
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+	free(v);
 }
 
 /* Cache usage: blocks = cache size, free = free segments. Valid replies: fuse_reply_statfs. */
@@ -1200,7 +1246,6 @@ const struct fuse_lowlevel_ops pfs_ops = {
 	.fsync = pfs_fsync,
 	.opendir = pfs_opendir,
 	.readdir = pfs_readdir,
-	.releasedir = pfs_releasedir,
 	.statfs = pfs_statfs,
 	.fallocate = pfs_fallocate,
 };

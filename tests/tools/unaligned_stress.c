@@ -164,5 +164,8 @@ int main(int argc, char **argv)
 	printf("unaligned_stress: %zu cells, %u threads, %" PRIu64 " ops each, %" PRIu64 " bad bytes\n",
 	       ncells, nthreads, ops, bad);
 	close(fd);
+	free(final);
+	free(model);
+	free(cells);
 	return bad ? 1 : 0;
 }
