@@ -32,7 +32,9 @@
  *  5. Operations on an O_DIRECT image have offset and length aligned to b->align and memory
  *     aligned to b->mem_align; anything else is bounced.
  *  6. At most one read-modify-write runs at a time: it rewrites bytes outside its own range,
- *     so two of them on one block could otherwise undo each other.
+ *     so two of them on one block could otherwise undo each other. (An aligned write covers
+ *     whole blocks, so it shares a block with a read-modify-write only if their bytes
+ *     overlap; byte-disjoint writes are therefore always safe together.)
  *
  * Request stages (struct bk_req.stage), all transitions on the completion thread:
  *

@@ -767,6 +767,96 @@ START_TEST(concurrent_unaligned_writes_to_one_block_all_land)
 }
 END_TEST
 
+struct stress_op {
+	uint64_t off;
+	size_t len;
+	bool write;
+	uint8_t *mem;
+	struct rec rec;
+	struct pcache_upper_req up; /* must live until the request ended */
+};
+
+/* Random unaligned, byte-disjoint reads and writes in flight together, against a shadow. */
+START_TEST(random_unaligned_mix_matches_a_shadow_copy)
+{
+	enum { SIZE = 2 << 20, BATCH = 16, MAXLEN = 20000, SLOT = 20480 + 64 };
+	struct pcache_backing *b;
+	struct stress_op ops[BATCH];
+	uint8_t *shadow = malloc(SIZE), *arena, *now = malloc(SIZE);
+	unsigned int seed = 12345;
+	int batch, i, k, batches = check_under_tsan() ? 20 : 120;
+	char p[300];
+
+	check_make_file(tpath(p, sizeof(p), "img"), SIZE, 21);
+	pread_all(p, shadow, SIZE, 0);
+	b = bk_open(p, false, false);
+	ck_assert(pcache_backing_is_direct(b));
+	ck_assert_int_eq(posix_memalign((void **)&arena, 4096, BATCH * SLOT), 0);
+	for (batch = 0; batch < batches; batch++) {
+		struct waiter w = WAITER_INIT;
+
+		for (i = 0; i < BATCH; i++) {
+			struct stress_op *o = &ops[i];
+			bool overlap;
+
+			do { /* pick a range disjoint from the others of this batch */
+				o->len = 1 + (size_t)rand_r(&seed) % MAXLEN;
+				o->off = (uint64_t)rand_r(&seed) % (SIZE - o->len);
+				if (rand_r(&seed) % 3 == 0) { /* some aligned ones too */
+					o->off &= ~4095ull;
+					o->len = PCACHE_ALIGN_UP(o->len, 4096);
+					if (o->off + o->len > SIZE)
+						o->len = SIZE - o->off;
+				}
+				overlap = false;
+				for (k = 0; k < i; k++)
+					overlap |= o->off < ops[k].off + ops[k].len &&
+						   ops[k].off < o->off + o->len;
+			} while (overlap);
+			o->write = rand_r(&seed) & 1;
+			o->mem = arena + (size_t)i * SLOT + (size_t)(rand_r(&seed) % 3) * 16;
+			if (o->write)
+				for (k = 0; k < (int)o->len; k++)
+					o->mem[k] = (uint8_t)rand_r(&seed);
+			o->rec = (struct rec){ .w = &w };
+		}
+		waiter_add(&w, BATCH);
+		for (i = 0; i < BATCH; i++) {
+			struct pcache_backing_io io = { .op = ops[i].write ? PCACHE_BIO_WRITE :
+								 PCACHE_BIO_READ,
+							.off = ops[i].off, .len = ops[i].len,
+							.end = rec_end, .priv = &ops[i].rec };
+
+			if (i & 1)
+				io.kmem = ops[i].mem;
+			else {
+				ops[i].up = (struct pcache_upper_req){ .buf = ops[i].mem,
+								       .len = ops[i].len };
+				io.upper = &ops[i].up; /* get/put are NULL */
+			}
+			ck_assert_int_eq(i & 2 ? pcache_backing_submit(b, &io) :
+				       pcache_backing_submit_direct(b, &io), 0);
+		}
+		waiter_wait(&w);
+		for (i = 0; i < BATCH; i++) {
+			ck_assert_int_eq(ops[i].rec.status, 0);
+			if (ops[i].write)
+				memcpy(shadow + ops[i].off, ops[i].mem, ops[i].len);
+			else
+				ck_assert_msg(memcmp(ops[i].mem, shadow + ops[i].off, ops[i].len) == 0,
+					      "batch %d read %d (%llu+%zu) differs", batch, i,
+					      (unsigned long long)ops[i].off, ops[i].len);
+		}
+	}
+	pcache_backing_close(b);
+	pread_all(p, now, SIZE, 0);
+	ck_assert(memcmp(now, shadow, SIZE) == 0);
+	free(shadow);
+	free(now);
+	free(arena);
+}
+END_TEST
+
 /* ---- Faults through flakyfs ---------------------------------------------------------------- */
 
 START_TEST(eio_from_the_image_reaches_the_callback)
@@ -1362,6 +1452,7 @@ Suite *backing_suite(void)
 	tcase_add_checked_fixture(tc, env_setup, env_cleanup);
 	tcase_add_test(tc, unaligned_buffers_offsets_and_lengths_are_bounced_on_direct);
 	tcase_add_test(tc, concurrent_unaligned_writes_to_one_block_all_land);
+	tcase_add_test(tc, random_unaligned_mix_matches_a_shadow_copy);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("Faults");

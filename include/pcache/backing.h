@@ -37,9 +37,10 @@
  *  - The caller keeps buffers (kmem, upper->buf) valid until the callback has run.
  *
  * NOTE: an unaligned WRITE on an O_DIRECT image is a read-modify-write of its edge blocks.
- * Such writes are serialized among themselves, but a concurrent aligned WRITE overlapping an
- * edge block of one can be undone by it. Writers must not overlap writes that are in flight
- * (the engine never does).
+ * These are serialized among themselves, and an aligned write can only share an edge block
+ * with one if their bytes overlap, so writes whose byte ranges are disjoint may be in flight
+ * together in any mix. Byte-overlapping writes in flight together end in no defined order (as
+ * on any block device).
  * NOTE: for regular files io_uring itself continues short reads (and O_DIRECT writes) before
  * completing; on FUSE-backed images with direct_io this kernel path misplaces data after a
  * short transfer (seen on 6.18 with tests/tools/flakyfs), so do not inject short reads there.
