@@ -1217,6 +1217,7 @@ static void info_commit(struct pcache_cache_dev *cd, const struct pcache_cache_i
 
 int pcache_cache_dev_set_info(struct pcache_cache_dev *cd, const struct pcache_cache_info *ci)
 {
+	struct pcache_cache_info n = *ci;
 	int rc;
 
 	if (cd->read_only)
@@ -1225,11 +1226,15 @@ int pcache_cache_dev_set_info(struct pcache_cache_dev *cd, const struct pcache_c
 	if (rc)
 		return rc;
 	LOCK(cd, info_lock);
-	if ((ci->flags ^ cd->info.flags) & PCACHE_INFO_DATA_CRC ||
-	    ci->next_image_id < cd->info.next_image_id) {
+	if ((ci->flags ^ cd->info.flags) & PCACHE_INFO_DATA_CRC) {
 		rc = -EINVAL;
 	} else {
-		info_commit(cd, ci);
+		/*
+		 * next_image_id never goes back: a get_info/set_info of the tunables may race with
+		 * an image_add that bumped it in between (ids must never be reused)
+		 */
+		n.next_image_id = PCACHE_MAX(n.next_image_id, cd->info.next_image_id);
+		info_commit(cd, &n);
 	}
 	UNLOCK(cd, info_lock);
 	return rc;

@@ -438,6 +438,13 @@ START_TEST(set_functions_validate_ranges)
 	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), -EINVAL);
 	ci = base, ci.gc_percent = 90, ci.dirty_high = 100, ci.dirty_low = 0;
 	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), 0);
+	/* next_image_id never goes back (a stale get_info must not undo an image_add) */
+	ci.next_image_id = 7;
+	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), 0);
+	ci.next_image_id = 2;
+	ck_assert_int_eq(pcache_cache_dev_set_info(cd, &ci), 0);
+	pcache_cache_dev_get_info(cd, &ci);
+	ck_assert_uint_eq(ci.next_image_id, 7);
 
 	t = (struct pcache_pos){ .seg = 8, .off = 0, .lsn = 1 };
 	ck_assert_int_eq(pcache_cache_dev_set_key_tail(cd, &t), -EINVAL);
@@ -457,6 +464,7 @@ START_TEST(set_functions_validate_ranges)
 	pcache_cache_dev_get_info(cd, &ci);
 	ck_assert_uint_eq(ci.gc_percent, 90);
 	ck_assert_uint_eq(ci.dirty_high, 100);
+	ck_assert_uint_eq(ci.next_image_id, 7);
 	pcache_cache_dev_get_key_tail(cd, &t);
 	ck_assert(t.seg == 7 && t.off == MIB - 8 && t.lsn == 5);
 	pcache_cache_dev_close(cd);

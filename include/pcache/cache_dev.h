@@ -145,8 +145,10 @@ struct pcache_cache_info {
 void pcache_cache_dev_get_info(const struct pcache_cache_dev *cd, struct pcache_cache_info *ci);
 /*
  * Validates ranges (-EINVAL: gc_percent > 90, dirty_low >= dirty_high, dirty_high > 100,
- * unknown flags, a change of PCACHE_INFO_DATA_CRC (fixed at format), next_image_id going
- * backwards), then persists. -EROFS on a read-only open.
+ * unknown flags, next_image_id 0, a change of PCACHE_INFO_DATA_CRC (fixed at format)), then
+ * persists. -EROFS on a read-only open.
+ * NOTE: next_image_id never goes back: the larger of the stored and the given value is kept,
+ * so a get_info/set_info of the tunables cannot undo a concurrent image_add.
  */
 int pcache_cache_dev_set_info(struct pcache_cache_dev *cd, const struct pcache_cache_info *ci);
 
