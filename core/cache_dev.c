@@ -1468,6 +1468,64 @@ out:
 	return rc;
 }
 
+int pcache_cache_dev_image_modify(struct pcache_cache_dev *cd, uint32_t slot, uint32_t id,
+				  void (*fn)(struct pcache_image_ent *e, void *arg), void *arg,
+				  struct pcache_image_ent *out)
+{
+	struct pcache_image_ent cur, n;
+	int rc, other;
+
+	if (cd->read_only)
+		return -EROFS;
+	if (slot >= PCACHE_MAX_IMAGES || !id)
+		return -ENOENT;
+	LOCK(cd, img_lock);
+	if (cd->img[slot].id != id) {
+		rc = -ENOENT;
+		goto out;
+	}
+	cur = cd->img[slot];
+	fn(&cur, arg);
+	/* the identity of the entry is not the callback's to change */
+	cur.slot = slot;
+	cur.id = id;
+	memcpy(cur.uuid, cd->img[slot].uuid, sizeof(cur.uuid));
+	rc = image_normalise(&n, &cur);
+	if (rc)
+		goto out;
+	other = image_lookup(cd, n.name);
+	if (other >= 0 && (uint32_t)other != slot) {
+		rc = -EEXIST;
+		goto out;
+	}
+	image_commit(cd, &n);
+	if (out)
+		*out = n;
+out:
+	UNLOCK(cd, img_lock);
+	return rc;
+}
+
+struct wb_progress {
+	uint64_t lsn, time;
+};
+
+static void set_wb(struct pcache_image_ent *e, void *arg)
+{
+	const struct wb_progress *w = arg;
+
+	e->wb_lsn = w->lsn;
+	e->wb_time = w->time;
+}
+
+int pcache_cache_dev_image_set_wb(struct pcache_cache_dev *cd, uint32_t slot, uint32_t id,
+				  uint64_t wb_lsn, uint64_t wb_time)
+{
+	struct wb_progress w = { wb_lsn, wb_time };
+
+	return pcache_cache_dev_image_modify(cd, slot, id, set_wb, &w, NULL);
+}
+
 int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot)
 {
 	struct pcache_image_ent n;

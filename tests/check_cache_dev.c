@@ -823,6 +823,46 @@ START_TEST(image_table_add_find_update_remove_and_identity_round_trip)
 }
 END_TEST
 
+static void rename_to_x(struct pcache_image_ent *e, void *arg)
+{
+	snprintf(e->name, sizeof(e->name), "%s", (const char *)arg);
+	e->file_mode = 0600;
+	e->id = 999;           /* identity changes are undone */
+	memset(e->uuid, 0, 16);
+}
+
+START_TEST(image_modify_and_set_wb_update_fields_without_undoing_others)
+{
+	const char *p = fresh_dev("imgmod");
+	struct pcache_cache_dev *cd = open_ok(p, false);
+	struct pcache_image_ent a = mk_image("a", "/a"), b = mk_image("b", "/b"), got;
+	char a2[] = "a2", nb[] = "b", bad[] = "x/y";
+
+	ck_assert_int_eq(pcache_cache_dev_image_add(cd, &a), 0);
+	ck_assert_int_eq(pcache_cache_dev_image_add(cd, &b), 0);
+	/* a stale copy of a (wb_lsn 0) exists somewhere; progress is set field-wise */
+	ck_assert_int_eq(pcache_cache_dev_image_set_wb(cd, a.slot, a.id, 42, 1234), 0);
+	ck_assert_int_eq(pcache_cache_dev_image_modify(cd, a.slot, a.id, rename_to_x, a2, &got), 0);
+	ck_assert_str_eq(got.name, "a2");
+	ck_assert_uint_eq(got.wb_lsn, 42); /* the rename kept the progress */
+	ck_assert_uint_eq(got.id, a.id);
+	ck_assert_mem_eq(got.uuid, a.uuid, 16);
+	ck_assert_int_eq(pcache_cache_dev_image_modify(cd, a.slot, a.id, rename_to_x, nb, NULL), -EEXIST);
+	ck_assert_int_eq(pcache_cache_dev_image_modify(cd, a.slot, a.id, rename_to_x, bad, NULL), -EINVAL);
+	ck_assert_int_eq(pcache_cache_dev_image_set_wb(cd, a.slot, b.id, 1, 1), -ENOENT);
+	ck_assert_int_eq(pcache_cache_dev_image_set_wb(cd, PCACHE_MAX_IMAGES, a.id, 1, 1), -ENOENT);
+	pcache_cache_dev_close(cd);
+	cd = open_ok(p, false);
+	ck_assert_int_eq(pcache_cache_dev_image_find(cd, "a2", &got), 0);
+	ck_assert_uint_eq(got.wb_lsn, 42);
+	ck_assert_uint_eq(got.wb_time, 1234);
+	ck_assert_uint_eq(got.file_mode, 0600);
+	ck_assert_int_eq(pcache_cache_dev_image_find(cd, "b", &got), 0);
+	ck_assert_uint_eq(got.wb_lsn, 0);
+	pcache_cache_dev_close(cd);
+}
+END_TEST
+
 START_TEST(image_names_paths_and_fields_are_validated)
 {
 	static const char *bad[] = { "", ".", "..", ".pcache", "a/b", "tab\there", "nl\n", "del\x7f" };
@@ -2047,6 +2087,7 @@ Suite *cache_dev_suite(void)
 	tc = tcase_create("Images");
 	tcase_add_test(tc, image_table_add_find_update_remove_and_identity_round_trip);
 	tcase_add_test(tc, image_names_paths_and_fields_are_validated);
+	tcase_add_test(tc, image_modify_and_set_wb_update_fields_without_undoing_others);
 	tcase_add_test(tc, full_image_table_is_refused_with_enospc);
 	tcase_add_test(tc, crafted_image_entries_are_refused);
 	suite_add_tcase(s, tc);

@@ -205,8 +205,23 @@ int pcache_cache_dev_image_add(struct pcache_cache_dev *cd, struct pcache_image_
  * Rewrite an existing entry (matched by e->slot and e->id): rename, path, mode, wb_lsn...
  * The uuid is kept from the table (e->uuid is ignored). -ENOENT (no such entry), -EEXIST
  * (name taken by another entry), -EINVAL (as for add).
+ * NOTE: every field is written from *e: two threads updating different fields from their own
+ * copies undo each other; use image_modify / image_set_wb for field updates.
  */
 int pcache_cache_dev_image_update(struct pcache_cache_dev *cd, const struct pcache_image_ent *e);
+/*
+ * Read-modify-write of one entry under the table lock, so concurrent updates of different
+ * fields (writeback progress vs. mode/owner/rename) never undo each other: fn(e, arg) edits the
+ * current entry (it must not call into cache_dev; slot, id and uuid are restored after it);
+ * the result is validated and persisted like image_update, and copied to *out when out is not
+ * NULL. -ENOENT (no entry slot with this id), -EEXIST, -EINVAL, -EROFS.
+ */
+int pcache_cache_dev_image_modify(struct pcache_cache_dev *cd, uint32_t slot, uint32_t id,
+				  void (*fn)(struct pcache_image_ent *e, void *arg), void *arg,
+				  struct pcache_image_ent *out);
+/* Persist the writeback progress (wb_lsn, wb_time) of one entry, leaving its other fields. */
+int pcache_cache_dev_image_set_wb(struct pcache_cache_dev *cd, uint32_t slot, uint32_t id,
+				  uint64_t wb_lsn, uint64_t wb_time);
 /* Free the slot (the id is never reused). */
 int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot);
 
