@@ -13,8 +13,8 @@
  *   c->log.lock.
  *
  * Waiting for space (the only blocking waits on the request path) happens in two places:
- *  - pcache_seg_alloc() on c->segs.cond, with only c->segs.lock held (a data head's lock may
- *    be held by the caller: heads are taken before any index lock);
+ *  - pcache_seg_alloc() on c->segs.cond, with only c->segs.lock held (a data head's lock is
+ *    released first: the completion thread allocates from heads too, with trylock);
  *  - a staging kset close that needs a new key-log segment, with the subtree and stage locks
  *    held but c->log.lock released.
  * Neither the GC thread, the timer thread nor the backing completion thread ever waits for space

@@ -266,11 +266,28 @@ int pcache_data_alloc(struct pcache_cache *c, uint32_t len, bool wait, struct pc
 	uint32_t seg, left;
 	int ret;
 
-	pthread_mutex_lock(&h->lock);
-	if (!h->has_seg) {
+	if (!wait) {
+		/* the completion thread: never wait, not even for a head's lock */
+		if (pthread_mutex_trylock(&h->lock) != 0)
+			return -EAGAIN;
+	} else {
+		pthread_mutex_lock(&h->lock);
+	}
+	while (!h->has_seg) {
+		/*
+		 * Never wait for space with the head's lock held: the completion thread allocates
+		 * from heads too, and writeback (which makes the space) needs it running.
+		 */
+		pthread_mutex_unlock(&h->lock);
 		ret = pcache_seg_alloc(c, false, wait, &seg);
 		if (ret)
-			goto out;
+			return ret;
+		pthread_mutex_lock(&h->lock);
+		if (h->has_seg) {
+			/* another thread refilled the head meanwhile: give this one back unused */
+			pcache_seg_free(c, seg);
+			break;
+		}
 		atomic_store(&c->segs.refs[seg], 1); /* the head's pin */
 		h->seg = seg;
 		h->off = 0;
@@ -290,10 +307,8 @@ int pcache_data_alloc(struct pcache_cache *c, uint32_t len, bool wait, struct pc
 		h->has_seg = false;
 		pcache_seg_put(c, h->seg);
 	}
-	ret = 0;
-out:
 	pthread_mutex_unlock(&h->lock);
-	return ret;
+	return 0;
 }
 
 void pcache_heads_release(struct pcache_cache *c, bool force)
