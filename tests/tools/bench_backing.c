@@ -6,8 +6,9 @@
  *
  * Keeps qd requests in flight on one image for runtime seconds. --path queue (default): each
  * end callback submits the next request with pcache_backing_submit() from the completion
- * thread (the engine's miss-read shape); --path direct: the main thread submits with
- * pcache_backing_submit_direct() whenever a completion frees a slot (the writeback shape).
+ * thread (the engine's miss-read shape); --path direct: the main thread sleeps until
+ * completions free slots, then refills them with pcache_backing_submit_direct() (the
+ * writeback shape).
  * Offsets are bs-aligned: uniform random for rand*, sequential (wrapping) otherwise.
  * Prints one line: "iops=N mib_s=N ios=N errors=N seconds=S cpu_us_per_io=C" (errors make the
  * exit status 1); C is the process's user+system CPU time (all threads) per completed I/O.
@@ -162,15 +163,19 @@ int main(int argc, char **argv)
 		}
 	}
 	if (bn.direct_path) {
-		/* every completion frees a slot; slots are reused in completion order */
+		/* like a writeback thread: sleep until completions freed slots, then refill every
+		 * free slot in one burst (slots are reused in turn; buffer contents do not matter) */
 		unsigned int inflight = bn.qd, next = 0;
 
 		while (inflight) {
+			unsigned int freed = 1;
+
 			while (sem_wait(&bn.done) && errno == EINTR)
 				;
-			inflight--;
-			if (pcache_now_ns() < bn.deadline_ns) {
-				/* any idle slot works: the buffer content does not matter */
+			while (sem_trywait(&bn.done) == 0)
+				freed++;
+			inflight -= freed;
+			while (freed-- && pcache_now_ns() < bn.deadline_ns) {
 				if (bench_submit(&slots[next]) == 0)
 					inflight++;
 				next = (next + 1) % bn.qd;
