@@ -62,6 +62,8 @@ struct pcache_cache_dev {
 	char *path;
 	int fd;
 	bool read_only;
+	bool created;               /* this open created the file (removed again if it fails) */
+	bool locked;                /* the flock is held */
 	struct pcache_pmem_map map;
 	struct pcache_pmem pmem;    /* the seam in use: map.seam, or what wrap_pmem returned */
 	int (*read_fault)(uint64_t off, size_t len, void *arg); /* tests: opts->read_fault */
@@ -927,6 +929,17 @@ static void lock_holder(int fd, char *buf, size_t len)
 		snprintf(buf, len, "pid %d (exited; a process it forked holds the lock)", pid);
 }
 
+/*
+ * A failed open or format removes the file it created (only while holding the lock: once we
+ * let go, the path may be someone else's).
+ */
+static void dev_uncreate(struct pcache_cache_dev *cd)
+{
+	if (cd->created && cd->locked && cd->fd >= 0)
+		unlink(cd->path);
+	cd->created = false;
+}
+
 static void dev_detach(struct pcache_cache_dev *cd)
 {
 	pcache_pmem_map_close(&cd->map);
@@ -980,11 +993,16 @@ static int dev_attach(struct pcache_cache_dev *cd, uint64_t create_size, bool re
 	cd->read_only = read_only;
 	cd->fd = open(cd->path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (cd->fd < 0 && errno == ENOENT && create_size && !read_only) {
-		cd->fd = open(cd->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		cd->fd = open(cd->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (cd->fd >= 0)
+			cd->created = true;
+		else if (errno == EEXIST) /* created by someone else meanwhile */
+			cd->fd = open(cd->path, O_RDWR | O_CLOEXEC);
 	}
 	if (cd->fd < 0)
 		return seterr(err, errlen, -errno, "open %s: %s", cd->path, strerror(errno));
-	if (!no_lock && flock(cd->fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB)) {
+	cd->locked = !no_lock && !flock(cd->fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB);
+	if (!no_lock && !cd->locked) {
 		rc = -errno;
 		if (rc == -EWOULDBLOCK) {
 			lock_holder(cd->fd, holder, sizeof(holder));
@@ -1014,6 +1032,7 @@ static int dev_attach(struct pcache_cache_dev *cd, uint64_t create_size, bool re
 	return 0;
 
 out_close:
+	dev_uncreate(cd);
 	close(cd->fd);
 	cd->fd = -1;
 	return rc;
@@ -1103,6 +1122,7 @@ int pcache_cache_dev_open(const struct pcache_cache_dev_opts *opts, struct pcach
 	return 0;
 
 out_free:
+	dev_uncreate(cd);
 	dev_free(cd);
 	return rc;
 }
@@ -1126,6 +1146,8 @@ int pcache_cache_dev_format(const char *path, uint64_t create_size,
 	rc = dev_attach(cd, create_size, false, false, err, errlen);
 	if (!rc)
 		rc = dev_format(cd, fo, err, errlen);
+	if (rc)
+		dev_uncreate(cd);
 	dev_free(cd);
 	return rc;
 }

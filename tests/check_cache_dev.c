@@ -1069,6 +1069,18 @@ START_TEST(blank_foreign_newer_and_too_small_devices_are_refused_untouched)
 	ck_assert_int_eq(try_open(p, &cd, true, false), -ENOSPC);
 	ck_assert_msg(strstr(errbuf, "device: too small"), "%s", errbuf);
 	ck_assert_int_eq(pcache_cache_dev_format(p, 0, &small_fo, errbuf, sizeof(errbuf)), -ENOSPC);
+	ck_assert_int_eq(access(p, F_OK), 0); /* not ours: left alone */
+	/* a file created by a failed open or format is removed again */
+	unlink(p);
+	{
+		struct pcache_cache_dev_opts o = { .path = p, .create_size = 5 * MIB,
+						   .format_if_blank = true, .format = &small_fo };
+
+		ck_assert_int_eq(pcache_cache_dev_open(&o, &cd, errbuf, sizeof(errbuf)), -ENOSPC);
+		ck_assert_int_eq(access(p, F_OK), -1);
+		ck_assert_int_eq(pcache_cache_dev_format(p, 5 * MIB, &small_fo, errbuf, sizeof(errbuf)), -ENOSPC);
+		ck_assert_int_eq(access(p, F_OK), -1);
+	}
 
 	/* a device truncated below its formatted size */
 	p = fresh_dev("refuse");
