@@ -284,6 +284,7 @@ struct dirty_scan {
 	uint32_t id;
 	uint64_t wb_lsn;   /* keys of the image in ksets before it are written back */
 	bool found;
+	uint64_t bytes;    /* dirty key bytes (overlaps counted twice: an upper bound) */
 };
 
 static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
@@ -293,13 +294,16 @@ static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const str
 
 	if ((ks->flags & PCACHE_KSET_LAST) || pos->lsn < d->wb_lsn)
 		return 0;
-	for (i = 0; i < ks->key_num; i++)
-		if (ks->keys[i].image_id == d->id && !(ks->keys[i].flags & PCACHE_KEY_CLEAN))
+	for (i = 0; i < ks->key_num; i++) {
+		if (ks->keys[i].image_id == d->id && !(ks->keys[i].flags & PCACHE_KEY_CLEAN)) {
 			d->found = true;
+			d->bytes += ks->keys[i].len;
+		}
+	}
 	return 0;
 }
 
-static bool image_has_dirty(struct pcache_cache *c, uint32_t id)
+static bool image_has_dirty(struct pcache_cache *c, uint32_t id, uint64_t *bytes)
 {
 	struct dirty_scan d = { .id = id };
 	struct walk_cb cb = { dirty_scan_kset, &d };
@@ -315,6 +319,21 @@ static bool image_has_dirty(struct pcache_cache *c, uint32_t id)
 	pcache_log_head(c, &head);
 	(void)log_walk(c, &dt, head.lsn, &cb, &end, NULL, err, sizeof(err));
 	pthread_mutex_unlock(&c->gc_lock);
+	if (bytes) {
+		uint32_t i, k;
+
+		/* plus the keys still staged (not in the log yet) */
+		for (i = 0; i < PCACHE_NSTAGE; i++) {
+			struct pcache_stage *st = &c->stage[i];
+
+			pthread_mutex_lock(&st->lock);
+			for (k = 0; k < st->n; k++)
+				if (st->keys[k].image_id == id && !(st->keys[k].flags & PCACHE_KEY_CLEAN))
+					d.bytes += st->keys[k].len;
+			pthread_mutex_unlock(&st->lock);
+		}
+		*bytes = d.bytes;
+	}
 	return d.found;
 }
 
@@ -786,7 +805,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			goto out_close;
 		}
 		if (!same_id) {
-			if (image_has_dirty(c, e.id)) {
+			if (image_has_dirty(c, e.id, NULL)) {
 				ERR("image %s: backing %s is %" PRIu64 " bytes / lbs %u, the cache holds dirty data "
 				    "of an image of %" PRIu64 " bytes / lbs %u: refused",
 				    ao->name, path, pcache_backing_size(b), pcache_backing_lbs(b), e.size,
@@ -941,7 +960,7 @@ int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
 
 	image_quiesce(img);
 	ret = pcache_cache_flush(c);
-	if (!ret && forget && image_has_dirty(c, img->id)) {
+	if (!ret && forget && image_has_dirty(c, img->id, NULL)) {
 		/* not clean: put it back */
 		atomic_store(&img->detaching, false);
 		pthread_mutex_lock(&c->img_lock);
@@ -1215,8 +1234,19 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	st->crc_errors = atomic_load(&img->crc_errors);
 	st->backing_errors = atomic_load(&img->backing_errors);
 	st->cache_mode = atomic_load(&img->cache_mode);
-	if (!atomic_load(&img->detaching))
+	if (!atomic_load(&img->detaching)) {
+		uint64_t log_dirty;
+
 		pcache_index_count(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL);
+		/*
+		 * Index keys stay marked dirty after their writeback; the log after dirty_tail (and
+		 * after the image's own writeback progress) counts overlapped keys twice. Both are
+		 * upper bounds: report the smaller.
+		 */
+		(void)image_has_dirty(img->c, img->id, &log_dirty);
+		if (log_dirty < st->dirty_bytes)
+			st->dirty_bytes = log_dirty;
+	}
 	if (img->c->wb && pcache_wb_image_stats(img->c->wb, img->id, &ws) == 0) {
 		st->wb_lsn = ws.wb_lsn;
 		st->wb_time = ws.wb_time;

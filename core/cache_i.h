@@ -5,12 +5,15 @@
  *
  * GLOBAL LOCK ORDER (take left before right; never the other way):
  *
- *   c->img_lock -> c->flush_lock -> subtree.lock -> stage.lock -> c->log.lock -> head.lock
- *     -> c->segs.lock -> (cache_dev record mutexes)
+ *   c->img_lock -> c->gc_lock -> c->flush_lock -> subtree.lock -> stage.lock -> c->log.lock
+ *     -> head.lock -> c->segs.lock -> (cache_dev record mutexes, backing submit locks)
  *
- *   c->gc_lock is held by the GC thread around one GC step and by an attach replay; it nests
- *   outside subtree locks (replay inserts into a new, not yet visible index) and outside
- *   c->log.lock.
+ *   c->gc_lock is held by the GC thread around one GC step, and around every walk of the log
+ *   that starts behind key_head (attach replay, dirty scans), so GC cannot free a key-log
+ *   segment under a walker. c->bg_lock (wake flags) and img->ent_lock are leaves.
+ *   The writeback calls back into the engine (key_head: c->log.lock; backing_get/put:
+ *   c->img_lock; dirty_percent: c->log.lock, c->segs.lock; tail_moved: c->bg_lock) holding
+ *   none of its own locks, and never while the engine holds one of the locks above.
  *
  * Waiting for space (the only blocking waits on the request path) happens in two places:
  *  - pcache_seg_alloc() on c->segs.cond, with only c->segs.lock held (a data head's lock is

@@ -250,6 +250,13 @@ START_TEST(writeback_all_reaches_the_backing)
 	write_version(1u << 20, 8192, 6, 0);
 	ck_assert_int_eq(pcache_image_discard(img, 2u << 20, 4096, true), 0);
 	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	{
+		struct pcache_image_stats st;
+
+		pcache_image_get_stats(img, &st);
+		ck_assert_uint_eq(st.dirty_bytes, 0);
+		ck_assert_uint_ge(st.cached_bytes, 8192);
+	}
 	fd = open(ipath, O_RDONLY);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(pread(fd, buf, 8192, 1u << 20), 8192);
