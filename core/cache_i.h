@@ -13,7 +13,8 @@
  *   segment under a walker. c->bg_lock (wake flags) and img->ent_lock are leaves.
  *   The writeback calls back into the engine (key_head: c->log.lock; backing_get/put:
  *   c->img_lock; dirty_percent: c->log.lock, c->segs.lock; tail_moved: c->bg_lock) holding
- *   none of its own locks, and never while the engine holds one of the locks above.
+ *   none of its own locks; its own locks are leaves for the engine (pcache_wb_kick() is
+ *   called from a kset close, under subtree and stage locks).
  *
  * Waiting for space (the only blocking waits on the request path) happens in two places:
  *  - pcache_seg_alloc() on c->segs.cond, with only c->segs.lock held (a data head's lock is
