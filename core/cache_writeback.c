@@ -31,10 +31,11 @@
  *  6. For every image that is not blocked, done_lsn >= the committed scan position; a blocked
  *     image's done_lsn is at most the lsn of its first not-durable key.
  *
- * Threads and locks: one worker (the writeback thread, or the caller with no_thread / offline)
- * runs batches. wb->lock guards the fields marked below (read by stats/drain from any thread);
- * wb->io_lock guards the in-flight counters updated by backing completions. Order: lock before
- * io_lock; neither is held across a backing submit that may block, nor across engine callbacks.
+ * Threads and locks: one worker (the writeback thread, or the caller with no_thread / offline,
+ * serialised by run_lock) runs batches. wb->lock guards the fields marked below (read by
+ * stats/drain from any thread); wb->io_lock guards the in-flight counters updated by backing
+ * completions. Order: run_lock, persist_lock, lock, io_lock; lock and io_lock are never held
+ * across a backing submit that may block, nor across engine callbacks.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -111,6 +112,8 @@ struct pcache_wb {
 	size_t cap_heap;
 	uint64_t reqs_issued;             /* for stop_after_reqs */
 
+	pthread_mutex_t run_lock;         /* no_thread: one worker (drain / run_once) at a time;
+					   * taken before persist_lock */
 	pthread_mutex_t persist_lock;     /* serialises wb_persist_images(); before lock */
 	struct pcache_image_ent *table;   /* image table copy (PCACHE_MAX_IMAGES), persist_lock
 					   * or the worker (the worker holds it for lookups) */
@@ -627,8 +630,10 @@ static void wb_img_fail(struct pcache_wb *wb, struct wb_img *im, int err, uint64
 {
 	/* caller holds wb->lock */
 	if (!im->fails_in_row || im->last_error != err)
-		wb_log(wb, "image %u: %s; its dirty data stays in the cache, retrying", im->id,
-		       strerror(-err));
+		wb_log(wb, "image %u: %s; its dirty data stays in the cache%s", im->id,
+		       err == -EBADMSG ? "data CRC mismatch in the cache" : strerror(-err),
+		       im->latched ? ", its writeback is stopped until restart" :
+		       err == -ENXIO ? " until it is attached" : ", retrying");
 	im->blocked = true;
 	im->last_error = err;
 	im->errors++;
@@ -979,10 +984,17 @@ int pcache_wb_run_once(struct pcache_wb *wb)
 {
 	bool limited;
 
+	int r;
+
+	if (wb->have_thread)
+		return -EINVAL; /* the thread is the worker */
+	pthread_mutex_lock(&wb->run_lock);
 	pthread_mutex_lock(&wb->lock);
 	limited = wb->rate && !wb->st.urgent && !wb->drains;
 	pthread_mutex_unlock(&wb->lock);
-	return wb_batch(wb, limited);
+	r = wb_batch(wb, limited);
+	pthread_mutex_unlock(&wb->run_lock);
+	return r;
 }
 
 /* ---- the thread --------------------------------------------------------------------------- */
@@ -1130,6 +1142,7 @@ int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops
 	wb->st.dirty_tail = wb->dirty_tail;
 	wb->st.scan = wb->scan;
 	wb->last_persist_ns = pcache_now_ns();
+	pthread_mutex_init(&wb->run_lock, NULL);
 	pthread_mutex_init(&wb->persist_lock, NULL);
 	pthread_mutex_init(&wb->lock, NULL);
 	pthread_cond_init(&wb->cond, NULL);
@@ -1152,6 +1165,7 @@ err_sync:
 	pthread_cond_destroy(&wb->cond);
 	pthread_mutex_destroy(&wb->lock);
 	pthread_mutex_destroy(&wb->persist_lock);
+	pthread_mutex_destroy(&wb->run_lock);
 	free(wb->table);
 err_free:
 	free(wb);
@@ -1177,6 +1191,7 @@ void pcache_wb_stop(struct pcache_wb *wb)
 	pthread_cond_destroy(&wb->cond);
 	pthread_mutex_destroy(&wb->lock);
 	pthread_mutex_destroy(&wb->persist_lock);
+	pthread_mutex_destroy(&wb->run_lock);
 	free(wb->imgs);
 	free(wb->exts);
 	free(wb->reqs);
@@ -1315,6 +1330,7 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 		snap[i] = wb->imgs[i].fail_seq;
 	pthread_mutex_unlock(&wb->lock);
 	if (!wb->have_thread) {
+		pthread_mutex_lock(&wb->run_lock); /* one worker at a time without the thread */
 		total = wb_scan_dirty(wb, wb->dirty_tail, &head, image_id, NULL, NULL);
 		pthread_mutex_lock(&wb->lock);
 		wb->st.drain_total = wb->st.drain_left = total;
@@ -1334,6 +1350,7 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 			if (r == 0)
 				wb_sleep(wb, wb_next_retry_ns(wb));
 		}
+		pthread_mutex_unlock(&wb->run_lock);
 	} else {
 		pthread_mutex_lock(&wb->lock);
 		wb->drains++;
