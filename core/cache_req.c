@@ -198,9 +198,22 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 			i++;
 		}
 		pthread_mutex_unlock(&sub->lock);
-		if (cached)
+		if (cached && src) {
 			ret = cache_write(img, src, off, chunk, flags, 0);
-		src += chunk;
+		} else if (cached) {
+			/* a zeroed range: a ZERO key over the cached copies */
+			struct pcache_ikey k;
+
+			memset(&k, 0, sizeof(k));
+			k.off = roff;
+			k.len = chunk;
+			k.flags = PCACHE_KEY_ZERO;
+			ret = pcache_space_wait(img->c);
+			if (!ret)
+				ret = index_add(img, region, &k, true, NULL);
+		}
+		if (src)
+			src += chunk;
 		off += chunk;
 		len -= chunk;
 	}
@@ -274,6 +287,18 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 	if (ret)
 		return ret;
 	atomic_fetch_add_explicit(&img->discards, 1, memory_order_relaxed);
+	if (atomic_load(&img->cache_mode) != PCACHE_MODE_WRITEBACK) {
+		/* writethrough/writearound: the backing range reads as zeros at once */
+		ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_ZERO, NULL, len, off);
+		if (ret) {
+			atomic_fetch_add(&img->backing_errors, 1);
+			goto out;
+		}
+		if (atomic_load(&img->cache_mode) == PCACHE_MODE_WRITEAROUND) {
+			ret = writearound_fix(img, NULL, off, len, 0);
+			goto out;
+		}
+	}
 	while (len) {
 		uint64_t region = off >> PCACHE_REGION_SHIFT;
 		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
@@ -293,6 +318,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 		off += chunk;
 		len -= chunk;
 	}
+out:
 	io_exit(img);
 	return ret;
 }
