@@ -8,8 +8,10 @@
  * RULE) and bounds-checks every field before anything else sees it. Updates build the record in
  * DRAM and copy it durably into the slot that does not hold the newest valid copy.
  *
- * Invariants:
- *  1. Nothing is written to a device that fails validation (open returns before any store).
+ * Invariants (checked on the in-memory state by assert_cd_state() in debug builds):
+ *  1. Nothing is written to a device that fails validation (open returns before any store; the
+ *     only write an open makes is the format of a blank device when format_if_blank asks), and
+ *     a failed open or format removes a file it created.
  *  2. Every store into the mapping goes through cd->pmem (the seam); each update is durable
  *     before the function returns and before the in-memory copy says it happened.
  *  3. An update never overwrites the slot holding the newest valid copy: a torn update leaves
@@ -24,10 +26,13 @@
  *  6. image ids come from cache_info.next_image_id, which is bumped durably before the entry
  *     using the id is written, so an id is never handed out twice, even across a crash.
  *  7. Every used image entry has 0 < id < next_image_id, a unique id and a unique valid name.
+ *  8. Both copies of a record are validated at load: a damaged slot (bad CRC, unreadable, or
+ *     a valid CRC over bad values in the older copy) is counted and reported by check.
  *
  * Lock order (struct pcache_cache_dev): img_lock -> info_lock; tail_lock and seg_lock are
  * leaves (never held with another). Segment generations are read lock-free (atomic loads).
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -881,6 +886,39 @@ static int dev_format(struct pcache_cache_dev *cd, const struct pcache_format_op
 	return 0;
 }
 
+/*
+ * Debug check of invariants 3, 5 (tails in range) and 7 on the in-memory state (values there
+ * came from validated media or validated updates; a failure is a bug in this file). Takes
+ * img_lock, then info_lock and tail_lock as the lock order allows.
+ */
+static void assert_cd_state(struct pcache_cache_dev *cd)
+{
+#ifndef NDEBUG
+	uint32_t i, j;
+
+	pthread_mutex_lock(&cd->img_lock);
+	pthread_mutex_lock(&cd->info_lock);
+	assert(cd->info_rs.newest <= 1 && !info_check(&cd->info, NULL, 0));
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+		assert(cd->img_rs[i].newest <= 1);
+		if (!cd->img[i].id)
+			continue;
+		assert(cd->img[i].slot == i && cd->img[i].id < cd->info.next_image_id);
+		assert(pcache_image_name_valid(cd->img[i].name));
+		for (j = 0; j < i; j++)
+			assert(cd->img[j].id != cd->img[i].id &&
+			       (!cd->img[j].id || strcmp(cd->img[j].name, cd->img[i].name)));
+	}
+	pthread_mutex_unlock(&cd->info_lock);
+	pthread_mutex_unlock(&cd->img_lock);
+	pthread_mutex_lock(&cd->tail_lock);
+	assert(!pos_check(cd, &cd->key_tail, NULL, 0) && !pos_check(cd, &cd->dirty_tail, NULL, 0));
+	pthread_mutex_unlock(&cd->tail_lock);
+#else
+	(void)cd;
+#endif
+}
+
 /* ---- open / close ------------------------------------------------------------------------- */
 
 /* Name the process holding an flock on fd's inode, from /proc/locks. */
@@ -1118,6 +1156,7 @@ int pcache_cache_dev_open(const struct pcache_cache_dev_opts *opts, struct pcach
 		goto out_free;
 	if (opts->prefault)
 		pcache_pmem_prefault(&cd->map, !opts->read_only);
+	assert_cd_state(cd);
 	*out = cd;
 	return 0;
 
@@ -1458,6 +1497,7 @@ int pcache_cache_dev_image_add(struct pcache_cache_dev *cd, struct pcache_image_
 	memcpy(e->uuid, n.uuid, sizeof(e->uuid));
 out:
 	UNLOCK(cd, img_lock);
+	assert_cd_state(cd);
 	return rc;
 }
 
@@ -1487,6 +1527,7 @@ int pcache_cache_dev_image_update(struct pcache_cache_dev *cd, const struct pcac
 	image_commit(cd, &n);
 out:
 	UNLOCK(cd, img_lock);
+	assert_cd_state(cd);
 	return rc;
 }
 
@@ -1525,6 +1566,7 @@ int pcache_cache_dev_image_modify(struct pcache_cache_dev *cd, uint32_t slot, ui
 		*out = n;
 out:
 	UNLOCK(cd, img_lock);
+	assert_cd_state(cd);
 	return rc;
 }
 
@@ -1568,6 +1610,7 @@ int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot)
 	image_commit(cd, &n);
 out:
 	UNLOCK(cd, img_lock);
+	assert_cd_state(cd);
 	return rc;
 }
 
@@ -1645,5 +1688,6 @@ int pcache_cache_dev_repair(struct pcache_cache_dev *cd)
 	UNLOCK(cd, seg_lock);
 	cd->damaged = 0;
 	cd->note_count = 0;
+	assert_cd_state(cd);
 	return 0;
 }
