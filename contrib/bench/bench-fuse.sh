@@ -583,10 +583,13 @@ done
 		[ -n "${CFG_NOTE[$c]:-}" ] && echo "- **$c not measured**: ${CFG_NOTE[$c]}."
 	done
 	echo
-	echo "Jobs (contrib/bench/fio/fuse.fio): rr4k/rw4k = 4 KiB random read/write, _j1 = 1 job psync QD1, _j2 = 2 jobs psync QD1, _qd16 = 1 job libaio QD16; sr1m/sw1m = 1 MiB sequential read/write, 1 job libaio QD4. Command of one run, for example:"
+	echo "Jobs (contrib/bench/fio/fuse.fio): rr4k/rw4k = 4 KiB random read/write, _j1 = 1 job psync QD1, _j2 = 2 jobs psync QD1, _qd16 = 1 job libaio QD16; sr1m/sw1m = 1 MiB sequential read/write, 1 job libaio QD4; every job is O_DIRECT, time based, randrepeat=0. The command of each run (JOB = the column; <run>, <disk>, <shm> = this run's temporary directories under /tmp, $DISK_DIR, $SHM_DIR):"
 	echo
 	echo '```'
-	fio_cmdline '<file>' 1g rr4k_j1
+	for c in "${shown[@]}"; do
+		printf '%-9s ' "$c:"
+		fio_cmdline "${CFG_FILE[$c]}" "${CFG_SIZE[$c]}" JOB | sed "s|$WORK_RUN|<run>|g; s|$WORK_DISK|<disk>|g; s|$WORK_SHM|<shm>|g"
+	done
 	echo '```'
 	echo
 	if [ -s "$WORK_RUN/pcstats.tsv" ]; then
