@@ -314,12 +314,12 @@ static void wb_persist_images(struct pcache_wb *wb, bool force)
 /* ---- reading the log ---------------------------------------------------------------------- */
 
 /*
- * Copy the kset at pos into wb->kbuf and validate it like replay: bounds, magic, key count,
+ * Copy the kset at pos into kbuf (PCACHE_KSET_MAX_SIZE, 8-aligned) and validate it like replay: bounds, magic, key count,
  * flags, CRC, lsn == pos->lsn, LAST target. 0 = valid, -EUCLEAN = not a valid continuation.
  */
-static int wb_read_kset(struct pcache_wb *wb, const struct pcache_pos *pos)
+static int wb_read_kset(struct pcache_wb *wb, uint8_t *kbuf, const struct pcache_pos *pos)
 {
-	struct pcache_kset_om *ks = (struct pcache_kset_om *)(void *)wb->kbuf;
+	struct pcache_kset_om *ks = (struct pcache_kset_om *)(void *)kbuf;
 	const uint8_t *seg;
 	uint32_t size, n, flags;
 
@@ -327,7 +327,7 @@ static int wb_read_kset(struct pcache_wb *wb, const struct pcache_pos *pos)
 	    (uint64_t)pos->off + PCACHE_KSET_HDR_SIZE > wb->seg_size)
 		return -EUCLEAN;
 	seg = pcache_cache_dev_seg_addr(wb->cd, pos->seg);
-	memcpy(wb->kbuf, seg + pos->off, PCACHE_KSET_HDR_SIZE);
+	memcpy(kbuf, seg + pos->off, PCACHE_KSET_HDR_SIZE);
 	if (pcache_le64(&ks->magic) != PCACHE_KSET_MAGIC)
 		return -EUCLEAN;
 	n = pcache_le16(&ks->key_num);
@@ -339,8 +339,8 @@ static int wb_read_kset(struct pcache_wb *wb, const struct pcache_pos *pos)
 	if ((uint64_t)pos->off + size > wb->seg_size)
 		return -EUCLEAN;
 	/* copy once, then validate the copy (the media may change under us) */
-	memcpy(wb->kbuf, seg + pos->off, size);
-	if (pcache_crc32c(PCACHE_CRC_SEED, wb->kbuf + 4, size - 4) != pcache_le32(&ks->crc))
+	memcpy(kbuf, seg + pos->off, size);
+	if (pcache_crc32c(PCACHE_CRC_SEED, kbuf + 4, size - 4) != pcache_le32(&ks->crc))
 		return -EUCLEAN;
 	if (pcache_le64(&ks->lsn) != pos->lsn)
 		return -EUCLEAN;
@@ -349,10 +349,10 @@ static int wb_read_kset(struct pcache_wb *wb, const struct pcache_pos *pos)
 	return 0;
 }
 
-/* Position after the (valid) kset in wb->kbuf that sits at pos. */
-static void wb_next_pos(struct pcache_wb *wb, const struct pcache_pos *pos, struct pcache_pos *next)
+/* Position after the (valid) kset in kbuf that sits at pos. */
+static void wb_next_pos(const uint8_t *kbuf, const struct pcache_pos *pos, struct pcache_pos *next)
 {
-	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
+	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)kbuf;
 
 	if (pcache_le16(&ks->flags) & PCACHE_KSET_LAST) {
 		next->seg = pcache_le32(&ks->next_seg);
@@ -724,7 +724,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 		uint32_t n;
 		uint64_t ep;
 
-		r = wb_read_kset(wb, &cur);
+		r = wb_read_kset(wb, wb->kbuf, &cur);
 		if (r && cur.lsn != start.lsn) {
 			r = 0;
 			break; /* write back what comes before it; the next batch latches */
@@ -741,7 +741,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 			wb_release_backings(wb);
 			return -EUCLEAN;
 		}
-		wb_next_pos(wb, &cur, &next);
+		wb_next_pos(wb->kbuf, &cur, &next);
 		n = pcache_le16(&ks->key_num);
 		if (n == 0) { /* LAST: follow it, belongs to no epoch */
 			cur = next;
@@ -1261,16 +1261,17 @@ int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id, struct pcache
 /* ---- drain -------------------------------------------------------------------------------- */
 
 /* Dirty bytes between from and head (an estimate for progress: before override). */
-static uint64_t wb_scan_dirty(struct pcache_wb *wb, struct pcache_pos from, const struct pcache_pos *head,
-			      uint32_t image_id, uint64_t *ksets, struct pcache_pos *end)
+static uint64_t wb_scan_dirty(struct pcache_wb *wb, uint8_t *kbuf, struct pcache_pos from,
+			      const struct pcache_pos *head, uint32_t image_id, uint64_t *ksets,
+			      struct pcache_pos *end)
 {
-	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
+	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)kbuf;
 	uint64_t total = 0, n = 0;
 
 	while (!head || from.lsn < head->lsn) {
 		struct pcache_pos next;
 
-		if (wb_read_kset(wb, &from))
+		if (wb_read_kset(wb, kbuf, &from))
 			break;
 		for (uint32_t k = 0; k < pcache_le16(&ks->key_num); k++) {
 			const struct pcache_key_om *key = &ks->keys[k];
@@ -1279,7 +1280,7 @@ static uint64_t wb_scan_dirty(struct pcache_wb *wb, struct pcache_pos from, cons
 			    (!image_id || pcache_le32(&key->image_id) == image_id))
 				total += pcache_le32(&key->len);
 		}
-		wb_next_pos(wb, &from, &next);
+		wb_next_pos(kbuf, &from, &next);
 		from = next;
 		n++;
 	}
@@ -1326,12 +1327,14 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 
 	wb->ops.key_head(wb->ctx, &head);
 	pthread_mutex_lock(&wb->lock);
+	if (head.lsn > wb->st.drain_target_lsn)
+		wb->st.drain_target_lsn = head.lsn;
 	for (uint32_t i = 0; i < wb->n_imgs && i < PCACHE_ARRAY_SIZE(snap); i++)
 		snap[i] = wb->imgs[i].fail_seq;
 	pthread_mutex_unlock(&wb->lock);
 	if (!wb->have_thread) {
 		pthread_mutex_lock(&wb->run_lock); /* one worker at a time without the thread */
-		total = wb_scan_dirty(wb, wb->dirty_tail, &head, image_id, NULL, NULL);
+		total = wb_scan_dirty(wb, wb->kbuf, wb->dirty_tail, &head, image_id, NULL, NULL);
 		pthread_mutex_lock(&wb->lock);
 		wb->st.drain_total = wb->st.drain_left = total;
 		wb->drains++;
@@ -1352,7 +1355,10 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 		}
 		pthread_mutex_unlock(&wb->run_lock);
 	} else {
+		/* no byte estimate here: reading the log outside the worker could race with GC
+		 * reusing segments; drain_target_lsn - dirty_tail.lsn tells the ksets left */
 		pthread_mutex_lock(&wb->lock);
+		wb->st.drain_total = wb->st.drain_left = 0;
 		wb->drains++;
 		wb->kicked = true;
 		pthread_cond_signal(&wb->cond);
@@ -1482,7 +1488,7 @@ int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offlin
 	wb->offline = true;
 	pcache_wb_set_rate(wb, oo->rate);
 	memset(&pg, 0, sizeof(pg));
-	pg.total_bytes = wb_scan_dirty(wb, wb->dirty_tail, NULL, 0, &pg.total_ksets, &w->end);
+	pg.total_bytes = wb_scan_dirty(wb, wb->kbuf, wb->dirty_tail, NULL, 0, &pg.total_ksets, &w->end);
 
 	for (;;) {
 		bool pending_retry = false, failed = false;

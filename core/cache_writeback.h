@@ -133,7 +133,10 @@ struct pcache_wb_stats {
 	uint64_t crc_errors, retries, rate_waits;
 	int latched;                      /* -EUCLEAN when the log is corrupt, else 0 */
 	bool urgent;                      /* above dirty_high (until below dirty_low) */
-	uint64_t drain_total, drain_left; /* bytes of the drain running now (estimates) */
+	uint64_t drain_total, drain_left; /* bytes of the drain running now (estimates; without
+					   * the thread only) */
+	uint64_t drain_target_lsn;        /* largest key_head lsn a drain waited for: ksets left
+					   * = drain_target_lsn - dirty_tail.lsn while it runs */
 };
 void pcache_wb_get_stats(struct pcache_wb *wb, struct pcache_wb_stats *st);
 

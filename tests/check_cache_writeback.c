@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,18 @@ struct env {
 };
 
 static struct env E;
+/* the head the writeback sees: published under a mutex (the writeback thread reads it) */
+static pthread_mutex_t head_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pcache_pos pub_head;
+
+/* Upper-layer flush in the log: close the kset, next epoch, publish the new head. */
+static void mflush(void)
+{
+	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	pthread_mutex_lock(&head_lock);
+	pub_head = E.lb.head;
+	pthread_mutex_unlock(&head_lock);
+}
 
 static uint64_t env_backing_flushes(void)
 {
@@ -185,6 +198,9 @@ static void env_setup(int nimg, uint32_t nsegs, bool data_crc, bool wrap)
 		ck_assert_ptr_nonnull(E.model[i]);
 	}
 	lb_init(&E.lb, E.cd);
+	pthread_mutex_lock(&head_lock);
+	pub_head = E.lb.head;
+	pthread_mutex_unlock(&head_lock);
 }
 
 static void env_open_backings(void)
@@ -255,7 +271,9 @@ static void check_image(int img)
 
 static void ops_head(void *ctx, struct pcache_pos *head)
 {
-	*head = E.lb.head;
+	pthread_mutex_lock(&head_lock);
+	*head = pub_head;
+	pthread_mutex_unlock(&head_lock);
 }
 
 static struct pcache_backing *ops_backing(void *ctx, uint32_t id)
@@ -314,7 +332,7 @@ START_TEST(offline_writeback_equals_the_expected_images)
 			else
 				mwrite(img, off, len, (uint32_t)(ep * 100 + w));
 		}
-		ck_assert_int_eq(lb_flush(&E.lb), 0);
+		mflush();
 	}
 	memset(&oo, 0, sizeof(oo));
 	oo.wb = &(struct pcache_wb_opts){ .quiet = true };
@@ -352,7 +370,7 @@ START_TEST(later_key_wins_within_a_batch_and_adjacent_keys_merge)
 	mwrite(0, 20480, 4096, 3);
 	for (int i = 0; i < 16; i++)
 		mwrite(0, (1u << 20) + (uint64_t)i * 4096, 4096, 10 + (uint32_t)i);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	wb = wb_start_nothread(NULL);
 	ck_assert_int_eq(pcache_wb_drain(wb, 0), 0);
 	pcache_wb_get_stats(wb, &st);
@@ -388,10 +406,10 @@ START_TEST(clean_keys_are_skipped_and_zero_keys_zero_the_backing)
 	memset(junk, 0xEE, sizeof(junk));
 	ck_assert_int_eq(lb_clean(&E.lb, E.id[0], 8192, junk, sizeof(junk)), 0);
 	mwrite(0, 65536, 8192, 4);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	mzero(0, 65536 + 4096, 4096);  /* later epoch zeroes half of it */
 	mzero(0, 1u << 20, 1u << 20);  /* and a large range */
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	wb = wb_start_nothread(NULL);
 	ck_assert_int_eq(pcache_wb_drain(wb, E.id[0]), 0);
 	pcache_wb_get_stats(wb, &st);
@@ -419,7 +437,7 @@ START_TEST(dirty_tail_is_persisted_only_after_a_backing_flush)
 		for (int w = 0; w < 10; w++)
 			mwrite(rand_r(&seed) % 2, (uint64_t)(rand_r(&seed) % 1000) * 4096, 8192,
 			       (uint32_t)(ep * 10 + w));
-		ck_assert_int_eq(lb_flush(&E.lb), 0);
+		mflush();
 	}
 	E.flushes_at_tail = env_backing_flushes();
 	memset(&o, 0, sizeof(o));
@@ -479,9 +497,9 @@ START_TEST(offline_rate_limit_is_respected_on_a_virtual_clock)
 	for (uint64_t off = 0; off < bytes; off += 65536) {
 		mwrite(0, off, 65536, (uint32_t)(off >> 16));
 		if ((off >> 16) % 8 == 7)
-			ck_assert_int_eq(lb_flush(&E.lb), 0);
+			mflush();
 	}
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	memset(&o, 0, sizeof(o));
 	o.quiet = true;
 	o.max_req_bytes = 65536;
@@ -513,13 +531,13 @@ START_TEST(missing_backing_blocks_the_tail_but_other_images_keep_going)
 	env_setup(2, 16, false, false);
 	env_open_backings();
 	mwrite(1, 0, 4096, 1);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	mwrite(0, 0, 4096, 2);          /* image 0 first dirty in epoch 2 */
 	mwrite(1, 4096, 4096, 3);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	mwrite(1, 8192, 4096, 4);
 	mwrite(0, 0, 4096, 5);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	E.detached[0] = true;
 	wb = wb_start_nothread(NULL);
 	/* image 1 drains fully although image 0 cannot be written */
@@ -609,10 +627,10 @@ START_TEST(backing_eio_is_retried_without_dropping_data_and_counted)
 	ck_assert_msg(pcache_backing_open(E.bpath[1], NULL, &E.b[1], err, sizeof(err)) == 0, "%s", err);
 	mwrite(0, 0, 8192, 1);
 	mwrite(1, 0, 8192, 2);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	mwrite(0, 1u << 20, 4096, 3);
 	mwrite(1, 8192, 8192, 4);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	wb = wb_start_nothread(NULL);
 	/* first attempt fails: nothing of image 0 past it, dirty_tail stays, image 1 is written */
 	ck_assert_int_eq(pcache_wb_run_once(wb), 1);
@@ -658,7 +676,7 @@ START_TEST(data_crc_mismatch_stops_that_image_and_never_writes_garbage)
 	env_setup(2, 16, true, false);
 	env_open_backings();
 	mwrite(0, 0, 4096, 1);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	memcpy(saved, E.model[0], 4096);
 	E.lb.max_keys = 128;
 	mwrite(0, 0, 4096, 2);                  /* this one gets corrupted in pmem */
@@ -666,10 +684,10 @@ START_TEST(data_crc_mismatch_stops_that_image_and_never_writes_garbage)
 	ck_assert_ptr_nonnull(p);
 	p[100] ^= 0xFF;
 	mwrite(1, 0, 4096, 3);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	mwrite(0, 8192, 4096, 4);               /* later epoch of the bad image: not written */
 	mwrite(1, 8192, 4096, 5);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	wb = wb_start_nothread(NULL);
 	ck_assert_int_eq(pcache_wb_drain(wb, E.id[1]), 0);
 	ck_assert_int_eq(pcache_wb_drain(wb, E.id[0]), -EBADMSG);
@@ -696,9 +714,9 @@ START_TEST(corrupt_kset_before_key_head_latches_the_writeback)
 	env_setup(1, 16, false, false);
 	env_open_backings();
 	mwrite(0, 0, 4096, 1);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	mwrite(0, 4096, 4096, 2);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	/* flip a byte of the second kset's key (after the first kset of one key) */
 	ks = (uint8_t *)pcache_cache_dev_seg_addr(E.cd, 0) + PCACHE_KSET_SIZE(1);
 	ks[PCACHE_KSET_HDR_SIZE + 2] ^= 1;
@@ -732,7 +750,7 @@ START_TEST(thread_drains_on_request_and_on_kick)
 	pct_value = 0;
 	for (int i = 0; i < 20; i++) {
 		mwrite(i % 2, (uint64_t)i * 8192, 8192, (uint32_t)i);
-		ck_assert_int_eq(lb_flush(&E.lb), 0);
+		mflush();
 	}
 	memset(&o, 0, sizeof(o));
 	o.quiet = true;
@@ -747,7 +765,7 @@ START_TEST(thread_drains_on_request_and_on_kick)
 	check_image(1);
 	/* new data after the drain: a kick (idle thread) writes it back without a drain */
 	mwrite(1, 1u << 20, 4096, 99);
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	pcache_wb_kick(wb);
 	for (int i = 0; i < 500; i++) {
 		pcache_wb_get_stats(wb, &st);
@@ -756,6 +774,7 @@ START_TEST(thread_drains_on_request_and_on_kick)
 		usleep(10000);
 	}
 	ck_assert_uint_eq(st.dirty_tail.lsn, E.lb.head.lsn);
+	ck_assert_uint_eq(st.drain_target_lsn, 21); /* the head at the last drain */
 	check_image(1);
 	ck_assert_int_eq(pcache_wb_set_watermarks(wb, 30, 40), -EINVAL);
 	ck_assert_int_eq(pcache_wb_set_watermarks(wb, 50, 20), 0);
@@ -825,14 +844,14 @@ static void cc_build(unsigned int seed)
 		}
 		CC.nw = id;
 		if (rand_r(&seed) % 24 == 0) {
-			ck_assert_int_eq(lb_flush(&E.lb), 0);
+			mflush();
 			for (uint64_t l = prev_lsn; l < E.lb.head.lsn && l < 8192; l++)
 				CC.epoch_at_lsn[l] = epoch;
 			prev_lsn = E.lb.head.lsn;
 			epoch++;
 		}
 	}
-	ck_assert_int_eq(lb_flush(&E.lb), 0);
+	mflush();
 	for (uint64_t l = prev_lsn; l < E.lb.head.lsn && l < 8192; l++)
 		CC.epoch_at_lsn[l] = epoch;
 	CC.last_epoch = epoch;
