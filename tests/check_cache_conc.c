@@ -148,7 +148,7 @@ START_TEST(writers_readers_flushers_on_overlapping_ranges)
 		}
 	}
 	pcache_image_put(img);
-	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	ck_assert_int_eq(pcache_cache_stop(c, true), 0);
 	unlink(cpath);
 	unlink(ipath);
 }

@@ -2,7 +2,8 @@
  * check_cache_crash.c -- power-failure states through the persistence emulator
  * (tests/lib/pmem_emu.c): only what the engine persisted survives, the crashing persist is torn.
  *
- * A scenario runs writes, FUA writes, discards and flushes on two images of one cache (and, in
+ * A scenario runs writes, FUA writes, discards, reads (miss fills) and flushes on two images of
+ * one cache (and, in
  * the long runs, writeback and GC steps). It is run once to count its persist events, then once
  * per crash point: crash at event K, stop, write the surviving shadow over the device, start
  * again (replay) and check the durability contract of DESIGN.md section 5:
@@ -155,6 +156,21 @@ static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
 			if (!crashed(r)) {
 				(void)pcache_wb_run_once(r->c->wb);
 				(void)pcache_gc_run(r->c);
+			}
+			continue;
+		}
+		if (kind == 5 || kind == 6) {
+			/* a read (misses fill the cache: more persist points); checks live data too */
+			ck_assert_int_eq(eng_read(r->img[i], buf, (uint64_t)sect * 512, n * 512), 0);
+			for (s = sect; s < sect + n; s++) {
+				uint32_t want = m->s[i][s].acked, got;
+
+				ck_assert_int_eq(eng_decode(buf + (size_t)(s - sect) * 512, (uint32_t)i + 1,
+							    (uint64_t)s * 512, &got), 0);
+				if (want && m->zero_v[want])
+					ck_assert_uint_eq(got, ENG_ZERO);
+				else
+					ck_assert_uint_eq(got, want);
 			}
 			continue;
 		}
