@@ -187,3 +187,6 @@ clean:
 .PHONY: all deps unit tsan-unit behaviour check soak bench run stop-run clean fuzz fuzz-build fuzz-short
 
 -include $(shell find $(O) $(FUZZ_O) -name '*.d' 2>/dev/null)
+
+# Keep intermediate objects (fuzz objects are otherwise deleted after each fuzz-short run).
+.SECONDARY:
