@@ -150,6 +150,23 @@ START_TEST(partial_hits_and_misses_in_one_read)
 }
 END_TEST
 
+START_TEST(read_over_hundreds_of_keys_and_holes)
+{
+	uint32_t k, v;
+	uint8_t *buf = malloc(512 * 1024);
+
+	/* 500 one-sector keys with holes between them: many more than one scan pass holds */
+	for (k = 0; k < 500; k++)
+		write_version((uint64_t)k * 1024, 512, k + 1, 0);
+	ck_assert_int_eq(eng_read(img, buf, 0, 512 * 1024), 0);
+	for (k = 0; k < 1024; k++) {
+		ck_assert_int_eq(eng_decode(buf + (size_t)k * 512, 1, (uint64_t)k * 512, &v), 0);
+		ck_assert_uint_eq(v, (k % 2 || k >= 1000) ? 0 : k / 2 + 1);
+	}
+	free(buf);
+}
+END_TEST
+
 START_TEST(overlapping_writes_later_wins)
 {
 	write_version(0, 65536, 1, 0);
@@ -501,6 +518,7 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, write_then_read_hits_inline);
 	tcase_add_test(tc, miss_reads_backing_then_hits);
 	tcase_add_test(tc, partial_hits_and_misses_in_one_read);
+	tcase_add_test(tc, read_over_hundreds_of_keys_and_holes);
 	tcase_add_test(tc, overlapping_writes_later_wins);
 	tcase_add_test(tc, write_across_regions_and_segments);
 	tcase_add_test(tc, discard_and_zero_read_as_zeros);
