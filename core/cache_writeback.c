@@ -980,17 +980,19 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 	return 1;
 }
 
+static uint32_t wb_urgent_update(struct pcache_wb *wb, bool *urgent);
+
 int pcache_wb_run_once(struct pcache_wb *wb)
 {
-	bool limited;
-
+	bool limited, urgent;
 	int r;
 
 	if (wb->have_thread)
 		return -EINVAL; /* the thread is the worker */
 	pthread_mutex_lock(&wb->run_lock);
+	(void)wb_urgent_update(wb, &urgent);
 	pthread_mutex_lock(&wb->lock);
-	limited = wb->rate && !wb->st.urgent && !wb->drains;
+	limited = wb->rate && !urgent && !wb->drains;
 	pthread_mutex_unlock(&wb->lock);
 	r = wb_batch(wb, limited);
 	pthread_mutex_unlock(&wb->run_lock);

@@ -112,7 +112,11 @@ void pcache_wb_kick(struct pcache_wb *wb);
  */
 int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id);
 
-/* Tests (no_thread): process one batch. 1 = progress made, 0 = nothing to do, -errno. */
+/*
+ * Tests (no_thread): process one batch, rate limited unless above the watermarks (checked
+ * here like the thread does). 1 = progress made, 0 = nothing to do, -errno (-EINVAL with a
+ * thread).
+ */
 int pcache_wb_run_once(struct pcache_wb *wb);
 
 /* Knobs (also persisted by the engine in cache_info; here they only take effect). */

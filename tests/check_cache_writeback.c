@@ -518,6 +518,62 @@ START_TEST(offline_rate_limit_is_respected_on_a_virtual_clock)
 }
 END_TEST
 
+static uint32_t pct_now;
+static uint32_t ops_pct_now(void *ctx) { return pct_now; }
+
+/* Write 2 MiB of dirty data, drain it with run_once on the virtual clock: virtual ns spent. */
+static uint64_t wm_round(struct pcache_wb *wb, uint32_t tag)
+{
+	uint64_t t0 = vclock;
+
+	for (uint64_t off = 0; off < (2u << 20); off += 65536)
+		mwrite(0, off, 65536, tag + (uint32_t)(off >> 16));
+	mflush();
+	while (pcache_wb_run_once(wb) > 0)
+		;
+	check_image(0);
+	return vclock - t0;
+}
+
+START_TEST(above_dirty_high_the_rate_limit_is_lifted_until_below_dirty_low)
+{
+	struct pcache_wb_ops ops = test_ops;
+	struct pcache_wb_opts o;
+	struct pcache_wb *wb;
+	struct pcache_wb_stats st;
+	uint64_t rate = 1u << 20, slow = 2 * 1000000000ull - 300000000ull; /* 2 MiB at 1 MiB/s */
+
+	env_setup(1, 40, false, false);
+	env_open_backings();
+	ops.dirty_percent = ops_pct_now;
+	memset(&o, 0, sizeof(o));
+	o.no_thread = true;
+	o.quiet = true;
+	o.max_req_bytes = 65536;
+	o.clock_now = vnow;
+	o.clock_sleep = vsleep;
+	vclock = 0;
+	ck_assert_int_eq(pcache_wb_start(E.cd, &ops, NULL, &o, &wb), 0);
+	pcache_wb_set_rate(wb, rate);
+	ck_assert_int_eq(pcache_wb_set_watermarks(wb, 60, 30), 0);
+	pct_now = 45;  /* between the marks, never urgent yet: rate limited */
+	ck_assert_uint_ge(wm_round(wb, 100), slow);
+	pct_now = 70;  /* above dirty_high: urgent, no limit */
+	ck_assert_uint_eq(wm_round(wb, 200), 0);
+	pcache_wb_get_stats(wb, &st);
+	ck_assert(st.urgent);
+	pct_now = 45;  /* still above dirty_low: stays urgent (hysteresis) */
+	ck_assert_uint_eq(wm_round(wb, 300), 0);
+	pct_now = 20;  /* below dirty_low: urgent ends, the limit is back */
+	ck_assert_uint_ge(wm_round(wb, 400), slow);
+	pcache_wb_get_stats(wb, &st);
+	ck_assert(!st.urgent);
+	ck_assert_uint_gt(st.rate_waits, 0);
+	pcache_wb_stop(wb);
+	env_teardown();
+}
+END_TEST
+
 /* ---- Errors ------------------------------------------------------------------------------- */
 
 START_TEST(missing_backing_blocks_the_tail_but_other_images_keep_going)
@@ -1072,6 +1128,7 @@ Suite *cache_writeback_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tl, token_bucket_never_exceeds_rate_plus_burst);
 	tcase_add_test(tl, offline_rate_limit_is_respected_on_a_virtual_clock);
+	tcase_add_test(tl, above_dirty_high_the_rate_limit_is_lifted_until_below_dirty_low);
 	tcase_add_test(te, missing_backing_blocks_the_tail_but_other_images_keep_going);
 	tcase_add_test(te, backing_eio_is_retried_without_dropping_data_and_counted);
 	tcase_add_test(te, data_crc_mismatch_stops_that_image_and_never_writes_garbage);
