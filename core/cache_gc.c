@@ -151,6 +151,31 @@ void pcache_gc_clean(struct pcache_cache *c, uint32_t budget)
 		pcache_image_put(imgs[i]);
 }
 
+/*
+ * Writers wait for space and nothing moves: say why once per episode (5 s without progress).
+ * Typical cause: dirty data of an image that is not attached blocks dirty_tail; it frees as soon
+ * as the image is attached again, so the writers keep waiting (they are not failed).
+ */
+static void gc_stall_check(struct pcache_cache *c, int freed)
+{
+	struct pcache_pos dt;
+	uint64_t now = pcache_now_ns();
+
+	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
+	if (freed || dt.lsn != c->stall_dirty_lsn || !c->stall_since_ns) {
+		c->stall_since_ns = now;
+		c->stall_dirty_lsn = dt.lsn;
+		c->stall_logged = false;
+		return;
+	}
+	if (c->stall_logged || now - c->stall_since_ns < 5ull * 1000 * 1000 * 1000)
+		return;
+	c->stall_logged = true;
+	fprintf(stderr, "pcache: cache full and no progress for 5 s: dirty_tail stays at lsn %llu "
+		"(is an image with dirty data detached, or its backing failing?); writers wait\n",
+		(unsigned long long)dt.lsn);
+}
+
 int pcache_gc_run(struct pcache_cache *c)
 {
 	uint32_t waiters;
@@ -188,6 +213,10 @@ int pcache_gc_run(struct pcache_cache *c)
 			pcache_segs_fail(c);
 		}
 	}
+	if (waiters)
+		gc_stall_check(c, freed);
+	else
+		c->stall_since_ns = 0;
 	pthread_mutex_lock(&c->bg_lock);
 	c->gc_runs++;
 	pthread_mutex_unlock(&c->bg_lock);

@@ -253,6 +253,8 @@ struct pcache_cache {
 	uint64_t gc_runs;
 	_Atomic uint64_t fill_skips;
 	uint32_t clean_cursor;        /* incremental cleaner position (images x subtrees) */
+	uint64_t stall_since_ns, stall_dirty_lsn; /* GC thread only: waiters without progress */
+	bool stall_logged;
 	_Atomic uint64_t clean_pending; /* segments freed since the cleaner last finished a sweep */
 	_Atomic uint32_t miss_id;
 
