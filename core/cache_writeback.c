@@ -296,16 +296,23 @@ static void wb_persist_images(struct pcache_wb *wb, bool force)
 		skip = !wb->imgs[i].in_table || lsn == wb->imgs[i].persisted_lsn ||
 		       (!force && !wb->imgs[i].written_since_persist);
 		pthread_mutex_unlock(&wb->lock);
-		if (skip || wb_table_find(wb, id, &e) != 0)
+		if (skip)
 			continue;
-		e.wb_lsn = lsn;
-		e.wb_time = t;
-		if (pcache_cache_dev_image_update(wb->cd, &e) == 0) {
-			pthread_mutex_lock(&wb->lock);
-			wb->imgs[i].persisted_lsn = lsn;
-			wb->imgs[i].written_since_persist = false;
-			pthread_mutex_unlock(&wb->lock);
+		if (wb->ops.image_progress) {
+			if (wb->ops.image_progress(wb->ctx, id, lsn, t) != 0)
+				continue;
+		} else {
+			if (wb_table_find(wb, id, &e) != 0)
+				continue;
+			e.wb_lsn = lsn;
+			e.wb_time = t;
+			if (pcache_cache_dev_image_update(wb->cd, &e) != 0)
+				continue;
 		}
+		pthread_mutex_lock(&wb->lock);
+		wb->imgs[i].persisted_lsn = lsn;
+		wb->imgs[i].written_since_persist = false;
+		pthread_mutex_unlock(&wb->lock);
 	}
 	__atomic_store_n(&wb->last_persist_ns, pcache_now_ns(), __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&wb->persist_lock);

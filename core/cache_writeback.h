@@ -27,6 +27,11 @@
  *    NULL = the writeback runs continuously at the rate limit (never urgent, never trickle):
  *    the watermarks then have no effect.
  *  - idle(): true when no user I/O arrived recently (faster writeback when idle); NULL = idle.
+ *  - image_progress(): persist wb_lsn/wb_time of an image (at drains, at stop, and every 30 s
+ *    after writes). NULL = the writeback rewrites the image-table entry itself with
+ *    pcache_cache_dev_image_update(), a read-modify-write that can undo a concurrent update
+ *    of the same entry by the engine (rename, attributes): an engine that updates entries at
+ *    run time should provide this and apply the two fields under its own lock.
  *  - Call pcache_wb_kick() after closing ksets (new dirty data) and when a writer waits for
  *    space. pcache_wb_drain() backs pcache_image_writeback_all()/pcache_cache_writeback_all()
  *    and the drain of pcache_cache_stop(drain = true).
@@ -62,6 +67,8 @@ struct pcache_wb_ops {
 	void (*tail_moved)(void *ctx, const struct pcache_pos *dirty_tail);  /* optional */
 	uint32_t (*dirty_percent)(void *ctx);                                 /* optional */
 	bool (*idle)(void *ctx);                                              /* optional */
+	/* persist an image's writeback progress (wb_lsn, wb_time) in the image table; 0/-errno */
+	int (*image_progress)(void *ctx, uint32_t image_id, uint64_t wb_lsn, uint64_t wb_time); /* optional */
 };
 
 /* Tunables; zero fields take the defaults below. */

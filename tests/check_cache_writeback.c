@@ -356,8 +356,22 @@ START_TEST(offline_writeback_equals_the_expected_images)
 }
 END_TEST
 
+static uint32_t prog_id;
+static uint64_t prog_lsn, prog_time;
+
+static int ops_progress(void *ctx, uint32_t id, uint64_t lsn, uint64_t t)
+{
+	prog_id = id;
+	prog_lsn = lsn;
+	prog_time = t;
+	return 0;
+}
+
 START_TEST(later_key_wins_within_a_batch_and_adjacent_keys_merge)
 {
+	struct pcache_wb_ops ops = test_ops;
+	struct pcache_wb_opts o = { .no_thread = true, .quiet = true };
+	struct pcache_image_ent e;
 	struct pcache_wb *wb;
 	struct pcache_wb_stats st;
 
@@ -371,10 +385,16 @@ START_TEST(later_key_wins_within_a_batch_and_adjacent_keys_merge)
 	for (int i = 0; i < 16; i++)
 		mwrite(0, (1u << 20) + (uint64_t)i * 4096, 4096, 10 + (uint32_t)i);
 	mflush();
-	wb = wb_start_nothread(NULL);
+	ops.image_progress = ops_progress; /* the engine persists wb_lsn itself */
+	ck_assert_int_eq(pcache_wb_start(E.cd, &ops, NULL, &o, &wb), 0);
 	ck_assert_int_eq(pcache_wb_drain(wb, 0), 0);
 	pcache_wb_get_stats(wb, &st);
 	check_image(0);
+	ck_assert_uint_eq(prog_id, E.id[0]);
+	ck_assert_uint_eq(prog_lsn, E.lb.head.lsn);
+	ck_assert_uint_ne(prog_time, 0);
+	ck_assert_int_eq(pcache_cache_dev_image_find(E.cd, "img0", &e), 0);
+	ck_assert_uint_eq(e.wb_lsn, 0); /* not written behind the engine's back */
 	ck_assert_uint_eq(st.bytes_overridden, 16384 + 4096);
 	ck_assert_uint_eq(st.bytes_written, 65536 + 65536);
 	ck_assert_uint_eq(st.batches, 1);
