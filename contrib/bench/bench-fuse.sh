@@ -23,7 +23,7 @@
 # FUSE_CONFIGS / FUSE_JOBS (space-separated subsets); FUSE_DISK_DIR (default /var/tmp);
 # FUSE_SHM_DIR (default /dev/shm); FUSE_CACHE_SIZE (pc-hit cache, default 2g); FUSE_PROFILE
 # (space-separated [CONFIG:]JOB to profile with perf after the rounds, CONFIG pc-hit (default),
-# pc-hit-st or pc-miss); FUSE_SKIP_RSS=1.
+# pc-hit-st or pc-miss; "auto": every pcachefs job that missed its target); FUSE_SKIP_RSS=1.
 #
 # Every daemon this script starts is recorded and stopped by PID; every mount is unmounted and
 # every temporary file removed on exit, whatever the exit path.
@@ -361,6 +361,26 @@ fmt() { # fmt JOB VALUE: 38.0k / 4.94 GB/s
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.2f\n", a / b }'; }
 
+# The targets: "label|job|config|reference config|minimum ratio" (0.85 = 85 %, 3 = 3x; info =
+# shown without a target).
+TARGETS=()
+for j in rr4k_j2 rr4k_qd16 rw4k_j2 rw4k_qd16 sr1m; do TARGETS+=("hits vs ceiling|$j|pc-hit|ceiling|0.85"); done
+TARGETS+=("hits vs ceiling|sw1m|pc-hit|ceiling|0.75")
+for j in rr4k_j1 rw4k_j1; do TARGETS+=("hits vs ceiling|$j|pc-hit|ceiling|info"); done
+for j in rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16; do TARGETS+=("hits vs qsd|$j|pc-hit|qsd|3"); done
+TARGETS+=("hits vs qsd|sr1m|pc-hit|qsd|5" "hits vs qsd|sw1m|pc-hit|qsd|info")
+for j in $ALL_JOBS; do TARGETS+=("hits vs qsd-shm|$j|pc-hit|qsd-shm|info"); done
+TARGETS+=("misses vs raw backing|rr4k_qd16|pc-miss|raw|0.85" "misses vs raw backing|rr4k_j1|pc-miss|raw|info")
+for j in rr4k_qd16 rw4k_qd16; do TARGETS+=("hits single-threaded vs ceiling|$j|pc-hit-st|ceiling|info"); done
+
+# target_missed JOB CFG REF_CFG MIN: 0 if both were measured and the ratio is below MIN.
+target_missed() {
+	local r
+	[ "$4" = info ] && return 1
+	r=$(ratio "$(median "$1" "$2")" "$(median "$1" "$3")")
+	[ -n "$r" ] && awk -v r="$r" -v m="$4" 'BEGIN { exit !(r < m) }'
+}
+
 # target_row LABEL JOB CFG REF_CFG MIN: one line of the targets table.
 target_row() {
 	local label=$1 j=$2 c=$3 ref=$4 min=$5 a b r verdict
@@ -506,7 +526,16 @@ for c in $CONFIGS; do
 	log "setting up $c"
 	if setup_config "$c"; then active+=("$c"); else log "$c skipped: ${CFG_NOTE[$c]:-setup failed}"; fi
 done
-[ "${#active[@]}" -gt 0 ] || { log "no configuration could run"; exit 1; }
+if [ "${#active[@]}" -eq 0 ]; then
+	log "no configuration could run"
+	{
+		echo "## FUSE level (contrib/bench/bench-fuse.sh)"
+		echo
+		echo "**Not measured**: no configuration could run."
+		for c in $CONFIGS; do echo "- $c: ${CFG_NOTE[$c]:-setup failed}"; done
+	} > "$BENCH_OUT/fuse.md"
+	exit 1
+fi
 
 round_loads=()
 for r in $(seq 1 "$ROUNDS"); do
@@ -528,6 +557,14 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
+if [ "${FUSE_PROFILE:-}" = auto ]; then
+	# Profile every pcachefs configuration and job that missed a target.
+	FUSE_PROFILE=$(for t in "${TARGETS[@]}"; do
+		IFS='|' read -r _ j c ref min <<< "$t"
+		target_missed "$j" "$c" "$ref" "$min" && echo "$c:$j"
+	done | sort -u | tr '\n' ' ')
+	[ -n "$FUSE_PROFILE" ] || log "no target missed: nothing to profile"
+fi
 if [ -n "${FUSE_PROFILE:-}" ] && ! command -v perf >/dev/null; then
 	NOTES+=("perf is not installed: no profiles.")
 elif [ -n "${FUSE_PROFILE:-}" ]; then
@@ -557,7 +594,11 @@ done
 	echo "fio, O_DIRECT, medians of $ROUNDS interleaved round(s) of ${RUNTIME} s runs after ${RAMP} s ramp; 4 KiB columns in IOPS, 1 MiB columns in GB/s (10^9 B/s). Whole bench: ${t_total} s."
 	echo "Load average (1/5/15 min) at the start: $load_start; at the end: $load_end; 1-min load at each round's start: ${round_loads[*]}."
 	echo "Other work (builds, tests of other developers) may have been running on this 2-core machine during the run: compare rows of the same run, not runs."
-	echo "Binaries: build/pcachefs and build/tools/ceilingfs as built at commit ${build_rev:-?} (copied at the start of the run)."
+	if [ "$PCACHE_BUILD" -ef "$top/build" ]; then
+		echo "Binaries: build/pcachefs and build/tools/ceilingfs of the working tree at commit ${build_rev:-?} (copied at the start of the run)."
+	else
+		echo "Binaries: pcachefs and tools/ceilingfs from PCACHE_BUILD=$PCACHE_BUILD (this script's tree is at commit ${build_rev:-?}; copied at the start of the run)."
+	fi
 	echo
 	echo "| config | ${JOBS// / | } |"
 	echo "|---|$(for j in $JOBS; do printf -- '---|'; done)"
@@ -608,16 +649,10 @@ done
 	echo
 	echo "| target | job | pcachefs | reference | ratio | target | verdict |"
 	echo "|---|---|---|---|---|---|---|"
-	for j in rr4k_j2 rr4k_qd16 rw4k_j2 rw4k_qd16 sr1m; do target_row "hits vs ceiling" "$j" pc-hit ceiling 0.85; done
-	target_row "hits vs ceiling" sw1m pc-hit ceiling 0.75
-	for j in rr4k_j1 rw4k_j1; do target_row "hits vs ceiling" "$j" pc-hit ceiling info; done
-	for j in rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16; do target_row "hits vs qsd" "$j" pc-hit qsd 3; done
-	target_row "hits vs qsd" sr1m pc-hit qsd 5
-	target_row "hits vs qsd" sw1m pc-hit qsd info
-	for j in rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16 sr1m sw1m; do target_row "hits vs qsd-shm" "$j" pc-hit qsd-shm info; done
-	target_row "misses vs raw backing" rr4k_qd16 pc-miss raw 0.85
-	target_row "misses vs raw backing" rr4k_j1 pc-miss raw info
-	for j in rr4k_qd16 rw4k_qd16; do target_row "hits single-threaded vs ceiling" "$j" pc-hit-st ceiling info; done
+	for t in "${TARGETS[@]}"; do
+		IFS='|' read -r label j c ref min <<< "$t"
+		target_row "$label" "$j" "$c" "$ref" "$min"
+	done
 	echo
 	echo "The targets against qsd use the qsd row (the same kind of image on the same disk, as a user would run it); the qsd-shm lines show the margin against QEMU's export with RAM behind it."
 	echo
