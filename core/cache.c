@@ -543,6 +543,7 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	pthread_mutex_init(&c->bg_lock, NULL);
 	pthread_cond_init(&c->bg_cond, NULL);
 	pthread_cond_init(&c->timer_cond, NULL);
+	pthread_mutex_init(&c->missreg_lock, NULL);
 
 	uint64_t t0 = pcache_now_ns();
 	ret = replay(c, err, errlen);

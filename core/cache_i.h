@@ -7,6 +7,7 @@
  *
  *   c->img_lock -> c->gc_lock -> c->flush_lock -> subtree.lock -> stage.lock -> c->log.lock
  *     -> head.lock -> c->segs.lock -> (cache_dev record mutexes, backing submit locks)
+ *   c->missreg_lock is a leaf (taken under a subtree lock; nothing is taken under it).
  *
  *   c->gc_lock is held by the GC thread around one GC step, and around every walk of the log
  *   that starts behind key_head (attach replay, dirty scans), so GC cannot free a key-log
@@ -45,6 +46,7 @@
 #define PCACHE_LOG_RESERVE 2u       /* free segments data allocation leaves to the key log */
 #define PCACHE_KSET_CLOSE_NS 1000000000ull   /* close a kset ~1 s after its first key */
 #define PCACHE_HEAD_IDLE_NS 2000000000ull    /* release an idle data head after ~2 s */
+#define PCACHE_MISSREG_BUCKETS 256u
 
 /* ---- segment.c: allocation bitmap, refs, generations, data heads ---------------------------- */
 
@@ -221,6 +223,7 @@ int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *
 /* ---- the cache ------------------------------------------------------------------------------ */
 
 struct pcache_wb;
+struct pcache_miss_ent;
 
 struct pcache_cache {
 	struct pcache_cache_dev *cd;
@@ -257,6 +260,10 @@ struct pcache_cache {
 	bool stall_logged;
 	_Atomic uint64_t clean_pending; /* segments freed since the cleaner last finished a sweep */
 	_Atomic uint32_t miss_id;
+	/* misses in flight that other readers may share (cache_req.c) */
+	pthread_mutex_t missreg_lock; /* leaf; taken under a subtree lock */
+	struct pcache_miss_ent *missreg[PCACHE_MISSREG_BUCKETS];
+	_Atomic uint64_t shared_misses;
 
 	/* writeback (core/cache_writeback.c) */
 	struct pcache_wb *wb;

@@ -20,6 +20,10 @@
  *     fill then caches nothing or only the part still covered.
  *  6. The completion thread never waits: fills use non-blocking allocation and trylock on the
  *     subtree and the staging kset, and are skipped (counted) when one is not available.
+ *  7. Concurrent misses on one range share one backing read: a reader meeting another's
+ *     placeholder waits for that read (registry by miss id); the owner copies the data to its
+ *     waiters before its own done() runs, so its buffer is still valid.
+ *  8. Lock usage: subtree locks, then a staging kset's lock; the miss registry lock is a leaf.
  */
 #include <errno.h>
 #include <sched.h>
@@ -358,6 +362,7 @@ struct miss_piece {
 	uint64_t off;        /* image offset */
 	uint32_t len;
 	uint32_t id;         /* placeholder id, 0 = none (no fill) */
+	uint32_t wait_id;    /* another reader's miss over this range (share it), 0 = none */
 	size_t buf_off;      /* offset in the caller's buffer */
 };
 
@@ -391,6 +396,79 @@ static int vec_push(struct piece_vec *pv, uint64_t off, uint32_t len, uint32_t i
 	}
 	pv->v[pv->n++] = (struct miss_piece){ .off = off, .len = len, .id = id, .buf_off = buf_off };
 	return 0;
+}
+
+/* ---- shared misses ------------------------------------------------------------------------ */
+
+/*
+ * Every placeholder has a registry entry (by miss id) from its insertion until its owner's
+ * backing read ended. A reader that finds someone else's placeholder over part of its range
+ * registers as a waiter instead of reading the backing image itself; the owner copies the
+ * data to the waiters (before its own done() runs) and completes their pieces. A waiter whose
+ * entry is gone (the owner finished) reads the backing image itself.
+ */
+struct miss_waiter {
+	struct miss_waiter *next;
+	struct miss_piece *p;  /* its miss_req holds an upper reference for the registry */
+};
+
+struct pcache_miss_ent {
+	struct pcache_miss_ent *next;
+	uint32_t id;
+	struct miss_waiter *waiters;
+};
+
+static int missreg_add(struct pcache_cache *c, uint32_t id)
+{
+	struct pcache_miss_ent *e = malloc(sizeof(*e)), **b = &c->missreg[id % PCACHE_MISSREG_BUCKETS];
+
+	if (!e)
+		return -ENOMEM;
+	e->id = id;
+	e->waiters = NULL;
+	pthread_mutex_lock(&c->missreg_lock);
+	e->next = *b;
+	*b = e;
+	pthread_mutex_unlock(&c->missreg_lock);
+	return 0;
+}
+
+/* Queue w behind miss id; false when that miss already ended (w is not queued). */
+static bool missreg_wait(struct pcache_cache *c, uint32_t id, struct miss_waiter *w)
+{
+	struct pcache_miss_ent *e;
+	bool found = false;
+
+	pthread_mutex_lock(&c->missreg_lock);
+	for (e = c->missreg[id % PCACHE_MISSREG_BUCKETS]; e; e = e->next) {
+		if (e->id == id) {
+			w->next = e->waiters;
+			e->waiters = w;
+			found = true;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->missreg_lock);
+	return found;
+}
+
+/* The owner of miss id ended: remove the entry, return its waiters. */
+static struct miss_waiter *missreg_take(struct pcache_cache *c, uint32_t id)
+{
+	struct pcache_miss_ent **pp, *e;
+	struct miss_waiter *w = NULL;
+
+	pthread_mutex_lock(&c->missreg_lock);
+	for (pp = &c->missreg[id % PCACHE_MISSREG_BUCKETS]; (e = *pp); pp = &e->next) {
+		if (e->id == id) {
+			*pp = e->next;
+			w = e->waiters;
+			free(e);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->missreg_lock);
+	return w;
 }
 
 static void upper_get(struct pcache_upper_req *u)
@@ -529,23 +607,58 @@ static void miss_finish(struct miss_req *m)
 	io_exit(img);
 }
 
+/* A piece of m ended without a backing request of its own (a shared miss): status. */
+static void piece_done(struct miss_piece *p, int status)
+{
+	struct miss_req *m = p->m;
+
+	if (status) {
+		int expect = 0;
+
+		atomic_compare_exchange_strong(&m->status, &expect, status);
+	}
+	if (atomic_fetch_sub(&m->pending, 1) == 1)
+		miss_finish(m);
+}
+
+/* The owner's data (at src, image offset off, len bytes) goes to every waiter of its miss. */
+static void waiters_serve(struct miss_waiter *w, const uint8_t *src, uint64_t off, uint32_t len,
+			  int status)
+{
+	while (w) {
+		struct miss_waiter *next = w->next;
+		struct miss_piece *wp = w->p;
+		struct miss_req *wm = wp->m;
+		int st = status;
+
+		if (!st && wp->off >= off && wp->off + wp->len <= off + len)
+			memcpy((uint8_t *)wm->up.buf + wp->buf_off, src + (wp->off - off), wp->len);
+		else if (!st)
+			st = -EIO; /* cannot happen: a placeholder is only ever cut at its back */
+		piece_done(wp, st);
+		upper_put(&wm->up); /* the registry's reference */
+		free(w);
+		w = next;
+	}
+}
+
 static void piece_end(void *priv, int status)
 {
 	struct miss_piece *p = priv;
 	struct miss_req *m = p->m;
 
 	if (status) {
-		int expect = 0;
-
 		atomic_fetch_add(&m->img->backing_errors, 1);
-		atomic_compare_exchange_strong(&m->status, &expect, status);
 		if (p->id)
 			drop_placeholder(m->img, p->off, p->id, false);
 	} else if (p->id) {
 		miss_fill(m, p);
 	}
-	if (atomic_fetch_sub(&m->pending, 1) == 1)
-		miss_finish(m);
+	/* waiters get the data before this request's done() may release the buffer */
+	if (p->id)
+		waiters_serve(missreg_take(m->img->c, p->id), (const uint8_t *)m->up.buf + p->buf_off,
+			      p->off, p->len, status);
+	piece_done(p, status);
 }
 
 struct hit {
@@ -589,15 +702,18 @@ static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, siz
 				id = atomic_fetch_add(&c->miss_id, 1) + 1;
 			} while (id == 0);
 			ph.seg = id;
-			if (pcache_subtree_reserve(sub, 1) == 0) {
+			if (pcache_subtree_reserve(sub, 1) == 0 && missreg_add(c, id) == 0) {
 				(void)pcache_subtree_insert(sub, &ph);
 				i++;
 			} else {
 				id = 0;
 			}
 			ret = vec_push(pv, base + pos, gap_end - pos, id, buf_off + (pos - (uint32_t)(off - base)));
-			if (ret && id)
+			if (ret && id) {
+				/* nobody saw it yet (the subtree lock is held): no waiters */
 				pcache_subtree_remove(sub, --i);
+				(void)missreg_take(c, id);
+			}
 			pos = gap_end;
 			continue;
 		}
@@ -608,8 +724,10 @@ static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, siz
 		}
 		part_end = PCACHE_MIN(end, k->off + k->len);
 		if (k->flags & PCACHE_IKEY_EMPTY) {
-			/* someone else's miss is in flight: read the backing too, no placeholder */
+			/* someone else's miss is in flight: share it (or read the backing too) */
 			ret = vec_push(pv, base + pos, part_end - pos, 0, buf_off + (pos - (uint32_t)(off - base)));
+			if (!ret)
+				pv->v[pv->n - 1].wait_id = k->seg;
 		} else if (*nh < hcap) {
 			struct hit *h = &hv[(*nh)++];
 
@@ -731,9 +849,12 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 	}
 	m = malloc(sizeof(*m) + pv.n * sizeof(m->p[0]));
 	if (!m) {
-		for (j = 0; j < pv.n; j++)
-			if (pv.v[j].id)
+		for (j = 0; j < pv.n; j++) {
+			if (pv.v[j].id) {
 				drop_placeholder(img, pv.v[j].off, pv.v[j].id, true);
+				waiters_serve(missreg_take(img->c, pv.v[j].id), NULL, 0, 0, -ENOMEM);
+			}
+		}
 		free(pv.v);
 		io_exit(img);
 		return -ENOMEM;
@@ -765,6 +886,20 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 
 		p->m = m;
 		miss_bytes += p->len;
+		if (p->wait_id && done) {
+			struct miss_waiter *w = malloc(sizeof(*w));
+
+			if (w) {
+				w->p = p;
+				upper_get(&m->up); /* held by the registry until the owner serves it */
+				if (missreg_wait(img->c, p->wait_id, w)) {
+					atomic_fetch_add(&img->c->shared_misses, 1);
+					continue;
+				}
+				upper_put(&m->up);
+				free(w);
+			}
+		}
 		ret = done ? pcache_backing_submit(img->b, &io) : -EINVAL;
 		if (ret) {
 			if (!done) {

@@ -14,9 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../core/cache_i.h"
 #include "check_util.h"
 #include "lib/engine_util.h"
-#include "pcache/cache.h"
 
 #define IMG_SIZE (8u << 20)
 #define SHARED (1u << 20)        /* [0, 1 MiB): every writer, overlapping */
@@ -135,6 +135,8 @@ START_TEST(writers_readers_flushers_on_overlapping_ranges)
 		pthread_join(r[t], NULL);
 	pthread_join(d, NULL);
 	ck_assert_int_eq(atomic_load(&failures), 0);
+	fprintf(stderr, "conc: %llu misses shared with another reader's backing read\n",
+		(unsigned long long)atomic_load(&c->shared_misses));
 	/* private windows end with their writer's last version */
 	for (t = 0; t < NWRITERS; t++) {
 		uint32_t s, v;
@@ -154,6 +156,62 @@ START_TEST(writers_readers_flushers_on_overlapping_ranges)
 }
 END_TEST
 
+/* Several readers on the same cold ranges at once: misses are shared, data always right. */
+static pthread_barrier_t bar;
+
+static void *cold_reader(void *arg)
+{
+	uint8_t *buf = malloc(65536);
+	uint32_t r, s, v;
+
+	(void)arg;
+	for (r = 0; r < (check_under_tsan() ? 20u : 90u); r++) {
+		uint64_t off = (2u << 20) + (uint64_t)r * 65536;
+
+		pthread_barrier_wait(&bar);
+		if (eng_read(img, buf, off, 65536)) {
+			atomic_fetch_add(&failures, 1);
+			continue;
+		}
+		for (s = 0; s < 128; s++)
+			if (eng_decode(buf + s * 512, 1, off + s * 512, &v) || v != 0)
+				atomic_fetch_add(&failures, 1);
+	}
+	free(buf);
+	return NULL;
+}
+
+START_TEST(readers_of_one_cold_range_share_backing_reads)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "cold", .path = ipath, .cache_mode = -1 };
+	pthread_t t[4];
+	char err[256];
+	int i;
+
+	check_scratch_path(cpath, sizeof(cpath), "cold-cache");
+	check_scratch_path(ipath, sizeof(ipath), "cold-img");
+	ck_assert_int_eq(eng_format(cpath, 64u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	eng_opts(&o, cpath);
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
+	atomic_store(&failures, 0);
+	pthread_barrier_init(&bar, NULL, 4);
+	for (i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, cold_reader, NULL);
+	for (i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&bar);
+	ck_assert_int_eq(atomic_load(&failures), 0);
+	fprintf(stderr, "cold: %llu misses shared\n", (unsigned long long)atomic_load(&c->shared_misses));
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	unlink(cpath);
+	unlink(ipath);
+}
+END_TEST
+
 Suite *cache_conc_suite(void);
 Suite *cache_conc_suite(void)
 {
@@ -162,6 +220,7 @@ Suite *cache_conc_suite(void)
 
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, writers_readers_flushers_on_overlapping_ranges);
+	tcase_add_test(tc, readers_of_one_cold_range_share_backing_reads);
 	suite_add_tcase(s, tc);
 	return s;
 }
