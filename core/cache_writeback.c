@@ -54,6 +54,8 @@
 #define WB_PERSIST_NS (30ull * WB_NS_PER_SEC)   /* wb_lsn persisted at least this often */
 #define WB_ZERO_MAX_REQ (64ull << 20)
 #define WB_OFFLINE_MAX_FAILS 4u
+#define WB_ENXIO_KICK_NS (100ull * 1000 * 1000) /* earliest retry of a missing backing on a kick */
+#define WB_DRAIN_ENXIO_FAILS 3u                  /* a drain reports -ENXIO after this many */
 
 /* Per-image writeback state (only the worker writes it, under wb->lock). */
 struct wb_img {
@@ -137,6 +139,7 @@ struct pcache_wb {
 	struct pcache_wb_bucket bucket;
 	unsigned int drains;              /* drains waiting (full speed while > 0) */
 	bool kicked, stopping;
+	bool retry_enxio;                 /* a kick since the last batch: retry missing backings */
 	int latched;                      /* -EUCLEAN: corrupt log, nothing more is done */
 	uint64_t progress_seq;            /* bumped after every batch */
 
@@ -672,12 +675,18 @@ static void wb_retry_due(struct pcache_wb *wb, uint64_t now)
 	for (uint32_t i = 0; i < wb->n_imgs; i++) {
 		struct wb_img *im = &wb->imgs[i];
 
-		if (im->blocked && !im->latched && now >= im->retry_at) {
+		/* a kick (new data, an attach) retries a missing backing early, at most every
+		 * WB_ENXIO_KICK_NS: the rewind rescans the log from dirty_tail */
+		bool kicked = wb->retry_enxio && im->last_error == -ENXIO &&
+			      now >= im->retry_at - im->backoff + WB_ENXIO_KICK_NS;
+
+		if (im->blocked && !im->latched && (now >= im->retry_at || kicked)) {
 			im->blocked = false;
 			wb->st.retries++;
 			any = true;
 		}
 	}
+	wb->retry_enxio = false;
 	if (any) {
 		wb->scan = wb->dirty_tail;
 		wb->block_set = false;
@@ -1213,6 +1222,7 @@ void pcache_wb_kick(struct pcache_wb *wb)
 {
 	pthread_mutex_lock(&wb->lock);
 	wb->kicked = true;
+	wb->retry_enxio = true;
 	pthread_cond_signal(&wb->cond);
 	pthread_mutex_unlock(&wb->lock);
 }
@@ -1317,8 +1327,14 @@ static int wb_drain_state(struct pcache_wb *wb, uint32_t image_id, uint64_t targ
 			continue;
 		if (!im->in_table)
 			continue;
-		if (im->blocked && (im->latched || im->fail_seq != (i < PCACHE_MAX_IMAGES * 4 ? snap[i] : 0)))
-			return im->last_error ? im->last_error : -EIO;
+		if (im->blocked) {
+			uint64_t fails = im->fail_seq - (i < PCACHE_MAX_IMAGES * 4 ? snap[i] : 0);
+
+			/* a missing backing may be an attach in progress: give it a few polls */
+			if (im->latched || (fails && im->last_error != -ENXIO) ||
+			    fails >= WB_DRAIN_ENXIO_FAILS)
+				return im->last_error ? im->last_error : -EIO;
+		}
 		if (image_id)
 			return !im->blocked && im->done_lsn >= target;
 	}

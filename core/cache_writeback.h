@@ -32,8 +32,9 @@
  *    pcache_cache_dev_image_update(), a read-modify-write that can undo a concurrent update
  *    of the same entry by the engine (rename, attributes): an engine that updates entries at
  *    run time should provide this and apply the two fields under its own lock.
- *  - Call pcache_wb_kick() after closing ksets (new dirty data) and when a writer waits for
- *    space. pcache_wb_drain() backs pcache_image_writeback_all()/pcache_cache_writeback_all()
+ *  - Call pcache_wb_kick() after closing ksets (new dirty data), when a writer waits for
+ *    space, and after an attach (an image whose backing was missing is retried at once, at
+ *    most every 100 ms; without a kick every second). pcache_wb_drain() backs pcache_image_writeback_all()/pcache_cache_writeback_all()
  *    and the drain of pcache_cache_stop(drain = true).
  *  - Callbacks are called without any writeback lock held; they must not call pcache_wb_stop().
  *
@@ -113,7 +114,8 @@ void pcache_wb_kick(struct pcache_wb *wb);
  * Write back everything up to the key_head at the time of the call for one image (image_id)
  * or all images (image_id 0), flush the backings, persist dirty_tail (all) and the images'
  * wb_lsn/wb_time, and return 0 when done. Returns the first backing error met by a concerned
- * image during the drain (-EIO, -ENOSPC, -ENXIO for an image that is not attached,
+ * image during the drain (-EIO, -ENOSPC, -ENXIO for an image still not attached after three
+ * tries (an attach racing with a batch is waited for),
  * -EBADMSG for a data CRC mismatch, -EUCLEAN for a corrupt log) -- the data stays dirty.
  * Without a thread (no_thread) the caller's thread does the work.
  */
