@@ -99,6 +99,7 @@ struct replay_all {
 	char *err;
 	size_t errlen;
 	uint64_t keys;
+	uint64_t epoch;    /* the last kset's epoch */
 	struct pcache_pos dirty_tail;
 	bool saw_dirty_tail;
 };
@@ -119,6 +120,8 @@ static int replay_all_kset(void *arg, const struct pcache_kset_om *ks, const str
 		}
 		r->saw_dirty_tail = true;
 	}
+	if (ks->epoch > r->epoch)
+		r->epoch = ks->epoch;
 	if (c->segs.kind[pos->seg] == PCACHE_SEG_DATA) {
 		snprintf(r->err, r->errlen, "key log: segment %u holds both ksets and live data", pos->seg);
 		return -EUCLEAN;
@@ -199,6 +202,8 @@ static int replay(struct pcache_cache *c, char *err, size_t errlen)
 		return -EUCLEAN;
 	}
 	c->log.head = end;
+	/* epochs never decrease along the log: continue after the last one (a restart is a barrier) */
+	c->log.epoch = r.epoch + 1;
 	atomic_store(&c->log.head_lsn, end.lsn);
 	c->replay_keys = r.keys;
 	return 0;
