@@ -172,6 +172,8 @@ struct pcache_backing {
 };
 
 static __thread struct pcache_backing *bk_self; /* set on a backing's completion thread */
+static __thread struct pcache_backing *bk_plugged; /* this thread holds back wakes (plug) */
+static __thread bool bk_plug_pending;             /* ... and one is owed at unplug */
 
 #define bk_stat_add(b, field) __atomic_fetch_add(&(b)->field, 1, __ATOMIC_RELAXED)
 
@@ -874,6 +876,15 @@ static int bk_submit(struct pcache_backing *b, const struct pcache_backing_io *i
 		up->get(up);
 	pthread_mutex_lock(&b->lock);
 	while (direct && !b->closing && b->in_flight >= b->depth) {
+		if (bk_plugged == b && bk_plug_pending && b->cq_idle) {
+			/* never wait for room while holding back the wake that makes it */
+			b->cq_idle = false;
+			bk_plug_pending = false;
+			pthread_mutex_unlock(&b->lock);
+			bk_wake(b);
+			pthread_mutex_lock(&b->lock);
+			continue;
+		}
 		b->room_waiters++;
 		pthread_cond_wait(&b->room_cond, &b->lock);
 		b->room_waiters--;
@@ -892,8 +903,13 @@ static int bk_submit(struct pcache_backing *b, const struct pcache_backing_io *i
 	if (io->op == PCACHE_BIO_READ || io->op == PCACHE_BIO_WRITE)
 		r->data = up ? (uint8_t *)up->buf + io->upper_off : io->kmem;
 	bk_push(&b->submit_q, r);
-	wake = b->cq_idle;
-	b->cq_idle = false; /* one wake is enough until it gathers */
+	if (bk_plugged == b) {
+		wake = false;
+		bk_plug_pending = true; /* pcache_backing_unplug() wakes */
+	} else {
+		wake = b->cq_idle;
+		b->cq_idle = false; /* one wake is enough until it gathers */
+	}
 	pthread_mutex_unlock(&b->lock);
 	bk_stat_add(b, st_submitted);
 
@@ -902,6 +918,32 @@ static int bk_submit(struct pcache_backing *b, const struct pcache_backing_io *i
 	else if (wake)
 		bk_wake(b);
 	return 0;
+}
+
+void pcache_backing_plug(struct pcache_backing *b)
+{
+	if (bk_self == b)
+		return; /* the completion thread gathers before it sleeps anyway */
+	bk_plugged = b;
+	bk_plug_pending = false;
+}
+
+void pcache_backing_unplug(struct pcache_backing *b)
+{
+	bool wake = false;
+
+	if (bk_plugged != b)
+		return;
+	bk_plugged = NULL;
+	if (!bk_plug_pending)
+		return;
+	bk_plug_pending = false;
+	pthread_mutex_lock(&b->lock);
+	wake = b->cq_idle;
+	b->cq_idle = false;
+	pthread_mutex_unlock(&b->lock);
+	if (wake)
+		bk_wake(b);
 }
 
 int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_io *io)

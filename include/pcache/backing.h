@@ -150,6 +150,16 @@ int pcache_backing_submit(struct pcache_backing *b, const struct pcache_backing_
  */
 int pcache_backing_submit_direct(struct pcache_backing *b, const struct pcache_backing_io *io);
 
+/*
+ * Batching: between plug and unplug, submissions from the calling thread to b do not wake
+ * the completion thread; unplug wakes it once for the whole batch (one eventfd write instead
+ * of one per sleep of the completion thread). Per thread, one image at a time, not nested;
+ * a thread must unplug before it waits for any of the batch's completions (submit_direct()
+ * wakes by itself before waiting for room). No-ops on the completion thread of b.
+ */
+void pcache_backing_plug(struct pcache_backing *b);
+void pcache_backing_unplug(struct pcache_backing *b);
+
 /* Synchronous helpers (submit + wait on the completion): 0 or -errno; -EDEADLK from a
  * callback of the same image. buf is KMEM memory. */
 int pcache_backing_rw_sync(struct pcache_backing *b, enum pcache_backing_op op, void *buf,

@@ -7,8 +7,8 @@
  * Keeps qd requests in flight on one image for runtime seconds. --path queue (default): each
  * end callback submits the next request with pcache_backing_submit() from the completion
  * thread (the engine's miss-read shape); --path direct: the main thread sleeps until
- * completions free slots, then refills them with pcache_backing_submit_direct() (the
- * writeback shape).
+ * completions free slots, then refills them with pcache_backing_submit_direct() between
+ * pcache_backing_plug() and unplug() (the writeback shape).
  * Offsets are bs-aligned: uniform random for rand*, sequential (wrapping) otherwise.
  * Prints one line: "iops=N mib_s=N ios=N errors=N seconds=S cpu_us_per_io=C" (errors make the
  * exit status 1); C is the process's user+system CPU time (all threads) per completed I/O.
@@ -175,11 +175,13 @@ int main(int argc, char **argv)
 			while (sem_trywait(&bn.done) == 0)
 				freed++;
 			inflight -= freed;
+			pcache_backing_plug(bn.b);
 			while (freed-- && pcache_now_ns() < bn.deadline_ns) {
 				if (bench_submit(&slots[next]) == 0)
 					inflight++;
 				next = (next + 1) % bn.qd;
 			}
+			pcache_backing_unplug(bn.b);
 		}
 	} else {
 		for (i = 0; i < bn.qd; i++)
