@@ -12,7 +12,8 @@
 # Rows: fio (ioengine=io_uring), build/tools/bench_backing with --path queue (each end callback
 # resubmits through pcache_backing_submit(): the engine's miss-read shape) and with --path
 # direct (a thread sleeps until completions free slots, then refills them in one burst
-# through pcache_backing_submit_direct(): the writeback shape).
+# through pcache_backing_submit_direct() inside pcache_backing_plug()/unplug(): the writeback
+# shape).
 # Rounds are interleaved (every row of every job in round r before round r+1, row order
 # rotated per round); the table shows medians and the ratio to fio's median. Beside the rate,
 # the CPU time (user+system) per I/O: fio's job thread from its JSON (usr_cpu, sys_cpu,
@@ -124,7 +125,7 @@ done
 	echo
 	echo "Same O_DIRECT ${SIZE_MIB} MiB file on disk ($DIR, $(df -T "$DIR" | awk 'NR==2 {print $2}')), one thread, ${RUNTIME} s per run,"
 	echo "$ROUNDS interleaved rounds, medians. *queue*: callbacks resubmit with \`pcache_backing_submit()\`;"
-	echo "*direct*: a thread sleeps until completions free slots and refills them with \`pcache_backing_submit_direct()\`."
+	echo "*direct*: a thread sleeps until completions free slots and refills them with \`pcache_backing_submit_direct()\` between \`pcache_backing_plug()\`/\`unplug()\`."
 	echo
 	echo "| job | fio io_uring | backing, queue path | ratio | backing, direct path | ratio |"
 	echo "|---|---|---|---|---|---|"
