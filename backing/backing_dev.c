@@ -7,7 +7,8 @@
  * accepted by pcache_backing_submit() (any thread, never blocks) or
  * pcache_backing_submit_direct() (the same queue, but the caller waits while depth requests
  * are outstanding). A sleeping completion thread is woken through an eventfd that always has
- * a read armed in the ring. Block-device discard and zeroing are ioctls, run by a worker
+ * a read armed in the ring (at most once per sleep; a plugged thread owes one wake for its
+ * whole batch, paid at unplug). Block-device discard and zeroing are ioctls, run by a worker
  * thread that hands the result back to the completion thread.
  *
  * NOTE: why submit_direct() does not enter the ring from the caller's thread: io_uring posts
