@@ -34,8 +34,8 @@
  *    run time should provide this and apply the two fields under its own lock.
  *  - Call pcache_wb_kick() after closing ksets (new dirty data), when a writer waits for
  *    space, and after an attach (an image whose backing was missing is retried at once, at
- *    most every 100 ms; without a kick every second). pcache_wb_drain() backs pcache_image_writeback_all()/pcache_cache_writeback_all()
- *    and the drain of pcache_cache_stop(drain = true).
+ *    most every 100 ms; without a kick every second). pcache_wb_drain() backs
+ *    pcache_image_writeback_all()/pcache_cache_writeback_all() and pcache_cache_stop(drain).
  *  - Callbacks are called without any writeback lock held; they must not call pcache_wb_stop().
  *
  * ERROR POLICY (chosen; see core/cache_writeback.c invariants). A backing error (EIO, ENOSPC,
@@ -45,6 +45,8 @@
  * per image, and their keys are not written twice). A data CRC mismatch latches the image
  * (never retried, nothing of it written past that point) until the writeback is restarted.
  * A corrupt kset before key_head latches the whole writeback (-EUCLEAN).
+ * NOTE: the guarantee is per image. While one image is failing, the others go on, so images
+ * used together (the disks of one VM) can stand at different epochs on their backings.
  */
 #ifndef PCACHE_CACHE_WRITEBACK_H
 #define PCACHE_CACHE_WRITEBACK_H
