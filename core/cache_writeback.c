@@ -617,6 +617,16 @@ static int wb_submit(struct pcache_wb *wb, struct pcache_backing *b, struct wb_r
 	return 0;
 }
 
+static bool wb_stopping(struct pcache_wb *wb)
+{
+	bool v;
+
+	pthread_mutex_lock(&wb->lock);
+	v = wb->stopping;
+	pthread_mutex_unlock(&wb->lock);
+	return v;
+}
+
 /* Rate limit before issuing len bytes (no limit when urgent or draining). */
 static void wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited)
 {
@@ -872,6 +882,10 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 			continue;
 		if (wb->o.stop_after_reqs && wb->reqs_issued >= wb->o.stop_after_reqs) {
 			canceled = true;
+			break;
+		}
+		if (wb_stopping(wb)) {
+			canceled = true; /* pcache_wb_stop(): the rest stays dirty (a subset of the epoch) */
 			break;
 		}
 		wb_throttle(wb, rq->len, limited);

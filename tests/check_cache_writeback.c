@@ -865,6 +865,43 @@ START_TEST(thread_drains_on_request_and_on_kick)
 }
 END_TEST
 
+START_TEST(stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty)
+{
+	struct pcache_cache_info ci;
+	struct pcache_wb_opts o;
+	struct pcache_wb *wb;
+	struct pcache_pos dt;
+	uint64_t t0;
+
+	env_setup(1, 16, false, false);
+	env_open_backings();
+	for (uint64_t off = 0; off < (4u << 20); off += 65536)
+		mwrite(0, off, 65536, (uint32_t)(off >> 16));
+	mflush();
+	pcache_cache_dev_get_info(E.cd, &ci);
+	ci.wb_rate = 256u << 10; /* the batch would take 16 s */
+	ck_assert_int_eq(pcache_cache_dev_set_info(E.cd, &ci), 0);
+	memset(&o, 0, sizeof(o));
+	o.quiet = true;
+	o.max_req_bytes = 65536;
+	ck_assert_int_eq(pcache_wb_start(E.cd, &test_ops, NULL, &o, &wb), 0);
+	usleep(300 * 1000);
+	t0 = pcache_now_ns();
+	pcache_wb_stop(wb);
+	ck_assert_uint_lt(pcache_now_ns() - t0, 1000000000ull);
+	pcache_cache_dev_get_dirty_tail(E.cd, &dt);
+	ck_assert_uint_eq(dt.lsn, 1); /* the cut batch stays dirty */
+	/* a new writeback (unlimited) finishes it */
+	ci.wb_rate = 0;
+	ck_assert_int_eq(pcache_cache_dev_set_info(E.cd, &ci), 0);
+	wb = wb_start_nothread(NULL);
+	ck_assert_int_eq(pcache_wb_drain(wb, 0), 0);
+	check_image(0);
+	pcache_wb_stop(wb);
+	env_teardown();
+}
+END_TEST
+
 /* ---- Crash consistency -------------------------------------------------------------------- */
 
 /*
@@ -1161,6 +1198,7 @@ Suite *cache_writeback_suite(void)
 	tcase_add_test(te, corrupt_kset_before_key_head_latches_the_writeback);
 	tcase_set_timeout(te, 60);
 	tcase_add_test(tt, thread_drains_on_request_and_on_kick);
+	tcase_add_test(tt, stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty);
 	tcase_set_timeout(tt, 60);
 	tcase_add_test(tx, backing_is_an_epoch_prefix_state_at_every_stop_point);
 	tcase_set_timeout(tx, getenv("PCACHE_SOAK") ? 1200 : 120);
