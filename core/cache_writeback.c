@@ -156,7 +156,8 @@ struct pcache_wb {
 	bool have_thread;
 };
 
-static void wb_log(struct pcache_wb *wb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void wb_log(struct pcache_wb *wb, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 static void wb_log(struct pcache_wb *wb, const char *fmt, ...)
 {
 	va_list ap;
@@ -324,8 +325,9 @@ static void wb_persist_images(struct pcache_wb *wb, bool force)
 /* ---- reading the log ---------------------------------------------------------------------- */
 
 /*
- * Copy the kset at pos into kbuf (PCACHE_KSET_MAX_SIZE, 8-aligned) and validate it like replay: bounds, magic, key count,
- * flags, CRC, lsn == pos->lsn, LAST target. 0 = valid, -EUCLEAN = not a valid continuation.
+ * Copy the kset at pos into kbuf (PCACHE_KSET_MAX_SIZE, 8-aligned) and validate it like
+ * replay: bounds, magic, key count, flags, CRC, lsn == pos->lsn, LAST target. 0 = valid,
+ * -EUCLEAN = not a valid continuation (the end of the log, or corruption before key_head).
  */
 static int wb_read_kset(struct pcache_wb *wb, uint8_t *kbuf, const struct pcache_pos *pos)
 {
@@ -981,7 +983,8 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 	wb->st.keys_unknown_image += unknown;
 	wb->st.bytes_overridden += overridden;
 	wb->st.crc_errors += crcerr;
-	wb->st.drain_left = wb->st.drain_left > written + zeroed ? wb->st.drain_left - written - zeroed : 0;
+	wb->st.drain_left = wb->st.drain_left > written + zeroed ?
+			    wb->st.drain_left - written - zeroed : 0;
 	pthread_mutex_unlock(&wb->lock);
 	wb_release_backings(wb);
 

@@ -71,7 +71,8 @@ struct pcache_wb_ops {
 	uint32_t (*dirty_percent)(void *ctx);                                 /* optional */
 	bool (*idle)(void *ctx);                                              /* optional */
 	/* persist an image's writeback progress (wb_lsn, wb_time) in the image table; 0/-errno */
-	int (*image_progress)(void *ctx, uint32_t image_id, uint64_t wb_lsn, uint64_t wb_time); /* optional */
+	int (*image_progress)(void *ctx, uint32_t image_id, uint64_t wb_lsn,
+			      uint64_t wb_time);                     /* optional */
 };
 
 /* Tunables; zero fields take the defaults below. */
@@ -164,7 +165,8 @@ struct pcache_wb_image_stats {
 	bool blocked;            /* failing or not attached: blocks dirty_tail */
 };
 /* 0, or -ENOENT when the writeback has not met that image yet. */
-int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id, struct pcache_wb_image_stats *st);
+int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id,
+			  struct pcache_wb_image_stats *st);
 
 /* ---- offline (pcachectl writeback): see include/pcache/writeback.h ------------------------ */
 

@@ -103,7 +103,8 @@ static int writeback_run(int argc, char **argv)
 		}
 	}
 	if (optind != argc - 1)
-		return pcachectl_usage_error(cmd, optind == argc ? "no DEVICE given" : "more than one DEVICE given");
+		return pcachectl_usage_error(cmd, optind == argc ? "no DEVICE given" :
+					     "more than one DEVICE given");
 	path = argv[optind];
 	ps.tty = isatty(STDERR_FILENO);
 

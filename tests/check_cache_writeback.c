@@ -176,7 +176,8 @@ static void env_setup(int nimg, uint32_t nsegs, bool data_crc, bool wrap)
 	memset(&fo, 0, sizeof(fo));
 	fo.seg_size = SEG_SIZE;
 	fo.data_crc = data_crc;
-	ck_assert_msg(pcache_cache_dev_format(E.cpath, (2u << 20) + (uint64_t)nsegs * SEG_SIZE + (1u << 20),
+	ck_assert_msg(pcache_cache_dev_format(E.cpath,
+					      (2u << 20) + (uint64_t)nsegs * SEG_SIZE + (1u << 20),
 					      &fo, err, sizeof(err)) == 0, "format: %s", err);
 	env_open_cd(wrap);
 	E.nimg = nimg;
