@@ -16,7 +16,7 @@
  *                                  verdict on a pipe and exits 0 or 1 accordingly)
  *   start the engine              (opens/locks/formats the cache device, replays the log)
  *   attach images                 (named ones, then every image the device knows)
- *   signals, mount, report ok     (the parent exits 0 once the mount is live)
+ *   mount, report ok              (the parent exits 0 once the mount is live)
  *   session loop                  (until unmount, SIGTERM, SIGINT or SIGHUP)
  *   unmount, release images, pcache_cache_stop() (persists staging ksets; -o drain_on_exit
  *                                  writes back everything first), destroy the session
@@ -25,8 +25,12 @@
  *  1. Any failure before the mount is live unwinds what was done: images this run added to the
  *     cache device's table are removed again, and the engine is stopped (its stop persists only
  *     what is already valid), so a failed start leaves the device as it was.
- *  2. Engine threads never take SIGTERM/SIGINT/SIGHUP (blocked while they are created), so the
- *     signal always reaches a FUSE thread or the main thread and ends the loop.
+ *  2. SIGTERM, SIGINT and SIGHUP are blocked in every thread (the mask is set before the first
+ *     thread exists and inherited by all: engine, backing, FUSE workers) except the signal
+ *     thread, which sigwait()s for them, ends the session and, once the main thread is in the
+ *     session loop, interrupts it with SIGUSR2 (no-op handler, no SA_RESTART): the loop sees
+ *     the session exited and returns. A signal that arrives during start-up makes the start
+ *     stop before mounting.
  */
 #include "daemon_i.h"
 
@@ -40,6 +44,9 @@
 #include <unistd.h>
 
 static bool use_syslog;
+static pthread_t main_thread;
+static atomic_int in_loop;          /* main thread is (about to be) in the session loop */
+static atomic_int stop_requested;   /* a termination signal arrived */
 static int ready_fd = -1;   /* write end of the daemonize pipe (child), -1 in the foreground */
 
 void pfs_log(int prio, const char *fmt, ...)
@@ -123,6 +130,57 @@ static void daemonize_done(int ok)
 	ready_fd = -1;
 }
 
+static void term_sigset(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+}
+
+static void wake_handler(int sig)
+{
+	(void)sig;   /* only interrupts the main thread's blocking call */
+}
+
+/* The signal thread: waits for a termination signal, ends the session, wakes the main thread. */
+static void *signal_main(void *arg)
+{
+	sigset_t set;
+	int sig;
+
+	(void)arg;
+	term_sigset(&set);
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		pfs_log(LOG_INFO, "signal %d: stopping", sig);
+		atomic_store(&stop_requested, 1);
+		fuse_session_exit(pfs.se);
+		if (atomic_load(&in_loop))
+			pthread_kill(main_thread, SIGUSR2);
+	}
+	return NULL;
+}
+
+/* Block the termination signals in this (the only) thread, so every later thread inherits it. */
+static int signals_block(void)
+{
+	struct sigaction sa;
+	sigset_t set;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_IGN;
+	if (sigaction(SIGPIPE, &sa, NULL) != 0)
+		return -errno;
+	sa.sa_handler = wake_handler;   /* no SA_RESTART: the interrupted call returns EINTR */
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGUSR2, &sa, NULL) != 0)
+		return -errno;
+	term_sigset(&set);
+	return -pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 static int add_fuse_args(struct fuse_args *fa, const struct pfs_opts *o)
 {
 	char *opt = NULL, *fsname;
@@ -147,7 +205,6 @@ static int add_fuse_args(struct fuse_args *fa, const struct pfs_opts *o)
 static int start_engine(const struct pfs_opts *o)
 {
 	struct pcache_cache_opts co;
-	sigset_t block, old;
 	char err[512] = "";
 	int ret;
 
@@ -165,14 +222,7 @@ static int start_engine(const struct pfs_opts *o)
 	co.data_crc = o->data_crc;
 	co.prefault = true;
 
-	/* engine threads inherit this mask: they never take the termination signals */
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &block, &old);
 	ret = pcache_cache_start(&co, &pfs.cache, err, sizeof(err));
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (ret) {
 		fprintf(stderr, "pcachefs: cache device %s: %s\n", o->cache_path, err[0] ? err : strerror(-ret));
 		pfs.cache = NULL;
@@ -224,8 +274,14 @@ int main(int argc, char **argv)
 {
 	static struct pfs_opts opts;
 	struct fuse_args fargs;
+	pthread_t sig_thread;
 	int ret = 1, pr, stop_ret;
 
+	main_thread = pthread_self();
+	if (signals_block() != 0) {
+		fprintf(stderr, "pcachefs: cannot set up signal handling\n");
+		return 1;
+	}
 	pr = pfs_opts_parse(argc, argv, &opts, &fargs);
 	if (pr == PFS_PARSE_EXIT_OK) {
 		ret = 0;
@@ -257,29 +313,38 @@ int main(int argc, char **argv)
 		goto out_args;   /* libfuse printed why (e.g. an unknown option) */
 	if (!opts.foreground && daemonize_start() != 0)
 		goto out_session;
-	if (start_engine(&opts) != 0)
+	/* after the fork: threads do not survive it */
+	if (pthread_create(&sig_thread, NULL, signal_main, NULL) != 0) {
+		fprintf(stderr, "pcachefs: cannot start the signal thread\n");
 		goto out_report;
+	}
+	if (start_engine(&opts) != 0)
+		goto out_sigthread;
 	if (attach_images(&opts) != 0)
 		goto out_engine;
-	if (fuse_set_signal_handlers(pfs.se) != 0) {
-		fprintf(stderr, "pcachefs: cannot install signal handlers\n");
+	if (atomic_load(&stop_requested)) {
+		fprintf(stderr, "pcachefs: stopped by a signal during start-up\n");
 		goto out_images;
 	}
 	if (pcache_fuse_session_mount(pfs.se, opts.mountpoint, &pfs.scfg) != 0) {
 		fprintf(stderr, "pcachefs: cannot mount on %s\n", opts.mountpoint);
-		goto out_signals;
+		goto out_images;
 	}
 	daemonize_done(1);
 	pfs_log(LOG_INFO, "mounted %s on %s (%s threads)", opts.cache_path, opts.mountpoint,
 		opts.single_thread ? "single" : "multiple");
 
-	/* > 0: the number of the signal that ended the loop, a normal stop */
-	ret = pcache_fuse_session_loop(pfs.se, &pfs.scfg) < 0 ? 1 : 0;
+	atomic_store(&in_loop, 1);
+	/* a signal between the exit check above and here already ended the session: the loop returns */
+	pr = pcache_fuse_session_loop(pfs.se, &pfs.scfg);
+	atomic_store(&in_loop, 0);
+	/* the single-threaded loop reports the interruption that ended it as -EINTR */
+	ret = pr < 0 && !(pr == -EINTR && atomic_load(&stop_requested)) ? 1 : 0;
+	if (ret)
+		pfs_log(LOG_ERR, "session loop: %s", strerror(-pr));
 	pfs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
 
 	fuse_session_unmount(pfs.se);
-out_signals:
-	fuse_remove_signal_handlers(pfs.se);
 out_images:
 	pfs_images_release();
 out_engine:
@@ -288,6 +353,9 @@ out_engine:
 		pfs_log(LOG_ERR, "stopping the cache: %s", strerror(-stop_ret));
 		ret = 1;
 	}
+out_sigthread:
+	pthread_cancel(sig_thread);
+	pthread_join(sig_thread, NULL);
 out_report:
 	daemonize_done(0);   /* no-op once reported */
 out_session:
