@@ -66,7 +66,9 @@ for t in "${tests[@]}"; do
 	scratch=$(mktemp -d /tmp/pcache-bt."$name".XXXXXX)
 	log=$scratch/log
 	start=$(date +%s)
-	setsid bash -c 'echo $$ > "$1/.sid"; exec timeout -k 10 "$2" env SCRATCH="$1" PCACHE_BUILD="$3" TESTS_DIR="$4" bash "$5"' \
+	# The test runs inside its scratch directory, so tools that drop files in the working
+	# directory (fio's verify state, cores) never touch the source tree.
+	setsid bash -c 'echo $$ > "$1/.sid"; cd "$1" || exit 1; exec timeout -k 10 "$2" env SCRATCH="$1" PCACHE_BUILD="$3" TESTS_DIR="$4" bash "$5"' \
 		_ "$scratch" "$tmo" "$build" "$here" "$t" >"$log" 2>&1 </dev/null
 	rc=$?
 	sid=$(cat "$scratch/.sid" 2>/dev/null || echo 0)
