@@ -86,9 +86,10 @@ static void run_model(bool data_crc, int nops)
 	unsigned int rs = seed;
 	uint8_t *buf = malloc(MAX_IO);
 	struct pcache_cache_status st;
+	uint64_t freed = 0, waits = 0;
 	int op, counts[8] = { 0 };
 
-	ck_assert_int_eq(eng_format(cpath, 14u << 20, 1u << 20, data_crc), 0);
+	ck_assert_int_eq(eng_format(cpath, 11u << 20, 1u << 20, data_crc), 0);
 	start(data_crc);
 	for (op = 0; op < nops; op++) {
 		int i = rand_r(&rs) % 2, kind = rand_r(&rs) % 100;
@@ -134,6 +135,9 @@ static void run_model(bool data_crc, int nops)
 			ck_assert_int_eq(pcache_image_writeback_all(img[i]), 0);
 			counts[4]++;
 		} else if (kind < 96) {
+			pcache_cache_get_status(c, &st);
+			freed += st.segs_freed;
+			waits += st.full_waits;
 			stop();
 			start(data_crc);
 			counts[5]++;
@@ -155,10 +159,12 @@ static void run_model(bool data_crc, int nops)
 		}
 	}
 	pcache_cache_get_status(c, &st);
+	freed += st.segs_freed;
+	waits += st.full_waits;
 	fprintf(stderr, "model: %d ops (%d writes, %d reads, %d flushes, %d discards, %d writebacks, "
 		"%d restarts, %d full reads, %d mode changes); %llu segments freed, %llu full waits\n",
 		nops, counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], counts[7],
-		(unsigned long long)st.segs_freed, (unsigned long long)st.full_waits);
+		(unsigned long long)freed, (unsigned long long)waits);
 	/* the end: everything written back equals the model on the backing images */
 	{
 		int i, fd;
