@@ -236,7 +236,7 @@ static bool flaky_start(const char *backing, const char *extra)
 		_exit(127);
 	}
 	snprintf(img, sizeof(img), "%s/image", flaky_mnt);
-	for (i = 0; i < 1000; i++) {
+	for (i = 0; i < 3000; i++) { /* up to 15 s: slow under sanitizers and load */
 		int status;
 
 		if (stat(img, &st) == 0 && st.st_dev != root.st_dev)
@@ -1453,7 +1453,17 @@ START_TEST(submit_after_close_started_is_refused_with_eshutdown)
 		;
 	/* the callback is blocked: close starts, and must wait for it */
 	ck_assert_int_eq(pthread_create(&th, NULL, late_closer, l.b), 0);
-	usleep(100 * 1000);
+	/* probe until close has started (probes accepted before that are drained normally) */
+	for (;;) {
+		static uint8_t probe[512];
+		struct pcache_backing_io pio = { .op = PCACHE_BIO_READ, .len = 512, .kmem = probe };
+		int r = pcache_backing_submit(l.b, &pio);
+
+		if (r == -ESHUTDOWN)
+			break;
+		ck_assert_int_eq(r, 0);
+		usleep(1000);
+	}
 	sem_post(&l.go);
 	pthread_join(th, NULL);
 	ck_assert_int_eq(l.late_ret, -ESHUTDOWN);
@@ -1470,6 +1480,7 @@ Suite *backing_suite(void)
 
 	tc = tcase_create("Open");
 	tcase_add_checked_fixture(tc, env_setup, env_cleanup);
+	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, open_refuses_non_images_with_a_reason);
 	tcase_add_test(tc, open_file_reports_size_lbs_direct_and_path);
 	tcase_add_test(tc, read_only_image_refuses_writes_but_reads);
@@ -1490,6 +1501,7 @@ Suite *backing_suite(void)
 
 	tc = tcase_create("Alignment");
 	tcase_add_checked_fixture(tc, env_setup, env_cleanup);
+	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, unaligned_buffers_offsets_and_lengths_are_bounced_on_direct);
 	tcase_add_test(tc, concurrent_unaligned_writes_to_one_block_all_land);
 	tcase_add_test(tc, random_unaligned_mix_matches_a_shadow_copy);
