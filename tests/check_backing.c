@@ -7,12 +7,14 @@
  * the flakyfs cases skip when /dev/fuse or the tool is missing. Every test leaves nothing
  * behind: the checked fixture and an atexit handler unmount flakyfs, kill it, detach the loop
  * device (autoclear) and remove the directory (a failed assertion skips that cleanup, but
- * flakyfs still unmounts itself on its parent-death SIGTERM).
+ * flakyfs still unmounts itself on its parent-death SIGTERM, and the next run removes the
+ * directories of dead test processes).
  *
  * The suite is TSan-clean, the multi-thread case included.
  */
 /* TSAN_SUITE */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/loop.h>
@@ -67,9 +69,35 @@ static void env_cleanup(void)
 	}
 }
 
+/* Remove the directories of earlier test processes that died without cleaning up (a failed
+ * assertion or a timeout skips the teardown). They are named after their process. */
+static void env_reap_stale(void)
+{
+	DIR *d = opendir("/var/tmp");
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char path[300], cmd[400];
+		int pid;
+
+		if (sscanf(e->d_name, "pcache-ckbk.%d.", &pid) != 1 || pid <= 0 ||
+		    kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		snprintf(path, sizeof(path), "/var/tmp/%s/mnt", e->d_name);
+		umount2(path, MNT_DETACH); /* a dead flakyfs mount, if any */
+		snprintf(cmd, sizeof(cmd), "rm -rf '/var/tmp/%s'", e->d_name);
+		if (system(cmd) != 0)
+			fprintf(stderr, "check_backing: could not remove /var/tmp/%s\n", e->d_name);
+	}
+	closedir(d);
+}
+
 static void env_setup(void)
 {
-	snprintf(tdir, sizeof(tdir), "/var/tmp/pcache-ckbk.XXXXXX");
+	env_reap_stale();
+	snprintf(tdir, sizeof(tdir), "/var/tmp/pcache-ckbk.%d.XXXXXX", (int)getpid());
 	ck_assert_msg(mkdtemp(tdir), "mkdtemp: %s", strerror(errno));
 	if (!env_registered) {
 		atexit(env_cleanup); /* in the forked test process: covers an exit() in the test */
