@@ -145,6 +145,8 @@ fuzz-short: fuzz-build
 deps:
 	$(Q)./contrib/install-deps.sh
 
+unit-bins: $(CHECK_BIN) $(TOOLS)
+
 # Unit tests of this build flavour (CK_RUN_SUITE / CK_RUN_CASE select, CK_FORK=no debugs).
 unit: $(CHECK_BIN) $(TOOLS)
 	$(Q)PCACHE_BUILD=$(abspath $(O)) $(CHECK_BIN)
@@ -152,7 +154,7 @@ unit: $(CHECK_BIN) $(TOOLS)
 # Engine concurrency suites under TSan (names listed by the suites themselves: *_tsan cases).
 TSAN_SUITES ?= $(patsubst tests/check_%.c,%,$(shell grep -l 'TSAN_SUITE' $(CHECK_SRCS) /dev/null))
 tsan-unit:
-	$(Q)$(MAKE) --no-print-directory SANITIZE=thread $(O:build=build-tsan)/check_pcache
+	$(Q)$(MAKE) --no-print-directory SANITIZE=thread unit-bins
 	$(Q)for s in $(TSAN_SUITES); do PCACHE_TSAN=1 CK_RUN_SUITE=$$s \
 		TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
 		PCACHE_BUILD=$(abspath build-tsan) build-tsan/check_pcache || exit 1; done
@@ -184,7 +186,7 @@ stop-run:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps unit tsan-unit behaviour check soak bench run stop-run clean fuzz fuzz-build fuzz-short
+.PHONY: all deps unit unit-bins tsan-unit behaviour check soak bench run stop-run clean fuzz fuzz-build fuzz-short
 
 -include $(shell find $(O) $(FUZZ_O) -name '*.d' 2>/dev/null)
 
