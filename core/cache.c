@@ -549,6 +549,7 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	pthread_cond_init(&c->bg_cond, NULL);
 	pthread_cond_init(&c->timer_cond, NULL);
 	pthread_mutex_init(&c->missreg_lock, NULL);
+	pthread_mutex_init(&c->knob_lock, NULL);
 
 	uint64_t t0 = pcache_now_ns();
 	ret = replay(c, err, errlen);
@@ -1141,7 +1142,7 @@ int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *
 	uint64_t v;
 	int ret;
 
-	pthread_mutex_lock(&c->bg_lock);
+	pthread_mutex_lock(&c->knob_lock);
 	pcache_cache_dev_get_info(c->cd, &ci);
 	if (!strcmp(name, "gc_percent")) {
 		ret = parse_u64(value, PCACHE_MAX_GC_PERCENT, &v);
@@ -1164,7 +1165,7 @@ int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *
 		pcache_wb_set_rate(c->wb, ci.wb_rate);
 		(void)pcache_wb_set_watermarks(c->wb, ci.dirty_high, ci.dirty_low);
 	}
-	pthread_mutex_unlock(&c->bg_lock);
+	pthread_mutex_unlock(&c->knob_lock);
 	if (!ret)
 		pcache_gc_kick(c);
 	return ret;

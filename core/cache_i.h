@@ -238,6 +238,7 @@ struct pcache_cache {
 	struct pcache_log log;
 	struct pcache_stage *stage;   /* PCACHE_NSTAGE */
 	pthread_mutex_t flush_lock;   /* serialises flushes (epoch bumps) */
+	pthread_mutex_t knob_lock;    /* serialises knob updates (read-modify-write of cache_info) */
 
 	pthread_mutex_t img_lock;     /* guards imgs[] and live[] */
 	struct pcache_image *imgs[PCACHE_MAX_IMAGES];  /* attached */

@@ -1,7 +1,8 @@
 /*
  * check_cache_model.c -- model-based randomized test of the whole engine: random writes (some
  * FUA), reads, flushes, discards, zeroes, writebacks, cache-mode changes (writeback,
- * writethrough, writearound) and restarts (stop + start + replay) on two
+ * writethrough, writearound), detach + attach of one image, and restarts (stop + start +
+ * replay) on two
  * images of one small cache (1 MiB segments, so GC, writeback and waits for space all run),
  * checked byte for byte against an in-memory model. Prints its seed; PCACHE_SEED reproduces.
  */
@@ -134,12 +135,22 @@ static void run_model(bool data_crc, int nops)
 		} else if (kind < 94) {
 			ck_assert_int_eq(pcache_image_writeback_all(img[i]), 0);
 			counts[4]++;
-		} else if (kind < 96) {
+		} else if (kind < 95) {
 			pcache_cache_get_status(c, &st);
 			freed += st.segs_freed;
 			waits += st.full_waits;
 			stop();
 			start(data_crc);
+			counts[5]++;
+		} else if (kind < 96) {
+			/* detach and attach one image while the other stays (index rebuilt from the log) */
+			struct pcache_attach_opts ao = { .name = i ? "y" : "x", .cache_mode = -1 };
+			char err[256];
+
+			pcache_image_put(img[i]);
+			img[i] = NULL;
+			ck_assert_int_eq(pcache_image_detach(c, i ? "y" : "x", false), 0);
+			ck_assert_msg(pcache_image_attach(c, &ao, &img[i], err, sizeof(err)) == 0, "%s", err);
 			counts[5]++;
 		} else if (kind < 97) {
 			static const char *const modes[] = { "writeback", "writethrough", "writearound" };
@@ -162,7 +173,8 @@ static void run_model(bool data_crc, int nops)
 	freed += st.segs_freed;
 	waits += st.full_waits;
 	fprintf(stderr, "model: %d ops (%d writes, %d reads, %d flushes, %d discards, %d writebacks, "
-		"%d restarts, %d full reads, %d mode changes); %llu segments freed, %llu full waits\n",
+		"%d restarts or re-attaches, %d full reads, %d mode changes); %llu segments freed, "
+		"%llu full waits\n",
 		nops, counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6], counts[7],
 		(unsigned long long)freed, (unsigned long long)waits);
 	/* the end: everything written back equals the model on the backing images */
