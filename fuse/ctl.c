@@ -283,6 +283,16 @@ static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
 			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes);
 }
 
+/* Drop trailing whitespace (the engine may end a value with a newline). */
+static char *rtrim(char *s)
+{
+	size_t n = strlen(s);
+
+	while (n && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+		s[--n] = '\0';
+	return s;
+}
+
 int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, struct pfs_text *out)
 {
 	char buf[128];
@@ -308,7 +318,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 			ret = pcache_cache_get_knob(pfs.cache, kn, buf, sizeof(buf));
 			if (ret)
 				return ret;
-			pfs_text_printf(out, "%s\n", buf);
+			pfs_text_printf(out, "%s\n", rtrim(buf));
 		}
 		return out->buf ? 0 : -ENOMEM;
 	}
@@ -325,7 +335,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 			pcache_image_get_stats(s->img, &st);
 			snprintf(buf, sizeof(buf), "%s", pfs_cache_mode_name(st.cache_mode));
 		}
-		pfs_text_printf(out, "%s\n", buf);
+		pfs_text_printf(out, "%s\n", rtrim(buf));
 		break;
 	default:
 		return -EACCES;

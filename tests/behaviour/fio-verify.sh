@@ -1,7 +1,8 @@
 #!/bin/bash
 # Description: fio with crc32c verify on two images at once (512 B to 1 MiB blocks, random and
 # sequential, 4 jobs, psync and libaio), then flush-all through .pcache/flush: the image files in
-# the mount equal the backing files, and still do after a remount.
+# the mount equal the backing files, and still do after a remount. Then the same with the images
+# in writethrough / writearound mode: the backing is equal without a flush.
 # Timeout: 240
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -41,6 +42,15 @@ run_fio 4k randwrite libaio 16M 16
 pc_ctl "$MNT" flush 1 || fail "write to .pcache/flush failed"
 cmp "$MNT/a" "$SCRATCH/a.raw" || fail "image a: mount and backing differ after flush-all"
 cmp "$MNT/b" "$SCRATCH/b.raw" || fail "image b: mount and backing differ after flush-all"
+
+# write-through and write-around: the backing is up to date as soon as the writes return
+pc_ctl "$MNT" images/a/cache_mode writethrough || fail "set writethrough"
+pc_ctl "$MNT" images/b/cache_mode writearound || fail "set writearound"
+[ "$(cat "$MNT/.pcache/images/a/cache_mode")" = writethrough ] || fail "cache_mode of a: $(cat "$MNT/.pcache/images/a/cache_mode")"
+run_fio 4k randwrite psync 8M
+run_fio 64k write libaio 8M 8
+cmp "$MNT/a" "$SCRATCH/a.raw" || fail "writethrough image a: backing behind the mount without a flush"
+cmp "$MNT/b" "$SCRATCH/b.raw" || fail "writearound image b: backing behind the mount without a flush"
 
 sum_a=$(md5sum < "$MNT/a")
 pc_umount "$MNT"
