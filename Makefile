@@ -145,7 +145,7 @@ fuzz-short: fuzz-build
 deps:
 	$(Q)./contrib/install-deps.sh
 
-unit-bins: $(CHECK_BIN) $(TOOLS)
+unit-bins: $(CHECK_BIN) $(filter-out $(O)/tools/bench_%,$(TOOLS))
 
 # Unit tests of this build flavour (CK_RUN_SUITE / CK_RUN_CASE select, CK_FORK=no debugs).
 unit: $(CHECK_BIN) $(TOOLS)
