@@ -515,6 +515,11 @@ static void *mt_main(void *arg)
 	struct pcache_upper_req *ups = calloc(MT_SLOTS, sizeof(*ups));
 	struct rec *recs = calloc(MT_SLOTS, sizeof(*recs));
 	unsigned int seed = (unsigned int)a->id * 7919u + 1;
+	/*
+	 * One waiter for all rounds: re-initialising its mutex each round raced with the
+	 * completion thread still returning from pthread_mutex_unlock() of the last callback.
+	 */
+	struct waiter w = WAITER_INIT;
 	int round, i;
 
 	if (posix_memalign((void **)&wbuf, 4096, MT_SLOTS * MT_SLOT) ||
@@ -524,8 +529,6 @@ static void *mt_main(void *arg)
 	}
 	pread_all(pcache_backing_path(a->b), shadow, MT_SLOTS * MT_SLOT, base);
 	for (round = 0; round < a->rounds; round++) {
-		struct waiter w = WAITER_INIT;
-
 		/* writes: random 4 KiB-multiple lengths, half REQ, half KMEM, both submit paths */
 		waiter_add(&w, MT_SLOTS);
 		for (i = 0; i < MT_SLOTS; i++) {
