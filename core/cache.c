@@ -1059,23 +1059,44 @@ void pcache_image_attr(const struct pcache_image *img, uint32_t *mode, uint32_t 
 	pthread_mutex_unlock(&m->ent_lock);
 }
 
+struct attr_edit {
+	uint32_t mode, uid, gid;
+};
+
+static void attr_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	const struct attr_edit *a = arg;
+
+	e->file_mode = a->mode;
+	e->uid = a->uid;
+	e->gid = a->gid;
+}
+
+/*
+ * Field updates go through pcache_cache_dev_image_modify() (read-modify-write under the table
+ * lock), never a whole-entry rewrite from img->ent: the writeback persists wb_lsn/wb_time of
+ * the same entry concurrently, and a stale copy would undo it (or it would undo ours).
+ */
 int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid)
 {
+	struct attr_edit a = { mode, uid, gid };
 	struct pcache_image_ent e;
 	int ret;
 
 	if (mode > 07777)
 		return -EINVAL;
 	pthread_mutex_lock(&img->ent_lock);
-	e = img->ent;
-	e.file_mode = mode;
-	e.uid = uid;
-	e.gid = gid;
-	ret = pcache_cache_dev_image_update(img->c->cd, &e);
+	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, attr_edit_fn,
+					    &a, &e);
 	if (!ret)
 		img->ent = e;
 	pthread_mutex_unlock(&img->ent_lock);
 	return ret;
+}
+
+static void mode_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	e->cache_mode = *(const uint32_t *)arg;
 }
 
 /* ---- writeback ---------------------------------------------------------------------------- */
@@ -1201,10 +1222,16 @@ int pcache_image_set_knob(struct pcache_image *img, const char *name, const char
 	ret = mode_parse(value, &m);
 	if (ret)
 		return ret;
+	/* Leaving writeback: drain the image's dirty data first, so the backing is current
+	 * when writes start going to it directly. */
+	if (m != PCACHE_MODE_WRITEBACK && atomic_load(&img->cache_mode) == PCACHE_MODE_WRITEBACK) {
+		ret = pcache_image_writeback_all(img);
+		if (ret)
+			return ret;
+	}
 	pthread_mutex_lock(&img->ent_lock);
-	e = img->ent;
-	e.cache_mode = m;
-	ret = pcache_cache_dev_image_update(img->c->cd, &e);
+	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, mode_edit_fn,
+					    &m, &e);
 	if (!ret) {
 		img->ent = e;
 		atomic_store(&img->cache_mode, m);

@@ -306,11 +306,11 @@ static void wb_persist_images(struct pcache_wb *wb, bool force)
 			if (wb->ops.image_progress(wb->ctx, id, lsn, t) != 0)
 				continue;
 		} else {
+			/* set_wb rewrites only the two progress fields under the table lock, so
+			 * a concurrent rename or attribute change by the engine is kept */
 			if (wb_table_find(wb, id, &e) != 0)
 				continue;
-			e.wb_lsn = lsn;
-			e.wb_time = t;
-			if (pcache_cache_dev_image_update(wb->cd, &e) != 0)
+			if (pcache_cache_dev_image_set_wb(wb->cd, e.slot, id, lsn, t) != 0)
 				continue;
 		}
 		pthread_mutex_lock(&wb->lock);

@@ -484,6 +484,44 @@ START_TEST(writearound_bypasses_the_cache_and_never_serves_old_data)
 }
 END_TEST
 
+START_TEST(leaving_writeback_drains_dirty_data_first)
+{
+	uint8_t buf[4096];
+	uint32_t v;
+	int fd;
+
+	write_version(8192, 4096, 5, 0); /* dirty in the cache, not on the backing */
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 4096, 8192), 4096);
+	close(fd);
+	ck_assert_int_eq(eng_decode(buf, 1, 8192, &v), 0);
+	ck_assert_uint_eq(v, 5);
+}
+END_TEST
+
+START_TEST(attr_changes_keep_persisted_writeback_progress)
+{
+	struct pcache_image_ent e;
+	uint64_t lsn;
+
+	write_version(0, 4096, 1, 0);
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "vm1", &e), 0);
+	lsn = e.wb_lsn;
+	ck_assert_uint_gt(lsn, 0);
+	/* an attribute change must not rewrite the entry from a copy older than the progress */
+	ck_assert_int_eq(pcache_image_set_attr(img, 0640, 12, 34), 0);
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "vm1", &e), 0);
+	ck_assert_uint_eq(e.wb_lsn, lsn);
+	ck_assert_uint_eq(e.file_mode, 0640);
+	ck_assert_uint_eq(e.uid, 12);
+	ck_assert_uint_eq(e.gid, 34);
+	ck_assert_uint_eq(e.cache_mode, PCACHE_MODE_WRITETHROUGH);
+}
+END_TEST
+
 START_TEST(status_reports_geometry_and_index)
 {
 	struct pcache_cache_status st;
@@ -516,6 +554,8 @@ Suite *cache_req_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, write_then_read_hits_inline);
+	tcase_add_test(tc, leaving_writeback_drains_dirty_data_first);
+	tcase_add_test(tc, attr_changes_keep_persisted_writeback_progress);
 	tcase_add_test(tc, miss_reads_backing_then_hits);
 	tcase_add_test(tc, partial_hits_and_misses_in_one_read);
 	tcase_add_test(tc, read_over_hundreds_of_keys_and_holes);
