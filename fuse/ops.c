@@ -338,8 +338,6 @@ static int slot_fill(struct pcache_image *img)
 
 		if (s->state != PFS_SLOT_FREE)
 			continue;
-		s->state = PFS_SLOT_ATTACHED;
-		s->gen++;
 		s->open_count = 0;
 		s->img = img;
 		snprintf(s->name, sizeof(s->name), "%s", pcache_image_name(img));
@@ -347,6 +345,9 @@ static int slot_fill(struct pcache_image *img)
 		s->lbs = pcache_image_lbs(img);
 		if (s->lbs == 0)
 			s->lbs = 512;
+		s->gen++;
+		/* publish last: io_enter() trusts the fields above once it sees ATTACHED */
+		s->state = PFS_SLOT_ATTACHED;
 		return 0;
 	}
 	return -ENOSPC;
