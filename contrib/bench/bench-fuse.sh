@@ -492,14 +492,14 @@ profile_job() { # profile_job [CONFIG:]JOB: perf record a pcachefs daemon (defau
 		-- sleep "$((RUNTIME > 1 ? RUNTIME - 1 : 1))" >/dev/null 2>&1
 	wait "$fpid"
 	if [ "$c" = pc-miss ]; then daemon_stop pc-miss; rm -f "$WORK_SHM/miss.cache"; fi
-	PROFILE_MD+=$'\n'"#### $j on $c ($(fmt "$j" "$(metric "$j" "$out.json" 2>/dev/null)") while profiled)"$'\n\n```\n'
+	PROFILE_MD+=$'\n'"<details><summary>$j on $c ($(fmt "$j" "$(metric "$j" "$out.json" 2>/dev/null)") while profiled)</summary>"$'\n\n```\n'
 	PROFILE_MD+="self time, top 20:"$'\n'
 	PROFILE_MD+=$(perf report -i "$out.data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null |
 		grep -E '^ +[0-9]' | head -20 | sed 's/ *$//')
 	PROFILE_MD+=$'\n\n'"including callees, pcachefs and libfuse functions, top 20:"$'\n'
 	PROFILE_MD+=$(perf report -i "$out.data" --stdio --children -g none --sort dso,symbol 2>/dev/null |
 		grep -E '^ +[0-9].*(pcachefs|libfuse)' | head -20 | sed 's/ *$//')
-	PROFILE_MD+=$'\n```\n'
+	PROFILE_MD+=$'\n```\n</details>\n'
 	rm -f "$out.data"
 }
 
