@@ -651,7 +651,12 @@ static void wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited)
 static void wb_img_fail(struct pcache_wb *wb, struct wb_img *im, int err, uint64_t now)
 {
 	/* caller holds wb->lock */
-	if (!im->fails_in_row || im->last_error != err)
+	/*
+	 * A missing backing (-ENXIO) is normal for a moment: the writeback starts before the
+	 * daemon attaches the images. Say so only if it lasts (the 5th poll in a row).
+	 */
+	if (err == -ENXIO ? im->last_error == err && im->fails_in_row == 4
+			  : !im->fails_in_row || im->last_error != err)
 		wb_log(wb, "image %u: %s; its dirty data stays in the cache%s", im->id,
 		       err == -EBADMSG ? "data CRC mismatch in the cache" : strerror(-err),
 		       im->latched ? ", its writeback is stopped until restart" :
