@@ -518,6 +518,15 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	ret = pcache_cache_dev_open(&dopts, &c->cd, err, errlen);
 	if (ret)
 		goto err_free;
+	/* A torn metadata update leaves one damaged slot: rewrite it from the good copy now,
+	 * so a second fault cannot hit the only copy left. */
+	if (pcache_cache_dev_damaged(c->cd)) {
+		unsigned int n = pcache_cache_dev_damaged(c->cd);
+
+		fprintf(stderr, "pcache: %u damaged metadata slot(s) %s\n", n,
+			pcache_cache_dev_repair(c->cd) ? "could not be repaired" :
+			"repaired from their good copies");
+	}
 	c->pm = pcache_cache_dev_pmem(c->cd);
 	c->seg_count = pcache_cache_dev_seg_count(c->cd);
 	c->seg_size = pcache_cache_dev_seg_size(c->cd);

@@ -737,9 +737,17 @@ static int records_load(struct pcache_cache_dev *cd, const struct md_buf *md, ch
 		}
 		if (!e->id)
 			continue;
-		if (e->id >= cd->info.next_image_id)
-			return seterr(err, errlen, -EUCLEAN, "%s: id %u >= next_image_id %u", name, e->id,
-				      cd->info.next_image_id);
+		if (e->id >= cd->info.next_image_id) {
+			if (!cd->info_rs.damaged)
+				return seterr(err, errlen, -EUCLEAN, "%s: id %u >= next_image_id %u",
+					      name, e->id, cd->info.next_image_id);
+			/*
+			 * cache_info fell back to its other copy, which may predate the last image
+			 * add (the id bump is durable before the entry): take the ids in the
+			 * table; the repair of the damaged info slot persists the raised value.
+			 */
+			cd->info.next_image_id = e->id + 1;
+		}
 		for (j = 0; j < i; j++) {
 			if (cd->img[j].id == e->id)
 				return seterr(err, errlen, -EUCLEAN, "%s: id %u also used by image %u", name,

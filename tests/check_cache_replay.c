@@ -126,6 +126,35 @@ START_TEST(restart_keeps_flushed_and_stopped_data)
 }
 END_TEST
 
+START_TEST(start_heals_a_damaged_metadata_slot)
+{
+	struct pcache_cache_dev_opts dopts = { .path = cpath, .read_only = true, .no_lock = true };
+	struct pcache_cache_dev *cd;
+	uint8_t junk[64];
+	char err[256];
+	int fd;
+
+	wr(0, 0, 4096, 1, 0);
+	stop_all();
+	/* tear one cache_info slot (as a power cut in mid-update would) */
+	memset(junk, 0x5a, sizeof(junk));
+	fd = open(cpath, O_WRONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pwrite(fd, junk, sizeof(junk), PCACHE_INFO_OFF), (ssize_t)sizeof(junk));
+	close(fd);
+	ck_assert_msg(pcache_cache_dev_open(&dopts, &cd, err, sizeof(err)) == 0, "open: %s", err);
+	ck_assert_uint_gt(pcache_cache_dev_damaged(cd), 0);
+	pcache_cache_dev_close(cd);
+	start_all(); /* repairs */
+	expect(0, 0, 4096, 1);
+	stop_all();
+	ck_assert_int_eq(pcache_cache_dev_open(&dopts, &cd, err, sizeof(err)), 0);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 0);
+	pcache_cache_dev_close(cd);
+	start_all();
+}
+END_TEST
+
 START_TEST(keys_of_unattached_image_wait_for_its_attach)
 {
 	char err[256];
@@ -279,6 +308,7 @@ Suite *cache_replay_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, restart_keeps_flushed_and_stopped_data);
+	tcase_add_test(tc, start_heals_a_damaged_metadata_slot);
 	tcase_add_test(tc, keys_of_unattached_image_wait_for_its_attach);
 	tcase_add_test(tc, crc_valid_kset_with_bad_key_refuses_start);
 	tcase_add_test(tc, garbage_after_the_log_end_is_ignored);
