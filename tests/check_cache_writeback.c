@@ -903,6 +903,35 @@ START_TEST(stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty)
 }
 END_TEST
 
+START_TEST(drain_ends_a_rate_limited_wait_at_once)
+{
+	struct pcache_cache_info ci;
+	struct pcache_wb_opts o;
+	struct pcache_wb *wb;
+	uint64_t t0;
+
+	env_setup(1, 16, false, false);
+	env_open_backings();
+	for (uint64_t off = 0; off < (4u << 20); off += 65536)
+		mwrite(0, off, 65536, (uint32_t)(off >> 16) + 7);
+	mflush();
+	pcache_cache_dev_get_info(E.cd, &ci);
+	ci.wb_rate = 1; /* 1 B/s: a throttled batch would never end by itself */
+	ck_assert_int_eq(pcache_cache_dev_set_info(E.cd, &ci), 0);
+	memset(&o, 0, sizeof(o));
+	o.quiet = true;
+	o.max_req_bytes = 65536;
+	ck_assert_int_eq(pcache_wb_start(E.cd, &test_ops, NULL, &o, &wb), 0);
+	usleep(300 * 1000); /* the thread is now waiting for tokens */
+	t0 = pcache_now_ns();
+	ck_assert_int_eq(pcache_wb_drain(wb, 0), 0);
+	ck_assert_uint_lt(pcache_now_ns() - t0, 30ull * 1000000000ull);
+	check_image(0);
+	pcache_wb_stop(wb);
+	env_teardown();
+}
+END_TEST
+
 /* ---- Crash consistency -------------------------------------------------------------------- */
 
 /*
@@ -1200,6 +1229,7 @@ Suite *cache_writeback_suite(void)
 	tcase_set_timeout(te, 60);
 	tcase_add_test(tt, thread_drains_on_request_and_on_kick);
 	tcase_add_test(tt, stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty);
+	tcase_add_test(tt, drain_ends_a_rate_limited_wait_at_once);
 	tcase_set_timeout(tt, 60);
 	tcase_add_test(tx, backing_is_an_epoch_prefix_state_at_every_stop_point);
 	tcase_set_timeout(tx, getenv("PCACHE_SOAK") ? 1200 : 120);
