@@ -36,7 +36,7 @@ const struct pcachectl_cmd pcachectl_cmd_format = {
 		"options:\n"
 		"  --segment-size=SIZE  segment size, a power of two from 1M to 1G (default 16M)\n"
 		"  --data-crc           store a CRC32C of cached data and verify it (fixed at format)\n"
-		"  --gc-percent=N       start evicting clean data at N%% of segments used (0-90, default 70)\n"
+		"  --gc-percent=N       start evicting clean data at N% of segments used (0-90, default 70)\n"
 		"  --size=SIZE          create DEVICE as a file of SIZE bytes if missing (or empty)\n"
 		"  --force              overwrite a device that is not blank, including an existing\n"
 		"                       pcachefs cache and any dirty data in it\n"
