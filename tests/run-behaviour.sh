@@ -21,7 +21,10 @@ if [ $# -gt 0 ]; then
 	tests=()
 	for n in "$@"; do tests+=("$here/behaviour/${n%.sh}.sh"); done
 else
-	tests=("$here"/behaviour/[0-9a-z]*.sh)
+	tests=()
+	for t in "$here"/behaviour/[0-9a-z]*.sh; do
+		[ "$(basename "$t")" = lib.sh ] || tests+=("$t")   # lib.sh is the helpers, not a test
+	done
 fi
 
 pass=0 fail=0 skip=0 failed_names=""
