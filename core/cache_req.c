@@ -224,6 +224,19 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 	return ret;
 }
 
+/* Writethrough and writearound: write the backing image (and flush it for FUA); 0/-errno. */
+static int backing_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+			 unsigned int flags)
+{
+	int ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_WRITE, (void *)buf, len, off);
+
+	if (!ret && (flags & PCACHE_IO_FUA))
+		ret = pcache_backing_flush_sync(img->b);
+	if (ret)
+		atomic_fetch_add(&img->backing_errors, 1);
+	return ret;
+}
+
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 		       unsigned int flags)
 {
@@ -244,28 +257,19 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
 	mode = atomic_load(&img->cache_mode);
 	if (mode == PCACHE_MODE_WRITEAROUND) {
-		ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_WRITE, (void *)buf, len, off);
-		if (!ret && (flags & PCACHE_IO_FUA))
-			ret = pcache_backing_flush_sync(img->b);
-		if (ret)
-			atomic_fetch_add(&img->backing_errors, 1);
-		else
+		ret = backing_write(img, buf, off, len, flags);
+		if (!ret)
 			ret = writearound_fix(img, buf, off, len, flags);
 		io_exit(img);
 		return ret;
 	}
-	if (mode == PCACHE_MODE_WRITETHROUGH) {
-		/*
-		 * Writethrough: the backing image gets the data first; the cached copy is then staged
-		 * as a dirty key, so the log-ordered writeback writes it again after any older dirty
-		 * key of the range (the backing image never ends up older than the cache).
-		 */
-		ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_WRITE, (void *)buf, len, off);
-		if (!ret && (flags & PCACHE_IO_FUA))
-			ret = pcache_backing_flush_sync(img->b);
-		if (ret)
-			atomic_fetch_add(&img->backing_errors, 1);
-	}
+	/*
+	 * Writethrough: the backing image gets the data first; the cached copy is then staged as
+	 * a dirty key, so the log-ordered writeback writes it again after any older dirty key of
+	 * the range (the backing image never ends up older than the cache).
+	 */
+	if (mode == PCACHE_MODE_WRITETHROUGH)
+		ret = backing_write(img, buf, off, len, flags);
 	if (!ret)
 		ret = cache_write(img, buf, off, len, flags, 0);
 	io_exit(img);
