@@ -442,7 +442,19 @@ static uint32_t wbo_dirty_percent(void *ctx)
 	return (uint32_t)((uint64_t)data * 100u * dirty / live / c->seg_count);
 }
 
+static bool wbo_space_wanted(void *ctx)
+{
+	struct pcache_cache *c = ctx;
+	bool v;
+
+	pthread_mutex_lock(&c->segs.lock);
+	v = c->segs.waiters > 0;
+	pthread_mutex_unlock(&c->segs.lock);
+	return v;
+}
+
 static const struct pcache_wb_ops wb_ops = {
+	.space_wanted = wbo_space_wanted,
 	.key_head = wbo_key_head,
 	.backing_get = wbo_backing_get,
 	.backing_put = wbo_backing_put,

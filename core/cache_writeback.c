@@ -637,6 +637,8 @@ static void wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited)
 	if (!limited)
 		return;
 	for (;;) {
+		if (wb->ops.space_wanted && wb->ops.space_wanted(wb->ctx))
+			return; /* writers wait for space: no rate limit (see wb_urgent_update) */
 		pthread_mutex_lock(&wb->lock);
 		/* a drain, a stop or the limit turned off while this batch waited ends the wait at
 		 * once (at 1 B/s a 1 MiB request would otherwise hold a flush for 12 days) */
@@ -1059,6 +1061,9 @@ static uint32_t wb_urgent_update(struct pcache_wb *wb, bool *urgent)
 		wb->st.urgent = false;
 	*urgent = wb->st.urgent;
 	pthread_mutex_unlock(&wb->lock);
+	/* the rate limit is a background preference: it never keeps waiting writers waiting */
+	if (wb->ops.space_wanted && wb->ops.space_wanted(wb->ctx))
+		*urgent = true;
 	return pct;
 }
 

@@ -70,6 +70,8 @@ struct pcache_wb_ops {
 	void (*tail_moved)(void *ctx, const struct pcache_pos *dirty_tail);  /* optional */
 	uint32_t (*dirty_percent)(void *ctx);                                 /* optional */
 	bool (*idle)(void *ctx);                                              /* optional */
+	/* true while writers wait for cache space: write back at full speed, rate limit or not */
+	bool (*space_wanted)(void *ctx);                                      /* optional */
 	/* persist an image's writeback progress (wb_lsn, wb_time) in the image table; 0/-errno */
 	int (*image_progress)(void *ctx, uint32_t image_id, uint64_t wb_lsn,
 			      uint64_t wb_time);                     /* optional */

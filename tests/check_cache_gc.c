@@ -173,6 +173,27 @@ START_TEST(writers_wait_for_space_and_complete)
 }
 END_TEST
 
+START_TEST(rate_limit_never_stalls_writers_waiting_for_space)
+{
+	struct pcache_cache_status st;
+	uint64_t off, total = 32u << 20;
+
+	/* 1 B/s would take years to free a segment: waiting writers must lift the limit */
+	start(true, 12u << 20, total);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1"), 0);
+	/* and the watermarks never make it urgent on their own */
+	ck_assert_int_eq(pcache_cache_set_knob(c, "dirty_high", "100"), 0);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "dirty_low", "99"), 0);
+	for (off = 0; off < total; off += 65536)
+		wr(off, 65536, (uint32_t)(off >> 16) + 3);
+	for (off = 0; off < total; off += 65536)
+		expect(off, 65536, (uint32_t)(off >> 16) + 3);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_gt(st.full_waits, 0);
+	ck_assert_uint_eq(st.wb_rate, 1);
+}
+END_TEST
+
 START_TEST(zero_keys_wait_for_log_space_too)
 {
 	uint64_t off, total = 32u << 20;
@@ -198,6 +219,7 @@ Suite *cache_gc_suite(void)
 	tcase_add_test(tc, gc_never_passes_dirty_tail);
 	tcase_add_test(tc, freed_segment_reuse_makes_old_keys_stale);
 	tcase_add_test(tc, idle_head_does_not_pin_a_segment);
+	tcase_add_test(tc, rate_limit_never_stalls_writers_waiting_for_space);
 	tcase_add_test(tc, writers_wait_for_space_and_complete);
 	tcase_add_test(tc, zero_keys_wait_for_log_space_too);
 	suite_add_tcase(s, tc);
