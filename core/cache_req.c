@@ -224,6 +224,24 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 	return ret;
 }
 
+/*
+ * Common entry of writes and discards: validate the range, refuse read-only images, and enter
+ * the image's I/O count. 0 (entered: the caller must io_exit), 1 (empty range, nothing to do,
+ * not entered) or -errno.
+ */
+static int modify_enter(struct pcache_image *img, uint64_t off, uint64_t len)
+{
+	int ret = check_range(img, off, len);
+
+	if (ret)
+		return ret;
+	if (img->read_only)
+		return -EROFS;
+	if (len == 0)
+		return 1;
+	return io_enter(img);
+}
+
 /* Writethrough and writearound: write the backing image (and flush it for FUA); 0/-errno. */
 static int backing_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 			 unsigned int flags)
@@ -243,16 +261,9 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	uint32_t mode;
 	int ret;
 
-	ret = check_range(img, off, len);
+	ret = modify_enter(img, off, len);
 	if (ret)
-		return ret;
-	if (img->read_only)
-		return -EROFS;
-	if (len == 0)
-		return 0;
-	ret = io_enter(img);
-	if (ret)
-		return ret;
+		return ret < 0 ? ret : 0;
 	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
 	mode = atomic_load(&img->cache_mode);
@@ -284,16 +295,9 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 	int ret;
 
 	(void)zero; /* both become a ZERO key: the range reads back as zeros */
-	ret = check_range(img, off, len);
+	ret = modify_enter(img, off, len);
 	if (ret)
-		return ret;
-	if (img->read_only)
-		return -EROFS;
-	if (len == 0)
-		return 0;
-	ret = io_enter(img);
-	if (ret)
-		return ret;
+		return ret < 0 ? ret : 0;
 	atomic_fetch_add_explicit(&img->discards, 1, memory_order_relaxed);
 	if (atomic_load(&img->cache_mode) != PCACHE_MODE_WRITEBACK) {
 		/* writethrough/writearound: the backing range reads as zeros at once */
