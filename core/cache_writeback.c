@@ -399,17 +399,27 @@ static bool wb_key_valid(struct pcache_wb *wb, const struct pcache_key_om *k)
 
 /* ---- the batch ---------------------------------------------------------------------------- */
 
+/* Make room for one more element in a batch array (doubling, 1024 at first); 0 or -ENOMEM. */
+static int wb_grow(void **v, size_t *cap, size_t n, size_t elem)
+{
+	size_t ncap;
+	void *nv;
+
+	if (n < *cap)
+		return 0;
+	ncap = *cap ? *cap * 2 : 1024;
+	nv = realloc(*v, ncap * elem);
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	*cap = ncap;
+	return 0;
+}
+
 static int wb_push_ext(struct pcache_wb *wb, const struct wb_ext *e)
 {
-	if (wb->n_exts == wb->cap_exts) {
-		size_t cap = wb->cap_exts ? wb->cap_exts * 2 : 1024;
-		struct wb_ext *v = realloc(wb->exts, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		wb->exts = v;
-		wb->cap_exts = cap;
-	}
+	if (wb_grow((void **)&wb->exts, &wb->cap_exts, wb->n_exts, sizeof(*wb->exts)))
+		return -ENOMEM;
 	wb->exts[wb->n_exts++] = *e;
 	return 0;
 }
@@ -426,15 +436,8 @@ static int wb_push_req(struct pcache_wb *wb, uint32_t img, uint64_t off, uint64_
 		p->len += len;
 		return 0;
 	}
-	if (wb->n_reqs == wb->cap_reqs) {
-		size_t cap2 = wb->cap_reqs ? wb->cap_reqs * 2 : 1024;
-		struct wb_req *v = realloc(wb->reqs, cap2 * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		wb->reqs = v;
-		wb->cap_reqs = cap2;
-	}
+	if (wb_grow((void **)&wb->reqs, &wb->cap_reqs, wb->n_reqs, sizeof(*wb->reqs)))
+		return -ENOMEM;
 	p = &wb->reqs[wb->n_reqs++];
 	memset(p, 0, sizeof(*p));
 	p->wb = wb;
