@@ -453,7 +453,24 @@ static bool wbo_space_wanted(void *ctx)
 	return v;
 }
 
+/* No user I/O for PCACHE_IDLE_MS: the writeback may run continuously below dirty_low. */
+bool pcache_cache_idle(struct pcache_cache *c)
+{
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return now - atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) >= PCACHE_IDLE_MS;
+}
+
+static bool wbo_idle(void *ctx)
+{
+	return pcache_cache_idle(ctx);
+}
+
 static const struct pcache_wb_ops wb_ops = {
+	.idle = wbo_idle,
 	.space_wanted = wbo_space_wanted,
 	.key_head = wbo_key_head,
 	.backing_get = wbo_backing_get,

@@ -46,6 +46,7 @@
 #define PCACHE_LOG_RESERVE 2u       /* free segments data allocation leaves to the key log */
 #define PCACHE_KSET_CLOSE_NS 1000000000ull   /* close a kset ~1 s after its first key */
 #define PCACHE_HEAD_IDLE_NS 2000000000ull    /* release an idle data head after ~2 s */
+#define PCACHE_IDLE_MS 200u         /* no user I/O this long: the writeback counts as idle */
 #define PCACHE_MISSREG_BUCKETS 256u
 
 /* ---- segment.c: allocation bitmap, refs, generations, data heads ---------------------------- */
@@ -244,6 +245,7 @@ struct pcache_cache {
 	struct pcache_image *imgs[PCACHE_MAX_IMAGES];  /* attached */
 	struct pcache_image *live[PCACHE_MAX_IMAGES];  /* attached or detaching (backing open) */
 	_Atomic bool stopping_io;     /* pcache_cache_stop() began: new I/O is refused */
+	_Atomic uint64_t last_io_ms;  /* coarse monotonic ms of the latest user I/O (idle test) */
 	uint64_t replay_keys, replay_ns;
 
 	/* GC */
@@ -282,6 +284,8 @@ void pcache_gc_clean(struct pcache_cache *c, uint32_t budget);
 
 /* writeback glue (cache.c) */
 void pcache_wb_notify_kick(struct pcache_cache *c);
+/* No user read, write, discard or flush for PCACHE_IDLE_MS (the writeback's idle test). */
+bool pcache_cache_idle(struct pcache_cache *c);
 
 /* Address in the mapping of segment seg, offset off. */
 static inline uint8_t *pcache_seg_ptr(struct pcache_cache *c, uint32_t seg, uint32_t off)

@@ -152,6 +152,27 @@ START_TEST(idle_head_does_not_pin_a_segment)
 }
 END_TEST
 
+/* The writeback's idle test (core/cache.c): user I/O makes the cache busy for PCACHE_IDLE_MS. */
+START_TEST(user_io_keeps_the_cache_busy_for_idle_ms)
+{
+	uint8_t buf[4096];
+
+	start(false, 24u << 20, 8u << 20);
+	usleep((PCACHE_IDLE_MS + 100) * 1000);
+	ck_assert(pcache_cache_idle(c));
+	wr(0, 4096, 1);
+	ck_assert(!pcache_cache_idle(c));
+	usleep((PCACHE_IDLE_MS + 100) * 1000);
+	ck_assert(pcache_cache_idle(c));
+	ck_assert_int_eq(eng_read(img, buf, 0, sizeof(buf)), 0);
+	ck_assert(!pcache_cache_idle(c));
+	usleep((PCACHE_IDLE_MS + 100) * 1000);
+	ck_assert(pcache_cache_idle(c));
+	ck_assert_int_eq(pcache_image_discard(img, 0, 4096, true), 0);
+	ck_assert(!pcache_cache_idle(c));
+}
+END_TEST
+
 START_TEST(writers_wait_for_space_and_complete)
 {
 	struct pcache_cache_status st;
@@ -219,6 +240,7 @@ Suite *cache_gc_suite(void)
 	tcase_add_test(tc, gc_never_passes_dirty_tail);
 	tcase_add_test(tc, freed_segment_reuse_makes_old_keys_stale);
 	tcase_add_test(tc, idle_head_does_not_pin_a_segment);
+	tcase_add_test(tc, user_io_keeps_the_cache_busy_for_idle_ms);
 	tcase_add_test(tc, rate_limit_never_stalls_writers_waiting_for_space);
 	tcase_add_test(tc, writers_wait_for_space_and_complete);
 	tcase_add_test(tc, zero_keys_wait_for_log_space_too);
