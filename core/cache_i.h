@@ -64,7 +64,11 @@ struct pcache_segs {
 	uint64_t full_waits, full_wait_ns, segs_freed;
 	bool failed;                /* nothing can ever be freed: waiters get -EIO */
 	_Atomic uint32_t *refs;     /* lock-free: keys in the log (+ staged) + head pin */
+	_Atomic uint32_t *readers;  /* lock-free: read pins + PCACHE_SEG_FREEING (segment.c inv. 5) */
+	_Atomic uint64_t pin_deferred; /* frees left to the last unpin */
 };
+
+#define PCACHE_SEG_FREEING (1u << 31)  /* readers[]: refs dropped to 0, the last unpin frees */
 
 struct pcache_head {
 	pthread_mutex_t lock;       /* guards the fields below */
@@ -94,6 +98,14 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 void pcache_seg_free(struct pcache_cache *c, uint32_t seg);
 void pcache_seg_get(struct pcache_cache *c, uint32_t seg);
 void pcache_seg_put(struct pcache_cache *c, uint32_t seg);
+/*
+ * Read pins (zero-copy hits): while pinned, a data segment is not freed (so not reused) even
+ * when its last reference drops; the last unpin frees it then. pin: true when seg still has
+ * generation gen (the key's), false (nothing pinned) when it was freed since. Lock-free; may be
+ * called under a subtree lock. An unpin may free the segment (takes c->segs.lock).
+ */
+bool pcache_seg_read_pin(struct pcache_cache *c, uint32_t seg, uint64_t gen);
+void pcache_seg_read_unpin(struct pcache_cache *c, uint32_t seg);
 /* Allocate up to len bytes (may return less) from a data head; may wait for space. */
 int pcache_data_alloc(struct pcache_cache *c, uint32_t len, bool wait, struct pcache_alloc *a);
 /* Drop the head pins of heads idle for PCACHE_HEAD_IDLE_NS (or all heads with force). */

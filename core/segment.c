@@ -15,6 +15,14 @@
  *  3. Writers waiting for space are served first come first served (tickets), and counted.
  *  4. A data head never pins a segment forever: idle heads are released by the timer thread,
  *     and every head is released when a writer waits for space (digest 12.2 item 4).
+ *  5. A data segment under read pins (zero-copy hits, cache_req.c) is not made allocatable:
+ *     its last pcache_seg_put() bumps the generation, then sets PCACHE_SEG_FREEING in
+ *     readers[seg]; whoever then sees no pin with FREEING set (that put, or the last unpin)
+ *     clears the word with one compare-and-swap and frees the segment, so it is freed exactly
+ *     once. A reader pins by incrementing readers[seg] and only then re-reading the generation:
+ *     both sides read-modify-write the same word, so either the put sees the pin or the pin sees
+ *     the bumped generation (and backs off). Nobody waits for a pin: a leaked pin keeps one
+ *     segment allocated but never blocks GC or writers.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -52,7 +60,8 @@ int pcache_segs_init(struct pcache_cache *c)
 	s->bitmap = calloc((s->count + 63) / 64, sizeof(uint64_t));
 	s->kind = calloc(s->count, 1);
 	s->refs = calloc(s->count, sizeof(*s->refs));
-	if (!s->bitmap || !s->kind || !s->refs)
+	s->readers = calloc(s->count, sizeof(*s->readers));
+	if (!s->bitmap || !s->kind || !s->refs || !s->readers)
 		goto err_free;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
@@ -65,7 +74,8 @@ int pcache_segs_init(struct pcache_cache *c)
 err_free:
 	free(s->bitmap);
 	free(s->kind);
-	free(s->refs);
+	free((void *)s->refs);
+	free((void *)s->readers);
 	return -ENOMEM;
 }
 
@@ -81,9 +91,11 @@ void pcache_segs_exit(struct pcache_cache *c)
 	free(s->bitmap);
 	free(s->kind);
 	free((void *)s->refs);
+	free((void *)s->readers);
 	s->bitmap = NULL;
 	s->kind = NULL;
 	s->refs = NULL;
+	s->readers = NULL;
 }
 
 void pcache_seg_mark_used(struct pcache_cache *c, uint32_t seg, enum pcache_seg_kind kind)
@@ -225,6 +237,18 @@ void pcache_seg_free(struct pcache_cache *c, uint32_t seg)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/*
+ * A data segment's last reference is gone and no read pin was seen: free it unless a late
+ * (stale) pin slipped in, whose unpin then frees it (invariant 5).
+ */
+static void seg_free_claim(struct pcache_cache *c, uint32_t seg)
+{
+	uint32_t expect = PCACHE_SEG_FREEING;
+
+	if (atomic_compare_exchange_strong(&c->segs.readers[seg], &expect, 0))
+		pcache_seg_free(c, seg);
+}
+
 void pcache_seg_get(struct pcache_cache *c, uint32_t seg)
 {
 	atomic_fetch_add(&c->segs.refs[seg], 1);
@@ -244,8 +268,32 @@ void pcache_seg_put(struct pcache_cache *c, uint32_t seg)
 		fprintf(stderr, "pcache: segment %u: generation bump failed; segment leaked\n", seg);
 		return;
 	}
-	pcache_seg_free(c, seg);
 	atomic_fetch_add(&c->clean_pending, 1);
+	/*
+	 * The bump above is stored before this read-modify-write: a pin taken after it sees the
+	 * new generation and backs off; a pin taken before it is counted in old (invariant 5).
+	 */
+	if (atomic_fetch_or(&c->segs.readers[seg], PCACHE_SEG_FREEING) == 0)
+		seg_free_claim(c, seg);
+	else
+		atomic_fetch_add_explicit(&c->segs.pin_deferred, 1, memory_order_relaxed);
+}
+
+bool pcache_seg_read_pin(struct pcache_cache *c, uint32_t seg, uint64_t gen)
+{
+	/* the pin is counted before the generation is re-read (invariant 5) */
+	atomic_fetch_add(&c->segs.readers[seg], 1);
+	if (pcache_cache_dev_seg_gen(c->cd, seg) == gen)
+		return true;
+	pcache_seg_read_unpin(c, seg);
+	return false;
+}
+
+void pcache_seg_read_unpin(struct pcache_cache *c, uint32_t seg)
+{
+	/* release: the pinned bytes were read before the segment can be freed and reused */
+	if (atomic_fetch_sub(&c->segs.readers[seg], 1) == (PCACHE_SEG_FREEING | 1u))
+		seg_free_claim(c, seg);
 }
 
 static unsigned int head_of_thread(void)

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "pcache/cache_dev.h"
 
@@ -107,6 +108,37 @@ typedef void (*pcache_io_done_fn)(void *priv, int status);
  */
 int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t len,
 		      pcache_io_done_fn done, void *priv);
+/*
+ * Zero-copy reads: the bytes of a read that is entirely cached, pointed to in place.
+ * pcache_image_read_pin() succeeds (0) only when every byte of [off, off+len) is a hit (data or
+ * zeroed); pin->iov[0..niov) then holds the bytes in order (total len; zeroed ranges point to
+ * a shared read-only zero buffer). Until pcache_read_unpin() those bytes stay valid and
+ * unchanged: their segments are not freed or reused, and the image counts the read as in
+ * flight (detach and stop wait for it). Returns PCACHE_PIN_FALLBACK (nothing pinned, nothing
+ * counted) when any part misses, has a miss in flight or needs more than PCACHE_PIN_MAX_IOV
+ * pieces: read it with pcache_image_read() instead. -errno as pcache_image_read(), including
+ * -EIO for a data CRC mismatch (counted); nothing stays pinned after an error. len == 0: 0
+ * with niov == 0. The pin is caller-owned memory (~2 KiB); unpin exactly once after 0
+ * (a no-op for a pin that holds nothing). The caller may rewrite iov[] (e.g. trim it).
+ * NOTE: keep pins short (one reply): a pinned segment that GC frees stays allocated until the
+ * unpin, so a pin held for long keeps cache space from writers.
+ */
+#define PCACHE_PIN_MAX_IOV 64
+#define PCACHE_PIN_FALLBACK 2
+
+struct pcache_read_pin {
+	struct iovec iov[PCACHE_PIN_MAX_IOV];
+	uint32_t niov;
+	/* engine-private */
+	uint32_t nseg;
+	struct pcache_image *img;             /* entered (io count held), NULL when nothing held */
+	uint32_t seg[PCACHE_PIN_MAX_IOV];     /* pinned data segments */
+};
+
+int pcache_image_read_pin(struct pcache_image *img, uint64_t off, size_t len,
+			  struct pcache_read_pin *pin);
+void pcache_read_unpin(struct pcache_read_pin *pin);
+
 /*
  * Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
  * at return with PCACHE_IO_FUA. May wait for space when the cache is full (first come first
