@@ -204,6 +204,7 @@ static int replay(struct pcache_cache *c, char *err, size_t errlen)
 	c->log.head = end;
 	/* epochs never decrease along the log: continue after the last one (a restart is a barrier) */
 	c->log.epoch = r.epoch + 1;
+	atomic_store(&c->log.epoch_now, c->log.epoch);
 	atomic_store(&c->log.head_lsn, end.lsn);
 	c->replay_keys = r.keys;
 	return 0;
@@ -245,6 +246,8 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 		ik.flags = k->flags;
 		if (pos->lsn < r->dirty_lsn)
 			ik.flags |= PCACHE_KEY_CLEAN; /* written back already */
+		ik.flags |= PCACHE_IKEY_EPOCH; /* the kset says which epoch the key belongs to */
+		ik.epoch16 = (uint16_t)ks->epoch;
 		if (!(k->flags & PCACHE_KEY_ZERO)) {
 			ik.seg = k->seg;
 			ik.seg_off = k->seg_off;
@@ -464,6 +467,86 @@ bool pcache_cache_idle(struct pcache_cache *c)
 	return now - atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) >= PCACHE_IDLE_MS;
 }
 
+/* Append [a, b) to ranges, merged with the last one when adjacent; false once past max. */
+static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t b)
+{
+	if (*n > 0 && ranges[2 * *n - 1] == a) {
+		ranges[2 * *n - 1] = b;
+		return true;
+	}
+	if (*n >= max) {
+		*n = max + 1;
+		return false;
+	}
+	ranges[2 * *n] = a;
+	ranges[2 * *n + 1] = b;
+	(*n)++;
+	return true;
+}
+
+/*
+ * ops.live: the bytes of a dirty log key that are still its own in the index, or that a key
+ * of another (later) epoch or of unknown epoch replaced, must be written; bytes that a later
+ * key of the same epoch replaced need not be (the later key goes to the backing after this
+ * one, and within an epoch any subset of the writes is a valid backing state). Index order is
+ * log order for overlapping keys, so a replacing key is always later in the log. A ZERO key
+ * cannot be told from a later ZERO key in the index, so only data keys replace a ZERO key.
+ */
+static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, int max)
+{
+	struct pcache_cache *c = ctx;
+	uint64_t region = k->off >> PCACHE_REGION_SHIFT, base = region << PCACHE_REGION_SHIFT;
+	uint32_t roff = (uint32_t)(k->off - base), end = roff + k->len, pos = roff, i;
+	struct pcache_image *img;
+	struct pcache_subtree *sub;
+	int n = 0;
+
+	/* epoch16 identifies the epoch only while fewer than 2^15 epochs separate the two keys
+	 * (the replacing key's epoch lies between k->epoch and now) */
+	if (atomic_load(&c->log.epoch_now) - k->epoch >= 0x8000u ||
+	    atomic_load(&c->log.epoch_broken))
+		return -1;
+	img = pcache_image_get_by_id(c, k->image_id);
+	if (!img)
+		return -1;
+	if (region >= img->ix.nsub || (uint64_t)end > PCACHE_REGION_SIZE) {
+		pcache_image_put(img);
+		return -1;
+	}
+	sub = &img->ix.sub[region];
+	/* never wait: a writer may hold it while it waits for log space from this writeback */
+	if (pthread_mutex_trylock(&sub->lock) != 0) {
+		pcache_image_put(img);
+		return -1;
+	}
+	for (i = pcache_subtree_find(sub, roff); i < sub->n && pos < end; i++) {
+		const struct pcache_ikey *e = &sub->v[i];
+		uint32_t a = PCACHE_MAX(e->off, roff), b = PCACHE_MIN(e->off + e->len, end);
+		bool own, replaced;
+
+		if (a >= end)
+			break;
+		if (a > pos) { /* a hole: unknown, write */
+			if (!wb_live_add(ranges, &n, max, base + pos, base + a))
+				break;
+		}
+		own = !(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY)) && !k->flags &&
+		      e->seg == k->seg && e->seg_gen == k->seg_gen &&
+		      e->seg_off - e->off == k->seg_off - roff;
+		replaced = !own && !(e->flags & (PCACHE_IKEY_EMPTY | PCACHE_KEY_CLEAN)) &&
+			   !(k->flags && (e->flags & PCACHE_KEY_ZERO)) &&
+			   (e->flags & PCACHE_IKEY_EPOCH) && e->epoch16 == (uint16_t)k->epoch;
+		if (!replaced && !wb_live_add(ranges, &n, max, base + a, base + b))
+			break;
+		pos = b;
+	}
+	if (n <= max && pos < end)
+		(void)wb_live_add(ranges, &n, max, base + pos, base + end);
+	pthread_mutex_unlock(&sub->lock);
+	pcache_image_put(img);
+	return n > max ? -1 : n;
+}
+
 static bool wbo_idle(void *ctx)
 {
 	return pcache_cache_idle(ctx);
@@ -471,6 +554,7 @@ static bool wbo_idle(void *ctx)
 
 static const struct pcache_wb_ops wb_ops = {
 	.idle = wbo_idle,
+	.live = wbo_live,
 	.space_wanted = wbo_space_wanted,
 	.key_head = wbo_key_head,
 	.backing_get = wbo_backing_get,

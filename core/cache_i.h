@@ -119,6 +119,7 @@ void pcache_segs_fail(struct pcache_cache *c);
 /* ---- cache_key.c: the index ----------------------------------------------------------------- */
 
 #define PCACHE_IKEY_EMPTY (1u << 15)  /* placeholder for an in-flight miss (seg = miss id) */
+#define PCACHE_IKEY_EPOCH (1u << 14)  /* epoch16 is the exact flush epoch of the key's kset */
 
 /* An index key (40 B): a non-overlapping extent inside one 4 MiB region. */
 struct pcache_ikey {
@@ -130,8 +131,8 @@ struct pcache_ikey {
 	uint32_t data_crc;   /* CRC32C of the original extent (crc_len bytes) */
 	uint32_t crc_front;  /* bytes cut from the original extent's front */
 	uint32_t crc_len;    /* bytes the CRC covers; 0 = no CRC */
-	uint16_t flags;      /* PCACHE_KEY_CLEAN, PCACHE_KEY_ZERO, PCACHE_IKEY_EMPTY */
-	uint16_t pad;
+	uint16_t flags;      /* PCACHE_KEY_CLEAN, PCACHE_KEY_ZERO, PCACHE_IKEY_EMPTY/EPOCH */
+	uint16_t epoch16;    /* low 16 bits of the kset's flush epoch (with PCACHE_IKEY_EPOCH) */
 };
 
 /* One 4 MiB region: a sorted array of non-overlapping keys. */
@@ -174,6 +175,13 @@ struct pcache_log {
 	uint64_t epoch;
 	uint64_t ksets_written;
 	_Atomic uint64_t head_lsn;  /* copy of head.lsn for lock-free readers */
+	_Atomic uint64_t epoch_now; /* copy of epoch for lock-free readers */
+	/*
+	 * A flush is between closing the staging ksets and bumping the epoch (or one failed to
+	 * close them): the epoch a key staged now will carry is not certain (see index_add()).
+	 */
+	_Atomic bool epoch_unsure;
+	_Atomic bool epoch_broken;  /* sticky: a flush bumped with keys left staged */
 };
 
 /* Encode/decode between an on-media key and an index key (region-relative off). */

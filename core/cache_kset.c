@@ -123,6 +123,7 @@ void pcache_log_epoch_bump(struct pcache_cache *c)
 {
 	pthread_mutex_lock(&c->log.lock);
 	c->log.epoch++;
+	atomic_store(&c->log.epoch_now, c->log.epoch);
 	pthread_mutex_unlock(&c->log.lock);
 }
 

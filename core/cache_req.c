@@ -96,6 +96,7 @@ static int index_add(struct pcache_image *img, uint64_t region, const struct pca
 	uint32_t si = pcache_stage_of(img->id, region);
 	struct pcache_stage *st = &c->stage[si];
 	struct pcache_key_om om;
+	struct pcache_ikey ik;
 	int ret;
 
 	pthread_mutex_lock(&sub->lock);
@@ -106,8 +107,19 @@ static int index_add(struct pcache_image *img, uint64_t region, const struct pca
 	ret = pcache_stage_room(c, st, wait);
 	if (ret)
 		goto out_stage;
+	ik = *k;
+	/*
+	 * The epoch this key's kset will carry, read under the stage lock: a flush that starts
+	 * now closes this stage (after we let go of it) before it bumps the epoch, so unless a
+	 * flush is already between its closes and its bump, the kset gets the epoch read here.
+	 * The writeback skips a dirty key only for later keys of the same, certain epoch.
+	 */
+	if (!atomic_load(&c->log.epoch_unsure) && !atomic_load(&c->log.epoch_broken)) {
+		ik.flags |= PCACHE_IKEY_EPOCH;
+		ik.epoch16 = (uint16_t)atomic_load(&c->log.epoch_now);
+	}
 	/* room made and index memory reserved: neither step below can fail */
-	(void)pcache_subtree_insert(sub, k);
+	(void)pcache_subtree_insert(sub, &ik);
 	pcache_key_encode(&om, img->id, (region << PCACHE_REGION_SHIFT) + k->off, k);
 	pcache_stage_add(c, st, &om);
 	if (stage_idx)
@@ -360,9 +372,13 @@ int pcache_cache_flush(struct pcache_cache *c)
 	int ret;
 
 	pthread_mutex_lock(&c->flush_lock);
+	atomic_store(&c->log.epoch_unsure, true);
 	ret = pcache_stages_close_all(c, true, false, false);
 	/* ksets closed above carry the old epoch; later ones the new (writeback barriers) */
 	pcache_log_epoch_bump(c);
+	if (ret)
+		atomic_store(&c->log.epoch_broken, true); /* keys left staged get the new epoch */
+	atomic_store(&c->log.epoch_unsure, false);
 	pthread_mutex_unlock(&c->flush_lock);
 	return ret;
 }

@@ -6,7 +6,8 @@
  * ksets are cut into batches: a batch holds ksets of ONE epoch (an epoch is everything between
  * two upper-layer flushes), up to batch_bytes / batch_keys. For a batch:
  *   1. collect the dirty keys (CLEAN skipped, stale and unknown-image keys skipped and counted,
- *      data CRC verified when the cache has data_crc);
+ *      data CRC verified when the cache has data_crc); bytes the engine says a later key of
+ *      the same epoch replaced (ops.live) are skipped too: only the newest copy is written;
  *   2. resolve overlaps per image with a sweep, the latest key of the batch winning for each
  *      byte, and merge ranges adjacent on the backing and in pmem into one request;
  *   3. issue the requests (KMEM writes straight from pmem, ZERO for ZERO keys) with up to
@@ -56,6 +57,7 @@
 #define WB_OFFLINE_MAX_FAILS 4u
 #define WB_ENXIO_KICK_NS (100ull * 1000 * 1000) /* earliest retry of a missing backing on a kick */
 #define WB_DRAIN_ENXIO_FAILS 3u                  /* a drain reports -ENXIO after this many */
+#define WB_LIVE_MAX 16u                          /* live ranges asked per key */
 
 /* Per-image writeback state (only the worker writes it, under wb->lock). */
 struct wb_img {
@@ -424,6 +426,60 @@ static int wb_push_ext(struct pcache_wb *wb, const struct wb_ext *e)
 	return 0;
 }
 
+/* Ask the engine which bytes of a dirty key still need writing (ops.live); -1: all of them. */
+static int wb_live(struct pcache_wb *wb, const struct pcache_key_om *key, uint64_t epoch,
+		   uint64_t *ranges)
+{
+	struct pcache_wb_key k;
+	int n;
+
+	if (!wb->ops.live)
+		return -1;
+	k.image_id = pcache_le32(&key->image_id);
+	k.flags = pcache_le16(&key->flags) & PCACHE_KEY_ZERO;
+	k.epoch = epoch;
+	k.off = pcache_le64(&key->off);
+	k.len = pcache_le32(&key->len);
+	k.seg = pcache_le32(&key->seg);
+	k.seg_off = pcache_le32(&key->seg_off);
+	k.seg_gen = pcache_le64(&key->seg_gen);
+	n = wb->ops.live(wb->ctx, &k, ranges, WB_LIVE_MAX);
+	if (n > (int)WB_LIVE_MAX)
+		return -1;
+	/* only ranges inside the key, ascending, are believed */
+	for (int i = 0; i < n; i++) {
+		if (ranges[2 * i] >= ranges[2 * i + 1] || ranges[2 * i] < k.off ||
+		    ranges[2 * i + 1] > k.off + k.len || (i && ranges[2 * i] < ranges[2 * i - 1]))
+			return -1;
+	}
+	return n < 0 ? -1 : n;
+}
+
+/* Push the live parts (n ranges, or all with n < 0) of the key e; the rest is superseded. */
+static int wb_push_live(struct pcache_wb *wb, const struct wb_ext *e, const uint64_t *ranges,
+			int n, uint64_t *superseded)
+{
+	uint64_t kept = 0;
+	int r;
+
+	if (n < 0)
+		return wb_push_ext(wb, e);
+	for (int i = 0; i < n; i++) {
+		struct wb_ext part = *e;
+
+		part.off = ranges[2 * i];
+		part.end = ranges[2 * i + 1];
+		if (e->src)
+			part.src = e->src + (part.off - e->off);
+		r = wb_push_ext(wb, &part);
+		if (r)
+			return r;
+		kept += part.end - part.off;
+	}
+	*superseded += (e->end - e->off) - kept;
+	return 0;
+}
+
 static int wb_push_req(struct pcache_wb *wb, uint32_t img, uint64_t off, uint64_t len,
 		       const uint8_t *src)
 {
@@ -742,9 +798,10 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 	struct pcache_pos head, cur, start, newtail;
 	uint64_t now = wb_now(wb), seq = 0, bytes = 0, batch_epoch = 0, overridden = 0;
 	uint64_t written = 0, zeroed = 0, nflush = 0, dirty_keys = 0, clean = 0, stale = 0, unknown = 0;
-	uint64_t crcerr = 0;
+	uint64_t crcerr = 0, superseded = 0;
+	uint64_t live[2 * WB_LIVE_MAX];
 	bool have_epoch = false, canceled = false, moved;
-	int r = 0;
+	int r = 0, nlive;
 
 	pthread_mutex_lock(&wb->lock);
 	if (wb->latched) {
@@ -851,12 +908,19 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 			e.seq = seq++;
 			e.img = (uint32_t)idx;
 			e.src = NULL;
+			kseg = pcache_le32(&key->seg);
+			if (!(flags & PCACHE_KEY_ZERO) &&
+			    pcache_le64(&key->seg_gen) < pcache_cache_dev_seg_gen(wb->cd, kseg)) {
+				stale++; /* its segment was freed: replay drops it too */
+				continue;
+			}
+			nlive = wb_live(wb, key, ep, live);
+			if (nlive == 0) {
+				superseded += len;
+				bytes += len;
+				continue;
+			}
 			if (!(flags & PCACHE_KEY_ZERO)) {
-				kseg = pcache_le32(&key->seg);
-				if (pcache_le64(&key->seg_gen) < pcache_cache_dev_seg_gen(wb->cd, kseg)) {
-					stale++; /* its segment was freed: replay drops it too */
-					continue;
-				}
 				e.src = (const uint8_t *)pcache_cache_dev_seg_addr(wb->cd, kseg) +
 					pcache_le32(&key->seg_off);
 				if (wb->data_crc && pcache_crc32c(PCACHE_CRC_SEED, e.src, len) !=
@@ -871,7 +935,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 				im->batch_err = -ERANGE;
 				continue;
 			}
-			r = wb_push_ext(wb, &e);
+			r = wb_push_live(wb, &e, live, nlive, &superseded);
 			if (r) {
 				wb_release_backings(wb);
 				return r;
@@ -995,9 +1059,10 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 	wb->st.keys_stale += stale;
 	wb->st.keys_unknown_image += unknown;
 	wb->st.bytes_overridden += overridden;
+	wb->st.bytes_superseded += superseded;
 	wb->st.crc_errors += crcerr;
-	wb->st.drain_left = wb->st.drain_left > written + zeroed ?
-			    wb->st.drain_left - written - zeroed : 0;
+	wb->st.drain_left = wb->st.drain_left > written + zeroed + superseded ?
+			    wb->st.drain_left - written - zeroed - superseded : 0;
 	pthread_mutex_unlock(&wb->lock);
 	wb_release_backings(wb);
 

@@ -63,6 +63,23 @@ struct pcache_wb;
 
 /* ---- interface with the engine ------------------------------------------------------------ */
 
+/*
+ * A dirty key of the log as live() sees it. live() fills ranges[2i], ranges[2i+1] with the
+ * image byte ranges [start, end) of the key that must be written, ascending, and returns
+ * their count: 0 when later keys of the SAME flush epoch replaced every byte (within an epoch
+ * any subset of the writes is a state the backing may hold, and the later key is written
+ * after this one), -1 (or more than max) to write the whole key. NULL op: write every key.
+ */
+struct pcache_wb_key {
+	uint32_t image_id;
+	uint16_t flags;       /* PCACHE_KEY_ZERO or 0 */
+	uint64_t epoch;       /* flush epoch of the kset */
+	uint64_t off;
+	uint32_t len;
+	uint32_t seg, seg_off; /* data (not for ZERO) */
+	uint64_t seg_gen;
+};
+
 struct pcache_wb_ops {
 	void (*key_head)(void *ctx, struct pcache_pos *head);                 /* required */
 	struct pcache_backing *(*backing_get)(void *ctx, uint32_t image_id); /* required */
@@ -75,6 +92,9 @@ struct pcache_wb_ops {
 	/* persist an image's writeback progress (wb_lsn, wb_time) in the image table; 0/-errno */
 	int (*image_progress)(void *ctx, uint32_t image_id, uint64_t wb_lsn,
 			      uint64_t wb_time);                     /* optional */
+	/* which bytes of a dirty key must still be written (see struct pcache_wb_key) */
+	int (*live)(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges,
+		    int max);                                        /* optional */
 };
 
 /* Tunables; zero fields take the defaults below. */
@@ -147,6 +167,8 @@ struct pcache_wb_stats {
 	uint64_t requests, flushes, batches, epochs;
 	uint64_t keys_dirty, keys_clean_skipped, keys_stale, keys_unknown_image;
 	uint64_t bytes_overridden;        /* dirty bytes not written: a later key of the batch won */
+	uint64_t bytes_superseded;        /* dirty bytes not written: live() said a later key of
+					   * the same epoch replaced them */
 	uint64_t errors;                  /* backing errors, CRC mismatches, corrupt ksets */
 	uint64_t crc_errors, retries, rate_waits;
 	int latched;                      /* -EUCLEAN when the log is corrupt, else 0 */

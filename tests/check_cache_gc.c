@@ -41,23 +41,12 @@ static void setup(void)
 
 static void teardown(void)
 {
-	if (img)
-		pcache_image_put(img);
-	img = NULL;
-	if (c)
-		pcache_cache_stop(c, false);
-	c = NULL;
-	unlink(cpath);
-	unlink(ipath);
+	eng_close(&c, &img, cpath, ipath);
 }
 
 static void wr(uint64_t off, size_t len, uint32_t v)
 {
-	uint8_t *buf = malloc(len);
-
-	eng_fill(buf, len, 1, off, v);
-	ck_assert_int_eq(pcache_image_write(img, buf, off, len, 0), 0);
-	free(buf);
+	ck_assert_int_eq(eng_write(img, off, len, 1, v), 0);
 }
 
 static void expect(uint64_t off, size_t len, uint32_t want)

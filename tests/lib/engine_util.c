@@ -73,6 +73,32 @@ int eng_decode(const uint8_t *buf, uint32_t tag, uint64_t off, uint32_t *v)
 	return 0;
 }
 
+int eng_write(struct pcache_image *img, uint64_t off, size_t len, uint32_t tag, uint32_t v)
+{
+	uint8_t *buf = malloc(len);
+	int ret;
+
+	if (!buf)
+		return -ENOMEM;
+	eng_fill(buf, len, tag, off, v);
+	ret = pcache_image_write(img, buf, off, len, 0);
+	free(buf);
+	return ret;
+}
+
+void eng_close(struct pcache_cache **c, struct pcache_image **img, const char *cache_path,
+	       const char *image_path)
+{
+	if (*img)
+		pcache_image_put(*img);
+	*img = NULL;
+	if (*c)
+		pcache_cache_stop(*c, false);
+	*c = NULL;
+	unlink(cache_path);
+	unlink(image_path);
+}
+
 void eng_make_image(const char *path, uint64_t size, uint32_t tag)
 {
 	static uint8_t buf[1 << 16];

@@ -1,0 +1,313 @@
+/*
+ * check_cache_wbskip.c -- the writeback skips dirty bytes that a later key of the same flush
+ * epoch replaced (core/cache.c wbo_live(), core/cache_writeback.c), and only those: across a
+ * flush, for ZERO keys replaced by ZERO keys, and while the epoch a key will carry is not
+ * certain, every key is written. A randomized run checks after every batch that the backing
+ * holds an epoch-prefix state (the crash-consistency contract).
+ */
+#include <check.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/cache_i.h"
+#include "../core/cache_writeback.h"
+#include "check_util.h"
+#include "lib/engine_util.h"
+
+#define IMG_SIZE (8u << 20)
+
+static char cpath[256], ipath[256];
+static struct pcache_cache *c;
+static struct pcache_image *img;
+
+static void setup(void)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
+	char err[256];
+
+	check_scratch_path(cpath, sizeof(cpath), "wbskip-cache");
+	check_scratch_path(ipath, sizeof(ipath), "wbskip-img");
+	ck_assert_int_eq(eng_format(cpath, 128u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+}
+
+static void teardown(void)
+{
+	eng_close(&c, &img, cpath, ipath);
+}
+
+static void wr(uint64_t off, size_t len, uint32_t v)
+{
+	ck_assert_int_eq(eng_write(img, off, len, 1, v), 0);
+}
+
+/* The value of every sector of [off, off + len) on the backing file must be want. */
+static void backing_is(uint64_t off, size_t len, uint32_t want)
+{
+	uint8_t *buf = malloc(len);
+	int fd = open(ipath, O_RDONLY);
+	uint32_t v;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, buf, len, (off_t)off), (ssize_t)len);
+	close(fd);
+	for (size_t s = 0; s < len; s += 512) {
+		ck_assert_int_eq(eng_decode(buf + s, 1, off + s, &v), 0);
+		ck_assert_msg(v == want, "backing sector %llu: %u, want %u",
+			      (unsigned long long)(off + s) / 512, v, want);
+	}
+	free(buf);
+}
+
+static uint64_t superseded(void)
+{
+	struct pcache_wb_stats st;
+
+	pcache_wb_get_stats(c->wb, &st);
+	return st.bytes_superseded;
+}
+
+START_TEST(a_key_replaced_in_the_same_epoch_is_not_written)
+{
+	wr(0, 65536, 1);
+	wr(16384, 16384, 2);     /* replaces the middle of the first key */
+	wr(1u << 20, 8192, 3);
+	wr(1u << 20, 8192, 4);   /* replaces all of it */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(superseded(), 16384 + 8192);
+	backing_is(0, 16384, 1);
+	backing_is(16384, 16384, 2);
+	backing_is(32768, 32768, 1);
+	backing_is(1u << 20, 8192, 4);
+}
+END_TEST
+
+START_TEST(a_key_replaced_after_a_flush_is_written)
+{
+	struct pcache_wb_stats st;
+
+	wr(0, 65536, 1);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	wr(0, 65536, 2);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	/* the first epoch alone: the flushed value must reach the backing */
+	ck_assert_int_eq(pcache_wb_run_once(c->wb), 1);
+	backing_is(0, 65536, 1);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_is(0, 65536, 2);
+	pcache_wb_get_stats(c->wb, &st);
+	ck_assert_uint_eq(st.bytes_superseded, 0);
+	ck_assert_uint_eq(st.bytes_written, 2 * 65536);
+}
+END_TEST
+
+START_TEST(zero_keys_replaced_by_zero_keys_are_written)
+{
+	wr(0, 65536, 1);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_int_eq(pcache_image_discard(img, 0, 65536, true), 0);
+	ck_assert_int_eq(pcache_image_discard(img, 0, 65536, true), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(superseded(), 0);
+	backing_is(0, 65536, ENG_ZERO);
+	/* but data replaced by a ZERO key of the same epoch is skipped */
+	wr(1u << 20, 65536, 5);
+	ck_assert_int_eq(pcache_image_discard(img, 1u << 20, 65536, true), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(superseded(), 65536);
+	backing_is(1u << 20, 65536, ENG_ZERO);
+}
+END_TEST
+
+START_TEST(keys_of_an_uncertain_epoch_never_replace)
+{
+	/* what index_add() sees while a flush is between its closes and its epoch bump */
+	atomic_store(&c->log.epoch_unsure, true);
+	wr(0, 65536, 1);
+	wr(0, 65536, 2);
+	atomic_store(&c->log.epoch_unsure, false);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(superseded(), 0);
+	backing_is(0, 65536, 2);
+	/* and a flush that failed to close its ksets ends skipping for good */
+	atomic_store(&c->log.epoch_broken, true);
+	wr(0, 65536, 3);
+	wr(0, 65536, 4);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(superseded(), 0);
+	backing_is(0, 65536, 4);
+}
+END_TEST
+
+START_TEST(replayed_keys_keep_their_epoch)
+{
+	char err[256];
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
+
+	wr(0, 65536, 1);
+	wr(0, 32768, 2);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	pcache_image_put(img);
+	img = NULL;
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(superseded(), 32768);
+	backing_is(0, 32768, 2);
+	backing_is(32768, 32768, 1);
+}
+END_TEST
+
+/*
+ * Random overlapping writes (some of them ZERO) with random flushes, written back one batch
+ * (= one epoch here) at a time. After batch b the backing must hold an epoch-prefix state for
+ * some E >= b + 1: per sector, the last value of an epoch before E or any value of E. A skip
+ * of a key replaced only in a LATER epoch leaves an older value where epoch b's is due.
+ */
+#define RND_SECT (IMG_SIZE / 512)
+#define RND_W 3000
+
+struct hist {
+	uint32_t n;
+	uint32_t *v;   /* write ids in log order (0: the original content) */
+};
+
+static struct hist h[RND_SECT];
+static uint32_t epoch_of[RND_W + 1];
+static bool is_zero[RND_W + 1];
+
+/* The epochs E for which write k of sector x may be what the sector holds. */
+static void interval(const struct hist *x, uint32_t k, uint64_t *lo, uint64_t *hi)
+{
+	uint64_t e = epoch_of[x->v[k]];
+
+	*lo = e;
+	if (k + 1 == x->n)
+		*hi = UINT64_MAX;
+	else if (epoch_of[x->v[k + 1]] == e)
+		*hi = e;  /* overwritten in its own epoch: only as a value of that epoch */
+	else
+		*hi = epoch_of[x->v[k + 1]];
+}
+
+START_TEST(backing_is_an_epoch_prefix_state_after_every_batch)
+{
+	unsigned int seed = eng_seed("wbskip");
+	uint32_t epoch = 1, nonempty = 0, batches = 0;
+	bool epoch_has_keys = false;
+	uint8_t *buf = malloc(64 * 1024), *img_buf = malloc(IMG_SIZE);
+	int r;
+
+	for (uint32_t s = 0; s < RND_SECT; s++) {
+		h[s].v = malloc(sizeof(uint32_t));
+		h[s].v[0] = 0;
+		h[s].n = 1;
+	}
+	for (uint32_t id = 1; id <= RND_W; id++) {
+		uint64_t off = (uint64_t)(rand_r(&seed) % (RND_SECT - 64)) * 512;
+		uint32_t len = (uint32_t)(1 + rand_r(&seed) % 64) * 512; /* all fit in the cache */
+
+		is_zero[id] = rand_r(&seed) % 10 == 0;
+		if (is_zero[id]) {
+			ck_assert_int_eq(pcache_image_discard(img, off, len, true), 0);
+		} else {
+			eng_fill(buf, len, 1, off, id);
+			ck_assert_int_eq(pcache_image_write(img, buf, off, len, 0), 0);
+		}
+		epoch_of[id] = epoch;
+		epoch_has_keys = true;
+		for (uint32_t s = 0; s < len / 512; s++) {
+			struct hist *x = &h[off / 512 + s];
+
+			x->v = realloc(x->v, (x->n + 1) * sizeof(*x->v));
+			x->v[x->n++] = id;
+		}
+		if (rand_r(&seed) % 100 == 0) {
+			ck_assert_int_eq(pcache_cache_flush(c), 0);
+			nonempty++;
+			epoch++;
+			epoch_has_keys = false;
+		}
+	}
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	nonempty += epoch_has_keys;
+
+	while ((r = pcache_wb_run_once(c->wb)) == 1) {
+		uint64_t lo, hi = UINT64_MAX;
+		int fd = open(ipath, O_RDONLY);
+
+		batches++;
+		lo = batches + 1; /* epochs 1..batches are on the backing */
+		ck_assert_int_eq(pread(fd, img_buf, IMG_SIZE, 0), IMG_SIZE);
+		close(fd);
+		for (uint32_t s = 0; s < RND_SECT; s++) {
+			const struct hist *x = &h[s];
+			uint64_t slo = UINT64_MAX, shi = 0, a, b;
+			uint32_t v;
+
+			ck_assert_msg(eng_decode(img_buf + (size_t)s * 512, 1, (uint64_t)s * 512,
+						 &v) == 0, "sector %u: garbage", s);
+			for (uint32_t k = 0; k < x->n; k++) {
+				uint32_t id = x->v[k];
+				bool match = v == ENG_ZERO ? (id && is_zero[id]) : (id == v && !is_zero[id]);
+
+				if (!match)
+					continue;
+				/* several ZERO writes give the same bytes: take their hull */
+				interval(x, k, &a, &b);
+				slo = PCACHE_MIN(slo, a);
+				shi = PCACHE_MAX(shi, b);
+			}
+			ck_assert_msg(slo != UINT64_MAX, "after batch %u: sector %u holds %u, never "
+				      "written there", batches, s, v);
+			lo = PCACHE_MAX(lo, slo);
+			hi = PCACHE_MIN(hi, shi);
+			ck_assert_msg(lo <= hi, "after batch %u: sector %u (value %u) fits no epoch-prefix "
+				      "state (E in [%llu, %llu])", batches, s, v,
+				      (unsigned long long)lo, (unsigned long long)hi);
+		}
+	}
+	ck_assert_int_eq(r, 0);
+	printf("wbskip: %u writes, %u epochs, %u batches checked, %llu bytes superseded\n",
+	       RND_W, nonempty, batches, (unsigned long long)superseded());
+	fflush(stdout);
+	ck_assert_uint_eq(batches, nonempty);
+	ck_assert_uint_gt(superseded(), 0);
+	for (uint32_t s = 0; s < RND_SECT; s++)
+		free(h[s].v);
+	free(buf);
+	free(img_buf);
+}
+END_TEST
+
+Suite *cache_wbskip_suite(void);
+Suite *cache_wbskip_suite(void)
+{
+	Suite *s = suite_create("cache_wbskip");
+	TCase *tc = tcase_create("Skip");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, a_key_replaced_in_the_same_epoch_is_not_written);
+	tcase_add_test(tc, a_key_replaced_after_a_flush_is_written);
+	tcase_add_test(tc, zero_keys_replaced_by_zero_keys_are_written);
+	tcase_add_test(tc, keys_of_an_uncertain_epoch_never_replace);
+	tcase_add_test(tc, replayed_keys_keep_their_epoch);
+	tcase_add_test(tc, backing_is_an_epoch_prefix_state_after_every_batch);
+	suite_add_tcase(s, tc);
+	return s;
+}
