@@ -1452,6 +1452,8 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 
 		pcache_wb_get_stats(c->wb, &ws);
 		st->wb_errors += ws.errors;
+		st->wb_bytes = ws.bytes_written + ws.bytes_zeroed;
+		st->wb_superseded = ws.bytes_superseded;
 	}
 	n = pcache_cache_images(c, imgs, PCACHE_MAX_IMAGES);
 	st->images = (uint32_t)n;

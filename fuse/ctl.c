@@ -161,6 +161,8 @@ static void status_text(struct pfs_text *t)
 			", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64 ", segs_freed %" PRIu64 "\n",
 			cs.full_waits, cs.full_wait_ns / 1000000, cs.ksets_written, cs.keys_indexed, cs.index_bytes,
 			cs.wb_errors, cs.gc_runs, cs.segs_freed);
+	pfs_text_printf(t, "  writeback: %s written, %s superseded (replaced in the same epoch)\n",
+			human(cs.wb_bytes, h1, sizeof(h1)), human(cs.wb_superseded, h2, sizeof(h2)));
 	images_snapshot(&is);
 	pfs_text_printf(t, "  images %d\n", is.n);
 	for (int i = 0; i < is.n; i++) {
@@ -242,10 +244,11 @@ static void status_json(struct pfs_text *t)
 	pfs_text_printf(t, ", \"gc_percent\": %u, \"dirty_high\": %u, \"dirty_low\": %u, \"writeback_rate\": %" PRIu64
 			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"ksets_written\": %" PRIu64
 			", \"keys_indexed\": %" PRIu64 ", \"index_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64
-			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"parallel_write_opens\": %" PRIu64 "}",
+			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"parallel_write_opens\": %" PRIu64
+			", \"wb_bytes\": %" PRIu64 ", \"wb_superseded\": %" PRIu64 "}",
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.full_waits, cs.full_wait_ns,
 			cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
-			pcache_fuse_session_pdw_count());
+			pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded);
 	images_snapshot(&is);
 	pfs_text_printf(t, ", \"images\": [");
 	for (int i = 0; i < is.n; i++) {

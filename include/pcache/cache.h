@@ -201,6 +201,9 @@ struct pcache_cache_status {
 	uint64_t full_waits, full_wait_ns;   /* writers that waited for space */
 	uint64_t ksets_written, keys_indexed, index_bytes;
 	uint64_t wb_errors, gc_runs, segs_freed;
+	/* writeback: bytes written to backings (data + zeroed), and dirty bytes not written
+	 * because a later key of the same flush epoch replaced them */
+	uint64_t wb_bytes, wb_superseded;
 	uint32_t images;
 };
 void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status *st);

@@ -2,7 +2,8 @@
 # Description: the .pcache/ control tree and the image files' metadata: status and status.json
 # content (jq parses it), knobs and cache_mode persist across remounts, per-image stats counters
 # move, per-image flush writes back, attach/detach at run time (detach refused while open),
-# chmod/chown persist, statfs reports the cache, fallocate punch/zero read back as zeros.
+# chmod/chown persist, statfs reports the cache, fallocate punch/zero read back as zeros, data
+# rewritten within one flush epoch is written back once (wb_superseded).
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -51,6 +52,19 @@ sync "$MNT/a" 2>/dev/null || python3 -c 'import os,sys; fd=os.open(sys.argv[1], 
 # per-image flush writes back
 echo 1 > "$MNT/.pcache/images/a/flush" || fail "per-image flush failed"
 cmp "$MNT/a" "$SCRATCH/a.raw" || fail "backing of a differs after .pcache/images/a/flush"
+
+# data rewritten within one flush epoch reaches the backing once, as its newest copy
+s0=$(pc_status_json "$MNT" | jq -r '.cache.wb_superseded') || fail "status.json wb_superseded"
+dd if=/dev/urandom of="$SCRATCH/r1" bs=1M count=1 status=none
+dd if=/dev/urandom of="$SCRATCH/r2" bs=1M count=1 status=none
+dd if="$SCRATCH/r1" of="$MNT/a" bs=1M seek=8 oflag=direct conv=notrunc status=none || fail "write r1"
+dd if="$SCRATCH/r2" of="$MNT/a" bs=1M seek=8 oflag=direct conv=notrunc status=none || fail "write r2"
+echo 1 > "$MNT/.pcache/images/a/flush" || fail "per-image flush failed"
+s1=$(pc_status_json "$MNT" | jq -r '.cache.wb_superseded')
+[ $((s1 - s0)) -ge 1048576 ] || fail "the first copy was written back too (superseded $s0 -> $s1)"
+cmp <(dd if="$SCRATCH/a.raw" bs=1M skip=8 count=1 status=none) "$SCRATCH/r2" ||
+	fail "backing of a does not hold the newest copy"
+grep -q "^  writeback: .* superseded" "$MNT/.pcache/status" || fail "status has no writeback line"
 
 # ---- knobs persist across a remount
 pc_ctl "$MNT" gc_percent 55 || fail "set gc_percent"
