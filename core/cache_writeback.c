@@ -793,8 +793,11 @@ static void wb_release_backings(struct pcache_wb *wb)
  * One batch. Returns 1 (progress: the walker moved), 0 (nothing to do now), -ECANCELED
  * (stop_after_reqs reached), -EUCLEAN (corrupt log, latched), -ENOMEM.
  */
-static int wb_batch(struct pcache_wb *wb, bool limited)
+static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 {
+	uint64_t max_bytes = small ? wb->o.batch_bytes / PCACHE_WB_TRICKLE_DIV : wb->o.batch_bytes;
+	uint64_t max_keys = small ? wb->o.batch_keys / PCACHE_WB_TRICKLE_DIV : wb->o.batch_keys;
+
 	struct pcache_pos head, cur, start, newtail;
 	uint64_t now = wb_now(wb), seq = 0, bytes = 0, batch_epoch = 0, overridden = 0;
 	uint64_t written = 0, zeroed = 0, nflush = 0, dirty_keys = 0, clean = 0, stale = 0, unknown = 0;
@@ -848,7 +851,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited)
 		ep = pcache_le64(&ks->epoch);
 		if (have_epoch && ep != batch_epoch)
 			break; /* invariant 1: one epoch per batch */
-		if (seq && (bytes >= wb->o.batch_bytes || seq + n > wb->o.batch_keys))
+		if (seq && (bytes >= max_bytes || seq + n > max_keys))
 			break;
 		have_epoch = true;
 		batch_epoch = ep;
@@ -1105,7 +1108,7 @@ int pcache_wb_run_once(struct pcache_wb *wb)
 	pthread_mutex_lock(&wb->lock);
 	limited = wb->rate && !urgent && !wb->drains;
 	pthread_mutex_unlock(&wb->lock);
-	r = wb_batch(wb, limited);
+	r = wb_batch(wb, limited, false);
 	pthread_mutex_unlock(&wb->run_lock);
 	return r;
 }
@@ -1170,7 +1173,10 @@ static uint64_t wb_next_retry_ns(struct pcache_wb *wb)
 /*
  * The writeback thread. Speed by state: a drain waiting or above dirty_high (until below
  * dirty_low): full speed, no rate limit; otherwise rate limited, continuous when idle or above
- * dirty_low; busy and below dirty_low: one batch per idle_interval_ms (time-based trickle).
+ * dirty_low; busy and below dirty_low: one small batch (1/PCACHE_WB_TRICKLE_DIV of a full one)
+ * per idle_interval_ms, a trickle that bounds the age of dirty data without taking the CPU and
+ * the backing from the user's I/O (a full batch per second measured as fast as continuous
+ * writeback under 4 KiB random writes).
  */
 static void *wb_thread(void *arg)
 {
@@ -1193,7 +1199,7 @@ static void *wb_thread(void *arg)
 		pct = wb_urgent_update(wb, &urgent);
 		idle = wb->ops.idle ? wb->ops.idle(wb->ctx) : true;
 		trickle = !urgent && !drain && !idle && pct < low;
-		r = wb_batch(wb, rate && !urgent && !drain);
+		r = wb_batch(wb, rate && !urgent && !drain, trickle);
 		if (r > 0) {
 			if (trickle)
 				wb_wait(wb, (uint64_t)wb->o.idle_interval_ms * 1000000ull);
@@ -1468,7 +1474,7 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 			pthread_mutex_unlock(&wb->lock);
 			if (r)
 				break;
-			r = wb_batch(wb, false);
+			r = wb_batch(wb, false, false);
 			if (r < 0 && r != -ECANCELED)
 				continue; /* latched: wb_drain_state reports it */
 			if (r < 0)
@@ -1616,7 +1622,7 @@ int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offlin
 	for (;;) {
 		bool pending_retry = false, failed = false;
 
-		r = wb_batch(wb, oo->rate != 0);
+		r = wb_batch(wb, oo->rate != 0, false);
 		pcache_wb_get_stats(wb, &st);
 		pg.done_bytes = st.bytes_written + st.bytes_zeroed + st.bytes_overridden;
 		pg.done_ksets = st.dirty_tail.lsn - (w->end.lsn - pg.total_ksets);

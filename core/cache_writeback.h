@@ -103,6 +103,7 @@ struct pcache_wb_ops {
 #define PCACHE_WB_DEFAULT_MAX_REQ_BYTES (1u << 20)     /* merged request size cap */
 #define PCACHE_WB_DEFAULT_BATCH_BYTES (256u << 20)     /* dirty bytes per batch (one flush) */
 #define PCACHE_WB_DEFAULT_BATCH_KEYS 65536u
+#define PCACHE_WB_TRICKLE_DIV 16u                      /* busy, below dirty_low: smaller batches */
 #define PCACHE_WB_RETRY_MIN_NS (100ull * 1000 * 1000)
 #define PCACHE_WB_RETRY_MAX_NS (5000ull * 1000 * 1000)
 
@@ -112,7 +113,7 @@ struct pcache_wb_opts {
 	uint32_t max_req_bytes;      /* cap of one merged request */
 	uint64_t batch_bytes;        /* dirty bytes per batch */
 	uint32_t batch_keys;
-	uint32_t idle_interval_ms;   /* busy and below dirty_low: one batch per interval (1000) */
+	uint32_t idle_interval_ms;   /* busy and below dirty_low: one small batch per interval (1000) */
 	bool no_thread;              /* tests: no thread; drive with pcache_wb_run_once() */
 	/* tests: virtual clock for the rate limiter (now in ns, sleep ns); NULL = real clock */
 	uint64_t (*clock_now)(void *arg);

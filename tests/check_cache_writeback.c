@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -866,6 +867,54 @@ START_TEST(thread_drains_on_request_and_on_kick)
 }
 END_TEST
 
+static _Atomic bool idle_value;
+static bool ops_idle(void *ctx) { (void)ctx; return atomic_load(&idle_value); }
+
+START_TEST(busy_below_dirty_low_trickles_small_batches_and_idle_drains)
+{
+	struct pcache_wb_ops ops = test_ops;
+	struct pcache_wb_opts o;
+	struct pcache_wb *wb;
+	struct pcache_wb_stats st;
+
+	env_setup(1, 16, false, false);
+	env_open_backings();
+	ops.dirty_percent = ops_pct;
+	ops.idle = ops_idle;
+	pct_value = 0;                 /* below dirty_low */
+	atomic_store(&idle_value, false); /* user I/O going on */
+	E.lb.max_keys = 2;             /* batches are cut at kset boundaries */
+	for (uint32_t i = 0; i < 64; i++)
+		mwrite(0, (uint64_t)i * 8192, 8192, i + 1);
+	mflush();
+	memset(&o, 0, sizeof(o));
+	o.quiet = true;
+	o.batch_keys = 32;             /* a full batch: 32 keys, a trickle batch 32/16 = 2 */
+	o.idle_interval_ms = 400;
+	ck_assert_int_eq(pcache_wb_start(E.cd, &ops, NULL, &o, &wb), 0);
+	usleep(200 * 1000);
+	pcache_wb_get_stats(wb, &st);
+	_Static_assert(PCACHE_WB_TRICKLE_DIV == 16, "the bound below assumes 2-key trickle batches");
+	ck_assert_msg(st.keys_dirty <= 2,
+		      "busy, below dirty_low: %llu keys written in the first interval",
+		      (unsigned long long)st.keys_dirty);
+	/* idle: continuous, full batches */
+	atomic_store(&idle_value, true);
+	pcache_wb_kick(wb);
+	for (int i = 0; i < 500; i++) {
+		pcache_wb_get_stats(wb, &st);
+		if (st.dirty_tail.lsn == E.lb.head.lsn)
+			break;
+		usleep(10000);
+	}
+	ck_assert_uint_eq(st.dirty_tail.lsn, E.lb.head.lsn);
+	ck_assert_uint_eq(st.keys_dirty, 64);
+	check_image(0);
+	pcache_wb_stop(wb);
+	env_teardown();
+}
+END_TEST
+
 START_TEST(stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty)
 {
 	struct pcache_cache_info ci;
@@ -1228,6 +1277,7 @@ Suite *cache_writeback_suite(void)
 	tcase_add_test(te, corrupt_kset_before_key_head_latches_the_writeback);
 	tcase_set_timeout(te, 60);
 	tcase_add_test(tt, thread_drains_on_request_and_on_kick);
+	tcase_add_test(tt, busy_below_dirty_low_trickles_small_batches_and_idle_drains);
 	tcase_add_test(tt, stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty);
 	tcase_add_test(tt, drain_ends_a_rate_limited_wait_at_once);
 	tcase_set_timeout(tt, 60);
