@@ -1155,6 +1155,31 @@ static void wb_wait(struct pcache_wb *wb, uint64_t ns)
 	pthread_mutex_unlock(&wb->lock);
 }
 
+/*
+ * The trickle's pause: kicks for new dirty data (every kset close) do not end it, or the
+ * trickle would run as often as ksets close; a drain, stop, writers waiting for space, idle,
+ * or dirty data reaching dirty_low do.
+ */
+static void wb_trickle_wait(struct pcache_wb *wb, uint64_t ns)
+{
+	uint64_t end = pcache_now_ns() + ns, now;
+
+	while ((now = pcache_now_ns()) < end) {
+		bool leave;
+		uint32_t low;
+
+		wb_wait(wb, end - now);
+		pthread_mutex_lock(&wb->lock);
+		leave = wb->drains > 0 || wb->stopping;
+		low = wb->dirty_low;
+		pthread_mutex_unlock(&wb->lock);
+		if (leave || (wb->ops.space_wanted && wb->ops.space_wanted(wb->ctx)) ||
+		    (wb->ops.idle && wb->ops.idle(wb->ctx)) ||
+		    (wb->ops.dirty_percent && wb->ops.dirty_percent(wb->ctx) >= low))
+			return;
+	}
+}
+
 static uint64_t wb_next_retry_ns(struct pcache_wb *wb)
 {
 	uint64_t now = wb_now(wb), best = WB_POLL_NS;
@@ -1202,7 +1227,7 @@ static void *wb_thread(void *arg)
 		r = wb_batch(wb, rate && !urgent && !drain, trickle);
 		if (r > 0) {
 			if (trickle)
-				wb_wait(wb, (uint64_t)wb->o.idle_interval_ms * 1000000ull);
+				wb_trickle_wait(wb, (uint64_t)wb->o.idle_interval_ms * 1000000ull);
 			continue;
 		}
 		if (r == -ENOMEM) {
