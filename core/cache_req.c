@@ -973,14 +973,16 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 #define PIN_ZERO_SIZE (256u << 10)
 static uint8_t pin_zeros[PIN_ZERO_SIZE];
 
-/* A hit whose data CRC is checked once its segment is pinned. */
+/* An extent whose data CRC is checked once its segment is pinned. */
 struct pin_crc {
 	uint32_t seg, start, len, crc;
 };
 
+#define PIN_MAX_CRC 256u   /* extents checked per pin: 4 KiB keys merged into 64 pieces fit */
+
 struct pin_ctx {
 	struct pcache_read_pin *pin;
-	struct pin_crc crc[PCACHE_PIN_MAX_IOV];
+	struct pin_crc crc[PIN_MAX_CRC];
 	uint32_t ncrc;
 	uint32_t last_seg;   /* the segment pinned last, at last_gen (UINT32_MAX: none) */
 	uint64_t last_gen;
@@ -1040,15 +1042,15 @@ static bool pin_hit(struct pcache_cache *c, struct pin_ctx *x, const struct pcac
 		x->last_gen = k->seg_gen;
 	}
 	if (k->crc_len) {
-		struct pin_crc *pc;
+		struct pin_crc pc = { .seg = k->seg, .start = k->seg_off - k->crc_front,
+				      .len = k->crc_len, .crc = k->data_crc };
 
-		if (x->ncrc == PCACHE_PIN_MAX_IOV)
-			return false;
-		pc = &x->crc[x->ncrc++];
-		pc->seg = k->seg;
-		pc->start = k->seg_off - k->crc_front;
-		pc->len = k->crc_len;
-		pc->crc = k->data_crc;
+		/* one extent twice in a row (pieces of a cut key): check it once */
+		if (!x->ncrc || memcmp(&x->crc[x->ncrc - 1], &pc, sizeof(pc)) != 0) {
+			if (x->ncrc == PIN_MAX_CRC)
+				return false;
+			x->crc[x->ncrc++] = pc;
+		}
 	}
 	return pin_iov_add(pin, pcache_seg_ptr(c, k->seg, seg_off), part_end - pos);
 }

@@ -25,6 +25,8 @@
  *     open. A request for a detached (or detached and reused) slot fails with ESTALE.
  *  6. A read miss (PCACHE_IO_PENDING) replies from the engine's completion callback; the buffer
  *     belongs to the request until then.
+ *  7. A read that is all hits replies from the cache memory itself (pcache_image_read_pin,
+ *     fuse_reply_iov) and unpins right after the reply; only other reads copy into a buffer.
  */
 #include "daemon_i.h"
 
@@ -621,6 +623,53 @@ static void read_done(void *priv, int status)
 	free(rr);
 }
 
+/*
+ * A read that is all hits: reply straight from the cache memory the engine pinned (no copy, no
+ * allocation here), trimmed from the aligned envelope [a, e) to skip bytes in front and len
+ * bytes in total, then unpin. Returns PCACHE_PIN_FALLBACK (nothing replied) when the read must
+ * take the copying path, else 0 (replied, with the data or the engine's error).
+ */
+static int read_pinned(fuse_req_t req, struct pfs_slot *s, uint64_t a, uint64_t e, size_t skip,
+		       size_t len)
+{
+	struct pcache_read_pin pin;
+	struct iovec *iov;
+	uint32_t n, i;
+	size_t total = 0;
+	int ret;
+
+	ret = pcache_image_read_pin(s->img, a, (size_t)(e - a), &pin);
+	if (ret == PCACHE_PIN_FALLBACK)
+		return ret;
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return 0;
+	}
+	iov = pin.iov;
+	n = pin.niov;
+	while (n && skip >= iov->iov_len) {
+		skip -= iov->iov_len;
+		iov++;
+		n--;
+	}
+	if (n) {
+		iov->iov_base = (char *)iov->iov_base + skip;
+		iov->iov_len -= skip;
+	}
+	for (i = 0; i < n; i++) {
+		if (total + iov[i].iov_len >= len) {
+			iov[i].iov_len = len - total;
+			n = i + 1;
+			break;
+		}
+		total += iov[i].iov_len;
+	}
+	/* the pin (not a lock) is held across the reply: the kernel copies from pmem */
+	fuse_reply_iov(req, iov, (int)n);
+	pcache_read_unpin(&pin);
+	return 0;
+}
+
 /* Read of an image file (the caller did io_enter; every path here ends in io_exit). */
 static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t off)
 {
@@ -644,6 +693,10 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 	e = PCACHE_ALIGN_UP(off + len, lbs);
 	if (e > s->size)
 		e = s->size;   /* a size that is not a sector multiple: the engine decides */
+	if (read_pinned(req, s, a, e, (size_t)(off - a), len) != PCACHE_PIN_FALLBACK) {
+		io_exit(s);
+		return;
+	}
 	buf = buf_get();
 	if (!buf) {
 		io_exit(s);

@@ -335,6 +335,7 @@ START_TEST(crc_mismatch_is_eio_counted_and_unpinned)
 	struct pcache_image_stats st;
 	struct pcache_read_pin pin;
 	struct pcache_ikey k;
+	uint64_t off;
 	uint8_t *p;
 
 	start(false, true, 24u << 20, IMG_SIZE);
@@ -365,6 +366,20 @@ START_TEST(crc_mismatch_is_eio_counted_and_unpinned)
 	pcache_read_unpin(&pin);
 	pcache_image_get_stats(img, &st);
 	ck_assert_uint_eq(st.crc_errors, 1);
+	/* 128 keys of 4 KiB, contiguous in pmem: one piece, every key's CRC checked */
+	for (off = 1u << 20; off < (1u << 20) + (512u << 10); off += 4096)
+		wr(off, 4096, 3);
+	ck_assert_int_eq(pcache_image_read_pin(img, 1u << 20, 512u << 10, &pin), 0);
+	ck_assert_uint_eq(pin.niov, 1);
+	expect_pinned(&pin, 1u << 20, 512u << 10, 3);
+	pcache_read_unpin(&pin);
+	k = key_at((1u << 20) + (300u << 10));
+	p = pcache_seg_ptr(c, k.seg, k.seg_off);
+	p[7] ^= 0x01;
+	ck_assert_int_eq(pcache_image_read_pin(img, 1u << 20, 512u << 10, &pin), -EIO);
+	pcache_image_get_stats(img, &st);
+	ck_assert_uint_eq(st.crc_errors, 2);
+	ck_assert_uint_eq(total_readers(), 0);
 }
 END_TEST
 
