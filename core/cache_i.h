@@ -266,6 +266,9 @@ struct pcache_cache {
 	struct pcache_image *live[PCACHE_MAX_IMAGES];  /* attached or detaching (backing open) */
 	_Atomic bool stopping_io;     /* pcache_cache_stop() began: new I/O is refused */
 	_Atomic uint64_t last_io_ms;  /* coarse monotonic ms of the latest user I/O (idle test) */
+	/* dirty data bytes (keys neither CLEAN nor ZERO) logged, and put behind dirty_tail by the
+	 * writeback, since start (replay counts the dirty part of the log in): the watermarks */
+	_Atomic uint64_t dirty_in, dirty_out;
 	uint64_t replay_keys, replay_ns;
 
 	/* GC */

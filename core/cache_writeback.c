@@ -801,7 +801,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 	struct pcache_pos head, cur, start, newtail;
 	uint64_t now = wb_now(wb), seq = 0, bytes = 0, batch_epoch = 0, overridden = 0;
 	uint64_t written = 0, zeroed = 0, nflush = 0, dirty_keys = 0, clean = 0, stale = 0, unknown = 0;
-	uint64_t crcerr = 0, superseded = 0;
+	uint64_t crcerr = 0, superseded = 0, passed = 0;
 	uint64_t live[2 * WB_LIVE_MAX];
 	bool have_epoch = false, canceled = false, moved;
 	int r = 0, nlive;
@@ -887,6 +887,8 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 			im = &wb->imgs[idx];
 			if (!im->in_table) {
 				unknown++;
+				if (!(flags & PCACHE_KEY_ZERO))
+					passed += len;
 				continue;
 			}
 			if (im->done_lsn > cur.lsn)
@@ -917,6 +919,8 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 				stale++; /* its segment was freed: replay drops it too */
 				continue;
 			}
+			if (!(flags & PCACHE_KEY_ZERO))
+				passed += len;
 			nlive = wb_live(wb, key, ep, live);
 			if (nlive == 0) {
 				superseded += len;
@@ -1081,6 +1085,9 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 			pthread_mutex_unlock(&wb->lock);
 			if (wb->ops.tail_moved)
 				wb->ops.tail_moved(wb->ctx, &newtail);
+			/* only a tail moved to the batch's end put all its keys behind it */
+			if (wb->ops.dirty_passed && newtail.lsn == cur.lsn)
+				wb->ops.dirty_passed(wb->ctx, passed);
 		}
 	}
 	pthread_mutex_lock(&wb->lock);

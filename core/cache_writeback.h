@@ -92,6 +92,8 @@ struct pcache_wb_ops {
 	/* persist an image's writeback progress (wb_lsn, wb_time) in the image table; 0/-errno */
 	int (*image_progress)(void *ctx, uint32_t image_id, uint64_t wb_lsn,
 			      uint64_t wb_time);                     /* optional */
+	/* dirty_tail moved past data keys (not CLEAN, not ZERO, not stale) of this many bytes */
+	void (*dirty_passed)(void *ctx, uint64_t bytes);                      /* optional */
 	/* which bytes of a dirty key must still be written (see struct pcache_wb_key) */
 	int (*live)(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges,
 		    int max);                                        /* optional */

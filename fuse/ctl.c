@@ -142,7 +142,7 @@ static void status_text(struct pfs_text *t)
 {
 	struct pcache_cache_status cs;
 	struct img_snap is;
-	char h1[32], h2[32], path[PCACHE_PATH_MAX + 1];
+	char h1[32], h2[32], h3[32], path[PCACHE_PATH_MAX + 1];
 
 	memset(&cs, 0, sizeof(cs));
 	pcache_cache_get_status(pfs.cache, &cs);
@@ -161,7 +161,8 @@ static void status_text(struct pfs_text *t)
 			", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64 ", segs_freed %" PRIu64 "\n",
 			cs.full_waits, cs.full_wait_ns / 1000000, cs.ksets_written, cs.keys_indexed, cs.index_bytes,
 			cs.wb_errors, cs.gc_runs, cs.segs_freed);
-	pfs_text_printf(t, "  writeback: %s written, %s superseded (replaced in the same epoch)\n",
+	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
+			"same epoch)\n", human(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			human(cs.wb_bytes, h1, sizeof(h1)), human(cs.wb_superseded, h2, sizeof(h2)));
 	images_snapshot(&is);
 	pfs_text_printf(t, "  images %d\n", is.n);
@@ -245,10 +246,12 @@ static void status_json(struct pfs_text *t)
 			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"ksets_written\": %" PRIu64
 			", \"keys_indexed\": %" PRIu64 ", \"index_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64
 			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"parallel_write_opens\": %" PRIu64
-			", \"wb_bytes\": %" PRIu64 ", \"wb_superseded\": %" PRIu64 "}",
+			", \"wb_bytes\": %" PRIu64 ", \"wb_superseded\": %" PRIu64
+			", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %u}",
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.full_waits, cs.full_wait_ns,
 			cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
-			pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded);
+			pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
+			cs.dirty_percent);
 	images_snapshot(&is);
 	pfs_text_printf(t, ", \"images\": [");
 	for (int i = 0; i < is.n; i++) {

@@ -3,7 +3,8 @@
  * epoch replaced (core/cache.c wbo_live(), core/cache_writeback.c), and only those: across a
  * flush, for ZERO keys replaced by ZERO keys, and while the epoch a key will carry is not
  * certain, every key is written. A randomized run checks after every batch that the backing
- * holds an epoch-prefix state (the crash-consistency contract).
+ * holds an epoch-prefix state (the crash-consistency contract). Also the dirty-bytes measure
+ * the watermarks use.
  */
 #include <check.h>
 #include <fcntl.h>
@@ -172,6 +173,50 @@ START_TEST(replayed_keys_keep_their_epoch)
 }
 END_TEST
 
+/* The watermarks' measure: dirty data bytes, across ZERO keys, a restart and the writeback. */
+START_TEST(dirty_bytes_follow_writes_restart_and_writeback)
+{
+	struct pcache_cache_status st;
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
+	char err[256];
+
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.dirty_bytes, 0);
+	wr(0, 1u << 20, 1);
+	wr(0, 512u << 10, 2);           /* a rewrite counts again until written back */
+	ck_assert_int_eq(pcache_image_discard(img, 4u << 20, 65536, true), 0); /* no data */
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.dirty_bytes, (1u << 20) + (512u << 10));
+	ck_assert_uint_eq(st.dirty_percent, (uint32_t)(st.dirty_bytes * 100 /
+						       ((uint64_t)st.seg_count * st.seg_size)));
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	pcache_image_put(img);
+	img = NULL;
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	eng_opts(&o, cpath);
+	o.no_background = true;
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.dirty_bytes, (1u << 20) + (512u << 10)); /* counted by the replay */
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.dirty_bytes, 0);
+	ck_assert_uint_eq(st.dirty_percent, 0);
+	/* after a writeback the replay counts nothing */
+	wr(65536, 65536, 3);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	pcache_image_put(img);
+	img = NULL;
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.dirty_bytes, 0);
+}
+END_TEST
+
 /*
  * Random overlapping writes (some of them ZERO) with random flushes, written back one batch
  * (= one epoch here) at a time. After batch b the backing must hold an epoch-prefix state for
@@ -307,6 +352,7 @@ Suite *cache_wbskip_suite(void)
 	tcase_add_test(tc, zero_keys_replaced_by_zero_keys_are_written);
 	tcase_add_test(tc, keys_of_an_uncertain_epoch_never_replace);
 	tcase_add_test(tc, replayed_keys_keep_their_epoch);
+	tcase_add_test(tc, dirty_bytes_follow_writes_restart_and_writeback);
 	tcase_add_test(tc, backing_is_an_epoch_prefix_state_after_every_batch);
 	suite_add_tcase(s, tc);
 	return s;

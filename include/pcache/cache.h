@@ -204,6 +204,8 @@ struct pcache_cache_status {
 	/* writeback: bytes written to backings (data + zeroed), and dirty bytes not written
 	 * because a later key of the same flush epoch replaced them */
 	uint64_t wb_bytes, wb_superseded;
+	uint64_t dirty_bytes;                /* data not written back yet (the watermarks' measure) */
+	uint32_t dirty_percent;              /* ... in percent of the cache's capacity */
 	uint32_t images;
 };
 void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status *st);

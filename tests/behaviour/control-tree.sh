@@ -64,7 +64,7 @@ s1=$(pc_status_json "$MNT" | jq -r '.cache.wb_superseded')
 [ $((s1 - s0)) -ge 1048576 ] || fail "the first copy was written back too (superseded $s0 -> $s1)"
 cmp <(dd if="$SCRATCH/a.raw" bs=1M skip=8 count=1 status=none) "$SCRATCH/r2" ||
 	fail "backing of a does not hold the newest copy"
-grep -q "^  writeback: .* superseded" "$MNT/.pcache/status" || fail "status has no writeback line"
+grep -q "^  dirty .*; writeback: .* superseded" "$MNT/.pcache/status" || fail "status has no dirty/writeback line"
 
 # ---- knobs persist across a remount
 pc_ctl "$MNT" gc_percent 55 || fail "set gc_percent"
