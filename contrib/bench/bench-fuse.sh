@@ -21,7 +21,7 @@
 #
 # Knobs (environment): BENCH_QUICK=1 (1 round, 2 s runs); FUSE_ROUNDS, FUSE_RUNTIME, FUSE_RAMP;
 # FUSE_CONFIGS / FUSE_JOBS (space-separated subsets); FUSE_DISK_DIR (default /var/tmp);
-# FUSE_SHM_DIR (default /dev/shm); FUSE_CACHE_SIZE (pc-hit cache, default 2g); FUSE_PROFILE
+# FUSE_SHM_DIR (default /dev/shm); FUSE_CACHE_SIZE (pc-hit cache, default 4g); FUSE_PROFILE
 # (space-separated [CONFIG:]JOB to profile with perf after the rounds, CONFIG pc-hit (default),
 # pc-hit-st or pc-miss; "auto": every pcachefs job that missed its target); FUSE_SKIP_RSS=1.
 #
@@ -54,7 +54,11 @@ DISK_DIR=${FUSE_DISK_DIR:-/var/tmp}
 SHM_DIR=${FUSE_SHM_DIR:-/dev/shm}
 IMG_SIZE=1g            # every image and file the jobs run on, except pc-miss/raw
 MISS_SIZE=4g           # pc-miss and raw: large enough that a run never reads a block twice
-CACHE_SIZE=${FUSE_CACHE_SIZE:-2g}
+# pc-hit: four times the image, so that a write job (up to a few GiB in one run, the 1 GiB
+# image rewritten over and over) is a burst the cache absorbs; the writeback then trickles
+# (busy, below dirty_low) or skips data rewritten within the epoch. With 2 GiB the write jobs
+# measured the disk's writeback speed, not the cache.
+CACHE_SIZE=${FUSE_CACHE_SIZE:-4g}
 MISS_CACHE_SIZE=2g
 RSS_CACHE_SIZE=2g
 REPLAY_SAMPLES=5
