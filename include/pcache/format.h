@@ -143,7 +143,7 @@
  *   1. zeroes over both superblock slots (from here a crash leaves a blank device);
  *   2. zeroes over [8 KiB, seg_base) and over the first PCACHE_KSET_MAX_SIZE bytes of segment 0;
  *   3. both slots of every record, same values: slot 0 seq 1, slot 1 seq 0 --
- *      cache_info defaults (gc 70, dirty 60/30, wb_rate 0, next_image_id 1, DATA_CRC as asked),
+ *      cache_info defaults (gc 70, dirty 80/50, wb_rate 0, next_image_id 1, DATA_CRC as asked),
  *      key_tail = dirty_tail = (seg 0, off 0, lsn 1), every image entry FREE (id 0, state 0),
  *      every segment gen 0;
  *   4. superblock copy 0, then copy 1 (the commit record of the format).
@@ -208,8 +208,8 @@
 #define PCACHE_INFO_DATA_CRC (1u << 0)
 #define PCACHE_DEFAULT_GC_PERCENT 70u
 #define PCACHE_MAX_GC_PERCENT 90u
-#define PCACHE_DEFAULT_DIRTY_HIGH 60u
-#define PCACHE_DEFAULT_DIRTY_LOW 30u
+#define PCACHE_DEFAULT_DIRTY_HIGH 80u
+#define PCACHE_DEFAULT_DIRTY_LOW 50u
 
 /* image states and cache modes */
 #define PCACHE_IMAGE_FREE 0u
