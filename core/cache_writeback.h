@@ -23,7 +23,7 @@
  *  - tail_moved(dirty_tail): called from the writeback thread after the new dirty_tail is
  *    persisted (pcache_cache_dev_set_dirty_tail() is done by the writeback, never the engine).
  *    Everything before it is clean: the engine may mark those keys clean and let GC run.
- *  - dirty_percent(): percent of the cache's segments that hold dirty data (watermarks);
+ *  - dirty_percent(): percent of the cache's capacity holding dirty data (watermarks);
  *    NULL = the writeback runs continuously at the rate limit (never urgent, never trickle):
  *    the watermarks then have no effect.
  *  - idle(): true when no user I/O arrived recently (faster writeback when idle); NULL = idle.
@@ -115,7 +115,7 @@ struct pcache_wb_opts {
 	uint32_t max_req_bytes;      /* cap of one merged request */
 	uint64_t batch_bytes;        /* dirty bytes per batch */
 	uint32_t batch_keys;
-	uint32_t idle_interval_ms;   /* busy and below dirty_low: one small batch per interval (1000) */
+	uint32_t idle_interval_ms;   /* busy, below dirty_low: one small batch per interval (1000) */
 	bool no_thread;              /* tests: no thread; drive with pcache_wb_run_once() */
 	/* tests: virtual clock for the rate limiter (now in ns, sleep ns); NULL = real clock */
 	uint64_t (*clock_now)(void *arg);
@@ -155,6 +155,8 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id);
  * thread).
  */
 int pcache_wb_run_once(struct pcache_wb *wb);
+/* The thread's pause after a batch while user I/O goes on, at pct percent dirty. */
+uint64_t pcache_wb_busy_pause_ns(uint32_t pct, uint32_t low, uint32_t high, uint32_t interval_ms);
 
 /* Knobs (also persisted by the engine in cache_info; here they only take effect). */
 void pcache_wb_set_rate(struct pcache_wb *wb, uint64_t bytes_per_sec); /* 0 = unlimited */

@@ -918,6 +918,58 @@ START_TEST(busy_below_dirty_low_trickles_small_batches_and_idle_drains)
 }
 END_TEST
 
+START_TEST(busy_pause_shrinks_from_dirty_low_to_dirty_high)
+{
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(0, 50, 80, 1000), 1000000000ull);
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(49, 50, 80, 1000), 1000000000ull);
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(50, 50, 80, 1000), 1000000000ull);
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(65, 50, 80, 1000), 500000000ull);
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(79, 50, 80, 1000), 1000000000ull / 30);
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(80, 50, 80, 1000), 0);
+	ck_assert_uint_eq(pcache_wb_busy_pause_ns(100, 50, 80, 1000), 0);
+}
+END_TEST
+
+START_TEST(busy_near_dirty_high_writes_back_without_long_pauses)
+{
+	struct pcache_wb_ops ops = test_ops;
+	struct pcache_wb_opts o;
+	struct pcache_wb *wb;
+	struct pcache_wb_stats st;
+
+	env_setup(1, 16, false, false);
+	env_open_backings();
+	ops.dirty_percent = ops_pct;
+	ops.idle = ops_idle;
+	atomic_store(&idle_value, false);
+	E.lb.max_keys = 2;
+	for (uint32_t i = 0; i < 64; i++)
+		mwrite(0, (uint64_t)i * 8192, 8192, i + 1);
+	mflush();
+	memset(&o, 0, sizeof(o));
+	o.quiet = true;
+	o.batch_keys = 32;             /* busy batches: 2 keys */
+	o.idle_interval_ms = 1000;
+	ck_assert_int_eq(pcache_wb_start(E.cd, &ops, NULL, &o, &wb), 0);
+	ck_assert_int_eq(pcache_wb_set_watermarks(wb, 60, 20), 0);
+	pct_value = 59;                /* pause 1000 ms * 1/40 = 25 ms after each 2-key batch */
+	pcache_wb_kick(wb);
+	for (int i = 0; i < 300; i++) {
+		pcache_wb_get_stats(wb, &st);
+		if (st.keys_dirty >= 16)
+			break;
+		usleep(10000);
+	}
+	/* with the full pause below dirty_low this takes 8 s */
+	ck_assert_msg(st.keys_dirty >= 16, "busy at 59 %% of 20..60: only %llu keys in 3 s",
+		      (unsigned long long)st.keys_dirty);
+	ck_assert(!st.urgent);
+	pct_value = 0;
+	pcache_wb_stop(wb);
+	env_teardown();
+}
+END_TEST
+
 START_TEST(stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty)
 {
 	struct pcache_cache_info ci;
@@ -1281,6 +1333,8 @@ Suite *cache_writeback_suite(void)
 	tcase_set_timeout(te, 60);
 	tcase_add_test(tt, thread_drains_on_request_and_on_kick);
 	tcase_add_test(tt, busy_below_dirty_low_trickles_small_batches_and_idle_drains);
+	tcase_add_test(tt, busy_pause_shrinks_from_dirty_low_to_dirty_high);
+	tcase_add_test(tt, busy_near_dirty_high_writes_back_without_long_pauses);
 	tcase_add_test(tt, stop_cuts_a_rate_limited_batch_short_and_leaves_it_dirty);
 	tcase_add_test(tt, drain_ends_a_rate_limited_wait_at_once);
 	tcase_set_timeout(tt, 60);
