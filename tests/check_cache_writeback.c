@@ -870,28 +870,41 @@ END_TEST
 static _Atomic bool idle_value;
 static bool ops_idle(void *ctx) { (void)ctx; return atomic_load(&idle_value); }
 
-START_TEST(busy_below_dirty_low_trickles_small_batches_and_idle_drains)
+/*
+ * A writeback thread with user I/O going on (idle() false) at pct_value percent dirty over a
+ * log of 64 dirty 8 KiB keys in ksets of 2 (batches are cut at kset boundaries); a full batch
+ * is 32 keys, a busy one 2.
+ */
+static struct pcache_wb *busy_wb_start(uint32_t interval_ms)
 {
 	struct pcache_wb_ops ops = test_ops;
 	struct pcache_wb_opts o;
 	struct pcache_wb *wb;
-	struct pcache_wb_stats st;
 
 	env_setup(1, 16, false, false);
 	env_open_backings();
 	ops.dirty_percent = ops_pct;
 	ops.idle = ops_idle;
-	pct_value = 0;                 /* below dirty_low */
-	atomic_store(&idle_value, false); /* user I/O going on */
-	E.lb.max_keys = 2;             /* batches are cut at kset boundaries */
+	atomic_store(&idle_value, false);
+	E.lb.max_keys = 2;
 	for (uint32_t i = 0; i < 64; i++)
 		mwrite(0, (uint64_t)i * 8192, 8192, i + 1);
 	mflush();
 	memset(&o, 0, sizeof(o));
 	o.quiet = true;
-	o.batch_keys = 32;             /* a full batch: 32 keys, a trickle batch 32/16 = 2 */
-	o.idle_interval_ms = 400;
+	o.batch_keys = 32;
+	o.idle_interval_ms = interval_ms;
 	ck_assert_int_eq(pcache_wb_start(E.cd, &ops, NULL, &o, &wb), 0);
+	return wb;
+}
+
+START_TEST(busy_below_dirty_low_trickles_small_batches_and_idle_drains)
+{
+	struct pcache_wb_stats st;
+	struct pcache_wb *wb;
+
+	pct_value = 0;                 /* below dirty_low */
+	wb = busy_wb_start(400);
 	for (int i = 0; i < 5; i++) {
 		usleep(40 * 1000);
 		pcache_wb_kick(wb); /* what every kset close does: it must not end the pause */
@@ -932,25 +945,11 @@ END_TEST
 
 START_TEST(busy_near_dirty_high_writes_back_without_long_pauses)
 {
-	struct pcache_wb_ops ops = test_ops;
-	struct pcache_wb_opts o;
-	struct pcache_wb *wb;
 	struct pcache_wb_stats st;
+	struct pcache_wb *wb;
 
-	env_setup(1, 16, false, false);
-	env_open_backings();
-	ops.dirty_percent = ops_pct;
-	ops.idle = ops_idle;
-	atomic_store(&idle_value, false);
-	E.lb.max_keys = 2;
-	for (uint32_t i = 0; i < 64; i++)
-		mwrite(0, (uint64_t)i * 8192, 8192, i + 1);
-	mflush();
-	memset(&o, 0, sizeof(o));
-	o.quiet = true;
-	o.batch_keys = 32;             /* busy batches: 2 keys */
-	o.idle_interval_ms = 1000;
-	ck_assert_int_eq(pcache_wb_start(E.cd, &ops, NULL, &o, &wb), 0);
+	pct_value = 0;
+	wb = busy_wb_start(1000);
 	ck_assert_int_eq(pcache_wb_set_watermarks(wb, 60, 20), 0);
 	pct_value = 59;                /* pause 1000 ms * 1/40 = 25 ms after each 2-key batch */
 	pcache_wb_kick(wb);
