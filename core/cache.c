@@ -463,12 +463,8 @@ static bool wbo_space_wanted(void *ctx)
 /* No user I/O for PCACHE_IDLE_MS: the writeback may run continuously below dirty_low. */
 bool pcache_cache_idle(struct pcache_cache *c)
 {
-	struct timespec ts;
-	uint64_t now;
-
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-	return now - atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) >= PCACHE_IDLE_MS;
+	return pcache_coarse_ms() - atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) >=
+	       PCACHE_IDLE_MS;
 }
 
 /* Append [a, b) to ranges, merged with the last one when adjacent; false once past max. */

@@ -32,6 +32,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "pcache/backing.h"
 #include "pcache/cache.h"
@@ -309,6 +310,15 @@ void pcache_gc_clean(struct pcache_cache *c, uint32_t budget);
 void pcache_wb_notify_kick(struct pcache_cache *c);
 /* No user read, write, discard or flush for PCACHE_IDLE_MS (the writeback's idle test). */
 bool pcache_cache_idle(struct pcache_cache *c);
+
+/* Coarse monotonic clock in ms (the user-I/O idle test: cheap enough for every request). */
+static inline uint64_t pcache_coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 /* Address in the mapping of segment seg, offset off. */
 static inline uint8_t *pcache_seg_ptr(struct pcache_cache *c, uint32_t seg, uint32_t off)

@@ -46,13 +46,10 @@
 static int io_enter(struct pcache_image *img)
 {
 	struct pcache_cache *c = img->c;
-	struct timespec ts;
-	uint64_t ms;
+	uint64_t ms = pcache_coarse_ms();
 
-	/* user I/O time for the writeback's idle test: a coarse clock, stored only when it
-	 * changed, so that I/O threads rarely write the shared line */
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	/* user I/O time for the writeback's idle test, stored only when it changed, so that
+	 * I/O threads rarely write the shared line */
 	if (atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) != ms)
 		atomic_store_explicit(&c->last_io_ms, ms, memory_order_relaxed);
 	atomic_fetch_add(&img->inflight, 1);

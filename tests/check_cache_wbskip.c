@@ -24,20 +24,36 @@ static char cpath[256], ipath[256];
 static struct pcache_cache *c;
 static struct pcache_image *img;
 
-static void setup(void)
+/* Start the engine on cpath (no background threads: batches run when a test says) and
+ * attach the image. */
+static void open_cache(void)
 {
 	struct pcache_cache_opts o;
 	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
 	char err[256];
 
-	check_scratch_path(cpath, sizeof(cpath), "wbskip-cache");
-	check_scratch_path(ipath, sizeof(ipath), "wbskip-img");
-	ck_assert_int_eq(eng_format(cpath, 128u << 20, 1u << 20, false), 0);
-	eng_make_image(ipath, IMG_SIZE, 1);
 	eng_opts(&o, cpath);
 	o.no_background = true;
 	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
 	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+}
+
+/* Stop without a drain and start again: the log is replayed. */
+static void restart(void)
+{
+	pcache_image_put(img);
+	img = NULL;
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	open_cache();
+}
+
+static void setup(void)
+{
+	check_scratch_path(cpath, sizeof(cpath), "wbskip-cache");
+	check_scratch_path(ipath, sizeof(ipath), "wbskip-img");
+	ck_assert_int_eq(eng_format(cpath, 128u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	open_cache();
 }
 
 static void teardown(void)
@@ -152,20 +168,10 @@ END_TEST
 
 START_TEST(replayed_keys_keep_their_epoch)
 {
-	char err[256];
-	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
-
 	wr(0, 65536, 1);
 	wr(0, 32768, 2);
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
-	pcache_image_put(img);
-	img = NULL;
-	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
-	eng_opts(&o, cpath);
-	o.no_background = true;
-	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
-	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	restart();
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
 	ck_assert_uint_eq(superseded(), 32768);
 	backing_is(0, 32768, 2);
@@ -177,9 +183,6 @@ END_TEST
 START_TEST(dirty_bytes_follow_writes_restart_and_writeback)
 {
 	struct pcache_cache_status st;
-	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
-	char err[256];
 
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_eq(st.dirty_bytes, 0);
@@ -191,13 +194,7 @@ START_TEST(dirty_bytes_follow_writes_restart_and_writeback)
 	ck_assert_uint_eq(st.dirty_percent, (uint32_t)(st.dirty_bytes * 100 /
 						       ((uint64_t)st.seg_count * st.seg_size)));
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
-	pcache_image_put(img);
-	img = NULL;
-	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
-	eng_opts(&o, cpath);
-	o.no_background = true;
-	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
-	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	restart();
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_eq(st.dirty_bytes, (1u << 20) + (512u << 10)); /* counted by the replay */
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
@@ -207,11 +204,7 @@ START_TEST(dirty_bytes_follow_writes_restart_and_writeback)
 	/* after a writeback the replay counts nothing */
 	wr(65536, 65536, 3);
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
-	pcache_image_put(img);
-	img = NULL;
-	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
-	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
-	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	restart();
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_eq(st.dirty_bytes, 0);
 }
