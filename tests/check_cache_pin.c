@@ -29,17 +29,12 @@ static struct pcache_image *img;
 
 static void start(bool background, bool data_crc, uint64_t cache_size, uint64_t img_size)
 {
-	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "p", .path = ipath, .cache_mode = -1 };
 	char err[256];
 
 	ck_assert_int_eq(eng_format(cpath, cache_size, 1u << 20, data_crc), 0);
 	eng_make_image(ipath, img_size, 1);
-	eng_opts(&o, cpath);
-	o.no_background = !background;
-	o.data_crc = data_crc;
-	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
-	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	ck_assert_msg(eng_start(cpath, ipath, "p", background, data_crc, &c, &img, err,
+				sizeof(err)) == 0, "start: %s", err);
 }
 
 static void setup(void)

@@ -28,14 +28,10 @@ static struct pcache_image *img;
  * attach the image. */
 static void open_cache(void)
 {
-	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "s", .path = ipath, .cache_mode = -1 };
 	char err[256];
 
-	eng_opts(&o, cpath);
-	o.no_background = true;
-	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
-	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	ck_assert_msg(eng_start(cpath, ipath, "s", false, false, &c, &img, err, sizeof(err)) == 0,
+		      "start: %s", err);
 }
 
 /* Stop without a drain and start again: the log is replayed. */

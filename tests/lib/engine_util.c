@@ -73,6 +73,28 @@ int eng_decode(const uint8_t *buf, uint32_t tag, uint64_t off, uint32_t *v)
 	return 0;
 }
 
+int eng_start(const char *cache_path, const char *image_path, const char *name, bool background,
+	      bool data_crc, struct pcache_cache **c, struct pcache_image **img, char *err,
+	      size_t errlen)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = name, .path = image_path, .cache_mode = -1 };
+	int ret;
+
+	eng_opts(&o, cache_path);
+	o.no_background = !background;
+	o.data_crc = data_crc;
+	ret = pcache_cache_start(&o, c, err, errlen);
+	if (ret)
+		return ret;
+	ret = pcache_image_attach(*c, &ao, img, err, errlen);
+	if (ret) {
+		pcache_cache_stop(*c, false);
+		*c = NULL;
+	}
+	return ret;
+}
+
 int eng_write(struct pcache_image *img, uint64_t off, size_t len, uint32_t tag, uint32_t v)
 {
 	uint8_t *buf = malloc(len);

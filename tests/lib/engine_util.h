@@ -25,6 +25,11 @@ void eng_make_image(const char *path, uint64_t size, uint32_t tag);
 void eng_fill(uint8_t *buf, size_t len, uint32_t tag, uint64_t off, uint32_t v);
 /* Decode the sector at buf (image byte offset off): 0 and *v, or -1 (not a sector of tag). */
 int eng_decode(const uint8_t *buf, uint32_t tag, uint64_t off, uint32_t *v);
+/* Start the engine on cache_path (eng_opts; no_background unless background) and attach
+ * image_path as name. 0 or -errno with err set. */
+int eng_start(const char *cache_path, const char *image_path, const char *name, bool background,
+	      bool data_crc, struct pcache_cache **c, struct pcache_image **img, char *err,
+	      size_t errlen);
 /* Write len bytes of eng_fill(tag, off, v) at off through the engine. 0 or -errno. */
 int eng_write(struct pcache_image *img, uint64_t off, size_t len, uint32_t tag, uint32_t v);
 /* Test teardown: drop *img, stop *c without a drain, unlink the two files; NULLs both. */
