@@ -16,6 +16,11 @@
 #   raw        fio on the backing image file on disk, O_DIRECT (pc-miss reads the same file)
 #   shm        fio on a /dev/shm file (memory limit, no FUSE)
 #
+# For the disk-backed configurations (pc-miss, qsd, raw) the 4 KiB random reads are also seen
+# from the disk: its counters (/sys/class/block/<dev>/stat) and /proc/stat around each fio run
+# give the reads in flight at the disk, its latency and the machine's CPU per read (a table in
+# the report), which shows where fio's queue depth goes when a daemon sits in front of the disk.
+#
 # Rounds are interleaved: round r runs every job on every configuration (configuration order
 # rotated per round) before round r+1; the tables show medians over the rounds.
 #
@@ -317,6 +322,37 @@ pc_prepare() {
 	fio_prep "${CFG_FILE[$1]}" $IMG_SIZE warm
 }
 
+# ---- the disk's view of the disk-backed runs ------------------------------------------------
+
+# disk_stat_file: the /sys stat file of the block device under DISK_DIR (empty if none).
+disk_stat_file() {
+	local src dev
+	src=$(findmnt -no SOURCE -T "$DISK_DIR" 2>/dev/null) || return 0
+	dev=$(basename "$(readlink -f "$src" 2>/dev/null)")
+	[ -n "$dev" ] && [ -r "/sys/class/block/$dev/stat" ] && echo "/sys/class/block/$dev/stat"
+	return 0
+}
+
+# disk_snap: "ms reads read_ticks_ms time_in_queue_ms cpu_busy cpu_total" (jiffies) right now.
+disk_snap() {
+	local d
+	read -r -a d < "$DISK_STAT"
+	echo "$(($(date +%s%N) / 1000000)) ${d[0]} ${d[3]} ${d[10]} $(awk '/^cpu /{ print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)"
+}
+
+# disk_row ROUND JOB CONFIG BEFORE AFTER JSON: appends to disk.tsv "round job config
+# disk_reads avg_in_flight disk_read_latency_us fio_clat_us machine_cpu_% cpu_us_per_disk_read"
+# (the whole fio run, ramp included; every read of these jobs is one read at the disk).
+disk_row() {
+	local clat
+	clat=$(jq '.jobs[0].read.clat_ns.mean / 1000' "$6" 2>/dev/null) || clat=0
+	echo "$1 $2 $3 $4 $5 $clat $CLK_TCK" | awk '{
+		ms = $10 - $4; rd = $11 - $5; tk = $12 - $6; q = $13 - $7; busy = $14 - $8; tot = $15 - $9
+		if (ms <= 0 || rd <= 0 || tot <= 0) exit
+		printf "%s %s %s %d %.2f %.1f %.1f %.1f %.2f\n", $1, $2, $3, rd, q / ms, 1000 * tk / rd, $16,
+			100 * busy / tot, busy * 1e6 / $17 / rd }' >> "$WORK_RUN/disk.tsv"
+}
+
 # run_one ROUND JOB CONFIG: one measured run; appends "round job config value" to results.tsv
 # and, for pcachefs, the counter deltas of the run to pcstats.tsv.
 run_one() {
@@ -329,8 +365,11 @@ run_one() {
 		fi
 	fi
 	case $c in pc-*) before=$(pc_counters "$WORK_RUN/mnt-$c") ;; esac
+	local dbefore=''
+	case $c:$j in pc-miss:*|qsd:rr4k*|raw:rr4k*) [ -n "$DISK_STAT" ] && dbefore=$(disk_snap) ;; esac
 	if fio_run "$out" "${CFG_FILE[$c]}" "${CFG_SIZE[$c]}" "$j" "$JOBFILE"; then
 		v=$(metric "$j" "$out")
+		[ -n "$dbefore" ] && disk_row "$r" "$j" "$c" "$dbefore" "$(disk_snap)" "$out"
 	else
 		log "fio $j on $c failed (round $r):"; sed 's/^/    /' "$out.err" >&2
 		fio_failures=$((fio_failures + 1))
@@ -522,6 +561,9 @@ done
 build_rev=$(git -C "$top" rev-parse --short HEAD 2>/dev/null)
 : > "$WORK_RUN/results.tsv"
 : > "$WORK_RUN/pcstats.tsv"
+: > "$WORK_RUN/disk.tsv"
+DISK_STAT=$(disk_stat_file)
+CLK_TCK=$(getconf CLK_TCK)
 t_start=$(date +%s)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -647,6 +689,28 @@ done
 			rd = h[k] + m[k]; hs = rd ? sprintf("%.1f %%", 100 * h[k] / rd) : "-"
 			printf "| %s | %s | %s | %d | %.2f s |\n", a[1], a[2], hs, w[k], t[k] / 1e9 } }' "$WORK_RUN/pcstats.tsv" |
 			sort -t'|' -k2,2 -s
+		echo
+	fi
+	if [ -s "$WORK_RUN/disk.tsv" ]; then
+		echo "The disk's view of the 4 KiB random reads on disk-backed configurations (medians over the rounds; ${DISK_STAT#/sys/class/block/} counters and /proc/stat around each whole fio run). A read reaches the disk once in each of these configurations, so the disk's throughput is the average number of reads in flight at the disk divided by its latency: what fio's queue depth loses to the time a read spends outside the disk shows up as fewer reads in flight there. CPU per read counts the whole machine (fio, kernel and daemon):"
+		echo
+		echo "| job | config | reads in flight at the disk | disk read latency | fio completion latency | machine CPU busy | CPU per read |"
+		echo "|---|---|---|---|---|---|---|"
+		for j in $JOBS; do
+			for c in pc-miss qsd raw; do
+				awk -v j="$j" -v c="$c" '$2 == j && $3 == c {
+						n++; f[n] = $5; l[n] = $6; k[n] = $7; b[n] = $8; u[n] = $9 }
+					function med(a, m,   t, i, p, v) { # median of a[1..m], each column on its own
+						for (i = 1; i <= m; i++) {
+							v = a[i]
+							for (p = i - 1; p >= 1 && t[p] > v; p--) t[p + 1] = t[p]
+							t[p + 1] = v
+						}
+						return (m % 2) ? t[(m + 1) / 2] : (t[m / 2] + t[m / 2 + 1]) / 2 }
+					END { if (n) printf "| %s | %s | %.1f | %.0f us | %.0f us | %.0f %% | %.1f us |\n", j, c,
+						med(f, n), med(l, n), med(k, n), med(b, n), med(u, n) }' "$WORK_RUN/disk.tsv"
+			done
+		done
 		echo
 	fi
 	echo "### Targets"
