@@ -389,6 +389,8 @@ static struct pcache_backing *wbo_backing_get(void *ctx, uint32_t image_id)
 		pcache_image_put(img);
 		return NULL;
 	}
+	/* held until backing_put(), after the batch's I/O: see through_lock (cache_i.h) */
+	pthread_rwlock_wrlock(&img->through_lock);
 	return img->b;
 }
 
@@ -414,6 +416,7 @@ static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing 
 	}
 	if (!img)
 		return;
+	pthread_rwlock_unlock(&img->through_lock);
 	atomic_fetch_sub(&img->wb_refs, 1);
 	pcache_image_put(img);
 }
@@ -488,9 +491,12 @@ static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t 
  * ops.live: the bytes of a dirty log key that are still its own in the index, or that a key
  * of another (later) epoch or of unknown epoch replaced, must be written; bytes that a later
  * key of the same epoch replaced need not be (the later key goes to the backing after this
- * one, and within an epoch any subset of the writes is a valid backing state). Index order is
- * log order for overlapping keys, so a replacing key is always later in the log. A ZERO key
- * cannot be told from a later ZERO key in the index, so only data keys replace a ZERO key.
+ * one, and within an epoch any subset of the writes is a valid backing state), nor bytes that
+ * a later THROUGH key replaced, whatever its epoch (a writethrough/writearound write put its
+ * data on the backing itself: writing this older data would put the backing behind the
+ * cache until the later key's own writeback). Index order is log order for overlapping keys,
+ * so a replacing key is always later in the log. A ZERO key cannot be told from a later ZERO
+ * key in the index, so only data keys replace a ZERO key.
  */
 static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, int max)
 {
@@ -499,13 +505,13 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 	uint32_t roff = (uint32_t)(k->off - base), end = roff + k->len, pos = roff, i;
 	struct pcache_image *img;
 	struct pcache_subtree *sub;
+	bool epoch_ok;
 	int n = 0;
 
 	/* epoch16 identifies the epoch only while fewer than 2^15 epochs separate the two keys
 	 * (the replacing key's epoch lies between k->epoch and now) */
-	if (atomic_load(&c->log.epoch_now) - k->epoch >= 0x8000u ||
-	    atomic_load(&c->log.epoch_broken))
-		return -1;
+	epoch_ok = atomic_load(&c->log.epoch_now) - k->epoch < 0x8000u &&
+		   !atomic_load(&c->log.epoch_broken);
 	img = pcache_image_get_by_id(c, k->image_id);
 	if (!img)
 		return -1;
@@ -514,8 +520,13 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 		return -1;
 	}
 	sub = &img->ix.sub[region];
-	/* never wait: a writer may hold it while it waits for log space from this writeback */
-	if (pthread_mutex_trylock(&sub->lock) != 0) {
+	/*
+	 * Never wait: a writer may hold it while it waits for log space from this writeback.
+	 * Then all of the key is written: the safe answer for epochs, but over a later THROUGH
+	 * key it puts the backing behind the cache until that key's own writeback. The bounded
+	 * tries make that happen only while a writer waits for log space in this region.
+	 */
+	if (!pcache_subtree_trylock_bounded(sub)) {
 		pcache_image_put(img);
 		return -1;
 	}
@@ -535,7 +546,9 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 		      e->seg_off - e->off == k->seg_off - roff;
 		replaced = !own && !(e->flags & (PCACHE_IKEY_EMPTY | PCACHE_KEY_CLEAN)) &&
 			   !(k->flags && (e->flags & PCACHE_KEY_ZERO)) &&
-			   (e->flags & PCACHE_IKEY_EPOCH) && e->epoch16 == (uint16_t)k->epoch;
+			   ((e->flags & PCACHE_IKEY_THROUGH) ||
+			    (epoch_ok && (e->flags & PCACHE_IKEY_EPOCH) &&
+			     e->epoch16 == (uint16_t)k->epoch));
 		if (!replaced && !wb_live_add(ranges, &n, max, base + a, base + b))
 			break;
 		pos = b;
@@ -722,6 +735,7 @@ err_free:
 static void image_free(struct pcache_image *img)
 {
 	pcache_index_exit(&img->ix);
+	pthread_rwlock_destroy(&img->through_lock);
 	pthread_mutex_destroy(&img->ent_lock);
 	free(img);
 }
@@ -1007,6 +1021,15 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
 	img->read_only = ao->read_only;
 	atomic_init(&img->cache_mode, mode);
+	{
+		pthread_rwlockattr_t ra;
+
+		/* the writeback must not starve behind a stream of writethrough writes */
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&img->through_lock, &ra);
+		pthread_rwlockattr_destroy(&ra);
+	}
 	pthread_mutex_init(&img->ent_lock, NULL);
 	img->ent = e;
 	ret = pcache_index_init(&img->ix, img->size);

@@ -121,6 +121,9 @@ void pcache_segs_fail(struct pcache_cache *c);
 
 #define PCACHE_IKEY_EMPTY (1u << 15)  /* placeholder for an in-flight miss (seg = miss id) */
 #define PCACHE_IKEY_EPOCH (1u << 14)  /* epoch16 is the exact flush epoch of the key's kset */
+/* writethrough/writearound: the key's data reaches the backing image by the write itself, so
+ * no older dirty key of its bytes needs writing any more (index only, not replayed) */
+#define PCACHE_IKEY_THROUGH (1u << 13)
 
 /* An index key (40 B): a non-overlapping extent inside one 4 MiB region. */
 struct pcache_ikey {
@@ -132,7 +135,7 @@ struct pcache_ikey {
 	uint32_t data_crc;   /* CRC32C of the original extent (crc_len bytes) */
 	uint32_t crc_front;  /* bytes cut from the original extent's front */
 	uint32_t crc_len;    /* bytes the CRC covers; 0 = no CRC */
-	uint16_t flags;      /* PCACHE_KEY_CLEAN, PCACHE_KEY_ZERO, PCACHE_IKEY_EMPTY/EPOCH */
+	uint16_t flags;      /* PCACHE_KEY_CLEAN, PCACHE_KEY_ZERO, PCACHE_IKEY_EMPTY/EPOCH/THROUGH */
 	uint16_t epoch16;    /* low 16 bits of the kset's flush epoch (with PCACHE_IKEY_EPOCH) */
 };
 
@@ -152,6 +155,12 @@ int pcache_index_init(struct pcache_index *ix, uint64_t size);
 void pcache_index_exit(struct pcache_index *ix);
 /* First key whose end is past off (may be st->n). Lock held. */
 uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off);
+/*
+ * Take a subtree lock from a thread that must never wait for it (the backing completion
+ * thread, the writeback): a bounded number of tries (holders keep it for microseconds, unless
+ * they wait for log space that only those threads can free). true when taken.
+ */
+bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub);
 /* Insert with fixup (digest 4.3): overlapped keys are cut/split/removed. Lock held. */
 int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k);
 /* Remove key i. Lock held. */
@@ -229,6 +238,14 @@ struct pcache_image {
 	uint32_t lbs;               /* engine sector */
 	bool read_only;
 	_Atomic uint32_t cache_mode;
+	/*
+	 * Orders writethrough/writearound backing writes against the writeback: a write holds it
+	 * shared around its backing I/O only (its THROUGH key is staged before), the writeback
+	 * holds it exclusively from its first look at the image's keys in a batch until the
+	 * batch's I/O is done. So an older key the writeback chose to write never lands on the
+	 * backing after a newer write's data, and a newer key staged earlier makes it skip.
+	 */
+	pthread_rwlock_t through_lock;
 	pthread_mutex_t ent_lock;   /* guards ent (image table copy) */
 	struct pcache_image_ent ent;
 	struct pcache_index ix;

@@ -17,6 +17,7 @@
  *     into holes found under the same lock hold.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +51,18 @@ void pcache_index_exit(struct pcache_index *ix)
 	free(ix->sub);
 	ix->sub = NULL;
 	ix->nsub = 0;
+}
+
+bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub)
+{
+	int i;
+
+	for (i = 0; i < 256; i++) {
+		if (pthread_mutex_trylock(&sub->lock) == 0)
+			return true;
+		sched_yield();
+	}
+	return false;
 }
 
 uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off)

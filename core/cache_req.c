@@ -202,22 +202,28 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 }
 
 /*
- * Writearound, after the backing write: drop the placeholders of misses in flight over the
- * range (their fills could cache data read before the write), and if cached keys cover any of
- * it, stage the new data over them as dirty keys (log order then also wins over older dirty
- * keys that the writeback has not written yet). A range with no key is not cached.
+ * Writearound: stage the new data (NULL: zeros) over the cached parts of the range as THROUGH
+ * keys, and drop the placeholders of misses in flight over it (their fills could cache data
+ * read before the write). Called before the backing write, so that an older dirty key of
+ * those bytes is passed over by the writeback instead of landing after the new data (see
+ * through_lock), and again after it for what became cached meanwhile (a fill that read the
+ * old data); a range with no key is not cached. Chunk i (one per 4 MiB region) is left
+ * unstaged when bit i of skip is set; bit i of *staged (if not NULL) says it was staged.
  */
 static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
-			   unsigned int flags)
+			   unsigned int flags, uint32_t skip, uint32_t *staged)
 {
+	uint32_t chunk_i = 0;
 	int ret = 0;
 
+	if (staged)
+		*staged = 0;
 	while (len && !ret) {
 		uint64_t region = off >> PCACHE_REGION_SHIFT;
 		struct pcache_subtree *sub = &img->ix.sub[region];
 		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
 		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
-		bool cached = false;
+		bool cached = false, skipped = chunk_i < 32 && (skip & (1u << chunk_i));
 		uint32_t i;
 
 		pthread_mutex_lock(&sub->lock);
@@ -231,24 +237,27 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 			i++;
 		}
 		pthread_mutex_unlock(&sub->lock);
-		if (cached && src) {
-			ret = cache_write(img, src, off, chunk, flags, 0);
-		} else if (cached) {
+		if (cached && !skipped && src) {
+			ret = cache_write(img, src, off, chunk, flags, PCACHE_IKEY_THROUGH);
+		} else if (cached && !skipped) {
 			/* a zeroed range: a ZERO key over the cached copies */
 			struct pcache_ikey k;
 
 			memset(&k, 0, sizeof(k));
 			k.off = roff;
 			k.len = chunk;
-			k.flags = PCACHE_KEY_ZERO;
+			k.flags = PCACHE_KEY_ZERO | PCACHE_IKEY_THROUGH;
 			ret = pcache_space_wait(img->c);
 			if (!ret)
 				ret = index_add(img, region, &k, true, NULL);
 		}
+		if (!ret && cached && !skipped && staged && chunk_i < 32)
+			*staged |= 1u << chunk_i;
 		if (src)
 			src += chunk;
 		off += chunk;
 		len -= chunk;
+		chunk_i++;
 	}
 	return ret;
 }
@@ -271,14 +280,21 @@ static int modify_enter(struct pcache_image *img, uint64_t off, uint64_t len)
 	return io_enter(img);
 }
 
-/* Writethrough and writearound: write the backing image (and flush it for FUA); 0/-errno. */
-static int backing_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
-			 unsigned int flags)
+/*
+ * Writethrough and writearound: write (buf) or zero (buf NULL) the backing image, and flush it
+ * for FUA, holding through_lock shared (after the range's THROUGH keys are staged). 0/-errno.
+ */
+static int through_io(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+		      unsigned int flags)
 {
-	int ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_WRITE, (void *)buf, len, off);
+	int ret;
 
+	pthread_rwlock_rdlock(&img->through_lock);
+	ret = pcache_backing_rw_sync(img->b, buf ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO, (void *)buf,
+				     len, off);
 	if (!ret && (flags & PCACHE_IO_FUA))
 		ret = pcache_backing_flush_sync(img->b);
+	pthread_rwlock_unlock(&img->through_lock);
 	if (ret)
 		atomic_fetch_add(&img->backing_errors, 1);
 	return ret;
@@ -297,21 +313,26 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
 	mode = atomic_load(&img->cache_mode);
 	if (mode == PCACHE_MODE_WRITEAROUND) {
-		ret = backing_write(img, buf, off, len, flags);
+		uint32_t staged;
+
+		ret = writearound_fix(img, buf, off, len, flags, 0, &staged);
 		if (!ret)
-			ret = writearound_fix(img, buf, off, len, flags);
-		io_exit(img);
-		return ret;
-	}
-	/*
-	 * Writethrough: the backing image gets the data first; the cached copy is then staged as
-	 * a dirty key, so the log-ordered writeback writes it again after any older dirty key of
-	 * the range (the backing image never ends up older than the cache).
-	 */
-	if (mode == PCACHE_MODE_WRITETHROUGH)
-		ret = backing_write(img, buf, off, len, flags);
-	if (!ret)
+			ret = through_io(img, buf, off, len, flags);
+		if (!ret)
+			ret = writearound_fix(img, buf, off, len, flags, staged, NULL);
+	} else if (mode == PCACHE_MODE_WRITETHROUGH) {
+		/*
+		 * The cached copy is staged first, as a dirty THROUGH key: the writeback passes
+		 * over older dirty keys of these bytes (they never land after this data), and
+		 * writes this one again later in log order, which also settles two overlapping
+		 * writes in flight together whose backing writes ended in the other order.
+		 */
+		ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH);
+		if (!ret)
+			ret = through_io(img, buf, off, len, flags);
+	} else {
 		ret = cache_write(img, buf, off, len, flags, 0);
+	}
 	io_exit(img);
 	return ret;
 }
@@ -321,6 +342,8 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, bool zero)
 {
 	struct pcache_cache *c = img->c;
+	uint64_t off0 = off, len0 = len;
+	uint32_t mode;
 	int ret;
 
 	(void)zero; /* both become a ZERO key: the range reads back as zeros */
@@ -328,18 +351,19 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 	if (ret)
 		return ret < 0 ? ret : 0;
 	atomic_fetch_add_explicit(&img->discards, 1, memory_order_relaxed);
-	if (atomic_load(&img->cache_mode) != PCACHE_MODE_WRITEBACK) {
-		/* writethrough/writearound: the backing range reads as zeros at once */
-		ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_ZERO, NULL, len, off);
-		if (ret) {
-			atomic_fetch_add(&img->backing_errors, 1);
-			goto out;
-		}
-		if (atomic_load(&img->cache_mode) == PCACHE_MODE_WRITEAROUND) {
-			ret = writearound_fix(img, NULL, off, len, 0);
-			goto out;
-		}
+	mode = atomic_load(&img->cache_mode);
+	if (mode == PCACHE_MODE_WRITEAROUND) {
+		/* the backing range reads as zeros at once; cached copies get ZERO keys */
+		uint32_t staged;
+
+		ret = writearound_fix(img, NULL, off, len, 0, 0, &staged);
+		if (!ret)
+			ret = through_io(img, NULL, off, len, 0);
+		if (!ret)
+			ret = writearound_fix(img, NULL, off, len, 0, staged, NULL);
+		goto out;
 	}
+	/* writethrough: ZERO THROUGH keys first, then the backing (as for writes) */
 	while (len) {
 		uint64_t region = off >> PCACHE_REGION_SHIFT;
 		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
@@ -352,13 +376,15 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 		memset(&k, 0, sizeof(k));
 		k.off = roff;
 		k.len = chunk;
-		k.flags = PCACHE_KEY_ZERO;
+		k.flags = PCACHE_KEY_ZERO | (mode == PCACHE_MODE_WRITETHROUGH ? PCACHE_IKEY_THROUGH : 0);
 		ret = index_add(img, region, &k, true, NULL);
 		if (ret)
 			break;
 		off += chunk;
 		len -= chunk;
 	}
+	if (!ret && mode == PCACHE_MODE_WRITETHROUGH)
+		ret = through_io(img, NULL, off0, len0, 0);
 out:
 	io_exit(img);
 	return ret;
@@ -528,22 +554,6 @@ static void upper_put(struct pcache_upper_req *u)
 }
 
 /*
- * Take a subtree lock from the completion thread: a bounded number of tries (lock holders keep
- * it for microseconds), never an unbounded wait. true when taken.
- */
-static bool subtree_trylock_bounded(struct pcache_subtree *sub)
-{
-	int i;
-
-	for (i = 0; i < 256; i++) {
-		if (pthread_mutex_trylock(&sub->lock) == 0)
-			return true;
-		sched_yield();
-	}
-	return false;
-}
-
-/*
  * Remove the placeholder id at image offset off (if still there). From the completion thread
  * (may_block false) a busy subtree is left alone: a writer holding it may be waiting for log
  * space that only this thread's completions can free. A leftover placeholder is harmless: reads
@@ -555,7 +565,7 @@ static void drop_placeholder(struct pcache_image *img, uint64_t off, uint32_t id
 	uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), i;
 
 	if (!may_block) {
-		if (!subtree_trylock_bounded(sub))
+		if (!pcache_subtree_trylock_bounded(sub))
 			return;
 	} else {
 		pthread_mutex_lock(&sub->lock);
@@ -594,7 +604,7 @@ static void miss_fill(struct miss_req *m, const struct miss_piece *p)
 	c->pm->ops->drain(c->pm->ctx);
 
 	/* never block the completion thread on a subtree (see drop_placeholder()) */
-	if (!subtree_trylock_bounded(sub)) {
+	if (!pcache_subtree_trylock_bounded(sub)) {
 		atomic_fetch_add(&c->fill_skips, 1);
 		pcache_seg_put(c, a.seg);
 		return;

@@ -4,10 +4,13 @@
  * flush, for ZERO keys replaced by ZERO keys, and while the epoch a key will carry is not
  * certain, every key is written. A randomized run checks after every batch that the backing
  * holds an epoch-prefix state (the crash-consistency contract). Also the dirty-bytes measure
- * the watermarks use.
+ * the watermarks use, and writethrough/writearound keys: their data is on the backing already,
+ * so an older key of the same bytes is never written after them, whatever the epochs, and
+ * their backing write waits while the writeback holds the image (through_lock).
  */
 #include <check.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -327,6 +330,69 @@ START_TEST(backing_is_an_epoch_prefix_state_after_every_batch)
 	free(img_buf);
 }
 END_TEST
+/* A writethrough key and a later one of the same bytes, each in its own epoch: the writeback
+ * of the first epoch alone must not put the older data back on the backing. */
+START_TEST(an_older_key_is_never_written_over_a_writethrough_one)
+{
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	wr(0, 65536, 1);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	wr(16384, 16384, 2);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	backing_is(16384, 16384, 2);
+	ck_assert_int_eq(pcache_wb_run_once(c->wb), 1); /* the first epoch alone */
+	backing_is(0, 16384, 1);
+	backing_is(16384, 16384, 2);
+	backing_is(32768, 32768, 1);
+	ck_assert_uint_eq(superseded(), 16384);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_is(16384, 16384, 2);
+}
+END_TEST
+
+/* The same for writearound, whose keys exist only over ranges that were cached. */
+START_TEST(an_older_key_is_never_written_over_a_writearound_one)
+{
+	wr(0, 65536, 1);
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writearound"), 0);
+	wr(0, 65536, 2);    /* cached: staged over the cached copy */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	wr(0, 8192, 3);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	backing_is(0, 8192, 3);
+	ck_assert_int_eq(pcache_wb_run_once(c->wb), 1);
+	backing_is(0, 8192, 3);
+	backing_is(8192, 65536 - 8192, 2);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_is(0, 8192, 3);
+	backing_is(8192, 65536 - 8192, 2);
+}
+END_TEST
+
+static void *wt_writer(void *arg)
+{
+	(void)arg;
+	wr(1u << 20, 4096, 7);
+	return NULL;
+}
+
+/* While the writeback holds the image (as during a batch), a writethrough write stages its
+ * key but its backing write waits; it lands once the writeback lets go. */
+START_TEST(a_writethrough_backing_write_waits_for_the_writebacks_batch)
+{
+	pthread_t t;
+
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	wr(1u << 20, 4096, 6);
+	pthread_rwlock_wrlock(&img->through_lock);
+	ck_assert_int_eq(pthread_create(&t, NULL, wt_writer, NULL), 0);
+	usleep(100 * 1000);
+	backing_is(1u << 20, 4096, 6);
+	pthread_rwlock_unlock(&img->through_lock);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	backing_is(1u << 20, 4096, 7);
+}
+END_TEST
 
 Suite *cache_wbskip_suite(void);
 Suite *cache_wbskip_suite(void)
@@ -343,6 +409,9 @@ Suite *cache_wbskip_suite(void)
 	tcase_add_test(tc, replayed_keys_keep_their_epoch);
 	tcase_add_test(tc, dirty_bytes_follow_writes_restart_and_writeback);
 	tcase_add_test(tc, backing_is_an_epoch_prefix_state_after_every_batch);
+	tcase_add_test(tc, an_older_key_is_never_written_over_a_writethrough_one);
+	tcase_add_test(tc, an_older_key_is_never_written_over_a_writearound_one);
+	tcase_add_test(tc, a_writethrough_backing_write_waits_for_the_writebacks_batch);
 	suite_add_tcase(s, tc);
 	return s;
 }
