@@ -1,3 +1,4 @@
+/* TSAN_SUITE */
 /*
  * check_cache_wbskip.c -- the writeback skips dirty bytes that a later key of the same flush
  * epoch replaced (core/cache.c wbo_live(), core/cache_writeback.c), and only those: across a
