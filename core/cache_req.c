@@ -33,7 +33,6 @@
  *     many pieces) pins nothing and counts nothing: the caller reads with pcache_image_read.
  */
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
