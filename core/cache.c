@@ -509,9 +509,11 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 	int n = 0;
 
 	/* epoch16 identifies the epoch only while fewer than 2^15 epochs separate the two keys
-	 * (the replacing key's epoch lies between k->epoch and now) */
-	epoch_ok = atomic_load(&c->log.epoch_now) - k->epoch < 0x8000u &&
-		   !atomic_load(&c->log.epoch_broken);
+	 * (the replacing key's epoch lies between k->epoch and now); an epoch with FUA writes
+	 * is never skipped in (fua_epoch, remembered for the last PCACHE_FUA_EPOCHS epochs) */
+	epoch_ok = atomic_load(&c->log.epoch_now) - k->epoch < PCACHE_FUA_EPOCHS &&
+		   !atomic_load(&c->log.epoch_broken) &&
+		   atomic_load(&c->log.fua_epoch[k->epoch % PCACHE_FUA_EPOCHS]) != k->epoch;
 	img = pcache_image_get_by_id(c, k->image_id);
 	if (!img)
 		return -1;

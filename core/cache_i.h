@@ -124,6 +124,7 @@ void pcache_segs_fail(struct pcache_cache *c);
 /* writethrough/writearound: the key's data reaches the backing image by the write itself, so
  * no older dirty key of its bytes needs writing any more (index only, not replayed) */
 #define PCACHE_IKEY_THROUGH (1u << 13)
+#define PCACHE_FUA_EPOCHS 64u         /* epochs remembered for FUA writes (struct pcache_log) */
 
 /* An index key (40 B): a non-overlapping extent inside one 4 MiB region. */
 struct pcache_ikey {
@@ -192,6 +193,12 @@ struct pcache_log {
 	 */
 	_Atomic bool epoch_unsure;
 	_Atomic bool epoch_broken;  /* sticky: a flush bumped with keys left staged */
+	/*
+	 * fua_epoch[e % PCACHE_FUA_EPOCHS] == e: a FUA write's keys may be in a kset of epoch e.
+	 * A FUA write is durable on its own, before its epoch ends, so the writeback must not
+	 * skip its bytes for a later key of the same epoch that may not be in the log yet.
+	 */
+	_Atomic uint64_t fua_epoch[PCACHE_FUA_EPOCHS];
 };
 
 /* Encode/decode between an on-media key and an index key (region-relative off). */

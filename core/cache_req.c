@@ -148,14 +148,30 @@ static int close_stages(struct pcache_cache *c, uint32_t mask)
 
 /* ---- write -------------------------------------------------------------------------------- */
 
+/* Mark the epochs from..to (at most all of them) as holding FUA keys (struct pcache_log). */
+static void fua_mark(struct pcache_cache *c, uint64_t from, uint64_t to)
+{
+	for (uint64_t e = from; e <= to && e - from < PCACHE_FUA_EPOCHS; e++)
+		atomic_store(&c->log.fua_epoch[e % PCACHE_FUA_EPOCHS], e);
+}
+
 /* Write into the cache only (the cache-mode logic is in pcache_image_write). */
 static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
 		       unsigned int flags, uint16_t key_flags)
 {
 	struct pcache_cache *c = img->c;
+	uint64_t e0 = atomic_load(&c->log.epoch_now);
 	uint32_t mask = 0, si;
 	int ret = 0;
 
+	/*
+	 * FUA: its keys land in a kset of epoch e0 or, staged while a flush is between its
+	 * closes and its bump, e0 + 1 (that flush's closes take them). Both are marked before
+	 * any key is staged, so the writeback never skips them; the close below may still meet
+	 * later flushes: those epochs are marked after it, before the write returns.
+	 */
+	if (flags & PCACHE_IO_FUA)
+		fua_mark(c, e0, e0 + 1);
 	while (len) {
 		uint64_t region = off >> PCACHE_REGION_SHIFT;
 		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
@@ -194,6 +210,7 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 	if (flags & PCACHE_IO_FUA) {
 		int r = close_stages(c, mask);
 
+		fua_mark(c, e0, atomic_load(&c->log.epoch_now));
 		if (!ret)
 			ret = r;
 	}

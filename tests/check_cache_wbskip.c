@@ -7,6 +7,7 @@
  * holds an epoch-prefix state (the crash-consistency contract). Also the dirty-bytes measure
  * the watermarks use, and writethrough/writearound keys: their data is on the backing already,
  * so an older key of the same bytes is never written after them, whatever the epochs, and
+ * FUA writes, never skipped for a later key of their epoch (it may not be durable yet), and
  * their backing write waits while the writeback holds the image (through_lock).
  */
 #include <check.h>
@@ -331,6 +332,21 @@ START_TEST(backing_is_an_epoch_prefix_state_after_every_batch)
 	free(img_buf);
 }
 END_TEST
+/* A FUA write is durable before its epoch ends: a later key of its epoch that is still only
+ * staged (not in the log) must not make the writeback skip it, or a crash loses both. */
+START_TEST(a_fua_write_is_never_skipped_for_a_later_key_of_its_epoch)
+{
+	static uint8_t buf[8192];
+
+	eng_fill(buf, sizeof(buf), 1, 0, 5);
+	ck_assert_int_eq(pcache_image_write(img, buf, 0, sizeof(buf), PCACHE_IO_FUA), 0);
+	wr(0, 8192, 6);          /* same epoch, staged only */
+	ck_assert_int_eq(pcache_wb_run_once(c->wb), 1);
+	backing_is(0, 8192, 5);
+	ck_assert_uint_eq(superseded(), 0);
+}
+END_TEST
+
 /* A writethrough key and a later one of the same bytes, each in its own epoch: the writeback
  * of the first epoch alone must not put the older data back on the backing. */
 START_TEST(an_older_key_is_never_written_over_a_writethrough_one)
@@ -410,6 +426,7 @@ Suite *cache_wbskip_suite(void)
 	tcase_add_test(tc, replayed_keys_keep_their_epoch);
 	tcase_add_test(tc, dirty_bytes_follow_writes_restart_and_writeback);
 	tcase_add_test(tc, backing_is_an_epoch_prefix_state_after_every_batch);
+	tcase_add_test(tc, a_fua_write_is_never_skipped_for_a_later_key_of_its_epoch);
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writethrough_one);
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writearound_one);
 	tcase_add_test(tc, a_writethrough_backing_write_waits_for_the_writebacks_batch);
