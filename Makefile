@@ -37,7 +37,7 @@ WARN += -Werror
 endif
 OPT ?= -O2
 
-DEP_PKGS := fuse3 liburing libpmem2
+DEP_PKGS := fuse3 liburing libpmem2 blkid
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(DEP_PKGS) 2>/dev/null)
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(DEP_PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)

@@ -56,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -134,6 +135,7 @@ struct pcache_backing {
 	uint32_t mem_align;           /* memory alignment for O_DIRECT (1 when buffered) */
 	unsigned int depth;           /* operations allowed in the kernel at once */
 	bool direct, blockdev, read_only;
+	struct pcache_ident ident;    /* what the image reaches (backing_ident.c) */
 	pthread_t cq_thread;
 	pthread_t worker;
 	bool have_worker;
@@ -1027,9 +1029,11 @@ uint32_t pcache_backing_lbs(const struct pcache_backing *b) { return b->lbs; }
 bool pcache_backing_is_direct(const struct pcache_backing *b) { return b->direct; }
 bool pcache_backing_is_blockdev(const struct pcache_backing *b) { return b->blockdev; }
 const char *pcache_backing_path(const struct pcache_backing *b) { return b->path; }
+const struct pcache_ident *pcache_backing_ident(const struct pcache_backing *b) { return &b->ident; }
 
 /* ---- open and close ------------------------------------------------------------------------ */
 
+#define BK_HOLDER_MAX 2200
 #define bk_err(err, errlen, ...) \
 	do { if (err && errlen) snprintf(err, errlen, __VA_ARGS__); } while (0)
 
@@ -1102,11 +1106,34 @@ static int bk_probe(struct pcache_backing *b, char *err, size_t errlen)
 	return 0;
 }
 
+/* Take ownership of the open image: flock a file, O_EXCL (at open) for a block device. */
+static int bk_own(struct pcache_backing *b, char *err, size_t errlen)
+{
+	char holder[160];
+
+	if (b->blockdev)
+		return 0; /* opened O_EXCL */
+	if (flock(b->fd, (b->read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0)
+		return 0;
+	if (errno != EWOULDBLOCK) {
+		bk_err(err, errlen, "%s: lock: %s", b->path, strerror(errno));
+		return -errno;
+	}
+	pcache_flock_holder(b->fd, holder, sizeof(holder));
+	bk_err(err, errlen, "%s: in use: locked by %s", b->path, holder);
+	return -EBUSY;
+}
+
 static int bk_open_fd(struct pcache_backing *b, const char *path, bool no_direct, char *err,
 		      size_t errlen)
 {
 	int flags = (b->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+	struct stat st;
 	int ret;
+
+	/* O_EXCL on a block device claims it (refused while mounted or claimed elsewhere) */
+	if (stat(path, &st) == 0 && S_ISBLK(st.st_mode))
+		flags |= O_EXCL;
 
 	b->direct = false;
 	if (!no_direct) {
@@ -1118,11 +1145,26 @@ static int bk_open_fd(struct pcache_backing *b, const char *path, bool no_direct
 	}
 	if (!b->direct)
 		b->fd = open(path, flags);
+	if (b->fd < 0 && errno == EBUSY && (flags & O_EXCL)) {
+		char holder[BK_HOLDER_MAX];
+
+		pcache_blockdev_holder(st.st_rdev, holder, sizeof(holder));
+		bk_err(err, errlen, "%s: busy: %s", path, holder);
+		return -EBUSY;
+	}
 	if (b->fd < 0)
 		goto fail;
 	ret = bk_probe(b, err, errlen);
 	if (ret)
 		goto close_fd;
+	ret = bk_own(b, err, errlen);
+	if (ret)
+		goto close_fd;
+	ret = pcache_ident_fd(b->fd, &b->ident);
+	if (ret) {
+		bk_err(err, errlen, "%s: identity: %s", path, strerror(-ret));
+		goto close_fd;
+	}
 	if (b->direct && (b->size % b->align)) {
 		/* the last block could never be written with O_DIRECT: stay buffered */
 		close(b->fd);

@@ -20,6 +20,7 @@
  * their first key, releases idle data heads), GC (cache_gc.c), writeback (cache_writeback.c).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -656,6 +657,11 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 			pcache_cache_dev_repair(c->cd) ? "could not be repaired" :
 			"repaired from their good copies");
 	}
+	ret = pcache_ident_fd(pcache_cache_dev_fd(c->cd), &c->dev_ident);
+	if (ret) {
+		ERR("cache device %s: identity: %s", opts->path, strerror(-ret));
+		goto err_dev;
+	}
 	c->pm = pcache_cache_dev_pmem(c->cd);
 	c->seg_count = pcache_cache_dev_seg_count(c->cd);
 	c->seg_size = pcache_cache_dev_seg_size(c->cd);
@@ -891,11 +897,58 @@ static struct pcache_image *find_attached(struct pcache_cache *c, const char *na
 	return NULL;
 }
 
+/*
+ * Does backing b (identity id) reach bytes the cache already owns: the cache device, or the
+ * backing of another live image? 0, or -EINVAL/-EBUSY with the reason. img_lock held.
+ */
+static int attach_check_overlap(struct pcache_cache *c, const char *name, const char *path,
+				const struct pcache_ident *id, char *err, size_t errlen)
+{
+	uint32_t i;
+
+	if (pcache_ident_overlap(id, &c->dev_ident)) {
+		ERR("image %s: %s is the cache device (%s)", name, path, id->text);
+		return -EINVAL;
+	}
+	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+		struct pcache_image *o = c->live[i];
+
+		if (o && pcache_ident_overlap(id, pcache_backing_ident(o->b))) {
+			ERR("image %s: %s reaches the same data as image %s (%s)", name, path, o->name,
+			    id->text);
+			return -EBUSY;
+		}
+	}
+	return 0;
+}
+
+/*
+ * The backing is held by someone: if that someone is this cache (another image, the cache
+ * device), say so instead of naming our own process as the lock holder.
+ */
+static int attach_explain_busy(struct pcache_cache *c, const char *name, const char *path,
+			       char *err, size_t errlen)
+{
+	struct pcache_ident id;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = -EBUSY;
+
+	if (fd < 0)
+		return ret;
+	if (pcache_ident_fd(fd, &id) == 0) {
+		pthread_mutex_lock(&c->img_lock);
+		ret = attach_check_overlap(c, name, path, &id, err, errlen);
+		pthread_mutex_unlock(&c->img_lock);
+	}
+	close(fd);
+	return ret ? ret : -EBUSY;
+}
+
 int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
 			struct pcache_image **out, char *err, size_t errlen)
 {
 	struct pcache_backing_opts bo = { .read_only = ao->read_only };
 	struct pcache_backing *b = NULL;
+	const struct pcache_ident *id;
 	struct pcache_image_ent e;
 	struct pcache_image *img;
 	bool known, rekey = false;
@@ -912,6 +965,32 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		ERR("image %s: bad cache mode %d", ao->name, ao->cache_mode);
 		return -EINVAL;
 	}
+	if (ao->path && strlen(ao->path) > PCACHE_PATH_MAX) {
+		ERR("image %s: backing path longer than %u bytes", ao->name, PCACHE_PATH_MAX);
+		return -ENAMETOOLONG;
+	}
+	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
+	snprintf(pathbuf, sizeof(pathbuf), "%s", ao->path ? ao->path : (known ? e.path : ""));
+	path = pathbuf;
+	if (!*path) {
+		ERR("image %s: no backing path given and none stored", ao->name);
+		return -EINVAL;
+	}
+	/*
+	 * Open before taking any lock: the path may lead into a FUSE mount whose requests need
+	 * those locks (the caller's own mount: refused just below, instead of deadlocking).
+	 */
+	ret = pcache_backing_open(path, &bo, &b, err, errlen);
+	if (ret == -EBUSY)
+		ret = attach_explain_busy(c, ao->name, path, err, errlen);
+	if (ret)
+		return ret;
+	id = pcache_backing_ident(b);
+	if (ao->own_dev && !id->blockdev && id->dev == ao->own_dev) {
+		ERR("image %s: %s is inside this pcachefs mount", ao->name, path);
+		ret = -EINVAL;
+		goto out_close;
+	}
 	pthread_mutex_lock(&c->img_lock);
 	if (atomic_load(&c->stopping_io)) {
 		ret = -ESHUTDOWN;
@@ -923,45 +1002,38 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		ret = -EBUSY;
 		goto out_unlock;
 	}
-	if (ao->path && strlen(ao->path) > PCACHE_PATH_MAX) {
-		ERR("image %s: backing path longer than %u bytes", ao->name, PCACHE_PATH_MAX);
-		ret = -ENAMETOOLONG;
-		goto out_unlock;
-	}
-	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
-	/* a private copy: e is rewritten below */
-	snprintf(pathbuf, sizeof(pathbuf), "%s", ao->path ? ao->path : (known ? e.path : ""));
-	path = pathbuf;
-	if (!*path) {
-		ERR("image %s: no backing path given and none stored", ao->name);
-		ret = -EINVAL;
-		goto out_unlock;
-	}
-	ret = pcache_backing_open(path, &bo, &b, err, errlen);
+	ret = attach_check_overlap(c, ao->name, path, id, err, errlen);
 	if (ret)
 		goto out_unlock;
+	/* again under the lock: the entry may have changed while the backing was opened */
+	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
 	if (known) {
-		bool same_id = e.size == pcache_backing_size(b) && e.lbs == pcache_backing_lbs(b);
+		bool same_id = e.size == pcache_backing_size(b) && e.lbs == pcache_backing_lbs(b) &&
+			       (!e.ident[0] || !strcmp(e.ident, id->text));
 		bool same_path = !strcmp(e.path, path);
 
 		if (!same_path && !ao->allow_path_change) {
 			ERR("image %s: backing path %s differs from the stored %s (use allow_path_change)",
 			    ao->name, path, e.path);
 			ret = -EEXIST;
-			goto out_close;
+			goto out_unlock;
 		}
 		if (!same_id) {
-			if (image_has_dirty(c, e.id, NULL)) {
-				ERR("image %s: backing %s is %" PRIu64 " bytes / lbs %u, the cache holds dirty data "
-				    "of an image of %" PRIu64 " bytes / lbs %u: refused",
-				    ao->name, path, pcache_backing_size(b), pcache_backing_lbs(b), e.size,
-				    e.lbs);
+			bool dirty = image_has_dirty(c, e.id, NULL);
+
+			if (dirty || !ao->rekey) {
+				ERR("image %s: %s is not the image's backing: stored %s (%" PRIu64 " bytes, lbs %u), "
+				    "found %s (%" PRIu64 " bytes, lbs %u): %s", ao->name, path,
+				    e.ident[0] ? e.ident : "(no identity)", e.size, e.lbs, id->text,
+				    pcache_backing_size(b), pcache_backing_lbs(b),
+				    dirty ? "refused, the cache holds dirty data of the stored one" :
+				    "refused (rekey accepts it and drops the cached data)");
 				ret = -EEXIST;
-				goto out_close;
+				goto out_unlock;
 			}
-			/* clean: forget the old identity (its cached keys stay unused in the log) */
-			fprintf(stderr, "pcache: image %s: backing identity changed (clean): re-keyed\n",
-				ao->name);
+			/* asked for, and clean: forget the old identity (its keys stay unused in the log) */
+			fprintf(stderr, "pcache: image %s: re-keyed to %s (%s), cached data dropped\n",
+				ao->name, path, id->text);
 			rekey = true;
 		}
 	}
@@ -971,7 +1043,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		ret = pcache_cache_dev_image_remove(c->cd, old.slot);
 		if (ret) {
 			ERR("image %s: image table: %s", ao->name, strerror(-ret));
-			goto out_close;
+			goto out_unlock;
 		}
 		known = false;
 		memset(&e, 0, sizeof(e));
@@ -980,14 +1052,18 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		e.uid = old.uid;
 		e.gid = old.gid;
 	} else if (!known) {
+		/* a new image shows its backing's permissions and owner */
 		memset(&e, 0, sizeof(e));
 		e.cache_mode = PCACHE_MODE_WRITEBACK;
-		e.file_mode = 0644;
+		e.file_mode = id->mode & 07777u;
+		e.uid = id->uid;
+		e.gid = id->gid;
 	}
 	mode = ao->cache_mode >= 0 ? (uint32_t)ao->cache_mode : e.cache_mode;
 	if (!known) {
 		snprintf(e.name, sizeof(e.name), "%s", ao->name);
 		snprintf(e.path, sizeof(e.path), "%s", path);
+		snprintf(e.ident, sizeof(e.ident), "%s", id->text);
 		e.size = pcache_backing_size(b);
 		e.lbs = pcache_backing_lbs(b);
 		e.state = PCACHE_IMAGE_ATTACHED;
@@ -995,23 +1071,25 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		ret = pcache_cache_dev_image_add(c->cd, &e);
 		if (ret) {
 			ERR("image %s: image table: %s", ao->name, ret == -ENOSPC ? "full" : strerror(-ret));
-			goto out_close;
+			goto out_unlock;
 		}
-	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode) {
+	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode ||
+		   strcmp(e.ident, id->text)) {
 		snprintf(e.path, sizeof(e.path), "%s", path);
+		snprintf(e.ident, sizeof(e.ident), "%s", id->text); /* recorded on first attach */
 		e.state = PCACHE_IMAGE_ATTACHED;
 		e.cache_mode = mode;
 		ret = pcache_cache_dev_image_update(c->cd, &e);
 		if (ret) {
 			ERR("image %s: image table: %s", ao->name, strerror(-ret));
-			goto out_close;
+			goto out_unlock;
 		}
 	}
 	img = calloc(1, sizeof(*img));
 	if (!img) {
 		ret = -ENOMEM;
 		ERR("out of memory");
-		goto out_close;
+		goto out_unlock;
 	}
 	img->c = c;
 	atomic_init(&img->refs, 1);
@@ -1061,37 +1139,82 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 
 out_img:
 	image_free(img);
-out_close:
-	pcache_backing_close(b);
 out_unlock:
 	pthread_mutex_unlock(&c->img_lock);
+out_close:
+	pcache_backing_close(b);
 	return ret;
+}
+
+/* The image table's entries that are not attached now, in *ents (free it): count or -ENOMEM. */
+static int unattached_ents(struct pcache_cache *c, struct pcache_image_ent **ents)
+{
+	int n, i, k = 0;
+
+	*ents = calloc(PCACHE_MAX_IMAGES, sizeof(**ents));
+	if (!*ents)
+		return -ENOMEM;
+	n = pcache_cache_dev_images(c->cd, *ents, PCACHE_MAX_IMAGES);
+	pthread_mutex_lock(&c->img_lock);
+	for (i = 0; i < n; i++)
+		if (!find_attached(c, (*ents)[i].name))
+			(*ents)[k++] = (*ents)[i];
+	pthread_mutex_unlock(&c->img_lock);
+	return k;
+}
+
+/* A backing that is not there (yet): the image waits, the others come up. */
+static bool backing_missing(int ret)
+{
+	return ret == -ENOENT || ret == -ENXIO || ret == -ENODEV || ret == -ENOTDIR;
 }
 
 int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen)
 {
 	struct pcache_image_ent *ents;
+	char why[1024];
 	int n, i, ret = 0, r;
 
-	ents = calloc(PCACHE_MAX_IMAGES, sizeof(*ents));
-	if (!ents)
-		return -ENOMEM;
-	n = pcache_cache_dev_images(c->cd, ents, PCACHE_MAX_IMAGES);
+	n = unattached_ents(c, &ents);
+	if (n < 0)
+		return n;
 	for (i = 0; i < n; i++) {
 		struct pcache_attach_opts ao = { .name = ents[i].name, .cache_mode = -1 };
-		bool attached;
 
-		pthread_mutex_lock(&c->img_lock);
-		attached = find_attached(c, ents[i].name) != NULL;
-		pthread_mutex_unlock(&c->img_lock);
-		if (attached)
+		why[0] = '\0';
+		r = pcache_image_attach(c, &ao, NULL, why, sizeof(why));
+		if (r && backing_missing(r)) {
+			fprintf(stderr, "pcache: image %s: backing %s is missing (%s): not attached; "
+				"its cached data waits for it\n", ents[i].name, ents[i].path, strerror(-r));
 			continue;
-		r = pcache_image_attach(c, &ao, NULL, ret ? NULL : err, ret ? 0 : errlen);
-		if (r && !ret)
+		}
+		if (r && !ret) {
 			ret = r;
+			snprintf(err, errlen, "%s", why);
+		}
 	}
 	free(ents);
 	return ret;
+}
+
+int pcache_cache_unattached(struct pcache_cache *c, struct pcache_unattached *v, int max)
+{
+	struct pcache_image_ent *ents;
+	int n, i, k = 0;
+
+	n = unattached_ents(c, &ents);
+	if (n < 0)
+		return n;
+	for (i = 0; i < n && k < max; i++) {
+		memset(&v[k], 0, sizeof(v[k]));
+		snprintf(v[k].name, sizeof(v[k].name), "%s", ents[i].name);
+		snprintf(v[k].path, sizeof(v[k].path), "%s", ents[i].path);
+		v[k].missing = ents[i].state == PCACHE_IMAGE_ATTACHED;
+		(void)image_has_dirty(c, ents[i].id, &v[k].dirty_bytes);
+		k++;
+	}
+	free(ents);
+	return k;
 }
 
 int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)

@@ -49,6 +49,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "pcache/backing.h"
 #include "pcache/cache_dev.h"
 #include "pcache/util.h"
 #include "pmem_i.h"
@@ -340,12 +341,18 @@ static void image_encode(struct pcache_image_om *om, const struct pcache_image_e
 	om->wb_time = e->wb_time;
 	memcpy(om->name, e->name, strnlen(e->name, PCACHE_NAME_MAX));
 	memcpy(om->path, e->path, strnlen(e->path, PCACHE_PATH_MAX));
+	if (e->ident[0]) {
+		om->flags = PCACHE_IMAGE_F_IDENT;
+		memcpy(om->ident, e->ident, strnlen(e->ident, PCACHE_IDENT_LEN - 1));
+	}
 }
 
 /* Decode a CRC-valid image record; 0 or -EUCLEAN with why. */
 static int image_decode(struct pcache_image_ent *e, uint32_t slot, const struct pcache_image_om *om,
 			char *why, size_t len)
 {
+	uint32_t flags;
+
 	memset(e, 0, sizeof(*e));
 	e->slot = slot;
 	e->id = pcache_le32(&om->id);
@@ -357,8 +364,15 @@ static int image_decode(struct pcache_image_ent *e, uint32_t slot, const struct 
 	}
 	if (!memchr(om->name, 0, sizeof(om->name)))
 		return seterr(why, len, -EUCLEAN, "name not NUL-terminated");
+	flags = pcache_le32(&om->flags);
+	if (flags & ~PCACHE_IMAGE_F_IDENT)
+		return seterr(why, len, -EUCLEAN, "unknown flags 0x%x", flags);
 	if (!memchr(om->path, 0, sizeof(om->path)))
-		return seterr(why, len, -EUCLEAN, "path not NUL-terminated");
+		return seterr(why, len, -EUCLEAN, flags ? "path not NUL-terminated" :
+			      "path longer than %u bytes (an entry from before identities): "
+			      "not supported", PCACHE_PATH_MAX);
+	if ((flags & PCACHE_IMAGE_F_IDENT) && !memchr(om->ident, 0, sizeof(om->ident)))
+		return seterr(why, len, -EUCLEAN, "identity not NUL-terminated");
 	memcpy(e->uuid, om->uuid, sizeof(e->uuid));
 	e->size = pcache_le64(&om->size);
 	e->lbs = pcache_le32(&om->lbs);
@@ -370,6 +384,8 @@ static int image_decode(struct pcache_image_ent *e, uint32_t slot, const struct 
 	e->wb_time = pcache_le64(&om->wb_time);
 	memcpy(e->name, om->name, PCACHE_NAME_MAX);
 	memcpy(e->path, om->path, PCACHE_PATH_MAX);
+	if (flags & PCACHE_IMAGE_F_IDENT)
+		memcpy(e->ident, om->ident, PCACHE_IDENT_LEN - 1);
 	return image_check(e, why, len) ? -EUCLEAN : 0;
 }
 
@@ -929,52 +945,6 @@ static void assert_cd_state(struct pcache_cache_dev *cd)
 
 /* ---- open / close ------------------------------------------------------------------------- */
 
-/* Name the process holding an flock on fd's inode, from /proc/locks. */
-static void lock_holder(int fd, char *buf, size_t len)
-{
-	char line[256], comm[64] = "", path[64];
-	unsigned int maj, min;
-	unsigned long long ino;
-	struct stat st;
-	FILE *f;
-	int pid = 0, n;
-
-	snprintf(buf, len, "another process");
-	if (fstat(fd, &st) || !(f = fopen("/proc/locks", "re")))
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		char kind[16], mode[16], rw[16];
-		int p;
-
-		if (strstr(line, "->")) /* a waiter, not a holder */
-			continue;
-		n = sscanf(line, "%*d: %15s %15s %15s %d %x:%x:%llu", kind, mode, rw, &p, &maj, &min, &ino);
-		if (n != 7 || strcmp(kind, "FLOCK"))
-			continue;
-		if (maj == major(st.st_dev) && min == minor(st.st_dev) && ino == st.st_ino && p > 0 &&
-		    p != getpid()) {
-			pid = p;
-			break;
-		}
-		if (maj == major(st.st_dev) && min == minor(st.st_dev) && ino == st.st_ino && p > 0)
-			pid = p; /* our own pid (another open in this process): keep looking */
-	}
-	fclose(f);
-	if (!pid)
-		return;
-	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
-	f = fopen(path, "re");
-	if (f) {
-		if (fgets(comm, sizeof(comm), f))
-			comm[strcspn(comm, "\n")] = 0;
-		fclose(f);
-	}
-	if (comm[0])
-		snprintf(buf, len, "pid %d (%s)", pid, comm);
-	else /* the locker exited after a fork: a child inherited the locked descriptor */
-		snprintf(buf, len, "pid %d (exited; a process it forked holds the lock)", pid);
-}
-
 /*
  * A failed open or format removes the file it created (only while holding the lock: once we
  * let go, the path may be someone else's).
@@ -1051,7 +1021,7 @@ static int dev_attach(struct pcache_cache_dev *cd, uint64_t create_size, bool re
 	if (!no_lock && !cd->locked) {
 		rc = -errno;
 		if (rc == -EWOULDBLOCK) {
-			lock_holder(cd->fd, holder, sizeof(holder));
+			pcache_flock_holder(cd->fd, holder, sizeof(holder));
 			rc = seterr(err, errlen, -EBUSY, "%s: locked by %s", cd->path, holder);
 		} else {
 			rc = seterr(err, errlen, rc, "lock %s: %s", cd->path, strerror(-rc));
@@ -1446,12 +1416,15 @@ static void image_commit(struct pcache_cache_dev *cd, const struct pcache_image_
 static int image_normalise(struct pcache_image_ent *dst, const struct pcache_image_ent *src)
 {
 	*dst = *src;
-	if (!memchr(src->name, 0, sizeof(src->name)) || !memchr(src->path, 0, sizeof(src->path)))
+	if (!memchr(src->name, 0, sizeof(src->name)) || !memchr(src->path, 0, sizeof(src->path)) ||
+	    !memchr(src->ident, 0, sizeof(src->ident)))
 		return -EINVAL;
 	memset(dst->name, 0, sizeof(dst->name));
 	memset(dst->path, 0, sizeof(dst->path));
+	memset(dst->ident, 0, sizeof(dst->ident));
 	strcpy(dst->name, src->name);
 	strcpy(dst->path, src->path);
+	strcpy(dst->ident, src->ident);
 	if (dst->state == PCACHE_IMAGE_FREE)
 		dst->state = PCACHE_IMAGE_ATTACHED;
 	if (dst->lbs == 0)

@@ -273,6 +273,7 @@ struct pcache_miss_ent;
 
 struct pcache_cache {
 	struct pcache_cache_dev *cd;
+	struct pcache_ident dev_ident;   /* of the cache device: never attached as an image */
 	struct pcache_pmem *pm;
 	uint32_t seg_count;
 	uint64_t seg_size;

@@ -1575,7 +1575,7 @@ struct wb_offline {
 		uint32_t id;
 		struct pcache_backing *b;
 		int err;
-		char msg[1200];
+		char msg[1800];
 	} img[PCACHE_MAX_IMAGES];
 	uint32_t n;
 };
@@ -1617,12 +1617,18 @@ static struct pcache_backing *wb_off_backing(void *ctx, uint32_t id)
 			w->img[slot].err = r;
 			snprintf(w->img[slot].msg, sizeof(w->img[slot].msg), "image %s: %s: %s",
 				 ents[i].name, ents[i].path, err[0] ? err : strerror(-r));
-		} else if (pcache_backing_size(w->img[slot].b) != ents[i].size) {
+		} else if (pcache_backing_size(w->img[slot].b) != ents[i].size ||
+			   pcache_backing_lbs(w->img[slot].b) != ents[i].lbs ||
+			   (ents[i].ident[0] &&
+			    strcmp(ents[i].ident, pcache_backing_ident(w->img[slot].b)->text))) {
+			/* the same identity rule as attach: never write to another disk under the name */
 			w->img[slot].err = -EINVAL;
 			snprintf(w->img[slot].msg, sizeof(w->img[slot].msg),
-				 "image %s: %s is %" PRIu64 " bytes, the cache knows it as %" PRIu64
-				 " (wrong or resized image): not written", ents[i].name, ents[i].path,
-				 pcache_backing_size(w->img[slot].b), ents[i].size);
+				 "image %s: %s is not the image's backing: stored %s (%" PRIu64 " bytes), "
+				 "found %s (%" PRIu64 " bytes): not written", ents[i].name, ents[i].path,
+				 ents[i].ident[0] ? ents[i].ident : "(no identity)", ents[i].size,
+				 pcache_backing_ident(w->img[slot].b)->text,
+				 pcache_backing_size(w->img[slot].b));
 			pcache_backing_close(w->img[slot].b);
 			w->img[slot].b = NULL;
 		}

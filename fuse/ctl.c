@@ -67,6 +67,7 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 	case PFS_INO_FLUSH:
 	case PFS_INO_ATTACH:
 	case PFS_INO_DETACH:
+	case PFS_INO_REKEY:
 		return true;
 	case 0:
 		return k == PFS_IK_MODE || k == PFS_IK_FLUSH;
@@ -138,6 +139,36 @@ static void image_path(const char *name, char *buf, size_t len)
 	free(e);
 }
 
+/* Known images that are not attached (missing backing or detached), for status. */
+struct unattached_list {
+	int n;
+	struct pcache_unattached v[PFS_MAX_SLOTS];
+};
+
+static struct unattached_list *unattached_get(void)
+{
+	struct unattached_list *u = calloc(1, sizeof(*u));
+
+	if (u) {
+		u->n = pcache_cache_unattached(pfs.cache, u->v, PFS_MAX_SLOTS);
+		if (u->n < 0)
+			u->n = 0;
+	}
+	return u;
+}
+
+static void unattached_text(struct pfs_text *t)
+{
+	struct unattached_list *u = unattached_get();
+
+	if (!u)
+		return;
+	for (int i = 0; i < u->n; i++)
+		pfs_text_printf(t, "image %s %s %s dirty %" PRIu64 "\n", u->v[i].name, u->v[i].path,
+				u->v[i].missing ? "missing" : "detached", u->v[i].dirty_bytes);
+	free(u);
+}
+
 static void status_text(struct pfs_text *t)
 {
 	struct pcache_cache_status cs;
@@ -185,6 +216,7 @@ static void status_text(struct pfs_text *t)
 				st.wb_time, st.wb_bytes);
 	}
 	images_release(&is);
+	unattached_text(t);
 }
 
 static void json_str(struct pfs_text *t, const char *s)
@@ -219,6 +251,23 @@ static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats
 			pfs_cache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
 			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
 			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes);
+}
+
+static void unattached_json(struct pfs_text *t)
+{
+	struct unattached_list *u = unattached_get();
+
+	if (!u)
+		return;
+	for (int i = 0; i < u->n; i++) {
+		pfs_text_printf(t, "%s{\"name\": ", i ? ", " : "");
+		json_str(t, u->v[i].name);
+		pfs_text_printf(t, ", \"path\": ");
+		json_str(t, u->v[i].path);
+		pfs_text_printf(t, ", \"state\": \"%s\", \"dirty_bytes\": %" PRIu64 "}",
+				u->v[i].missing ? "missing" : "detached", u->v[i].dirty_bytes);
+	}
+	free(u);
 }
 
 static void status_json(struct pfs_text *t)
@@ -269,8 +318,10 @@ static void status_json(struct pfs_text *t)
 		image_stats_json(t, &st);
 		pfs_text_printf(t, "}");
 	}
-	pfs_text_printf(t, "]}\n");
+	pfs_text_printf(t, "], \"unattached\": [");
 	images_release(&is);
+	unattached_json(t);
+	pfs_text_printf(t, "]}\n");
 }
 
 static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
@@ -316,6 +367,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 		case PFS_INO_FLUSH:
 		case PFS_INO_ATTACH:
 		case PFS_INO_DETACH:
+		case PFS_INO_REKEY:
 			return -EACCES;
 		default:
 			kn = knob_name(fixed_ino);
@@ -363,42 +415,46 @@ static int write_flush(const char *what, const char *value, struct pcache_image 
 	return ret;
 }
 
-static int write_attach(const char *value)
+/* attach: "NAME:PATH"; rekey: the same, accepting a different backing for a clean image. */
+static int write_attach(const char *value, bool rekey)
 {
-	const char *colon = strchr(value, ':');
-	char name[PCACHE_NAME_MAX + 1], err[512], *abs;
-	struct stat st;
+	const char *colon = strchr(value, ':'), *what = rekey ? "rekey" : "attach";
+	char name[PCACHE_NAME_MAX + 1], err[1024], *abs;
 	int ret;
 
 	if (!colon || colon == value || !colon[1] || (size_t)(colon - value) > PCACHE_NAME_MAX) {
-		pfs_log(LOG_WARNING, "attach: bad input '%s' (expected NAME:PATH)", value);
+		pfs_log(LOG_WARNING, "%s: bad input '%s' (expected NAME:PATH)", what, value);
 		return -EINVAL;
 	}
 	memcpy(name, value, (size_t)(colon - value));
 	name[colon - value] = '\0';
 	if (!pcache_image_name_valid(name)) {
-		pfs_log(LOG_WARNING, "attach: invalid image name '%s'", name);
+		pfs_log(LOG_WARNING, "%s: invalid image name '%s'", what, name);
 		return -EINVAL;
 	}
-	abs = realpath(colon + 1, NULL);
-	if (!abs) {
-		ret = -errno;
-		pfs_log(LOG_WARNING, "attach %s: image path '%s': %s", name, colon + 1, strerror(-ret));
-		return -EINVAL;
-	}
-	if (stat(abs, &st) != 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) ||
-	    !strcmp(abs, pfs.opts->cache_path) || strlen(abs) > PCACHE_PATH_MAX) {
-		pfs_log(LOG_WARNING, "attach %s: '%s' is not a usable image (regular file or block device)", name, abs);
+	/* stored as given (absolute, symlinks kept); the engine checks what it reaches */
+	abs = pfs_path_absolute(colon + 1);
+	if (!abs)
+		return -ENOMEM;
+	if (strlen(abs) > PCACHE_PATH_MAX) {
+		pfs_log(LOG_WARNING, "%s %s: image path '%s' is too long", what, name, abs);
 		free(abs);
 		return -EINVAL;
 	}
-	ret = pfs_image_attach(name, abs, -1, err, sizeof(err));
+	if (pfs_path_under(abs, pfs.opts->mountpoint)) {
+		/* refused before it is touched: opening it would call back into this daemon */
+		pfs_log(LOG_WARNING, "%s %s: '%s' is inside this mount", what, name, abs);
+		free(abs);
+		return -EINVAL;
+	}
+	ret = pfs_image_attach(name, abs, -1, rekey, err, sizeof(err));
 	if (ret)
-		pfs_log(LOG_WARNING, "attach %s:%s: %s", name, abs, err);
+		pfs_log(LOG_WARNING, "%s %s:%s: %s", what, name, abs, err);
 	else
-		pfs_log(LOG_INFO, "attached image %s (%s)", name, abs);
+		pfs_log(LOG_INFO, "%s image %s (%s)", rekey ? "re-keyed" : "attached", name, abs);
 	free(abs);
-	return ret;
+	/* control writes report EINVAL (bad input) or EBUSY (in use) */
+	return ret == -EBUSY || ret == -EEXIST ? -EBUSY : ret ? -EINVAL : 0;
 }
 
 static int write_detach(const char *value)
@@ -429,7 +485,9 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 		case PFS_INO_FLUSH:
 			return write_flush("flush", value, NULL);
 		case PFS_INO_ATTACH:
-			return write_attach(value);
+			return write_attach(value, false);
+		case PFS_INO_REKEY:
+			return write_attach(value, true);
 		case PFS_INO_DETACH:
 			return write_detach(value);
 		default:

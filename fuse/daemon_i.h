@@ -4,7 +4,8 @@
  *
  * Lock order (outermost first): pfs.lock (image slots, attach/detach) -> a range lock of one
  * image (rangelock.c) -> engine locks (inside core/). Never hold pfs.lock across engine I/O;
- * attach/detach hold it across pcache_image_attach/detach only (they take no FUSE locks).
+ * detach holds it across pcache_image_detach only (it takes no FUSE locks); attach does not
+ * hold it while the engine opens the backing (the path may lead into this very mount).
  * No lock is held across fuse_reply_*().
  */
 #ifndef PCACHE_FUSE_DAEMON_I_H
@@ -30,7 +31,8 @@
 
 struct pfs_image_opt {
 	char *name;
-	char *path;     /* absolute (realpath) after validation */
+	char *path;     /* absolute after validation, symlinks kept (stored as the user named it) */
+	bool rekey;     /* -o rekey=NAME */
 };
 
 struct pfs_opts {
@@ -63,6 +65,10 @@ enum pfs_parse_result { PFS_PARSE_OK = 0, PFS_PARSE_EXIT_OK = 1, PFS_PARSE_ERROR
  */
 int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *fargs);
 void pfs_opts_free(struct pfs_opts *o);
+/* path made absolute against the working directory, not resolved; malloc'ed, NULL on ENOMEM. */
+char *pfs_path_absolute(const char *path);
+/* true if path (absolute) names dir or something below it, compared lexically. */
+bool pfs_path_under(const char *path, const char *dir);
 /* Size with K/M/G/T suffix (powers of 1024). 0 or -EINVAL. */
 int pfs_parse_size(const char *s, uint64_t *out);
 /* Cache mode name -> PCACHE_MODE_* or -EINVAL; and back. */
@@ -140,6 +146,7 @@ enum pfs_fixed_ino {
 	PFS_INO_ATTACH,
 	PFS_INO_DETACH,
 	PFS_INO_IMAGES_DIR,
+	PFS_INO_REKEY,
 	PFS_INO_FIXED_END
 };
 
@@ -170,6 +177,8 @@ struct pfs {
 	uid_t uid;
 	gid_t gid;
 
+	_Atomic uint64_t mnt_dev;  /* st_dev of our own mount once mounted (backings there refused) */
+
 	pthread_mutex_t lock;      /* guards slots[] state/gen/img/name/open_count */
 	struct pfs_slot slots[PFS_MAX_SLOTS];
 };
@@ -177,8 +186,15 @@ struct pfs {
 extern struct pfs pfs;
 extern const struct fuse_lowlevel_ops pfs_ops;
 
-/* Attach an image at run time or at start (name, absolute path): 0 or -errno + message. */
-int pfs_image_attach(const char *name, const char *path, int cache_mode, char *err, size_t errlen);
+/*
+ * Attach an image at run time or at start (name, absolute path; rekey: accept a different
+ * backing for a clean image): 0 or -errno + message. Holds no daemon lock while the engine
+ * opens the backing (the path may lead into this very mount).
+ */
+int pfs_image_attach(const char *name, const char *path, int cache_mode, bool rekey, char *err,
+		     size_t errlen);
+/* Device number of the FUSE mount on mountpoint, from /proc/self/mountinfo; 0 if not found. */
+uint64_t pfs_mount_dev(const char *mountpoint);
 /* Attach every image the cache device knows; 0 or -errno + message. */
 int pfs_images_attach_known(char *err, size_t errlen);
 /* Write back and detach by name: 0, -ENOENT, -EBUSY (open), or an engine error. */

@@ -245,7 +245,7 @@ static int attach_images(const struct pfs_opts *o)
 
 		added[i] = pcache_cache_dev_image_find(pcache_cache_device(pfs.cache), io->name, ent) != 0;
 		err[0] = '\0';
-		ret = pfs_image_attach(io->name, io->path, o->cache_mode, err, sizeof(err));
+		ret = pfs_image_attach(io->name, io->path, o->cache_mode, io->rekey, err, sizeof(err));
 		if (ret) {
 			fprintf(stderr, "pcachefs: image %s (%s): %s\n", io->name, io->path, err[0] ? err : strerror(-ret));
 			added[i] = false;
@@ -330,6 +330,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pcachefs: cannot mount on %s\n", opts.mountpoint);
 		goto out_images;
 	}
+	/* from now on a backing on our own mount is refused by device number too */
+	atomic_store(&pfs.mnt_dev, pfs_mount_dev(opts.mountpoint));
 	daemonize_done(1);
 	pfs_log(LOG_INFO, "mounted %s on %s (%s threads)", opts.cache_path, opts.mountpoint,
 		opts.single_thread ? "single" : "multiple");

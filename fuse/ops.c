@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(fuse_ino_t) >= sizeof(uint64_t), "inode numbers need 64 bits");
@@ -251,7 +252,8 @@ static int node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 		default:
 			*timeout = PFS_CTL_ATTR_TIMEOUT;
 			stat_ctl(st, ino, pfs_ctl_writable(n.fixed, 0),
-				 n.fixed != PFS_INO_FLUSH && n.fixed != PFS_INO_ATTACH && n.fixed != PFS_INO_DETACH);
+				 n.fixed != PFS_INO_FLUSH && n.fixed != PFS_INO_ATTACH && n.fixed != PFS_INO_DETACH &&
+				 n.fixed != PFS_INO_REKEY);
 			return 0;
 		}
 	}
@@ -294,6 +296,7 @@ static const struct {
 	{ "attach", PFS_INO_ATTACH },
 	{ "detach", PFS_INO_DETACH },
 	{ "images", PFS_INO_IMAGES_DIR },
+	{ "rekey", PFS_INO_REKEY },
 };
 
 static const char *const img_ctl_names[PFS_IK_COUNT] = {
@@ -377,15 +380,19 @@ static int slot_fill(struct pcache_image *img)
 	return -ENOSPC;
 }
 
-int pfs_image_attach(const char *name, const char *path, int cache_mode, char *err, size_t errlen)
+int pfs_image_attach(const char *name, const char *path, int cache_mode, bool rekey, char *err,
+		     size_t errlen)
 {
 	struct pcache_attach_opts ao = {
 		.name = name,
 		.path = path,
 		.allow_path_change = true,
+		.rekey = rekey,
+		.own_dev = atomic_load(&pfs.mnt_dev),
 		.cache_mode = cache_mode,
 	};
 	struct pcache_image *img = NULL;
+	bool taken;
 	int ret;
 
 	if (!pcache_image_name_valid(name)) {
@@ -393,31 +400,49 @@ int pfs_image_attach(const char *name, const char *path, int cache_mode, char *e
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&pfs.lock);
-	if (slot_by_name(name)) {
+	taken = slot_by_name(name) != NULL;
+	pthread_mutex_unlock(&pfs.lock);
+	if (taken) {
 		snprintf(err, errlen, "image '%s' is already attached", name);
-		ret = -EEXIST;
-		goto out;
+		return -EEXIST;
 	}
+	/* no lock here: the engine refuses a second attach of the name itself */
 	ret = pcache_image_attach(pfs.cache, &ao, &img, err, errlen);
 	if (ret)
-		goto out;
-	if (!img) {
-		img = pcache_image_get(pfs.cache, name);
-		if (!img) {
-			snprintf(err, errlen, "image '%s' vanished after attach", name);
-			ret = -EIO;
-			goto out;
-		}
-	}
+		return ret;
+	pthread_mutex_lock(&pfs.lock);
 	ret = slot_fill(img);
+	pthread_mutex_unlock(&pfs.lock);
 	if (ret) {
 		snprintf(err, errlen, "too many images");
 		pcache_image_put(img);
 		pcache_image_detach(pfs.cache, name, false);
 	}
-out:
-	pthread_mutex_unlock(&pfs.lock);
 	return ret;
+}
+
+uint64_t pfs_mount_dev(const char *mountpoint)
+{
+	char line[4096], mnt[2048], fstype[64];
+	unsigned int maj, min;
+	uint64_t dev = 0;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+
+	if (!f)
+		return 0;
+	/* "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - FSTYPE SOURCE SUPEROPTS" */
+	while (fgets(line, sizeof(line), f)) {
+		const char *sep = strstr(line, " - ");
+
+		if (sscanf(line, "%*d %*d %u:%u %*s %2047s", &maj, &min, mnt) != 3 || !sep ||
+		    sscanf(sep + 3, "%63s", fstype) != 1)
+			continue;
+		/* the last match wins: a later mount on the same point hides the earlier ones */
+		if (!strcmp(mnt, mountpoint) && !strncmp(fstype, "fuse", 4))
+			dev = makedev(maj, min);
+	}
+	fclose(f);
+	return dev;
 }
 
 int pfs_images_attach_known(char *err, size_t errlen)

@@ -5,7 +5,7 @@
  *
  * Invariants:
  *  1. Parsing never touches the cache device or a backing image: a bad command line changes
- *     nothing on disk. Image paths are only resolved (realpath) and stat'ed.
+ *     nothing on disk. Image paths are only made absolute (not resolved) and stat'ed.
  *  2. Every error is one line on stderr starting with "pcachefs: "; the caller exits with 1.
  *  3. Options pcachefs does not know are left for libfuse (mount options such as fsname,
  *     default_permissions); options mount.fuse3 passes from fstab that mean nothing to a FUSE
@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "pcache/format.h"
 
@@ -34,6 +35,7 @@ enum {
 	KEY_CACHE,
 	KEY_CACHE_SIZE,
 	KEY_IMAGE,
+	KEY_REKEY,
 	KEY_DATA_CRC,
 	KEY_GC_PERCENT,
 	KEY_CACHE_MODE,
@@ -58,6 +60,7 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("cache=", KEY_CACHE),
 	FUSE_OPT_KEY("cache_size=", KEY_CACHE_SIZE),
 	FUSE_OPT_KEY("image=", KEY_IMAGE),
+	FUSE_OPT_KEY("rekey=", KEY_REKEY),
 	FUSE_OPT_KEY("data_crc", KEY_DATA_CRC),
 	FUSE_OPT_KEY("gc_percent=", KEY_GC_PERCENT),
 	FUSE_OPT_KEY("cache_mode=", KEY_CACHE_MODE),
@@ -79,6 +82,8 @@ static const struct fuse_opt pfs_opt_spec[] = {
 
 struct parse_ctx {
 	struct pfs_opts *o;
+	const char *rekey[PFS_MAX_IMAGE_OPTS];
+	int n_rekey;
 	int n_nonopt;
 	char *nonopt[2];
 	int exit_ok;
@@ -98,6 +103,10 @@ static void usage(const char *prog)
 	       "    -o cache_size=SIZE        create a missing cache file of SIZE (K/M/G/T suffix)\n"
 	       "    -o image=NAME:PATH        attach image NAME backed by PATH (repeatable);\n"
 	       "                              images known to the cache device come back by themselves\n"
+	       "                              (PATH is stored as given: use a stable name such as\n"
+	       "                              /dev/disk/by-id/...; the backing's identity is checked)\n"
+	       "    -o rekey=NAME             accept a different backing for the clean image NAME\n"
+	       "                              (named with -o image), dropping its cached data\n"
 	       "    -o cache_mode=MODE        writeback (default), writethrough or writearound, for\n"
 	       "                              the images named with -o image\n"
 	       "    -o gc_percent=N           start garbage collection at N %% usage (persisted)\n"
@@ -284,6 +293,13 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		return 0;
 	case KEY_IMAGE:
 		return add_image(c, v);
+	case KEY_REKEY:
+		if (c->n_rekey >= PFS_MAX_IMAGE_OPTS)
+			return perr(c, "too many -o rekey options");
+		if (!*v)
+			return perr(c, "empty -o rekey=");
+		c->rekey[c->n_rekey++] = v;
+		return 0;
 	case KEY_DATA_CRC:
 		o->data_crc = true;
 		return 0;
@@ -417,34 +433,85 @@ static int validate(struct parse_ctx *c)
 		if (resolve(c, &o->cache_path, "cache device"))
 			return -1;
 	}
-	for (int i = 0; i < o->n_images; i++) {
-		struct pfs_image_opt *io = &o->images[i];
-
-		if (resolve(c, &io->path, "image path"))
-			return -1;
-		if (stat(io->path, &st) != 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
-			fprintf(stderr, "pcachefs: image path '%s' is not a regular file or block device\n", io->path);
-			c->error = 1;
-			return -1;
-		}
-		if (!strcmp(io->path, o->cache_path)) {
-			fprintf(stderr, "pcachefs: image '%s' is the cache device itself\n", io->name);
-			c->error = 1;
-			return -1;
-		}
-		if (strlen(io->path) > PCACHE_PATH_MAX) {
-			fprintf(stderr, "pcachefs: image path '%s' is too long\n", io->path);
-			c->error = 1;
-			return -1;
-		}
-	}
 	if (stat(o->mountpoint, &st) != 0 || !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "pcachefs: mount point '%s' is not a directory\n", o->mountpoint);
 		c->error = 1;
 		return -1;
 	}
 	/* absolute: the daemon changes to / and libfuse unmounts by this path at exit */
-	return resolve(c, &o->mountpoint, "mount point");
+	if (resolve(c, &o->mountpoint, "mount point"))
+		return -1;
+	for (int i = 0; i < o->n_images; i++) {
+		struct pfs_image_opt *io = &o->images[i];
+		char *abs;
+
+		/* stored as given (made absolute, symlinks kept: a by-id name stays that name) */
+		abs = pfs_path_absolute(io->path);
+		if (!abs)
+			return -1;
+		free(io->path);
+		io->path = abs;
+		if (pfs_path_under(io->path, o->mountpoint))
+			return perr(c, "image path '%s' is inside the mount point %s", io->path, o->mountpoint);
+		if (stat(io->path, &st) != 0) {
+			fprintf(stderr, "pcachefs: image path '%s': %s\n", io->path, strerror(errno));
+			c->error = 1;
+			return -1;
+		}
+		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+			return perr(c, "image path '%s' is not a regular file or block device", io->path);
+		if (strlen(io->path) > PCACHE_PATH_MAX)
+			return perr(c, "image path '%s' is too long (max %u bytes)", io->path, PCACHE_PATH_MAX);
+	}
+	for (int r = 0; r < c->n_rekey; r++) {
+		int i;
+
+		for (i = 0; i < o->n_images && strcmp(o->images[i].name, c->rekey[r]); i++)
+			;
+		if (i == o->n_images)
+			return perr(c, "-o rekey=%s names no -o image=%s:PATH", c->rekey[r], c->rekey[r]);
+		o->images[i].rekey = true;
+	}
+	return 0;
+}
+
+char *pfs_path_absolute(const char *path)
+{
+	char cwd[PATH_MAX], *r;
+	size_t n;
+
+	if (path[0] == '/')
+		return strdup(path);
+	if (!getcwd(cwd, sizeof(cwd)))
+		return NULL;
+	n = strlen(cwd) + strlen(path) + 2;
+	r = malloc(n);
+	if (r)
+		snprintf(r, n, "%s/%s", strcmp(cwd, "/") ? cwd : "", path);
+	return r;
+}
+
+bool pfs_path_under(const char *path, const char *dir)
+{
+	const char *p = path, *d = dir;
+
+	/* component by component, ignoring repeated slashes and "." (".." is not undone) */
+	for (;;) {
+		size_t lp, ld;
+
+		while (*p == '/' || (p[0] == '.' && (p[1] == '/' || !p[1])))
+			p++;
+		while (*d == '/' || (d[0] == '.' && (d[1] == '/' || !d[1])))
+			d++;
+		if (!*d)
+			return true;
+		lp = strcspn(p, "/");
+		ld = strcspn(d, "/");
+		if (lp != ld || strncmp(p, d, lp))
+			return false;
+		p += lp;
+		d += ld;
+	}
 }
 
 int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *fargs)

@@ -346,17 +346,29 @@ START_TEST(attach_refuses_changed_identity_with_dirty_data)
 	close(fd);
 	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
 	ck_assert_ptr_ne(strstr(err, "dirty"), NULL);
+	fd = open(ipath, O_WRONLY);
+	ck_assert_int_eq(ftruncate(fd, IMG_SIZE), 0);
+	close(fd);
 	/* a different path is refused without allow_path_change */
 	eng_make_image(ipath2, IMG_SIZE, 1);
 	ao.path = ipath2;
 	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
+	/* another file of the same size under a new path: refused, naming both identities */
 	ao.allow_path_change = true;
+	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
+	ck_assert_msg(strstr(err, "stored file") && strstr(err, "found file") && strstr(err, "dirty"), "%s", err);
+	ao.rekey = true; /* not even when asked: the cache holds dirty data of the stored one */
+	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
+	ao.rekey = false;
+	/* the same file under another name (a hard link) is the same image */
+	unlink(ipath2);
+	ck_assert_int_eq(link(ipath, ipath2), 0);
 	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
 	check_range_version(0, 4096, 1); /* the dirty data is still there */
 }
 END_TEST
 
-START_TEST(changed_identity_of_clean_image_is_rekeyed)
+START_TEST(changed_identity_of_clean_image_is_rekeyed_on_request)
 {
 	struct pcache_attach_opts ao = { .name = "vm1", .cache_mode = -1 };
 	char err[256];
@@ -372,6 +384,10 @@ START_TEST(changed_identity_of_clean_image_is_rekeyed)
 	fd = open(ipath, O_WRONLY);
 	ck_assert_int_eq(pwrite(fd, "\0\0\0\0", 4, 0), 4); /* sector 0 now differs from the cache */
 	close(fd);
+	/* never silently: refused until the user asks for the re-key */
+	ck_assert_int_eq(pcache_image_attach(c, &ao, &img, err, sizeof(err)), -EEXIST);
+	ck_assert_ptr_ne(strstr(err, "rekey"), NULL);
+	ao.rekey = true;
 	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_uint_eq(pcache_image_size(img), IMG_SIZE * 2);
 	{
@@ -567,7 +583,7 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, flush_persists_every_staged_key);
 	tcase_add_test(tc, writeback_all_reaches_the_backing);
 	tcase_add_test(tc, attach_refuses_changed_identity_with_dirty_data);
-	tcase_add_test(tc, changed_identity_of_clean_image_is_rekeyed);
+	tcase_add_test(tc, changed_identity_of_clean_image_is_rekeyed_on_request);
 	tcase_add_test(tc, detach_forget_needs_clean_image);
 	tcase_add_test(tc, knobs_round_trip_and_reject_bad_values);
 	tcase_add_test(tc, writethrough_writes_the_backing_at_once);

@@ -2,7 +2,8 @@
  * backing.h -- the backing-device layer: backing images (files or block devices) served
  * through io_uring. The user-space form of dm-pcache's backing_dev.{c,h}.
  *
- * Depends only on libc and liburing (internally). Knows nothing about the cache or FUSE.
+ * Depends only on libc, liburing and libblkid (internally). Knows nothing about the cache or
+ * FUSE.
  *
  * Model:
  *  - pcache_backing_open() opens an image; pcache_backing_close() stops it (drains everything
@@ -51,6 +52,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct pcache_backing;
 
@@ -71,6 +73,8 @@ struct pcache_backing_opts {
  * O_DIRECT is tried first (unless no_direct) and kept when the open succeeds and the size is
  * a multiple of the direct-I/O alignment; otherwise the image is opened buffered. The size is
  * fixed at open (a file that shrinks later gives -ENODATA on reads past its new end).
+ * Ownership: a regular file is flock()ed (LOCK_EX, LOCK_SH when read_only, never waiting) and
+ * a block device opened O_EXCL, for as long as it is open; -EBUSY names the holder.
  */
 int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts,
 			struct pcache_backing **out, char *err, size_t errlen);
@@ -86,6 +90,35 @@ uint32_t pcache_backing_lbs(const struct pcache_backing *b);        /* BLKSSZGET
 bool pcache_backing_is_direct(const struct pcache_backing *b);      /* opened O_DIRECT */
 bool pcache_backing_is_blockdev(const struct pcache_backing *b);
 const char *pcache_backing_path(const struct pcache_backing *b);
+
+/* ---- identity and ownership --------------------------------------------------------------- */
+
+#define PCACHE_IDENT_MAX 255u
+
+/*
+ * What an open descriptor reaches (backing/backing_ident.c). overlap fields compare data now;
+ * text is the stable identity stored per image and compared at every attach.
+ */
+struct pcache_ident {
+	bool blockdev;
+	uint64_t dev, ino;                 /* regular file: st_dev, st_ino */
+	uint64_t rdev;                     /* block device: st_rdev */
+	bool loop;                         /* block device is a loop device over a file: */
+	uint64_t loop_dev, loop_ino, loop_off;
+	uint32_t mode, uid, gid;           /* st_mode, st_uid, st_gid of the file or device node */
+	char text[PCACHE_IDENT_MAX + 1];   /* "file fs=UUID ino=N", "blk wwid=...", "loop ..." */
+};
+
+/* Identity of fd (a regular file or block device): 0, -errno of fstat, -EINVAL otherwise. */
+int pcache_ident_fd(int fd, struct pcache_ident *id);
+/* true if a and b reach the same bytes (same inode, same device, or a loop device over it). */
+bool pcache_ident_overlap(const struct pcache_ident *a, const struct pcache_ident *b);
+/* Name the holder of an flock on fd's inode ("pid 12 (pcachefs)") from /proc/locks. */
+void pcache_flock_holder(int fd, char *buf, size_t len);
+/* Say who holds block device rdev busy ("mounted on /mnt", "held by dm-0", ...). */
+void pcache_blockdev_holder(dev_t rdev, char *buf, size_t len);
+/* Identity of an open image (computed at open). */
+const struct pcache_ident *pcache_backing_ident(const struct pcache_backing *b);
 
 /* ---- requests ----------------------------------------------------------------------------- */
 

@@ -56,20 +56,42 @@ struct pcache_attach_opts {
 	const char *name;
 	const char *path;         /* NULL: use the path stored in the image table */
 	bool allow_path_change;   /* accept a path that differs from the stored one */
+	bool rekey;               /* accept a backing whose identity differs from the stored one
+				   * (clean images only), dropping its cached data */
+	uint64_t own_dev;         /* st_dev of the caller's own FUSE mount: refused (0 = none) */
 	bool read_only;
 	int cache_mode;           /* -1 = keep stored (new images: writeback) */
 };
 
 /*
- * Attach an image: a new name is added to the image table; a known name must match its stored
- * identity (size, logical block size; a different path only with allow_path_change). A
- * mismatch while the cache holds dirty data of that image is refused (-EEXIST with a message).
- * Returns 0 and a referenced *out (may be NULL if the caller does not want it).
+ * Attach an image. The backing is opened first, before any engine lock, and owned while
+ * attached (flock / O_EXCL, see backing.h). Refused: the cache device itself or a backing that
+ * reaches the same data as another attached image, however named (-EINVAL / -EBUSY), a path on
+ * own_dev (-EINVAL). A new name is added to the image table with the backing's stable identity
+ * (backing.h struct pcache_ident), size, logical block size and its mode/uid/gid; a known name
+ * must match all of these (a different path only with allow_path_change; a different identity
+ * only with rekey and no dirty data), else -EEXIST with one line naming stored and found
+ * identity, and nothing changes. Returns 0 and a referenced *out (may be NULL if not wanted).
  */
 int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
 			struct pcache_image **out, char *err, size_t errlen);
-/* Attach every image of the image table that is not attached yet; 0 or first error. */
+/*
+ * Attach every image of the image table that is not attached yet; 0 or the first error. An
+ * image whose backing path does not exist (-ENOENT, -ENXIO, -ENODEV) is skipped with a log
+ * line: it stays in the table with its cached data, listed by pcache_cache_unattached(), and
+ * comes back with pcache_image_attach() once its backing is there.
+ */
 int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen);
+
+/* An image of the image table that is not attached. */
+struct pcache_unattached {
+	char name[PCACHE_NAME_MAX + 1];
+	char path[PCACHE_PATH_MAX + 1];
+	bool missing;            /* meant to be attached (not detached): its backing was not found */
+	uint64_t dirty_bytes;    /* cached data not written back to it yet */
+};
+/* Up to max images of the table that are not attached; returns the count or -ENOMEM. */
+int pcache_cache_unattached(struct pcache_cache *c, struct pcache_unattached *v, int max);
 /*
  * Detach: wait for I/O in flight on the image, persist its keys. With forget, also remove it
  * from the image table, which needs the image to be clean (-EBUSY otherwise).

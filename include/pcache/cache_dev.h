@@ -182,6 +182,7 @@ struct pcache_image_ent {
 	uint64_t wb_lsn, wb_time;
 	char name[PCACHE_NAME_MAX + 1];
 	char path[PCACHE_PATH_MAX + 1];
+	char ident[PCACHE_IDENT_LEN];    /* "" = not recorded yet (an entry from before identities) */
 };
 /*
  * 1 if name is a valid image name (1..127 bytes, no '/', not "." or "..", no control chars).

@@ -93,12 +93,21 @@
  *   56  4    file_mode   permission bits shown on the mount
  *   60  4    uid
  *   64  4    gid
- *   68  4    flags       reserved, zero
+ *   68  4    flags       PCACHE_IMAGE_F_IDENT: ident holds the backing's stable identity
  *   72  8    wb_lsn      writeback done up to this log sequence number
  *   80  8    wb_time     wall-clock seconds of that writeback
  *   88  40   reserved    zero
  *   128 128  name        NUL-terminated, validated (pcache_image_name_valid())
- *   256 768  path        NUL-terminated backing path
+ *   256 512  path        NUL-terminated backing path, as the user gave it (not resolved)
+ *   768 256  ident       NUL-terminated stable identity of the backing (see below)
+ *
+ * IDENTITY. ident names the data behind path so that a renamed or renumbered device is still
+ * recognised and a different one is refused (backing/backing_ident.c builds it): a file is
+ * "file fs=<file system UUID> ino=<inode>" (fsid=/dev= when the file system has no UUID), a
+ * block device "blk dm-uuid=...", "blk wwid=... [part=N]", "blk serial=... [part=N]" or, with
+ * nothing stable, "blk devno=M:m"; a loop device "loop <its backing file as a file> off=N".
+ * Entries written before identities existed have flags 0 and a path of up to 767 bytes; they
+ * get an ident (and need a path of at most 511 bytes) at their next attach.
  *
  * SEGMENT RECORD (struct pcache_seg_om, 32 B; segment i slots at seg_table + i*64 + {0, 32})
  *
@@ -219,7 +228,9 @@
 #define PCACHE_MODE_WRITETHROUGH 1u
 #define PCACHE_MODE_WRITEAROUND 2u
 #define PCACHE_NAME_MAX 127u
-#define PCACHE_PATH_MAX 767u
+#define PCACHE_PATH_MAX 511u
+#define PCACHE_IDENT_LEN 256u
+#define PCACHE_IMAGE_F_IDENT (1u << 0)
 
 /* ksets and keys */
 #define PCACHE_KSET_LAST (1u << 0)
@@ -284,7 +295,8 @@ struct pcache_image_om {
 	uint64_t wb_time;
 	uint8_t reserved[40];
 	char name[128];
-	char path[768];
+	char path[512];
+	char ident[256];
 };
 
 struct pcache_seg_om {

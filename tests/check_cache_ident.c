@@ -1,0 +1,296 @@
+/*
+ * check_cache_ident.c -- one backing, one owner: the engine refuses a backing that reaches the
+ * same data as another attached image or as the cache device (hard link, symlink), a backing
+ * another opener holds (flock), records a stable identity per image and refuses a different
+ * file under a known name; new images take their backing's permissions; an image whose backing
+ * is missing at start waits while the others come up (backing/backing_ident.c, core/cache.c).
+ */
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check_util.h"
+#include "lib/engine_util.h"
+#include "pcache/backing.h"
+#include "pcache/cache_dev.h"
+
+#define IMG_SIZE (8u << 20)
+
+static char cpath[256], ipath[256], ipath2[256], lpath[256];
+static struct pcache_cache *c;
+
+static bool no_background;
+
+static void start(void)
+{
+	struct pcache_cache_opts o;
+	char err[256];
+
+	eng_opts(&o, cpath);
+	o.no_background = no_background; /* keep dirty data dirty */
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+}
+
+static int attach(const char *name, const char *path, char *err, size_t errlen)
+{
+	struct pcache_attach_opts ao = { .name = name, .path = path, .cache_mode = -1,
+					 .allow_path_change = true };
+
+	return pcache_image_attach(c, &ao, NULL, err, errlen);
+}
+
+static void setup(void)
+{
+	check_scratch_path(cpath, sizeof(cpath), "ident-cache");
+	check_scratch_path(ipath, sizeof(ipath), "ident-img");
+	check_scratch_path(ipath2, sizeof(ipath2), "ident-img2");
+	check_scratch_path(lpath, sizeof(lpath), "ident-link");
+	ck_assert_int_eq(eng_format(cpath, 48u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	eng_make_image(ipath2, IMG_SIZE, 2);
+	start();
+}
+
+static void teardown(void)
+{
+	if (c)
+		pcache_cache_stop(c, false);
+	c = NULL;
+	no_background = false;
+	unlink(cpath);
+	unlink(ipath);
+	unlink(ipath2);
+	unlink(lpath);
+}
+
+START_TEST(same_file_under_two_names_is_refused)
+{
+	char err[512];
+
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(link(ipath, lpath), 0);
+	ck_assert_int_eq(attach("b", lpath, err, sizeof(err)), -EBUSY);
+	ck_assert_msg(strstr(err, "same data as image a"), "%s", err);
+	unlink(lpath);
+	ck_assert_int_eq(symlink(ipath, lpath), 0);
+	ck_assert_int_eq(attach("b", lpath, err, sizeof(err)), -EBUSY);
+	ck_assert_msg(strstr(err, "same data as image a"), "%s", err);
+	/* nothing was added to the image table */
+	{
+		struct pcache_image_ent e;
+
+		ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "b", &e), -ENOENT);
+	}
+	/* another file is fine */
+	ck_assert_msg(attach("b", ipath2, err, sizeof(err)) == 0, "%s", err);
+}
+END_TEST
+
+START_TEST(cache_device_under_another_name_is_refused)
+{
+	char err[512];
+
+	ck_assert_msg(link(cpath, lpath) == 0, "link: %s", strerror(errno));
+	ck_assert_int_eq(attach("a", lpath, err, sizeof(err)), -EINVAL);
+	ck_assert_msg(strstr(err, "is the cache device"), "%s", err);
+}
+END_TEST
+
+START_TEST(backing_held_by_another_opener_is_refused_naming_it)
+{
+	char err[512], want[64];
+	struct pcache_backing *b;
+	pid_t pid;
+	int p[2], fd;
+
+	/* a second open through the backing layer, in this process */
+	ck_assert_int_eq(pcache_backing_open(ipath, NULL, &b, err, sizeof(err)), 0);
+	ck_assert_int_eq(attach("a", ipath, err, sizeof(err)), -EBUSY);
+	ck_assert_msg(strstr(err, "in use: locked by"), "%s", err);
+	pcache_backing_close(b);
+	/* a lock held by another process is named */
+	ck_assert_int_eq(pipe(p), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char x;
+
+		fd = open(ipath, O_RDWR);
+		if (fd < 0 || flock(fd, LOCK_EX))
+			_exit(1);
+		if (write(p[1], "k", 1) != 1)
+			_exit(1);
+		if (read(p[0], &x, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	{
+		char x;
+
+		ck_assert_int_eq(read(p[0], &x, 1), 1);
+	}
+	ck_assert_int_eq(attach("a", ipath, err, sizeof(err)), -EBUSY);
+	snprintf(want, sizeof(want), "pid %d", (int)pid);
+	ck_assert_msg(strstr(err, want), "%s (want %s)", err, want);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(p[0]);
+	close(p[1]);
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+}
+END_TEST
+
+START_TEST(identity_is_recorded_and_a_different_file_refused)
+{
+	struct pcache_image_ent e;
+	struct pcache_image *img;
+	struct stat st;
+	char err[512], want[64];
+
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "a", &e), 0);
+	ck_assert_int_eq(stat(ipath, &st), 0);
+	snprintf(want, sizeof(want), " ino=%llu", (unsigned long long)st.st_ino);
+	ck_assert_msg(!strncmp(e.ident, "file ", 5) && strstr(e.ident, want), "ident '%s'", e.ident);
+	ck_assert_str_eq(e.path, ipath);
+	/* dirty data, then the file is replaced by another of the same size under its name */
+	img = pcache_image_get(c, "a");
+	ck_assert_int_eq(eng_write(img, 0, 4096, 1, 7), 0);
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_image_detach(c, "a", false), 0);
+	ck_assert_int_eq(rename(ipath2, ipath), 0);
+	ck_assert_int_eq(attach("a", NULL, err, sizeof(err)), -EEXIST);
+	ck_assert_msg(strstr(err, "stored file") && strstr(err, "found file"), "%s", err);
+	/* unchanged: same identity recorded, the dirty data still there for the real file */
+	{
+		struct pcache_image_ent e2;
+
+		ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "a", &e2), 0);
+		ck_assert_str_eq(e2.ident, e.ident);
+	}
+}
+END_TEST
+
+START_TEST(identity_survives_a_restart_and_a_new_path)
+{
+	struct pcache_image_ent e;
+	char err[512];
+
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	c = NULL;
+	/* the file moved (same inode): attached under its new name */
+	ck_assert_int_eq(rename(ipath, lpath), 0);
+	start();
+	ck_assert_msg(attach("a", lpath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "a", &e), 0);
+	ck_assert_str_eq(e.path, lpath);
+}
+END_TEST
+
+START_TEST(new_image_takes_the_backing_permissions)
+{
+	uint32_t mode, uid, gid;
+	struct pcache_image *img;
+	char err[512];
+
+	ck_assert_int_eq(chmod(ipath, 0600), 0);
+	ck_assert_int_eq(chown(ipath, 123, 456), 0);
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	pcache_image_attr(img, &mode, &uid, &gid);
+	pcache_image_put(img);
+	ck_assert_uint_eq(mode, 0600);
+	ck_assert_uint_eq(uid, 123);
+	ck_assert_uint_eq(gid, 456);
+}
+END_TEST
+
+START_TEST(missing_backing_waits_while_the_others_come_up)
+{
+	struct pcache_unattached u[4];
+	struct pcache_image *img;
+	char err[512];
+	uint8_t buf[4096], want[4096];
+	int n;
+
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	no_background = true;
+	start();
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(attach("b", ipath2, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert_int_eq(eng_write(img, 0, 4096, 1, 9), 0);
+	ck_assert_int_eq(pcache_image_flush(img), 0);
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	c = NULL;
+	ck_assert_int_eq(rename(ipath, lpath), 0); /* a's backing is not where it was */
+	start();
+	ck_assert_msg(pcache_cache_attach_known(c, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "b");
+	ck_assert_ptr_ne(img, NULL);
+	pcache_image_put(img);
+	ck_assert_ptr_eq(pcache_image_get(c, "a"), NULL);
+	n = pcache_cache_unattached(c, u, 4);
+	ck_assert_int_eq(n, 1);
+	ck_assert_str_eq(u[0].name, "a");
+	ck_assert(u[0].missing);
+	ck_assert_uint_eq(u[0].dirty_bytes, 4096);
+	/* back under a new name: attached with its dirty data */
+	ck_assert_msg(attach("a", lpath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert_int_eq(eng_read(img, buf, 0, sizeof(buf)), 0);
+	pcache_image_put(img);
+	eng_fill(want, sizeof(want), 1, 0, 9);
+	ck_assert_mem_eq(buf, want, sizeof(buf));
+	ck_assert_int_eq(pcache_cache_unattached(c, u, 4), 0);
+}
+END_TEST
+
+START_TEST(overlap_rules)
+{
+	struct pcache_ident f = { .dev = 8, .ino = 12 }, g = { .dev = 8, .ino = 13 };
+	struct pcache_ident loop = { .blockdev = true, .rdev = 0x700, .loop = true, .loop_dev = 8,
+				     .loop_ino = 12 };
+	struct pcache_ident loop2 = loop, blk = { .blockdev = true, .rdev = 0x800 };
+
+	loop2.rdev = 0x701;
+	ck_assert(pcache_ident_overlap(&f, &f));
+	ck_assert(!pcache_ident_overlap(&f, &g));
+	ck_assert(pcache_ident_overlap(&f, &loop));
+	ck_assert(pcache_ident_overlap(&loop, &f));
+	ck_assert(!pcache_ident_overlap(&g, &loop));
+	ck_assert(pcache_ident_overlap(&loop, &loop2)); /* two loop devices over one file */
+	ck_assert(!pcache_ident_overlap(&loop, &blk));
+	ck_assert(pcache_ident_overlap(&blk, &blk));
+}
+END_TEST
+
+Suite *cache_ident_suite(void);
+Suite *cache_ident_suite(void)
+{
+	Suite *s = suite_create("cache_ident");
+	TCase *tc = tcase_create("Core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, same_file_under_two_names_is_refused);
+	tcase_add_test(tc, cache_device_under_another_name_is_refused);
+	tcase_add_test(tc, backing_held_by_another_opener_is_refused_naming_it);
+	tcase_add_test(tc, identity_is_recorded_and_a_different_file_refused);
+	tcase_add_test(tc, identity_survives_a_restart_and_a_new_path);
+	tcase_add_test(tc, new_image_takes_the_backing_permissions);
+	tcase_add_test(tc, missing_backing_waits_while_the_others_come_up);
+	tcase_add_test(tc, overlap_rules);
+	suite_add_tcase(s, tc);
+	return s;
+}
