@@ -1145,13 +1145,6 @@ static int bk_open_fd(struct pcache_backing *b, const char *path, bool no_direct
 	}
 	if (!b->direct)
 		b->fd = open(path, flags);
-	if (b->fd < 0 && errno == EBUSY && (flags & O_EXCL)) {
-		char holder[BK_HOLDER_MAX];
-
-		pcache_blockdev_holder(st.st_rdev, holder, sizeof(holder));
-		bk_err(err, errlen, "%s: busy: %s", path, holder);
-		return -EBUSY;
-	}
 	if (b->fd < 0)
 		goto fail;
 	ret = bk_probe(b, err, errlen);
@@ -1174,7 +1167,14 @@ static int bk_open_fd(struct pcache_backing *b, const char *path, bool no_direct
 
 fail:
 	ret = -errno;
-	bk_err(err, errlen, "%s: open: %s", path, strerror(errno));
+	if (ret == -EBUSY && (flags & O_EXCL)) {
+		char holder[BK_HOLDER_MAX];
+
+		pcache_blockdev_holder(st.st_rdev, holder, sizeof(holder));
+		bk_err(err, errlen, "%s: busy: %s", path, holder);
+		return ret;
+	}
+	bk_err(err, errlen, "%s: open: %s", path, strerror(-ret));
 	return ret;
 close_fd:
 	close(b->fd);

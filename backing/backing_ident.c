@@ -290,3 +290,41 @@ void pcache_blockdev_holder(dev_t rdev, char *buf, size_t len)
 	}
 	snprintf(buf, len, "opened exclusively by another program (a file system, pcachefs, ...)");
 }
+
+int pcache_probe_signature(int fd, char *what, size_t len)
+{
+	const char *type = NULL, *usage = NULL;
+	blkid_probe pr;
+	int rc, ret = 0;
+
+	pr = blkid_new_probe();
+	if (!pr)
+		return -ENOMEM;
+	if (blkid_probe_set_device(pr, fd, 0, 0) != 0) {
+		blkid_free_probe(pr);
+		return -EIO;
+	}
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE);
+	blkid_probe_enable_partitions(pr, 1);
+	rc = blkid_do_safeprobe(pr);
+	if (rc == -2) {
+		snprintf(what, len, "more than one signature (libblkid: ambivalent probe)");
+		ret = 1;
+	} else if (rc == 0) {
+		if (blkid_probe_lookup_value(pr, "TYPE", &type, NULL) == 0 && type) {
+			(void)blkid_probe_lookup_value(pr, "USAGE", &usage, NULL);
+			snprintf(what, len, "a %s signature%s%s", type, usage ? " (" : "", usage ? usage : "");
+			if (usage)
+				snprintf(what + strlen(what), len - strlen(what), ")");
+			ret = 1;
+		} else if (blkid_probe_lookup_value(pr, "PTTYPE", &type, NULL) == 0 && type) {
+			snprintf(what, len, "a %s partition table", type);
+			ret = 1;
+		}
+	} else if (rc < 0) {
+		ret = -EIO;
+	}
+	blkid_free_probe(pr);
+	return ret;
+}

@@ -943,6 +943,35 @@ static int attach_explain_busy(struct pcache_cache *c, const char *name, const c
 	return ret ? ret : -EBUSY;
 }
 
+int pcache_backings_distinct(const char *const *names, const char *const *paths, int n,
+			     char *err, size_t errlen)
+{
+	struct pcache_ident *id;
+	int i, j, fd, ret = 0;
+
+	id = calloc((size_t)n + 1, sizeof(*id));
+	if (!id)
+		return -ENOMEM;
+	for (i = 0; i < n && !ret; i++) {
+		fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* the attach itself reports it */
+		if (pcache_ident_fd(fd, &id[i]) == 0) {
+			for (j = 0; j < i; j++) {
+				if (paths[j] && pcache_ident_overlap(&id[i], &id[j])) {
+					ERR("image %s: %s reaches the same data as image %s (%s)", names[i],
+					    paths[i], names[j], id[i].text);
+					ret = -EBUSY;
+					break;
+				}
+			}
+		}
+		close(fd);
+	}
+	free(id);
+	return ret;
+}
+
 int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
 			struct pcache_image **out, char *err, size_t errlen)
 {
@@ -1171,9 +1200,15 @@ static bool backing_missing(int ret)
 
 int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen)
 {
+	return pcache_cache_attach_known_except(c, NULL, 0, err, errlen);
+}
+
+int pcache_cache_attach_known_except(struct pcache_cache *c, const char *const *skip, int n_skip,
+				     char *err, size_t errlen)
+{
 	struct pcache_image_ent *ents;
 	char why[1024];
-	int n, i, ret = 0, r;
+	int n, i, j, ret = 0, r;
 
 	n = unattached_ents(c, &ents);
 	if (n < 0)
@@ -1181,6 +1216,10 @@ int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen)
 	for (i = 0; i < n; i++) {
 		struct pcache_attach_opts ao = { .name = ents[i].name, .cache_mode = -1 };
 
+		for (j = 0; j < n_skip && strcmp(skip[j], ents[i].name); j++)
+			;
+		if (j < n_skip)
+			continue;
 		why[0] = '\0';
 		r = pcache_image_attach(c, &ao, NULL, why, sizeof(why));
 		if (r && backing_missing(r)) {

@@ -1054,6 +1054,63 @@ out_close:
 	return rc;
 }
 
+/*
+ * The superblock area is zero: is the whole device blank, or does it hold something else whose
+ * first 8 KiB happen to be zero (a wiped header, a partial dd)? Refused: anything libblkid
+ * recognises (file systems, LVM, RAID, swap, LUKS, ZFS, partition tables), and any non-zero
+ * byte in [8 KiB, 1 MiB) or in the last MiB (a backup GPT, RAID metadata at the end), unless
+ * the device starts with what a pcachefs format interrupted before its superblock leaves (a
+ * valid cache_info record at 8 KiB). 0 blank, -ENOTEMPTY with the reason, -errno.
+ */
+#define PCACHE_BLANK_SCAN (1u << 20)
+
+static int dev_scan_zero(struct pcache_cache_dev *cd, uint8_t *buf, uint64_t off, uint64_t len,
+			 bool *zero)
+{
+	int rc = dev_pread(cd, buf, len, off);
+
+	*zero = !rc && all_zero(buf, len);
+	return rc;
+}
+
+static int dev_check_blank(struct pcache_cache_dev *cd, char *err, size_t errlen)
+{
+	const struct pcache_rec_hdr_om *h;
+	uint64_t size = cd->map.size, head_end = PCACHE_MIN(size, PCACHE_BLANK_SCAN), tail_off;
+	bool zero = true;
+	char what[200];
+	uint8_t *buf;
+	int rc;
+
+	rc = pcache_probe_signature(cd->fd, what, sizeof(what));
+	if (rc > 0)
+		return seterr(err, errlen, -ENOTEMPTY, "device is not blank: it carries %s; refusing to "
+			      "format it ('pcachectl format --force' overwrites it)", what);
+	/* rc < 0: libblkid cannot read it (a device-DAX character device): the scans still run */
+	if (head_end <= PCACHE_INFO_OFF)
+		return 0;
+	buf = malloc(PCACHE_BLANK_SCAN);
+	if (!buf)
+		return seterr(err, errlen, -ENOMEM, "out of memory");
+	rc = dev_scan_zero(cd, buf, PCACHE_INFO_OFF, head_end - PCACHE_INFO_OFF, &zero);
+	h = (const struct pcache_rec_hdr_om *)buf;
+	if (!rc && !zero && pcache_le16(&h->type) == PCACHE_REC_INFO &&
+	    pcache_le16(&h->len) == sizeof(struct pcache_cache_info_om) &&
+	    pcache_le32(&h->crc) == rec_crc(buf, sizeof(struct pcache_cache_info_om)))
+		goto out; /* our own interrupted format: format it again */
+	tail_off = PCACHE_MAX(head_end, size - PCACHE_MIN(size, PCACHE_BLANK_SCAN));
+	if (!rc && zero && tail_off < size)
+		rc = dev_scan_zero(cd, buf, tail_off, size - tail_off, &zero);
+	if (rc)
+		rc = seterr(err, errlen, rc, "device: read: %s", strerror(-rc));
+	else if (!zero)
+		rc = seterr(err, errlen, -ENOTEMPTY, "device is not blank: its first 8 KiB are zero but "
+			    "data follows; refusing to format it ('pcachectl format --force' overwrites it)");
+out:
+	free(buf);
+	return rc;
+}
+
 static int dev_load(struct pcache_cache_dev *cd, bool format_if_blank,
 		    const struct pcache_format_opts *fo, char *err, size_t errlen)
 {
@@ -1075,6 +1132,9 @@ static int dev_load(struct pcache_cache_dev *cd, bool format_if_blank,
 			memset(slots + i * PCACHE_SB_SLOT_SIZE, 0, PCACHE_SB_SLOT_SIZE);
 	}
 	if (!unreadable[0] && !unreadable[1] && all_zero(slots, 2 * PCACHE_SB_SLOT_SIZE)) {
+		rc = dev_check_blank(cd, err, errlen);
+		if (rc)
+			goto out;
 		if (!format_if_blank || cd->read_only) {
 			rc = seterr(err, errlen, -ENODATA,
 				    "superblock: device is blank (not formatted; use 'pcachectl format')");

@@ -195,8 +195,8 @@ int pfs_image_attach(const char *name, const char *path, int cache_mode, bool re
 		     size_t errlen);
 /* Device number of the FUSE mount on mountpoint, from /proc/self/mountinfo; 0 if not found. */
 uint64_t pfs_mount_dev(const char *mountpoint);
-/* Attach every image the cache device knows; 0 or -errno + message. */
-int pfs_images_attach_known(char *err, size_t errlen);
+/* Attach every image the cache device knows but those in skip; 0 or -errno + message. */
+int pfs_images_attach_known(const char *const *skip, int n_skip, char *err, size_t errlen);
 /* Write back and detach by name: 0, -ENOENT, -EBUSY (open), or an engine error. */
 int pfs_image_detach(const char *name, char *err, size_t errlen);
 /* Release the daemon's references of every slot (at exit, before pcache_cache_stop). */

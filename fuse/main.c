@@ -230,16 +230,39 @@ static int start_engine(const struct pfs_opts *o)
 	return ret;
 }
 
-/* Attach -o image images, then the known ones; on failure forget the images this run added. */
+/*
+ * Attach the known images not named with -o image, then the named ones; on failure forget the
+ * images this run added. Known images first, so that a named backing reaching the same data as
+ * a known image is refused before anything is written to the image table.
+ */
 static int attach_images(const struct pfs_opts *o)
 {
 	bool added[PFS_MAX_IMAGE_OPTS] = { false };
+	const char *named[PFS_MAX_IMAGE_OPTS], *paths[PFS_MAX_IMAGE_OPTS];
 	struct pcache_image_ent *ent = malloc(sizeof(*ent));
-	char err[512];
+	char err[1024];
 	int ret = 0, i;
 
 	if (!ent)
 		return -ENOMEM;
+	for (i = 0; i < o->n_images; i++) {
+		named[i] = o->images[i].name;
+		paths[i] = o->images[i].path;
+	}
+	err[0] = '\0';
+	ret = pcache_backings_distinct(named, paths, o->n_images, err, sizeof(err));
+	if (ret) {
+		fprintf(stderr, "pcachefs: %s\n", err);
+		free(ent);
+		return ret;
+	}
+	ret = pfs_images_attach_known(named, o->n_images, err, sizeof(err));
+	if (ret) {
+		fprintf(stderr, "pcachefs: attaching the images known to the cache device: %s\n",
+			err[0] ? err : strerror(-ret));
+		free(ent);
+		return ret;
+	}
 	for (i = 0; i < o->n_images; i++) {
 		const struct pfs_image_opt *io = &o->images[i];
 
@@ -251,13 +274,6 @@ static int attach_images(const struct pfs_opts *o)
 			added[i] = false;
 			goto undo;
 		}
-	}
-	err[0] = '\0';
-	ret = pfs_images_attach_known(err, sizeof(err));
-	if (ret) {
-		fprintf(stderr, "pcachefs: attaching the images known to the cache device: %s\n",
-			err[0] ? err : strerror(-ret));
-		goto undo;
 	}
 	free(ent);
 	return 0;
@@ -276,6 +292,7 @@ int main(int argc, char **argv)
 	struct fuse_args fargs;
 	pthread_t sig_thread;
 	int ret = 1, pr, stop_ret;
+	bool cache_existed;
 
 	main_thread = pthread_self();
 	if (signals_block() != 0) {
@@ -318,10 +335,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pcachefs: cannot start the signal thread\n");
 		goto out_report;
 	}
+	cache_existed = access(opts.cache_path, F_OK) == 0;
 	if (start_engine(&opts) != 0)
 		goto out_sigthread;
-	if (attach_images(&opts) != 0)
+	if (attach_images(&opts) != 0) {
+		/* a refused first start leaves no cache file behind (unlinked while still locked) */
+		if (!cache_existed)
+			unlink(opts.cache_path);
 		goto out_engine;
+	}
 	if (atomic_load(&stop_requested)) {
 		fprintf(stderr, "pcachefs: stopped by a signal during start-up\n");
 		goto out_images;

@@ -445,12 +445,12 @@ uint64_t pfs_mount_dev(const char *mountpoint)
 	return dev;
 }
 
-int pfs_images_attach_known(char *err, size_t errlen)
+int pfs_images_attach_known(const char *const *skip, int n_skip, char *err, size_t errlen)
 {
 	struct pcache_image *v[PFS_MAX_SLOTS];
 	int n, ret;
 
-	ret = pcache_cache_attach_known(pfs.cache, err, errlen);
+	ret = pcache_cache_attach_known_except(pfs.cache, skip, n_skip, err, errlen);
 	if (ret)
 		return ret;
 	n = pcache_cache_images(pfs.cache, v, PFS_MAX_SLOTS);

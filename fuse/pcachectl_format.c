@@ -4,8 +4,9 @@
  * Invariants:
  *  1. Nothing is overwritten without --force when the device holds anything: a valid pcachefs
  *     cache (which may hold dirty data not yet written back) or any non-zero byte in the
- *     superblock area (another format, a partition table, a file system). A blank device
- *     (first 8 KiB zero) or a file created here formats without --force.
+ *     superblock area (another format, a partition table, a file system), any signature
+ *     libblkid recognises, or data in the first MiB behind a zeroed superblock area. A blank
+ *     device or a file created here formats without --force.
  *  2. Options are validated before the device is touched (segment size, gc percent, device
  *     size large enough for PCACHE_MIN_SEGS segments).
  *  3. The format itself is pcache_cache_dev_format(): it takes the exclusive lock, so a mounted
@@ -64,6 +65,10 @@ static int device_content(const char *path, char *what, size_t len)
 	}
 	if (rc == -ENODATA || rc == -ENOENT)
 		return 0;
+	if (rc == -ENOTEMPTY) { /* zero superblock area, but a signature or data behind it */
+		snprintf(what, len, "data that is not a pcachefs cache (%s)", err);
+		return 2;
+	}
 	if (rc == -EBUSY || rc == -EACCES || rc == -EPERM || rc == -EISDIR || rc == -ENOTSUP) {
 		snprintf(what, len, "%s", err);
 		return -1;

@@ -117,6 +117,12 @@ bool pcache_ident_overlap(const struct pcache_ident *a, const struct pcache_iden
 void pcache_flock_holder(int fd, char *buf, size_t len);
 /* Say who holds block device rdev busy ("mounted on /mnt", "held by dm-0", ...). */
 void pcache_blockdev_holder(dev_t rdev, char *buf, size_t len);
+/*
+ * Does fd carry a signature libblkid knows (file systems, LVM, RAID, swap, LUKS, ZFS, partition
+ * tables, including copies kept at the end of a device)? 1 with a description in what, 0 none,
+ * -errno when the probe cannot run.
+ */
+int pcache_probe_signature(int fd, char *what, size_t len);
 /* Identity of an open image (computed at open). */
 const struct pcache_ident *pcache_backing_ident(const struct pcache_backing *b);
 

@@ -76,12 +76,22 @@ struct pcache_attach_opts {
 int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
 			struct pcache_image **out, char *err, size_t errlen);
 /*
+ * Before attaching several images at once: 0 if no two of paths reach the same data, else
+ * -EBUSY with the reason (so the refusal comes before anything is written). Unopenable paths
+ * are left to the attach.
+ */
+int pcache_backings_distinct(const char *const *names, const char *const *paths, int n,
+			     char *err, size_t errlen);
+/*
  * Attach every image of the image table that is not attached yet; 0 or the first error. An
  * image whose backing path does not exist (-ENOENT, -ENXIO, -ENODEV) is skipped with a log
  * line: it stays in the table with its cached data, listed by pcache_cache_unattached(), and
  * comes back with pcache_image_attach() once its backing is there.
  */
 int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen);
+/* The same, leaving out the n_skip images named in skip (the caller attaches them itself). */
+int pcache_cache_attach_known_except(struct pcache_cache *c, const char *const *skip, int n_skip,
+				     char *err, size_t errlen);
 
 /* An image of the image table that is not attached. */
 struct pcache_unattached {

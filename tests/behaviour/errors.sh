@@ -24,23 +24,9 @@ pc_ctl "$MNT" writeback_rate 1 || fail "cannot slow writeback down"   # keep the
 head -c 8M /dev/urandom | dd of="$MNT/a" bs=64k oflag=direct conv=notrunc status=none || fail "write failed"
 pc_umount "$MNT"
 
-sums() { md5sum "$CACHE" "$SCRATCH/a.raw" "$SCRATCH/b.raw" | awk '{print $1}' | tr '\n' ' '; }
-SUMS=$(sums)
-
-# must_refuse DESCRIPTION ARGS...: pcachefs ARGS exits 1 with one error line, changes nothing
-must_refuse() {
-	local d=$1 rc lines
-	shift
-	"$PCACHEFS" "$@" >"$SCRATCH/out" 2>"$SCRATCH/err" </dev/null
-	rc=$?
-	[ $rc -eq 1 ] || { cat "$SCRATCH/err"; fail "$d: exit status $rc, expected 1"; }
-	lines=$(grep -vc '^pcache writeback' "$SCRATCH/err")
-	[ "$lines" -eq 1 ] || { cat "$SCRATCH/err"; fail "$d: expected one error line, got $lines"; }
-	grep -qE '^(pcachefs|fuse): ' "$SCRATCH/err" || { cat "$SCRATCH/err"; fail "$d: error line does not name the program"; }
-	mountpoint -q "$MNT" && fail "$d: something got mounted"
-	[ "$(sums)" = "$SUMS" ] || fail "$d: the cache device or a backing image changed"
-	note "refused ($d): $(grep -v '^pcache writeback' "$SCRATCH/err")"
-}
+PC_SUMS_FILES=("$CACHE" "$SCRATCH/a.raw" "$SCRATCH/b.raw")
+PC_SUMS=$(pc_sums)
+must_refuse() { pc_must_refuse "$@"; }
 
 C="cache=$CACHE"
 must_refuse "unknown option" -o "$C,bogus_option" "$MNT"
@@ -69,11 +55,11 @@ must_refuse "foreign cache device" -o "cache=$SCRATCH/foreign.img" "$MNT"
 
 # a backing image resized while the cache holds dirty data of it
 truncate -s 48M "$SCRATCH/a.raw"
-SUMS=$(sums)
+PC_SUMS=$(pc_sums)
 must_refuse "resized backing image with dirty data" -o "$C" "$MNT"
 must_refuse "resized backing image named again" -o "$C" -o "image=a:$SCRATCH/a.raw" "$MNT"
 truncate -s 32M "$SCRATCH/a.raw"
-SUMS=$(sums)
+PC_SUMS=$(pc_sums)
 
 # the cache device in use by a running daemon
 pc_mount "$MNT" -o "$C" -o "allow_other"
