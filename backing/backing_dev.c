@@ -1084,6 +1084,12 @@ static int bk_probe(struct pcache_backing *b, char *err, size_t errlen)
 		b->size = (uint64_t)st.st_size;
 		b->lbs = 512;
 	}
+	if (b->size == 0 && b->blockdev) {
+		/* no medium: a loop device with no file behind it, an empty card reader */
+		bk_err(err, errlen, "%s: block device of size 0 (no medium, or a loop device with no file)",
+		       b->path);
+		return -ENXIO;
+	}
 	if (b->size == 0) {
 		bk_err(err, errlen, "%s: size is 0", b->path);
 		return -EINVAL;

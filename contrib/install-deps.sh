@@ -6,7 +6,7 @@
 set -eu
 
 PKGS="build-essential pkg-config libfuse3-dev fuse3 libpmem2-dev liburing-dev check
-libblkid-dev clang libclang-rt-14-dev fio qemu-utils qemu-system-common e2fsprogs util-linux
+libblkid-dev btrfs-progs lvm2 fdisk clang libclang-rt-14-dev fio qemu-utils qemu-system-common e2fsprogs util-linux
 gnuplot-nox procps psmisc kmod jq"
 
 missing=""

@@ -702,32 +702,22 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	c->replay_ns = pcache_now_ns() - t0;
 
 	memset(&wo, 0, sizeof(wo));
-	wo.no_thread = opts->no_background;
+	wo.no_thread = opts->no_background || opts->defer_background;
 	wo.quiet = opts->no_background;
 	ret = pcache_wb_start(c->cd, &wb_ops, c, &wo, &c->wb);
 	if (ret) {
 		ERR("writeback: %s", strerror(-ret));
 		goto err_segs;
 	}
-	if (!opts->no_background) {
-		ret = pcache_gc_start(c);
-		if (ret) {
-			ERR("gc thread: %s", strerror(-ret));
+	c->bg_deferred = !opts->no_background;
+	if (!opts->no_background && !opts->defer_background) {
+		ret = pcache_cache_start_background(c, err, errlen);
+		if (ret)
 			goto err_wb;
-		}
-		ret = pthread_create(&c->timer_thread, NULL, timer_main, c);
-		if (ret) {
-			ERR("timer thread: %s", strerror(ret));
-			ret = -ret;
-			goto err_gc;
-		}
-		c->timer_started = true;
 	}
 	*out = c;
 	return 0;
 
-err_gc:
-	pcache_gc_stop(c);
 err_wb:
 	pcache_wb_stop(c->wb);
 	c->wb = NULL;
@@ -738,6 +728,32 @@ err_dev:
 err_free:
 	cache_free(c);
 	return ret;
+}
+
+int pcache_cache_start_background(struct pcache_cache *c, char *err, size_t errlen)
+{
+	int ret;
+
+	if (!c->bg_deferred)
+		return 0;
+	ret = pcache_wb_start_thread(c->wb);
+	if (ret) {
+		ERR("writeback thread: %s", strerror(-ret));
+		return ret;
+	}
+	ret = pcache_gc_start(c);
+	if (ret) {
+		ERR("gc thread: %s", strerror(-ret));
+		return ret;
+	}
+	ret = pthread_create(&c->timer_thread, NULL, timer_main, c);
+	if (ret) {
+		ERR("timer thread: %s", strerror(ret));
+		return -ret;
+	}
+	c->timer_started = true;
+	c->bg_deferred = false;
+	return 0;
 }
 
 static void image_free(struct pcache_image *img)

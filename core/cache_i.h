@@ -305,6 +305,7 @@ struct pcache_cache {
 	bool gc_kick, stopping;
 	pthread_t gc_thread, timer_thread;
 	bool gc_started, timer_started;
+	bool bg_deferred;             /* background threads not started yet (defer_background) */
 	uint64_t gc_runs;
 	_Atomic uint64_t fill_skips;
 	uint32_t clean_cursor;        /* incremental cleaner position (images x subtrees) */

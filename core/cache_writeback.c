@@ -1347,6 +1347,22 @@ err_free:
 	return r;
 }
 
+int pcache_wb_start_thread(struct pcache_wb *wb)
+{
+	int r;
+
+	if (wb->have_thread)
+		return 0;
+	wb->o.no_thread = false;
+	r = -pthread_create(&wb->thread, NULL, wb_thread, wb);
+	if (r) {
+		wb->o.no_thread = true;
+		return r;
+	}
+	wb->have_thread = true;
+	return 0;
+}
+
 void pcache_wb_stop(struct pcache_wb *wb)
 {
 	if (!wb)

@@ -133,6 +133,8 @@ struct pcache_wb_opts {
  */
 int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops, void *ctx,
 		    const struct pcache_wb_opts *opts, struct pcache_wb **out);
+/* Start the thread of a writeback started with no_thread (once attach is done). 0 or -errno. */
+int pcache_wb_start_thread(struct pcache_wb *wb);
 /* Stop the thread, wait for every request in flight, persist per-image progress, free. */
 void pcache_wb_stop(struct pcache_wb *wb);
 /* New dirty data or a writer waiting for space: wake the thread (cheap, any thread). */

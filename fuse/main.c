@@ -218,6 +218,7 @@ static int start_engine(const struct pfs_opts *o)
 		co.format.gc_percent = (uint32_t)o->gc_percent;
 		co.format.set_gc_percent = true;
 	}
+	co.defer_background = true; /* until every image is attached: a refused start writes nothing */
 	co.gc_percent = o->gc_percent;
 	co.data_crc = o->data_crc;
 	co.prefault = true;
@@ -343,6 +344,14 @@ int main(int argc, char **argv)
 		if (!cache_existed)
 			unlink(opts.cache_path);
 		goto out_engine;
+	}
+	{
+		char err[256];
+
+		if (pcache_cache_start_background(pfs.cache, err, sizeof(err)) != 0) {
+			fprintf(stderr, "pcachefs: %s\n", err);
+			goto out_images;
+		}
 	}
 	if (atomic_load(&stop_requested)) {
 		fprintf(stderr, "pcachefs: stopped by a signal during start-up\n");

@@ -82,7 +82,7 @@ static const struct fuse_opt pfs_opt_spec[] = {
 
 struct parse_ctx {
 	struct pfs_opts *o;
-	const char *rekey[PFS_MAX_IMAGE_OPTS];
+	char *rekey[PFS_MAX_IMAGE_OPTS];
 	int n_rekey;
 	int n_nonopt;
 	char *nonopt[2];
@@ -298,8 +298,8 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 			return perr(c, "too many -o rekey options");
 		if (!*v)
 			return perr(c, "empty -o rekey=");
-		c->rekey[c->n_rekey++] = v;
-		return 0;
+		c->rekey[c->n_rekey] = strdup(v); /* v lives in libfuse's argument buffer */
+		return c->rekey[c->n_rekey++] ? 0 : -1;
 	case KEY_DATA_CRC:
 		o->data_crc = true;
 		return 0;
@@ -554,6 +554,8 @@ int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *
 out:
 	for (int i = 0; i < 2; i++)
 		free(c.nonopt[i]);
+	for (int i = 0; i < c.n_rekey; i++)
+		free(c.rekey[i]);
 	return ret;
 }
 

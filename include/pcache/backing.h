@@ -69,7 +69,7 @@ struct pcache_backing_opts {
  * Open the image at path (a regular file or a block device). opts may be NULL (defaults).
  * Returns 0 and *out, or -errno with a one-line reason in err (if err is not NULL):
  * -EISDIR for a directory, -EINVAL for a FIFO, socket or character device, -EINVAL for a size
- * that is 0 or not a multiple of 512, or the errno of stat/open/ioctl/io_uring setup.
+ * that is 0 or not a multiple of 512 (-ENXIO for a block device of size 0: no medium), or the errno of stat/open/ioctl/io_uring setup.
  * O_DIRECT is tried first (unless no_direct) and kept when the open succeeds and the size is
  * a multiple of the direct-I/O alignment; otherwise the image is opened buffered. The size is
  * fixed at open (a file that shrinks later gives -ENODATA on reads past its new end).

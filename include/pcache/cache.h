@@ -33,6 +33,9 @@ struct pcache_cache_opts {
 	bool data_crc;                    /* verify data CRCs on hits (needs a data_crc format) */
 	bool prefault;                    /* pre-fault the mapping */
 	bool no_background;               /* tests: no writeback/GC threads (driven by hand) */
+	bool defer_background;            /* start the writeback/GC/timer threads only at
+					   * pcache_cache_start_background(): until then a start that
+					   * is refused (an image it cannot take) writes nothing */
 	/* tests: seam wrapper, see struct pcache_cache_dev_opts */
 	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
 	void *wrap_arg;
@@ -47,6 +50,8 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
  * data first. Returns the first error met while persisting (the cache is stopped anyway).
  */
 int pcache_cache_stop(struct pcache_cache *c, bool drain);
+/* Start the background threads deferred by defer_background (else a no-op). 0 or -errno. */
+int pcache_cache_start_background(struct pcache_cache *c, char *err, size_t errlen);
 
 struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c);
 
