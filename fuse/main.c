@@ -14,12 +14,14 @@
  *   create the FUSE session       (libfuse validates its own options; still nothing on disk)
  *   fork unless -f                (before any thread exists; the parent waits for the child's
  *                                  verdict on a pipe and exits 0 or 1 accordingly)
+ *   open $NOTIFY_SOCKET           (if set: systemd's notify protocol, notify.c; STATUS=)
  *   start the engine              (opens/locks/formats the cache device, replays the log)
  *   attach images                 (named ones, then every image the device knows)
- *   mount, report ok              (the parent exits 0 once the mount is live)
+ *   mount, report ok              (READY=1 to the service manager, then the parent exits 0)
  *   session loop                  (until unmount, SIGTERM, SIGINT or SIGHUP)
- *   unmount, release images, pcache_cache_stop() (persists staging ksets; -o drain_on_exit
- *                                  writes back everything first), destroy the session
+ *   STOPPING=1, unmount, release images, pcache_cache_stop() (persists staging ksets;
+ *                                  -o drain_on_exit writes back everything first), destroy
+ *                                  the session
  *
  * Invariants:
  *  1. Any failure before the mount is live unwinds what was done: images this run added to the
@@ -318,8 +320,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pcachefs: cannot start the signal thread\n");
 		goto out_report;
 	}
+	pfs_notify_init();   /* a daemon that cannot notify still serves */
+	pfs_notify("STATUS=starting: opening %s, replaying its log", opts.cache_path);
 	if (start_engine(&opts) != 0)
-		goto out_sigthread;
+		goto out_notify;
 	if (attach_images(&opts) != 0)
 		goto out_engine;
 	if (atomic_load(&stop_requested)) {
@@ -330,6 +334,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pcachefs: cannot mount on %s\n", opts.mountpoint);
 		goto out_images;
 	}
+	pfs_notify_ready(!opts.foreground);
 	daemonize_done(1);
 	pfs_log(LOG_INFO, "mounted %s on %s (%s threads)", opts.cache_path, opts.mountpoint,
 		opts.single_thread ? "single" : "multiple");
@@ -343,6 +348,7 @@ int main(int argc, char **argv)
 	if (ret)
 		pfs_log(LOG_ERR, "session loop: %s", strerror(-pr));
 	pfs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
+	pfs_notify_stopping();
 
 	fuse_session_unmount(pfs.se);
 out_images:
@@ -353,7 +359,8 @@ out_engine:
 		pfs_log(LOG_ERR, "stopping the cache: %s", strerror(-stop_ret));
 		ret = 1;
 	}
-out_sigthread:
+out_notify:
+	pfs_notify_exit();
 	pthread_cancel(sig_thread);
 	pthread_join(sig_thread, NULL);
 out_report:
