@@ -651,10 +651,10 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	 * so a second fault cannot hit the only copy left. */
 	if (pcache_cache_dev_damaged(c->cd)) {
 		unsigned int n = pcache_cache_dev_damaged(c->cd);
+		bool failed = pcache_cache_dev_repair(c->cd) != 0;
 
-		fprintf(stderr, "pcache: %u damaged metadata slot(s) %s\n", n,
-			pcache_cache_dev_repair(c->cd) ? "could not be repaired" :
-			"repaired from their good copies");
+		pcache_log(failed ? PCACHE_LOG_ERR : PCACHE_LOG_WARNING, "%u damaged metadata slot(s) %s", n,
+			   failed ? "could not be repaired" : "repaired from their good copies");
 	}
 	c->pm = pcache_cache_dev_pmem(c->cd);
 	c->seg_count = pcache_cache_dev_seg_count(c->cd);
@@ -792,7 +792,7 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 			usleep(1000);
 			if (pcache_now_ns() - t0 > 10ull * 1000 * 1000 * 1000) {
 				/* writers still waiting for space that does not come: fail them */
-				fprintf(stderr, "pcache: stop: writers waiting for space get EIO\n");
+				pcache_log(PCACHE_LOG_WARNING, "stop: writers waiting for space get EIO");
 				pcache_segs_fail(c);
 				t0 = pcache_now_ns();
 			}
@@ -960,8 +960,8 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 				goto out_close;
 			}
 			/* clean: forget the old identity (its cached keys stay unused in the log) */
-			fprintf(stderr, "pcache: image %s: backing identity changed (clean): re-keyed\n",
-				ao->name);
+			pcache_log(PCACHE_LOG_NOTICE, "image %s: backing identity changed (clean): re-keyed",
+				   ao->name);
 			rekey = true;
 		}
 	}
