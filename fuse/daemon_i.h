@@ -1,6 +1,6 @@
 /*
  * daemon_i.h -- private interface between the files of the pcachefs daemon (fuse/main.c,
- * opts.c, ops.c, ctl.c, notify.c, rangelock.c). Nothing outside fuse/ includes it.
+ * opts.c, ops.c, ctl.c, log.c, notify.c, rangelock.c). Nothing outside fuse/ includes it.
  *
  * Lock order (outermost first): pfs.lock (image slots, attach/detach) -> a range lock of one
  * image (rangelock.c) -> engine locks (inside core/). Never hold pfs.lock across engine I/O;
@@ -69,9 +69,15 @@ int pfs_parse_size(const char *s, uint64_t *out);
 int pfs_parse_cache_mode(const char *s);
 const char *pfs_cache_mode_name(uint32_t mode);
 
-/* ---- logging (main.c) --------------------------------------------------------------------- */
+/* ---- logging (log.c) ---------------------------------------------------------------------- */
 
-/* To stderr in the foreground, to syslog once daemonized. */
+/* Make the daemon the engine's log sink: stderr for now; DEBUG lines only with debug. Call
+ * once, before the first thread that logs. */
+void pfs_log_init(bool debug);
+/* From now on to syslog (ident pcachefs, facility daemon, the mount point in each line), on
+ * /dev/log or $PCACHEFS_SYSLOG_SOCKET (tests). Called once daemonized. */
+void pfs_log_to_syslog(const char *mountpoint);
+/* One line at a syslog priority (LOG_ERR ... LOG_DEBUG), rate limited like the engine's. */
 void pfs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- service manager notifications (notify.c) ---------------------------------------------- */

@@ -45,26 +45,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static bool use_syslog;
 static pthread_t main_thread;
 static atomic_int in_loop;          /* main thread is (about to be) in the session loop */
 static atomic_int stop_requested;   /* a termination signal arrived */
 static int ready_fd = -1;   /* write end of the daemonize pipe (child), -1 in the foreground */
-
-void pfs_log(int prio, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (use_syslog) {
-		vsyslog(prio, fmt, ap);
-	} else {
-		fprintf(stderr, "pcachefs: ");
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
-	}
-	va_end(ap);
-}
 
 /*
  * Fork: the parent waits for one status byte from the child (0 = mounted) and exits with it;
@@ -123,8 +107,7 @@ static void daemonize_done(int ok)
 			if (nullfd > 2)
 				close(nullfd);
 		}
-		openlog("pcachefs", LOG_PID, LOG_DAEMON);
-		use_syslog = true;
+		pfs_log_to_syslog(pfs.opts->mountpoint);
 	}
 	if (write(ready_fd, &st, 1) != 1)
 		pfs_log(LOG_WARNING, "cannot report start-up status");
@@ -292,6 +275,7 @@ int main(int argc, char **argv)
 	if (pr != PFS_PARSE_OK)
 		goto out_args;
 	pfs.opts = &opts;
+	pfs_log_init(opts.debug);   /* before any thread: the engine's lines go where the daemon's go */
 	pfs.start_time = time(NULL);
 	pfs.uid = getuid();
 	pfs.gid = getgid();

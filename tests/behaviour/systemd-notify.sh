@@ -1,6 +1,6 @@
 #!/bin/bash
 # Description: with NOTIFY_SOCKET set, pcachefs speaks systemd's notify protocol (captured by
-# tests/tools/notify_capture): STATUS= while starting, READY=1 only once the mount is live, then
+# tests/tools/dgram_capture): STATUS= while starting, READY=1 only once the mount is live, then
 # STATUS= with the dirty level and the images, WATCHDOG=1 every WATCHDOG_USEC/2, STOPPING=1 on
 # unmount. In the foreground with a socket path and a watchdog; daemonized with an abstract
 # (@name) socket: READY=1 comes with MAINPID= of the daemon, the watchdog meant for another
@@ -8,8 +8,8 @@
 # Timeout: 120
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
-CAPTURE=$TOOLS/notify_capture
-[ -x "$CAPTURE" ] || fail "notify_capture not built"
+CAPTURE=$TOOLS/dgram_capture
+[ -x "$CAPTURE" ] || fail "dgram_capture not built"
 
 pc_shm 512M
 MNT=$SCRATCH/mnt

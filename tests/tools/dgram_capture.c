@@ -1,13 +1,14 @@
 /*
- * notify_capture.c -- stand in for systemd's notify socket: receive the datagrams a daemon sends
- * to $NOTIFY_SOCKET and log each of their fields with the sender and whether a mount point was
- * mounted when the datagram arrived. Behaviour tests use it to check when READY=1 comes.
+ * dgram_capture.c -- stand in for systemd's notify socket or a syslog socket: receive the
+ * datagrams a daemon sends there and log each of their lines with the sender and whether a mount
+ * point was mounted when the datagram arrived. Behaviour tests use it to check when READY=1
+ * comes and what pcachefs logs once daemonized.
  *
- *   notify_capture SOCKET LOGFILE MOUNTPOINT
+ *   dgram_capture SOCKET LOGFILE MOUNTPOINT
  *
  * SOCKET is a path (replaced if it exists) or an abstract name written "@name". Once bound it
- * appends "0 0 0 BOUND" to LOGFILE, then one line per field of each datagram:
- *   SEQ PID MOUNTED FIELD     (SEQ counts datagrams from 1, PID is the sender's from its
+ * appends "0 0 0 BOUND" to LOGFILE, then one line per line of each datagram:
+ *   SEQ PID MOUNTED LINE      (SEQ counts datagrams from 1, PID is the sender's from its
  *                              credentials, MOUNTED is 1 if MOUNTPOINT is a FUSE mount then)
  * Runs until killed. Exit status 1 if the socket cannot be set up.
  */
@@ -59,12 +60,12 @@ int main(int argc, char **argv)
 	unsigned long seq = 0;
 
 	if (argc != 4) {
-		fprintf(stderr, "usage: notify_capture SOCKET LOGFILE MOUNTPOINT\n");
+		fprintf(stderr, "usage: dgram_capture SOCKET LOGFILE MOUNTPOINT\n");
 		return 2;
 	}
 	len = strlen(argv[1]);
 	if (len == 0 || len >= sizeof(addr.sun_path)) {
-		fprintf(stderr, "notify_capture: bad socket name\n");
+		fprintf(stderr, "dgram_capture: bad socket name\n");
 		return 1;
 	}
 	memset(&addr, 0, sizeof(addr));
@@ -78,12 +79,12 @@ int main(int argc, char **argv)
 	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&addr, alen) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
-		fprintf(stderr, "notify_capture: %s: %s\n", argv[1], strerror(errno));
+		fprintf(stderr, "dgram_capture: %s: %s\n", argv[1], strerror(errno));
 		return 1;
 	}
 	log = fopen(argv[2], "a");
 	if (!log) {
-		fprintf(stderr, "notify_capture: %s: %s\n", argv[2], strerror(errno));
+		fprintf(stderr, "dgram_capture: %s: %s\n", argv[2], strerror(errno));
 		return 1;
 	}
 	fprintf(log, "0 0 0 BOUND\n");
@@ -106,7 +107,7 @@ int main(int argc, char **argv)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			fprintf(stderr, "notify_capture: recvmsg: %s\n", strerror(errno));
+			fprintf(stderr, "dgram_capture: recvmsg: %s\n", strerror(errno));
 			return 1;
 		}
 		mounted = fuse_mounted(argv[3]);
