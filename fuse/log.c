@@ -12,8 +12,9 @@
  * syslog(3) so that the socket can be chosen: /dev/log, or $PCACHEFS_SYSLOG_SOCKET (for tests,
  * which must not bind the system's /dev/log). It sends RFC 3164 lines, as syslog(3) does, over
  * a datagram socket (a stream socket if the datagram connect is refused: NUL-terminated
- * frames), reconnects once when a send fails (the log daemon restarted), and otherwise drops
- * the line: logging never blocks or fails the I/O path.
+ * frames), never waits for the log daemon (MSG_DONTWAIT: a line it has no room for is
+ * dropped), reconnects once when a send fails (the log daemon restarted), and otherwise drops
+ * the line: engine threads log while holding their locks, so logging must never block them.
  *
  * Invariants:
  *  1. The sink is chosen before any thread that logs exists (pfs_log_init() first in main),
@@ -67,6 +68,8 @@ static void syslog_line(int prio, const char *msg)
 	char buf[1400], ts[32];
 	struct tm tm;
 	time_t now = time(NULL);
+	ssize_t sent;
+	size_t len;
 	int n;
 
 	localtime_r(&now, &tm);
@@ -83,10 +86,13 @@ static void syslog_line(int prio, const char *msg)
 			syslog_connect();
 		if (sl.fd < 0)
 			break;
-		/* a stream frame ends with its NUL */
-		if (send(sl.fd, buf, (size_t)n + (sl.type == SOCK_STREAM), MSG_NOSIGNAL) >= 0)
+		len = (size_t)n + (sl.type == SOCK_STREAM);   /* a stream frame ends with its NUL */
+		sent = send(sl.fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (sent == (ssize_t)len)
 			break;
-		close(sl.fd);
+		if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && sl.type == SOCK_DGRAM)
+			break;   /* the log daemon is behind: drop the line rather than wait */
+		close(sl.fd);      /* gone, or a stream left mid-frame: start over */
 		sl.fd = -1;
 	}
 	pthread_mutex_unlock(&sl.lock);

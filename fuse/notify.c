@@ -55,7 +55,7 @@ static void notify_send(const char *msg)
 {
 	if (nt.fd < 0)
 		return;
-	if (sendto(nt.fd, msg, strlen(msg), MSG_NOSIGNAL, (const struct sockaddr *)&nt.addr, nt.addrlen) < 0 &&
+	if (sendto(nt.fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT, (const struct sockaddr *)&nt.addr, nt.addrlen) < 0 &&
 	    !nt.send_failed) {
 		nt.send_failed = true;
 		pfs_log(LOG_WARNING, "NOTIFY_SOCKET: send: %s", strerror(errno));
