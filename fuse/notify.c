@@ -35,7 +35,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define NOTIFY_STATUS_PERIOD_NS (5ull * 1000000000u)   /* STATUS= refresh */
+#define NOTIFY_STATUS_PERIOD_NS (10ull * 1000000000u)  /* STATUS= refresh (a status read walks the index) */
 
 static struct {
 	int fd;
