@@ -10,6 +10,9 @@
 #   make DEVELOPER=1          -Werror (CI sets it)
 #   make V=1                  show full command lines
 #
+# Every target that builds runs deps first (contrib/install-deps.sh: installs the missing Debian
+# packages, quiet when none is missing; INSTALL_DEPS=cmd replaces it, INSTALL_DEPS=true skips it).
+#
 # Sources are found by wildcard per folder; each folder is one layer (DESIGN.md section 2):
 #   backing/*.c -> libbacking.a, core/*.c -> libcore.a, fuse/*.c -> pcachefs (fuse/pcachectl*.c
 #   -> pcachectl, fuse/common_*.c -> both), tests/check_*.c + tests/lib/*.c -> one Check runner,
@@ -37,17 +40,27 @@ WARN += -Werror
 endif
 OPT ?= -O2
 
+# Packages. On a fresh machine they exist only once the deps target (INSTALL_DEPS) has run, so
+# nothing here asks pkg-config while the Makefile is parsed: each *_CFLAGS/*_LIBS below is
+# computed at its first use in a recipe and then kept, and every rule that compiles, archives or
+# links has deps as an order-only prerequisite, so that first use always comes after deps. A
+# failed query stops the build with its name instead of a missing-header error further on.
+INSTALL_DEPS ?= ./contrib/install-deps.sh
 DEP_PKGS := fuse3 liburing libpmem2 blkid
-PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(DEP_PKGS) 2>/dev/null)
-PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(DEP_PKGS) 2>/dev/null)
-CHECK_CFLAGS := $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
-CHECK_LIBS := $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+pkg_failed = $(if $(filter PKG-CONFIG-FAILED,$(1)),$(error $(PKG_CONFIG) $(2) failed (are the \
+	packages installed? make deps runs $(INSTALL_DEPS))),$(1))
+pkg_query = $(call pkg_failed,$(shell $(PKG_CONFIG) $(1) 2>/dev/null || echo PKG-CONFIG-FAILED),$(1))
+PKG_CFLAGS = $(eval PKG_CFLAGS := $(call pkg_query,--cflags $(DEP_PKGS)))$(PKG_CFLAGS)
+PKG_LIBS = $(eval PKG_LIBS := $(call pkg_query,--libs $(DEP_PKGS)))$(PKG_LIBS)
+CHECK_CFLAGS = $(eval CHECK_CFLAGS := $(call pkg_query,--cflags check))$(CHECK_CFLAGS)
+CHECK_LIBS = $(eval CHECK_LIBS := $(call pkg_query,--libs check))$(CHECK_LIBS)
 
+# Recursive (=) on purpose: they hold the lazily computed package flags above.
 CFLAGS ?= $(OPT) -g
-ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread \
+ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread \
 	$(WARN) $(SAN_FLAGS) -Iinclude $(PKG_CFLAGS) $(CFLAGS) -MMD -MP
 ALL_LDFLAGS := -pthread $(SAN_FLAGS) $(LDFLAGS)
-LIBS := $(PKG_LIBS) -lm
+LIBS = $(PKG_LIBS) -lm
 
 ifneq ($(V),1)
 Q = @
@@ -80,20 +93,20 @@ SUITES_H := $(O)/tests/suites.h
 
 all: $(PCACHEFS) $(PCACHECTL) $(CHECK_BIN) $(TOOLS)
 
-$(O)/%.o: %.c
+$(O)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(QUIET_CC)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(LIBBACKING): $(call obj,$(BACKING_SRCS))
+$(LIBBACKING): $(call obj,$(BACKING_SRCS)) | deps
 	$(QUIET_AR)rm -f $@ && ar rcs $@ $^
 
-$(LIBCORE): $(call obj,$(CORE_SRCS))
+$(LIBCORE): $(call obj,$(CORE_SRCS)) | deps
 	$(QUIET_AR)rm -f $@ && ar rcs $@ $^
 
-$(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING)
+$(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(PCACHECTL): $(call obj,$(CTL_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING)
+$(PCACHECTL): $(call obj,$(CTL_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
 # The Check runner: one suite per tests/check_<module>.c, each exporting <module>_suite().
@@ -107,25 +120,25 @@ $(O)/tests/check_%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(O)/tests -Itests
 
 $(O)/tests/lib/%.o: ALL_CFLAGS += -Itests
 
-$(CHECK_BIN): $(call obj,$(CHECK_SRCS) $(TESTLIB_SRCS)) $(LIBCORE) $(LIBBACKING)
+$(CHECK_BIN): $(call obj,$(CHECK_SRCS) $(TESTLIB_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
 
 # Test tools and benchmark programs: one file each, may use core/, backing/, tests/lib/ and
 # fuse/common_*.c (the FUSE session settings shared with pcachefs).
 $(O)/tests/tools/%.o: ALL_CFLAGS += -Itests -Ifuse
-$(O)/tools/%: $(O)/tests/tools/%.o $(call obj,$(TESTLIB_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING)
+$(O)/tools/%: $(O)/tests/tools/%.o $(call obj,$(TESTLIB_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	@mkdir -p $(dir $@)
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
 # libFuzzer targets: clang only, always with ASan+UBSan, own object tree.
-FUZZ_O := build-fuzz
-FUZZ_CFLAGS := -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread -g -O1 \
+FUZZ_O ?= build-fuzz
+FUZZ_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread -g -O1 \
 	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -Iinclude $(PKG_CFLAGS)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_O)/%,$(FUZZ_SRCS))
-$(FUZZ_O)/obj/%.o: %.c
+$(FUZZ_O)/obj/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	$(QUIET_CC)$(CLANG) $(FUZZ_CFLAGS) -c -o $@ $<
-$(FUZZ_O)/%: $(FUZZ_O)/obj/tests/fuzz/%.o $(patsubst %.c,$(FUZZ_O)/obj/%.o,$(CORE_SRCS) $(BACKING_SRCS))
+$(FUZZ_O)/%: $(FUZZ_O)/obj/tests/fuzz/%.o $(patsubst %.c,$(FUZZ_O)/obj/%.o,$(CORE_SRCS) $(BACKING_SRCS)) | deps
 	$(QUIET_LD)$(CLANG) -fsanitize=fuzzer,address,undefined -pthread -o $@ $^ $(LIBS)
 fuzz-build: $(FUZZ_BINS)
 
@@ -142,8 +155,9 @@ fuzz-short: fuzz-build
 			|| { tail -50 $(FUZZ_O)/$$(basename $$f).log; exit 1; }; \
 		tail -1 $(FUZZ_O)/$$(basename $$f).log; done
 
+# Every build goes through here first (order-only prerequisite of each compile and link rule).
 deps:
-	$(Q)./contrib/install-deps.sh
+	$(Q)$(INSTALL_DEPS)
 
 unit-bins: $(CHECK_BIN) $(filter-out $(O)/tools/bench_%,$(TOOLS))
 

@@ -812,8 +812,7 @@ static void *bk_cq_main(void *arg)
 		 * on -EAGAIN/-EBUSY the SQEs stay in the SQ and go with the next enter */
 		ret = io_uring_submit_and_wait(&b->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
-			fprintf(stderr, "pcache backing %s: io_uring_enter: %s\n", b->path,
-				strerror(-ret));
+			pcache_log(PCACHE_LOG_ERR, "backing %s: io_uring_enter: %s", b->path, strerror(-ret));
 			usleep(1000);
 		}
 		io_uring_for_each_cqe(&b->ring, head, cqe) {
@@ -1291,7 +1290,7 @@ void pcache_backing_close(struct pcache_backing *b)
 	if (!b)
 		return;
 	if (bk_self == b) {
-		fprintf(stderr, "pcache_backing_close called from its own callback\n");
+		pcache_log(PCACHE_LOG_ERR, "pcache_backing_close called from its own callback");
 		abort();
 	}
 	pthread_mutex_lock(&b->lock);

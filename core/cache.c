@@ -652,10 +652,10 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	 * so a second fault cannot hit the only copy left. */
 	if (pcache_cache_dev_damaged(c->cd)) {
 		unsigned int n = pcache_cache_dev_damaged(c->cd);
+		bool failed = pcache_cache_dev_repair(c->cd) != 0;
 
-		fprintf(stderr, "pcache: %u damaged metadata slot(s) %s\n", n,
-			pcache_cache_dev_repair(c->cd) ? "could not be repaired" :
-			"repaired from their good copies");
+		pcache_log(failed ? PCACHE_LOG_ERR : PCACHE_LOG_WARNING, "%u damaged metadata slot(s) %s", n,
+			   failed ? "could not be repaired" : "repaired from their good copies");
 	}
 	ret = pcache_ident_fd(pcache_cache_dev_fd(c->cd), &c->dev_ident);
 	if (ret) {
@@ -814,7 +814,7 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 			usleep(1000);
 			if (pcache_now_ns() - t0 > 10ull * 1000 * 1000 * 1000) {
 				/* writers still waiting for space that does not come: fail them */
-				fprintf(stderr, "pcache: stop: writers waiting for space get EIO\n");
+				pcache_log(PCACHE_LOG_WARNING, "stop: writers waiting for space get EIO");
 				pcache_segs_fail(c);
 				t0 = pcache_now_ns();
 			}
@@ -1077,8 +1077,8 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 				goto out_unlock;
 			}
 			/* asked for, and clean: forget the old identity (its keys stay unused in the log) */
-			fprintf(stderr, "pcache: image %s: re-keyed to %s (%s), cached data dropped\n",
-				ao->name, path, id->text);
+			pcache_log(PCACHE_LOG_NOTICE, "image %s: re-keyed to %s (%s), cached data dropped",
+				   ao->name, path, id->text);
 			rekey = true;
 		}
 	}
@@ -1239,8 +1239,8 @@ int pcache_cache_attach_known_except(struct pcache_cache *c, const char *const *
 		why[0] = '\0';
 		r = pcache_image_attach(c, &ao, NULL, why, sizeof(why));
 		if (r && backing_missing(r)) {
-			fprintf(stderr, "pcache: image %s: backing %s is missing (%s): not attached; "
-				"its cached data waits for it\n", ents[i].name, ents[i].path, strerror(-r));
+			pcache_log(PCACHE_LOG_WARNING, "image %s: backing %s is missing (%s): not attached; "
+				   "its cached data waits for it", ents[i].name, ents[i].path, strerror(-r));
 			continue;
 		}
 		if (r && !ret) {

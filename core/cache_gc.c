@@ -64,8 +64,8 @@ static int gc_step(struct pcache_cache *c)
 		return -EUCLEAN;
 	ks = (const struct pcache_kset_om *)pcache_seg_ptr(c, kt.seg, kt.off);
 	if (pcache_kset_check(ks, (uint32_t)(c->seg_size - kt.off), kt.lsn) != 0) {
-		fprintf(stderr, "pcache: gc: kset at key_tail %u:%u (lsn %" PRIu64 ") is invalid; gc stopped\n",
-			kt.seg, kt.off, kt.lsn);
+		pcache_log(PCACHE_LOG_ERR, "gc: kset at key_tail %u:%u (lsn %" PRIu64 ") is invalid; gc stopped",
+			   kt.seg, kt.off, kt.lsn);
 		return -EUCLEAN;
 	}
 	if (ks->flags & PCACHE_KSET_LAST) {
@@ -171,9 +171,9 @@ static void gc_stall_check(struct pcache_cache *c, int freed)
 	if (c->stall_logged || now - c->stall_since_ns < 5ull * 1000 * 1000 * 1000)
 		return;
 	c->stall_logged = true;
-	fprintf(stderr, "pcache: cache full and no progress for 5 s: dirty_tail stays at lsn %llu "
-		"(is an image with dirty data detached, or its backing failing?); writers wait\n",
-		(unsigned long long)dt.lsn);
+	pcache_log(PCACHE_LOG_WARNING, "cache full and no progress for 5 s: dirty_tail stays at lsn %llu "
+		   "(is an image with dirty data detached, or its backing failing?); writers wait",
+		   (unsigned long long)dt.lsn);
 }
 
 int pcache_gc_run(struct pcache_cache *c)
@@ -196,7 +196,7 @@ int pcache_gc_run(struct pcache_cache *c)
 		pthread_mutex_unlock(&c->gc_lock);
 		if (ret <= 0) {
 			if (ret < 0) {
-				fprintf(stderr, "pcache: gc: %s; writers waiting for space fail\n", strerror(-ret));
+				pcache_log(PCACHE_LOG_ERR, "gc: %s; writers waiting for space fail", strerror(-ret));
 				pcache_segs_fail(c);
 			}
 			break;
@@ -208,8 +208,8 @@ int pcache_gc_run(struct pcache_cache *c)
 
 		pcache_wb_get_stats(c->wb, &ws);
 		if (ws.latched && waiters) {
-			fprintf(stderr, "pcache: writeback stopped (%s): no space can be freed; "
-				"writers waiting for space fail with EIO\n", strerror(-ws.latched));
+			pcache_log(PCACHE_LOG_ERR, "writeback stopped (%s): no space can be freed; "
+				   "writers waiting for space fail with EIO", strerror(-ws.latched));
 			pcache_segs_fail(c);
 		}
 	}

@@ -854,8 +854,8 @@ static int copy_hits(struct pcache_image *img, uint8_t *buf, struct hit *hv, uin
 		}
 		if (crc_bad) {
 			atomic_fetch_add(&img->crc_errors, 1);
-			fprintf(stderr, "pcache: image %s: data CRC mismatch in segment %u at %u\n",
-				img->name, h->k.seg, h->k.seg_off);
+			pcache_log(PCACHE_LOG_ERR, "image %s: data CRC mismatch in segment %u at %u",
+				   img->name, h->k.seg, h->k.seg_off);
 			ret = -EIO;
 			continue;
 		}
@@ -1162,8 +1162,8 @@ int pcache_image_read_pin(struct pcache_image *img, uint64_t off, size_t len,
 		    pc->crc)
 			continue;
 		atomic_fetch_add(&img->crc_errors, 1);
-		fprintf(stderr, "pcache: image %s: data CRC mismatch in segment %u at %u\n",
-			img->name, pc->seg, pc->start);
+		pcache_log(PCACHE_LOG_ERR, "image %s: data CRC mismatch in segment %u at %u",
+			   img->name, pc->seg, pc->start);
 		ret = -EIO;
 	}
 	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);

@@ -158,20 +158,12 @@ struct pcache_wb {
 	bool have_thread;
 };
 
-static void wb_log(struct pcache_wb *wb, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void wb_log(struct pcache_wb *wb, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (wb->o.quiet)
-		return;
-	va_start(ap, fmt);
-	fputs("pcache writeback: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
+/* An error line of the writeback (a macro: each message keeps its own rate-limit budget). */
+#define wb_log(wb, fmt, ...)                                                         \
+	do {                                                                          \
+		if (!(wb)->o.quiet)                                                   \
+			pcache_log(PCACHE_LOG_ERR, "writeback: " fmt, __VA_ARGS__);   \
+	} while (0)
 
 /* ---- clock and token bucket --------------------------------------------------------------- */
 

@@ -265,7 +265,7 @@ void pcache_seg_put(struct pcache_cache *c, uint32_t seg)
 	 * returns) so every key of this use is stale, and only then make the segment allocatable.
 	 */
 	if (pcache_cache_dev_seg_gen_bump(c->cd, seg) != 0) {
-		fprintf(stderr, "pcache: segment %u: generation bump failed; segment leaked\n", seg);
+		pcache_log(PCACHE_LOG_ERR, "segment %u: generation bump failed; segment leaked", seg);
 		return;
 	}
 	atomic_fetch_add(&c->clean_pending, 1);

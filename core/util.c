@@ -1,14 +1,23 @@
 /*
- * util.c -- CRC32C and the clock (see include/pcache/util.h).
+ * util.c -- CRC32C, the clock and the log (see include/pcache/util.h).
  *
  * CRC32C: the SSE4.2 crc32 instruction, 8 bytes at a time, when cpuid says the CPU has it;
  * otherwise a byte-wise table (slicing is not worth it: every x86-64 server we run on has
  * SSE4.2). Both compute the raw reflected CRC with no pre/post inversion, so results match
  * dm-pcache's crc32c(seed, ...) for the same seed. Measured in make bench (engine rows).
+ *
+ * Log: one hook for the whole process. The rate limit keeps, per format string (its address:
+ * every call site passes a literal), the start of its current interval and the lines taken and
+ * dropped in it, in a small table; when the table is full the entry idle longest is reused
+ * (its count of dropped lines is then lost). The lock covers the table only: formatting and
+ * the hook run outside it.
  */
 #include <cpuid.h>
 #include <nmmintrin.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "pcache/util.h"
@@ -77,4 +86,120 @@ uint64_t pcache_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- log ---------------------------------------------------------------------------------- */
+
+#define LOG_SLOTS 32
+
+struct log_slot {
+	const char *fmt;         /* NULL = free */
+	uint64_t start;          /* of its current interval */
+	uint64_t last;           /* last use, for reuse of the idlest slot */
+	unsigned int taken, dropped;
+};
+
+static _Atomic(pcache_log_hook_fn *) log_hook;
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;   /* guards the three below */
+static unsigned int log_burst = PCACHE_LOG_BURST;
+static uint64_t log_interval = PCACHE_LOG_INTERVAL_NS;
+static struct log_slot log_slots[LOG_SLOTS];
+
+void pcache_set_log_hook(pcache_log_hook_fn *hook)
+{
+	atomic_store(&log_hook, hook);
+}
+
+void pcache_set_log_ratelimit(unsigned int burst, uint64_t interval_ns)
+{
+	pthread_mutex_lock(&log_lock);
+	log_burst = burst;
+	log_interval = interval_ns;
+	memset(log_slots, 0, sizeof(log_slots));
+	pthread_mutex_unlock(&log_lock);
+}
+
+static void log_deliver(int level, const char *line)
+{
+	pcache_log_hook_fn *hook = atomic_load(&log_hook);
+
+	if (hook)
+		hook(level, line);
+	else
+		fprintf(stderr, "pcache: %s\n", line);
+}
+
+/* The slot of fmt, taken (reset) if fmt has none yet (log_lock held). */
+static struct log_slot *log_slot_of(const char *fmt, uint64_t now)
+{
+	struct log_slot *idle = &log_slots[0];
+
+	for (int i = 0; i < LOG_SLOTS; i++) {
+		struct log_slot *s = &log_slots[i];
+
+		if (s->fmt == fmt)
+			return s;
+		if (!s->fmt || (idle->fmt && s->last < idle->last))
+			idle = s;
+	}
+	idle->fmt = fmt;
+	idle->start = now;
+	idle->taken = idle->dropped = 0;
+	return idle;
+}
+
+/* Count the line against its format's budget: true to print it; *dropped = lines to report. */
+static bool log_admit(const char *fmt, unsigned int *dropped)
+{
+	uint64_t now = pcache_now_ns();
+	struct log_slot *s;
+	bool ok = true;
+
+	*dropped = 0;
+	pthread_mutex_lock(&log_lock);
+	if (log_burst) {
+		s = log_slot_of(fmt, now);
+		s->last = now;
+		if (now - s->start >= log_interval) {
+			*dropped = s->dropped;
+			s->start = now;
+			s->taken = s->dropped = 0;
+		}
+		if (s->taken < log_burst) {
+			s->taken++;
+		} else {
+			s->dropped++;
+			ok = false;
+		}
+	}
+	pthread_mutex_unlock(&log_lock);
+	return ok;
+}
+
+void pcache_vlog(int level, const char *fmt, va_list ap)
+{
+	char line[1024];
+	unsigned int dropped;
+	size_t n;
+
+	if (!log_admit(fmt, &dropped))
+		return;
+	if (dropped) {
+		snprintf(line, sizeof(line), "%u similar messages suppressed: %s", dropped, fmt);
+		log_deliver(level, line);
+	}
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	if (n && line[n - 1] == '\n')
+		line[n - 1] = '\0';
+	log_deliver(level, line);
+}
+
+void pcache_log(int level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	pcache_vlog(level, fmt, ap);
+	va_end(ap);
 }

@@ -1,7 +1,7 @@
 /*
  * ctl.c -- the content of the .pcache/ control tree: status (human-readable), status.json,
- * the cache knobs (gc_percent, writeback_rate, dirty_high, dirty_low), flush, attach, detach, and
- * per image .pcache/images/<name>/{stats,cache_mode,flush}.
+ * metrics (Prometheus text format), the cache knobs (gc_percent, writeback_rate, dirty_high,
+ * dirty_low), flush, attach, detach, and per image .pcache/images/<name>/{stats,cache_mode,flush}.
  *
  * Invariants:
  *  1. Reads are generated from the engine's state at the time of the read (control files are
@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +325,179 @@ static void status_json(struct pfs_text *t)
 	pfs_text_printf(t, "]}\n");
 }
 
+/*
+ * .pcache/metrics: the counters and gauges of status.json in the Prometheus text exposition
+ * format (version 0.0.4), as node_exporter's textfile collector reads it. Each family is one
+ * "# HELP", one "# TYPE" and then all its samples (the collector wants them contiguous). Every
+ * sample has a mount="MOUNTPOINT" label (several mounts on one host stay distinct series), and
+ * per-image samples an image="NAME" label. Names follow the Prometheus conventions: a pcachefs_
+ * prefix, base units (bytes, seconds) and _total on counters.
+ */
+struct prom_family {
+	const char *name;
+	bool counter;
+	const char *help;
+	size_t off;        /* of the uint64_t field in struct pcache_image_stats (image families) */
+};
+
+#define PROM_IMG(n, c, f, h) { "pcachefs_image_" n, c, h, offsetof(struct pcache_image_stats, f) }
+static const struct prom_family prom_image_families[] = {
+	PROM_IMG("reads_total", true, reads, "Read requests served."),
+	PROM_IMG("writes_total", true, writes, "Write requests served."),
+	PROM_IMG("flushes_total", true, flushes, "Flushes (fsync) served."),
+	PROM_IMG("discards_total", true, discards, "Discards (punch hole, zero range) served."),
+	PROM_IMG("read_bytes_total", true, read_bytes, "Bytes read."),
+	PROM_IMG("write_bytes_total", true, write_bytes, "Bytes written."),
+	PROM_IMG("read_hit_bytes_total", true, read_hit_bytes, "Bytes read from the cache (hits)."),
+	PROM_IMG("read_miss_bytes_total", true, read_miss_bytes, "Bytes read from the backing image (misses)."),
+	PROM_IMG("crc_errors_total", true, crc_errors, "Cached data that failed its CRC check."),
+	PROM_IMG("backing_errors_total", true, backing_errors, "Failed I/O on the backing image."),
+	PROM_IMG("writeback_bytes_total", true, wb_bytes, "Bytes written back to the backing image."),
+	PROM_IMG("dirty_bytes", false, dirty_bytes, "Cached data not written back yet."),
+	PROM_IMG("cached_bytes", false, cached_bytes, "Data of this image held in the cache."),
+	PROM_IMG("writeback_lsn", false, wb_lsn, "Log sequence number written back up to."),
+	PROM_IMG("writeback_time_seconds", false, wb_time, "Unix time of the last writeback."),
+};
+
+static void prom_head(struct pfs_text *t, const char *name, bool counter, const char *help)
+{
+	pfs_text_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, counter ? "counter" : "gauge");
+}
+
+/* A label value: backslash, double quote and newline are escaped. */
+static void prom_label(struct pfs_text *t, const char *key, const char *v, bool first)
+{
+	pfs_text_printf(t, "%s%s=\"", first ? "" : ",", key);
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			pfs_text_printf(t, "\\%c", *v);
+		else if (*v == '\n')
+			pfs_text_printf(t, "\\n");
+		else
+			pfs_text_printf(t, "%c", *v);
+	}
+	pfs_text_printf(t, "\"");
+}
+
+/* Start a sample: its name and the mount label; the caller adds labels and "} value". */
+static void prom_sample(struct pfs_text *t, const char *name)
+{
+	pfs_text_printf(t, "%s{", name);
+	prom_label(t, "mount", pfs.opts->mountpoint, true);
+}
+
+static void prom_u64(struct pfs_text *t, const char *name, bool counter, const char *help, uint64_t v)
+{
+	prom_head(t, name, counter, help);
+	prom_sample(t, name);
+	pfs_text_printf(t, "} %" PRIu64 "\n", v);
+}
+
+static void metrics_cache(struct pfs_text *t, const struct pcache_cache_status *cs)
+{
+	const struct {
+		const char *name;
+		bool counter;
+		const char *help;
+		uint64_t v;
+	} fam[] = {
+		{ "pcachefs_cache_size_bytes", false, "Capacity of the cache device (all segments).",
+		  (uint64_t)cs->seg_count * cs->seg_size },
+		{ "pcachefs_cache_segment_size_bytes", false, "Size of one cache segment.", cs->seg_size },
+		{ "pcachefs_cache_segments", false, "Segments of the cache device.", cs->seg_count },
+		{ "pcachefs_cache_segments_used", false, "Segments in use (data and log).", cs->segs_used },
+		{ "pcachefs_cache_segments_data", false, "Segments holding cached data.", cs->segs_data },
+		{ "pcachefs_cache_segments_log", false, "Segments holding the key log.", cs->segs_log },
+		{ "pcachefs_dirty_bytes", false, "Cached data not written back yet.", cs->dirty_bytes },
+		{ "pcachefs_dirty_percent", false, "Dirty data in percent of the cache's capacity.",
+		  cs->dirty_percent },
+		{ "pcachefs_writeback_bytes_total", true,
+		  "Bytes written back to the backing images (data and zeroed ranges).", cs->wb_bytes },
+		{ "pcachefs_writeback_superseded_bytes_total", true,
+		  "Dirty bytes not written back because a later write of the same flush epoch replaced them.",
+		  cs->wb_superseded },
+		{ "pcachefs_writeback_errors_total", true, "Failed writebacks (retried later).", cs->wb_errors },
+		{ "pcachefs_full_waits_total", true, "Writers that waited for free cache space.", cs->full_waits },
+		{ "pcachefs_ksets_written_total", true, "Key sets written to the key log.", cs->ksets_written },
+		{ "pcachefs_keys_indexed", false, "Keys in the in-memory index.", cs->keys_indexed },
+		{ "pcachefs_index_bytes", false, "Memory used by the in-memory index.", cs->index_bytes },
+		{ "pcachefs_gc_runs_total", true, "Garbage collection runs.", cs->gc_runs },
+		{ "pcachefs_gc_segments_freed_total", true, "Segments freed by garbage collection.", cs->segs_freed },
+		{ "pcachefs_gc_percent", false, "Knob gc_percent.", cs->gc_percent },
+		{ "pcachefs_dirty_high_percent", false, "Knob dirty_high.", cs->dirty_high },
+		{ "pcachefs_dirty_low_percent", false, "Knob dirty_low.", cs->dirty_low },
+		{ "pcachefs_writeback_rate_bytes_per_second", false, "Knob writeback_rate (0 = unlimited).",
+		  cs->wb_rate },
+		{ "pcachefs_start_time_seconds", false, "Unix time the daemon started.", (uint64_t)pfs.start_time },
+	};
+
+	prom_head(t, "pcachefs_info", false, "The daemon's version and cache device (always 1).");
+	prom_sample(t, "pcachefs_info");
+	prom_label(t, "version", PFS_VERSION, false);
+	prom_label(t, "cache", pfs.opts->cache_path, false);
+	pfs_text_printf(t, "} 1\n");
+	for (size_t i = 0; i < PCACHE_ARRAY_SIZE(fam); i++)
+		prom_u64(t, fam[i].name, fam[i].counter, fam[i].help, fam[i].v);
+	prom_head(t, "pcachefs_full_wait_seconds_total", true, "Time writers spent waiting for free cache space.");
+	prom_sample(t, "pcachefs_full_wait_seconds_total");
+	pfs_text_printf(t, "} %" PRIu64 ".%09" PRIu64 "\n",
+			cs->full_wait_ns / 1000000000u, cs->full_wait_ns % 1000000000u);
+}
+
+static void metrics_text(struct pfs_text *t)
+{
+	struct pcache_cache_status cs;
+	struct pcache_image_stats *st;
+	struct img_snap is;
+	char path[PCACHE_PATH_MAX + 1];
+
+	memset(&cs, 0, sizeof(cs));
+	pcache_cache_get_status(pfs.cache, &cs);
+	metrics_cache(t, &cs);
+	images_snapshot(&is);
+	prom_u64(t, "pcachefs_images", false, "Images attached.", (uint64_t)is.n);
+	st = calloc((size_t)(is.n ? is.n : 1), sizeof(*st));
+	if (!st) {
+		pfs_text_free(t);
+		images_release(&is);
+		return;
+	}
+	for (int i = 0; i < is.n; i++)
+		pcache_image_get_stats(is.img[i], &st[i]);
+	if (is.n) {
+		prom_head(t, "pcachefs_image_info", false, "An attached image: backing path and cache mode (always 1).");
+		for (int i = 0; i < is.n; i++) {
+			image_path(is.name[i], path, sizeof(path));
+			prom_sample(t, "pcachefs_image_info");
+			prom_label(t, "image", is.name[i], false);
+			prom_label(t, "path", path, false);
+			prom_label(t, "cache_mode", pfs_cache_mode_name(st[i].cache_mode), false);
+			pfs_text_printf(t, "} 1\n");
+		}
+		prom_head(t, "pcachefs_image_size_bytes", false, "Size of the image.");
+		for (int i = 0; i < is.n; i++) {
+			prom_sample(t, "pcachefs_image_size_bytes");
+			prom_label(t, "image", is.name[i], false);
+			pfs_text_printf(t, "} %" PRIu64 "\n", pcache_image_size(is.img[i]));
+		}
+	}
+	for (size_t f = 0; is.n && f < PCACHE_ARRAY_SIZE(prom_image_families); f++) {
+		const struct prom_family *pf = &prom_image_families[f];
+
+		prom_head(t, pf->name, pf->counter, pf->help);
+		for (int i = 0; i < is.n; i++) {
+			uint64_t v;
+
+			memcpy(&v, (const char *)&st[i] + pf->off, sizeof(v));
+			prom_sample(t, pf->name);
+			prom_label(t, "image", is.name[i], false);
+			pfs_text_printf(t, "} %" PRIu64 "\n", v);
+		}
+	}
+	free(st);
+	images_release(&is);
+}
+
 static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
 {
 	struct pcache_image_stats st;
@@ -363,6 +537,9 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 			break;
 		case PFS_INO_STATUS_JSON:
 			status_json(out);
+			break;
+		case PFS_INO_METRICS:
+			metrics_text(out);
 			break;
 		case PFS_INO_FLUSH:
 		case PFS_INO_ATTACH:

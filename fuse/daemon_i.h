@@ -1,6 +1,6 @@
 /*
  * daemon_i.h -- private interface between the files of the pcachefs daemon (fuse/main.c,
- * opts.c, ops.c, ctl.c, rangelock.c). Nothing outside fuse/ includes it.
+ * opts.c, ops.c, ctl.c, log.c, notify.c, rangelock.c). Nothing outside fuse/ includes it.
  *
  * Lock order (outermost first): pfs.lock (image slots, attach/detach) -> a range lock of one
  * image (rangelock.c) -> engine locks (inside core/). Never hold pfs.lock across engine I/O;
@@ -75,10 +75,33 @@ int pfs_parse_size(const char *s, uint64_t *out);
 int pfs_parse_cache_mode(const char *s);
 const char *pfs_cache_mode_name(uint32_t mode);
 
-/* ---- logging (main.c) --------------------------------------------------------------------- */
+/* ---- logging (log.c) ---------------------------------------------------------------------- */
 
-/* To stderr in the foreground, to syslog once daemonized. */
+/* Make the daemon the engine's log sink: stderr for now; DEBUG lines only with debug. Call
+ * once, before the first thread that logs. */
+void pfs_log_init(bool debug);
+/* From now on to syslog (ident pcachefs, facility daemon, the mount point in each line), on
+ * /dev/log or $PCACHEFS_SYSLOG_SOCKET (tests). Called once daemonized. */
+void pfs_log_to_syslog(const char *mountpoint);
+/* One line at a syslog priority (LOG_ERR ... LOG_DEBUG), rate limited like the engine's. */
 void pfs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- service manager notifications (notify.c) ---------------------------------------------- */
+
+/*
+ * Open $NOTIFY_SOCKET if it is set; call once, after the fork. 0 (also without the variable),
+ * or -errno after a log line: the daemon then runs without notifying, never fails for it.
+ */
+int pfs_notify_init(void);
+/* Send one message of newline-separated VAR=VALUE fields; a no-op without the socket. */
+void pfs_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The mount is live: READY=1 (with MAINPID= when daemonized) and STATUS=, then start the thread
+ * that refreshes STATUS= and pings the watchdog. Call before the daemonizing parent is released. */
+void pfs_notify_ready(bool daemonized);
+/* STOPPING=1; from now the thread only pings the watchdog. */
+void pfs_notify_stopping(void);
+/* Stop the thread and close the socket (after the engine stopped). */
+void pfs_notify_exit(void);
 
 /* ---- range locks (rangelock.c) ------------------------------------------------------------ */
 
@@ -146,6 +169,7 @@ enum pfs_fixed_ino {
 	PFS_INO_ATTACH,
 	PFS_INO_DETACH,
 	PFS_INO_IMAGES_DIR,
+	PFS_INO_METRICS,
 	PFS_INO_REKEY,
 	PFS_INO_FIXED_END
 };

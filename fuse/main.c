@@ -14,12 +14,14 @@
  *   create the FUSE session       (libfuse validates its own options; still nothing on disk)
  *   fork unless -f                (before any thread exists; the parent waits for the child's
  *                                  verdict on a pipe and exits 0 or 1 accordingly)
+ *   open $NOTIFY_SOCKET           (if set: systemd's notify protocol, notify.c; STATUS=)
  *   start the engine              (opens/locks/formats the cache device, replays the log)
  *   attach images                 (named ones, then every image the device knows)
- *   mount, report ok              (the parent exits 0 once the mount is live)
+ *   mount, report ok              (READY=1 to the service manager, then the parent exits 0)
  *   session loop                  (until unmount, SIGTERM, SIGINT or SIGHUP)
- *   unmount, release images, pcache_cache_stop() (persists staging ksets; -o drain_on_exit
- *                                  writes back everything first), destroy the session
+ *   STOPPING=1, unmount, release images, pcache_cache_stop() (persists staging ksets;
+ *                                  -o drain_on_exit writes back everything first), destroy
+ *                                  the session
  *
  * Invariants:
  *  1. Any failure before the mount is live unwinds what was done: images this run added to the
@@ -43,26 +45,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static bool use_syslog;
 static pthread_t main_thread;
 static atomic_int in_loop;          /* main thread is (about to be) in the session loop */
 static atomic_int stop_requested;   /* a termination signal arrived */
 static int ready_fd = -1;   /* write end of the daemonize pipe (child), -1 in the foreground */
-
-void pfs_log(int prio, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (use_syslog) {
-		vsyslog(prio, fmt, ap);
-	} else {
-		fprintf(stderr, "pcachefs: ");
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
-	}
-	va_end(ap);
-}
 
 /*
  * Fork: the parent waits for one status byte from the child (0 = mounted) and exits with it;
@@ -121,8 +107,7 @@ static void daemonize_done(int ok)
 			if (nullfd > 2)
 				close(nullfd);
 		}
-		openlog("pcachefs", LOG_PID, LOG_DAEMON);
-		use_syslog = true;
+		pfs_log_to_syslog(pfs.opts->mountpoint);
 	}
 	if (write(ready_fd, &st, 1) != 1)
 		pfs_log(LOG_WARNING, "cannot report start-up status");
@@ -308,6 +293,7 @@ int main(int argc, char **argv)
 	if (pr != PFS_PARSE_OK)
 		goto out_args;
 	pfs.opts = &opts;
+	pfs_log_init(opts.debug);   /* before any thread: the engine's lines go where the daemon's go */
 	pfs.start_time = time(NULL);
 	pfs.uid = getuid();
 	pfs.gid = getgid();
@@ -336,9 +322,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pcachefs: cannot start the signal thread\n");
 		goto out_report;
 	}
+	pfs_notify_init();   /* a daemon that cannot notify still serves */
+	pfs_notify("STATUS=starting: opening %s, replaying its log", opts.cache_path);
 	cache_existed = access(opts.cache_path, F_OK) == 0;
 	if (start_engine(&opts) != 0)
-		goto out_sigthread;
+		goto out_notify;
 	if (attach_images(&opts) != 0) {
 		/* a refused first start leaves no cache file behind (unlinked while still locked) */
 		if (!cache_existed)
@@ -363,6 +351,7 @@ int main(int argc, char **argv)
 	}
 	/* from now on a backing on our own mount is refused by device number too */
 	atomic_store(&pfs.mnt_dev, pfs_mount_dev(opts.mountpoint));
+	pfs_notify_ready(!opts.foreground);
 	daemonize_done(1);
 	pfs_log(LOG_INFO, "mounted %s on %s (%s threads)", opts.cache_path, opts.mountpoint,
 		opts.single_thread ? "single" : "multiple");
@@ -376,6 +365,7 @@ int main(int argc, char **argv)
 	if (ret)
 		pfs_log(LOG_ERR, "session loop: %s", strerror(-pr));
 	pfs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
+	pfs_notify_stopping();
 
 	fuse_session_unmount(pfs.se);
 out_images:
@@ -386,7 +376,8 @@ out_engine:
 		pfs_log(LOG_ERR, "stopping the cache: %s", strerror(-stop_ret));
 		ret = 1;
 	}
-out_sigthread:
+out_notify:
+	pfs_notify_exit();
 	pthread_cancel(sig_thread);
 	pthread_join(sig_thread, NULL);
 out_report:

@@ -288,6 +288,7 @@ static const struct {
 } ctl_names[] = {
 	{ "status", PFS_INO_STATUS },
 	{ "status.json", PFS_INO_STATUS_JSON },
+	{ "metrics", PFS_INO_METRICS },
 	{ "gc_percent", PFS_INO_GC_PERCENT },
 	{ "writeback_rate", PFS_INO_WB_RATE },
 	{ "dirty_high", PFS_INO_DIRTY_HIGH },

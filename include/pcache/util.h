@@ -1,11 +1,13 @@
 /*
- * util.h -- small utilities shared by every layer: CRC32C, little-endian access, helpers.
+ * util.h -- small utilities shared by every layer: CRC32C, little-endian access, logging,
+ * helpers.
  *
- * Depends only on libc. Nothing here allocates or takes locks.
+ * Depends only on libc. Nothing here allocates; only pcache_log() takes a lock (its own).
  */
 #ifndef PCACHE_UTIL_H
 #define PCACHE_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,6 +28,33 @@ uint32_t pcache_crc32c_sw(uint32_t crc, const void *buf, size_t len);
 static inline uint16_t pcache_le16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t pcache_le32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t pcache_le64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* ---- logging ------------------------------------------------------------------------------ */
+/*
+ * Every message of the engine (core/) and the backing layer (backing/) goes through
+ * pcache_log(); the program decides where lines go with pcache_set_log_hook() (the daemon:
+ * syslog or stderr). Without a hook a line goes to stderr as "pcache: MESSAGE".
+ * Levels are syslog's priorities, so a hook can pass them on unchanged.
+ * Repeated lines are rate limited per format string: at most PCACHE_LOG_BURST lines of one
+ * format per PCACHE_LOG_INTERVAL_NS; the first line of the next interval is preceded by
+ * "N similar messages suppressed: FORMAT".
+ */
+#define PCACHE_LOG_ERR 3
+#define PCACHE_LOG_WARNING 4
+#define PCACHE_LOG_NOTICE 5
+#define PCACHE_LOG_INFO 6
+#define PCACHE_LOG_DEBUG 7
+#define PCACHE_LOG_BURST 10
+#define PCACHE_LOG_INTERVAL_NS (5ull * 1000000000u)
+
+/* Receives one formatted line (no trailing newline); may be called from any thread. */
+typedef void pcache_log_hook_fn(int level, const char *line);
+/* Install hook (NULL = back to stderr). Set it before starting threads that log. */
+void pcache_set_log_hook(pcache_log_hook_fn *hook);
+/* Change the rate limit (burst lines per interval; burst 0 = no limit). For tests and tools. */
+void pcache_set_log_ratelimit(unsigned int burst, uint64_t interval_ns);
+void pcache_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void pcache_vlog(int level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* ---- misc --------------------------------------------------------------------------------- */
 #define PCACHE_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
