@@ -9,8 +9,8 @@
  *    mounts, a second device node or a loop device over a file are all seen through.
  *  - stable identity (pcache_ident.text): a short string that names the same data after a
  *    reboot, when device numbers and /dev names may have moved. A file is named by its file
- *    system (the UUID libblkid reads from the file system's device, else the statfs fsid)
- *    and its inode number; a block device by what the kernel exposes in sysfs (dm UUID,
+ *    system (the UUID libblkid reads from the file system's device, else the statfs fsid),
+ *    its inode number and, where the file system has one, the inode's generation; a block device by what the kernel exposes in sysfs (dm UUID,
  *    WWID, serial, plus the partition number), a loop device by its backing file and
  *    offset. A device with none of these falls back to its device number (weak: say so).
  *
@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <linux/loop.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +133,7 @@ int pcache_ident_fd(int fd, struct pcache_ident *id)
 	char sysdir[64], ftext[200];
 	struct loop_info64 li;
 	struct stat st;
+	long gen;
 
 	memset(id, 0, sizeof(*id));
 	if (fstat(fd, &st) < 0)
@@ -143,7 +145,11 @@ int pcache_ident_fd(int fd, struct pcache_ident *id)
 		id->dev = st.st_dev;
 		id->ino = st.st_ino;
 		file_text(fd, st.st_dev, st.st_ino, ftext, sizeof(ftext));
-		snprintf(id->text, sizeof(id->text), "file %s", ftext);
+		/* the inode generation tells a recycled inode number apart (ext4, xfs, btrfs) */
+		if (ioctl(fd, FS_IOC_GETVERSION, &gen) == 0)
+			snprintf(id->text, sizeof(id->text), "file %s gen=%u", ftext, (unsigned int)gen);
+		else
+			snprintf(id->text, sizeof(id->text), "file %s", ftext);
 		return 0;
 	}
 	if (!S_ISBLK(st.st_mode))

@@ -103,7 +103,8 @@
  *
  * IDENTITY. ident names the data behind path so that a renamed or renumbered device is still
  * recognised and a different one is refused (backing/backing_ident.c builds it): a file is
- * "file fs=<file system UUID> ino=<inode>" (fsid=/dev= when the file system has no UUID), a
+ * "file fs=<file system UUID> ino=<inode> [gen=<inode generation>]" (fsid=/dev= when the file
+ * system has no UUID), a
  * block device "blk dm-uuid=...", "blk wwid=... [part=N]", "blk serial=... [part=N]" or, with
  * nothing stable, "blk devno=M:m"; a loop device "loop <its backing file as a file> off=N".
  * Entries written before identities existed have flags 0 and a path of up to 767 bytes; they
