@@ -686,6 +686,8 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 		ERR("out of memory");
 		goto err_dev;
 	}
+	atomic_store(&c->segs.wait_timeout_ns, (uint64_t)(opts->space_timeout_s < 0 ?
+		     PCACHE_DEFAULT_SPACE_TIMEOUT_S : opts->space_timeout_s) * 1000000000ull);
 	pcache_log_init(c);
 	pthread_mutex_init(&c->img_lock, NULL);
 	pthread_mutex_init(&c->gc_lock, NULL);
@@ -1503,6 +1505,15 @@ int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *
 	} else if (!strcmp(name, "dirty_low")) {
 		ret = parse_u64(value, 100, &v);
 		ci.dirty_low = (uint32_t)v;
+	} else if (!strcmp(name, "space_timeout")) {
+		/* run time only (not persisted): the daemon's -o space_timeout sets it at start */
+		ret = parse_u64(value, 24ull * 3600, &v);
+		if (!ret)
+			atomic_store(&c->segs.wait_timeout_ns, v * 1000000000ull);
+		pthread_mutex_unlock(&c->knob_lock);
+		if (!ret)
+			pthread_cond_broadcast(&c->segs.cond);
+		return ret;
 	} else {
 		ret = -EINVAL;
 	}
@@ -1532,6 +1543,8 @@ int pcache_cache_get_knob(struct pcache_cache *c, const char *name, char *buf, s
 		n = snprintf(buf, len, "%u\n", ci.dirty_high);
 	else if (!strcmp(name, "dirty_low"))
 		n = snprintf(buf, len, "%u\n", ci.dirty_low);
+	else if (!strcmp(name, "space_timeout"))
+		n = snprintf(buf, len, "%" PRIu64 "\n", (uint64_t)(atomic_load(&c->segs.wait_timeout_ns) / 1000000000ull));
 	else
 		return -EINVAL;
 	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
@@ -1611,6 +1624,8 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 		st->wb_lsn = ws.wb_lsn;
 		st->wb_time = ws.wb_time;
 		st->wb_bytes = ws.bytes_written;
+		st->wb_errors = ws.errors;
+		st->wb_last_error = ws.last_error;
 	} else {
 		pthread_mutex_lock(&img->ent_lock);
 		st->wb_lsn = img->ent.wb_lsn;
@@ -1642,6 +1657,7 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 	pthread_mutex_lock(&c->segs.lock);
 	st->full_waits = c->segs.full_waits;
 	st->full_wait_ns = c->segs.full_wait_ns;
+	st->space_timeouts = c->segs.space_timeouts;
 	st->segs_freed = c->segs.segs_freed;
 	pthread_mutex_unlock(&c->segs.lock);
 	pthread_mutex_lock(&c->log.lock);

@@ -64,6 +64,8 @@ struct pcache_segs {
 	uint32_t waiters;
 	uint64_t full_waits, full_wait_ns, segs_freed;
 	bool failed;                /* nothing can ever be freed: waiters get -EIO */
+	_Atomic uint64_t wait_timeout_ns; /* a writer waits this long for space, then -EIO (0 = no limit) */
+	uint64_t space_timeouts;    /* writers that gave up so */
 	_Atomic uint32_t *refs;     /* lock-free: keys in the log (+ staged) + head pin */
 	_Atomic uint32_t *readers;  /* lock-free: read pins + PCACHE_SEG_FREEING (segment.c inv. 5) */
 	_Atomic uint64_t pin_deferred; /* frees left to the last unpin */

@@ -125,11 +125,31 @@ static uint32_t find_free(struct pcache_segs *s)
 	return UINT32_MAX;
 }
 
+/* A writer waiting for space since t0 has waited longer than it may (segs lock held). */
+static bool space_timed_out(const struct pcache_segs *s, uint64_t t0)
+{
+	uint64_t limit = atomic_load_explicit(&s->wait_timeout_ns, memory_order_relaxed);
+
+	return limit && pcache_now_ns() - t0 >= limit;
+}
+
+/* Count and report a writer that gave up waiting for space: -EIO (segs lock held). */
+static int space_timeout_fail(struct pcache_segs *s)
+{
+	s->space_timeouts++;
+	pcache_log(PCACHE_LOG_ERR, "a writer waited %llu s for cache space and gets EIO (%llu so far): "
+		   "the writeback cannot free space (a failing or missing backing?)",
+		   (unsigned long long)(atomic_load(&s->wait_timeout_ns) / 1000000000ull),
+		   (unsigned long long)s->space_timeouts);
+	return -EIO;
+}
+
 int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *seg)
 {
 	struct pcache_segs *s = &c->segs;
 	uint32_t reserve = for_log ? 0 : PCACHE_LOG_RESERVE;
 	uint64_t ticket, t0 = 0;
+	bool timed_out = false;
 	uint32_t idx;
 	int ret = 0;
 
@@ -182,6 +202,14 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 	s->full_waits++;
 	t0 = pcache_now_ns();
 	while (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+		/*
+		 * Only the writer being served gives up (the FIFO stays intact): the ones behind it
+		 * become served in turn and, their own deadline passed too, give up at once.
+		 */
+		if (ticket == s->ticket_serving && space_timed_out(s, t0)) {
+			timed_out = true;
+			break;
+		}
 		pthread_mutex_unlock(&s->lock);
 		/* wake GC (and through it writeback and the heads) before sleeping */
 		pcache_gc_kick(c);
@@ -204,6 +232,10 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 	pthread_cond_broadcast(&s->cond);
 	if (s->failed) {
 		ret = -EIO;
+		goto out;
+	}
+	if (timed_out) {
+		ret = space_timeout_fail(s);
 		goto out;
 	}
 take:
@@ -392,6 +424,11 @@ int pcache_space_wait(struct pcache_cache *c)
 	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed) {
 		struct timespec ts;
 
+		if (space_timed_out(s, t0)) {
+			s->full_wait_ns += pcache_now_ns() - t0;
+			ret = space_timeout_fail(s);
+			goto out;
+		}
 		pthread_mutex_unlock(&s->lock);
 		pcache_gc_kick(c);
 		pthread_mutex_lock(&s->lock);

@@ -65,6 +65,7 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 	case PFS_INO_WB_RATE:
 	case PFS_INO_DIRTY_HIGH:
 	case PFS_INO_DIRTY_LOW:
+	case PFS_INO_SPACE_TIMEOUT:
 	case PFS_INO_FLUSH:
 	case PFS_INO_ATTACH:
 	case PFS_INO_DETACH:
@@ -84,6 +85,7 @@ static const char *knob_name(uint64_t ino)
 	case PFS_INO_WB_RATE: return "writeback_rate";
 	case PFS_INO_DIRTY_HIGH: return "dirty_high";
 	case PFS_INO_DIRTY_LOW: return "dirty_low";
+	case PFS_INO_SPACE_TIMEOUT: return "space_timeout";
 	default: return NULL;
 	}
 }
@@ -189,10 +191,11 @@ static void status_text(struct pfs_text *t)
 			cs.dirty_tail.lsn, cs.key_tail.seg, cs.key_tail.off, cs.key_tail.lsn);
 	pfs_text_printf(t, "  gc_percent %u, dirty_high %u, dirty_low %u, writeback_rate %" PRIu64 "%s\n",
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.wb_rate ? " B/s" : " (unlimited)");
-	pfs_text_printf(t, "  full_waits %" PRIu64 " (%" PRIu64 " ms), ksets_written %" PRIu64 ", keys_indexed %" PRIu64
-			", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64 ", segs_freed %" PRIu64 "\n",
-			cs.full_waits, cs.full_wait_ns / 1000000, cs.ksets_written, cs.keys_indexed, cs.index_bytes,
-			cs.wb_errors, cs.gc_runs, cs.segs_freed);
+	pfs_text_printf(t, "  full_waits %" PRIu64 " (%" PRIu64 " ms, %" PRIu64 " timed out), ksets_written %" PRIu64
+			", keys_indexed %" PRIu64 ", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64
+			", segs_freed %" PRIu64 "\n",
+			cs.full_waits, cs.full_wait_ns / 1000000, cs.space_timeouts, cs.ksets_written, cs.keys_indexed,
+			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed);
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
 			"same epoch)\n", human(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			human(cs.wb_bytes, h1, sizeof(h1)), human(cs.wb_superseded, h2, sizeof(h2)));
@@ -215,6 +218,9 @@ static void status_text(struct pfs_text *t)
 				" wb_lsn %" PRIu64 " wb_time %" PRIu64 " wb_bytes %" PRIu64 "\n",
 				st.dirty_bytes, st.cached_bytes, st.crc_errors, st.backing_errors, st.wb_lsn,
 				st.wb_time, st.wb_bytes);
+		if (st.wb_last_error)
+			pfs_text_printf(t, "  failing: writeback to the backing fails: %s (%" PRIu64 " errors)\n",
+					strerror(-st.wb_last_error), st.wb_errors);
 	}
 	images_release(&is);
 	unattached_text(t);
@@ -248,10 +254,12 @@ static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats
 			", \"write_bytes\": %" PRIu64 ", \"read_hit_bytes\": %" PRIu64 ", \"read_miss_bytes\": %" PRIu64
 			", \"dirty_bytes\": %" PRIu64 ", \"cached_bytes\": %" PRIu64 ", \"crc_errors\": %" PRIu64
 			", \"backing_errors\": %" PRIu64 ", \"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64
-			", \"wb_bytes\": %" PRIu64,
+			", \"wb_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64 ", \"state\": \"%s\", \"error\": \"%s\"",
 			pfs_cache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
 			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
-			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes);
+			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes,
+			st->wb_errors, st->wb_last_error ? "failing" : "ok",
+			st->wb_last_error ? strerror(-st->wb_last_error) : "");
 }
 
 static void unattached_json(struct pfs_text *t)
@@ -293,13 +301,14 @@ static void status_json(struct pfs_text *t)
 	pfs_text_printf(t, ", ");
 	json_pos(t, "key_tail", &cs.key_tail);
 	pfs_text_printf(t, ", \"gc_percent\": %u, \"dirty_high\": %u, \"dirty_low\": %u, \"writeback_rate\": %" PRIu64
-			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"ksets_written\": %" PRIu64
+			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"space_timeouts\": %" PRIu64
+			", \"ksets_written\": %" PRIu64
 			", \"keys_indexed\": %" PRIu64 ", \"index_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64
 			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"parallel_write_opens\": %" PRIu64
 			", \"wb_bytes\": %" PRIu64 ", \"wb_superseded\": %" PRIu64
 			", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %u}",
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.full_waits, cs.full_wait_ns,
-			cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
+			cs.space_timeouts, cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
 			pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
 			cs.dirty_percent);
 	images_snapshot(&is);
@@ -418,6 +427,8 @@ static void metrics_cache(struct pfs_text *t, const struct pcache_cache_status *
 		  cs->wb_superseded },
 		{ "pcachefs_writeback_errors_total", true, "Failed writebacks (retried later).", cs->wb_errors },
 		{ "pcachefs_full_waits_total", true, "Writers that waited for free cache space.", cs->full_waits },
+		{ "pcachefs_space_timeouts_total", true,
+		  "Writers that waited space_timeout for cache space and got EIO.", cs->space_timeouts },
 		{ "pcachefs_ksets_written_total", true, "Key sets written to the key log.", cs->ksets_written },
 		{ "pcachefs_keys_indexed", false, "Keys in the in-memory index.", cs->keys_indexed },
 		{ "pcachefs_index_bytes", false, "Memory used by the in-memory index.", cs->index_bytes },

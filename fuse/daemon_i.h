@@ -40,6 +40,7 @@ struct pfs_opts {
 	uint64_t cache_size;       /* -o cache_size: create a missing cache file (0 = no) */
 	uint64_t segment_size;     /* -o segment_size: format time */
 	int gc_percent;            /* -1 = keep persisted */
+	int space_timeout;         /* -o space_timeout=SECONDS; -1 = the engine's default */
 	int cache_mode;            /* -1 = keep (new images: writeback) */
 	bool data_crc;
 	bool allow_other;
@@ -171,6 +172,7 @@ enum pfs_fixed_ino {
 	PFS_INO_IMAGES_DIR,
 	PFS_INO_METRICS,
 	PFS_INO_REKEY,
+	PFS_INO_SPACE_TIMEOUT,
 	PFS_INO_FIXED_END
 };
 

@@ -205,6 +205,7 @@ static int start_engine(const struct pfs_opts *o)
 	}
 	co.defer_background = true; /* until every image is attached: a refused start writes nothing */
 	co.gc_percent = o->gc_percent;
+	co.space_timeout_s = o->space_timeout;
 	co.data_crc = o->data_crc;
 	co.prefault = true;
 

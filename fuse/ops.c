@@ -298,6 +298,7 @@ static const struct {
 	{ "detach", PFS_INO_DETACH },
 	{ "images", PFS_INO_IMAGES_DIR },
 	{ "rekey", PFS_INO_REKEY },
+	{ "space_timeout", PFS_INO_SPACE_TIMEOUT },
 };
 
 static const char *const img_ctl_names[PFS_IK_COUNT] = {

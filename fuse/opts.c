@@ -38,6 +38,7 @@ enum {
 	KEY_REKEY,
 	KEY_DATA_CRC,
 	KEY_GC_PERCENT,
+	KEY_SPACE_TIMEOUT,
 	KEY_CACHE_MODE,
 	KEY_SEGMENT_SIZE,
 	KEY_ALLOW_OTHER,
@@ -63,6 +64,7 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("rekey=", KEY_REKEY),
 	FUSE_OPT_KEY("data_crc", KEY_DATA_CRC),
 	FUSE_OPT_KEY("gc_percent=", KEY_GC_PERCENT),
+	FUSE_OPT_KEY("space_timeout=", KEY_SPACE_TIMEOUT),
 	FUSE_OPT_KEY("cache_mode=", KEY_CACHE_MODE),
 	FUSE_OPT_KEY("segment_size=", KEY_SEGMENT_SIZE),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
@@ -110,6 +112,8 @@ static void usage(const char *prog)
 	       "    -o cache_mode=MODE        writeback (default), writethrough or writearound, for\n"
 	       "                              the images named with -o image\n"
 	       "    -o gc_percent=N           start garbage collection at N %% usage (persisted)\n"
+	       "    -o space_timeout=SECONDS  a writer waits at most this long for cache space, then\n"
+	       "                              gets EIO (default 60, 0 = no limit)\n"
 	       "    -o data_crc               checksum cached data (format time) and verify it on hits\n"
 	       "    -o segment_size=SIZE      segment size when formatting (default 16M)\n"
 	       "    -o allow_other            let other users access the mount (needs\n"
@@ -312,6 +316,17 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		if (errno || end == v || *end || g < 0 || g > PCACHE_MAX_GC_PERCENT)
 			return perr(c, "bad -o gc_percent=%s (0-90)", v);
 		o->gc_percent = (int)g;
+		return 0;
+	}
+	case KEY_SPACE_TIMEOUT: {
+		char *end;
+		long t;
+
+		errno = 0;
+		t = strtol(v, &end, 10);
+		if (errno || end == v || *end || t < 0 || t > 24 * 3600)
+			return perr(c, "bad -o space_timeout=%s (seconds, 0-86400)", v);
+		o->space_timeout = (int)t;
 		return 0;
 	}
 	case KEY_CACHE_MODE:
@@ -521,6 +536,7 @@ int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *
 
 	memset(o, 0, sizeof(*o));
 	o->gc_percent = -1;
+	o->space_timeout = -1;
 	o->cache_mode = -1;
 	fargs->argc = 0;
 	fargs->argv = NULL;

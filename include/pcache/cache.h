@@ -33,6 +33,10 @@ struct pcache_cache_opts {
 	bool data_crc;                    /* verify data CRCs on hits (needs a data_crc format) */
 	bool prefault;                    /* pre-fault the mapping */
 	bool no_background;               /* tests: no writeback/GC threads (driven by hand) */
+	int space_timeout_s;              /* a writer waits this long for space before -EIO (the
+					   * writeback cannot free any: failing backing); 0 = no
+					   * limit, -1 = PCACHE_DEFAULT_SPACE_TIMEOUT_S; knob
+					   * "space_timeout" at run time */
 	bool defer_background;            /* start the writeback/GC/timer threads only at
 					   * pcache_cache_start_background(): until then a start that
 					   * is refused (an image it cannot take) writes nothing */
@@ -40,6 +44,8 @@ struct pcache_cache_opts {
 	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
 	void *wrap_arg;
 };
+
+#define PCACHE_DEFAULT_SPACE_TIMEOUT_S 60
 
 /* Open the device, replay the log, start the threads. -errno and a message in err. */
 int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache **out,
@@ -179,8 +185,8 @@ void pcache_read_unpin(struct pcache_read_pin *pin);
 /*
  * Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
  * at return with PCACHE_IO_FUA. May wait for space when the cache is full (first come first
- * served, counted in full_waits); -EIO only when no space can ever be freed (writeback stopped
- * on a corrupt log, or the cache is stopping). -EROFS on a read-only image, -ENODEV once the
+ * served, counted in full_waits); -EIO when no space can ever be freed (writeback stopped
+ * on a corrupt log, or the cache is stopping) or after waiting space_timeout (counted). -EROFS on a read-only image, -ENODEV once the
  * image is detaching. Cache modes: writeback (default); writethrough (the backing image is
  * written first, synchronously, then the cache); writearound (the backing image only; cached
  * copies of the range are replaced, placeholders of misses in flight dropped).
@@ -223,6 +229,9 @@ struct pcache_image_stats {
 	uint64_t dirty_bytes, cached_bytes;   /* indexed now */
 	uint64_t crc_errors, backing_errors;
 	uint64_t wb_lsn, wb_time, wb_bytes;
+	uint64_t wb_errors;                   /* failed writebacks of this image */
+	int wb_last_error;                    /* -errno of the last one, 0 once one succeeds:
+					       * non-zero = the backing is failing now */
 	uint32_t cache_mode;
 };
 void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats *st);
@@ -236,6 +245,7 @@ struct pcache_cache_status {
 	bool data_crc;
 	const char *granularity;
 	uint64_t full_waits, full_wait_ns;   /* writers that waited for space */
+	uint64_t space_timeouts;             /* writers that waited space_timeout and got -EIO */
 	uint64_t ksets_written, keys_indexed, index_bytes;
 	uint64_t wb_errors, gc_runs, segs_freed;
 	/* writeback: bytes written to backings (data + zeroed), and dirty bytes not written

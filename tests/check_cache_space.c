@@ -1,0 +1,93 @@
+/*
+ * check_cache_space.c -- writers never wait for cache space without bound: with nothing able
+ * to free space (no writeback), a writer waits space_timeout, then gets -EIO, counted in
+ * status; the knob reads back and changes at run time (core/segment.c).
+ */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check_util.h"
+#include "lib/engine_util.h"
+#include "pcache/util.h"
+
+#define IMG_SIZE (64u << 20)
+
+static char cpath[256], ipath[256];
+static struct pcache_cache *c;
+static struct pcache_image *img;
+
+static void setup(void)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "s", .cache_mode = -1 };
+	char err[256];
+
+	check_scratch_path(cpath, sizeof(cpath), "space-cache");
+	check_scratch_path(ipath, sizeof(ipath), "space-img");
+	ck_assert_int_eq(eng_format(cpath, 24u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, IMG_SIZE, 1);
+	eng_opts(&o, cpath);
+	o.no_background = true; /* nothing writes back: the cache fills and stays full */
+	o.space_timeout_s = 1;
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
+	ao.path = ipath;
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+}
+
+static void teardown(void)
+{
+	eng_close(&c, &img, cpath, ipath);
+}
+
+START_TEST(a_writer_waits_space_timeout_then_gets_eio)
+{
+	struct pcache_cache_status st;
+	uint64_t off, t0, waited = 0;
+	char buf[32];
+	int r = 0;
+
+	for (off = 0; off < IMG_SIZE; off += 1u << 20) {
+		t0 = pcache_now_ns();
+		r = eng_write(img, off, 1u << 20, 1, 1);
+		waited = pcache_now_ns() - t0;
+		if (r)
+			break;
+	}
+	ck_assert_int_eq(r, -EIO);
+	ck_assert_msg(waited >= 900ull * 1000 * 1000 && waited < 10ull * 1000 * 1000 * 1000,
+		      "waited %llu ms", (unsigned long long)(waited / 1000000));
+	memset(&st, 0, sizeof(st));
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.space_timeouts, 1);
+	ck_assert_uint_ge(st.full_waits, 1);
+	/* the knob reads back, and a new value applies to the next writer */
+	ck_assert_int_eq(pcache_cache_get_knob(c, "space_timeout", buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "1\n");
+	ck_assert_int_eq(pcache_cache_set_knob(c, "space_timeout", "2"), 0);
+	t0 = pcache_now_ns();
+	ck_assert_int_eq(eng_write(img, off, 1u << 20, 1, 2), -EIO);
+	waited = pcache_now_ns() - t0;
+	ck_assert_msg(waited >= 1900ull * 1000 * 1000, "waited %llu ms", (unsigned long long)(waited / 1000000));
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.space_timeouts, 2);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "space_timeout", "-1"), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "space_timeout", "lots"), -EINVAL);
+}
+END_TEST
+
+Suite *cache_space_suite(void);
+Suite *cache_space_suite(void)
+{
+	Suite *s = suite_create("cache_space");
+	TCase *tc = tcase_create("Core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, a_writer_waits_space_timeout_then_gets_eio);
+	suite_add_tcase(s, tc);
+	return s;
+}
