@@ -17,6 +17,13 @@
  * sector of the slot must hold a valid sector of that slot with gen >= g (a later write that was
  * not yet logged may have landed too; an older one, garbage, or another slot's data is a failure).
  * Exit 0 when all logged records are there, 1 otherwise (with one line per bad sector, max 20).
+ *
+ *   fsync_writer backing FILE STATE --slots N [--record-size BYTES]
+ *
+ * Backing mode, for the backing image alone while no daemon runs (it was zero before the first
+ * write): every sector of slots 0..N-1 must be zero or a valid sector of its own slot (never
+ * garbage, a torn sector or another slot's data), and no sector may hold an older generation than
+ * the last scan recorded in STATE (the backing never rolls back). STATE is then rewritten.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -93,7 +100,8 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: fsync_writer write FILE LOG --slots N --first-slot S --gen-base G\n"
 			"                    [--mode fsync|osync|odsync] [--count N] [--seed N] [--record-size B]\n"
-			"       fsync_writer verify FILE LOG [--record-size B]\n");
+			"       fsync_writer verify FILE LOG [--record-size B]\n"
+			"       fsync_writer backing FILE STATE --slots N [--record-size B]\n");
 	exit(2);
 }
 
@@ -226,6 +234,72 @@ static int do_verify(const char *file, const char *logp, size_t rsize)
 	return bad ? 1 : 0;
 }
 
+static bool all_zero(const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+static int do_backing(const char *file, const char *statep, uint64_t slots, size_t rsize)
+{
+	uint64_t spr = rsize / SECTOR, n = slots * spr, bad = 0, rolled = 0, written = 0;
+	uint64_t *old = calloc(n, sizeof(*old)), *now = calloc(n, sizeof(*now));
+	unsigned char *buf;
+	FILE *sf;
+	int fd;
+
+	if (!old || !now || posix_memalign((void **)&buf, 4096, rsize) != 0)
+		return 1;
+	sf = fopen(statep, "rb");
+	if (sf) {
+		if (fread(old, sizeof(*old), n, sf) != n)
+			memset(old, 0, n * sizeof(*old)); /* a state of other geometry: start over */
+		fclose(sf);
+	}
+	fd = open(file, O_RDONLY | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "fsync_writer: open %s: %s\n", file, strerror(errno));
+		return 1;
+	}
+	for (uint64_t slot = 0; slot < slots; slot++) {
+		if (pread(fd, buf, rsize, (off_t)(slot * rsize)) != (ssize_t)rsize) {
+			fprintf(stderr, "fsync_writer: read slot %" PRIu64 ": %s\n", slot, strerror(errno));
+			return 1;
+		}
+		for (uint32_t i = 0; i < spr; i++) {
+			const unsigned char *p = buf + (size_t)i * SECTOR;
+			uint64_t g = 0, k = slot * spr + i;
+
+			if (!all_zero(p, SECTOR) && check_sector(p, slot, i, &g) != 0) {
+				if (bad++ < 20)
+					fprintf(stderr, "fsync_writer: backing slot %" PRIu64 " sector %u: invalid content\n",
+						slot, i);
+				continue;
+			}
+			now[k] = g;
+			written += g != 0;
+			if (g < old[k] && rolled++ < 20)
+				fprintf(stderr, "fsync_writer: backing slot %" PRIu64 " sector %u rolled back from gen %"
+					PRIu64 " to %" PRIu64 "\n", slot, i, old[k], g);
+		}
+	}
+	close(fd);
+	sf = fopen(statep, "wb");
+	if (!sf || fwrite(now, sizeof(*now), n, sf) != n) {
+		fprintf(stderr, "fsync_writer: cannot write %s\n", statep);
+		return 1;
+	}
+	fclose(sf);
+	printf("fsync_writer: backing: %" PRIu64 " sectors written back, %" PRIu64 " invalid, %" PRIu64
+	       " rolled back\n", written, bad, rolled);
+	free(buf);
+	free(old);
+	free(now);
+	return bad || rolled ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	uint64_t slots = 1024, first = 0, gen = 0, count = 0, seed = 0;
@@ -264,6 +338,8 @@ int main(int argc, char **argv)
 		return do_write(argv[2], argv[3], slots, first, gen, mode, count, seed, rsize);
 	if (!strcmp(argv[1], "verify"))
 		return do_verify(argv[2], argv[3], rsize);
+	if (!strcmp(argv[1], "backing"))
+		return do_backing(argv[2], argv[3], slots, rsize);
 	usage();
 	return 2;
 }
