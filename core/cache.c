@@ -488,6 +488,38 @@ static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t 
 }
 
 /*
+ * Are the dirty index keys of image_id over [a, b) of region all in the log? A key that is
+ * only staged is lost in a crash; a dirty key skipped for it would then lie behind dirty_tail
+ * unwritten, and replay would take it for CLEAN although the backing never got its bytes.
+ * Every key of a region is staged in one stage (cache_kset.c), inserted and staged under one
+ * hold of the subtree lock (held here), so an index key over [a, b) is only staged when a
+ * dirty staged key of the image overlaps [a, b). Such a stage is closed now, without waiting
+ * for log space (what the timer does ~1 s after its first key; the kset gets the epoch the
+ * staged keys were indexed with, see index_add()). false: not known now (busy stage, no log
+ * space): the caller writes the bytes.
+ */
+static bool wb_live_logged(struct pcache_cache *c, uint32_t image_id, uint64_t region,
+			   uint64_t a, uint64_t b)
+{
+	struct pcache_stage *st = &c->stage[pcache_stage_of(image_id, region)];
+	bool staged = false, logged;
+	uint32_t i;
+
+	/* never wait: its holder may wait for log space that this writeback frees */
+	if (!pcache_mutex_trylock_bounded(&st->lock))
+		return false;
+	for (i = 0; i < st->n && !staged; i++) {
+		const struct pcache_key_om *sk = &st->keys[i];
+
+		staged = sk->image_id == image_id && !(sk->flags & PCACHE_KEY_CLEAN) &&
+			 sk->off < b && sk->off + sk->len > a;
+	}
+	logged = !staged || pcache_stage_close(c, st, false) == 0;
+	pthread_mutex_unlock(&st->lock);
+	return logged;
+}
+
+/*
  * ops.live: the bytes of a dirty log key that are still its own in the index, or that a key
  * of another (later) epoch or of unknown epoch replaced, must be written; bytes that a later
  * key of the same epoch replaced need not be (the later key goes to the backing after this
@@ -496,7 +528,9 @@ static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t 
  * data on the backing itself: writing this older data would put the backing behind the
  * cache until the later key's own writeback). Index order is log order for overlapping keys,
  * so a replacing key is always later in the log. A ZERO key cannot be told from a later ZERO
- * key in the index, so only data keys replace a ZERO key.
+ * key in the index, so only data keys replace a ZERO key. A replacing key counts only once
+ * it is in the log (wb_live_logged()): dirty_tail may pass the skipped key at the end of this
+ * batch, and what replay then takes for CLEAN must be on the backing or replaced in the log.
  */
 static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, int max)
 {
@@ -506,7 +540,7 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 	struct pcache_image *img;
 	struct pcache_subtree *sub;
 	bool epoch_ok;
-	int n = 0;
+	int n = 0, logged = -1; /* wb_live_logged() over the key, asked at the first need */
 
 	/* epoch16 identifies the epoch only while fewer than 2^15 epochs separate the two keys
 	 * (the replacing key's epoch lies between k->epoch and now); an epoch with FUA writes
@@ -551,6 +585,9 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 			   ((e->flags & PCACHE_IKEY_THROUGH) ||
 			    (epoch_ok && (e->flags & PCACHE_IKEY_EPOCH) &&
 			     e->epoch16 == (uint16_t)k->epoch));
+		if (replaced && logged < 0)
+			logged = wb_live_logged(c, img->id, region, k->off, k->off + k->len);
+		replaced = replaced && logged;
 		if (!replaced && !wb_live_add(ranges, &n, max, base + a, base + b))
 			break;
 		pos = b;

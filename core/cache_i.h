@@ -13,7 +13,8 @@
  *   that starts behind key_head (attach replay, dirty scans), so GC cannot free a key-log
  *   segment under a walker. c->bg_lock (wake flags) and img->ent_lock are leaves.
  *   The writeback calls back into the engine (key_head: c->log.lock; backing_get/put:
- *   c->img_lock; dirty_percent: c->log.lock, c->segs.lock; tail_moved: c->bg_lock) holding
+ *   c->img_lock; dirty_percent: c->log.lock, c->segs.lock; tail_moved: c->bg_lock; live: a
+ *   subtree lock, then a stage lock, both by bounded trylock, and may close that stage) holding
  *   none of its own locks; its own locks are leaves for the engine (pcache_wb_kick() is
  *   called from a kset close, under subtree and stage locks).
  *
@@ -162,6 +163,8 @@ uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off);
  * they wait for log space that only those threads can free). true when taken.
  */
 bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub);
+/* The same bounded tries for any mutex (a staging kset's lock, from the writeback). */
+bool pcache_mutex_trylock_bounded(pthread_mutex_t *m);
 /* Insert with fixup (digest 4.3): overlapped keys are cut/split/removed. Lock held. */
 int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k);
 /* Remove key i. Lock held. */

@@ -53,16 +53,21 @@ void pcache_index_exit(struct pcache_index *ix)
 	ix->nsub = 0;
 }
 
-bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub)
+bool pcache_mutex_trylock_bounded(pthread_mutex_t *m)
 {
 	int i;
 
 	for (i = 0; i < 256; i++) {
-		if (pthread_mutex_trylock(&sub->lock) == 0)
+		if (pthread_mutex_trylock(m) == 0)
 			return true;
 		sched_yield();
 	}
 	return false;
+}
+
+bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub)
+{
+	return pcache_mutex_trylock_bounded(&sub->lock);
 }
 
 uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off)

@@ -69,6 +69,8 @@ struct pcache_wb;
  * their count: 0 when later keys of the SAME flush epoch replaced every byte (within an epoch
  * any subset of the writes is a state the backing may hold, and the later key is written
  * after this one), -1 (or more than max) to write the whole key. NULL op: write every key.
+ * NOTE: only keys already in the log may count as replacing: dirty_tail may pass the key at
+ * the end of the batch, and after a crash a replaced key behind it must not be the only copy.
  */
 struct pcache_wb_key {
 	uint32_t image_id;
