@@ -389,36 +389,57 @@ static struct pcache_backing *wbo_backing_get(void *ctx, uint32_t image_id)
 		pcache_image_put(img);
 		return NULL;
 	}
-	/* held until backing_put(), after the batch's I/O: see through_lock (cache_i.h) */
-	pthread_rwlock_wrlock(&img->through_lock);
 	return img->b;
 }
 
-static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing *b)
+/* The image whose backing b wbo_backing_get() lent (its reference keeps it), or NULL. */
+static struct pcache_image *wbo_lent_image(struct pcache_cache *c, uint32_t image_id,
+					   struct pcache_backing *b)
 {
-	struct pcache_cache *c = ctx;
 	struct pcache_image *img = NULL;
 	uint32_t i;
 
-	(void)b;
 	pthread_mutex_lock(&c->img_lock);
 	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
 		if (c->imgs[i] && c->imgs[i]->id == image_id && c->imgs[i]->b == b)
 			img = c->imgs[i];
+	/* detaching: it left the list but is still waiting for this reference */
+	for (i = 0; i < PCACHE_MAX_IMAGES && !img; i++)
+		if (c->live[i] && c->live[i]->id == image_id && c->live[i]->b == b)
+			img = c->live[i];
 	pthread_mutex_unlock(&c->img_lock);
-	if (!img) {
-		/* detaching: it left the list but is still waiting for this reference */
-		pthread_mutex_lock(&c->img_lock);
-		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-			if (c->live[i] && c->live[i]->id == image_id && c->live[i]->b == b)
-				img = c->live[i];
-		pthread_mutex_unlock(&c->img_lock);
-	}
+	return img;
+}
+
+static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing *b)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
 	if (!img)
 		return;
-	pthread_rwlock_unlock(&img->through_lock);
 	atomic_fetch_sub(&img->wb_refs, 1);
 	pcache_image_put(img);
+}
+
+static uint64_t wbo_through_count(void *ctx, uint32_t image_id, struct pcache_backing *b)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
+	return img ? atomic_load(&img->through_done) : 0;
+}
+
+/* Held only while the writeback issues and waits for the image's requests: see
+ * through_lock (cache_i.h). */
+static void wbo_through_hold(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
+	if (!img)
+		return;
+	if (hold)
+		pthread_rwlock_wrlock(&img->through_lock);
+	else
+		pthread_rwlock_unlock(&img->through_lock);
 }
 
 static void wbo_tail_moved(void *ctx, const struct pcache_pos *dirty_tail)
@@ -614,6 +635,8 @@ static const struct pcache_wb_ops wb_ops = {
 	.tail_moved = wbo_tail_moved,
 	.dirty_percent = wbo_dirty_percent,
 	.dirty_passed = wbo_dirty_passed,
+	.through_count = wbo_through_count,
+	.through_hold = wbo_through_hold,
 };
 
 /* ---- timer thread ------------------------------------------------------------------------- */

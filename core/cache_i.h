@@ -250,12 +250,16 @@ struct pcache_image {
 	_Atomic uint32_t cache_mode;
 	/*
 	 * Orders writethrough/writearound backing writes against the writeback: a write holds it
-	 * shared around its backing I/O only (its THROUGH key is staged before), the writeback
-	 * holds it exclusively from its first look at the image's keys in a batch until the
-	 * batch's I/O is done. So an older key the writeback chose to write never lands on the
-	 * backing after a newer write's data, and a newer key staged earlier makes it skip.
+	 * shared around its backing I/O only (its THROUGH key is staged before) and counts
+	 * through_done under it when the I/O is over; the writeback holds it exclusively while it
+	 * issues and waits for the image's requests (never across a rate-limit sleep), and asks
+	 * again which bytes are live when through_done moved since it first looked at the
+	 * image's keys (cache_writeback.c invariant 7). So an older key the writeback chose to
+	 * write never lands on the backing after a newer write's data, and a newer key staged
+	 * earlier makes it skip.
 	 */
 	pthread_rwlock_t through_lock;
+	_Atomic uint64_t through_done;
 	pthread_mutex_t ent_lock;   /* guards ent (image table copy) */
 	struct pcache_image_ent ent;
 	struct pcache_index ix;

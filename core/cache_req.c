@@ -310,6 +310,8 @@ static int through_io(struct pcache_image *img, const void *buf, uint64_t off, s
 				     len, off);
 	if (!ret && (flags & PCACHE_IO_FUA))
 		ret = pcache_backing_flush_sync(img->b);
+	/* under the lock: a writeback holding it sees every write whose I/O is over */
+	atomic_fetch_add(&img->through_done, 1);
 	pthread_rwlock_unlock(&img->through_lock);
 	if (ret)
 		atomic_fetch_add(&img->backing_errors, 1);

@@ -99,6 +99,15 @@ struct pcache_wb_ops {
 	/* which bytes of a dirty key must still be written (see struct pcache_wb_key) */
 	int (*live)(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges,
 		    int max);                                        /* optional */
+	/*
+	 * Writethrough ordering (both or neither; optional; b is the backing_get() one):
+	 * through_count() counts the image's writethrough backing writes completed so far;
+	 * through_hold(true) waits for those in flight and keeps new ones waiting until
+	 * through_hold(false). A writethrough write's key must be indexed (seen by live()) before
+	 * its backing write starts. See invariant 7 of cache_writeback.c.
+	 */
+	uint64_t (*through_count)(void *ctx, uint32_t image_id, struct pcache_backing *b);
+	void (*through_hold)(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold);
 };
 
 /* Tunables; zero fields take the defaults below. */

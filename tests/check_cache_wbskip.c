@@ -10,7 +10,9 @@
  * FUA writes, never skipped for a later key of their epoch (it may not be durable yet), and
  * their backing write waits while the writeback holds the image (through_lock). A key skipped
  * for a later key that was only staged must never be left behind dirty_tail unwritten: after
- * a crash the engine and the backing agree, before and after GC (issue 13 item 1).
+ * a crash the engine and the backing agree, before and after GC (issue 13 item 1). And a
+ * writethrough write is never held back by a writeback sleeping in its rate limit; the batch
+ * then looks again before it writes older data of those bytes (item 8).
  */
 #include <check.h>
 #include <fcntl.h>
@@ -502,6 +504,73 @@ START_TEST(a_writethrough_backing_write_waits_for_the_writebacks_batch)
 }
 END_TEST
 
+static _Atomic bool wt_done;
+static int batch_ret;
+
+static void *wb_batch_thread(void *arg)
+{
+	(void)arg;
+	batch_ret = pcache_wb_run_once(c->wb);
+	return NULL;
+}
+
+static void *wt_rewriter(void *arg)
+{
+	(void)arg;
+	wr((3u << 20) - 4096, 4096, 3);
+	atomic_store(&wt_done, true);
+	return NULL;
+}
+
+/* Wait up to ms for *flag; its value. */
+static bool wait_for(_Atomic bool *flag, int ms)
+{
+	for (int i = 0; i < ms / 10 && !atomic_load(flag); i++)
+		usleep(10 * 1000);
+	return atomic_load(flag);
+}
+
+/*
+ * Issue 13 item 8: the writeback holds an image's writethrough writes only while it issues
+ * and waits for that image's requests, never across a rate-limit sleep. A writethrough write
+ * of bytes the batch has not issued yet completes during the sleep; the batch then asks again
+ * which bytes are live and does not put its older data over the new.
+ */
+START_TEST(a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate_limit)
+{
+	struct pcache_wb_stats st;
+	pthread_t wbt, wt;
+	bool done_in_sleep;
+	int i;
+
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	wr(0, 3u << 20, 1);      /* one epoch, at least 3 requests of at most 1 MiB */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	/* 1 B/s: the bucket's 1 MiB burst runs out before the batch's last request */
+	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1"), 0);
+	atomic_store(&wt_done, false);
+	ck_assert_int_eq(pthread_create(&wbt, NULL, wb_batch_thread, NULL), 0);
+	for (i = 0; i < 1000; i++) {
+		pcache_wb_get_stats(c->wb, &st);
+		if (st.rate_waits)
+			break;
+		usleep(10 * 1000);
+	}
+	ck_assert_uint_gt(st.rate_waits, 0);
+	ck_assert_int_eq(pthread_create(&wt, NULL, wt_rewriter, NULL), 0);
+	done_in_sleep = wait_for(&wt_done, 3000);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "0"), 0); /* wake the batch */
+	ck_assert_int_eq(pthread_join(wbt, NULL), 0);
+	ck_assert_int_eq(pthread_join(wt, NULL), 0);
+	ck_assert_msg(done_in_sleep, "the writethrough write waited for the rate-limited batch");
+	ck_assert_int_eq(batch_ret, 1);
+	backing_is((3u << 20) - 4096, 4096, 3);
+	backing_is(0, (3u << 20) - 4096, 1);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_is((3u << 20) - 4096, 4096, 3);
+}
+END_TEST
+
 Suite *cache_wbskip_suite(void);
 Suite *cache_wbskip_suite(void)
 {
@@ -523,6 +592,7 @@ Suite *cache_wbskip_suite(void)
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writethrough_one);
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writearound_one);
 	tcase_add_test(tc, a_writethrough_backing_write_waits_for_the_writebacks_batch);
+	tcase_add_test(tc, a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate_limit);
 	suite_add_tcase(s, tc);
 	return s;
 }
