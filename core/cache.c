@@ -216,6 +216,8 @@ struct replay_img {
 	struct pcache_cache *c;
 	struct pcache_image *img;
 	uint64_t dirty_lsn;
+	uint64_t count_lsn;         /* dirty keys from here on are counted (not on the backing) */
+	int64_t dirty_keys, dirty_bytes;
 	int ret;
 };
 
@@ -248,6 +250,10 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 		ik.flags = k->flags;
 		if (pos->lsn < r->dirty_lsn)
 			ik.flags |= PCACHE_KEY_CLEAN; /* written back already */
+		if (!(ik.flags & PCACHE_KEY_CLEAN) && pos->lsn >= r->count_lsn) {
+			r->dirty_keys++;
+			r->dirty_bytes += k->len;
+		}
 		ik.flags |= PCACHE_IKEY_EPOCH; /* the kset says which epoch the key belongs to */
 		ik.epoch16 = (uint16_t)ks->epoch;
 		if (!(k->flags & PCACHE_KEY_ZERO)) {
@@ -269,6 +275,17 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 	return 0;
 }
 
+/* The writeback's progress for image id: its keys in ksets before this lsn are on the
+ * backing (0 when the writeback has not met the image). */
+static uint64_t image_wb_lsn(struct pcache_cache *c, uint32_t id)
+{
+	struct pcache_wb_image_stats ws;
+
+	if (c->wb && pcache_wb_image_stats(c->wb, id, &ws) == 0)
+		return ws.wb_lsn;
+	return 0;
+}
+
 int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen)
 {
 	struct replay_img r = { .c = c, .img = img };
@@ -276,24 +293,31 @@ int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *
 	struct pcache_pos kt, dt, head, end;
 	int ret;
 
+	/* the writeback may be further for this image (another image holds dirty_tail back);
+	 * it cannot move for it now: the image is not attached, its backing not lent */
+	uint64_t wb_lsn = image_wb_lsn(c, img->id);
+
 	/* GC may not move key_tail (and free log segments) under the walk */
 	pthread_mutex_lock(&c->gc_lock);
 	pcache_cache_dev_get_key_tail(c->cd, &kt);
 	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	pcache_log_head(c, &head);
 	r.dirty_lsn = dt.lsn;
+	r.count_lsn = PCACHE_MAX(dt.lsn, wb_lsn);
 	ret = log_walk(c, &kt, head.lsn, &cb, &end, NULL, err, errlen);
 	pthread_mutex_unlock(&c->gc_lock);
+	atomic_store(&img->dirty_keys, r.dirty_keys);
+	atomic_store(&img->dirty_bytes, r.dirty_bytes);
 	if (ret == -ENOMEM)
 		ERR("image %s: out of memory rebuilding the index", img->name);
 	return ret;
 }
 
-/* Does the log hold dirty keys (after dirty_tail) of image id? */
+/* The dirty keys of image id in the log (after dirty_tail) and the staging ksets. */
 struct dirty_scan {
 	uint32_t id;
 	uint64_t wb_lsn;   /* keys of the image in ksets before it are written back */
-	bool found;
+	uint64_t keys;
 	uint64_t bytes;    /* dirty key bytes (overlaps counted twice: an upper bound) */
 };
 
@@ -306,45 +330,51 @@ static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const str
 		return 0;
 	for (i = 0; i < ks->key_num; i++) {
 		if (ks->keys[i].image_id == d->id && !(ks->keys[i].flags & PCACHE_KEY_CLEAN)) {
-			d->found = true;
+			d->keys++;
 			d->bytes += ks->keys[i].len;
 		}
 	}
 	return 0;
 }
 
-static bool image_has_dirty(struct pcache_cache *c, uint32_t id, uint64_t *bytes)
+void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes)
 {
 	struct dirty_scan d = { .id = id };
 	struct walk_cb cb = { dirty_scan_kset, &d };
-	struct pcache_wb_image_stats ws;
 	struct pcache_pos dt, head, end;
 	char err[16];
+	uint32_t i, k;
 
-	if (c->wb && pcache_wb_image_stats(c->wb, id, &ws) == 0)
-		d.wb_lsn = ws.wb_lsn;
-
+	d.wb_lsn = image_wb_lsn(c, id);
 	pthread_mutex_lock(&c->gc_lock);
 	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	pcache_log_head(c, &head);
 	(void)log_walk(c, &dt, head.lsn, &cb, &end, NULL, err, sizeof(err));
 	pthread_mutex_unlock(&c->gc_lock);
-	if (bytes) {
-		uint32_t i, k;
+	/* plus the keys still staged (not in the log yet) */
+	for (i = 0; i < PCACHE_NSTAGE; i++) {
+		struct pcache_stage *st = &c->stage[i];
 
-		/* plus the keys still staged (not in the log yet) */
-		for (i = 0; i < PCACHE_NSTAGE; i++) {
-			struct pcache_stage *st = &c->stage[i];
-
-			pthread_mutex_lock(&st->lock);
-			for (k = 0; k < st->n; k++)
-				if (st->keys[k].image_id == id && !(st->keys[k].flags & PCACHE_KEY_CLEAN))
-					d.bytes += st->keys[k].len;
-			pthread_mutex_unlock(&st->lock);
+		pthread_mutex_lock(&st->lock);
+		for (k = 0; k < st->n; k++) {
+			if (st->keys[k].image_id == id && !(st->keys[k].flags & PCACHE_KEY_CLEAN)) {
+				d.keys++;
+				d.bytes += st->keys[k].len;
+			}
 		}
-		*bytes = d.bytes;
+		pthread_mutex_unlock(&st->lock);
 	}
-	return d.found;
+	*keys = d.keys;
+	*bytes = d.bytes;
+}
+
+/* Does the cache hold dirty keys of image id? A log walk (attach and detach decisions). */
+static bool image_has_dirty(struct pcache_cache *c, uint32_t id)
+{
+	uint64_t keys, bytes;
+
+	pcache_image_dirty_walk(c, id, &keys, &bytes);
+	return keys > 0;
 }
 
 /* ---- writeback glue ----------------------------------------------------------------------- */
@@ -419,6 +449,17 @@ static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing 
 		return;
 	atomic_fetch_sub(&img->wb_refs, 1);
 	pcache_image_put(img);
+}
+
+static void wbo_image_passed(void *ctx, uint32_t image_id, struct pcache_backing *b,
+			     uint64_t keys, uint64_t bytes)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
+	if (!img)
+		return;
+	atomic_fetch_sub(&img->dirty_keys, (int64_t)keys);
+	atomic_fetch_sub(&img->dirty_bytes, (int64_t)bytes);
 }
 
 static uint64_t wbo_through_count(void *ctx, uint32_t image_id, struct pcache_backing *b)
@@ -637,6 +678,7 @@ static const struct pcache_wb_ops wb_ops = {
 	.dirty_passed = wbo_dirty_passed,
 	.through_count = wbo_through_count,
 	.through_hold = wbo_through_hold,
+	.image_passed = wbo_image_passed,
 };
 
 /* ---- timer thread ------------------------------------------------------------------------- */
@@ -1011,7 +1053,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			goto out_close;
 		}
 		if (!same_id) {
-			if (image_has_dirty(c, e.id, NULL)) {
+			if (image_has_dirty(c, e.id)) {
 				ERR("image %s: backing %s is %" PRIu64 " bytes / lbs %u, the cache holds dirty data "
 				    "of an image of %" PRIu64 " bytes / lbs %u: refused",
 				    ao->name, path, pcache_backing_size(b), pcache_backing_lbs(b), e.size,
@@ -1175,7 +1217,7 @@ int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
 
 	image_quiesce(img);
 	ret = pcache_cache_flush(c);
-	if (!ret && forget && image_has_dirty(c, img->id, NULL)) {
+	if (!ret && forget && image_has_dirty(c, img->id)) {
 		/* not clean: put it back */
 		atomic_store(&img->detaching, false);
 		pthread_mutex_lock(&c->img_lock);
@@ -1477,17 +1519,18 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	st->backing_errors = atomic_load(&img->backing_errors);
 	st->cache_mode = atomic_load(&img->cache_mode);
 	if (!atomic_load(&img->detaching)) {
-		uint64_t log_dirty;
+		int64_t log_dirty = atomic_load(&img->dirty_bytes);
 
 		pcache_index_count(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL);
 		/*
-		 * Index keys stay marked dirty after their writeback; the log after dirty_tail (and
-		 * after the image's own writeback progress) counts overlapped keys twice. Both are
-		 * upper bounds: report the smaller.
+		 * Index keys stay marked dirty after their writeback; the dirty counters (the log
+		 * after dirty_tail and after the image's own writeback progress, no walk) count
+		 * overlapped keys twice. Both are upper bounds: report the smaller.
 		 */
-		(void)image_has_dirty(img->c, img->id, &log_dirty);
-		if (log_dirty < st->dirty_bytes)
-			st->dirty_bytes = log_dirty;
+		if (log_dirty < 0)
+			log_dirty = 0;
+		if ((uint64_t)log_dirty < st->dirty_bytes)
+			st->dirty_bytes = (uint64_t)log_dirty;
 	}
 	if (img->c->wb && pcache_wb_image_stats(img->c->wb, img->id, &ws) == 0) {
 		st->wb_lsn = ws.wb_lsn;

@@ -260,6 +260,14 @@ struct pcache_image {
 	 */
 	pthread_rwlock_t through_lock;
 	_Atomic uint64_t through_done;
+	/*
+	 * Dirty keys (data and ZERO, overlaps counted twice) of the image not on its backing yet:
+	 * set by the attach replay (logged after dirty_tail and after the writeback's progress
+	 * for the image), raised when a key is indexed and staged, lowered when the writeback
+	 * reports them durable on the backing (ops.image_passed). Status reads use these, never
+	 * a log walk. Lock-free.
+	 */
+	_Atomic int64_t dirty_keys, dirty_bytes;
 	pthread_mutex_t ent_lock;   /* guards ent (image table copy) */
 	struct pcache_image_ent ent;
 	struct pcache_index ix;
@@ -270,8 +278,14 @@ struct pcache_image {
 
 /* Reference an attached image by id for the writeback (NULL if none); put with image_put. */
 struct pcache_image *pcache_image_get_by_id(struct pcache_cache *c, uint32_t id);
-/* Replay the keys of one image into its index (attach). */
+/* Replay the keys of one image into its index (attach); sets its dirty counters. */
 int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen);
+/*
+ * Walk the log (after dirty_tail and the writeback's progress for image id, under c->gc_lock)
+ * and the staging ksets for the image's dirty keys: their count and bytes. What the counters
+ * of struct pcache_image stand for; the attach and detach decisions use the walk itself.
+ */
+void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes);
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 

@@ -82,8 +82,10 @@ struct wb_img {
 	struct pcache_backing *b;
 	uint64_t through_seen;  /* ops.through_count() when live() was last asked for its keys */
 	bool in_batch;
+	bool batch_done;        /* committed: its progress moved past the batch */
 	int batch_err;
 	uint64_t batch_bytes;
+	uint64_t batch_keys, batch_key_bytes; /* its dirty keys in the batch (ops.image_passed) */
 };
 
 /* One dirty key range of the batch (input of the sweep). */
@@ -822,8 +824,11 @@ static void wb_release_backings(struct pcache_wb *wb)
 			wb->ops.backing_put(wb->ctx, im->id, im->b);
 		im->b = NULL;
 		im->in_batch = false;
+		im->batch_done = false;
 		im->batch_err = 0;
 		im->batch_bytes = 0;
+		im->batch_keys = 0;
+		im->batch_key_bytes = 0;
 	}
 }
 
@@ -1103,6 +1108,8 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 				e.src = (const uint8_t *)pcache_cache_dev_seg_addr(wb->cd, kseg) +
 					e.seg_off;
 			}
+			im->batch_keys++;
+			im->batch_key_bytes += len;
 			nlive = wb_live_ext(wb, &e, ep, live);
 			if (nlive == 0) {
 				superseded += len;
@@ -1195,6 +1202,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 			wb_block_at(wb, &start);
 		} else if (!im->blocked) {
 			if (im->in_batch) {
+				im->batch_done = true;
 				im->bytes_written += im->batch_bytes;
 				im->fails_in_row = 0;
 				im->backoff = 0;
@@ -1230,6 +1238,13 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 	wb->st.drain_left = wb->st.drain_left > written + zeroed + superseded ?
 			    wb->st.drain_left - written - zeroed - superseded : 0;
 	pthread_mutex_unlock(&wb->lock);
+	for (uint32_t i = 0; i < wb->n_imgs && wb->ops.image_passed; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->batch_done && im->batch_keys)
+			wb->ops.image_passed(wb->ctx, im->id, im->b, im->batch_keys,
+					     im->batch_key_bytes);
+	}
 	wb_release_backings(wb);
 
 	if (moved) {

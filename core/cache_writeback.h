@@ -108,6 +108,13 @@ struct pcache_wb_ops {
 	 */
 	uint64_t (*through_count)(void *ctx, uint32_t image_id, struct pcache_backing *b);
 	void (*through_hold)(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold);
+	/*
+	 * The image's progress (wb_lsn) moved past this many dirty keys (data and ZERO, not
+	 * stale) of this many bytes: they are durable on its backing. Called after a batch,
+	 * before backing_put(). Optional.
+	 */
+	void (*image_passed)(void *ctx, uint32_t image_id, struct pcache_backing *b,
+			     uint64_t keys, uint64_t bytes);
 };
 
 /* Tunables; zero fields take the defaults below. */
