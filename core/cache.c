@@ -1521,7 +1521,7 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	if (!atomic_load(&img->detaching)) {
 		int64_t log_dirty = atomic_load(&img->dirty_bytes);
 
-		pcache_index_count(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL);
+		pcache_index_totals(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL, NULL);
 		/*
 		 * Index keys stay marked dirty after their writeback; the dirty counters (the log
 		 * after dirty_tail and after the image's own writeback progress, no walk) count
@@ -1593,17 +1593,13 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 	n = pcache_cache_images(c, imgs, PCACHE_MAX_IMAGES);
 	st->images = (uint32_t)n;
 	for (i = 0; i < n; i++) {
-		uint64_t keys = 0;
+		uint64_t keys = 0, cap = 0;
 
 		if (!atomic_load(&imgs[i]->detaching)) {
-			pcache_index_count(&imgs[i]->ix, NULL, NULL, &keys);
+			pcache_index_totals(&imgs[i]->ix, NULL, NULL, &keys, &cap);
 			st->keys_indexed += keys;
-			st->index_bytes += (uint64_t)imgs[i]->ix.nsub * sizeof(struct pcache_subtree);
-			for (uint32_t s = 0; s < imgs[i]->ix.nsub; s++) {
-				pthread_mutex_lock(&imgs[i]->ix.sub[s].lock);
-				st->index_bytes += (uint64_t)imgs[i]->ix.sub[s].cap * sizeof(struct pcache_ikey);
-				pthread_mutex_unlock(&imgs[i]->ix.sub[s].lock);
-			}
+			st->index_bytes += (uint64_t)imgs[i]->ix.nsub * sizeof(struct pcache_subtree) +
+					   cap * sizeof(struct pcache_ikey);
 		}
 		pcache_image_put(imgs[i]);
 	}

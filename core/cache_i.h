@@ -141,16 +141,27 @@ struct pcache_ikey {
 	uint16_t epoch16;    /* low 16 bits of the kset's flush epoch (with PCACHE_IKEY_EPOCH) */
 };
 
+/*
+ * Totals of one index (EMPTY placeholders not counted), kept by the subtree functions under
+ * each subtree's lock, read with no lock (status): keys, their bytes, the bytes of keys not
+ * CLEAN, and the key slots allocated.
+ */
+struct pcache_index_totals {
+	_Atomic int64_t keys, cached, dirty, cap;
+};
+
 /* One 4 MiB region: a sorted array of non-overlapping keys. */
 struct pcache_subtree {
 	pthread_mutex_t lock;       /* guards v, n, cap */
 	struct pcache_ikey *v;
 	uint32_t n, cap;
+	struct pcache_index_totals *tot; /* its index's (NULL: a subtree on its own) */
 };
 
 struct pcache_index {
 	uint32_t nsub;
 	struct pcache_subtree *sub;
+	struct pcache_index_totals tot;
 };
 
 int pcache_index_init(struct pcache_index *ix, uint64_t size);
@@ -171,8 +182,11 @@ int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k
 void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i);
 /* Make room for extra keys (so insert cannot fail with -ENOMEM). Lock held. */
 int pcache_subtree_reserve(struct pcache_subtree *st, uint32_t extra);
-/* Key counters: bytes in the index, dirty bytes, key count. Takes each lock. */
+/* Key counters: bytes in the index, dirty bytes, key count. Takes each lock (a walk). */
 void pcache_index_count(struct pcache_index *ix, uint64_t *cached, uint64_t *dirty, uint64_t *keys);
+/* The same from the totals, and the key slots allocated: no lock, no walk (status). */
+void pcache_index_totals(struct pcache_index *ix, uint64_t *cached, uint64_t *dirty, uint64_t *keys,
+			 uint64_t *cap);
 
 /* ---- cache_kset.c: staging ksets and the key log ---------------------------------------------- */
 

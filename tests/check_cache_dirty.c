@@ -5,7 +5,8 @@
  * status and stats reads use instead of a walk of the log under the GC lock. After writes,
  * discards, every writeback batch, GC, a restart (replay), a detach and attach, and with
  * another image holding dirty_tail back, the counters must equal a walk of the log and the
- * staging ksets (pcache_image_dirty_walk()). And a status read never takes the GC lock.
+ * staging ksets (pcache_image_dirty_walk()), and the index totals a walk of the index
+ * (pcache_index_count()). And a status read never takes the GC lock.
  */
 #include <check.h>
 #include <pthread.h>
@@ -180,6 +181,69 @@ START_TEST(counters_follow_an_image_ahead_of_dirty_tail)
 }
 END_TEST
 
+/* The index totals (status) equal a walk of the index, and the slots its subtrees hold. */
+#define totals_match(i) totals_match_at(i, __LINE__)
+static void totals_match_at(int i, int line)
+{
+	struct pcache_index *ix = &img[i]->ix;
+	uint64_t tc, td, tk, tcap, wc, wd, wk, wcap = 0;
+
+	pcache_index_totals(ix, &tc, &td, &tk, &tcap);
+	pcache_index_count(ix, &wc, &wd, &wk);
+	for (uint32_t s = 0; s < ix->nsub; s++) {
+		pthread_mutex_lock(&ix->sub[s].lock);
+		wcap += ix->sub[s].cap;
+		pthread_mutex_unlock(&ix->sub[s].lock);
+	}
+	ck_assert_msg(tc == wc && td == wd && tk == wk && tcap == wcap,
+		      "line %d: totals %llu cached / %llu dirty / %llu keys / %llu slots, the index "
+		      "%llu / %llu / %llu / %llu", line, (unsigned long long)tc,
+		      (unsigned long long)td, (unsigned long long)tk, (unsigned long long)tcap,
+		      (unsigned long long)wc, (unsigned long long)wd, (unsigned long long)wk,
+		      (unsigned long long)wcap);
+}
+
+/* Random writes, discards, reads (miss fills), flushes, batches, GC and restarts. */
+START_TEST(counters_and_index_totals_follow_a_random_run)
+{
+	unsigned int seed = eng_seed("dirty");
+	uint8_t *buf = malloc(256u << 10);
+
+	for (int step = 0; step < 600; step++) {
+		uint64_t off = (uint64_t)(rand_r(&seed) % (IMG_SIZE / 512 - 512)) * 512;
+		size_t len = (size_t)(1 + rand_r(&seed) % 512) * 512;
+		int op = rand_r(&seed) % 100;
+
+		if (op < 45) {
+			wr(0, off, len, (uint32_t)step + 1);
+		} else if (op < 55) {
+			ck_assert_int_eq(pcache_image_discard(img[0], off, len, true), 0);
+		} else if (op < 80) {
+			ck_assert_int_eq(eng_read(img[0], buf, off, len), 0);
+		} else if (op < 88) {
+			ck_assert_int_eq(pcache_cache_flush(c), 0);
+		} else if (op < 93) {
+			ck_assert_int_ge(pcache_wb_run_once(c->wb), 0);
+		} else if (op < 97) {
+			ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+			pcache_heads_release(c, true);
+			(void)pcache_gc_run(c);
+			pcache_gc_clean(c, UINT32_MAX);
+		} else if (op < 99) {
+			ck_assert_int_eq(pcache_stages_close_all(c, false, false, false), 0);
+		} else {
+			restart();
+		}
+		counters_match(0);
+		totals_match(0);
+	}
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(counters_match(0), 0);
+	totals_match(0);
+	free(buf);
+}
+END_TEST
+
 static _Atomic bool status_done;
 
 static void *status_reader(void *arg)
@@ -225,6 +289,7 @@ Suite *cache_dirty_suite(void)
 	tcase_add_test(tc, counters_are_rebuilt_by_replay_and_attach);
 	tcase_add_test(tc, counters_follow_an_image_ahead_of_dirty_tail);
 	tcase_add_test(tc, a_status_read_never_takes_the_gc_lock);
+	tcase_add_test(tc, counters_and_index_totals_follow_a_random_run);
 	suite_add_tcase(s, tc);
 	return s;
 }
