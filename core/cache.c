@@ -217,6 +217,8 @@ struct replay_img {
 	struct pcache_cache *c;
 	struct pcache_image *img;
 	uint64_t dirty_lsn;
+	uint64_t count_lsn;         /* dirty keys from here on are counted (not on the backing) */
+	int64_t dirty_keys, dirty_bytes;
 	int ret;
 };
 
@@ -249,6 +251,10 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 		ik.flags = k->flags;
 		if (pos->lsn < r->dirty_lsn)
 			ik.flags |= PCACHE_KEY_CLEAN; /* written back already */
+		if (!(ik.flags & PCACHE_KEY_CLEAN) && pos->lsn >= r->count_lsn) {
+			r->dirty_keys++;
+			r->dirty_bytes += k->len;
+		}
 		ik.flags |= PCACHE_IKEY_EPOCH; /* the kset says which epoch the key belongs to */
 		ik.epoch16 = (uint16_t)ks->epoch;
 		if (!(k->flags & PCACHE_KEY_ZERO)) {
@@ -270,6 +276,17 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 	return 0;
 }
 
+/* The writeback's progress for image id: its keys in ksets before this lsn are on the
+ * backing (0 when the writeback has not met the image). */
+static uint64_t image_wb_lsn(struct pcache_cache *c, uint32_t id)
+{
+	struct pcache_wb_image_stats ws;
+
+	if (c->wb && pcache_wb_image_stats(c->wb, id, &ws) == 0)
+		return ws.wb_lsn;
+	return 0;
+}
+
 int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen)
 {
 	struct replay_img r = { .c = c, .img = img };
@@ -277,24 +294,31 @@ int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *
 	struct pcache_pos kt, dt, head, end;
 	int ret;
 
+	/* the writeback may be further for this image (another image holds dirty_tail back);
+	 * it cannot move for it now: the image is not attached, its backing not lent */
+	uint64_t wb_lsn = image_wb_lsn(c, img->id);
+
 	/* GC may not move key_tail (and free log segments) under the walk */
 	pthread_mutex_lock(&c->gc_lock);
 	pcache_cache_dev_get_key_tail(c->cd, &kt);
 	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	pcache_log_head(c, &head);
 	r.dirty_lsn = dt.lsn;
+	r.count_lsn = PCACHE_MAX(dt.lsn, wb_lsn);
 	ret = log_walk(c, &kt, head.lsn, &cb, &end, NULL, err, errlen);
 	pthread_mutex_unlock(&c->gc_lock);
+	atomic_store(&img->dirty_keys, r.dirty_keys);
+	atomic_store(&img->dirty_bytes, r.dirty_bytes);
 	if (ret == -ENOMEM)
 		ERR("image %s: out of memory rebuilding the index", img->name);
 	return ret;
 }
 
-/* Does the log hold dirty keys (after dirty_tail) of image id? */
+/* The dirty keys of image id in the log (after dirty_tail) and the staging ksets. */
 struct dirty_scan {
 	uint32_t id;
 	uint64_t wb_lsn;   /* keys of the image in ksets before it are written back */
-	bool found;
+	uint64_t keys;
 	uint64_t bytes;    /* dirty key bytes (overlaps counted twice: an upper bound) */
 };
 
@@ -307,45 +331,51 @@ static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const str
 		return 0;
 	for (i = 0; i < ks->key_num; i++) {
 		if (ks->keys[i].image_id == d->id && !(ks->keys[i].flags & PCACHE_KEY_CLEAN)) {
-			d->found = true;
+			d->keys++;
 			d->bytes += ks->keys[i].len;
 		}
 	}
 	return 0;
 }
 
-static bool image_has_dirty(struct pcache_cache *c, uint32_t id, uint64_t *bytes)
+void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes)
 {
 	struct dirty_scan d = { .id = id };
 	struct walk_cb cb = { dirty_scan_kset, &d };
-	struct pcache_wb_image_stats ws;
 	struct pcache_pos dt, head, end;
 	char err[16];
+	uint32_t i, k;
 
-	if (c->wb && pcache_wb_image_stats(c->wb, id, &ws) == 0)
-		d.wb_lsn = ws.wb_lsn;
-
+	d.wb_lsn = image_wb_lsn(c, id);
 	pthread_mutex_lock(&c->gc_lock);
 	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	pcache_log_head(c, &head);
 	(void)log_walk(c, &dt, head.lsn, &cb, &end, NULL, err, sizeof(err));
 	pthread_mutex_unlock(&c->gc_lock);
-	if (bytes) {
-		uint32_t i, k;
+	/* plus the keys still staged (not in the log yet) */
+	for (i = 0; i < PCACHE_NSTAGE; i++) {
+		struct pcache_stage *st = &c->stage[i];
 
-		/* plus the keys still staged (not in the log yet) */
-		for (i = 0; i < PCACHE_NSTAGE; i++) {
-			struct pcache_stage *st = &c->stage[i];
-
-			pthread_mutex_lock(&st->lock);
-			for (k = 0; k < st->n; k++)
-				if (st->keys[k].image_id == id && !(st->keys[k].flags & PCACHE_KEY_CLEAN))
-					d.bytes += st->keys[k].len;
-			pthread_mutex_unlock(&st->lock);
+		pthread_mutex_lock(&st->lock);
+		for (k = 0; k < st->n; k++) {
+			if (st->keys[k].image_id == id && !(st->keys[k].flags & PCACHE_KEY_CLEAN)) {
+				d.keys++;
+				d.bytes += st->keys[k].len;
+			}
 		}
-		*bytes = d.bytes;
+		pthread_mutex_unlock(&st->lock);
 	}
-	return d.found;
+	*keys = d.keys;
+	*bytes = d.bytes;
+}
+
+/* Does the cache hold dirty keys of image id? A log walk (attach and detach decisions). */
+static bool image_has_dirty(struct pcache_cache *c, uint32_t id)
+{
+	uint64_t keys, bytes;
+
+	pcache_image_dirty_walk(c, id, &keys, &bytes);
+	return keys > 0;
 }
 
 /* ---- writeback glue ----------------------------------------------------------------------- */
@@ -390,36 +420,68 @@ static struct pcache_backing *wbo_backing_get(void *ctx, uint32_t image_id)
 		pcache_image_put(img);
 		return NULL;
 	}
-	/* held until backing_put(), after the batch's I/O: see through_lock (cache_i.h) */
-	pthread_rwlock_wrlock(&img->through_lock);
 	return img->b;
 }
 
-static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing *b)
+/* The image whose backing b wbo_backing_get() lent (its reference keeps it), or NULL. */
+static struct pcache_image *wbo_lent_image(struct pcache_cache *c, uint32_t image_id,
+					   struct pcache_backing *b)
 {
-	struct pcache_cache *c = ctx;
 	struct pcache_image *img = NULL;
 	uint32_t i;
 
-	(void)b;
 	pthread_mutex_lock(&c->img_lock);
 	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
 		if (c->imgs[i] && c->imgs[i]->id == image_id && c->imgs[i]->b == b)
 			img = c->imgs[i];
+	/* detaching: it left the list but is still waiting for this reference */
+	for (i = 0; i < PCACHE_MAX_IMAGES && !img; i++)
+		if (c->live[i] && c->live[i]->id == image_id && c->live[i]->b == b)
+			img = c->live[i];
 	pthread_mutex_unlock(&c->img_lock);
-	if (!img) {
-		/* detaching: it left the list but is still waiting for this reference */
-		pthread_mutex_lock(&c->img_lock);
-		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-			if (c->live[i] && c->live[i]->id == image_id && c->live[i]->b == b)
-				img = c->live[i];
-		pthread_mutex_unlock(&c->img_lock);
-	}
+	return img;
+}
+
+static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing *b)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
 	if (!img)
 		return;
-	pthread_rwlock_unlock(&img->through_lock);
 	atomic_fetch_sub(&img->wb_refs, 1);
 	pcache_image_put(img);
+}
+
+static void wbo_image_passed(void *ctx, uint32_t image_id, struct pcache_backing *b,
+			     uint64_t keys, uint64_t bytes)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
+	if (!img)
+		return;
+	atomic_fetch_sub(&img->dirty_keys, (int64_t)keys);
+	atomic_fetch_sub(&img->dirty_bytes, (int64_t)bytes);
+}
+
+static uint64_t wbo_through_count(void *ctx, uint32_t image_id, struct pcache_backing *b)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
+	return img ? atomic_load(&img->through_done) : 0;
+}
+
+/* Held only while the writeback issues and waits for the image's requests: see
+ * through_lock (cache_i.h). */
+static void wbo_through_hold(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold)
+{
+	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
+
+	if (!img)
+		return;
+	if (hold)
+		pthread_rwlock_wrlock(&img->through_lock);
+	else
+		pthread_rwlock_unlock(&img->through_lock);
 }
 
 static void wbo_tail_moved(void *ctx, const struct pcache_pos *dirty_tail)
@@ -489,6 +551,38 @@ static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t 
 }
 
 /*
+ * Are the dirty index keys of image_id over [a, b) of region all in the log? A key that is
+ * only staged is lost in a crash; a dirty key skipped for it would then lie behind dirty_tail
+ * unwritten, and replay would take it for CLEAN although the backing never got its bytes.
+ * Every key of a region is staged in one stage (cache_kset.c), inserted and staged under one
+ * hold of the subtree lock (held here), so an index key over [a, b) is only staged when a
+ * dirty staged key of the image overlaps [a, b). Such a stage is closed now, without waiting
+ * for log space (what the timer does ~1 s after its first key; the kset gets the epoch the
+ * staged keys were indexed with, see index_add()). false: not known now (busy stage, no log
+ * space): the caller writes the bytes.
+ */
+static bool wb_live_logged(struct pcache_cache *c, uint32_t image_id, uint64_t region,
+			   uint64_t a, uint64_t b)
+{
+	struct pcache_stage *st = &c->stage[pcache_stage_of(image_id, region)];
+	bool staged = false, logged;
+	uint32_t i;
+
+	/* never wait: its holder may wait for log space that this writeback frees */
+	if (!pcache_mutex_trylock_bounded(&st->lock))
+		return false;
+	for (i = 0; i < st->n && !staged; i++) {
+		const struct pcache_key_om *sk = &st->keys[i];
+
+		staged = sk->image_id == image_id && !(sk->flags & PCACHE_KEY_CLEAN) &&
+			 sk->off < b && sk->off + sk->len > a;
+	}
+	logged = !staged || pcache_stage_close(c, st, false) == 0;
+	pthread_mutex_unlock(&st->lock);
+	return logged;
+}
+
+/*
  * ops.live: the bytes of a dirty log key that are still its own in the index, or that a key
  * of another (later) epoch or of unknown epoch replaced, must be written; bytes that a later
  * key of the same epoch replaced need not be (the later key goes to the backing after this
@@ -497,7 +591,9 @@ static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t 
  * data on the backing itself: writing this older data would put the backing behind the
  * cache until the later key's own writeback). Index order is log order for overlapping keys,
  * so a replacing key is always later in the log. A ZERO key cannot be told from a later ZERO
- * key in the index, so only data keys replace a ZERO key.
+ * key in the index, so only data keys replace a ZERO key. A replacing key counts only once
+ * it is in the log (wb_live_logged()): dirty_tail may pass the skipped key at the end of this
+ * batch, and what replay then takes for CLEAN must be on the backing or replaced in the log.
  */
 static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, int max)
 {
@@ -507,7 +603,7 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 	struct pcache_image *img;
 	struct pcache_subtree *sub;
 	bool epoch_ok;
-	int n = 0;
+	int n = 0, logged = -1; /* wb_live_logged() over the key, asked at the first need */
 
 	/* epoch16 identifies the epoch only while fewer than 2^15 epochs separate the two keys
 	 * (the replacing key's epoch lies between k->epoch and now); an epoch with FUA writes
@@ -552,6 +648,9 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 			   ((e->flags & PCACHE_IKEY_THROUGH) ||
 			    (epoch_ok && (e->flags & PCACHE_IKEY_EPOCH) &&
 			     e->epoch16 == (uint16_t)k->epoch));
+		if (replaced && logged < 0)
+			logged = wb_live_logged(c, img->id, region, k->off, k->off + k->len);
+		replaced = replaced && logged;
 		if (!replaced && !wb_live_add(ranges, &n, max, base + a, base + b))
 			break;
 		pos = b;
@@ -578,6 +677,9 @@ static const struct pcache_wb_ops wb_ops = {
 	.tail_moved = wbo_tail_moved,
 	.dirty_percent = wbo_dirty_percent,
 	.dirty_passed = wbo_dirty_passed,
+	.through_count = wbo_through_count,
+	.through_hold = wbo_through_hold,
+	.image_passed = wbo_image_passed,
 };
 
 /* ---- timer thread ------------------------------------------------------------------------- */
@@ -1066,7 +1168,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			goto out_unlock;
 		}
 		if (!same_id) {
-			bool dirty = image_has_dirty(c, e.id, NULL);
+			bool dirty = image_has_dirty(c, e.id);
 
 			if (dirty || !ao->rekey) {
 				ERR("image %s: %s is not the image's backing: stored %s (%" PRIu64 " bytes, lbs %u), "
@@ -1267,7 +1369,12 @@ int pcache_cache_unattached(struct pcache_cache *c, struct pcache_unattached *v,
 		snprintf(v[k].name, sizeof(v[k].name), "%s", ents[i].name);
 		snprintf(v[k].path, sizeof(v[k].path), "%s", ents[i].path);
 		v[k].missing = ents[i].state == PCACHE_IMAGE_ATTACHED;
-		(void)image_has_dirty(c, ents[i].id, &v[k].dirty_bytes);
+		{
+			uint64_t keys;
+
+			/* a log walk: an unattached image has no counters (rare: missing backings) */
+			pcache_image_dirty_walk(c, ents[i].id, &keys, &v[k].dirty_bytes);
+		}
 		k++;
 	}
 	free(ents);
@@ -1295,7 +1402,7 @@ int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
 
 	image_quiesce(img);
 	ret = pcache_cache_flush(c);
-	if (!ret && forget && image_has_dirty(c, img->id, NULL)) {
+	if (!ret && forget && image_has_dirty(c, img->id)) {
 		/* not clean: put it back */
 		atomic_store(&img->detaching, false);
 		pthread_mutex_lock(&c->img_lock);
@@ -1608,17 +1715,18 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	st->backing_errors = atomic_load(&img->backing_errors);
 	st->cache_mode = atomic_load(&img->cache_mode);
 	if (!atomic_load(&img->detaching)) {
-		uint64_t log_dirty;
+		int64_t log_dirty = atomic_load(&img->dirty_bytes);
 
-		pcache_index_count(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL);
+		pcache_index_totals(&img->ix, &st->cached_bytes, &st->dirty_bytes, NULL, NULL);
 		/*
-		 * Index keys stay marked dirty after their writeback; the log after dirty_tail (and
-		 * after the image's own writeback progress) counts overlapped keys twice. Both are
-		 * upper bounds: report the smaller.
+		 * Index keys stay marked dirty after their writeback; the dirty counters (the log
+		 * after dirty_tail and after the image's own writeback progress, no walk) count
+		 * overlapped keys twice. Both are upper bounds: report the smaller.
 		 */
-		(void)image_has_dirty(img->c, img->id, &log_dirty);
-		if (log_dirty < st->dirty_bytes)
-			st->dirty_bytes = log_dirty;
+		if (log_dirty < 0)
+			log_dirty = 0;
+		if ((uint64_t)log_dirty < st->dirty_bytes)
+			st->dirty_bytes = (uint64_t)log_dirty;
 	}
 	if (img->c->wb && pcache_wb_image_stats(img->c->wb, img->id, &ws) == 0) {
 		st->wb_lsn = ws.wb_lsn;
@@ -1684,17 +1792,13 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 	n = pcache_cache_images(c, imgs, PCACHE_MAX_IMAGES);
 	st->images = (uint32_t)n;
 	for (i = 0; i < n; i++) {
-		uint64_t keys = 0;
+		uint64_t keys = 0, cap = 0;
 
 		if (!atomic_load(&imgs[i]->detaching)) {
-			pcache_index_count(&imgs[i]->ix, NULL, NULL, &keys);
+			pcache_index_totals(&imgs[i]->ix, NULL, NULL, &keys, &cap);
 			st->keys_indexed += keys;
-			st->index_bytes += (uint64_t)imgs[i]->ix.nsub * sizeof(struct pcache_subtree);
-			for (uint32_t s = 0; s < imgs[i]->ix.nsub; s++) {
-				pthread_mutex_lock(&imgs[i]->ix.sub[s].lock);
-				st->index_bytes += (uint64_t)imgs[i]->ix.sub[s].cap * sizeof(struct pcache_ikey);
-				pthread_mutex_unlock(&imgs[i]->ix.sub[s].lock);
-			}
+			st->index_bytes += (uint64_t)imgs[i]->ix.nsub * sizeof(struct pcache_subtree) +
+					   cap * sizeof(struct pcache_ikey);
 		}
 		pcache_image_put(imgs[i]);
 	}

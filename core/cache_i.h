@@ -13,7 +13,8 @@
  *   that starts behind key_head (attach replay, dirty scans), so GC cannot free a key-log
  *   segment under a walker. c->bg_lock (wake flags) and img->ent_lock are leaves.
  *   The writeback calls back into the engine (key_head: c->log.lock; backing_get/put:
- *   c->img_lock; dirty_percent: c->log.lock, c->segs.lock; tail_moved: c->bg_lock) holding
+ *   c->img_lock; dirty_percent: c->log.lock, c->segs.lock; tail_moved: c->bg_lock; live: a
+ *   subtree lock, then a stage lock, both by bounded trylock, and may close that stage) holding
  *   none of its own locks; its own locks are leaves for the engine (pcache_wb_kick() is
  *   called from a kset close, under subtree and stage locks).
  *
@@ -142,16 +143,27 @@ struct pcache_ikey {
 	uint16_t epoch16;    /* low 16 bits of the kset's flush epoch (with PCACHE_IKEY_EPOCH) */
 };
 
+/*
+ * Totals of one index (EMPTY placeholders not counted), kept by the subtree functions under
+ * each subtree's lock, read with no lock (status): keys, their bytes, the bytes of keys not
+ * CLEAN, and the key slots allocated.
+ */
+struct pcache_index_totals {
+	_Atomic int64_t keys, cached, dirty, cap;
+};
+
 /* One 4 MiB region: a sorted array of non-overlapping keys. */
 struct pcache_subtree {
 	pthread_mutex_t lock;       /* guards v, n, cap */
 	struct pcache_ikey *v;
 	uint32_t n, cap;
+	struct pcache_index_totals *tot; /* its index's (NULL: a subtree on its own) */
 };
 
 struct pcache_index {
 	uint32_t nsub;
 	struct pcache_subtree *sub;
+	struct pcache_index_totals tot;
 };
 
 int pcache_index_init(struct pcache_index *ix, uint64_t size);
@@ -164,14 +176,19 @@ uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off);
  * they wait for log space that only those threads can free). true when taken.
  */
 bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub);
+/* The same bounded tries for any mutex (a staging kset's lock, from the writeback). */
+bool pcache_mutex_trylock_bounded(pthread_mutex_t *m);
 /* Insert with fixup (digest 4.3): overlapped keys are cut/split/removed. Lock held. */
 int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k);
 /* Remove key i. Lock held. */
 void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i);
 /* Make room for extra keys (so insert cannot fail with -ENOMEM). Lock held. */
 int pcache_subtree_reserve(struct pcache_subtree *st, uint32_t extra);
-/* Key counters: bytes in the index, dirty bytes, key count. Takes each lock. */
+/* Key counters: bytes in the index, dirty bytes, key count. Takes each lock (a walk). */
 void pcache_index_count(struct pcache_index *ix, uint64_t *cached, uint64_t *dirty, uint64_t *keys);
+/* The same from the totals, and the key slots allocated: no lock, no walk (status). */
+void pcache_index_totals(struct pcache_index *ix, uint64_t *cached, uint64_t *dirty, uint64_t *keys,
+			 uint64_t *cap);
 
 /* ---- cache_kset.c: staging ksets and the key log ---------------------------------------------- */
 
@@ -249,12 +266,24 @@ struct pcache_image {
 	_Atomic uint32_t cache_mode;
 	/*
 	 * Orders writethrough/writearound backing writes against the writeback: a write holds it
-	 * shared around its backing I/O only (its THROUGH key is staged before), the writeback
-	 * holds it exclusively from its first look at the image's keys in a batch until the
-	 * batch's I/O is done. So an older key the writeback chose to write never lands on the
-	 * backing after a newer write's data, and a newer key staged earlier makes it skip.
+	 * shared around its backing I/O only (its THROUGH key is staged before) and counts
+	 * through_done under it when the I/O is over; the writeback holds it exclusively while it
+	 * issues and waits for the image's requests (never across a rate-limit sleep), and asks
+	 * again which bytes are live when through_done moved since it first looked at the
+	 * image's keys (cache_writeback.c invariant 7). So an older key the writeback chose to
+	 * write never lands on the backing after a newer write's data, and a newer key staged
+	 * earlier makes it skip.
 	 */
 	pthread_rwlock_t through_lock;
+	_Atomic uint64_t through_done;
+	/*
+	 * Dirty keys (data and ZERO, overlaps counted twice) of the image not on its backing yet:
+	 * set by the attach replay (logged after dirty_tail and after the writeback's progress
+	 * for the image), raised when a key is indexed and staged, lowered when the writeback
+	 * reports them durable on the backing (ops.image_passed). Status reads use these, never
+	 * a log walk. Lock-free.
+	 */
+	_Atomic int64_t dirty_keys, dirty_bytes;
 	pthread_mutex_t ent_lock;   /* guards ent (image table copy) */
 	struct pcache_image_ent ent;
 	struct pcache_index ix;
@@ -265,8 +294,14 @@ struct pcache_image {
 
 /* Reference an attached image by id for the writeback (NULL if none); put with image_put. */
 struct pcache_image *pcache_image_get_by_id(struct pcache_cache *c, uint32_t id);
-/* Replay the keys of one image into its index (attach). */
+/* Replay the keys of one image into its index (attach); sets its dirty counters. */
 int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen);
+/*
+ * Walk the log (after dirty_tail and the writeback's progress for image id, under c->gc_lock)
+ * and the staging ksets for the image's dirty keys: their count and bytes. What the counters
+ * of struct pcache_image stand for; the attach and detach decisions use the walk itself.
+ */
+void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes);
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 

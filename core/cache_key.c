@@ -15,6 +15,9 @@
  *     dropped instead, so a miss fill always starts at the placeholder's own offset.
  *  3. The inserted key is never EMPTY during fixup of other keys: placeholders are only added
  *     into holes found under the same lock hold.
+ *  4. Only insert, remove and reserve change a subtree's keys or slots, and each updates the
+ *     index totals (struct pcache_index_totals) in the same lock hold, so status reads them
+ *     instead of walking the index.
  */
 #include <errno.h>
 #include <sched.h>
@@ -33,9 +36,26 @@ int pcache_index_init(struct pcache_index *ix, uint64_t size)
 	ix->sub = calloc(ix->nsub, sizeof(*ix->sub));
 	if (!ix->sub)
 		return -ENOMEM;
-	for (i = 0; i < ix->nsub; i++)
+	atomic_init(&ix->tot.keys, 0);
+	atomic_init(&ix->tot.cached, 0);
+	atomic_init(&ix->tot.dirty, 0);
+	atomic_init(&ix->tot.cap, 0);
+	for (i = 0; i < ix->nsub; i++) {
 		pthread_mutex_init(&ix->sub[i].lock, NULL);
+		ix->sub[i].tot = &ix->tot;
+	}
 	return 0;
+}
+
+/* Count key k into the totals t (sign 1) or out of them (sign -1). */
+static void totals_add(struct pcache_index_totals *t, const struct pcache_ikey *k, int64_t sign)
+{
+	if (!t || (k->flags & PCACHE_IKEY_EMPTY))
+		return;
+	atomic_fetch_add_explicit(&t->keys, sign, memory_order_relaxed);
+	atomic_fetch_add_explicit(&t->cached, sign * (int64_t)k->len, memory_order_relaxed);
+	if (!(k->flags & PCACHE_KEY_CLEAN))
+		atomic_fetch_add_explicit(&t->dirty, sign * (int64_t)k->len, memory_order_relaxed);
 }
 
 void pcache_index_exit(struct pcache_index *ix)
@@ -53,16 +73,21 @@ void pcache_index_exit(struct pcache_index *ix)
 	ix->nsub = 0;
 }
 
-bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub)
+bool pcache_mutex_trylock_bounded(pthread_mutex_t *m)
 {
 	int i;
 
 	for (i = 0; i < 256; i++) {
-		if (pthread_mutex_trylock(&sub->lock) == 0)
+		if (pthread_mutex_trylock(m) == 0)
 			return true;
 		sched_yield();
 	}
 	return false;
+}
+
+bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub)
+{
+	return pcache_mutex_trylock_bounded(&sub->lock);
 }
 
 uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off)
@@ -95,6 +120,8 @@ int pcache_subtree_reserve(struct pcache_subtree *st, uint32_t extra)
 	v = realloc(st->v, (size_t)cap * sizeof(*v));
 	if (!v)
 		return -ENOMEM;
+	if (st->tot)
+		atomic_fetch_add_explicit(&st->tot->cap, (int64_t)cap - st->cap, memory_order_relaxed);
 	st->v = v;
 	st->cap = cap;
 	return 0;
@@ -102,6 +129,7 @@ int pcache_subtree_reserve(struct pcache_subtree *st, uint32_t extra)
 
 void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i)
 {
+	totals_add(st->tot, &st->v[i], -1);
 	memmove(&st->v[i], &st->v[i + 1], (size_t)(st->n - i - 1) * sizeof(st->v[0]));
 	st->n--;
 }
@@ -144,6 +172,10 @@ int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k
 		if (ret)
 			return ret;
 	}
+	for (uint32_t m = i; m < j; m++)
+		totals_add(st->tot, &st->v[m], -1);
+	for (uint32_t m = 0; m < np; m++)
+		totals_add(st->tot, &pieces[m], 1);
 	if (np != j - i)
 		memmove(&st->v[i + np], &st->v[j], (size_t)(st->n - j) * sizeof(st->v[0]));
 	memcpy(&st->v[i], pieces, np * sizeof(pieces[0]));
@@ -178,4 +210,25 @@ void pcache_index_count(struct pcache_index *ix, uint64_t *cached, uint64_t *dir
 		*dirty = db;
 	if (keys)
 		*keys = nk;
+}
+
+/* A total read while keys come and go; never below 0. */
+static uint64_t totals_get(_Atomic int64_t *v)
+{
+	int64_t x = atomic_load_explicit(v, memory_order_relaxed);
+
+	return x > 0 ? (uint64_t)x : 0;
+}
+
+void pcache_index_totals(struct pcache_index *ix, uint64_t *cached, uint64_t *dirty, uint64_t *keys,
+			 uint64_t *cap)
+{
+	if (cached)
+		*cached = totals_get(&ix->tot.cached);
+	if (dirty)
+		*dirty = totals_get(&ix->tot.dirty);
+	if (keys)
+		*keys = totals_get(&ix->tot.keys);
+	if (cap)
+		*cap = totals_get(&ix->tot.cap);
 }

@@ -118,6 +118,10 @@ static int index_add(struct pcache_image *img, uint64_t region, const struct pca
 	(void)pcache_subtree_insert(sub, &ik);
 	if (!(k->flags & (PCACHE_KEY_CLEAN | PCACHE_KEY_ZERO)))
 		atomic_fetch_add_explicit(&c->dirty_in, k->len, memory_order_relaxed);
+	if (!(k->flags & PCACHE_KEY_CLEAN)) {
+		atomic_fetch_add_explicit(&img->dirty_keys, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&img->dirty_bytes, k->len, memory_order_relaxed);
+	}
 	pcache_key_encode(&om, img->id, (region << PCACHE_REGION_SHIFT) + k->off, k);
 	pcache_stage_add(c, st, &om);
 	if (stage_idx)
@@ -310,6 +314,8 @@ static int through_io(struct pcache_image *img, const void *buf, uint64_t off, s
 				     len, off);
 	if (!ret && (flags & PCACHE_IO_FUA))
 		ret = pcache_backing_flush_sync(img->b);
+	/* under the lock: a writeback holding it sees every write whose I/O is over */
+	atomic_fetch_add(&img->through_done, 1);
 	pthread_rwlock_unlock(&img->through_lock);
 	if (ret)
 		atomic_fetch_add(&img->backing_errors, 1);

@@ -31,6 +31,12 @@
  *     on retry the walker rewinds to dirty_tail and skips keys below each image's done_lsn.
  *  6. For every image that is not blocked, done_lsn >= the committed scan position; a blocked
  *     image's done_lsn is at most the lsn of its first not-durable key.
+ *  7. Older data never lands on a backing after a writethrough write's data: an image's
+ *     writethrough writes are held (ops.through_hold) while its requests are issued and until
+ *     they completed, never across a rate-limit sleep. If one completed since live() was asked
+ *     for the image's keys (ops.through_count() moved: read before the first live() of the
+ *     image), live() is asked again under the hold for the bytes not issued yet; the THROUGH
+ *     key of such a write is in the index before its backing write, so the answer sees it.
  *
  * Threads and locks: one worker (the writeback thread, or the caller with no_thread / offline,
  * serialised by run_lock) runs batches. wb->lock guards the fields marked below (read by
@@ -74,9 +80,12 @@ struct wb_img {
 	bool written_since_persist;
 	/* per batch (worker only) */
 	struct pcache_backing *b;
+	uint64_t through_seen;  /* ops.through_count() when live() was last asked for its keys */
 	bool in_batch;
+	bool batch_done;        /* committed: its progress moved past the batch */
 	int batch_err;
 	uint64_t batch_bytes;
+	uint64_t batch_keys, batch_key_bytes; /* its dirty keys in the batch (ops.image_passed) */
 };
 
 /* One dirty key range of the batch (input of the sweep). */
@@ -85,6 +94,13 @@ struct wb_ext {
 	uint64_t seq;           /* position in the batch: larger = later in the log */
 	const uint8_t *src;     /* pmem data of byte off (NULL for ZERO) */
 	uint32_t img;           /* index in wb->imgs */
+	uint32_t seg, seg_off;  /* the key's data position of byte off (not for ZERO) ... */
+	uint64_t seg_gen;       /* ... and generation: live() is asked again from these */
+};
+
+struct wb_extv {
+	struct wb_ext *v;
+	size_t n, cap;
 };
 
 /* One request to a backing (output of the sweep). */
@@ -94,6 +110,11 @@ struct wb_req {
 	const uint8_t *src;     /* NULL: ZERO */
 	uint32_t img;
 	int status;
+};
+
+struct wb_reqv {
+	struct wb_req *v;
+	size_t n, cap;
 };
 
 struct pcache_wb {
@@ -108,10 +129,10 @@ struct pcache_wb {
 
 	/* worker-only scratch */
 	uint8_t kbuf[PCACHE_KSET_MAX_SIZE] __attribute__((aligned(8)));
-	struct wb_ext *exts;
-	size_t n_exts, cap_exts;
-	struct wb_req *reqs;
-	size_t n_reqs, cap_reqs;
+	struct wb_extv exts;               /* the batch's extents (sorted by wb_resolve()) */
+	struct wb_reqv reqs;               /* the batch's requests, grouped by image */
+	struct wb_extv rexts;              /* an image's extents asked again (wb_relook()) */
+	struct wb_reqv rreqs;              /* and its requests from them */
 	uint32_t *heap;
 	size_t cap_heap;
 	uint64_t reqs_issued;             /* for stop_after_reqs */
@@ -410,60 +431,70 @@ static int wb_grow(void **v, size_t *cap, size_t n, size_t elem)
 	return 0;
 }
 
-static int wb_push_ext(struct pcache_wb *wb, const struct wb_ext *e)
+static int wb_push_ext(struct wb_extv *ev, const struct wb_ext *e)
 {
-	if (wb_grow((void **)&wb->exts, &wb->cap_exts, wb->n_exts, sizeof(*wb->exts)))
+	if (wb_grow((void **)&ev->v, &ev->cap, ev->n, sizeof(*ev->v)))
 		return -ENOMEM;
-	wb->exts[wb->n_exts++] = *e;
+	ev->v[ev->n++] = *e;
 	return 0;
 }
 
 /* Ask the engine which bytes of a dirty key still need writing (ops.live); -1: all of them. */
-static int wb_live(struct pcache_wb *wb, const struct pcache_key_om *key, uint64_t epoch,
-		   uint64_t *ranges)
+static int wb_live_key(struct pcache_wb *wb, const struct pcache_wb_key *k, uint64_t *ranges)
 {
-	struct pcache_wb_key k;
 	int n;
 
 	if (!wb->ops.live)
 		return -1;
-	k.image_id = pcache_le32(&key->image_id);
-	k.flags = pcache_le16(&key->flags) & PCACHE_KEY_ZERO;
-	k.epoch = epoch;
-	k.off = pcache_le64(&key->off);
-	k.len = pcache_le32(&key->len);
-	k.seg = pcache_le32(&key->seg);
-	k.seg_off = pcache_le32(&key->seg_off);
-	k.seg_gen = pcache_le64(&key->seg_gen);
-	n = wb->ops.live(wb->ctx, &k, ranges, WB_LIVE_MAX);
+	n = wb->ops.live(wb->ctx, k, ranges, WB_LIVE_MAX);
 	if (n > (int)WB_LIVE_MAX)
 		return -1;
 	/* only ranges inside the key, ascending, are believed */
 	for (int i = 0; i < n; i++) {
-		if (ranges[2 * i] >= ranges[2 * i + 1] || ranges[2 * i] < k.off ||
-		    ranges[2 * i + 1] > k.off + k.len || (i && ranges[2 * i] < ranges[2 * i - 1]))
+		if (ranges[2 * i] >= ranges[2 * i + 1] || ranges[2 * i] < k->off ||
+		    ranges[2 * i + 1] > k->off + k->len || (i && ranges[2 * i] < ranges[2 * i - 1]))
 			return -1;
 	}
 	return n < 0 ? -1 : n;
 }
 
+/* The same for an extent of the batch (a key or a part of one) of epoch epoch. */
+static int wb_live_ext(struct pcache_wb *wb, const struct wb_ext *e, uint64_t epoch,
+		       uint64_t *ranges)
+{
+	struct pcache_wb_key k;
+
+	memset(&k, 0, sizeof(k));
+	k.image_id = wb->imgs[e->img].id;
+	k.flags = e->src ? 0 : PCACHE_KEY_ZERO;
+	k.epoch = epoch;
+	k.off = e->off;
+	k.len = (uint32_t)(e->end - e->off);
+	k.seg = e->seg;
+	k.seg_off = e->seg_off;
+	k.seg_gen = e->seg_gen;
+	return wb_live_key(wb, &k, ranges);
+}
+
 /* Push the live parts (n ranges, or all with n < 0) of the key e; the rest is superseded. */
-static int wb_push_live(struct pcache_wb *wb, const struct wb_ext *e, const uint64_t *ranges,
+static int wb_push_live(struct wb_extv *ev, const struct wb_ext *e, const uint64_t *ranges,
 			int n, uint64_t *superseded)
 {
 	uint64_t kept = 0;
 	int r;
 
 	if (n < 0)
-		return wb_push_ext(wb, e);
+		return wb_push_ext(ev, e);
 	for (int i = 0; i < n; i++) {
 		struct wb_ext part = *e;
 
 		part.off = ranges[2 * i];
 		part.end = ranges[2 * i + 1];
-		if (e->src)
+		if (e->src) {
 			part.src = e->src + (part.off - e->off);
-		r = wb_push_ext(wb, &part);
+			part.seg_off = e->seg_off + (uint32_t)(part.off - e->off);
+		}
+		r = wb_push_ext(ev, &part);
 		if (r)
 			return r;
 		kept += part.end - part.off;
@@ -472,10 +503,10 @@ static int wb_push_live(struct pcache_wb *wb, const struct wb_ext *e, const uint
 	return 0;
 }
 
-static int wb_push_req(struct pcache_wb *wb, uint32_t img, uint64_t off, uint64_t len,
-		       const uint8_t *src)
+static int wb_push_req(struct pcache_wb *wb, struct wb_reqv *rv, uint32_t img, uint64_t off,
+		       uint64_t len, const uint8_t *src)
 {
-	struct wb_req *p = wb->n_reqs ? &wb->reqs[wb->n_reqs - 1] : NULL;
+	struct wb_req *p = rv->n ? &rv->v[rv->n - 1] : NULL;
 	uint64_t cap = src ? wb->o.max_req_bytes : WB_ZERO_MAX_REQ;
 
 	/* merge with the previous request when contiguous on the backing and in pmem */
@@ -484,9 +515,9 @@ static int wb_push_req(struct pcache_wb *wb, uint32_t img, uint64_t off, uint64_
 		p->len += len;
 		return 0;
 	}
-	if (wb_grow((void **)&wb->reqs, &wb->cap_reqs, wb->n_reqs, sizeof(*wb->reqs)))
+	if (wb_grow((void **)&rv->v, &rv->cap, rv->n, sizeof(*rv->v)))
 		return -ENOMEM;
-	p = &wb->reqs[wb->n_reqs++];
+	p = &rv->v[rv->n++];
 	memset(p, 0, sizeof(*p));
 	p->wb = wb;
 	p->img = img;
@@ -507,25 +538,25 @@ static int wb_ext_cmp(const void *a, const void *b)
 	return x->seq < y->seq ? -1 : (x->seq > y->seq);
 }
 
-/* max-heap of ext indices by seq */
-static void wb_heap_push(struct pcache_wb *wb, size_t *n, uint32_t v)
+/* max-heap of indices into x by seq */
+static void wb_heap_push(uint32_t *heap, const struct wb_ext *x, size_t *n, uint32_t v)
 {
 	size_t i = (*n)++;
 
 	while (i) {
 		size_t p = (i - 1) / 2;
 
-		if (wb->exts[wb->heap[p]].seq >= wb->exts[v].seq)
+		if (x[heap[p]].seq >= x[v].seq)
 			break;
-		wb->heap[i] = wb->heap[p];
+		heap[i] = heap[p];
 		i = p;
 	}
-	wb->heap[i] = v;
+	heap[i] = v;
 }
 
-static void wb_heap_pop(struct pcache_wb *wb, size_t *n)
+static void wb_heap_pop(uint32_t *heap, const struct wb_ext *x, size_t *n)
 {
-	uint32_t v = wb->heap[--(*n)];
+	uint32_t v = heap[--(*n)];
 	size_t i = 0;
 
 	for (;;) {
@@ -533,67 +564,71 @@ static void wb_heap_pop(struct pcache_wb *wb, size_t *n)
 
 		if (c >= *n)
 			break;
-		if (c + 1 < *n && wb->exts[wb->heap[c + 1]].seq > wb->exts[wb->heap[c]].seq)
+		if (c + 1 < *n && x[heap[c + 1]].seq > x[heap[c]].seq)
 			c++;
-		if (wb->exts[v].seq >= wb->exts[wb->heap[c]].seq)
+		if (x[v].seq >= x[heap[c]].seq)
 			break;
-		wb->heap[i] = wb->heap[c];
+		heap[i] = heap[c];
 		i = c;
 	}
 	if (*n)
-		wb->heap[i] = v;
+		heap[i] = v;
 }
 
 /*
- * Turn the batch's extents into non-overlapping requests: for every byte the extent with the
- * largest seq (the latest key) wins (invariant 3). Sweep per image over the sorted starts.
+ * Turn the extents ev into non-overlapping requests rv: for every byte the extent with the
+ * largest seq (the latest key) wins (invariant 3). Sweep per image over the sorted starts
+ * (ev is left sorted by image, offset and seq).
  */
-static int wb_resolve(struct pcache_wb *wb, uint64_t *overridden)
+static int wb_resolve(struct pcache_wb *wb, struct wb_extv *ev, struct wb_reqv *rv,
+		      uint64_t *overridden)
 {
+	const struct wb_ext *x = ev->v;
 	size_t i = 0, hn = 0;
 	uint64_t in = 0, out = 0;
 	int r;
 
-	wb->n_reqs = 0;
-	if (!wb->n_exts)
+	rv->n = 0;
+	*overridden = 0;
+	if (!ev->n)
 		return 0;
-	if (wb->cap_heap < wb->n_exts) {
-		uint32_t *h = realloc(wb->heap, wb->n_exts * sizeof(*h));
+	if (wb->cap_heap < ev->n) {
+		uint32_t *h = realloc(wb->heap, ev->n * sizeof(*h));
 
 		if (!h)
 			return -ENOMEM;
 		wb->heap = h;
-		wb->cap_heap = wb->n_exts;
+		wb->cap_heap = ev->n;
 	}
-	qsort(wb->exts, wb->n_exts, sizeof(*wb->exts), wb_ext_cmp);
-	for (size_t k = 0; k < wb->n_exts; k++)
-		in += wb->exts[k].end - wb->exts[k].off;
+	qsort(ev->v, ev->n, sizeof(*ev->v), wb_ext_cmp);
+	for (size_t k = 0; k < ev->n; k++)
+		in += x[k].end - x[k].off;
 
-	while (i < wb->n_exts) {
-		uint32_t img = wb->exts[i].img;
-		uint64_t pos = wb->exts[i].off;
+	while (i < ev->n) {
+		uint32_t img = x[i].img;
+		uint64_t pos = x[i].off;
 
 		hn = 0;
 		for (;;) {
 			const struct wb_ext *top;
 			uint64_t next;
 
-			while (i < wb->n_exts && wb->exts[i].img == img && wb->exts[i].off <= pos)
-				wb_heap_push(wb, &hn, (uint32_t)i++);
-			while (hn && wb->exts[wb->heap[0]].end <= pos)
-				wb_heap_pop(wb, &hn);
+			while (i < ev->n && x[i].img == img && x[i].off <= pos)
+				wb_heap_push(wb->heap, x, &hn, (uint32_t)i++);
+			while (hn && x[wb->heap[0]].end <= pos)
+				wb_heap_pop(wb->heap, x, &hn);
 			if (!hn) {
-				if (i < wb->n_exts && wb->exts[i].img == img) {
-					pos = wb->exts[i].off;
+				if (i < ev->n && x[i].img == img) {
+					pos = x[i].off;
 					continue;
 				}
 				break;
 			}
-			top = &wb->exts[wb->heap[0]];
+			top = &x[wb->heap[0]];
 			next = top->end;
-			if (i < wb->n_exts && wb->exts[i].img == img && wb->exts[i].off < next)
-				next = wb->exts[i].off;
-			r = wb_push_req(wb, img, pos, next - pos,
+			if (i < ev->n && x[i].img == img && x[i].off < next)
+				next = x[i].off;
+			r = wb_push_req(wb, rv, img, pos, next - pos,
 					top->src ? top->src + (pos - top->off) : NULL);
 			if (r)
 				return r;
@@ -680,26 +715,31 @@ static bool wb_stopping(struct pcache_wb *wb)
 	return v;
 }
 
-/* Rate limit before issuing len bytes (no limit when urgent or draining). */
-static void wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited)
+/*
+ * Rate limit before issuing len bytes (no limit when urgent or draining): true when len may go
+ * now (its tokens are taken). Sleeps until then, or with can_sleep false returns false instead.
+ */
+static bool wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited, bool can_sleep)
 {
 	uint64_t wait;
 
 	if (!limited)
-		return;
+		return true;
 	for (;;) {
 		if (wb->ops.space_wanted && wb->ops.space_wanted(wb->ctx))
-			return; /* writers wait for space: no rate limit (see wb_urgent_update) */
+			return true; /* writers wait for space: no rate limit (see wb_urgent_update) */
 		pthread_mutex_lock(&wb->lock);
 		/* a drain, a stop or the limit turned off while this batch waited ends the wait at
 		 * once (at 1 B/s a 1 MiB request would otherwise hold a flush for 12 days) */
 		wait = wb->stopping || wb->drains || !wb->rate ? 0 :
 		       pcache_wb_bucket_take(&wb->bucket, wb_now(wb), len);
-		if (wait)
+		if (wait && can_sleep)
 			wb->st.rate_waits++;
 		pthread_mutex_unlock(&wb->lock);
 		if (!wait)
-			return;
+			return true;
+		if (!can_sleep)
+			return false;
 		wb_sleep(wb, PCACHE_MIN(wait, 100ull * 1000 * 1000));
 	}
 }
@@ -776,9 +816,148 @@ static void wb_release_backings(struct pcache_wb *wb)
 			wb->ops.backing_put(wb->ctx, im->id, im->b);
 		im->b = NULL;
 		im->in_batch = false;
+		im->batch_done = false;
 		im->batch_err = 0;
 		im->batch_bytes = 0;
+		im->batch_keys = 0;
+		im->batch_key_bytes = 0;
 	}
+}
+
+/* Requests issued by a batch and what they did (wb_tally()). */
+struct wb_tally {
+	uint64_t issued, written, zeroed, superseded;
+};
+
+/* Count the completed requests v[0..n) of image im: bytes written, the first error. */
+static void wb_tally(struct wb_img *im, const struct wb_req *v, size_t n, struct wb_tally *t)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (v[i].status && !im->batch_err)
+			im->batch_err = v[i].status;
+		if (v[i].status)
+			continue;
+		if (v[i].src)
+			t->written += v[i].len;
+		else
+			t->zeroed += v[i].len;
+		im->batch_bytes += v[i].len;
+	}
+}
+
+/* Ask live() again for image ii's extents from byte from on; sweep them into wb->rreqs. */
+static int wb_relook(struct pcache_wb *wb, uint32_t ii, uint64_t from, uint64_t epoch)
+{
+	uint64_t live[2 * WB_LIVE_MAX], unused = 0;
+	int r;
+
+	wb->rexts.n = 0;
+	for (size_t i = 0; i < wb->exts.n; i++) {
+		struct wb_ext e = wb->exts.v[i];
+
+		if (e.img != ii || e.end <= from)
+			continue;
+		if (e.off < from) {
+			if (e.src) {
+				e.src += from - e.off;
+				e.seg_off += (uint32_t)(from - e.off);
+			}
+			e.off = from;
+		}
+		r = wb_push_live(&wb->rexts, &e, live, wb_live_ext(wb, &e, epoch, live), &unused);
+		if (r)
+			return r;
+	}
+	return wb_resolve(wb, &wb->rexts, &wb->rreqs, &unused);
+}
+
+/*
+ * Hold image ii's writethrough writes (ops.through_hold) before issuing request *k of *v.
+ * When one completed since live() was asked for the image's keys, its THROUGH key (staged
+ * before its backing write) may replace bytes not issued yet: live() is asked again for them
+ * and *v, *n, *k move to the new requests (wb->rreqs). Invariant 7.
+ */
+static void wb_hold(struct pcache_wb *wb, uint32_t ii, struct wb_req **v, size_t *n, size_t *k,
+		    uint64_t epoch, struct wb_tally *t)
+{
+	struct wb_img *im = &wb->imgs[ii];
+	uint64_t cnt, before = 0, after = 0;
+	int r;
+
+	if (!wb->ops.through_hold)
+		return;
+	wb->ops.through_hold(wb->ctx, im->id, im->b, true);
+	cnt = wb->ops.through_count(wb->ctx, im->id, im->b);
+	if (cnt == im->through_seen)
+		return;
+	im->through_seen = cnt;
+	if (*k == *n)
+		return;
+	for (size_t i = *k; i < *n; i++)
+		before += (*v)[i].len;
+	r = wb_relook(wb, ii, (*v)[*k].off, epoch);
+	if (r) {
+		im->batch_err = r; /* nothing more of it is issued: it fails this batch */
+		return;
+	}
+	for (size_t i = 0; i < wb->rreqs.n; i++)
+		after += wb->rreqs.v[i].len;
+	if (before > after)
+		t->superseded += before - after;
+	*v = wb->rreqs.v;
+	*n = wb->rreqs.n;
+	*k = 0;
+}
+
+static void wb_unhold(struct pcache_wb *wb, struct wb_img *im)
+{
+	if (wb->ops.through_hold)
+		wb->ops.through_hold(wb->ctx, im->id, im->b, false);
+}
+
+/*
+ * Issue the requests wb->reqs.v[lo..hi) of image ii and wait for them, with its writethrough
+ * writes held, but never across a rate-limit sleep: before one, the requests in flight are
+ * waited for and the hold is let go (invariant 7). false when the batch is to stop
+ * (stop_after_reqs, pcache_wb_stop(): the rest stays dirty, a subset of the epoch).
+ */
+static bool wb_issue_image(struct pcache_wb *wb, uint32_t ii, size_t lo, size_t hi, bool limited,
+			   uint64_t epoch, struct wb_tally *t)
+{
+	struct wb_img *im = &wb->imgs[ii];
+	struct wb_req *v = wb->reqs.v + lo;
+	size_t n = hi - lo, k = 0, done = 0;
+	bool go = true, paid = false;
+
+	wb_hold(wb, ii, &v, &n, &k, epoch, t);
+	while (k < n && !im->batch_err) {
+		struct wb_req *rq = &v[k];
+
+		if ((wb->o.stop_after_reqs && wb->reqs_issued >= wb->o.stop_after_reqs) ||
+		    wb_stopping(wb)) {
+			go = false;
+			break;
+		}
+		if (!paid && !wb_throttle(wb, rq->len, limited, false)) {
+			wb_wait_inflight(wb, 0, 0);
+			wb_tally(im, v + done, k - done, t);
+			wb_unhold(wb, im);
+			paid = wb_throttle(wb, rq->len, limited, true);
+			wb_hold(wb, ii, &v, &n, &k, epoch, t);
+			done = k;
+			continue;
+		}
+		paid = false;
+		wb_window(wb, rq->len);
+		wb->reqs_issued++;
+		t->issued++;
+		wb_submit(wb, im->b, rq, rq->src ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO);
+		k++;
+	}
+	wb_wait_inflight(wb, 0, 0);
+	wb_tally(im, v + done, k - done, t);
+	wb_unhold(wb, im);
+	return go;
 }
 
 /*
@@ -795,6 +974,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 	uint64_t written = 0, zeroed = 0, nflush = 0, dirty_keys = 0, clean = 0, stale = 0, unknown = 0;
 	uint64_t crcerr = 0, superseded = 0, passed = 0;
 	uint64_t live[2 * WB_LIVE_MAX];
+	struct wb_tally t;
 	bool have_epoch = false, canceled = false, moved;
 	int r = 0, nlive;
 
@@ -810,7 +990,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 	if (cur.lsn >= head.lsn)
 		return 0;
 
-	wb->n_exts = 0;
+	wb->exts.n = 0;
 	while (cur.lsn < head.lsn) {
 		const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
 		struct pcache_pos next;
@@ -897,6 +1077,8 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 				im->b = wb->ops.backing_get(wb->ctx, im->id);
 				if (!im->b)
 					im->batch_err = -ENXIO;
+				else if (wb->ops.through_count) /* before live() is asked (inv. 7) */
+					im->through_seen = wb->ops.through_count(wb->ctx, im->id, im->b);
 			}
 			if (im->batch_err)
 				continue; /* failed below at the end of the batch */
@@ -905,23 +1087,28 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 			e.seq = seq++;
 			e.img = (uint32_t)idx;
 			e.src = NULL;
-			kseg = pcache_le32(&key->seg);
+			e.seg = kseg = pcache_le32(&key->seg);
+			e.seg_off = pcache_le32(&key->seg_off);
+			e.seg_gen = pcache_le64(&key->seg_gen);
 			if (!(flags & PCACHE_KEY_ZERO) &&
-			    pcache_le64(&key->seg_gen) < pcache_cache_dev_seg_gen(wb->cd, kseg)) {
+			    e.seg_gen < pcache_cache_dev_seg_gen(wb->cd, kseg)) {
 				stale++; /* its segment was freed: replay drops it too */
 				continue;
 			}
-			if (!(flags & PCACHE_KEY_ZERO))
+			if (!(flags & PCACHE_KEY_ZERO)) {
 				passed += len;
-			nlive = wb_live(wb, key, ep, live);
+				e.src = (const uint8_t *)pcache_cache_dev_seg_addr(wb->cd, kseg) +
+					e.seg_off;
+			}
+			im->batch_keys++;
+			im->batch_key_bytes += len;
+			nlive = wb_live_ext(wb, &e, ep, live);
 			if (nlive == 0) {
 				superseded += len;
 				bytes += len;
 				continue;
 			}
 			if (!(flags & PCACHE_KEY_ZERO)) {
-				e.src = (const uint8_t *)pcache_cache_dev_seg_addr(wb->cd, kseg) +
-					pcache_le32(&key->seg_off);
 				if (wb->data_crc && pcache_crc32c(PCACHE_CRC_SEED, e.src, len) !=
 							    pcache_le32(&key->data_crc)) {
 					/* invariant 4: never write it; the image stops here */
@@ -934,7 +1121,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 				im->batch_err = -ERANGE;
 				continue;
 			}
-			r = wb_push_live(wb, &e, live, nlive, &superseded);
+			r = wb_push_live(&wb->exts, &e, live, nlive, &superseded);
 			if (r) {
 				wb_release_backings(wb);
 				return r;
@@ -945,50 +1132,29 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 		cur = next;
 	}
 
-	r = wb_resolve(wb, &overridden);
+	r = wb_resolve(wb, &wb->exts, &wb->reqs, &overridden);
 	if (r) {
 		wb_release_backings(wb);
 		return r;
 	}
 
-	/* issue (invariant 3: no two requests of the batch overlap on one image) */
-	for (size_t i = 0; i < wb->n_reqs; i++) {
-		struct wb_req *rq = &wb->reqs[i];
-		struct wb_img *im = &wb->imgs[rq->img];
+	/* issue, one image at a time (invariant 3: no two requests of the batch overlap on one
+	 * image; the requests of an image are contiguous) */
+	memset(&t, 0, sizeof(t));
+	for (size_t i = 0, j; i < wb->reqs.n && !canceled; i = j) {
+		uint32_t ii = wb->reqs.v[i].img;
 
-		if (im->batch_err)
-			continue;
-		if (wb->o.stop_after_reqs && wb->reqs_issued >= wb->o.stop_after_reqs) {
-			canceled = true;
-			break;
-		}
-		if (wb_stopping(wb)) {
-			canceled = true; /* pcache_wb_stop(): the rest stays dirty (a subset of the epoch) */
-			break;
-		}
-		wb_throttle(wb, rq->len, limited);
-		wb_window(wb, rq->len);
-		wb->reqs_issued++;
-		wb_submit(wb, im->b, rq, rq->src ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO);
+		for (j = i; j < wb->reqs.n && wb->reqs.v[j].img == ii; j++)
+			;
+		if (!wb->imgs[ii].batch_err)
+			canceled = !wb_issue_image(wb, ii, i, j, limited, batch_epoch, &t);
 	}
-	wb_wait_inflight(wb, 0, 0);
+	written = t.written;
+	zeroed = t.zeroed;
+	superseded += t.superseded;
 	if (canceled) {
 		wb_release_backings(wb);
 		return -ECANCELED;
-	}
-	for (size_t i = 0; i < wb->n_reqs; i++) {
-		struct wb_req *rq = &wb->reqs[i];
-		struct wb_img *im = &wb->imgs[rq->img];
-
-		if (rq->status && !im->batch_err)
-			im->batch_err = rq->status;
-		if (!rq->status) {
-			if (rq->src)
-				written += rq->len;
-			else
-				zeroed += rq->len;
-			im->batch_bytes += rq->len;
-		}
 	}
 
 	/* invariant 2: flush every image written by this batch, all at once, before the tail */
@@ -1028,6 +1194,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 			wb_block_at(wb, &start);
 		} else if (!im->blocked) {
 			if (im->in_batch) {
+				im->batch_done = true;
 				im->bytes_written += im->batch_bytes;
 				im->fails_in_row = 0;
 				im->backoff = 0;
@@ -1044,7 +1211,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 	moved = newtail.lsn > wb->dirty_tail.lsn;
 	wb->st.bytes_written += written;
 	wb->st.bytes_zeroed += zeroed;
-	wb->st.requests += wb->n_reqs;
+	wb->st.requests += t.issued;
 	wb->st.flushes += nflush;
 	wb->st.batches++;
 	if (!wb->have_epoch || batch_epoch != wb->last_epoch)
@@ -1063,6 +1230,13 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 	wb->st.drain_left = wb->st.drain_left > written + zeroed + superseded ?
 			    wb->st.drain_left - written - zeroed - superseded : 0;
 	pthread_mutex_unlock(&wb->lock);
+	for (uint32_t i = 0; i < wb->n_imgs && wb->ops.image_passed; i++) {
+		struct wb_img *im = &wb->imgs[i];
+
+		if (im->batch_done && im->batch_keys)
+			wb->ops.image_passed(wb->ctx, im->id, im->b, im->batch_keys,
+					     im->batch_key_bytes);
+	}
 	wb_release_backings(wb);
 
 	if (moved) {
@@ -1376,8 +1550,10 @@ void pcache_wb_stop(struct pcache_wb *wb)
 	pthread_mutex_destroy(&wb->persist_lock);
 	pthread_mutex_destroy(&wb->run_lock);
 	free(wb->imgs);
-	free(wb->exts);
-	free(wb->reqs);
+	free(wb->exts.v);
+	free(wb->reqs.v);
+	free(wb->rexts.v);
+	free(wb->rreqs.v);
 	free(wb->heap);
 	free(wb->table);
 	free(wb);

@@ -69,6 +69,8 @@ struct pcache_wb;
  * their count: 0 when later keys of the SAME flush epoch replaced every byte (within an epoch
  * any subset of the writes is a state the backing may hold, and the later key is written
  * after this one), -1 (or more than max) to write the whole key. NULL op: write every key.
+ * NOTE: only keys already in the log may count as replacing: dirty_tail may pass the key at
+ * the end of the batch, and after a crash a replaced key behind it must not be the only copy.
  */
 struct pcache_wb_key {
 	uint32_t image_id;
@@ -97,6 +99,22 @@ struct pcache_wb_ops {
 	/* which bytes of a dirty key must still be written (see struct pcache_wb_key) */
 	int (*live)(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges,
 		    int max);                                        /* optional */
+	/*
+	 * Writethrough ordering (both or neither; optional; b is the backing_get() one):
+	 * through_count() counts the image's writethrough backing writes completed so far;
+	 * through_hold(true) waits for those in flight and keeps new ones waiting until
+	 * through_hold(false). A writethrough write's key must be indexed (seen by live()) before
+	 * its backing write starts. See invariant 7 of cache_writeback.c.
+	 */
+	uint64_t (*through_count)(void *ctx, uint32_t image_id, struct pcache_backing *b);
+	void (*through_hold)(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold);
+	/*
+	 * The image's progress (wb_lsn) moved past this many dirty keys (data and ZERO, not
+	 * stale) of this many bytes: they are durable on its backing. Called after a batch,
+	 * before backing_put(). Optional.
+	 */
+	void (*image_passed)(void *ctx, uint32_t image_id, struct pcache_backing *b,
+			     uint64_t keys, uint64_t bytes);
 };
 
 /* Tunables; zero fields take the defaults below. */

@@ -8,7 +8,11 @@
  * the watermarks use, and writethrough/writearound keys: their data is on the backing already,
  * so an older key of the same bytes is never written after them, whatever the epochs, and
  * FUA writes, never skipped for a later key of their epoch (it may not be durable yet), and
- * their backing write waits while the writeback holds the image (through_lock).
+ * their backing write waits while the writeback holds the image (through_lock). A key skipped
+ * for a later key that was only staged must never be left behind dirty_tail unwritten: after
+ * a crash the engine and the backing agree, before and after GC (issue 13 item 1). And a
+ * writethrough write is never held back by a writeback sleeping in its rate limit; the batch
+ * then looks again before it writes older data of those bytes (item 8).
  */
 #include <check.h>
 #include <fcntl.h>
@@ -83,6 +87,44 @@ static void backing_is(uint64_t off, size_t len, uint32_t want)
 			      (unsigned long long)(off + s) / 512, v, want);
 	}
 	free(buf);
+}
+
+/* A crash (kill -9, power loss) before the staging ksets close: the staged keys are lost,
+ * then the engine starts again and replays the log. */
+static void crash_restart(void)
+{
+	for (uint32_t i = 0; i < PCACHE_NSTAGE; i++) {
+		pthread_mutex_lock(&c->stage[i].lock);
+		c->stage[i].n = 0;
+		pthread_mutex_unlock(&c->stage[i].lock);
+	}
+	restart();
+}
+
+/* The versions the engine reads in [off, off + len), one per sector, into v. */
+static void engine_read_versions(uint64_t off, size_t len, uint32_t *v)
+{
+	uint8_t *buf = malloc(len);
+
+	ck_assert_int_eq(eng_read(img, buf, off, len), 0);
+	for (size_t s = 0; s < len; s += 512)
+		ck_assert_int_eq(eng_decode(buf + s, 1, off + s, &v[s / 512]), 0);
+	free(buf);
+}
+
+/* Every sector of [off, off + len) reads as want[] through the engine and on the backing. */
+static void engine_and_backing_are(uint64_t off, size_t len, const uint32_t *want)
+{
+	uint32_t *ev = malloc(len / 512 * sizeof(*ev));
+
+	engine_read_versions(off, len, ev);
+	for (size_t s = 0; s < len; s += 512) {
+		ck_assert_msg(ev[s / 512] == want[s / 512], "sector %llu: the engine reads %u, "
+			      "it read %u before", (unsigned long long)(off + s) / 512, ev[s / 512],
+			      want[s / 512]);
+		backing_is(off + s, 512, want[s / 512]);
+	}
+	free(ev);
 }
 
 static uint64_t superseded(void)
@@ -347,6 +389,57 @@ START_TEST(a_fua_write_is_never_skipped_for_a_later_key_of_its_epoch)
 }
 END_TEST
 
+/*
+ * Issue 13 item 1: a key replaced by a later key of its epoch that is only staged (not in the
+ * log) must not be passed over by dirty_tail unwritten. Otherwise a crash loses the later key,
+ * replay marks the older one CLEAN behind dirty_tail, and the engine serves bytes the backing
+ * never got (until GC drops the key and the sector flips back).
+ */
+START_TEST(a_key_replaced_by_a_staged_key_is_never_left_clean_and_unwritten)
+{
+	uint32_t v[128];
+
+	wr(0, 65536, 1);
+	/* what the timer does ~1 s after the first key: the kset is logged, the epoch goes on */
+	ck_assert_int_eq(pcache_stages_close_all(c, false, false, false), 0);
+	wr(0, 65536, 2);         /* same epoch, staged only */
+	ck_assert_int_eq(pcache_wb_run_once(c->wb), 1);
+	ck_assert_uint_eq(superseded(), 65536); /* the skip stays (the rewrite's kset closed) */
+	crash_restart();
+	engine_read_versions(0, 65536, v);
+	for (int s = 0; s < 128; s++)
+		ck_assert_msg(v[s] == 1 || v[s] == 2, "sector %d: %u after the crash", s, v[s]);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	engine_and_backing_are(0, 65536, v);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	pcache_heads_release(c, true);
+	(void)pcache_gc_run(c);
+	engine_and_backing_are(0, 65536, v);  /* GC changes nothing either */
+}
+END_TEST
+
+/* The same for a writethrough key: its data is on the backing at once, its key is staged. */
+START_TEST(a_key_replaced_by_a_staged_writethrough_key_is_never_left_clean_and_unwritten)
+{
+	uint32_t v[128];
+
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	wr(0, 65536, 1);
+	ck_assert_int_eq(pcache_stages_close_all(c, false, false, false), 0);
+	wr(0, 65536, 2);         /* on the backing; its key staged only */
+	ck_assert_int_eq(pcache_wb_run_once(c->wb), 1);
+	ck_assert_uint_eq(superseded(), 65536); /* the skip stays (the rewrite's kset closed) */
+	crash_restart();
+	engine_read_versions(0, 65536, v);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	engine_and_backing_are(0, 65536, v);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	pcache_heads_release(c, true);
+	(void)pcache_gc_run(c);
+	engine_and_backing_are(0, 65536, v);
+}
+END_TEST
+
 /* A writethrough key and a later one of the same bytes, each in its own epoch: the writeback
  * of the first epoch alone must not put the older data back on the backing. */
 START_TEST(an_older_key_is_never_written_over_a_writethrough_one)
@@ -411,6 +504,73 @@ START_TEST(a_writethrough_backing_write_waits_for_the_writebacks_batch)
 }
 END_TEST
 
+static _Atomic bool wt_done;
+static int batch_ret;
+
+static void *wb_batch_thread(void *arg)
+{
+	(void)arg;
+	batch_ret = pcache_wb_run_once(c->wb);
+	return NULL;
+}
+
+static void *wt_rewriter(void *arg)
+{
+	(void)arg;
+	wr((3u << 20) - 4096, 4096, 3);
+	atomic_store(&wt_done, true);
+	return NULL;
+}
+
+/* Wait up to ms for *flag; its value. */
+static bool wait_for(_Atomic bool *flag, int ms)
+{
+	for (int i = 0; i < ms / 10 && !atomic_load(flag); i++)
+		usleep(10 * 1000);
+	return atomic_load(flag);
+}
+
+/*
+ * Issue 13 item 8: the writeback holds an image's writethrough writes only while it issues
+ * and waits for that image's requests, never across a rate-limit sleep. A writethrough write
+ * of bytes the batch has not issued yet completes during the sleep; the batch then asks again
+ * which bytes are live and does not put its older data over the new.
+ */
+START_TEST(a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate_limit)
+{
+	struct pcache_wb_stats st;
+	pthread_t wbt, wt;
+	bool done_in_sleep;
+	int i;
+
+	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	wr(0, 3u << 20, 1);      /* one epoch, at least 3 requests of at most 1 MiB */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	/* 1 B/s: the bucket's 1 MiB burst runs out before the batch's last request */
+	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1"), 0);
+	atomic_store(&wt_done, false);
+	ck_assert_int_eq(pthread_create(&wbt, NULL, wb_batch_thread, NULL), 0);
+	for (i = 0; i < 1000; i++) {
+		pcache_wb_get_stats(c->wb, &st);
+		if (st.rate_waits)
+			break;
+		usleep(10 * 1000);
+	}
+	ck_assert_uint_gt(st.rate_waits, 0);
+	ck_assert_int_eq(pthread_create(&wt, NULL, wt_rewriter, NULL), 0);
+	done_in_sleep = wait_for(&wt_done, 3000);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "0"), 0); /* wake the batch */
+	ck_assert_int_eq(pthread_join(wbt, NULL), 0);
+	ck_assert_int_eq(pthread_join(wt, NULL), 0);
+	ck_assert_msg(done_in_sleep, "the writethrough write waited for the rate-limited batch");
+	ck_assert_int_eq(batch_ret, 1);
+	backing_is((3u << 20) - 4096, 4096, 3);
+	backing_is(0, (3u << 20) - 4096, 1);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_is((3u << 20) - 4096, 4096, 3);
+}
+END_TEST
+
 Suite *cache_wbskip_suite(void);
 Suite *cache_wbskip_suite(void)
 {
@@ -427,9 +587,12 @@ Suite *cache_wbskip_suite(void)
 	tcase_add_test(tc, dirty_bytes_follow_writes_restart_and_writeback);
 	tcase_add_test(tc, backing_is_an_epoch_prefix_state_after_every_batch);
 	tcase_add_test(tc, a_fua_write_is_never_skipped_for_a_later_key_of_its_epoch);
+	tcase_add_test(tc, a_key_replaced_by_a_staged_key_is_never_left_clean_and_unwritten);
+	tcase_add_test(tc, a_key_replaced_by_a_staged_writethrough_key_is_never_left_clean_and_unwritten);
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writethrough_one);
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writearound_one);
 	tcase_add_test(tc, a_writethrough_backing_write_waits_for_the_writebacks_batch);
+	tcase_add_test(tc, a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate_limit);
 	suite_add_tcase(s, tc);
 	return s;
 }
