@@ -60,6 +60,29 @@ int pcachectl_open_status(int rc);
 /* JSON output helpers: a string with escapes. */
 void pcachectl_json_str(FILE *f, const char *s);
 
+/* ---- progress line (pcachectl_progress.c): one for every long command ---------------------- */
+
+/*
+ * A progress line on stderr. On a terminal: one line redrawn in place (a bar, percent, bytes
+ * left, rate and ETA), at most 5 times a second. Off a terminal: nothing, or with log set a
+ * plain line every 2 s (a log file then shows that the command is alive). quiet: nothing at all.
+ */
+struct pcachectl_progress {
+	const char *label;     /* "flush", "writeback" */
+	bool tty, log, drawn;
+	uint64_t start_ns, last_ns;
+};
+
+void pcachectl_progress_start(struct pcachectl_progress *p, const char *label, bool quiet, bool log);
+/* done of total bytes so far; extra (may be NULL) is appended ("3/8 ksets"). final: draw now. */
+void pcachectl_progress_update(struct pcachectl_progress *p, uint64_t done, uint64_t total,
+			       const char *extra, bool final);
+/* End the line (a newline on a terminal if anything was drawn). */
+void pcachectl_progress_end(struct pcachectl_progress *p);
+/* The line itself, without label: "[####....]  42%  1.2 MiB left, 3 MiB/s, ETA 0:04". */
+void pcachectl_progress_format(char *buf, size_t len, uint64_t done, uint64_t total,
+			       uint64_t elapsed_ns, bool bar);
+
 /* The commands (weak ones may be missing from the build). */
 extern const struct pcachectl_cmd pcachectl_cmd_format;
 extern const struct pcachectl_cmd pcachectl_cmd_info;
