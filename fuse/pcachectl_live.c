@@ -145,7 +145,8 @@ static int load_status(const char *cmd, const char *mnt, char **text, size_t *le
 	}
 	ret = read_ctl(mnt, "status.json", text, len);
 	if (ret == -ENOENT || ret == -ENOTDIR) {
-		fprintf(stderr, "pcachectl %s: %s: not a pcachefs mount (no .pcache/status.json)\n", cmd, mnt);
+		fprintf(stderr, "pcachectl %s: %s: not a pcachefs mount (no .pcache/status.json)\n", cmd,
+			mnt);
 		return PCACHECTL_FAILED;
 	}
 	if (ret) {
@@ -191,7 +192,8 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 	printf("%s: pcachefs %s\n", mnt, pcachectl_json_s(js, "version", "?"));
 	v = pcachectl_json_get(c, "data_crc");
 	printf("cache      %s, %s, %" PRIu64 "/%" PRIu64 " segments of %s used, %s granularity%s\n",
-	       pcachectl_json_s(c, "path", "?"), pcachectl_fmt_size(pcachectl_json_u64(c, "size", 0), a, sizeof(a)),
+	       pcachectl_json_s(c, "path", "?"),
+	       pcachectl_fmt_size(pcachectl_json_u64(c, "size", 0), a, sizeof(a)),
 	       pcachectl_json_u64(c, "segs_used", 0), pcachectl_json_u64(c, "seg_count", 0),
 	       pcachectl_fmt_size(pcachectl_json_u64(c, "seg_size", 0), b, sizeof(b)),
 	       pcachectl_json_s(c, "granularity", "?"), v && v->b ? ", data CRC" : "");
