@@ -14,12 +14,14 @@
 # packages, quiet when none is missing; INSTALL_DEPS=cmd replaces it, INSTALL_DEPS=true skips it).
 #
 # Sources are found by wildcard per folder; each folder is one layer (DESIGN.md section 2):
-#   backing/*.c -> libbacking.a, core/*.c -> libcore.a, fuse/*.c -> pcachefs (fuse/pcachectl*.c
-#   -> pcachectl, fuse/common_*.c -> both), tests/check_*.c + tests/lib/*.c -> one Check runner,
+#   backing/*.c -> libbacking.a, core/*.c -> libcore.a (of core/crc32c_<arch>.c only the one for
+#   the target, see CC_ARCH), fuse/*.c -> pcachefs (fuse/pcachectl*.c -> pcachectl,
+#   fuse/common_*.c -> both), tests/check_*.c + tests/lib/*.c -> one Check runner,
 #   tests/tools/*.c -> one program each, tests/fuzz/fuzz_*.c -> libFuzzer targets.
 
 PKG_CONFIG ?= pkg-config
 CC ?= cc
+AR ?= ar
 CLANG ?= clang
 
 ifeq ($(SANITIZE),)
@@ -57,7 +59,7 @@ CHECK_LIBS = $(eval CHECK_LIBS := $(call pkg_query,--libs check))$(CHECK_LIBS)
 
 # Recursive (=) on purpose: they hold the lazily computed package flags above.
 CFLAGS ?= $(OPT) -g
-ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread \
+ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -pthread \
 	$(WARN) $(SAN_FLAGS) -Iinclude $(PKG_CFLAGS) $(CFLAGS) -MMD -MP
 ALL_LDFLAGS := -pthread $(SAN_FLAGS) $(LDFLAGS)
 LIBS = $(PKG_LIBS) -lm
@@ -69,8 +71,16 @@ QUIET_LD = @echo "  LD      $@";
 QUIET_AR = @echo "  AR      $@";
 endif
 
+# CPU-specific variants are files, not #ifdefs: core/crc32c_<arch>.c for the architecture the
+# compiler targets (the first word of $(CC) -dumpmachine), core/crc32c_generic.c where there is
+# none. Nothing in the build assumes a CPU feature; a fast path checks for it at run time.
+# NOTE: on a fresh machine there is no compiler yet while this is parsed (deps installs it):
+# then the machine's own architecture (uname -m) is the target, as it is for a native build.
+CC_ARCH := $(firstword $(subst -, ,$(shell $(CC) -dumpmachine 2>/dev/null)) $(shell uname -m))
+CRC32C_SRC := $(firstword $(wildcard core/crc32c_$(CC_ARCH).c) core/crc32c_generic.c)
+
 BACKING_SRCS := $(sort $(wildcard backing/*.c))
-CORE_SRCS := $(sort $(wildcard core/*.c))
+CORE_SRCS := $(sort $(filter-out core/crc32c_%.c,$(wildcard core/*.c)) $(CRC32C_SRC))
 CTL_SRCS := $(sort $(wildcard fuse/pcachectl*.c))
 FUSE_SRCS := $(sort $(filter-out $(CTL_SRCS),$(wildcard fuse/*.c)))
 # fuse/ files shared by both programs are named fuse/common_*.c
@@ -98,10 +108,10 @@ $(O)/%.o: %.c | deps
 	$(QUIET_CC)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(LIBBACKING): $(call obj,$(BACKING_SRCS)) | deps
-	$(QUIET_AR)rm -f $@ && ar rcs $@ $^
+	$(QUIET_AR)rm -f $@ && $(AR) rcs $@ $^
 
 $(LIBCORE): $(call obj,$(CORE_SRCS)) | deps
-	$(QUIET_AR)rm -f $@ && ar rcs $@ $^
+	$(QUIET_AR)rm -f $@ && $(AR) rcs $@ $^
 
 $(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
@@ -132,7 +142,7 @@ $(O)/tools/%: $(O)/tests/tools/%.o $(call obj,$(TESTLIB_SRCS) $(COMMON_SRCS)) $(
 
 # libFuzzer targets: clang only, always with ASan+UBSan, own object tree.
 FUZZ_O ?= build-fuzz
-FUZZ_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -msse4.2 -pthread -g -O1 \
+FUZZ_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -pthread -g -O1 \
 	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -Iinclude $(PKG_CFLAGS)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_O)/%,$(FUZZ_SRCS))
 $(FUZZ_O)/obj/%.o: %.c | deps

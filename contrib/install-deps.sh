@@ -7,7 +7,7 @@ set -eu
 
 PKGS="build-essential pkg-config libfuse3-dev fuse3 libpmem2-dev liburing-dev libblkid-dev check
 btrfs-progs lvm2 fdisk clang libclang-rt-14-dev fio qemu-utils qemu-system-common e2fsprogs util-linux
-gnuplot-nox procps psmisc kmod jq"
+gnuplot-nox procps psmisc kmod jq gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
 
 # Every build runs this first (make deps). Elsewhere than on Debian there is nothing to ask:
 # the build's pkg-config queries name whatever is missing.

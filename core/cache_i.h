@@ -51,6 +51,21 @@
 #define PCACHE_IDLE_MS 200u         /* no user I/O this long: the writeback counts as idle */
 #define PCACHE_MISSREG_BUCKETS 256u
 
+/*
+ * The fences of the hit path's seqlock-style generation check (copy_hits() in cache_req.c is
+ * the reader, pcache_seg_alloc() in segment.c the writer; see segment.c invariant 6).
+ * NOTE: GCC refuses atomic_thread_fence() under -fsanitize=thread (-Wtsan: TSan does not model
+ * fences). TSan builds run on x86-64, where loads are not reordered with loads nor stores with
+ * stores, so there a compiler barrier keeps the same order.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define pcache_fence_acquire() __asm__ __volatile__("" ::: "memory")
+#define pcache_fence_release() __asm__ __volatile__("" ::: "memory")
+#else
+#define pcache_fence_acquire() atomic_thread_fence(memory_order_acquire)
+#define pcache_fence_release() atomic_thread_fence(memory_order_release)
+#endif
+
 /* ---- segment.c: allocation bitmap, refs, generations, data heads ---------------------------- */
 
 enum pcache_seg_kind { PCACHE_SEG_FREE = 0, PCACHE_SEG_DATA = 1, PCACHE_SEG_LOG = 2 };

@@ -846,11 +846,16 @@ static int copy_hits(struct pcache_image *img, uint8_t *buf, struct hit *hv, uin
 			crc_bad = crc != h->k.data_crc;
 		}
 		/*
-		 * The copy's loads complete before the generation is re-read (seqlock-style check).
-		 * NOTE: x86-64 does not reorder loads with loads, so a compiler barrier is the whole
-		 * read fence here (atomic_thread_fence() is not supported by TSan builds).
+		 * Reader half of a seqlock-style check: the copy's and the CRC's loads from the
+		 * segment are ordered before the generation is re-read, so a copy that saw any byte
+		 * of a later use of the segment also sees its new generation and is dropped. Pairs
+		 * with the release fence in pcache_seg_alloc() (segment.c), which orders the bump
+		 * before any store of the next use. NOTE: the acquire load in
+		 * pcache_cache_dev_seg_gen() is not enough on its own: it orders the loads after it,
+		 * not the copy before it. Free on x86-64 (loads are not reordered with loads), a
+		 * dmb ishld on arm64, where a compiler barrier would let the copy read late.
 		 */
-		__asm__ __volatile__("" ::: "memory");
+		pcache_fence_acquire();
 		if (pcache_cache_dev_seg_gen(c->cd, h->k.seg) != h->k.seg_gen) {
 			/* freed (and maybe reused) during the copy: read the backing instead */
 			if (vec_push(pv, 0, h->len, 0, h->buf_off) != 0)

@@ -23,6 +23,10 @@
  *     both sides read-modify-write the same word, so either the put sees the pin or the pin sees
  *     the bumped generation (and backs off). Nobody waits for a pin: a leaked pin keeps one
  *     segment allocated but never blocks GC or writers.
+ *  6. A copying hit (cache_req.c copy_hits) pins nothing: it copies, then re-reads the
+ *     generation and drops the hit if it changed. pcache_seg_alloc() fences after taking a
+ *     segment, so the new generation is visible before any new byte in it (invariant 1 makes
+ *     the bump come first).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -248,6 +252,16 @@ take:
 	s->nfree--;
 	s->kind[idx] = for_log ? PCACHE_SEG_LOG : PCACHE_SEG_DATA;
 	atomic_store(&s->refs[idx], 0);
+	/*
+	 * Writer half of the hit path's seqlock-style check (invariant 6). The bump of this
+	 * segment's generation by its last use happened before this point (the freeing thread
+	 * bumped, then released s->lock, taken here); the fence orders it before every store the
+	 * caller makes into the segment, data or kset. It pairs with the acquire fence in
+	 * copy_hits() (cache_req.c). NOTE: a release fence (dmb ish on arm64) is cumulative, so a
+	 * bump stored by another thread is covered too; the lock alone orders only what comes
+	 * before its release.
+	 */
+	pcache_fence_release();
 	*seg = idx;
 out:
 	pthread_mutex_unlock(&s->lock);

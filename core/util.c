@@ -1,10 +1,12 @@
 /*
  * util.c -- CRC32C, the clock and the log (see include/pcache/util.h).
  *
- * CRC32C: the SSE4.2 crc32 instruction, 8 bytes at a time, when cpuid says the CPU has it;
- * otherwise a byte-wise table (slicing is not worth it: every x86-64 server we run on has
- * SSE4.2). Both compute the raw reflected CRC with no pre/post inversion, so results match
- * dm-pcache's crc32c(seed, ...) for the same seed. Measured in make bench (engine rows).
+ * CRC32C: the CPU's instruction when the build has a fast path for the architecture
+ * (core/crc32c_<arch>.c: SSE4.2 on x86-64) and the CPU running it has the instruction, asked
+ * once at run time; otherwise a portable byte-wise table, here (slicing is not worth it: every
+ * x86-64 server we run on has SSE4.2). Both compute the raw reflected CRC with no pre/post
+ * inversion, so results match dm-pcache's crc32c(seed, ...) for the same seed. Measured in
+ * make bench (engine rows). A test hook (pcache_crc32c_set_impl) forces either path.
  *
  * Log: one hook for the whole process. The rate limit keeps, per format string (its address:
  * every call site passes a literal), the start of its current interval and the lines taken and
@@ -12,23 +14,23 @@
  * (its count of dropped lines is then lost). The lock covers the table only: formatting and
  * the hook run outside it.
  */
-#include <cpuid.h>
-#include <nmmintrin.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <time.h>
 
+#include "crc32c_i.h"
 #include "pcache/util.h"
 
 static uint32_t crc_table[256];
-static int crc_hw;
+static pcache_crc32c_fn crc_hw;                /* written once, in crc_init */
+static _Atomic(pcache_crc32c_fn) crc_fn;       /* what pcache_crc32c() calls */
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void crc_init(void)
 {
-	unsigned int a, b, c, d;
 	uint32_t i, j, r;
 
 	for (i = 0; i < 256; i++) {
@@ -37,8 +39,8 @@ static void crc_init(void)
 			r = (r >> 1) ^ (0x82F63B78u & (0u - (r & 1)));
 		crc_table[i] = r;
 	}
-	if (__get_cpuid(1, &a, &b, &c, &d))
-		crc_hw = !!(c & bit_SSE4_2);
+	crc_hw = pcache_crc32c_hw_probe();
+	atomic_store_explicit(&crc_fn, crc_hw ? crc_hw : pcache_crc32c_sw, memory_order_relaxed);
 }
 
 uint32_t pcache_crc32c_sw(uint32_t crc, const void *buf, size_t len)
@@ -51,33 +53,42 @@ uint32_t pcache_crc32c_sw(uint32_t crc, const void *buf, size_t len)
 	return crc;
 }
 
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint64_t c = crc, v;
-
-	while (len && ((uintptr_t)p & 7)) {
-		c = _mm_crc32_u8((uint32_t)c, *p++);
-		len--;
-	}
-	while (len >= 8) {
-		memcpy(&v, p, 8);
-		c = _mm_crc32_u64(c, v);
-		p += 8;
-		len -= 8;
-	}
-	while (len--)
-		c = _mm_crc32_u8((uint32_t)c, *p++);
-	return (uint32_t)c;
-}
-
 uint32_t pcache_crc32c(uint32_t crc, const void *buf, size_t len)
 {
 	pthread_once(&crc_once, crc_init);
-	if (pcache_likely(crc_hw))
-		return crc32c_hw(crc, buf, len);
-	return pcache_crc32c_sw(crc, buf, len);
+	/* relaxed: pthread_once orders crc_init before this load; the test hook only swaps
+	 * between two functions that are both ready */
+	return atomic_load_explicit(&crc_fn, memory_order_relaxed)(crc, buf, len);
+}
+
+int pcache_crc32c_set_impl(enum pcache_crc_impl impl)
+{
+	pcache_crc32c_fn fn;
+
+	pthread_once(&crc_once, crc_init);
+	switch (impl) {
+	case PCACHE_CRC_IMPL_AUTO:
+		fn = crc_hw ? crc_hw : pcache_crc32c_sw;
+		break;
+	case PCACHE_CRC_IMPL_SW:
+		fn = pcache_crc32c_sw;
+		break;
+	case PCACHE_CRC_IMPL_HW:
+		if (!crc_hw)
+			return -ENOTSUP;
+		fn = crc_hw;
+		break;
+	default:
+		return -EINVAL;
+	}
+	atomic_store_explicit(&crc_fn, fn, memory_order_relaxed);
+	return 0;
+}
+
+bool pcache_crc32c_has_hw(void)
+{
+	pthread_once(&crc_once, crc_init);
+	return crc_hw != NULL;
 }
 
 uint64_t pcache_now_ns(void)

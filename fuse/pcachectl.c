@@ -2,7 +2,8 @@
  * pcachectl.c -- the pcachefs admin command: dispatch, help, and helpers shared by the
  * subcommands (fuse/pcachectl_<cmd>.c).
  *
- *   pcachectl format|info|check|dump [OPTIONS] DEVICE      (see contrib/pcachectl.8)
+ *   pcachectl format|info|check|dump|writeback [OPTIONS] DEVICE   (see contrib/pcachectl.8)
+ *   pcachectl status|flush [OPTIONS] MOUNTPOINT                    (a mounted pcachefs)
  *
  * Invariants:
  *  1. Every subcommand is one entry of cmds[] (struct pcachectl_cmd); help, dispatch and the
@@ -25,7 +26,7 @@
 
 static const struct pcachectl_cmd *const *cmds_table(void)
 {
-	static const struct pcachectl_cmd *cmds[8];
+	static const struct pcachectl_cmd *cmds[10];
 	size_t n = 0;
 
 	if (!cmds[0]) {
@@ -35,6 +36,8 @@ static const struct pcachectl_cmd *const *cmds_table(void)
 		cmds[n++] = &pcachectl_cmd_dump;
 		if (&pcachectl_cmd_writeback) /* weak: present once fuse/pcachectl_writeback.c exists */
 			cmds[n++] = &pcachectl_cmd_writeback;
+		cmds[n++] = &pcachectl_cmd_status;
+		cmds[n++] = &pcachectl_cmd_flush;
 		cmds[n] = NULL;
 	}
 	return cmds;
@@ -54,14 +57,16 @@ static void main_usage(FILE *f)
 {
 	const struct pcachectl_cmd *const *c;
 
-	fprintf(f, "usage: pcachectl COMMAND [OPTIONS] DEVICE\n"
+	fprintf(f, "usage: pcachectl COMMAND [OPTIONS] DEVICE|MOUNTPOINT\n"
 		   "       pcachectl COMMAND --help | pcachectl --help | pcachectl --version\n\n"
-		   "Administer a pcachefs cache device (a DAX device, or a file used as one).\n\n"
+		   "Administer a pcachefs cache device (a DAX device, or a file used as one) offline,\n"
+		   "or a mounted pcachefs (status, flush) through its .pcache/ control tree.\n\n"
 		   "commands:\n");
 	for (c = cmds_table(); *c; c++)
 		fprintf(f, "  %s\n", (*c)->usage);
-	fprintf(f, "\nexit status: 0 ok, 1 repairable (check) or refused without --force (format),\n"
-		   "2 not a valid pcachefs cache, 3 usage or I/O error or device locked.\n");
+	fprintf(f, "\nexit status: 0 ok, 1 repairable (check), refused without --force (format), or\n"
+		   "refused or failed (status, flush), 2 not a valid pcachefs cache, 3 usage or I/O\n"
+		   "error or device locked.\n");
 }
 
 void pcachectl_print_help(FILE *f, const struct pcachectl_cmd *cmd)

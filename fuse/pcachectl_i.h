@@ -60,11 +60,71 @@ int pcachectl_open_status(int rc);
 /* JSON output helpers: a string with escapes. */
 void pcachectl_json_str(FILE *f, const char *s);
 
+/* ---- JSON input (pcachectl_json.c): status.json of a live mount ----------------------------- */
+
+enum pcachectl_json_type {
+	PCACHECTL_JSON_NULL, PCACHECTL_JSON_BOOL, PCACHECTL_JSON_NUMBER, PCACHECTL_JSON_STRING,
+	PCACHECTL_JSON_ARRAY, PCACHECTL_JSON_OBJECT,
+};
+
+struct pcachectl_json {
+	enum pcachectl_json_type type;
+	char *key;                      /* member name inside an object, else NULL */
+	char *str;                      /* STRING */
+	double num;                     /* NUMBER */
+	uint64_t u64;                   /* NUMBER, exact when is_u64 (a non-negative integer) */
+	bool is_u64, b;                 /* b: BOOL */
+	struct pcachectl_json *child;   /* ARRAY elements or OBJECT members, n of them */
+	size_t n, cap;
+};
+
+/* Parse a NUL-terminated text. 0 and *out (free with pcachectl_json_free), or -EINVAL/-ENOMEM. */
+int pcachectl_json_parse(const char *text, struct pcachectl_json **out);
+void pcachectl_json_free(struct pcachectl_json *v);
+/* Member key of an object (NULL if obj is not an object or has no such member). */
+const struct pcachectl_json *pcachectl_json_get(const struct pcachectl_json *obj, const char *key);
+/* Member key as an exact unsigned integer / a string; dflt when missing or of another type. */
+uint64_t pcachectl_json_u64(const struct pcachectl_json *obj, const char *key, uint64_t dflt);
+const char *pcachectl_json_s(const struct pcachectl_json *obj, const char *key, const char *dflt);
+
+/* ---- progress line (pcachectl_progress.c): one for every long command ---------------------- */
+
+/*
+ * A progress line on stderr. On a terminal: one line redrawn in place (a bar, percent, bytes
+ * left, rate and ETA), at most 5 times a second. Off a terminal: nothing, or with log set a
+ * plain line every 2 s (a log file then shows that the command is alive). quiet: nothing at all.
+ */
+struct pcachectl_progress {
+	const char *label;     /* "flush", "writeback" */
+	bool tty, log, drawn;
+	uint64_t start_ns, last_ns;
+};
+
+void pcachectl_progress_start(struct pcachectl_progress *p, const char *label, bool quiet, bool log);
+/* done of total bytes so far; extra (may be NULL) is appended ("3/8 ksets"). final: draw now. */
+void pcachectl_progress_update(struct pcachectl_progress *p, uint64_t done, uint64_t total,
+			       const char *extra, bool final);
+/* End the line (a newline on a terminal if anything was drawn). */
+void pcachectl_progress_end(struct pcachectl_progress *p);
+/* The line itself, without label: "[####....]  42%  1.2 MiB left, 3 MiB/s, ETA 0:04". */
+void pcachectl_progress_format(char *buf, size_t len, uint64_t done, uint64_t total,
+			       uint64_t elapsed_ns, bool bar);
+
+/* ---- live mounts (pcachectl_live.c) -------------------------------------------------------- */
+
+/*
+ * Exit status of the commands that work on a mounted file system (status, flush): 0 success,
+ * PCACHECTL_FAILED (1) refused or failed (one line on stderr), PCACHECTL_ERROR (3) usage.
+ */
+enum { PCACHECTL_FAILED = 1 };
+
 /* The commands (weak ones may be missing from the build). */
 extern const struct pcachectl_cmd pcachectl_cmd_format;
 extern const struct pcachectl_cmd pcachectl_cmd_info;
 extern const struct pcachectl_cmd pcachectl_cmd_check;
 extern const struct pcachectl_cmd pcachectl_cmd_dump;
+extern const struct pcachectl_cmd pcachectl_cmd_status;
+extern const struct pcachectl_cmd pcachectl_cmd_flush;
 extern const struct pcachectl_cmd pcachectl_cmd_writeback __attribute__((weak));
 
 #endif

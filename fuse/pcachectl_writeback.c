@@ -16,7 +16,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "pcache/util.h"
 #include "pcache/writeback.h"
@@ -41,8 +40,7 @@ const struct pcachectl_cmd pcachectl_cmd_writeback = {
 };
 
 struct wb_progress_state {
-	bool quiet, tty;
-	uint64_t last_ns;
+	struct pcachectl_progress bar;
 	bool printed;
 	uint64_t last_bytes, last_ksets;
 };
@@ -50,26 +48,16 @@ struct wb_progress_state {
 static void progress_cb(void *arg, const struct pcache_wb_progress *p)
 {
 	struct wb_progress_state *ps = arg;
-	char a[32], b[32];
-	uint64_t now = pcache_now_ns();
-	unsigned int pct;
+	char ksets[64];
 
 	if (ps->printed && p->done_bytes == ps->last_bytes && p->done_ksets == ps->last_ksets)
 		return; /* nothing new (a retry pass) */
-	if (ps->quiet || (now - ps->last_ns < 200000000ull && p->done_ksets < p->total_ksets))
-		return;
-	if (!ps->tty && now - ps->last_ns < 2000000000ull && p->done_ksets < p->total_ksets)
-		return; /* a log file gets a line every 2 s */
-	ps->last_ns = now;
+	ps->printed = true;
 	ps->last_bytes = p->done_bytes;
 	ps->last_ksets = p->done_ksets;
-	pct = p->total_bytes ? (unsigned int)(PCACHE_MIN(p->done_bytes, p->total_bytes) * 100 /
-					      p->total_bytes) : 100;
-	fprintf(stderr, "%swriteback: %s of %s dirty (%u%%), %" PRIu64 "/%" PRIu64 " ksets%s",
-		ps->tty ? "\r" : "", pcachectl_fmt_size(PCACHE_MIN(p->done_bytes, p->total_bytes), a, sizeof(a)),
-		pcachectl_fmt_size(p->total_bytes, b, sizeof(b)), pct, p->done_ksets, p->total_ksets,
-		ps->tty ? "   " : "\n");
-	ps->printed = true;
+	snprintf(ksets, sizeof(ksets), "%" PRIu64 "/%" PRIu64 " ksets", p->done_ksets, p->total_ksets);
+	pcachectl_progress_update(&ps->bar, p->done_bytes, p->total_bytes, ksets,
+				  p->done_ksets >= p->total_ksets);
 }
 
 static int writeback_run(int argc, char **argv)
@@ -83,6 +71,7 @@ static int writeback_run(int argc, char **argv)
 	struct pcache_wb_offline_opts oo;
 	struct wb_progress_state ps;
 	struct pcache_cache_dev *cd;
+	bool quiet = false;
 	struct pcache_pos before, after;
 	const char *path;
 	char err[1400];
@@ -97,7 +86,7 @@ static int writeback_run(int argc, char **argv)
 			if (pcachectl_parse_size(optarg, &rate) != 0)
 				return pcachectl_usage_error(cmd, "bad --rate '%s'", optarg);
 		} else if (c == 'q') {
-			ps.quiet = true;
+			quiet = true;
 		} else {
 			return pcachectl_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
 		}
@@ -106,7 +95,8 @@ static int writeback_run(int argc, char **argv)
 		return pcachectl_usage_error(cmd, optind == argc ? "no DEVICE given" :
 					     "more than one DEVICE given");
 	path = argv[optind];
-	ps.tty = isatty(STDERR_FILENO);
+	/* a log file (stderr not a terminal) gets a plain line every 2 s */
+	pcachectl_progress_start(&ps.bar, "writeback", quiet, true);
 
 	/* invariant 1: read-write open takes the exclusive lock; a mounted device is refused */
 	rc = pcachectl_open(path, true, false, &cd);
@@ -120,13 +110,12 @@ static int writeback_run(int argc, char **argv)
 	r = pcache_wb_offline(cd, &oo, err, sizeof(err));
 	pcache_cache_dev_get_dirty_tail(cd, &after);
 	pcache_cache_dev_close(cd);
-	if (ps.printed && ps.tty)
-		fputc('\n', stderr);
+	pcachectl_progress_end(&ps.bar);
 	if (r) {
 		fprintf(stderr, "pcachectl writeback: %s: %s\n", path, err[0] ? err : strerror(-r));
 		return r == -EUCLEAN ? PCACHECTL_CORRUPT : PCACHECTL_ERROR;
 	}
-	if (!ps.quiet)
+	if (!quiet)
 		printf("%s: written back: %" PRIu64 " ksets, dirty tail now at lsn %" PRIu64 "\n", path,
 		       after.lsn - before.lsn, after.lsn);
 	return PCACHECTL_OK;

@@ -8,6 +8,7 @@
 #define PCACHE_UTIL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -17,10 +18,24 @@
 /* Seed used by every pcachefs checksum (as dm-pcache: raw reflected CRC32C, no inversion). */
 #define PCACHE_CRC_SEED 0x3B15Au
 
-/* Continue a raw CRC32C over buf. Uses SSE4.2 when the CPU has it, a table otherwise. */
+/*
+ * Continue a raw CRC32C over buf. Uses the CPU's instruction (SSE4.2 on x86-64) when the build
+ * has that path and the CPU supports it (checked once at run time), a table otherwise.
+ */
 uint32_t pcache_crc32c(uint32_t crc, const void *buf, size_t len);
 /* The portable table implementation (exposed for tests and the benchmark). */
 uint32_t pcache_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+/* true when pcache_crc32c() can use a CPU instruction path on this build and CPU. */
+bool pcache_crc32c_has_hw(void);
+
+/* Test hook: which path pcache_crc32c() takes from now on, for the whole process. */
+enum pcache_crc_impl {
+	PCACHE_CRC_IMPL_AUTO,   /* the run-time choice (the default) */
+	PCACHE_CRC_IMPL_SW,     /* the table */
+	PCACHE_CRC_IMPL_HW,     /* the CPU instruction path */
+};
+/* Returns 0, -ENOTSUP for PCACHE_CRC_IMPL_HW when there is none, -EINVAL for another value. */
+int pcache_crc32c_set_impl(enum pcache_crc_impl impl);
 
 /* ---- little-endian fields ----------------------------------------------------------------- */
 /* NOTE: pcachefs only runs on little-endian hosts (checked at compile time in format.h), so

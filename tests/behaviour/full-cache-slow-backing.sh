@@ -7,7 +7,6 @@
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
 need_cmd jq cmp
-[ -x "$TOOLS/flakyfs" ] || fail "flakyfs not built"
 
 pc_shm 64M
 MNT=$SCRATCH/mnt
@@ -17,11 +16,7 @@ pc_image "$SCRATCH/slow.raw" 64M
 head -c $((DATA_MIB << 20)) /dev/urandom > "$SCRATCH/data" || fail "cannot make the data"
 
 # the slow backing: every request to the image sleeps 2 ms in flakyfs
-mkdir -p "$FMNT"
-start_bg "$SCRATCH/flakyfs.log" "$TOOLS/flakyfs" -f -o "backing=$SCRATCH/slow.raw,name=image,delay_us=2000" "$FMNT"
-FLAKY_PID=$BG_PID
-wait_mounted "$FMNT" "$FLAKY_PID" || { cat "$SCRATCH/flakyfs.log" >&2; fail "flakyfs did not mount"; }
-pc_cleanup_add "umount $FMNT; kill $FLAKY_PID"
+pc_flaky "$FMNT" "$SCRATCH/slow.raw" delay_us=2000
 pc_cleanup_add pc_unmount_if "$MNT"
 
 # 16 MiB cache of 1 MiB segments: the 48 MiB written are three times the cache

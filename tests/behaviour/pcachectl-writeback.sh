@@ -37,11 +37,19 @@ kill -9 "$PC_PID"
 pc_kill9 "$MNT"
 cmp -s "$IMG" "$EXP" && fail "the backing already equals the expected image: nothing left to prove"
 
-"$PCACHECTL" writeback "$CACHE" > "$SCRATCH/wb.out" 2> "$SCRATCH/wb.err" \
-	|| { cat "$SCRATCH/wb.err" >&2; fail "pcachectl writeback failed"; }
-note "$(cat "$SCRATCH/wb.out")"
+# on a terminal (script(1) gives it a pty): the shared progress line, then the summary
+if command -v script >/dev/null 2>&1; then
+	script -qec "$PCACHECTL writeback $CACHE" /dev/null > "$SCRATCH/wb.out" 2>&1 \
+		|| { cat -v "$SCRATCH/wb.out" >&2; fail "pcachectl writeback failed"; }
+	grep -aq 'writeback \[####################\] 100%.*ksets' "$SCRATCH/wb.out" \
+		|| { cat -v "$SCRATCH/wb.out" >&2; fail "no progress line on a terminal"; }
+else
+	"$PCACHECTL" writeback "$CACHE" > "$SCRATCH/wb.out" 2> "$SCRATCH/wb.err" \
+		|| { cat "$SCRATCH/wb.err" >&2; fail "pcachectl writeback failed"; }
+fi
+note "$(tr '\r' '\n' < "$SCRATCH/wb.out" | tail -n 1)"
 cmp "$IMG" "$EXP" || fail "backing image differs from everything written after pcachectl writeback"
-grep -q "written back" "$SCRATCH/wb.out" || fail "no summary line"
+grep -aq "written back" "$SCRATCH/wb.out" || fail "no summary line"
 
 # nothing left: a second run writes no kset
 "$PCACHECTL" writeback "$CACHE" > "$SCRATCH/wb2.out" || fail "second writeback failed"
