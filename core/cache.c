@@ -1381,8 +1381,43 @@ int pcache_cache_unattached(struct pcache_cache *c, struct pcache_unattached *v,
 	return k;
 }
 
+enum detach_how { DETACH_KEEP, DETACH_FORGET_CLEAN, DETACH_GIVE_UP };
+
+static int image_detach(struct pcache_cache *c, const char *name, enum detach_how how);
+
 int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
 {
+	return image_detach(c, name, forget ? DETACH_FORGET_CLEAN : DETACH_KEEP);
+}
+
+int pcache_image_give_up(struct pcache_cache *c, const char *name, uint64_t *lost_bytes)
+{
+	struct pcache_image_ent e;
+	uint64_t keys = 0, bytes = 0;
+	int ret;
+
+	if (pcache_cache_dev_image_find(c->cd, name, &e) != 0)
+		return -ENOENT;
+	pcache_image_dirty_walk(c, e.id, &keys, &bytes);
+	ret = image_detach(c, name, DETACH_GIVE_UP);
+	if (ret == -ENOENT) /* not attached (a missing backing): only the table entry goes */
+		ret = pcache_cache_dev_image_remove(c->cd, e.slot);
+	if (ret)
+		return ret;
+	/* its keys now belong to no image: the writeback passes them, replay and reads ignore them */
+	if (c->wb)
+		pcache_wb_image_forget(c->wb, e.id);
+	pcache_log(PCACHE_LOG_WARNING, "image %s: gave up %" PRIu64 " dirty bytes (%" PRIu64 " keys) never "
+		   "written to %s; the image is detached and forgotten, the other images' writeback goes on",
+		   name, bytes, keys, e.path);
+	if (lost_bytes)
+		*lost_bytes = bytes;
+	return 0;
+}
+
+static int image_detach(struct pcache_cache *c, const char *name, enum detach_how how)
+{
+	bool forget = how != DETACH_KEEP;
 	struct pcache_image *img;
 	struct pcache_image_ent e;
 	uint32_t i;
@@ -1402,7 +1437,9 @@ int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
 
 	image_quiesce(img);
 	ret = pcache_cache_flush(c);
-	if (!ret && forget && image_has_dirty(c, img->id)) {
+	if (how == DETACH_GIVE_UP)
+		ret = 0; /* a failing flush does not matter: its data is given up */
+	if (!ret && how == DETACH_FORGET_CLEAN && image_has_dirty(c, img->id)) {
 		/* not clean: put it back */
 		atomic_store(&img->detaching, false);
 		pthread_mutex_lock(&c->img_lock);

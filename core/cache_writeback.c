@@ -163,6 +163,8 @@ struct pcache_wb {
 	unsigned int drains;              /* drains waiting (full speed while > 0) */
 	bool kicked, stopping;
 	bool retry_enxio;                 /* a kick since the last batch: retry missing backings */
+	uint32_t forget_ids[8];           /* images removed from the table (given up), applied at */
+	uint32_t n_forget;                /* the start of the next batch */
 	int latched;                      /* -EUCLEAN: corrupt log, nothing more is done */
 	uint64_t progress_seq;            /* bumped after every batch */
 
@@ -800,6 +802,20 @@ static void wb_retry_due(struct pcache_wb *wb, uint64_t now)
 		}
 	}
 	wb->retry_enxio = false;
+	for (uint32_t f = 0; f < wb->n_forget; f++) {
+		for (uint32_t i = 0; i < wb->n_imgs; i++) {
+			struct wb_img *im = &wb->imgs[i];
+
+			if (im->id != wb->forget_ids[f])
+				continue;
+			/* its keys are skipped from now on, like those of any image not in the table */
+			im->in_table = false;
+			im->blocked = false;
+			im->latched = false;
+			any = true;
+		}
+	}
+	wb->n_forget = 0;
 	if (any) {
 		wb->scan = wb->dirty_tail;
 		wb->block_set = false;
@@ -1511,6 +1527,15 @@ err_sync:
 err_free:
 	free(wb);
 	return r;
+}
+
+void pcache_wb_image_forget(struct pcache_wb *wb, uint32_t image_id)
+{
+	pthread_mutex_lock(&wb->lock);
+	if (wb->n_forget < sizeof(wb->forget_ids) / sizeof(wb->forget_ids[0]))
+		wb->forget_ids[wb->n_forget++] = image_id;
+	pthread_mutex_unlock(&wb->lock);
+	pcache_wb_kick(wb);
 }
 
 int pcache_wb_start_thread(struct pcache_wb *wb)

@@ -151,6 +151,8 @@ struct pcache_wb_opts {
  */
 int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops, void *ctx,
 		    const struct pcache_wb_opts *opts, struct pcache_wb **out);
+/* The image was removed from the table (given up): skip its keys from the next batch on. */
+void pcache_wb_image_forget(struct pcache_wb *wb, uint32_t image_id);
 /* Start the thread of a writeback started with no_thread (once attach is done). 0 or -errno. */
 int pcache_wb_start_thread(struct pcache_wb *wb);
 /* Stop the thread, wait for every request in flight, persist per-image progress, free. */

@@ -70,6 +70,7 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 	case PFS_INO_ATTACH:
 	case PFS_INO_DETACH:
 	case PFS_INO_REKEY:
+	case PFS_INO_GIVE_UP:
 		return true;
 	case 0:
 		return k == PFS_IK_MODE || k == PFS_IK_FLUSH;
@@ -556,6 +557,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 		case PFS_INO_ATTACH:
 		case PFS_INO_DETACH:
 		case PFS_INO_REKEY:
+		case PFS_INO_GIVE_UP:
 			return -EACCES;
 		default:
 			kn = knob_name(fixed_ino);
@@ -645,6 +647,34 @@ static int write_attach(const char *value, bool rekey)
 	return ret == -EBUSY || ret == -EEXIST ? -EBUSY : ret ? -EINVAL : 0;
 }
 
+/* give_up: "NAME confirm" -- drop the image's dirty data (its backing failed for good). */
+static int write_give_up(const char *value)
+{
+	char name[PCACHE_NAME_MAX + 1], err[512];
+	const char *sp = strchr(value, ' ');
+	uint64_t lost = 0;
+	int ret;
+
+	if (!sp || sp == value || strcmp(sp + 1, "confirm") || (size_t)(sp - value) > PCACHE_NAME_MAX) {
+		pfs_log(LOG_WARNING, "give_up: bad input '%s' (expected 'NAME confirm': the image's dirty "
+			"data is lost)", value);
+		return -EINVAL;
+	}
+	memcpy(name, value, (size_t)(sp - value));
+	name[sp - value] = '\0';
+	if (!pcache_image_name_valid(name)) {
+		pfs_log(LOG_WARNING, "give_up: invalid image name '%s'", name);
+		return -EINVAL;
+	}
+	ret = pfs_image_give_up(name, &lost, err, sizeof(err));
+	if (ret) {
+		pfs_log(LOG_WARNING, "give_up %s: %s", name, err);
+		return ret == -ENOENT ? -EINVAL : ret;
+	}
+	pfs_log(LOG_WARNING, "gave up image %s: %" PRIu64 " dirty bytes dropped", name, lost);
+	return 0;
+}
+
 static int write_detach(const char *value)
 {
 	char err[512];
@@ -678,6 +708,8 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 			return write_attach(value, true);
 		case PFS_INO_DETACH:
 			return write_detach(value);
+		case PFS_INO_GIVE_UP:
+			return write_give_up(value);
 		default:
 			kn = knob_name(fixed_ino);
 			if (!kn)

@@ -173,6 +173,7 @@ enum pfs_fixed_ino {
 	PFS_INO_METRICS,
 	PFS_INO_REKEY,
 	PFS_INO_SPACE_TIMEOUT,
+	PFS_INO_GIVE_UP,
 	PFS_INO_FIXED_END
 };
 
@@ -225,6 +226,11 @@ uint64_t pfs_mount_dev(const char *mountpoint);
 int pfs_images_attach_known(const char *const *skip, int n_skip, char *err, size_t errlen);
 /* Write back and detach by name: 0, -ENOENT, -EBUSY (open), or an engine error. */
 int pfs_image_detach(const char *name, char *err, size_t errlen);
+/*
+ * Give up an image's dirty data and forget it (attached or missing): 0, -ENOENT, -EBUSY (open),
+ * or an engine error, with a message; *lost = dirty bytes dropped.
+ */
+int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen);
 /* Release the daemon's references of every slot (at exit, before pcache_cache_stop). */
 void pfs_images_release(void);
 

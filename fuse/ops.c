@@ -253,7 +253,7 @@ static int node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 			*timeout = PFS_CTL_ATTR_TIMEOUT;
 			stat_ctl(st, ino, pfs_ctl_writable(n.fixed, 0),
 				 n.fixed != PFS_INO_FLUSH && n.fixed != PFS_INO_ATTACH && n.fixed != PFS_INO_DETACH &&
-				 n.fixed != PFS_INO_REKEY);
+				 n.fixed != PFS_INO_REKEY && n.fixed != PFS_INO_GIVE_UP);
 			return 0;
 		}
 	}
@@ -299,6 +299,7 @@ static const struct {
 	{ "images", PFS_INO_IMAGES_DIR },
 	{ "rekey", PFS_INO_REKEY },
 	{ "space_timeout", PFS_INO_SPACE_TIMEOUT },
+	{ "give_up", PFS_INO_GIVE_UP },
 };
 
 static const char *const img_ctl_names[PFS_IK_COUNT] = {
@@ -522,6 +523,51 @@ restore:
 	s->state = PFS_SLOT_ATTACHED;
 	pthread_mutex_unlock(&pfs.lock);
 	return ret;
+}
+
+int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen)
+{
+	struct pfs_slot *s;
+	struct pcache_image *img = NULL;
+	int ret;
+
+	pthread_mutex_lock(&pfs.lock);
+	s = slot_by_name(name);
+	if (s && s->open_count) {
+		pthread_mutex_unlock(&pfs.lock);
+		snprintf(err, errlen, "image '%s' is open (%u files)", name, s->open_count);
+		return -EBUSY;
+	}
+	if (s) {
+		s->state = PFS_SLOT_DETACHING;
+		img = s->img;
+	}
+	pthread_mutex_unlock(&pfs.lock);
+	if (s) {
+		while (atomic_load(&s->inflight))
+			usleep(1000);
+		pcache_image_put(img);
+	}
+	/* no writeback first: the data is given up because it cannot be written */
+	ret = pcache_image_give_up(pfs.cache, name, lost);
+	if (ret) {
+		snprintf(err, errlen, "image '%s': %s", name, ret == -ENOENT ? "not known to the cache" :
+			 strerror(-ret));
+		if (s) {
+			pthread_mutex_lock(&pfs.lock);
+			s->img = pcache_image_get(pfs.cache, name);
+			s->state = s->img ? PFS_SLOT_ATTACHED : PFS_SLOT_FREE;
+			pthread_mutex_unlock(&pfs.lock);
+		}
+		return ret;
+	}
+	if (s) {
+		pthread_mutex_lock(&pfs.lock);
+		s->state = PFS_SLOT_FREE;
+		s->img = NULL;
+		pthread_mutex_unlock(&pfs.lock);
+	}
+	return 0;
 }
 
 void pfs_images_release(void)

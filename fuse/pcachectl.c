@@ -38,6 +38,7 @@ static const struct pcachectl_cmd *const *cmds_table(void)
 			cmds[n++] = &pcachectl_cmd_writeback;
 		cmds[n++] = &pcachectl_cmd_status;
 		cmds[n++] = &pcachectl_cmd_flush;
+		cmds[n++] = &pcachectl_cmd_give_up;
 		cmds[n] = NULL;
 	}
 	return cmds;

@@ -125,6 +125,7 @@ extern const struct pcachectl_cmd pcachectl_cmd_check;
 extern const struct pcachectl_cmd pcachectl_cmd_dump;
 extern const struct pcachectl_cmd pcachectl_cmd_status;
 extern const struct pcachectl_cmd pcachectl_cmd_flush;
+extern const struct pcachectl_cmd pcachectl_cmd_give_up;
 extern const struct pcachectl_cmd pcachectl_cmd_writeback __attribute__((weak));
 
 #endif

@@ -119,6 +119,15 @@ int pcache_cache_unattached(struct pcache_cache *c, struct pcache_unattached *v,
  */
 int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget);
 
+/*
+ * Give up the image's dirty data (its backing failed for good, or is gone): detach it if
+ * attached and remove it from the image table although it is dirty; its keys then belong to no
+ * image, so the writeback passes them and the other images' dirty data flows again. The
+ * backing keeps the crash-consistent state the writeback had reached. Logged; *lost_bytes (may
+ * be NULL) gets the dirty bytes dropped. 0, -ENOENT (unknown name), or an image-table error.
+ */
+int pcache_image_give_up(struct pcache_cache *c, const char *name, uint64_t *lost_bytes);
+
 /* Look up by name with a reference (NULL if not attached). */
 struct pcache_image *pcache_image_get(struct pcache_cache *c, const char *name);
 void pcache_image_put(struct pcache_image *img);

@@ -2,7 +2,8 @@
 # Description: a backing that keeps failing never makes writers wait forever. Its writeback
 # errors pin the dirty data, the cache fills, and a writer that waited space_timeout gets EIO
 # (counted in status and metrics, logged); the image is shown as failing with its error; the
-# other image still reads. Once the backing works again, writes succeed and flush completes.
+# other image still reads. Once the backing works again, writes succeed and flush completes; when
+# it fails for good, pcachectl give-up --yes drops its dirty data and the others write back.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -60,5 +61,21 @@ done
 dd if=/dev/urandom of="$MNT/a" bs=1M count=8 oflag=direct conv=notrunc status=none || fail "writes fail after recovery"
 [ "$(jq -r '.images[] | select(.name == "a") | .state' "$MNT/.pcache/status.json")" = ok ] ||
 	fail "image a still shown failing after a successful writeback"
+
+# the backing fails for good: the admin gives up a's dirty data, the rest goes on
+printf 'eio 0 %d w\n' $((256 << 20)) > "$FL/.control"
+dd if=/dev/urandom of="$MNT/a" bs=1M count=8 oflag=direct conv=notrunc,fsync status=none || fail "write to a failed"
+dd if=/dev/urandom of="$MNT/b" bs=1M count=4 oflag=direct conv=notrunc,fsync status=none || fail "write to b failed"
+timeout 60 bash -c "echo 1 > '$MNT/.pcache/flush'" 2>/dev/null && fail "flush succeeded although a's backing fails"
+"$PCACHECTL" give-up "$MNT" a >/dev/null 2>"$SCRATCH/gu.err" && fail "give-up without --yes succeeded"
+grep -q "refusing without --yes" "$SCRATCH/gu.err" || { cat "$SCRATCH/gu.err"; fail "give-up refusal unclear"; }
+ls "$MNT" | grep -qx a || fail "a refused give-up removed the image"
+"$PCACHECTL" give-up --yes "$MNT" a || fail "give-up failed"
+grep -q "gave up .* dirty bytes" "$SCRATCH/pcachefs.mnt.log" || fail "give-up not logged"
+ls "$MNT" | grep -qx a && fail "image a still there after give-up"
+timeout 60 bash -c "echo 1 > '$MNT/.pcache/flush'" || fail "flush of the other images failed after give-up"
+jq -e '.cache.dirty_tail.lsn == .cache.key_head.lsn and ([.images[].dirty_bytes] | add) == 0' \
+	"$MNT/.pcache/status.json" >/dev/null || { cat "$MNT/.pcache/status"; fail "dirty data left after give-up and flush"; }
+cmp "$MNT/b" "$SCRATCH/b.raw" || fail "image b's backing does not hold its data"
 pc_umount "$MNT"
 exit 0
