@@ -977,36 +977,6 @@ struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c)
 
 /* ---- images ------------------------------------------------------------------------------- */
 
-static const char *mode_name(uint32_t m)
-{
-	switch (m) {
-	case PCACHE_MODE_WRITEBACK:
-		return "writeback";
-	case PCACHE_MODE_WRITETHROUGH:
-		return "writethrough";
-	case PCACHE_MODE_WRITEAROUND:
-		return "writearound";
-	}
-	return "unknown";
-}
-
-static int mode_parse(const char *s, uint32_t *m)
-{
-	size_t n = strlen(s);
-
-	while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
-		n--;
-	if (n == 9 && !strncmp(s, "writeback", n))
-		*m = PCACHE_MODE_WRITEBACK;
-	else if (n == 12 && !strncmp(s, "writethrough", n))
-		*m = PCACHE_MODE_WRITETHROUGH;
-	else if (n == 11 && !strncmp(s, "writearound", n))
-		*m = PCACHE_MODE_WRITEAROUND;
-	else
-		return -EINVAL;
-	return 0;
-}
-
 static struct pcache_image *find_attached(struct pcache_cache *c, const char *name)
 {
 	uint32_t i;
@@ -1702,9 +1672,10 @@ int pcache_image_set_knob(struct pcache_image *img, const char *name, const char
 
 	if (strcmp(name, "cache_mode"))
 		return -EINVAL;
-	ret = mode_parse(value, &m);
-	if (ret)
+	ret = pcache_mode_parse(value);
+	if (ret < 0)
 		return ret;
+	m = (uint32_t)ret;
 	/* Leaving writeback: drain the image's dirty data first, so the backing is current
 	 * when writes start going to it directly. */
 	if (m != PCACHE_MODE_WRITEBACK && atomic_load(&img->cache_mode) == PCACHE_MODE_WRITEBACK) {
@@ -1729,7 +1700,7 @@ int pcache_image_get_knob(struct pcache_image *img, const char *name, char *buf,
 
 	if (strcmp(name, "cache_mode"))
 		return -EINVAL;
-	n = snprintf(buf, len, "%s\n", mode_name(atomic_load(&img->cache_mode)));
+	n = snprintf(buf, len, "%s\n", pcache_mode_name(atomic_load(&img->cache_mode)));
 	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
 

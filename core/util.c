@@ -14,14 +14,17 @@
  * (its count of dropped lines is then lost). The lock covers the table only: formatting and
  * the hook run outside it.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "crc32c_i.h"
+#include "pcache/format.h"
 #include "pcache/util.h"
 
 static uint32_t crc_table[256];
@@ -213,4 +216,81 @@ void pcache_log(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	pcache_vlog(level, fmt, ap);
 	va_end(ap);
+}
+
+int pcache_parse_size(const char *s, uint64_t *out)
+{
+	unsigned long long v;
+	unsigned int shift = 0;
+	char *end;
+
+	if (!s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	switch (toupper((unsigned char)*end)) {
+	case 'K': shift = 10; break;
+	case 'M': shift = 20; break;
+	case 'G': shift = 30; break;
+	case 'T': shift = 40; break;
+	default: break;
+	}
+	if (shift) {
+		end++;
+		if (*end == 'i' || *end == 'I')
+			end++;
+	}
+	if (*end == 'B' || *end == 'b')
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+const char *pcache_fmt_size(uint64_t v, char *buf, size_t len)
+{
+	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	unsigned int u = 0;
+	double d = (double)v;
+
+	while (d >= 1024 && u + 1 < PCACHE_ARRAY_SIZE(units)) {
+		d /= 1024;
+		u++;
+	}
+	if (u == 0 || d == (double)(uint64_t)d)
+		snprintf(buf, len, "%.0f %s", d, units[u]);
+	else
+		snprintf(buf, len, "%.1f %s", d, units[u]);
+	return buf;
+}
+
+const char *pcache_mode_name(uint32_t mode)
+{
+	switch (mode) {
+	case PCACHE_MODE_WRITEBACK: return "writeback";
+	case PCACHE_MODE_WRITETHROUGH: return "writethrough";
+	case PCACHE_MODE_WRITEAROUND: return "writearound";
+	default: return "unknown";
+	}
+}
+
+int pcache_mode_parse(const char *s)
+{
+	size_t n = strlen(s);
+	uint32_t m;
+
+	while (n && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+		n--;
+	for (m = PCACHE_MODE_WRITEBACK; m <= PCACHE_MODE_WRITEAROUND; m++) {
+		const char *name = pcache_mode_name(m);
+
+		if (strlen(name) == n && !strncmp(s, name, n))
+			return (int)m;
+	}
+	return -EINVAL;
 }

@@ -91,22 +91,6 @@ static const char *knob_name(uint64_t ino)
 	}
 }
 
-static const char *human(uint64_t v, char *buf, size_t len)
-{
-	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
-	double d = (double)v;
-	int u = 0;
-
-	while (d >= 1024 && u < 4) {
-		d /= 1024;
-		u++;
-	}
-	if (u == 0)
-		snprintf(buf, len, "%" PRIu64 " B", v);
-	else
-		snprintf(buf, len, "%.1f %s", d, units[u]);
-	return buf;
-}
 
 /* Snapshot of the attached images: referenced slots' images and names (pfs.lock taken here). */
 struct img_snap {
@@ -183,8 +167,8 @@ static void status_text(struct pfs_text *t)
 	pcache_cache_get_status(pfs.cache, &cs);
 	pfs_text_printf(t, "pcachefs %s cache %s\n", PFS_VERSION, pfs.opts->cache_path);
 	pfs_text_printf(t, "  size %s, %u segments of %s, used %u (data %u, log %u), %s granularity, data_crc %s\n",
-			human((uint64_t)cs.seg_count * cs.seg_size, h1, sizeof(h1)), cs.seg_count,
-			human(cs.seg_size, h2, sizeof(h2)), cs.segs_used, cs.segs_data, cs.segs_log,
+			pcache_fmt_size((uint64_t)cs.seg_count * cs.seg_size, h1, sizeof(h1)), cs.seg_count,
+			pcache_fmt_size(cs.seg_size, h2, sizeof(h2)), cs.segs_used, cs.segs_data, cs.segs_log,
 			cs.granularity ? cs.granularity : "?", cs.data_crc ? "on" : "off");
 	pfs_text_printf(t, "  key_head %u:%u lsn %" PRIu64 ", dirty_tail %u:%u lsn %" PRIu64
 			", key_tail %u:%u lsn %" PRIu64 "\n",
@@ -198,8 +182,8 @@ static void status_text(struct pfs_text *t)
 			cs.full_waits, cs.full_wait_ns / 1000000, cs.space_timeouts, cs.ksets_written, cs.keys_indexed,
 			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed);
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
-			"same epoch)\n", human(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
-			human(cs.wb_bytes, h1, sizeof(h1)), human(cs.wb_superseded, h2, sizeof(h2)));
+			"same epoch)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
+			pcache_fmt_size(cs.wb_bytes, h1, sizeof(h1)), pcache_fmt_size(cs.wb_superseded, h2, sizeof(h2)));
 	images_snapshot(&is);
 	pfs_text_printf(t, "  images %d\n", is.n);
 	for (int i = 0; i < is.n; i++) {
@@ -210,7 +194,7 @@ static void status_text(struct pfs_text *t)
 		image_path(is.name[i], path, sizeof(path));
 		pfs_text_printf(t, "image %s %s size %" PRIu64 " lbs %u mode %s\n", is.name[i], path,
 				pcache_image_size(is.img[i]), pcache_image_lbs(is.img[i]),
-				pfs_cache_mode_name(st.cache_mode));
+				pcache_mode_name(st.cache_mode));
 		pfs_text_printf(t, "  reads %" PRIu64 " (%" PRIu64 " bytes, hit %" PRIu64 ", miss %" PRIu64 ") writes %"
 				PRIu64 " (%" PRIu64 " bytes) flushes %" PRIu64 " discards %" PRIu64 "\n",
 				st.reads, st.read_bytes, st.read_hit_bytes, st.read_miss_bytes, st.writes,
@@ -256,7 +240,7 @@ static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats
 			", \"dirty_bytes\": %" PRIu64 ", \"cached_bytes\": %" PRIu64 ", \"crc_errors\": %" PRIu64
 			", \"backing_errors\": %" PRIu64 ", \"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64
 			", \"wb_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64 ", \"state\": \"%s\", \"error\": \"%s\"",
-			pfs_cache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
+			pcache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
 			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
 			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes,
 			st->wb_errors, st->wb_last_error ? "failing" : "ok",
@@ -483,7 +467,7 @@ static void metrics_text(struct pfs_text *t)
 			prom_sample(t, "pcachefs_image_info");
 			prom_label(t, "image", is.name[i], false);
 			prom_label(t, "path", path, false);
-			prom_label(t, "cache_mode", pfs_cache_mode_name(st[i].cache_mode), false);
+			prom_label(t, "cache_mode", pcache_mode_name(st[i].cache_mode), false);
 			pfs_text_printf(t, "} 1\n");
 		}
 		prom_head(t, "pcachefs_image_size_bytes", false, "Size of the image.");
@@ -521,7 +505,7 @@ static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
 			"\nread_miss_bytes %" PRIu64 "\ndirty_bytes %" PRIu64 "\ncached_bytes %" PRIu64
 			"\ncrc_errors %" PRIu64 "\nbacking_errors %" PRIu64 "\nwb_lsn %" PRIu64 "\nwb_time %" PRIu64
 			"\nwb_bytes %" PRIu64 "\n",
-			pfs_cache_mode_name(st.cache_mode), st.reads, st.writes, st.flushes, st.discards, st.read_bytes,
+			pcache_mode_name(st.cache_mode), st.reads, st.writes, st.flushes, st.discards, st.read_bytes,
 			st.write_bytes, st.read_hit_bytes, st.read_miss_bytes, st.dirty_bytes, st.cached_bytes,
 			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes);
 }
@@ -581,7 +565,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 
 			memset(&st, 0, sizeof(st));
 			pcache_image_get_stats(s->img, &st);
-			snprintf(buf, sizeof(buf), "%s", pfs_cache_mode_name(st.cache_mode));
+			snprintf(buf, sizeof(buf), "%s", pcache_mode_name(st.cache_mode));
 		}
 		pfs_text_printf(out, "%s\n", rtrim(buf));
 		break;
@@ -724,7 +708,7 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 	}
 	switch (k) {
 	case PFS_IK_MODE:
-		if (pfs_parse_cache_mode(value) < 0) {
+		if (pcache_mode_parse(value) < 0) {
 			pfs_log(LOG_WARNING, "%s cache_mode: bad value '%s' (writeback, writethrough or writearound)",
 				s->name, value);
 			return -EINVAL;

@@ -70,11 +70,6 @@ void pfs_opts_free(struct pfs_opts *o);
 char *pfs_path_absolute(const char *path);
 /* true if path (absolute) names dir or something below it, compared lexically. */
 bool pfs_path_under(const char *path, const char *dir);
-/* Size with K/M/G/T suffix (powers of 1024). 0 or -EINVAL. */
-int pfs_parse_size(const char *s, uint64_t *out);
-/* Cache mode name -> PCACHE_MODE_* or -EINVAL; and back. */
-int pfs_parse_cache_mode(const char *s);
-const char *pfs_cache_mode_name(uint32_t mode);
 
 /* ---- logging (log.c) ---------------------------------------------------------------------- */
 

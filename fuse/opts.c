@@ -133,58 +133,6 @@ static void usage(const char *prog)
 	       prog, prog);
 }
 
-int pfs_parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	int shift = 0;
-
-	if (!s || !*s || *s == '-')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
-	default: break;
-	}
-	if (*end == 'i' && shift)
-		end++;
-	if ((*end == 'B' || *end == 'b') && shift)
-		end++;
-	if (*end)
-		return -EINVAL;
-	if (shift && v > (UINT64_MAX >> shift))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
-}
-
-int pfs_parse_cache_mode(const char *s)
-{
-	if (!strcmp(s, "writeback"))
-		return PCACHE_MODE_WRITEBACK;
-	if (!strcmp(s, "writethrough"))
-		return PCACHE_MODE_WRITETHROUGH;
-	if (!strcmp(s, "writearound"))
-		return PCACHE_MODE_WRITEAROUND;
-	return -EINVAL;
-}
-
-const char *pfs_cache_mode_name(uint32_t mode)
-{
-	switch (mode) {
-	case PCACHE_MODE_WRITEBACK: return "writeback";
-	case PCACHE_MODE_WRITETHROUGH: return "writethrough";
-	case PCACHE_MODE_WRITEAROUND: return "writearound";
-	default: return "unknown";
-	}
-}
-
 static int perr(struct parse_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int perr(struct parse_ctx *c, const char *fmt, ...)
 {
@@ -291,7 +239,7 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 			return perr(c, "empty -o cache=");
 		return set_string(&o->cache_path, v);
 	case KEY_CACHE_SIZE:
-		if (pfs_parse_size(v, &n) || n == 0)
+		if (pcache_parse_size(v, &n) || n == 0)
 			return perr(c, "bad -o cache_size=%s (a size such as 1G)", v);
 		o->cache_size = n;
 		return 0;
@@ -330,12 +278,12 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		return 0;
 	}
 	case KEY_CACHE_MODE:
-		o->cache_mode = pfs_parse_cache_mode(v);
+		o->cache_mode = pcache_mode_parse(v);
 		if (o->cache_mode < 0)
 			return perr(c, "bad -o cache_mode=%s (writeback, writethrough or writearound)", v);
 		return 0;
 	case KEY_SEGMENT_SIZE:
-		if (pfs_parse_size(v, &n) || !PCACHE_IS_POW2(n) || n < PCACHE_MIN_SEG_SIZE ||
+		if (pcache_parse_size(v, &n) || !PCACHE_IS_POW2(n) || n < PCACHE_MIN_SEG_SIZE ||
 		    n > PCACHE_MAX_SEG_SIZE)
 			return perr(c, "bad -o segment_size=%s (a power of two, 1M-1G)", v);
 		o->segment_size = n;

@@ -87,69 +87,6 @@ int pcachectl_usage_error(const struct pcachectl_cmd *cmd, const char *fmt, ...)
 	return PCACHECTL_ERROR;
 }
 
-int pcachectl_parse_size(const char *s, uint64_t *out)
-{
-	unsigned long long v;
-	unsigned int shift = 0;
-	char *end;
-
-	if (!s || !isdigit((unsigned char)*s))
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return -EINVAL;
-	switch (toupper((unsigned char)*end)) {
-	case 'K':
-		shift = 10;
-		break;
-	case 'M':
-		shift = 20;
-		break;
-	case 'G':
-		shift = 30;
-		break;
-	case 'T':
-		shift = 40;
-		break;
-	case 0:
-		break;
-	default:
-		if (toupper((unsigned char)*end) != 'B')
-			return -EINVAL;
-	}
-	if (shift) {
-		end++;
-		if (!strcasecmp(end, "iB"))
-			end += 2;
-	}
-	if (toupper((unsigned char)*end) == 'B' && !end[1])
-		end++;
-	if (*end)
-		return -EINVAL;
-	if (shift && v > (UINT64_MAX >> shift))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
-}
-
-const char *pcachectl_fmt_size(uint64_t v, char *buf, size_t len)
-{
-	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-	unsigned int u = 0;
-	double d = (double)v;
-
-	while (d >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
-		d /= 1024;
-		u++;
-	}
-	if (u == 0 || d == (double)(uint64_t)d)
-		snprintf(buf, len, "%.0f %s", d, units[u]);
-	else
-		snprintf(buf, len, "%.1f %s", d, units[u]);
-	return buf;
-}
-
 const char *pcachectl_fmt_uuid(const uint8_t u[16], char *buf, size_t len)
 {
 	snprintf(buf, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
@@ -171,18 +108,6 @@ const char *pcachectl_state_name(uint32_t state)
 	return "?";
 }
 
-const char *pcachectl_mode_name(uint32_t mode)
-{
-	switch (mode) {
-	case PCACHE_MODE_WRITEBACK:
-		return "writeback";
-	case PCACHE_MODE_WRITETHROUGH:
-		return "writethrough";
-	case PCACHE_MODE_WRITEAROUND:
-		return "writearound";
-	}
-	return "?";
-}
 
 int pcachectl_open_status(int rc)
 {

@@ -105,7 +105,7 @@ static int format_run(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
-			if (pcachectl_parse_size(optarg, &fo.seg_size))
+			if (pcache_parse_size(optarg, &fo.seg_size))
 				return pcachectl_usage_error(cmd, "--segment-size: '%s' is not a size", optarg);
 			if (!PCACHE_IS_POW2(fo.seg_size) || fo.seg_size < PCACHE_MIN_SEG_SIZE ||
 			    fo.seg_size > PCACHE_MAX_SEG_SIZE)
@@ -124,7 +124,7 @@ static int format_run(int argc, char **argv)
 			fo.set_gc_percent = true;
 			break;
 		case 'S':
-			if (pcachectl_parse_size(optarg, &size) || size == 0)
+			if (pcache_parse_size(optarg, &size) || size == 0)
 				return pcachectl_usage_error(cmd, "--size: '%s' is not a size", optarg);
 			break;
 		case 'f':
@@ -166,9 +166,9 @@ static int format_run(int argc, char **argv)
 			uint64_t s = fo.seg_size ? fo.seg_size : PCACHE_DEFAULT_SEG_SIZE;
 
 			fprintf(stderr, "pcachectl format: %s: too small: %s holds fewer than %u segments of %s (need at least %s)\n",
-				path, pcachectl_fmt_size(dev_size, b1, sizeof(b1)), PCACHE_MIN_SEGS,
-				pcachectl_fmt_size(s, b2, sizeof(b2)),
-				pcachectl_fmt_size(2ull * 1024 * 1024 + PCACHE_MIN_SEGS * s, what, sizeof(what)));
+				path, pcache_fmt_size(dev_size, b1, sizeof(b1)), PCACHE_MIN_SEGS,
+				pcache_fmt_size(s, b2, sizeof(b2)),
+				pcache_fmt_size(2ull * 1024 * 1024 + PCACHE_MIN_SEGS * s, what, sizeof(what)));
 			return PCACHECTL_ERROR;
 		}
 	}
@@ -197,8 +197,8 @@ static int format_run(int argc, char **argv)
 	}
 	printf("formatted %s: %u segments of %s (%s of cache), uuid %s, granularity %s%s\n", path,
 	       pcache_cache_dev_seg_count(cd),
-	       pcachectl_fmt_size(pcache_cache_dev_seg_size(cd), b1, sizeof(b1)),
-	       pcachectl_fmt_size(pcache_cache_dev_seg_count(cd) * pcache_cache_dev_seg_size(cd), b2,
+	       pcache_fmt_size(pcache_cache_dev_seg_size(cd), b1, sizeof(b1)),
+	       pcache_fmt_size(pcache_cache_dev_seg_count(cd) * pcache_cache_dev_seg_size(cd), b2,
 				  sizeof(b2)),
 	       pcachectl_fmt_uuid(pcache_cache_dev_sb(cd)->uuid, uuid, sizeof(uuid)),
 	       pcache_cache_dev_granularity(cd), fo.data_crc ? ", data CRC on" : "");

@@ -39,14 +39,10 @@ void pcachectl_print_help(FILE *f, const struct pcachectl_cmd *cmd);
 int pcachectl_usage_error(const struct pcachectl_cmd *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* Parse "16M", "1G", "4096", "512k" (K/M/G/T = powers of 1024, optional "B"/"iB"). 0 or -EINVAL. */
-int pcachectl_parse_size(const char *s, uint64_t *out);
-/* "16 MiB", "1.5 GiB", "512 B" into buf. */
-const char *pcachectl_fmt_size(uint64_t v, char *buf, size_t len);
+/* Sizes and mode names: pcache_parse_size(), pcache_fmt_size(), pcache_mode_name() (util.h). */
 /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (37 bytes with the NUL). */
 const char *pcachectl_fmt_uuid(const uint8_t uuid[16], char *buf, size_t len);
 const char *pcachectl_state_name(uint32_t state);
-const char *pcachectl_mode_name(uint32_t mode);
 
 /*
  * Open a device for inspection (read-only, shared lock unless no_lock) or for repair

@@ -193,16 +193,16 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 	v = pcachectl_json_get(c, "data_crc");
 	printf("cache      %s, %s, %" PRIu64 "/%" PRIu64 " segments of %s used, %s granularity%s\n",
 	       pcachectl_json_s(c, "path", "?"),
-	       pcachectl_fmt_size(pcachectl_json_u64(c, "size", 0), a, sizeof(a)),
+	       pcache_fmt_size(pcachectl_json_u64(c, "size", 0), a, sizeof(a)),
 	       pcachectl_json_u64(c, "segs_used", 0), pcachectl_json_u64(c, "seg_count", 0),
-	       pcachectl_fmt_size(pcachectl_json_u64(c, "seg_size", 0), b, sizeof(b)),
+	       pcache_fmt_size(pcachectl_json_u64(c, "seg_size", 0), b, sizeof(b)),
 	       pcachectl_json_s(c, "granularity", "?"), v && v->b ? ", data CRC" : "");
 	printf("dirty      %s (%" PRIu64 "%% of the cache), written back %s\n",
-	       pcachectl_fmt_size(pcachectl_json_u64(c, "dirty_bytes", 0), a, sizeof(a)),
+	       pcache_fmt_size(pcachectl_json_u64(c, "dirty_bytes", 0), a, sizeof(a)),
 	       pcachectl_json_u64(c, "dirty_percent", 0),
-	       pcachectl_fmt_size(pcachectl_json_u64(c, "wb_bytes", 0), b, sizeof(b)));
+	       pcache_fmt_size(pcachectl_json_u64(c, "wb_bytes", 0), b, sizeof(b)));
 	if (rate)
-		snprintf(d, sizeof(d), "%s/s", pcachectl_fmt_size(rate, a, sizeof(a)));
+		snprintf(d, sizeof(d), "%s/s", pcache_fmt_size(rate, a, sizeof(a)));
 	printf("knobs      writeback_rate %s, dirty_high %" PRIu64 "%%, dirty_low %" PRIu64 "%%, "
 	       "gc_percent %" PRIu64 "%%\n", rate ? d : "unlimited", pcachectl_json_u64(c, "dirty_high", 0),
 	       pcachectl_json_u64(c, "dirty_low", 0), pcachectl_json_u64(c, "gc_percent", 0));
@@ -218,9 +218,9 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 
 		printf("image      %s: %s, %s, dirty %s, ", pcachectl_json_s(im, "name", "?"),
 		       pcachectl_json_s(im, "cache_mode", "?"),
-		       pcachectl_fmt_size(pcachectl_json_u64(im, "size", 0), a, sizeof(a)),
-		       pcachectl_fmt_size(pcachectl_json_u64(im, "dirty_bytes", 0), b, sizeof(b)));
-		printf("cached %s", pcachectl_fmt_size(pcachectl_json_u64(im, "cached_bytes", 0), a, sizeof(a)));
+		       pcache_fmt_size(pcachectl_json_u64(im, "size", 0), a, sizeof(a)),
+		       pcache_fmt_size(pcachectl_json_u64(im, "dirty_bytes", 0), b, sizeof(b)));
+		printf("cached %s", pcache_fmt_size(pcachectl_json_u64(im, "cached_bytes", 0), a, sizeof(a)));
 		if (hit + miss)
 			printf(", read hits %u%%", (unsigned int)((double)hit * 100 / (double)(hit + miss)));
 		if (errs)
@@ -230,7 +230,7 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 	for (i = 0; un && un->type == PCACHECTL_JSON_ARRAY && i < un->n; i++)
 		printf("image      %s: %s, dirty %s (%s)\n", pcachectl_json_s(&un->child[i], "name", "?"),
 		       pcachectl_json_s(&un->child[i], "state", "?"),
-		       pcachectl_fmt_size(pcachectl_json_u64(&un->child[i], "dirty_bytes", 0), a, sizeof(a)),
+		       pcache_fmt_size(pcachectl_json_u64(&un->child[i], "dirty_bytes", 0), a, sizeof(a)),
 		       pcachectl_json_s(&un->child[i], "path", "?"));
 }
 

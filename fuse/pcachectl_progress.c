@@ -62,12 +62,12 @@ void pcachectl_progress_format(char *buf, size_t len, uint64_t done, uint64_t to
 		bars[n++] = ']';
 		bars[n] = '\0';
 	}
-	pcachectl_fmt_size(total - done, left, sizeof(left));
+	pcache_fmt_size(total - done, left, sizeof(left));
 	if (secs < 0.5 || done == 0) {
 		snprintf(buf, len, "%s%s%3u%%  %s left", bars, bar ? " " : "", pct, left);
 		return;
 	}
-	pcachectl_fmt_size((uint64_t)((double)done / secs), rate, sizeof(rate));
+	pcache_fmt_size((uint64_t)((double)done / secs), rate, sizeof(rate));
 	if (done == total) {
 		fmt_eta(eta, sizeof(eta), (uint64_t)(secs + 0.5));
 		snprintf(buf, len, "%s%s%3u%%  %s/s, done in %s", bars, bar ? " " : "", pct, rate, eta);

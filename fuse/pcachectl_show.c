@@ -61,20 +61,20 @@ static void print_info(struct pcache_cache_dev *cd, FILE *f)
 	pcache_cache_dev_get_dirty_tail(cd, &dt);
 	fprintf(f, "device:        %s\n", pcache_cache_dev_path(cd));
 	fprintf(f, "size:          %s (%" PRIu64 " bytes)\n",
-		pcachectl_fmt_size(pcache_cache_dev_size(cd), b1, sizeof(b1)), pcache_cache_dev_size(cd));
+		pcache_fmt_size(pcache_cache_dev_size(cd), b1, sizeof(b1)), pcache_cache_dev_size(cd));
 	fprintf(f, "granularity:   %s\n", pcache_cache_dev_granularity(cd));
 	fprintf(f, "format:        pcachefs v%u (incompat 0x%x, compat 0x%x)\n", sb->version, sb->incompat,
 		sb->compat);
 	fprintf(f, "uuid:          %s\n", pcachectl_fmt_uuid(sb->uuid, uuid, sizeof(uuid)));
 	fprintf(f, "segments:      %u x %s = %s, from offset %s\n", sb->seg_count,
-		pcachectl_fmt_size(sb->seg_size, b1, sizeof(b1)),
-		pcachectl_fmt_size((uint64_t)sb->seg_count * sb->seg_size, b2, sizeof(b2)),
-		pcachectl_fmt_size(sb->seg_base, uuid, sizeof(uuid)));
+		pcache_fmt_size(sb->seg_size, b1, sizeof(b1)),
+		pcache_fmt_size((uint64_t)sb->seg_count * sb->seg_size, b2, sizeof(b2)),
+		pcache_fmt_size(sb->seg_base, uuid, sizeof(uuid)));
 	fprintf(f, "data crc:      %s\n", ci.flags & PCACHE_INFO_DATA_CRC ? "on" : "off");
 	fprintf(f, "gc_percent:    %u\n", ci.gc_percent);
 	fprintf(f, "dirty:         high %u%%, low %u%%\n", ci.dirty_high, ci.dirty_low);
 	if (ci.wb_rate)
-		fprintf(f, "wb_rate:       %s/s\n", pcachectl_fmt_size(ci.wb_rate, b1, sizeof(b1)));
+		fprintf(f, "wb_rate:       %s/s\n", pcache_fmt_size(ci.wb_rate, b1, sizeof(b1)));
 	else
 		fprintf(f, "wb_rate:       unlimited\n");
 	fprintf(f, "next image id: %u\n", ci.next_image_id);
@@ -90,8 +90,8 @@ static void print_info(struct pcache_cache_dev *cd, FILE *f)
 	for (i = 0; i < n; i++)
 		fprintf(f, "  %-4u %-4u %-20s %-9s %-12s %-10s %-6u %s\n", ents[i].slot, ents[i].id,
 			ents[i].name, pcachectl_state_name(ents[i].state),
-			pcachectl_mode_name(ents[i].cache_mode),
-			pcachectl_fmt_size(ents[i].size, b1, sizeof(b1)), ents[i].lbs, ents[i].path);
+			pcache_mode_name(ents[i].cache_mode),
+			pcache_fmt_size(ents[i].size, b1, sizeof(b1)), ents[i].lbs, ents[i].path);
 	free(ents);
 }
 
@@ -279,7 +279,7 @@ static void dump_json(struct pcache_cache_dev *cd)
 			   "\"cache_mode\": \"%s\", \"file_mode\": \"0%o\", \"uid\": %u, \"gid\": %u, "
 			   "\"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64 ", ",
 			pcachectl_fmt_uuid(e->uuid, uuid, sizeof(uuid)), pcachectl_state_name(e->state),
-			e->size, e->lbs, pcachectl_mode_name(e->cache_mode), e->file_mode, e->uid, e->gid,
+			e->size, e->lbs, pcache_mode_name(e->cache_mode), e->file_mode, e->uid, e->gid,
 			e->wb_lsn, e->wb_time);
 		json_slots(f, v);
 		fputc('}', f);

@@ -83,7 +83,7 @@ static int writeback_run(int argc, char **argv)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
 		if (c == 'r') {
-			if (pcachectl_parse_size(optarg, &rate) != 0)
+			if (pcache_parse_size(optarg, &rate) != 0)
 				return pcachectl_usage_error(cmd, "bad --rate '%s'", optarg);
 		} else if (c == 'q') {
 			quiet = true;

@@ -89,4 +89,19 @@ uint64_t pcache_now_ns(void);
 /* Sequence comparison for dual-slot records, wrap-around aware: 1 if a is newer than b. */
 static inline int pcache_seq_after(uint64_t a, uint64_t b) { return (int64_t)(a - b) > 0; }
 
+/* ---- sizes and names shared by the daemon and pcachectl ------------------------------------ */
+
+/*
+ * Parse a size: decimal digits, then optionally K, M, G or T (powers of 1024, either case),
+ * optionally followed by "i" and/or "B" ("4K", "4Ki", "4KiB", "4kb"), or a bare "B" ("512B").
+ * 0 and *out, or -EINVAL (empty, sign, garbage, overflow).
+ */
+int pcache_parse_size(const char *s, uint64_t *out);
+/* "512 B", "16 MiB", "1.5 GiB" (one decimal unless exact) into buf; returns buf. */
+const char *pcache_fmt_size(uint64_t v, char *buf, size_t len);
+/* Cache mode name ("writeback", "writethrough", "writearound"; "unknown" otherwise). */
+const char *pcache_mode_name(uint32_t mode);
+/* Parse a cache mode name (trailing blanks and newlines allowed): PCACHE_MODE_* or -EINVAL. */
+int pcache_mode_parse(const char *s);
+
 #endif
