@@ -719,6 +719,22 @@ static void cache_free(struct pcache_cache *c)
 	free(c);
 }
 
+/*
+ * Pre-fault the mapping in the background, 64 MiB at a time, so that starting a large cache
+ * does not wait for it (an 8 GiB file took over 20 s the first time) and stop can interrupt it.
+ */
+#define PREFAULT_CHUNK (64ull << 20)
+
+static void *prefault_main(void *arg)
+{
+	struct pcache_cache *c = arg;
+	uint64_t size = pcache_cache_dev_map_size(c->cd), off;
+
+	for (off = 0; off < size && !atomic_load(&c->prefault_stop); off += PREFAULT_CHUNK)
+		pcache_cache_dev_prefault(c->cd, off, PREFAULT_CHUNK);
+	return NULL;
+}
+
 int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache **out,
 		       char *err, size_t errlen)
 {
@@ -746,7 +762,7 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	dopts.format = &opts->format;
 	dopts.wrap_pmem = opts->wrap_pmem;
 	dopts.wrap_arg = opts->wrap_arg;
-	dopts.prefault = opts->prefault;
+	dopts.prefault = false; /* in the background below: a start does not wait for it */
 	ret = pcache_cache_dev_open(&dopts, &c->cd, err, errlen);
 	if (ret)
 		goto err_free;
@@ -818,6 +834,11 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 		ret = pcache_cache_start_background(c, err, errlen);
 		if (ret)
 			goto err_wb;
+	}
+	if (opts->prefault) {
+		/* best effort: a cache without it works, first touches are just slower */
+		if (pthread_create(&c->prefault_thread, NULL, prefault_main, c) == 0)
+			c->prefault_started = true;
 	}
 	*out = c;
 	return 0;
@@ -941,6 +962,10 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 	pthread_mutex_unlock(&c->bg_lock);
 	if (c->timer_started)
 		pthread_join(c->timer_thread, NULL);
+	atomic_store(&c->prefault_stop, true);
+	if (c->prefault_started)
+		pthread_join(c->prefault_thread, NULL);
+	c->prefault_started = false;
 	pcache_gc_stop(c);
 	if (c->wb)
 		pcache_wb_stop(c->wb);

@@ -1204,6 +1204,16 @@ out_free:
 	return rc;
 }
 
+void pcache_cache_dev_prefault(struct pcache_cache_dev *cd, uint64_t off, uint64_t len)
+{
+	pcache_pmem_prefault_range(&cd->map, off, len, !cd->read_only);
+}
+
+uint64_t pcache_cache_dev_map_size(const struct pcache_cache_dev *cd)
+{
+	return cd->map.size;
+}
+
 void pcache_cache_dev_close(struct pcache_cache_dev *cd)
 {
 	dev_free(cd);

@@ -358,6 +358,9 @@ struct pcache_cache {
 	pthread_t gc_thread, timer_thread;
 	bool gc_started, timer_started;
 	bool bg_deferred;             /* background threads not started yet (defer_background) */
+	pthread_t prefault_thread;    /* faults the mapping in after start (opts prefault) */
+	bool prefault_started;
+	_Atomic bool prefault_stop;
 	uint64_t gc_runs;
 	_Atomic uint64_t fill_skips;
 	uint32_t clean_cursor;        /* incremental cleaner position (images x subtrees) */

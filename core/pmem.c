@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "pcache/util.h"
 #include "pmem_i.h"
 
 #ifndef MADV_POPULATE_READ
@@ -258,15 +259,27 @@ int pcache_pmem_pread(const struct pcache_pmem_map *m, int fd, void *buf, size_t
 	return 0;
 }
 
-void pcache_pmem_prefault(const struct pcache_pmem_map *m, bool writable)
+void pcache_pmem_prefault_range(const struct pcache_pmem_map *m, uint64_t off, uint64_t len,
+				bool writable)
 {
 	volatile const char *p = m->base;
-	uint64_t off;
 	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t step = (uint64_t)(pg > 0 ? pg : 4096), end;
 
-	if (madvise(m->base, m->size, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
+	if (off >= m->size)
+		return;
+	len = PCACHE_MIN(len, m->size - off);
+	/* madvise wants a page-aligned start */
+	end = off + len;
+	off = PCACHE_ALIGN_DOWN(off, step);
+	if (madvise((char *)m->base + off, end - off, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
 		return;
 	/* older kernels: read-fault every page (a write would need the seam; reads are enough) */
-	for (off = 0; off < m->size; off += (uint64_t)(pg > 0 ? pg : 4096))
+	for (; off < end; off += step)
 		(void)p[off];
+}
+
+void pcache_pmem_prefault(const struct pcache_pmem_map *m, bool writable)
+{
+	pcache_pmem_prefault_range(m, 0, m->size, writable);
 }

@@ -57,5 +57,8 @@ int pcache_pmem_pread(const struct pcache_pmem_map *m, int fd, void *buf, size_t
 
 /* Pre-fault the whole mapping (write faults when writable). Best effort, returns nothing. */
 void pcache_pmem_prefault(const struct pcache_pmem_map *m, bool writable);
+/* The same for [off, off + len) (clipped to the mapping). */
+void pcache_pmem_prefault_range(const struct pcache_pmem_map *m, uint64_t off, uint64_t len,
+				bool writable);
 
 #endif

@@ -125,6 +125,10 @@ const char *pcache_cache_dev_granularity(const struct pcache_cache_dev *cd);
 const struct pcache_sb_om *pcache_cache_dev_sb(const struct pcache_cache_dev *cd);
 const char *pcache_cache_dev_path(const struct pcache_cache_dev *cd);
 int pcache_cache_dev_fd(const struct pcache_cache_dev *cd);
+/* Fault in [off, off + len) of the mapping (first-touch latency paid now; contents unchanged). */
+void pcache_cache_dev_prefault(struct pcache_cache_dev *cd, uint64_t off, uint64_t len);
+/* Bytes mapped (the device size). */
+uint64_t pcache_cache_dev_map_size(const struct pcache_cache_dev *cd);
 
 /*
  * Read len bytes at device offset off with pread() (media errors become -EIO instead of
