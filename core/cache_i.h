@@ -64,6 +64,7 @@ struct pcache_segs {
 	uint32_t waiters;
 	uint64_t full_waits, full_wait_ns, segs_freed;
 	bool failed;                /* nothing can ever be freed: waiters get -EIO */
+	bool aborted;               /* the cache is stopping: nobody waits for space any more */
 	_Atomic uint32_t *refs;     /* lock-free: keys in the log (+ staged) + head pin */
 	_Atomic uint32_t *readers;  /* lock-free: read pins + PCACHE_SEG_FREEING (segment.c inv. 5) */
 	_Atomic uint64_t pin_deferred; /* frees left to the last unpin */
@@ -116,6 +117,12 @@ int pcache_space_wait(struct pcache_cache *c);
 uint32_t pcache_segs_used(struct pcache_cache *c, uint32_t *data, uint32_t *log);
 /* Wake every waiter with -EIO (cache stopping or nothing can be freed). */
 void pcache_segs_fail(struct pcache_cache *c);
+/*
+ * The cache is stopping: wake every waiter with -EIO and let nobody wait for space again (an
+ * allocation that finds no space fails at once). Allocations that find space still succeed, so
+ * the stop can persist the staging ksets. Callable from any thread, more than once.
+ */
+void pcache_segs_abort_waits(struct pcache_cache *c);
 
 /* ---- cache_key.c: the index ----------------------------------------------------------------- */
 

@@ -23,6 +23,9 @@
  *     both sides read-modify-write the same word, so either the put sees the pin or the pin sees
  *     the bumped generation (and backs off). Nobody waits for a pin: a leaked pin keeps one
  *     segment allocated but never blocks GC or writers.
+ *  6. Once aborted (pcache_segs_abort_waits(), the cache is stopping), nobody waits for space:
+ *     every waiter and every later allocation that finds no space gets -EIO. The write it
+ *     serves was never acknowledged, and the data already written stays where it is.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -146,7 +149,7 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		 * Log allocations jump the queue and may use the reserve: persisting staged keys is
 		 * what lets the queued writers go on once writeback and GC have run.
 		 */
-		while (s->nfree == 0 && wait && !s->failed) {
+		while (s->nfree == 0 && wait && !s->failed && !s->aborted) {
 			struct timespec ts;
 
 			pthread_mutex_unlock(&s->lock);
@@ -158,13 +161,13 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000;
 			}
-			if (s->nfree == 0 && !s->failed) {
+			if (s->nfree == 0 && !s->failed && !s->aborted) {
 				s->waiters++;
 				pthread_cond_timedwait(&s->cond, &s->lock, &ts);
 				s->waiters--;
 			}
 		}
-		if (s->failed) {
+		if (s->failed || (s->nfree == 0 && s->aborted)) {
 			ret = -EIO;
 			goto out;
 		}
@@ -177,16 +180,20 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		ret = -ENOSPC;
 		goto out;
 	}
+	if (s->aborted) {
+		ret = -EIO;
+		goto out;
+	}
 	ticket = s->ticket_next++;
 	s->waiters++;
 	s->full_waits++;
 	t0 = pcache_now_ns();
-	while (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+	while (!s->failed && !s->aborted && (ticket != s->ticket_serving || s->nfree <= reserve)) {
 		pthread_mutex_unlock(&s->lock);
 		/* wake GC (and through it writeback and the heads) before sleeping */
 		pcache_gc_kick(c);
 		pthread_mutex_lock(&s->lock);
-		if (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+		if (!s->failed && !s->aborted && (ticket != s->ticket_serving || s->nfree <= reserve)) {
 			struct timespec ts;
 
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -202,7 +209,7 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 	s->ticket_serving++;
 	s->full_wait_ns += pcache_now_ns() - t0;
 	pthread_cond_broadcast(&s->cond);
-	if (s->failed) {
+	if (s->failed || s->aborted) {
 		ret = -EIO;
 		goto out;
 	}
@@ -387,9 +394,13 @@ int pcache_space_wait(struct pcache_cache *c)
 	pthread_mutex_lock(&s->lock);
 	if (s->nfree > PCACHE_LOG_RESERVE && !s->failed)
 		goto out;
+	if (s->aborted) {
+		ret = -EIO;
+		goto out;
+	}
 	s->full_waits++;
 	t0 = pcache_now_ns();
-	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed) {
+	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed && !s->aborted) {
 		struct timespec ts;
 
 		pthread_mutex_unlock(&s->lock);
@@ -406,7 +417,7 @@ int pcache_space_wait(struct pcache_cache *c)
 		s->waiters--;
 	}
 	s->full_wait_ns += pcache_now_ns() - t0;
-	if (s->failed)
+	if (s->failed || s->aborted)
 		ret = -EIO;
 out:
 	pthread_mutex_unlock(&s->lock);
@@ -438,6 +449,14 @@ void pcache_segs_fail(struct pcache_cache *c)
 {
 	pthread_mutex_lock(&c->segs.lock);
 	c->segs.failed = true;
+	pthread_cond_broadcast(&c->segs.cond);
+	pthread_mutex_unlock(&c->segs.lock);
+}
+
+void pcache_segs_abort_waits(struct pcache_cache *c)
+{
+	pthread_mutex_lock(&c->segs.lock);
+	c->segs.aborted = true;
 	pthread_cond_broadcast(&c->segs.cond);
 	pthread_mutex_unlock(&c->segs.lock);
 }
