@@ -917,6 +917,19 @@ static void image_teardown(struct pcache_cache *c, struct pcache_image *img)
 	/* the index is freed with the last reference (stats readers may still look at it) */
 }
 
+/* How long a stop waits for a writeback batch in flight before it leaves it running. */
+#define PCACHE_STOP_WB_WAIT_NS (5ull * 1000 * 1000 * 1000)
+
+void pcache_cache_abort_waits(struct pcache_cache *c)
+{
+	if (!c)
+		return;
+	atomic_store(&c->stopping_io, true);
+	pcache_segs_abort_waits(c);
+	if (c->wb)
+		pcache_wb_abort_drains(c->wb, true);
+}
+
 int pcache_cache_stop(struct pcache_cache *c, bool drain)
 {
 	struct pcache_image *imgs[PCACHE_MAX_IMAGES];
@@ -949,7 +962,9 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 	r = pcache_cache_flush(c);
 	if (r && !ret)
 		ret = r;
-	/* 3. optional drain, then stop the threads */
+	/* 3. optional drain (the callers' drains are over: ours may run), then stop the threads */
+	if (c->wb)
+		pcache_wb_abort_drains(c->wb, false);
 	if (drain && c->wb) {
 		r = pcache_wb_drain(c->wb, 0);
 		if (r && !ret)
@@ -967,8 +982,17 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 		pthread_join(c->prefault_thread, NULL);
 	c->prefault_started = false;
 	pcache_gc_stop(c);
-	if (c->wb)
-		pcache_wb_stop(c->wb);
+	if (c->wb && pcache_wb_stop_timed(c->wb, PCACHE_STOP_WB_WAIT_NS) == -ETIMEDOUT) {
+		/*
+		 * The staging ksets are persisted (step 2) and the keys of the batch in flight stay
+		 * dirty until it completes: leaving now is a crash in the middle of a batch, which
+		 * replay and the next writeback handle. Nothing is freed (the thread still runs).
+		 */
+		pcache_log(PCACHE_LOG_WARNING, "stop: writeback to a slow backing still in flight after %u s; "
+			   "leaving it (dirty data stays in the cache)",
+			   (unsigned int)(PCACHE_STOP_WB_WAIT_NS / 1000000000ull));
+		return -ETIMEDOUT;
+	}
 	c->wb = NULL;
 	pcache_segs_fail(c);
 	/* 4. detach every image (dirty data stays on the cache device) */

@@ -82,6 +82,7 @@ struct pcache_segs {
 	bool failed;                /* nothing can ever be freed: waiters get -EIO */
 	_Atomic uint64_t wait_timeout_ns; /* a writer waits this long for space, then -EIO (0 = no limit) */
 	uint64_t space_timeouts;    /* writers that gave up so */
+	bool aborted;               /* the cache is stopping: nobody waits for space any more */
 	_Atomic uint32_t *refs;     /* lock-free: keys in the log (+ staged) + head pin */
 	_Atomic uint32_t *readers;  /* lock-free: read pins + PCACHE_SEG_FREEING (segment.c inv. 5) */
 	_Atomic uint64_t pin_deferred; /* frees left to the last unpin */
@@ -134,6 +135,12 @@ int pcache_space_wait(struct pcache_cache *c);
 uint32_t pcache_segs_used(struct pcache_cache *c, uint32_t *data, uint32_t *log);
 /* Wake every waiter with -EIO (cache stopping or nothing can be freed). */
 void pcache_segs_fail(struct pcache_cache *c);
+/*
+ * The cache is stopping: wake every waiter with -EIO and let nobody wait for space again (an
+ * allocation that finds no space fails at once). Allocations that find space still succeed, so
+ * the stop can persist the staging ksets. Callable from any thread, more than once.
+ */
+void pcache_segs_abort_waits(struct pcache_cache *c);
 
 /* ---- cache_key.c: the index ----------------------------------------------------------------- */
 

@@ -162,6 +162,7 @@ struct pcache_wb {
 	struct pcache_wb_bucket bucket;
 	unsigned int drains;              /* drains waiting (full speed while > 0) */
 	bool kicked, stopping;
+	bool drain_abort;                 /* pcache_wb_abort_drains(): drains end with -ESHUTDOWN */
 	bool retry_enxio;                 /* a kick since the last batch: retry missing backings */
 	uint32_t forget_ids[8];           /* images removed from the table (given up), applied at */
 	uint32_t n_forget;                /* the start of the next batch */
@@ -1554,17 +1555,31 @@ int pcache_wb_start_thread(struct pcache_wb *wb)
 	return 0;
 }
 
-void pcache_wb_stop(struct pcache_wb *wb)
+int pcache_wb_stop_timed(struct pcache_wb *wb, uint64_t wait_ns)
 {
 	if (!wb)
-		return;
+		return 0;
 	pthread_mutex_lock(&wb->lock);
 	wb->stopping = true;
 	pthread_cond_broadcast(&wb->cond);
 	pthread_cond_broadcast(&wb->done_cond);
 	pthread_mutex_unlock(&wb->lock);
-	if (wb->have_thread)
+	if (wb->have_thread && wait_ns) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += (time_t)(wait_ns / 1000000000ull);
+		ts.tv_nsec += (long)(wait_ns % 1000000000ull);
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		/* the thread still owns its requests in flight: leave everything as it is */
+		if (pthread_timedjoin_np(wb->thread, NULL, &ts) != 0)
+			return -ETIMEDOUT;
+	} else if (wb->have_thread) {
 		pthread_join(wb->thread, NULL);
+	}
 	wb_wait_inflight(wb, 0, 0);
 	wb_persist_images(wb, true);
 	pthread_cond_destroy(&wb->io_cond);
@@ -1582,6 +1597,12 @@ void pcache_wb_stop(struct pcache_wb *wb)
 	free(wb->heap);
 	free(wb->table);
 	free(wb);
+	return 0;
+}
+
+void pcache_wb_stop(struct pcache_wb *wb)
+{
+	pcache_wb_stop_timed(wb, 0);
 }
 
 void pcache_wb_kick(struct pcache_wb *wb)
@@ -1733,6 +1754,8 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 		for (;;) {
 			pthread_mutex_lock(&wb->lock);
 			r = wb_drain_state(wb, image_id, head.lsn, snap);
+			if (!r && wb->drain_abort)
+				r = -ESHUTDOWN;
 			pthread_mutex_unlock(&wb->lock);
 			if (r)
 				break;
@@ -1755,11 +1778,11 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 		pthread_cond_signal(&wb->cond);
 		for (;;) {
 			r = wb_drain_state(wb, image_id, head.lsn, snap);
-			if (r || wb->stopping)
+			if (r || wb->stopping || wb->drain_abort)
 				break;
 			pthread_cond_wait(&wb->done_cond, &wb->lock);
 		}
-		if (!r && wb->stopping)
+		if (!r && (wb->stopping || wb->drain_abort))
 			r = -ESHUTDOWN;
 		pthread_mutex_unlock(&wb->lock);
 	}
@@ -1772,6 +1795,14 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 	if (!wb->have_thread || r == 0)
 		wb_persist_images(wb, true);
 	return r;
+}
+
+void pcache_wb_abort_drains(struct pcache_wb *wb, bool abort)
+{
+	pthread_mutex_lock(&wb->lock);
+	wb->drain_abort = abort;
+	pthread_cond_broadcast(&wb->done_cond);
+	pthread_mutex_unlock(&wb->lock);
 }
 
 /* ---- offline ------------------------------------------------------------------------------ */

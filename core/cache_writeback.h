@@ -157,6 +157,13 @@ void pcache_wb_image_forget(struct pcache_wb *wb, uint32_t image_id);
 int pcache_wb_start_thread(struct pcache_wb *wb);
 /* Stop the thread, wait for every request in flight, persist per-image progress, free. */
 void pcache_wb_stop(struct pcache_wb *wb);
+/*
+ * pcache_wb_stop(), waiting at most wait_ns (0: no limit) for the thread. -ETIMEDOUT when it is
+ * still in a batch (a backing slower than that): then nothing is freed, the thread goes on and
+ * the caller must leave wb (and the cache device it writes to) alone; exiting the process then
+ * is a crash in the middle of a batch, which the log replays. 0 when stopped and freed.
+ */
+int pcache_wb_stop_timed(struct pcache_wb *wb, uint64_t wait_ns);
 /* New dirty data or a writer waiting for space: wake the thread (cheap, any thread). */
 void pcache_wb_kick(struct pcache_wb *wb);
 
@@ -170,6 +177,11 @@ void pcache_wb_kick(struct pcache_wb *wb);
  * Without a thread (no_thread) the caller's thread does the work.
  */
 int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id);
+/*
+ * abort: every drain running or started from now on returns -ESHUTDOWN at its next check
+ * (the data stays dirty); !abort: drains work again. Any thread; the writeback goes on.
+ */
+void pcache_wb_abort_drains(struct pcache_wb *wb, bool abort);
 
 /*
  * Tests (no_thread): process one batch, rate limited unless above the watermarks (checked

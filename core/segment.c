@@ -27,6 +27,9 @@
  *     generation and drops the hit if it changed. pcache_seg_alloc() fences after taking a
  *     segment, so the new generation is visible before any new byte in it (invariant 1 makes
  *     the bump come first).
+ *  7. Once aborted (pcache_segs_abort_waits(), the cache is stopping), nobody waits for space:
+ *     every waiter and every later allocation that finds no space gets -EIO. The write it
+ *     serves was never acknowledged, and the data already written stays where it is.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -170,7 +173,7 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		 * Log allocations jump the queue and may use the reserve: persisting staged keys is
 		 * what lets the queued writers go on once writeback and GC have run.
 		 */
-		while (s->nfree == 0 && wait && !s->failed) {
+		while (s->nfree == 0 && wait && !s->failed && !s->aborted) {
 			struct timespec ts;
 
 			pthread_mutex_unlock(&s->lock);
@@ -182,13 +185,13 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000;
 			}
-			if (s->nfree == 0 && !s->failed) {
+			if (s->nfree == 0 && !s->failed && !s->aborted) {
 				s->waiters++;
 				pthread_cond_timedwait(&s->cond, &s->lock, &ts);
 				s->waiters--;
 			}
 		}
-		if (s->failed) {
+		if (s->failed || (s->nfree == 0 && s->aborted)) {
 			ret = -EIO;
 			goto out;
 		}
@@ -201,11 +204,15 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		ret = -ENOSPC;
 		goto out;
 	}
+	if (s->aborted) {
+		ret = -EIO;
+		goto out;
+	}
 	ticket = s->ticket_next++;
 	s->waiters++;
 	s->full_waits++;
 	t0 = pcache_now_ns();
-	while (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+	while (!s->failed && !s->aborted && (ticket != s->ticket_serving || s->nfree <= reserve)) {
 		/*
 		 * Only the writer being served gives up (the FIFO stays intact): the ones behind it
 		 * become served in turn and, their own deadline passed too, give up at once.
@@ -218,7 +225,7 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		/* wake GC (and through it writeback and the heads) before sleeping */
 		pcache_gc_kick(c);
 		pthread_mutex_lock(&s->lock);
-		if (!s->failed && (ticket != s->ticket_serving || s->nfree <= reserve)) {
+		if (!s->failed && !s->aborted && (ticket != s->ticket_serving || s->nfree <= reserve)) {
 			struct timespec ts;
 
 			clock_gettime(CLOCK_REALTIME, &ts);
@@ -234,7 +241,7 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 	s->ticket_serving++;
 	s->full_wait_ns += pcache_now_ns() - t0;
 	pthread_cond_broadcast(&s->cond);
-	if (s->failed) {
+	if (s->failed || s->aborted) {
 		ret = -EIO;
 		goto out;
 	}
@@ -433,9 +440,13 @@ int pcache_space_wait(struct pcache_cache *c)
 	pthread_mutex_lock(&s->lock);
 	if (s->nfree > PCACHE_LOG_RESERVE && !s->failed)
 		goto out;
+	if (s->aborted) {
+		ret = -EIO;
+		goto out;
+	}
 	s->full_waits++;
 	t0 = pcache_now_ns();
-	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed) {
+	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed && !s->aborted) {
 		struct timespec ts;
 
 		if (space_timed_out(s, t0)) {
@@ -457,7 +468,7 @@ int pcache_space_wait(struct pcache_cache *c)
 		s->waiters--;
 	}
 	s->full_wait_ns += pcache_now_ns() - t0;
-	if (s->failed)
+	if (s->failed || s->aborted)
 		ret = -EIO;
 out:
 	pthread_mutex_unlock(&s->lock);
@@ -489,6 +500,14 @@ void pcache_segs_fail(struct pcache_cache *c)
 {
 	pthread_mutex_lock(&c->segs.lock);
 	c->segs.failed = true;
+	pthread_cond_broadcast(&c->segs.cond);
+	pthread_mutex_unlock(&c->segs.lock);
+}
+
+void pcache_segs_abort_waits(struct pcache_cache *c)
+{
+	pthread_mutex_lock(&c->segs.lock);
+	c->segs.aborted = true;
 	pthread_cond_broadcast(&c->segs.cond);
 	pthread_mutex_unlock(&c->segs.lock);
 }

@@ -33,6 +33,12 @@
  *     session loop, interrupts it with SIGUSR2 (no-op handler, no SA_RESTART): the loop sees
  *     the session exited and returns. A signal that arrives during start-up makes the start
  *     stop before mounting.
+ *  3. Stopping never waits for cache space or a drain: libfuse joins its workers before the
+ *     loop returns, so once the session has ended (a signal, or the kernel ending the
+ *     connection: umount -f, an abort) the signal thread, which also polls for that end, calls
+ *     pcache_cache_abort_waits() -- writers waiting for space get EIO (they were never
+ *     acknowledged), .pcache/flush drains end -- and the workers can return. stop_lock keeps
+ *     the engine alive while it does (the main thread takes it to leave the loop state).
  */
 #include "daemon_i.h"
 
@@ -48,6 +54,8 @@
 static pthread_t main_thread;
 static atomic_int in_loop;          /* main thread is (about to be) in the session loop */
 static atomic_int stop_requested;   /* a termination signal arrived */
+/* guards in_loop's 1 -> 0 transition against the signal thread's use of the engine */
+static pthread_mutex_t stop_lock = PTHREAD_MUTEX_INITIALIZER;
 static int ready_fd = -1;   /* write end of the daemonize pipe (child), -1 in the foreground */
 
 /*
@@ -128,22 +136,44 @@ static void wake_handler(int sig)
 	(void)sig;   /* only interrupts the main thread's blocking call */
 }
 
-/* The signal thread: waits for a termination signal, ends the session, wakes the main thread. */
+/* Once the session ended while serving: fail the engine's waits so the workers return (inv. 3). */
+static void abort_waits_once(bool *done)
+{
+	if (*done)
+		return;
+	pthread_mutex_lock(&stop_lock);
+	if (atomic_load(&in_loop) && fuse_session_exited(pfs.se)) {
+		pcache_cache_abort_waits(pfs.cache);
+		*done = true;
+	}
+	pthread_mutex_unlock(&stop_lock);
+}
+
+/*
+ * The signal thread: waits for a termination signal, ends the session, wakes the main thread;
+ * every 200 ms it also looks whether the session ended (signal or kernel) to abort the waits.
+ */
 static void *signal_main(void *arg)
 {
+	const struct timespec tick = { 0, 200 * 1000 * 1000 };
+	bool aborted = false;
 	sigset_t set;
 	int sig;
 
 	(void)arg;
 	term_sigset(&set);
 	for (;;) {
-		if (sigwait(&set, &sig) != 0)
+		sig = sigtimedwait(&set, NULL, &tick);
+		if (sig < 0) {
+			abort_waits_once(&aborted);
 			continue;
+		}
 		pfs_log(LOG_INFO, "signal %d: stopping", sig);
 		atomic_store(&stop_requested, 1);
 		fuse_session_exit(pfs.se);
 		if (atomic_load(&in_loop))
 			pthread_kill(main_thread, SIGUSR2);
+		abort_waits_once(&aborted);
 	}
 	return NULL;
 }
@@ -360,7 +390,9 @@ int main(int argc, char **argv)
 	atomic_store(&in_loop, 1);
 	/* a signal between the exit check above and here already ended the session: the loop returns */
 	pr = pcache_fuse_session_loop(pfs.se, &pfs.scfg);
+	pthread_mutex_lock(&stop_lock);
 	atomic_store(&in_loop, 0);
+	pthread_mutex_unlock(&stop_lock);
 	/* the single-threaded loop reports the interruption that ended it as -EINTR */
 	ret = pr < 0 && !(pr == -EINTR && atomic_load(&stop_requested)) ? 1 : 0;
 	if (ret)

@@ -54,8 +54,19 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
  * Stop: refuse new I/O, persist every staging kset, stop the threads, detach every image
  * (dirty data stays on the cache device), close the device. With drain, write back all dirty
  * data first. Returns the first error met while persisting (the cache is stopped anyway).
+ * -ETIMEDOUT: a writeback batch to a slow backing was still in flight after 5 s; the staging
+ * ksets are persisted but nothing is freed or closed, and the caller must exit without using
+ * the engine again (the next start replays the log as after a crash; dirty data stays dirty).
  */
 int pcache_cache_stop(struct pcache_cache *c, bool drain);
+/*
+ * Begin stopping without waiting: refuse new I/O, fail writers waiting for cache space with
+ * -EIO (nothing of theirs was acknowledged) and end running writeback drains with -ESHUTDOWN,
+ * so that every I/O thread returns soon. Dirty data stays on the cache device. Any thread, any
+ * number of times, until pcache_cache_stop(), which must still be called (after the I/O
+ * threads are gone). NULL is a no-op.
+ */
+void pcache_cache_abort_waits(struct pcache_cache *c);
 /* Start the background threads deferred by defer_background (else a no-op). 0 or -errno. */
 int pcache_cache_start_background(struct pcache_cache *c, char *err, size_t errlen);
 
