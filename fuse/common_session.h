@@ -5,7 +5,7 @@
  *
  * Depends only on libfuse 3.14 (low-level API). Nothing here knows about the cache engine.
  *
- * What it sets up (see /work/shared/reference/fuse-performance.md for the measurements):
+ * What it sets up (the FUSE ceiling measured with exactly these settings is in BENCHMARKS.md):
  *   - max_write and max_read 1 MiB, max_background raised, no splice;
  *   - a session loop that is multi-threaded (one cloned /dev/fuse fd per worker, max_threads =
  *     number of CPUs) or single-threaded (-s);
