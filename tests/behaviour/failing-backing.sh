@@ -8,20 +8,15 @@
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
 need_cmd dd jq timeout
-FLAKYFS=$TOOLS/flakyfs
-[ -x "$FLAKYFS" ] || skip "no $FLAKYFS"
 
 pc_shm 512M
 MNT=$SCRATCH/mnt
 FL=$SCRATCH/fl
-mkdir -p "$MNT" "$FL"
+mkdir -p "$MNT"
 pc_image "$SCRATCH/real" 256M
 pc_image "$SCRATCH/b.raw" 16M 4
-pc_cleanup_add pc_unmount_if "$MNT"
-pc_cleanup_add umount "$FL"
-start_bg "$SCRATCH/flakyfs.log" "$FLAKYFS" -f -o "backing=$SCRATCH/real" "$FL"
-FL_PID=$BG_PID
-wait_mounted "$FL" "$FL_PID" || { cat "$SCRATCH/flakyfs.log" >&2; fail "flakyfs did not mount"; }
+pc_flaky "$FL" "$SCRATCH/real"
+pc_cleanup_add pc_unmount_if "$MNT"   # runs before the flakyfs cleanup
 
 pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M,segment_size=4M,space_timeout=3" \
 	-o "image=a:$FL/image" -o "image=b:$SCRATCH/b.raw"
