@@ -27,7 +27,7 @@ one_start() {
 	"$PCACHEFS" "$@" "$dir/m" || return 1
 	t1=$(now)
 	pid=$(pgrep -n -f "cache=$dir/c.img") || true
-	echo "$t1 - $t0" | bc
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
 }
 one_stop() {
 	local t0 t1
@@ -36,7 +36,7 @@ one_stop() {
 	while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
 	pid=
 	t1=$(now)
-	echo "$t1 - $t0" | bc
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
 }
 
 {
