@@ -30,69 +30,21 @@
 
 #include "cache_i.h"
 #include "cache_writeback.h"
+#include "pcache/log.h"
 
 #define ERR(...) snprintf(err, errlen, __VA_ARGS__)
 
-/* ---- log walking (replay) ----------------------------------------------------------------- */
-
-struct walk_cb {
-	int (*kset)(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos);
-	void *arg;
-};
+/* ---- replay (every walk goes through the log reader, core/log.c) ------------------------ */
 
 /*
- * Walk the log from start; stop at the first kset that does not continue it, or at stop_lsn
- * (exclusive; 0 = no limit). *end gets the end position. Returns 0 or a callback's error.
+ * Walk c's log from start to stop_lsn with c->log_rd, for holders of c->gc_lock (image
+ * replay, the dirty walk). A media error ends the walk like the end of the log: replay at
+ * start has already met (and counted) any in the stretch before key_head, or GC stopped at it.
  */
 static int log_walk(struct pcache_cache *c, const struct pcache_pos *start, uint64_t stop_lsn,
-		    const struct walk_cb *cb, struct pcache_pos *end, uint64_t *ksets, char *err,
-		    size_t errlen)
+		    pcache_log_fn fn, void *arg, struct pcache_pos *end)
 {
-	struct pcache_pos pos = *start;
-	const uint8_t *base = pcache_cache_dev_base(c->cd);
-	uint64_t n = 0;
-	int ret = 0;
-
-	for (;;) {
-		const struct pcache_kset_om *ks;
-		uint32_t avail;
-
-		if (stop_lsn && pos.lsn >= stop_lsn)
-			break;
-		if (pos.seg >= c->seg_count || pos.off >= c->seg_size || pos.off % 8) {
-			ERR("key log: position %u:%u outside the segments", pos.seg, pos.off);
-			return -EUCLEAN;
-		}
-		avail = (uint32_t)(c->seg_size - pos.off);
-		ks = (const struct pcache_kset_om *)pcache_seg_ptr(c, pos.seg, pos.off);
-		(void)base;
-		if (pcache_kset_check(ks, avail, pos.lsn) != 0)
-			break;
-		if (ks->flags & PCACHE_KSET_LAST) {
-			if (ks->next_seg >= c->seg_count) {
-				ERR("key log: LAST record at %u:%u (lsn %" PRIu64 ") links segment %u (only %u)",
-				    pos.seg, pos.off, pos.lsn, ks->next_seg, c->seg_count);
-				return -EUCLEAN;
-			}
-		}
-		if (cb) {
-			ret = cb->kset(cb->arg, ks, &pos);
-			if (ret)
-				return ret;
-		}
-		n++;
-		if (ks->flags & PCACHE_KSET_LAST) {
-			pos.seg = ks->next_seg;
-			pos.off = 0;
-		} else {
-			pos.off += PCACHE_KSET_SIZE(ks->key_num);
-		}
-		pos.lsn++;
-	}
-	*end = pos;
-	if (ksets)
-		*ksets = n;
-	return 0;
+	return pcache_log_walk(c->log_rd, start, stop_lsn, fn, arg, end, NULL, NULL);
 }
 
 struct replay_all {
@@ -141,7 +93,7 @@ static int replay_all_kset(void *arg, const struct pcache_kset_om *ks, const str
 		const struct pcache_key_om *k = &ks->keys[i];
 		uint64_t gen;
 
-		ret = pcache_key_check(c, k, r->err, r->errlen);
+		ret = pcache_log_key_check(k, c->seg_count, c->seg_size, r->err, r->errlen);
 		if (ret)
 			return ret;
 		r->keys++;
@@ -174,7 +126,6 @@ static int replay_all_kset(void *arg, const struct pcache_kset_om *ks, const str
 static int replay(struct pcache_cache *c, char *err, size_t errlen)
 {
 	struct replay_all r = { .c = c, .err = err, .errlen = errlen };
-	struct walk_cb cb = { replay_all_kset, &r };
 	struct pcache_pos kt, end;
 	int ret;
 
@@ -191,10 +142,48 @@ static int replay(struct pcache_cache *c, char *err, size_t errlen)
 		    kt.lsn);
 		return -EUCLEAN;
 	}
-	pcache_seg_mark_used(c, kt.seg, PCACHE_SEG_LOG);
-	ret = log_walk(c, &kt, 0, &cb, &end, NULL, err, errlen);
-	if (ret)
-		return ret;
+	for (;;) {
+		int why;
+
+		pcache_seg_mark_used(c, kt.seg, PCACHE_SEG_LOG);
+		ret = pcache_log_walk(c->log_rd, &kt, 0, replay_all_kset, &r, &end, &why, NULL);
+		if (ret)
+			return ret;
+		if (why != -EIO)
+			break;
+		atomic_fetch_add(&c->media_errors, 1);
+		if (end.lsn >= r.dirty_tail.lsn) {
+			/* like a torn kset: what was logged from here on is lost */
+			pcache_log(PCACHE_LOG_ERR, "replay: media error reading the kset at %u:%u (lsn %"
+				   PRIu64 "): the key log ends there", end.seg, end.off, end.lsn);
+			break;
+		}
+		/*
+		 * Before dirty_tail: every key from key_tail to dirty_tail is on its backing, so
+		 * nothing is lost if the log starts at dirty_tail instead. Move key_tail there
+		 * (persisted) and replay again from it with the segments counted afresh: the
+		 * keys already counted in the unreadable stretch held references.
+		 */
+		pcache_log(PCACHE_LOG_ERR, "replay: media error reading the kset at %u:%u (lsn %" PRIu64
+			   "), before dirty_tail (lsn %" PRIu64 "): the key log now starts at "
+			   "dirty_tail; only written-back keys are dropped", end.seg, end.off, end.lsn,
+			   r.dirty_tail.lsn);
+		ret = pcache_cache_dev_set_key_tail(c->cd, &r.dirty_tail);
+		if (ret) {
+			ERR("key_tail: cannot move it past an unreadable kset: %s", strerror(-ret));
+			return ret;
+		}
+		kt = r.dirty_tail;
+		pcache_segs_exit(c);
+		ret = pcache_segs_init(c);
+		if (ret) {
+			ERR("out of memory");
+			return ret;
+		}
+		atomic_store(&c->dirty_in, 0);
+		r.keys = 0;
+		r.saw_dirty_tail = false;
+	}
 	if (r.dirty_tail.lsn > end.lsn ||
 	    (r.dirty_tail.lsn == end.lsn &&
 	     (r.dirty_tail.seg != end.seg || r.dirty_tail.off != end.off)) ||
@@ -290,7 +279,6 @@ static uint64_t image_wb_lsn(struct pcache_cache *c, uint32_t id)
 int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen)
 {
 	struct replay_img r = { .c = c, .img = img };
-	struct walk_cb cb = { replay_img_kset, &r };
 	struct pcache_pos kt, dt, head, end;
 	int ret;
 
@@ -305,7 +293,7 @@ int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *
 	pcache_log_head(c, &head);
 	r.dirty_lsn = dt.lsn;
 	r.count_lsn = PCACHE_MAX(dt.lsn, wb_lsn);
-	ret = log_walk(c, &kt, head.lsn, &cb, &end, NULL, err, errlen);
+	ret = log_walk(c, &kt, head.lsn, replay_img_kset, &r, &end);
 	pthread_mutex_unlock(&c->gc_lock);
 	atomic_store(&img->dirty_keys, r.dirty_keys);
 	atomic_store(&img->dirty_bytes, r.dirty_bytes);
@@ -341,16 +329,14 @@ static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const str
 void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes)
 {
 	struct dirty_scan d = { .id = id };
-	struct walk_cb cb = { dirty_scan_kset, &d };
 	struct pcache_pos dt, head, end;
-	char err[16];
 	uint32_t i, k;
 
 	d.wb_lsn = image_wb_lsn(c, id);
 	pthread_mutex_lock(&c->gc_lock);
 	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	pcache_log_head(c, &head);
-	(void)log_walk(c, &dt, head.lsn, &cb, &end, NULL, err, sizeof(err));
+	(void)log_walk(c, &dt, head.lsn, dirty_scan_kset, &d, &end);
 	pthread_mutex_unlock(&c->gc_lock);
 	/* plus the keys still staged (not in the log yet) */
 	for (i = 0; i < PCACHE_NSTAGE; i++) {
@@ -715,6 +701,7 @@ static void *timer_main(void *arg)
 
 static void cache_free(struct pcache_cache *c)
 {
+	pcache_log_reader_free(c->log_rd);
 	free(c->stage);
 	free(c);
 }
@@ -762,6 +749,8 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	dopts.format = &opts->format;
 	dopts.wrap_pmem = opts->wrap_pmem;
 	dopts.wrap_arg = opts->wrap_arg;
+	dopts.read_fault = opts->read_fault;
+	dopts.read_fault_arg = opts->read_fault_arg;
 	dopts.prefault = false; /* in the background below: a start does not wait for it */
 	ret = pcache_cache_dev_open(&dopts, &c->cd, err, errlen);
 	if (ret)
@@ -799,7 +788,9 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 			goto err_dev;
 		}
 	}
-	ret = pcache_segs_init(c);
+	ret = pcache_log_reader_new(c->cd, &c->log_rd);
+	if (!ret)
+		ret = pcache_segs_init(c);
 	if (ret) {
 		ERR("out of memory");
 		goto err_dev;

@@ -26,6 +26,7 @@
 
 #include "cache_i.h"
 #include "cache_writeback.h"
+#include "pcache/log.h"
 
 void pcache_gc_kick(struct pcache_cache *c)
 {
@@ -48,30 +49,31 @@ static bool gc_needed(struct pcache_cache *c)
 	return waiters > 0 || (uint64_t)used * 100 >= (uint64_t)c->seg_count * ci.gc_percent;
 }
 
-/* One step at key_tail: 1 progress, 0 nothing to do, -errno (corrupt log: latched). */
+/*
+ * One step at key_tail (caller holds c->gc_lock, which also owns c->log_rd): 1 progress,
+ * 0 nothing to do, -errno (a corrupt or unreadable log: latched by the caller).
+ */
 static int gc_step(struct pcache_cache *c)
 {
 	struct pcache_pos kt, dt, next;
 	const struct pcache_kset_om *ks;
-	uint32_t i;
+	uint32_t i, n;
 	int ret;
 
 	pcache_cache_dev_get_key_tail(c->cd, &kt);
 	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	if (kt.lsn >= dt.lsn)
 		return 0; /* never past dirty_tail */
-	if (kt.seg >= c->seg_count || kt.off >= c->seg_size)
-		return -EUCLEAN;
-	ks = (const struct pcache_kset_om *)pcache_seg_ptr(c, kt.seg, kt.off);
-	if (pcache_kset_check(ks, (uint32_t)(c->seg_size - kt.off), kt.lsn) != 0) {
-		pcache_log(PCACHE_LOG_ERR, "gc: kset at key_tail %u:%u (lsn %" PRIu64 ") is invalid; gc stopped",
-			   kt.seg, kt.off, kt.lsn);
-		return -EUCLEAN;
+	ret = pcache_log_read(c->log_rd, &kt, &ks);
+	if (ret) {
+		if (ret == -EIO)
+			atomic_fetch_add(&c->media_errors, 1);
+		pcache_log(PCACHE_LOG_ERR, "gc: kset at key_tail %u:%u (lsn %" PRIu64 ") is %s; gc stopped",
+			   kt.seg, kt.off, kt.lsn, ret == -EIO ? "unreadable (media error)" : "invalid");
+		return ret;
 	}
-	if (ks->flags & PCACHE_KSET_LAST) {
-		if (ks->next_seg >= c->seg_count)
-			return -EUCLEAN;
-		next = (struct pcache_pos){ .seg = ks->next_seg, .off = 0, .lsn = kt.lsn + 1 };
+	pcache_log_next(ks, &kt, &next);
+	if (pcache_le16(&ks->flags) & PCACHE_KSET_LAST) {
 		ret = pcache_cache_dev_set_key_tail(c->cd, &next);
 		if (ret)
 			return ret;
@@ -79,17 +81,17 @@ static int gc_step(struct pcache_cache *c)
 		pcache_seg_free(c, kt.seg);
 		return 1;
 	}
-	for (i = 0; i < ks->key_num; i++) {
+	n = pcache_le16(&ks->key_num);
+	for (i = 0; i < n; i++) {
 		const struct pcache_key_om *k = &ks->keys[i];
+		uint32_t seg = pcache_le32(&k->seg);
 
-		if (k->flags & PCACHE_KEY_ZERO)
+		if (pcache_le16(&k->flags) & PCACHE_KEY_ZERO)
 			continue;
-		if (k->seg >= c->seg_count || k->seg_gen != pcache_cache_dev_seg_gen(c->cd, k->seg))
+		if (seg >= c->seg_count || pcache_le64(&k->seg_gen) != pcache_cache_dev_seg_gen(c->cd, seg))
 			continue; /* stale: holds no reference */
-		pcache_seg_put(c, k->seg);
+		pcache_seg_put(c, seg);
 	}
-	next = (struct pcache_pos){ .seg = kt.seg, .off = kt.off + PCACHE_KSET_SIZE(ks->key_num),
-				    .lsn = kt.lsn + 1 };
 	/* the generation bumps above are durable before key_tail moves past their keys */
 	ret = pcache_cache_dev_set_key_tail(c->cd, &next);
 	return ret ? ret : 1;

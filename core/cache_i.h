@@ -41,7 +41,6 @@
 #include "pcache/format.h"
 #include "pcache/util.h"
 
-#define PCACHE_SECTOR 512u
 #define PCACHE_REGION_SIZE (1u << PCACHE_REGION_SHIFT)
 #define PCACHE_NSTAGE 16u           /* staging ksets (striped by image and 4 MiB region) */
 #define PCACHE_NHEADS 4u            /* data heads */
@@ -245,12 +244,6 @@ struct pcache_log {
 /* Encode/decode between an on-media key and an index key (region-relative off). */
 void pcache_key_encode(struct pcache_key_om *om, uint32_t image_id, uint64_t off,
 		       const struct pcache_ikey *k);
-/* Validate a kset at addr (avail bytes readable): 0 when magic, CRC, lsn and size are right and
- * it lies inside its segment; -EINVAL otherwise. */
-int pcache_kset_check(const struct pcache_kset_om *ks, uint32_t avail, uint64_t lsn);
-/* Check one key of a valid kset against the geometry: 0 or -EUCLEAN with a message. */
-int pcache_key_check(const struct pcache_cache *c, const struct pcache_key_om *k, char *err,
-		     size_t errlen);
 
 int pcache_log_init(struct pcache_cache *c);
 /* Stage index of (image id, region). */
@@ -332,6 +325,8 @@ struct pcache_miss_ent;
 
 struct pcache_cache {
 	struct pcache_cache_dev *cd;
+	struct pcache_log_reader *log_rd; /* the start's replay, then holders of gc_lock */
+	atomic_uint_fast64_t media_errors; /* reads of the device that failed (poison) */
 	struct pcache_ident dev_ident;   /* of the cache device: never attached as an image */
 	struct pcache_pmem *pm;
 	uint32_t seg_count;

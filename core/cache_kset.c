@@ -43,55 +43,6 @@ void pcache_key_encode(struct pcache_key_om *om, uint32_t image_id, uint64_t off
 	}
 }
 
-int pcache_kset_check(const struct pcache_kset_om *ks, uint32_t avail, uint64_t lsn)
-{
-	uint32_t size;
-
-	if (avail < PCACHE_KSET_HDR_SIZE)
-		return -EINVAL;
-	if (ks->magic != PCACHE_KSET_MAGIC || ks->lsn != lsn)
-		return -EINVAL;
-	if (ks->flags & ~PCACHE_KSET_LAST)
-		return -EINVAL;
-	if (ks->flags & PCACHE_KSET_LAST) {
-		if (ks->key_num != 0)
-			return -EINVAL;
-	} else if (ks->key_num == 0 || ks->key_num > PCACHE_KSET_MAX_KEYS) {
-		return -EINVAL;
-	}
-	size = PCACHE_KSET_SIZE(ks->key_num);
-	if (size > avail)
-		return -EINVAL;
-	if (ks->crc != pcache_crc32c(PCACHE_CRC_SEED, (const uint8_t *)ks + 4, size - 4))
-		return -EINVAL;
-	return 0;
-}
-
-int pcache_key_check(const struct pcache_cache *c, const struct pcache_key_om *k, char *err,
-		     size_t errlen)
-{
-	const char *why = NULL;
-
-	if (k->len == 0 || k->len % PCACHE_SECTOR || k->off % PCACHE_SECTOR)
-		why = "bad length or offset";
-	else if ((k->off >> PCACHE_REGION_SHIFT) != ((k->off + k->len - 1) >> PCACHE_REGION_SHIFT))
-		why = "crosses a 4 MiB region";
-	else if (k->flags & ~(PCACHE_KEY_CLEAN | PCACHE_KEY_ZERO))
-		why = "unknown flags";
-	else if (k->image_id == 0)
-		why = "image id 0";
-	else if (!(k->flags & PCACHE_KEY_ZERO) &&
-		 (k->seg >= c->seg_count || k->seg_off > c->seg_size ||
-		  k->len > c->seg_size - k->seg_off))
-		why = "data position outside the segments";
-	if (!why)
-		return 0;
-	snprintf(err, errlen,
-		 "key log: key (image %u, off %llu, len %u, seg %u, seg_off %u): %s",
-		 k->image_id, (unsigned long long)k->off, k->len, k->seg, k->seg_off, why);
-	return -EUCLEAN;
-}
-
 int pcache_log_init(struct pcache_cache *c)
 {
 	uint32_t i;

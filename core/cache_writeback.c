@@ -53,6 +53,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pcache/log.h"
 #include "pcache/util.h"
 #include "cache_writeback.h"
 
@@ -128,7 +129,7 @@ struct pcache_wb {
 	bool offline;
 
 	/* worker-only scratch */
-	uint8_t kbuf[PCACHE_KSET_MAX_SIZE] __attribute__((aligned(8)));
+	struct pcache_log_reader *rd;      /* the key log (core/log.c) */
 	struct wb_extv exts;               /* the batch's extents (sorted by wb_resolve()) */
 	struct wb_reqv reqs;               /* the batch's requests, grouped by image */
 	struct wb_extv rexts;              /* an image's extents asked again (wb_relook()) */
@@ -338,81 +339,6 @@ static void wb_persist_images(struct pcache_wb *wb, bool force)
 	}
 	__atomic_store_n(&wb->last_persist_ns, pcache_now_ns(), __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&wb->persist_lock);
-}
-
-/* ---- reading the log ---------------------------------------------------------------------- */
-
-/*
- * Copy the kset at pos into kbuf (PCACHE_KSET_MAX_SIZE, 8-aligned) and validate it like
- * replay: bounds, magic, key count, flags, CRC, lsn == pos->lsn, LAST target. 0 = valid,
- * -EUCLEAN = not a valid continuation (the end of the log, or corruption before key_head).
- */
-static int wb_read_kset(struct pcache_wb *wb, uint8_t *kbuf, const struct pcache_pos *pos)
-{
-	struct pcache_kset_om *ks = (struct pcache_kset_om *)(void *)kbuf;
-	const uint8_t *seg;
-	uint32_t size, n, flags;
-
-	if (pos->seg >= wb->seg_count || pos->off % 8 ||
-	    (uint64_t)pos->off + PCACHE_KSET_HDR_SIZE > wb->seg_size)
-		return -EUCLEAN;
-	seg = pcache_cache_dev_seg_addr(wb->cd, pos->seg);
-	memcpy(kbuf, seg + pos->off, PCACHE_KSET_HDR_SIZE);
-	if (pcache_le64(&ks->magic) != PCACHE_KSET_MAGIC)
-		return -EUCLEAN;
-	n = pcache_le16(&ks->key_num);
-	flags = pcache_le16(&ks->flags);
-	if (n > PCACHE_KSET_MAX_KEYS || (flags & ~PCACHE_KSET_LAST) ||
-	    ((flags & PCACHE_KSET_LAST) != 0) != (n == 0))
-		return -EUCLEAN;
-	size = PCACHE_KSET_SIZE(n);
-	if ((uint64_t)pos->off + size > wb->seg_size)
-		return -EUCLEAN;
-	/* copy once, then validate the copy (the media may change under us) */
-	memcpy(kbuf, seg + pos->off, size);
-	if (pcache_crc32c(PCACHE_CRC_SEED, kbuf + 4, size - 4) != pcache_le32(&ks->crc))
-		return -EUCLEAN;
-	if (pcache_le64(&ks->lsn) != pos->lsn)
-		return -EUCLEAN;
-	if ((flags & PCACHE_KSET_LAST) && pcache_le32(&ks->next_seg) >= wb->seg_count)
-		return -EUCLEAN;
-	return 0;
-}
-
-/* Position after the (valid) kset in kbuf that sits at pos. */
-static void wb_next_pos(const uint8_t *kbuf, const struct pcache_pos *pos, struct pcache_pos *next)
-{
-	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)kbuf;
-
-	if (pcache_le16(&ks->flags) & PCACHE_KSET_LAST) {
-		next->seg = pcache_le32(&ks->next_seg);
-		next->off = 0;
-	} else {
-		next->seg = pos->seg;
-		next->off = pos->off + PCACHE_KSET_SIZE(pcache_le16(&ks->key_num));
-	}
-	next->lsn = pos->lsn + 1;
-}
-
-/* A key is usable when it is sector aligned, inside one segment and one region, no odd flags. */
-static bool wb_key_valid(struct pcache_wb *wb, const struct pcache_key_om *k)
-{
-	uint64_t off = pcache_le64(&k->off);
-	uint32_t len = pcache_le32(&k->len);
-	uint16_t flags = pcache_le16(&k->flags);
-
-	if (!len || len % 512 || off % 512 || off + len < off)
-		return false;
-	if (flags & ~(PCACHE_KEY_CLEAN | PCACHE_KEY_ZERO))
-		return false;
-	if ((off >> PCACHE_REGION_SHIFT) != ((off + len - 1) >> PCACHE_REGION_SHIFT))
-		return false;
-	if (!pcache_le32(&k->image_id))
-		return false;
-	if (flags & PCACHE_KEY_ZERO)
-		return true;
-	return pcache_le32(&k->seg) < wb->seg_count &&
-	       (uint64_t)pcache_le32(&k->seg_off) + len <= wb->seg_size;
 }
 
 /* ---- the batch ---------------------------------------------------------------------------- */
@@ -1009,29 +935,35 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 
 	wb->exts.n = 0;
 	while (cur.lsn < head.lsn) {
-		const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)wb->kbuf;
+		const struct pcache_kset_om *ks;
 		struct pcache_pos next;
 		uint32_t n;
 		uint64_t ep;
 
-		r = wb_read_kset(wb, wb->kbuf, &cur);
+		r = pcache_log_read(wb->rd, &cur, &ks);
 		if (r && cur.lsn != start.lsn) {
 			r = 0;
 			break; /* write back what comes before it; the next batch latches */
 		}
 		if (r) {
+			/* before key_head every kset is durable: this one is corrupt or
+			 * unreadable, and nothing after it can be written back in order */
 			pthread_mutex_lock(&wb->lock);
-			wb->latched = -EUCLEAN;
-			wb->st.latched = -EUCLEAN;
+			wb->latched = r == -EIO ? -EIO : -EUCLEAN;
+			wb->st.latched = wb->latched;
 			wb->st.errors++;
+			if (r == -EIO)
+				wb->st.media_errors++;
 			pthread_cond_broadcast(&wb->done_cond);
 			pthread_mutex_unlock(&wb->lock);
-			wb_log(wb, "corrupt kset at segment %u offset %u (lsn %" PRIu64
-			       ") before key_head: writeback stopped", cur.seg, cur.off, cur.lsn);
+			wb_log(wb, "%s kset at segment %u offset %u (lsn %" PRIu64
+			       ") before key_head: writeback stopped",
+			       r == -EIO ? "unreadable (media error)" : "corrupt", cur.seg, cur.off,
+			       cur.lsn);
 			wb_release_backings(wb);
-			return -EUCLEAN;
+			return r == -EIO ? -EIO : -EUCLEAN;
 		}
-		wb_next_pos(wb->kbuf, &cur, &next);
+		pcache_log_next(ks, &cur, &next);
 		n = pcache_le16(&ks->key_num);
 		if (n == 0) { /* LAST: follow it, belongs to no epoch */
 			cur = next;
@@ -1052,7 +984,7 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 			uint16_t flags = pcache_le16(&key->flags);
 			int idx;
 
-			if (!wb_key_valid(wb, key)) {
+			if (pcache_log_key_check(key, wb->seg_count, wb->seg_size, NULL, 0)) {
 				pthread_mutex_lock(&wb->lock);
 				wb->latched = -EUCLEAN;
 				wb->st.latched = -EUCLEAN;
@@ -1488,6 +1420,9 @@ int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops
 		wb->o.idle_interval_ms = 1000;
 	wb->seg_count = pcache_cache_dev_seg_count(cd);
 	wb->seg_size = pcache_cache_dev_seg_size(cd);
+	r = pcache_log_reader_new(cd, &wb->rd);
+	if (r)
+		goto err_free;
 	pcache_cache_dev_get_info(cd, &ci);
 	wb->data_crc = (ci.flags & PCACHE_INFO_DATA_CRC) != 0;
 	wb->rate = ci.wb_rate;
@@ -1524,8 +1459,9 @@ err_sync:
 	pthread_mutex_destroy(&wb->lock);
 	pthread_mutex_destroy(&wb->persist_lock);
 	pthread_mutex_destroy(&wb->run_lock);
-	free(wb->table);
 err_free:
+	pcache_log_reader_free(wb->rd);
+	free(wb->table);
 	free(wb);
 	return r;
 }
@@ -1596,6 +1532,7 @@ int pcache_wb_stop_timed(struct pcache_wb *wb, uint64_t wait_ns)
 	free(wb->rreqs.v);
 	free(wb->heap);
 	free(wb->table);
+	pcache_log_reader_free(wb->rd);
 	free(wb);
 	return 0;
 }
@@ -1667,17 +1604,17 @@ int pcache_wb_image_stats(struct pcache_wb *wb, uint32_t image_id, struct pcache
 /* ---- drain -------------------------------------------------------------------------------- */
 
 /* Dirty bytes between from and head (an estimate for progress: before override). */
-static uint64_t wb_scan_dirty(struct pcache_wb *wb, uint8_t *kbuf, struct pcache_pos from,
+static uint64_t wb_scan_dirty(struct pcache_wb *wb, struct pcache_pos from,
 			      const struct pcache_pos *head, uint32_t image_id, uint64_t *ksets,
 			      struct pcache_pos *end)
 {
-	const struct pcache_kset_om *ks = (const struct pcache_kset_om *)(const void *)kbuf;
 	uint64_t total = 0, n = 0;
 
 	while (!head || from.lsn < head->lsn) {
+		const struct pcache_kset_om *ks;
 		struct pcache_pos next;
 
-		if (wb_read_kset(wb, kbuf, &from))
+		if (pcache_log_read(wb->rd, &from, &ks))
 			break;
 		for (uint32_t k = 0; k < pcache_le16(&ks->key_num); k++) {
 			const struct pcache_key_om *key = &ks->keys[k];
@@ -1686,7 +1623,7 @@ static uint64_t wb_scan_dirty(struct pcache_wb *wb, uint8_t *kbuf, struct pcache
 			    (!image_id || pcache_le32(&key->image_id) == image_id))
 				total += pcache_le32(&key->len);
 		}
-		wb_next_pos(kbuf, &from, &next);
+		pcache_log_next(ks, &from, &next);
 		from = next;
 		n++;
 	}
@@ -1746,7 +1683,7 @@ int pcache_wb_drain(struct pcache_wb *wb, uint32_t image_id)
 	pthread_mutex_unlock(&wb->lock);
 	if (!wb->have_thread) {
 		pthread_mutex_lock(&wb->run_lock); /* one worker at a time without the thread */
-		total = wb_scan_dirty(wb, wb->kbuf, wb->dirty_tail, &head, image_id, NULL, NULL);
+		total = wb_scan_dirty(wb, wb->dirty_tail, &head, image_id, NULL, NULL);
 		pthread_mutex_lock(&wb->lock);
 		wb->st.drain_total = wb->st.drain_left = total;
 		wb->drains++;
@@ -1916,7 +1853,7 @@ int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offlin
 	wb->offline = true;
 	pcache_wb_set_rate(wb, oo->rate);
 	memset(&pg, 0, sizeof(pg));
-	pg.total_bytes = wb_scan_dirty(wb, wb->kbuf, wb->dirty_tail, NULL, 0, &pg.total_ksets, &w->end);
+	pg.total_bytes = wb_scan_dirty(wb, wb->dirty_tail, NULL, 0, &pg.total_ksets, &w->end);
 
 	for (;;) {
 		bool pending_retry = false, failed = false;

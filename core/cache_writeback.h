@@ -210,7 +210,9 @@ struct pcache_wb_stats {
 					   * the same epoch replaced them */
 	uint64_t errors;                  /* backing errors, CRC mismatches, corrupt ksets */
 	uint64_t crc_errors, retries, rate_waits;
-	int latched;                      /* -EUCLEAN when the log is corrupt, else 0 */
+	uint64_t media_errors;            /* ksets that could not be read (poisoned media) */
+	int latched;                      /* -EUCLEAN when the log is corrupt, -EIO when it
+					   * cannot be read, else 0 */
 	bool urgent;                      /* above dirty_high (until below dirty_low) */
 	uint64_t drain_total, drain_left; /* bytes of the drain running now (estimates; without
 					   * the thread only) */

@@ -12,12 +12,20 @@
  *  1. Without --repair the device is opened read-only: check never writes.
  *  2. --repair opens it read-write with the exclusive lock, and a repaired device is reopened
  *     and must come back clean before check reports success of the repair.
- * NOTE: the key log itself (ksets) is checked by replay when pcachefs mounts the device.
+ *  3. The key log is walked with the engine's one log reader (core/log.c) and judged by the
+ *     rules replay applies at start: a kset with a bad key, or a dirty_tail that is not a kset
+ *     position inside the log, makes pcachefs refuse the device (exit 2); the walk ending at a
+ *     media error means everything logged after it is lost (exit 2, named); a log that simply
+ *     ends (at key_head, or at a torn last kset) is normal.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "pcache/log.h"
+#include "pcache/util.h"
 #include "pcachectl_i.h"
 
 static int check_run(int argc, char **argv);
@@ -27,8 +35,8 @@ const struct pcachectl_cmd pcachectl_cmd_check = {
 	.run = check_run,
 	.usage = "check [--repair] [--quiet] DEVICE",
 	.help = "Validate every metadata record of a cache device offline: both superblock copies,\n"
-		"cache_info, the log tails, the image table and every segment record. Each finding\n"
-		"names the structure. A record with one damaged slot (left by a torn update or\n"
+		"cache_info, the log tails, the image table and every segment record, then walk the\n"
+		"key log as pcachefs replays it at start. Each finding names the structure. A record with one damaged slot (left by a torn update or\n"
 		"corruption) still loads from its other slot: that is repairable.\n\n"
 		"options:\n"
 		"  --repair   rewrite damaged slots from their valid copy (opens the device read-write)\n"
@@ -57,6 +65,84 @@ static int open_dev(const char *path, bool rw, bool quiet, struct pcache_cache_d
 	if (rc == PCACHECTL_CORRUPT)
 		printf("%s: corrupt or not a pcachefs cache this version can read\n", path);
 	return rc;
+}
+
+struct log_check {
+	uint32_t seg_count;
+	uint64_t seg_size;
+	struct pcache_pos dirty_tail;
+	bool saw_dirty_tail;
+	uint64_t keys, dirty_keys;
+	char err[256];
+};
+
+static int log_check_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
+{
+	struct log_check *lc = arg;
+	uint32_t i, n = pcache_le16(&ks->key_num);
+
+	if (pos->lsn == lc->dirty_tail.lsn) {
+		if (pos->seg != lc->dirty_tail.seg || pos->off != lc->dirty_tail.off) {
+			snprintf(lc->err, sizeof(lc->err),
+				 "dirty_tail %u:%u (lsn %" PRIu64 ") is not the kset of that lsn (%u:%u)",
+				 lc->dirty_tail.seg, lc->dirty_tail.off, lc->dirty_tail.lsn, pos->seg,
+				 pos->off);
+			return -EUCLEAN;
+		}
+		lc->saw_dirty_tail = true;
+	}
+	for (i = 0; i < n; i++) {
+		if (pcache_log_key_check(&ks->keys[i], lc->seg_count, lc->seg_size, lc->err,
+					 sizeof(lc->err)))
+			return -EUCLEAN;
+		lc->keys++;
+		if (pos->lsn >= lc->dirty_tail.lsn && !(pcache_le16(&ks->keys[i].flags) & PCACHE_KEY_CLEAN))
+			lc->dirty_keys++;
+	}
+	return 0;
+}
+
+/* Walk the key log as replay would; 0 when pcachefs would start on it, else a line printed. */
+static int check_log(struct pcache_cache_dev *cd, const char *path, bool quiet)
+{
+	struct log_check lc = { .seg_count = pcache_cache_dev_seg_count(cd),
+				.seg_size = pcache_cache_dev_seg_size(cd) };
+	struct pcache_log_reader *rd;
+	struct pcache_pos kt, end;
+	uint64_t ksets;
+	int rc, why;
+
+	pcache_cache_dev_get_key_tail(cd, &kt);
+	pcache_cache_dev_get_dirty_tail(cd, &lc.dirty_tail);
+	if (pcache_log_reader_new(cd, &rd))
+		return PCACHECTL_ERROR;
+	rc = pcache_log_walk(rd, &kt, 0, log_check_kset, &lc, &end, &why, &ksets);
+	pcache_log_reader_free(rd);
+	if (!rc && (lc.dirty_tail.lsn < kt.lsn || lc.dirty_tail.lsn > end.lsn ||
+		    (lc.dirty_tail.lsn < end.lsn && !lc.saw_dirty_tail) ||
+		    (lc.dirty_tail.lsn == end.lsn &&
+		     (lc.dirty_tail.seg != end.seg || lc.dirty_tail.off != end.off)))) {
+		snprintf(lc.err, sizeof(lc.err),
+			 "dirty_tail %u:%u (lsn %" PRIu64 ") is not inside the log (key_tail lsn %"
+			 PRIu64 ", end %u:%u lsn %" PRIu64 ")", lc.dirty_tail.seg, lc.dirty_tail.off,
+			 lc.dirty_tail.lsn, kt.lsn, end.seg, end.off, end.lsn);
+		rc = -EUCLEAN;
+	}
+	if (!rc && why == -EIO) {
+		snprintf(lc.err, sizeof(lc.err),
+			 "media error reading the kset at %u:%u (lsn %" PRIu64 "): the log ends there "
+			 "and what was logged after it is lost", end.seg, end.off, end.lsn);
+		rc = -EIO;
+	}
+	if (rc) {
+		if (!quiet)
+			printf("%s: key log: %s\n", path, lc.err);
+		return PCACHECTL_CORRUPT;
+	}
+	if (!quiet)
+		printf("%s: key log: %" PRIu64 " ksets, %" PRIu64 " keys (%" PRIu64 " dirty), lsn %"
+		       PRIu64 "..%" PRIu64 "\n", path, ksets, lc.keys, lc.dirty_keys, kt.lsn, end.lsn);
+	return PCACHECTL_OK;
 }
 
 static int check_run(int argc, char **argv)
@@ -92,6 +178,11 @@ static int check_run(int argc, char **argv)
 		return rc;
 	res = pcache_cache_dev_check(cd, quiet ? NULL : report_line, (void *)path);
 	if (res == PCACHE_CHECK_CLEAN) {
+		rc = check_log(cd, path, quiet);
+		if (rc) {
+			pcache_cache_dev_close(cd);
+			return rc;
+		}
 		if (!quiet)
 			printf("%s: clean (%u segments, %s granularity)\n", path,
 			       pcache_cache_dev_seg_count(cd), pcache_cache_dev_granularity(cd));

@@ -1,5 +1,5 @@
 /*
- * check_cache_kset.c -- ksets and keys (core/cache_kset.c): what a valid kset is (magic, CRC,
+ * check_cache_kset.c -- ksets and keys (core/cache_kset.c, core/log.c): what a valid kset is (magic, CRC,
  * lsn continuity, size inside its segment, LAST records), the key bounds checks, the stable
  * region -> staging kset mapping, and on a real cache: lsn = previous + 1 along the whole log
  * (LAST records included), epochs non-decreasing (across a restart too) and bumped by every
@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../core/cache_i.h"
+#include "pcache/log.h"
 #include "check_util.h"
 #include "lib/engine_util.h"
 
@@ -47,12 +48,12 @@ START_TEST(valid_kset_is_accepted)
 {
 	struct pcache_kset_om *ks = mk(5, 42, 0);
 
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), 0);
-	ck_assert_int_eq(pcache_kset_check(ks, PCACHE_KSET_SIZE(5), 42), 0);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), 0);
+	ck_assert_int_eq(pcache_log_kset_check(ks, PCACHE_KSET_SIZE(5), 42, 16), 0);
 	ks = mk(PCACHE_KSET_MAX_KEYS, 7, 0);
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 7), 0);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 7, 16), 0);
 	ks = mk(0, 8, PCACHE_KSET_LAST);
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 8), 0);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 8, 16), 0);
 }
 END_TEST
 
@@ -60,65 +61,73 @@ START_TEST(wrong_lsn_magic_crc_or_size_is_rejected)
 {
 	struct pcache_kset_om *ks = mk(5, 42, 0);
 
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 41), -EINVAL);  /* stale lap */
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 43), -EINVAL);
-	ck_assert_int_eq(pcache_kset_check(ks, PCACHE_KSET_SIZE(5) - 1, 42), -EINVAL); /* crosses */
-	ck_assert_int_eq(pcache_kset_check(ks, 8, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 41, 16), -EUCLEAN);  /* stale lap */
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 43, 16), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_kset_check(ks, PCACHE_KSET_SIZE(5) - 1, 42, 16), -EUCLEAN); /* crosses */
+	ck_assert_int_eq(pcache_log_kset_check(ks, 8, 42, 16), -EUCLEAN);
 	raw[PCACHE_KSET_HDR_SIZE + 3] ^= 1; /* one key bit flipped */
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
 	ks = mk(5, 42, 0);
 	ks->magic ^= 1;
 	recrc(ks);
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
 	ks = mk(5, 42, 0);
 	ks->key_num = PCACHE_KSET_MAX_KEYS + 1;
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
 	ks = mk(0, 42, 0); /* an empty non-LAST kset */
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
 	ks = mk(2, 42, PCACHE_KSET_LAST); /* LAST with keys */
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
 	ks = mk(2, 42, 0x80); /* unknown flag */
-	ck_assert_int_eq(pcache_kset_check(ks, 1u << 20, 42), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
+	ks = mk(0, 42, PCACHE_KSET_LAST); /* LAST linking a segment the device does not have */
+	ks->next_seg = 16;
+	recrc(ks);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), -EUCLEAN);
+	ks->next_seg = 15;
+	recrc(ks);
+	ck_assert_int_eq(pcache_log_kset_check(ks, 1u << 20, 42, 16), 0);
 	memset(raw, 0, sizeof(raw)); /* zeros are never a kset */
-	ck_assert_int_eq(pcache_kset_check((struct pcache_kset_om *)raw, 1u << 20, 0), -EINVAL);
+	ck_assert_int_eq(pcache_log_kset_check((struct pcache_kset_om *)raw, 1u << 20, 0, 16), -EUCLEAN);
 }
 END_TEST
 
 START_TEST(key_bounds_are_checked_with_a_message)
 {
-	struct pcache_cache c;
 	struct pcache_key_om k = { .off = 4096, .len = 4096, .image_id = 1, .seg = 3, .seg_off = 8192 };
 	char err[256];
 
-	memset(&c, 0, sizeof(c));
-	c.seg_count = 10;
-	c.seg_size = 1u << 20;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), 0);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), 0);
 	k.seg = 10;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
 	ck_assert_ptr_ne(strstr(err, "seg 10"), NULL);
 	k.seg = 3;
 	k.seg_off = (1u << 20) - 512;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
 	k.seg_off = 0;
 	k.len = 100;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
 	k.len = 0;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
 	k.len = 8192;
 	k.off = (4u << 20) - 4096; /* crosses a 4 MiB region */
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
 	ck_assert_ptr_ne(strstr(err, "region"), NULL);
 	k.off = 0;
 	k.image_id = 0;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
 	k.image_id = 1;
 	k.flags = 0x40;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), -EUCLEAN);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), -EUCLEAN);
+	k.flags = 0;
+	k.off = UINT64_MAX - 511; /* off + len wraps */
+	k.len = 1024;
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, NULL, 0), -EUCLEAN);
+	k.off = 0;
 	/* a ZERO key has no data position to check */
 	k.flags = PCACHE_KEY_ZERO;
 	k.seg = 99999;
-	ck_assert_int_eq(pcache_key_check(&c, &k, err, sizeof(err)), 0);
+	ck_assert_int_eq(pcache_log_key_check(&k, 10, 1u << 20, err, sizeof(err)), 0);
 }
 END_TEST
 
@@ -176,7 +185,7 @@ START_TEST(log_has_continuous_lsns_and_flush_epochs)
 		const struct pcache_kset_om *ks =
 			(const struct pcache_kset_om *)pcache_seg_ptr(c, pos.seg, pos.off);
 
-		ck_assert_int_eq(pcache_kset_check(ks, (uint32_t)(c->seg_size - pos.off), lsn), 0);
+		ck_assert_int_eq(pcache_log_kset_check(ks, (uint32_t)(c->seg_size - pos.off), lsn, c->seg_count), 0);
 		ck_assert_uint_ge(ks->epoch, epoch); /* never decreases */
 		if (ks->epoch > epoch)
 			last_epoch_bump_lsn = lsn;
@@ -213,7 +222,7 @@ START_TEST(log_has_continuous_lsns_and_flush_epochs)
 		const struct pcache_kset_om *ks =
 			(const struct pcache_kset_om *)pcache_seg_ptr(c, pos.seg, pos.off);
 
-		ck_assert_int_eq(pcache_kset_check(ks, (uint32_t)(c->seg_size - pos.off), lsn), 0);
+		ck_assert_int_eq(pcache_log_kset_check(ks, (uint32_t)(c->seg_size - pos.off), lsn, c->seg_count), 0);
 		ck_assert_msg(ks->epoch >= epoch, "lsn %llu: epoch %llu after %llu",
 			      (unsigned long long)lsn, (unsigned long long)ks->epoch,
 			      (unsigned long long)epoch);

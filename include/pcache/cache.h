@@ -43,6 +43,9 @@ struct pcache_cache_opts {
 	/* tests: seam wrapper, see struct pcache_cache_dev_opts */
 	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
 	void *wrap_arg;
+	/* tests: emulated media errors on reads of the device, see struct pcache_cache_dev_opts */
+	int (*read_fault)(uint64_t off, size_t len, void *arg);
+	void *read_fault_arg;
 };
 
 #define PCACHE_DEFAULT_SPACE_TIMEOUT_S 60

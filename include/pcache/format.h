@@ -239,6 +239,7 @@
 #define PCACHE_KEY_CLEAN (1u << 0)
 #define PCACHE_KEY_ZERO (1u << 1)
 #define PCACHE_REGION_SHIFT 22 /* 4 MiB: index subtrees and staging-kset striping */
+#define PCACHE_SECTOR 512u     /* keys address whole sectors: off and len are multiples */
 
 struct pcache_rec_hdr_om {
 	uint32_t crc;
