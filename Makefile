@@ -152,18 +152,22 @@ $(FUZZ_O)/%: $(FUZZ_O)/obj/tests/fuzz/%.o $(patsubst %.c,$(FUZZ_O)/obj/%.o,$(COR
 	$(QUIET_LD)$(CLANG) -fsanitize=fuzzer,address,undefined -pthread -o $@ $^ $(LIBS)
 fuzz-build: $(FUZZ_BINS)
 
-FUZZ_SECONDS ?= 600
+# make fuzz: an hour per target (FUZZ_SECONDS), corpus kept in $(FUZZ_O)/corpus/NAME and seeded
+# from tests/fuzz/corpus/NAME. fuzz-short (make check): 20,000 runs per target from the seeds.
+FUZZ_SECONDS ?= 3600
 fuzz: fuzz-build
-	@for f in $(FUZZ_BINS); do \
-		echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; mkdir -p $(FUZZ_O)/corpus/$$(basename $$f); \
-		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_O)/corpus/$$(basename $$f) || exit 1; done
+	@for f in $(FUZZ_BINS); do n=$$(basename $$f); \
+		echo "== fuzz $$f ($(FUZZ_SECONDS)s)"; mkdir -p $(FUZZ_O)/corpus/$$n; \
+		if [ -d tests/fuzz/corpus/$$n ]; then cp -n tests/fuzz/corpus/$$n/* $(FUZZ_O)/corpus/$$n/; fi; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_O)/corpus/$$n || exit 1; done
 
 fuzz-short: fuzz-build
-	@for f in $(FUZZ_BINS); do \
-		echo "== fuzz $$f (short)"; \
-		$$f -runs=20000 -seed=1 >$(FUZZ_O)/$$(basename $$f).log 2>&1 \
-			|| { tail -50 $(FUZZ_O)/$$(basename $$f).log; exit 1; }; \
-		tail -1 $(FUZZ_O)/$$(basename $$f).log; done
+	@for f in $(FUZZ_BINS); do n=$$(basename $$f); \
+		echo "== fuzz $$f (short)"; rm -rf $(FUZZ_O)/short/$$n; mkdir -p $(FUZZ_O)/short/$$n; \
+		if [ -d tests/fuzz/corpus/$$n ]; then cp tests/fuzz/corpus/$$n/* $(FUZZ_O)/short/$$n/; fi; \
+		$$f -runs=20000 -seed=1 $(FUZZ_O)/short/$$n >$(FUZZ_O)/$$n.log 2>&1 \
+			|| { tail -50 $(FUZZ_O)/$$n.log; exit 1; }; \
+		tail -1 $(FUZZ_O)/$$n.log; done
 
 # Every build goes through here first (order-only prerequisite of each compile and link rule).
 deps:
