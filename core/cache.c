@@ -676,15 +676,7 @@ static void *timer_main(void *arg)
 
 	pthread_mutex_lock(&c->bg_lock);
 	while (!c->stopping) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
-		pthread_cond_timedwait(&c->timer_cond, &c->bg_lock, &ts);
+		(void)pcache_cond_wait_ns(&c->timer_cond, &c->bg_lock, 100 * 1000 * 1000);
 		if (c->stopping)
 			break;
 		pthread_mutex_unlock(&c->bg_lock);

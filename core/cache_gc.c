@@ -232,18 +232,9 @@ static void *gc_main(void *arg)
 
 	pthread_mutex_lock(&c->bg_lock);
 	while (!c->stopping) {
-		if (!c->gc_kick) {
-			struct timespec ts;
-
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += atomic_load(&c->clean_pending) ? 10 * 1000 * 1000 : 0;
-			ts.tv_sec += atomic_load(&c->clean_pending) ? 0 : 1;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
-			pthread_cond_timedwait(&c->bg_cond, &c->bg_lock, &ts);
-		}
+		if (!c->gc_kick)
+			(void)pcache_cond_wait_ns(&c->bg_cond, &c->bg_lock,
+						  atomic_load(&c->clean_pending) ? 10 * 1000 * 1000 : 1000000000u);
 		if (c->stopping)
 			break;
 		c->gc_kick = false;

@@ -1262,16 +1262,11 @@ static uint32_t wb_urgent_update(struct pcache_wb *wb, bool *urgent)
 
 static void wb_wait(struct pcache_wb *wb, uint64_t ns)
 {
-	struct timespec ts;
-	uint64_t t;
+	uint64_t deadline = pcache_now_ns() + ns;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	t = (uint64_t)ts.tv_sec * WB_NS_PER_SEC + (uint64_t)ts.tv_nsec + ns;
-	ts.tv_sec = (time_t)(t / WB_NS_PER_SEC);
-	ts.tv_nsec = (long)(t % WB_NS_PER_SEC);
 	pthread_mutex_lock(&wb->lock);
 	while (!wb->kicked && !wb->stopping)
-		if (pthread_cond_timedwait(&wb->cond, &wb->lock, &ts) == ETIMEDOUT)
+		if (pcache_cond_wait_until(&wb->cond, &wb->lock, deadline) == ETIMEDOUT)
 			break;
 	wb->kicked = false;
 	pthread_mutex_unlock(&wb->lock);
@@ -1501,17 +1496,8 @@ int pcache_wb_stop_timed(struct pcache_wb *wb, uint64_t wait_ns)
 	pthread_cond_broadcast(&wb->done_cond);
 	pthread_mutex_unlock(&wb->lock);
 	if (wb->have_thread && wait_ns) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += (time_t)(wait_ns / 1000000000ull);
-		ts.tv_nsec += (long)(wait_ns % 1000000000ull);
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
 		/* the thread still owns its requests in flight: leave everything as it is */
-		if (pthread_timedjoin_np(wb->thread, NULL, &ts) != 0)
+		if (pcache_join_until(wb->thread, pcache_now_ns() + wait_ns) != 0)
 			return -ETIMEDOUT;
 	} else if (wb->have_thread) {
 		pthread_join(wb->thread, NULL);

@@ -41,6 +41,9 @@
 
 #include "cache_i.h"
 
+/* space waiters re-check (and kick GC again) at least this often */
+#define SPACE_POLL_NS (50u * 1000 * 1000)
+
 static inline bool bit_test(const uint64_t *bm, uint32_t i)
 {
 	return (bm[i / 64] >> (i % 64)) & 1;
@@ -174,20 +177,12 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		 * what lets the queued writers go on once writeback and GC have run.
 		 */
 		while (s->nfree == 0 && wait && !s->failed && !s->aborted) {
-			struct timespec ts;
-
 			pthread_mutex_unlock(&s->lock);
 			pcache_gc_kick(c);
 			pthread_mutex_lock(&s->lock);
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 50 * 1000 * 1000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
 			if (s->nfree == 0 && !s->failed && !s->aborted) {
 				s->waiters++;
-				pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+				(void)pcache_cond_wait_ns(&s->cond, &s->lock, SPACE_POLL_NS);
 				s->waiters--;
 			}
 		}
@@ -225,17 +220,8 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 		/* wake GC (and through it writeback and the heads) before sleeping */
 		pcache_gc_kick(c);
 		pthread_mutex_lock(&s->lock);
-		if (!s->failed && !s->aborted && (ticket != s->ticket_serving || s->nfree <= reserve)) {
-			struct timespec ts;
-
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 50 * 1000 * 1000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
-			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-		}
+		if (!s->failed && !s->aborted && (ticket != s->ticket_serving || s->nfree <= reserve))
+			(void)pcache_cond_wait_ns(&s->cond, &s->lock, SPACE_POLL_NS);
 	}
 	s->waiters--;
 	s->ticket_serving++;
@@ -447,8 +433,6 @@ int pcache_space_wait(struct pcache_cache *c)
 	s->full_waits++;
 	t0 = pcache_now_ns();
 	while (s->nfree <= PCACHE_LOG_RESERVE && !s->failed && !s->aborted) {
-		struct timespec ts;
-
 		if (space_timed_out(s, t0)) {
 			s->full_wait_ns += pcache_now_ns() - t0;
 			ret = space_timeout_fail(s);
@@ -457,14 +441,8 @@ int pcache_space_wait(struct pcache_cache *c)
 		pthread_mutex_unlock(&s->lock);
 		pcache_gc_kick(c);
 		pthread_mutex_lock(&s->lock);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
 		s->waiters++;
-		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+		(void)pcache_cond_wait_ns(&s->cond, &s->lock, SPACE_POLL_NS);
 		s->waiters--;
 	}
 	s->full_wait_ns += pcache_now_ns() - t0;

@@ -1,5 +1,5 @@
 /*
- * util.c -- CRC32C, the clock and the log (see include/pcache/util.h).
+ * util.c -- CRC32C, the clock and timed waits, and the log (see include/pcache/util.h).
  *
  * CRC32C: the CPU's instruction when the build has a fast path for the architecture
  * (core/crc32c_<arch>.c: SSE4.2 on x86-64) and the CPU running it has the instruction, asked
@@ -100,6 +100,32 @@ uint64_t pcache_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static struct timespec ts_of_ns(uint64_t ns)
+{
+	struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u) };
+
+	return ts;
+}
+
+int pcache_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t deadline_ns)
+{
+	struct timespec ts = ts_of_ns(deadline_ns);
+
+	return pthread_cond_clockwait(cv, mu, CLOCK_MONOTONIC, &ts) == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+int pcache_cond_wait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t ns)
+{
+	return pcache_cond_wait_until(cv, mu, pcache_now_ns() + ns);
+}
+
+int pcache_join_until(pthread_t t, uint64_t deadline_ns)
+{
+	struct timespec ts = ts_of_ns(deadline_ns);
+
+	return pthread_clockjoin_np(t, NULL, CLOCK_MONOTONIC, &ts) == 0 ? 0 : ETIMEDOUT;
 }
 
 /* ---- log ---------------------------------------------------------------------------------- */

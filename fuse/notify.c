@@ -78,7 +78,6 @@ void pfs_notify(const char *fmt, ...)
 int pfs_notify_init(void)
 {
 	const char *path = getenv("NOTIFY_SOCKET"), *wd = getenv("WATCHDOG_USEC"), *wpid = getenv("WATCHDOG_PID");
-	pthread_condattr_t ca;
 	size_t len;
 
 	if (!path || !*path)
@@ -88,14 +87,8 @@ int pfs_notify_init(void)
 		pfs_log(LOG_WARNING, "NOTIFY_SOCKET '%s' is not a socket path or @name: not notifying", path);
 		return -EINVAL;
 	}
-	if (pthread_condattr_init(&ca) != 0)
+	if (pthread_cond_init(&nt.cv, NULL) != 0)
 		return -ENOMEM;
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	if (pthread_cond_init(&nt.cv, &ca) != 0) {
-		pthread_condattr_destroy(&ca);
-		return -ENOMEM;
-	}
-	pthread_condattr_destroy(&ca);
 	memset(&nt.addr, 0, sizeof(nt.addr));
 	nt.addr.sun_family = AF_UNIX;
 	memcpy(nt.addr.sun_path, path, len);
@@ -131,14 +124,6 @@ static void status_line(char *buf, size_t len)
 		 cs.images == 1 ? "" : "s", pfs.opts->mountpoint, cs.dirty_percent, cs.dirty_bytes >> 20);
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* The status thread: refreshes STATUS= and feeds the watchdog until pfs_notify_exit(). */
 static void *notify_main(void *arg)
 {
@@ -149,12 +134,11 @@ static void *notify_main(void *arg)
 	if (nt.watchdog_ns && nt.watchdog_ns / 2 < period)
 		period = nt.watchdog_ns / 2;
 	pthread_mutex_lock(&nt.mu);
-	next = now_ns() + period;
+	next = pcache_now_ns() + period;
 	while (!nt.stop) {
-		struct timespec ts = { .tv_sec = (time_t)(next / 1000000000u), .tv_nsec = (long)(next % 1000000000u) };
 		bool stopping;
 
-		if (pthread_cond_timedwait(&nt.cv, &nt.mu, &ts) != ETIMEDOUT)
+		if (pcache_cond_wait_until(&nt.cv, &nt.mu, next) != ETIMEDOUT)
 			continue;   /* woken (stop, stopping) or spurious: re-check, same deadline */
 		next += period;
 		stopping = nt.stopping;

@@ -403,16 +403,10 @@ static int flush_run(int argc, char **argv)
 	pcachectl_progress_start(&bar, "flush", quiet, false);
 	pcachectl_progress_update(&bar, 0, total, NULL, false);
 	for (;;) {
-		struct timespec ts;
+		uint64_t deadline = pcache_now_ns() + LIVE_POLL_NS;
 
 		pthread_mutex_lock(&job.lock);
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += LIVE_POLL_NS;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		while (!job.done && pthread_cond_timedwait(&job.cond, &job.lock, &ts) != ETIMEDOUT)
+		while (!job.done && pcache_cond_wait_until(&job.cond, &job.lock, deadline) != ETIMEDOUT)
 			;
 		done = job.done;
 		pthread_mutex_unlock(&job.lock);

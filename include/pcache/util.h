@@ -7,6 +7,7 @@
 #ifndef PCACHE_UTIL_H
 #define PCACHE_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -85,6 +86,17 @@ void pcache_vlog(int level, const char *fmt, va_list ap) __attribute__((format(p
 
 /* Monotonic clock in nanoseconds. */
 uint64_t pcache_now_ns(void);
+
+/*
+ * Timed waits, all on the clock of pcache_now_ns() (CLOCK_MONOTONIC, whatever clock the
+ * condition variable was created with): a step of the wall clock neither stretches nor cuts a
+ * wait. With mu held, as pthread_cond_timedwait(): 0 when woken (or spuriously: callers
+ * re-check their condition), ETIMEDOUT once the deadline has passed.
+ */
+int pcache_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t deadline_ns);
+int pcache_cond_wait_ns(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t ns);
+/* pthread_join() giving up at deadline_ns (pcache_now_ns() clock): 0 or ETIMEDOUT. */
+int pcache_join_until(pthread_t t, uint64_t deadline_ns);
 
 /* Sequence comparison for dual-slot records, wrap-around aware: 1 if a is newer than b. */
 static inline int pcache_seq_after(uint64_t a, uint64_t b) { return (int64_t)(a - b) > 0; }
