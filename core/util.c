@@ -295,6 +295,34 @@ const char *pcache_fmt_size(uint64_t v, char *buf, size_t len)
 	return buf;
 }
 
+void pcache_json_string(const char *s, void (*put)(void *arg, const char *p, size_t n), void *arg)
+{
+	const char *run = s;
+	char esc[8];
+
+	put(arg, "\"", 1);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c != '"' && c != '\\' && c >= 0x20 && c != 0x7f)
+			continue;
+		if (s > run)
+			put(arg, run, (size_t)(s - run));
+		if (c == '"' || c == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)c;
+			put(arg, esc, 2);
+		} else {
+			snprintf(esc, sizeof(esc), "\\u%04x", c);
+			put(arg, esc, 6);
+		}
+		run = s + 1;
+	}
+	if (s > run)
+		put(arg, run, (size_t)(s - run));
+	put(arg, "\"", 1);
+}
+
 const char *pcache_mode_name(uint32_t mode)
 {
 	switch (mode) {

@@ -211,20 +211,14 @@ static void status_text(struct pfs_text *t)
 	unattached_text(t);
 }
 
+static void text_put(void *arg, const char *p, size_t n)
+{
+	pfs_text_printf(arg, "%.*s", (int)n, p);
+}
+
 static void json_str(struct pfs_text *t, const char *s)
 {
-	pfs_text_printf(t, "\"");
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			pfs_text_printf(t, "\\%c", c);
-		else if (c < 0x20)
-			pfs_text_printf(t, "\\u%04x", c);
-		else
-			pfs_text_printf(t, "%c", c);
-	}
-	pfs_text_printf(t, "\"");
+	pcache_json_string(s, text_put, t);
 }
 
 static void json_pos(struct pfs_text *t, const char *name, const struct pcache_pos *p)

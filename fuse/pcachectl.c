@@ -142,20 +142,14 @@ int pcachectl_open(const char *path, bool read_write, bool no_lock, struct pcach
 	return PCACHECTL_OK;
 }
 
+static void file_put(void *arg, const char *p, size_t n)
+{
+	fwrite(p, 1, n, arg);
+}
+
 void pcachectl_json_str(FILE *f, const char *s)
 {
-	const unsigned char *p = (const unsigned char *)s;
-
-	fputc('"', f);
-	for (; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
+	pcache_json_string(s, file_put, f);
 }
 
 int main(int argc, char **argv)

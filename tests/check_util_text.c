@@ -1,6 +1,6 @@
 /*
- * check_util_text.c -- the one size parser, size formatter and cache-mode name table shared by
- * pcachefs (options, control files, status) and pcachectl (core/util.c).
+ * check_util_text.c -- the one size parser, size formatter, cache-mode name table and JSON
+ * string writer shared by pcachefs (options, control files, status) and pcachectl (core/util.c).
  */
 #include <check.h>
 #include <errno.h>
@@ -66,6 +66,44 @@ START_TEST(mode_names_round_trip)
 }
 END_TEST
 
+struct sink {
+	char buf[256];
+	size_t n;
+	int pieces;
+};
+
+static void sink_put(void *arg, const char *p, size_t n)
+{
+	struct sink *s = arg;
+
+	ck_assert_uint_lt(s->n + n, sizeof(s->buf));
+	memcpy(s->buf + s->n, p, n);
+	s->n += n;
+	s->buf[s->n] = '\0';
+	s->pieces++;
+}
+
+static const char *json(const char *in)
+{
+	static struct sink s;
+
+	memset(&s, 0, sizeof(s));
+	pcache_json_string(in, sink_put, &s);
+	return s.buf;
+}
+
+START_TEST(json_strings_escape_quotes_backslashes_and_controls)
+{
+	ck_assert_str_eq(json(""), "\"\"");
+	ck_assert_str_eq(json("vm1"), "\"vm1\"");
+	ck_assert_str_eq(json("/a b/\"q\"\\x"), "\"/a b/\\\"q\\\"\\\\x\"");
+	ck_assert_str_eq(json("t\tn\nz\x01\x1f\x7f"), "\"t\\u0009n\\u000az\\u0001\\u001f\\u007f\"");
+	/* bytes from 0x80 up (UTF-8) pass through unchanged */
+	ck_assert_str_eq(json("caf\xc3\xa9"), "\"caf\xc3\xa9\"");
+	ck_assert_str_eq(json("\"\""), "\"\\\"\\\"\"");
+}
+END_TEST
+
 Suite *util_text_suite(void);
 Suite *util_text_suite(void)
 {
@@ -75,6 +113,7 @@ Suite *util_text_suite(void)
 	tcase_add_test(tc, sizes_parse_in_every_spelling_both_programs_took);
 	tcase_add_test(tc, sizes_format_exact_or_with_one_decimal);
 	tcase_add_test(tc, mode_names_round_trip);
+	tcase_add_test(tc, json_strings_escape_quotes_backslashes_and_controls);
 	suite_add_tcase(s, tc);
 	return s;
 }

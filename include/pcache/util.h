@@ -111,6 +111,12 @@ static inline int pcache_seq_after(uint64_t a, uint64_t b) { return (int64_t)(a 
 int pcache_parse_size(const char *s, uint64_t *out);
 /* "512 B", "16 MiB", "1.5 GiB" (one decimal unless exact) into buf; returns buf. */
 const char *pcache_fmt_size(uint64_t v, char *buf, size_t len);
+/*
+ * s as a JSON string, quotes included, handed to put() in pieces: '"' and '\\' backslashed,
+ * control characters and DEL as \\u00XX, every other byte as it is (names and paths are bytes:
+ * UTF-8 passes through).
+ */
+void pcache_json_string(const char *s, void (*put)(void *arg, const char *p, size_t n), void *arg);
 /* Cache mode name ("writeback", "writethrough", "writearound"; "unknown" otherwise). */
 const char *pcache_mode_name(uint32_t mode);
 /* Parse a cache mode name (trailing blanks and newlines allowed): PCACHE_MODE_* or -EINVAL. */
