@@ -13,10 +13,10 @@
 # Every target that builds runs deps first (contrib/install-deps.sh: installs the missing Debian
 # packages, quiet when none is missing; INSTALL_DEPS=cmd replaces it, INSTALL_DEPS=true skips it).
 #
-# Sources are found by wildcard per folder; each folder is one layer (DESIGN.md section 2):
+# Sources are found by wildcard per folder; each folder is one layer (docs/architecture.md):
 #   backing/*.c -> libbacking.a, core/*.c -> libcore.a (of core/crc32c_<arch>.c only the one for
-#   the target, see CC_ARCH), fuse/*.c -> pcachefs (fuse/pcachectl*.c -> pcachectl,
-#   fuse/common_*.c -> both), tests/check_*.c + tests/lib/*.c -> one Check runner,
+#   the target, see CC_ARCH), fuse/*.c -> pcachefs (fuse/common_*.c also -> the test tools),
+#   admin/*.c -> pcachectl, tests/check_*.c + tests/lib/*.c -> one Check runner,
 #   tests/tools/*.c -> one program each, tests/fuzz/fuzz_*.c -> libFuzzer targets.
 
 PKG_CONFIG ?= pkg-config
@@ -81,8 +81,8 @@ CRC32C_SRC := $(firstword $(wildcard core/crc32c_$(CC_ARCH).c) core/crc32c_gener
 
 BACKING_SRCS := $(sort $(wildcard backing/*.c))
 CORE_SRCS := $(sort $(filter-out core/crc32c_%.c,$(wildcard core/*.c)) $(CRC32C_SRC))
-CTL_SRCS := $(sort $(wildcard fuse/pcachectl*.c))
-FUSE_SRCS := $(sort $(filter-out $(CTL_SRCS),$(wildcard fuse/*.c)))
+CTL_SRCS := $(sort $(wildcard admin/*.c))
+FUSE_SRCS := $(sort $(wildcard fuse/*.c))
 # fuse/ files shared by both programs are named fuse/common_*.c
 COMMON_SRCS := $(sort $(wildcard fuse/common_*.c))
 FUSE_SRCS := $(filter-out $(COMMON_SRCS),$(FUSE_SRCS))
@@ -116,7 +116,7 @@ $(LIBCORE): $(call obj,$(CORE_SRCS)) | deps
 $(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(PCACHECTL): $(call obj,$(CTL_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
+$(PCACHECTL): $(call obj,$(CTL_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
 # The Check runner: one suite per tests/check_<module>.c, each exporting <module>_suite().

@@ -1,6 +1,6 @@
 /*
  * cache_writeback.h -- log-order, epoch-based writeback of dirty data from the cache device to
- * the backing images (DESIGN.md 4.3), online (a thread driven by the engine) and offline
+ * the backing images (docs/durability.md), online (a thread driven by the engine) and offline
  * (pcachectl writeback).
  *
  * Depends only on cache_dev.h, backing.h and libc. The writeback walks the on-media log itself

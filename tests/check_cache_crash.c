@@ -6,7 +6,7 @@
  * one cache (and, in
  * the long runs, writeback and GC steps). It is run once to count its persist events, then once
  * per crash point: crash at event K, stop, write the surviving shadow over the device, start
- * again (replay) and check the durability contract of DESIGN.md section 5:
+ * again (replay) and check the durability contract (docs/durability.md):
  *  - every write covered by a flush (or FUA) that returned before the crash is intact;
  *  - every sector holds a value that was written to it before the crash, or its original;
  *  - nothing of the other image, no garbage, no failure to start;

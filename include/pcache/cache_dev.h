@@ -4,7 +4,7 @@
  *
  * Depends only on format.h and util.h (libpmem2 stays inside core/cache_dev.c: no PMEM2_E_*
  * code escapes; every function returns 0 or -errno). Used by the engine (core/) and by the
- * admin command (fuse/pcachectl.c) for offline format/info/check/dump.
+ * admin command (admin/) for offline format/info/check/dump.
  *
  * Thread safety: the record update functions serialise on an internal mutex per record kind;
  * the engine calls them from its own threads. Reads of the in-memory copies are the caller's

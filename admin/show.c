@@ -1,5 +1,5 @@
 /*
- * pcachectl_show.c -- `pcachectl info` (summary) and `pcachectl dump` (every record and both of
+ * show.c -- `pcachectl info` (summary) and `pcachectl dump` (every record and both of
  * its slots, human-readable or --json).
  *
  * Invariants:

@@ -1,5 +1,5 @@
 /*
- * pcachectl_writeback.c -- `pcachectl writeback`: write back every dirty byte of a cache
+ * writeback.c -- `pcachectl writeback`: write back every dirty byte of a cache
  * device to its backing images offline (recovery without mounting).
  *
  * The device is opened read-write with the exclusive lock, so a device in use by pcachefs (or

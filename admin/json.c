@@ -1,5 +1,5 @@
 /*
- * pcachectl_json.c -- a small JSON reader for the live commands (status, flush): parses the
+ * json.c -- a small JSON reader for the live commands (status, flush): parses the
  * daemon's .pcache/status.json into a tree that the commands query by key.
  *
  * Only what status.json needs, but all of RFC 8259 that it could contain: objects, arrays,

@@ -1,5 +1,5 @@
 /*
- * pcachectl_check.c -- `pcachectl check`: validate a cache device offline, optionally repair.
+ * check.c -- `pcachectl check`: validate a cache device offline, optionally repair.
  *
  * The loader (pcache_cache_dev_open) already validates every field of every record; check opens
  * the device, reports what the load found, and maps it to the exit status:

@@ -1,13 +1,13 @@
 /*
- * pcachectl.c -- the pcachefs admin command: dispatch, help, and helpers shared by the
- * subcommands (fuse/pcachectl_<cmd>.c).
+ * main.c -- pcachectl, the pcachefs admin command: dispatch, help, and helpers shared by the
+ * subcommands (admin/<cmd>.c).
  *
  *   pcachectl format|info|check|dump|writeback [OPTIONS] DEVICE   (see contrib/pcachectl.8)
  *   pcachectl status|flush [OPTIONS] MOUNTPOINT                    (a mounted pcachefs)
  *
  * Invariants:
  *  1. Every subcommand is one entry of cmds[] (struct pcachectl_cmd); help, dispatch and the
- *     command list all come from that table. Weak entries (writeback) are skipped when absent.
+ *     command list all come from that table.
  *  2. Exit status is one of PCACHECTL_OK/REPAIRABLE/CORRUPT/ERROR (pcachectl_i.h) for every
  *     command, so scripts can tell "fix it" from "broken" from "you called it wrong".
  *  3. Inspection opens read-only with a shared lock: it never runs against a mounted (locked)
@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pcache/util.h"
 #include "pcachectl_i.h"
 
 #define PCACHECTL_VERSION "pcachectl (pcachefs) 1.0, on-media format v1"
@@ -34,8 +35,7 @@ static const struct pcachectl_cmd *const *cmds_table(void)
 		cmds[n++] = &pcachectl_cmd_info;
 		cmds[n++] = &pcachectl_cmd_check;
 		cmds[n++] = &pcachectl_cmd_dump;
-		if (&pcachectl_cmd_writeback) /* weak: present once fuse/pcachectl_writeback.c exists */
-			cmds[n++] = &pcachectl_cmd_writeback;
+		cmds[n++] = &pcachectl_cmd_writeback;
 		cmds[n++] = &pcachectl_cmd_status;
 		cmds[n++] = &pcachectl_cmd_flush;
 		cmds[n++] = &pcachectl_cmd_give_up;

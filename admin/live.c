@@ -1,5 +1,5 @@
 /*
- * pcachectl_live.c -- the commands that work on a mounted pcachefs through its control tree:
+ * live.c -- the commands that work on a mounted pcachefs through its control tree:
  *
  *   pcachectl status [--json] MOUNTPOINT     a summary of .pcache/status.json (or the JSON)
  *   pcachectl flush [--image NAME] [--quiet] MOUNTPOINT
@@ -15,7 +15,7 @@
  *  1. Nothing but the control files is touched: status only reads; flush writes one file once.
  *  2. Exit status: 0 success, 1 refused or failed with exactly one line on stderr (not a
  *     pcachefs mount, no such image, the daemon's write failed), 3 usage error.
- *  3. The progress line is drawn only on a terminal (pcachectl_progress.c); stdout carries the
+ *  3. The progress line is drawn only on a terminal (progress.c); stdout carries the
  *     result alone (the summary, or the daemon's JSON byte for byte).
  */
 #include <errno.h>

@@ -1,5 +1,5 @@
 /*
- * pcachectl_progress.c -- the progress line shared by the long pcachectl commands (writeback
+ * progress.c -- the progress line shared by the long pcachectl commands (writeback
  * of a device, flush of a live mount): on a terminal one line on stderr redrawn in place,
  *
  *   flush [########............]  40%  12.0 MiB left, 3.1 MiB/s, ETA 0:04

@@ -1,13 +1,14 @@
 /*
- * pcachectl_i.h -- private interface of the admin command pcachectl (fuse/pcachectl*.c).
+ * pcachectl_i.h -- private interface of the admin command pcachectl (the files of admin/).
  *
  * Depends only on include/pcache/ (cache_dev.h, format.h, util.h) and libc.
  *
- * ADDING A SUBCOMMAND: write fuse/pcachectl_<name>.c defining
+ * pcachectl is a client of the engine's public API only: it is not a FUSE program (the mounted
+ * commands read and write the control tree's files).
+ *
+ * ADDING A SUBCOMMAND: write admin/<name>.c defining
  *     const struct pcachectl_cmd pcachectl_cmd_<name> = { "<name>", <fn>, "<usage>", "<help>" };
- * and add `&pcachectl_cmd_<name>` to the table in fuse/pcachectl.c. The table already refers to
- * pcachectl_cmd_writeback as a weak symbol (issue 5): defining it in fuse/pcachectl_writeback.c
- * is all that command needs -- no other file changes.
+ * declare it below and add `&pcachectl_cmd_<name>` to the table in admin/main.c.
  *
  * EXIT STATUS (every command): PCACHECTL_OK 0; PCACHECTL_REPAIRABLE 1 (check: damaged slots,
  * repaired with --repair; format: refused to overwrite without --force); PCACHECTL_CORRUPT 2
@@ -56,7 +57,7 @@ int pcachectl_open_status(int rc);
 /* JSON output helpers: a string with escapes. */
 void pcachectl_json_str(FILE *f, const char *s);
 
-/* ---- JSON input (pcachectl_json.c): status.json of a live mount ----------------------------- */
+/* ---- JSON input (json.c): status.json of a live mount ----------------------------- */
 
 enum pcachectl_json_type {
 	PCACHECTL_JSON_NULL, PCACHECTL_JSON_BOOL, PCACHECTL_JSON_NUMBER, PCACHECTL_JSON_STRING,
@@ -83,7 +84,7 @@ const struct pcachectl_json *pcachectl_json_get(const struct pcachectl_json *obj
 uint64_t pcachectl_json_u64(const struct pcachectl_json *obj, const char *key, uint64_t dflt);
 const char *pcachectl_json_s(const struct pcachectl_json *obj, const char *key, const char *dflt);
 
-/* ---- progress line (pcachectl_progress.c): one for every long command ---------------------- */
+/* ---- progress line (progress.c): one for every long command ---------------------- */
 
 /*
  * A progress line on stderr. On a terminal: one line redrawn in place (a bar, percent, bytes
@@ -106,7 +107,7 @@ void pcachectl_progress_end(struct pcachectl_progress *p);
 void pcachectl_progress_format(char *buf, size_t len, uint64_t done, uint64_t total,
 			       uint64_t elapsed_ns, bool bar);
 
-/* ---- live mounts (pcachectl_live.c) -------------------------------------------------------- */
+/* ---- live mounts (live.c) -------------------------------------------------------- */
 
 /*
  * Exit status of the commands that work on a mounted file system (status, flush): 0 success,
@@ -114,7 +115,7 @@ void pcachectl_progress_format(char *buf, size_t len, uint64_t done, uint64_t to
  */
 enum { PCACHECTL_FAILED = 1 };
 
-/* The commands (weak ones may be missing from the build). */
+/* The commands. */
 extern const struct pcachectl_cmd pcachectl_cmd_format;
 extern const struct pcachectl_cmd pcachectl_cmd_info;
 extern const struct pcachectl_cmd pcachectl_cmd_check;
@@ -122,6 +123,6 @@ extern const struct pcachectl_cmd pcachectl_cmd_dump;
 extern const struct pcachectl_cmd pcachectl_cmd_status;
 extern const struct pcachectl_cmd pcachectl_cmd_flush;
 extern const struct pcachectl_cmd pcachectl_cmd_give_up;
-extern const struct pcachectl_cmd pcachectl_cmd_writeback __attribute__((weak));
+extern const struct pcachectl_cmd pcachectl_cmd_writeback;
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * pcachectl_giveup.c -- `pcachectl give-up MOUNTPOINT NAME --yes`: drop the dirty data of an
+ * giveup.c -- `pcachectl give-up MOUNTPOINT NAME --yes`: drop the dirty data of an
  * image whose backing failed for good, so the writeback of the other images goes on.
  *
  * The daemon does it (.pcache/give_up takes "NAME confirm"); this command only insists on the

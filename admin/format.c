@@ -1,5 +1,5 @@
 /*
- * pcachectl_format.c -- `pcachectl format`: write an empty pcachefs cache (format v1).
+ * format.c -- `pcachectl format`: write an empty pcachefs cache (format v1).
  *
  * Invariants:
  *  1. Nothing is overwritten without --force when the device holds anything: a valid pcachefs
