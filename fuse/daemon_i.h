@@ -1,6 +1,6 @@
 /*
  * daemon_i.h -- private interface between the files of the pcachefs daemon (fuse/main.c,
- * opts.c, ops.c, ctl.c, log.c, notify.c, rangelock.c). Nothing outside fuse/ includes it.
+ * opts.c, ops.c, nodes.c, images.c, ctl.c, log.c, notify.c, rangelock.c). Nothing outside fuse/ includes it.
  *
  * Lock order (outermost first): pfs.lock (image slots, attach/detach) -> a range lock of one
  * image (rangelock.c) -> engine locks (inside core/). Never hold pfs.lock across engine I/O;
@@ -125,7 +125,7 @@ void pfs_rangelock_destroy(struct pfs_rangelock *rl);
 void pfs_rangelock_lock(struct pfs_rangelock *rl, struct pfs_range *r, uint64_t start, uint64_t end, bool excl);
 void pfs_rangelock_unlock(struct pfs_rangelock *rl, struct pfs_range *r);
 
-/* ---- images and nodes (ops.c) ------------------------------------------------------------- */
+/* ---- images (images.c) and nodes (nodes.c) ------------------------------------------------ */
 
 enum pfs_slot_state { PFS_SLOT_FREE = 0, PFS_SLOT_ATTACHED, PFS_SLOT_DETACHING };
 
@@ -133,8 +133,9 @@ enum pfs_slot_state { PFS_SLOT_FREE = 0, PFS_SLOT_ATTACHED, PFS_SLOT_DETACHING }
  * One attached image as the mount shows it. Slots live in pfs.slots[] for the life of the
  * daemon; a slot is reused after detach with gen + 1, so stale inode numbers never match.
  *   state, gen, img, name, open_count: written under pfs.lock.
- *   The I/O paths read img, size and lbs without the lock, between io_enter() and io_exit()
- *   (ops.c): io_enter counts the request in inflight, then checks state and gen (both atomic);
+ *   The I/O paths read img, size and lbs without the lock, between pfs_io_enter() and
+ *   pfs_io_exit() (images.c): pfs_io_enter counts the request in inflight, then checks state
+ *   and gen (both atomic);
  *   detach first sets DETACHING, then waits for inflight to drop to 0, so it never pulls the
  *   image from under a request (sequentially consistent atomics on both sides).
  *   Detach also refuses while files are open (open_count), the usual case.
@@ -182,12 +183,26 @@ enum pfs_img_kind {
 	PFS_IK_COUNT
 };
 
+/*
+ * An image node's inode number: PFS_INO_IMG_FLAG | generation of the slot | slot | kind.
+ * Bits 0-2 the kind, 3-11 the slot, 12-39 the slot's generation (modulo 2^28), bit 40 set.
+ */
+#define PFS_INO_KIND_MASK 0x7ull
+#define PFS_INO_SLOT_SHIFT 3
+#define PFS_INO_SLOT_MASK 0x1ffull
+#define PFS_INO_GEN_SHIFT 12
+#define PFS_INO_GEN_MASK 0xfffffffull
 #define PFS_INO_IMG_FLAG (1ull << 40)
 #define PFS_MAX_SLOTS 64
 
+_Static_assert(PFS_IK_COUNT <= PFS_INO_KIND_MASK + 1, "image node kinds fit their bits");
+_Static_assert(PFS_MAX_SLOTS <= PFS_INO_SLOT_MASK + 1, "slots fit their bits");
+_Static_assert(PFS_INO_FIXED_END < PFS_INO_IMG_FLAG, "fixed inodes stay below image nodes");
+
 static inline uint64_t pfs_img_ino(uint32_t slot, uint32_t gen, enum pfs_img_kind k)
 {
-	return PFS_INO_IMG_FLAG | ((uint64_t)gen << 12) | ((uint64_t)slot << 3) | (uint64_t)k;
+	return PFS_INO_IMG_FLAG | (((uint64_t)gen & PFS_INO_GEN_MASK) << PFS_INO_GEN_SHIFT) |
+	       ((uint64_t)slot << PFS_INO_SLOT_SHIFT) | (uint64_t)k;
 }
 
 struct pfs {
@@ -228,6 +243,43 @@ int pfs_image_detach(const char *name, char *err, size_t errlen);
 int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen);
 /* Release the daemon's references of every slot (at exit, before pcache_cache_stop). */
 void pfs_images_release(void);
+
+/* ---- nodes (nodes.c): the inode layout, stat, lookup, directory listings ------------------- */
+
+#define PFS_ENTRY_TIMEOUT 60.0
+#define PFS_CTL_ATTR_TIMEOUT 1.0
+
+/* A decoded inode number. */
+struct pfs_node {
+	uint64_t fixed;            /* fixed inode, or 0 for an image node */
+	uint32_t slot;
+	enum pfs_img_kind kind;
+};
+
+/* One directory entry of a listing. */
+struct pfs_dent {
+	char name[PCACHE_NAME_MAX + 1];
+	fuse_ino_t ino;
+	mode_t type;
+};
+#define PFS_MAX_DENTS (PFS_MAX_SLOTS + 16)
+
+int pfs_dir_list(fuse_ino_t ino, struct pfs_dent *v);
+int pfs_node_decode(fuse_ino_t ino, struct pfs_node *n);
+int pfs_node_lookup(fuse_ino_t parent, const char *name, fuse_ino_t *ino);
+int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout);
+
+/* ---- image slots and I/O buffers (images.c) ------------------------------------------------ */
+
+/* The buffer of a read or a read-modify-write: max_read plus the alignment envelope. */
+#define PFS_IO_BUF_SIZE (PCACHE_FUSE_MAX_IO + 2 * 65536)
+
+char *pfs_buf_get(void);
+void pfs_buf_put(char *p);
+int pfs_io_enter(struct pfs_slot *s, fuse_ino_t ino, enum pfs_img_kind k);
+void pfs_io_exit(struct pfs_slot *s);
+struct pfs_slot *pfs_slot_by_name(const char *name);
+struct pfs_slot *pfs_slot_of(fuse_ino_t ino, const struct pfs_node *n);
 
 /* ---- control tree (ctl.c) ----------------------------------------------------------------- */
 

@@ -1,7 +1,8 @@
 /*
  * ops.c -- the FUSE low-level operations of pcachefs: the mount root with one regular file per
  * attached image, the .pcache/ control tree (content in ctl.c), and the image I/O path onto the
- * engine (include/pcache/cache.h).
+ * engine (include/pcache/cache.h). Inode numbers, stat and lookup are in nodes.c, the image
+ * slots and the I/O buffers in images.c.
  *
  * Node map (inode numbers, see daemon_i.h):
  *   /                 root (1)           /<image>                    image file
@@ -20,7 +21,7 @@
  *  4. Writes on a file opened O_SYNC/O_DSYNC carry PCACHE_IO_FUA (durable on reply); fsync and
  *     fdatasync call pcache_image_flush() (every acknowledged write durable on reply). FUSE flush
  *     (close) promises nothing more and is a no-op (image files are opened with noflush).
- *  5. Every use of an image's engine handle by a request sits between io_enter() and io_exit();
+ *  5. Every use of an image's engine handle by a request sits between pfs_io_enter() and pfs_io_exit();
  *     detach waits for those to drain (daemon_i.h, struct pfs_slot), and refuses while files are
  *     open. A request for a detached (or detached and reused) slot fails with ESTALE.
  *  6. A read miss (PCACHE_IO_PENDING) replies from the engine's completion callback; the buffer
@@ -45,18 +46,7 @@
 _Static_assert(sizeof(fuse_ino_t) >= sizeof(uint64_t), "inode numbers need 64 bits");
 _Static_assert(sizeof(uint64_t) >= sizeof(void *), "file handles hold pointers");
 
-#define PFS_ENTRY_TIMEOUT 60.0
-#define PFS_CTL_ATTR_TIMEOUT 1.0
-#define PFS_IO_BUF_SIZE (PCACHE_FUSE_MAX_IO + 2 * 65536)
-
 struct pfs pfs;
-
-/* A decoded inode number. */
-struct pfs_node {
-	uint64_t fixed;            /* fixed inode, or 0 for an image node */
-	uint32_t slot;
-	enum pfs_img_kind kind;
-};
 
 /*
  * fi->fh of an open file is a value, not a pointer: its inode number plus PFS_FH_SYNC. Nothing
@@ -74,14 +64,6 @@ struct pfs_file {
 	bool sync;
 };
 
-/* One directory entry of a listing. */
-struct pfs_dent {
-	char name[PCACHE_NAME_MAX + 1];
-	fuse_ino_t ino;
-	mode_t type;
-};
-#define PFS_MAX_DENTS (PFS_MAX_SLOTS + 16)
-
 /* A pending read. */
 struct pfs_read {
 	fuse_req_t req;
@@ -89,500 +71,6 @@ struct pfs_read {
 	char *buf;
 	size_t skip, len;
 };
-
-/*
- * ---- I/O buffers ----------------------------------------------------------------------------
- * One cached per thread, then a small shared pool. A read that goes pending hands its buffer to
- * the completion thread, which returns it with buf_put(); without the pool every miss would
- * allocate (and, at this size, mmap and munmap) a fresh buffer: the bench profile showed that
- * costing half the miss throughput. pool_lock is a leaf lock.
- */
-#define PFS_BUF_POOL_MAX 32
-
-static pthread_key_t buf_key;
-static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static char *pool[PFS_BUF_POOL_MAX];   /* protected by pool_lock */
-static int pool_n;                     /* protected by pool_lock */
-
-static void buf_free(void *p)
-{
-	free(p);
-}
-
-static void buf_key_init(void)
-{
-	pthread_key_create(&buf_key, buf_free);
-}
-
-/* A PFS_IO_BUF_SIZE, 4 KiB-aligned buffer owned by the caller until buf_put(). */
-static char *buf_get(void)
-{
-	void *p;
-
-	pthread_once(&buf_once, buf_key_init);
-	p = pthread_getspecific(buf_key);
-	if (p) {
-		pthread_setspecific(buf_key, NULL);
-		return p;
-	}
-	pthread_mutex_lock(&pool_lock);
-	p = pool_n ? pool[--pool_n] : NULL;
-	pthread_mutex_unlock(&pool_lock);
-	if (p)
-		return p;
-	if (posix_memalign(&p, 4096, PFS_IO_BUF_SIZE) != 0)
-		return NULL;
-	return p;
-}
-
-static void buf_put(char *p)
-{
-	pthread_once(&buf_once, buf_key_init);
-	if (!pthread_getspecific(buf_key)) {
-		pthread_setspecific(buf_key, p);
-		return;
-	}
-	pthread_mutex_lock(&pool_lock);
-	if (pool_n < PFS_BUF_POOL_MAX) {
-		pool[pool_n++] = p;
-		p = NULL;
-	}
-	pthread_mutex_unlock(&pool_lock);
-	free(p);
-}
-
-/* ---- nodes --------------------------------------------------------------------------------- */
-
-static int node_decode(fuse_ino_t ino, struct pfs_node *n)
-{
-	memset(n, 0, sizeof(*n));
-	if (ino & PFS_INO_IMG_FLAG) {
-		n->slot = (uint32_t)((ino >> 3) & 0x1ff);
-		n->kind = (enum pfs_img_kind)(ino & 7);
-		if (n->slot >= PFS_MAX_SLOTS || n->kind >= PFS_IK_COUNT)
-			return -ENOENT;
-		return 0;
-	}
-	if (ino < PFS_INO_ROOT || ino >= PFS_INO_FIXED_END)
-		return -ENOENT;
-	n->fixed = ino;
-	return 0;
-}
-
-/* The slot of an image inode if it is still that image (pfs.lock held). */
-static struct pfs_slot *slot_of(fuse_ino_t ino, const struct pfs_node *n)
-{
-	struct pfs_slot *s = &pfs.slots[n->slot];
-
-	if (s->state != PFS_SLOT_ATTACHED || pfs_img_ino(n->slot, s->gen, n->kind) != ino)
-		return NULL;
-	return s;
-}
-
-static struct pfs_slot *slot_by_name(const char *name)
-{
-	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
-		struct pfs_slot *s = &pfs.slots[i];
-
-		if (s->state == PFS_SLOT_ATTACHED && !strcmp(s->name, name))
-			return s;
-	}
-	return NULL;
-}
-
-/* Pin the slot of node ino for one request: 0, or -ESTALE if it is not that image any more. */
-static int io_enter(struct pfs_slot *s, fuse_ino_t ino, enum pfs_img_kind k)
-{
-	atomic_fetch_add(&s->inflight, 1);
-	if (atomic_load(&s->state) != PFS_SLOT_ATTACHED ||
-	    pfs_img_ino((uint32_t)(s - pfs.slots), atomic_load(&s->gen), k) != ino) {
-		atomic_fetch_sub(&s->inflight, 1);
-		return -ESTALE;
-	}
-	return 0;
-}
-
-static void io_exit(struct pfs_slot *s)
-{
-	atomic_fetch_sub(&s->inflight, 1);
-}
-
-static void stat_common(struct stat *st, fuse_ino_t ino)
-{
-	memset(st, 0, sizeof(*st));
-	st->st_ino = ino;
-	st->st_uid = pfs.uid;
-	st->st_gid = pfs.gid;
-	st->st_atime = st->st_mtime = st->st_ctime = pfs.start_time;
-	st->st_blksize = 4096;
-}
-
-static void stat_dir(struct stat *st, fuse_ino_t ino)
-{
-	stat_common(st, ino);
-	st->st_mode = S_IFDIR | 0755;
-	st->st_nlink = 2;
-}
-
-static void stat_ctl(struct stat *st, fuse_ino_t ino, bool writable, bool readable)
-{
-	stat_common(st, ino);
-	st->st_mode = S_IFREG | (readable ? 0444 : 0) | (writable ? 0200 : 0);
-	st->st_nlink = 1;
-}
-
-/* Attributes of any node (pfs.lock held for image nodes). 0 or -ENOENT. */
-static int node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
-{
-	struct pfs_node n;
-	struct pfs_slot *s;
-	uint32_t mode, uid, gid;
-
-	if (node_decode(ino, &n))
-		return -ENOENT;
-	*timeout = PFS_ENTRY_TIMEOUT;
-	if (n.fixed) {
-		switch (n.fixed) {
-		case PFS_INO_ROOT:
-		case PFS_INO_CTL_DIR:
-		case PFS_INO_IMAGES_DIR:
-			stat_dir(st, ino);
-			return 0;
-		default:
-			*timeout = PFS_CTL_ATTR_TIMEOUT;
-			stat_ctl(st, ino, pfs_ctl_writable(n.fixed, 0),
-				 n.fixed != PFS_INO_FLUSH && n.fixed != PFS_INO_ATTACH && n.fixed != PFS_INO_DETACH &&
-				 n.fixed != PFS_INO_REKEY && n.fixed != PFS_INO_GIVE_UP);
-			return 0;
-		}
-	}
-	s = slot_of(ino, &n);
-	if (!s)
-		return -ENOENT;
-	switch (n.kind) {
-	case PFS_IK_FILE:
-		stat_common(st, ino);
-		pcache_image_attr(s->img, &mode, &uid, &gid);
-		st->st_mode = S_IFREG | ((mode & 07777) ? (mode & 07777) : 0644);
-		st->st_uid = uid;
-		st->st_gid = gid;
-		st->st_nlink = 1;
-		st->st_size = (off_t)s->size;
-		st->st_blocks = (blkcnt_t)(s->size / 512);
-		st->st_blksize = s->lbs > 4096 ? s->lbs : 4096;
-		return 0;
-	case PFS_IK_DIR:
-		stat_dir(st, ino);
-		return 0;
-	default:
-		*timeout = PFS_CTL_ATTR_TIMEOUT;
-		stat_ctl(st, ino, pfs_ctl_writable(0, n.kind), n.kind != PFS_IK_FLUSH);
-		return 0;
-	}
-}
-
-static const struct {
-	const char *name;
-	enum pfs_fixed_ino ino;
-} ctl_names[] = {
-	{ "status", PFS_INO_STATUS },
-	{ "status.json", PFS_INO_STATUS_JSON },
-	{ "metrics", PFS_INO_METRICS },
-	{ "gc_percent", PFS_INO_GC_PERCENT },
-	{ "writeback_rate", PFS_INO_WB_RATE },
-	{ "dirty_high", PFS_INO_DIRTY_HIGH },
-	{ "dirty_low", PFS_INO_DIRTY_LOW },
-	{ "flush", PFS_INO_FLUSH },
-	{ "attach", PFS_INO_ATTACH },
-	{ "detach", PFS_INO_DETACH },
-	{ "images", PFS_INO_IMAGES_DIR },
-	{ "rekey", PFS_INO_REKEY },
-	{ "space_timeout", PFS_INO_SPACE_TIMEOUT },
-	{ "give_up", PFS_INO_GIVE_UP },
-};
-
-static const char *const img_ctl_names[PFS_IK_COUNT] = {
-	[PFS_IK_STATS] = "stats",
-	[PFS_IK_MODE] = "cache_mode",
-	[PFS_IK_FLUSH] = "flush",
-};
-
-/* Resolve name in parent: 0 and *ino, or -ENOENT (pfs.lock held). */
-static int node_lookup(fuse_ino_t parent, const char *name, fuse_ino_t *ino)
-{
-	struct pfs_node n;
-	struct pfs_slot *s;
-
-	if (node_decode(parent, &n))
-		return -ENOENT;
-	if (n.fixed == PFS_INO_ROOT) {
-		if (!strcmp(name, ".pcache")) {
-			*ino = PFS_INO_CTL_DIR;
-			return 0;
-		}
-		s = slot_by_name(name);
-		if (!s)
-			return -ENOENT;
-		*ino = pfs_img_ino((uint32_t)(s - pfs.slots), s->gen, PFS_IK_FILE);
-		return 0;
-	}
-	if (n.fixed == PFS_INO_CTL_DIR) {
-		for (size_t i = 0; i < PCACHE_ARRAY_SIZE(ctl_names); i++) {
-			if (!strcmp(name, ctl_names[i].name)) {
-				*ino = ctl_names[i].ino;
-				return 0;
-			}
-		}
-		return -ENOENT;
-	}
-	if (n.fixed == PFS_INO_IMAGES_DIR) {
-		s = slot_by_name(name);
-		if (!s)
-			return -ENOENT;
-		*ino = pfs_img_ino((uint32_t)(s - pfs.slots), s->gen, PFS_IK_DIR);
-		return 0;
-	}
-	if (!n.fixed && n.kind == PFS_IK_DIR) {
-		s = slot_of(parent, &n);
-		if (!s)
-			return -ENOENT;
-		for (int k = PFS_IK_STATS; k < PFS_IK_COUNT; k++) {
-			if (!strcmp(name, img_ctl_names[k])) {
-				*ino = pfs_img_ino(n.slot, s->gen, (enum pfs_img_kind)k);
-				return 0;
-			}
-		}
-		return -ENOENT;
-	}
-	return n.fixed || n.kind == PFS_IK_FILE ? -ENOTDIR : -ENOENT;
-}
-
-/* ---- image slots ---------------------------------------------------------------------------- */
-
-/* Fill a free slot with a referenced image (pfs.lock held). */
-static int slot_fill(struct pcache_image *img)
-{
-	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
-		struct pfs_slot *s = &pfs.slots[i];
-
-		if (s->state != PFS_SLOT_FREE)
-			continue;
-		s->open_count = 0;
-		s->img = img;
-		snprintf(s->name, sizeof(s->name), "%s", pcache_image_name(img));
-		s->size = pcache_image_size(img);
-		s->lbs = pcache_image_lbs(img);
-		if (s->lbs == 0)
-			s->lbs = 512;
-		s->gen++;
-		/* publish last: io_enter() trusts the fields above once it sees ATTACHED */
-		s->state = PFS_SLOT_ATTACHED;
-		return 0;
-	}
-	return -ENOSPC;
-}
-
-int pfs_image_attach(const char *name, const char *path, int cache_mode, bool rekey, char *err,
-		     size_t errlen)
-{
-	struct pcache_attach_opts ao = {
-		.name = name,
-		.path = path,
-		.allow_path_change = true,
-		.rekey = rekey,
-		.own_dev = atomic_load(&pfs.mnt_dev),
-		.cache_mode = cache_mode,
-	};
-	struct pcache_image *img = NULL;
-	bool taken;
-	int ret;
-
-	if (!pcache_image_name_valid(name)) {
-		snprintf(err, errlen, "invalid image name '%s'", name);
-		return -EINVAL;
-	}
-	pthread_mutex_lock(&pfs.lock);
-	taken = slot_by_name(name) != NULL;
-	pthread_mutex_unlock(&pfs.lock);
-	if (taken) {
-		snprintf(err, errlen, "image '%s' is already attached", name);
-		return -EEXIST;
-	}
-	/* no lock here: the engine refuses a second attach of the name itself */
-	ret = pcache_image_attach(pfs.cache, &ao, &img, err, errlen);
-	if (ret)
-		return ret;
-	pthread_mutex_lock(&pfs.lock);
-	ret = slot_fill(img);
-	pthread_mutex_unlock(&pfs.lock);
-	if (ret) {
-		snprintf(err, errlen, "too many images");
-		pcache_image_put(img);
-		pcache_image_detach(pfs.cache, name, false);
-	}
-	return ret;
-}
-
-uint64_t pfs_mount_dev(const char *mountpoint)
-{
-	char line[4096], mnt[2048], fstype[64];
-	unsigned int maj, min;
-	uint64_t dev = 0;
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-
-	if (!f)
-		return 0;
-	/* "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - FSTYPE SOURCE SUPEROPTS" */
-	while (fgets(line, sizeof(line), f)) {
-		const char *sep = strstr(line, " - ");
-
-		if (sscanf(line, "%*d %*d %u:%u %*s %2047s", &maj, &min, mnt) != 3 || !sep ||
-		    sscanf(sep + 3, "%63s", fstype) != 1)
-			continue;
-		/* the last match wins: a later mount on the same point hides the earlier ones */
-		if (!strcmp(mnt, mountpoint) && !strncmp(fstype, "fuse", 4))
-			dev = makedev(maj, min);
-	}
-	fclose(f);
-	return dev;
-}
-
-int pfs_images_attach_known(const char *const *skip, int n_skip, char *err, size_t errlen)
-{
-	struct pcache_image *v[PFS_MAX_SLOTS];
-	int n, ret;
-
-	ret = pcache_cache_attach_known_except(pfs.cache, skip, n_skip, err, errlen);
-	if (ret)
-		return ret;
-	n = pcache_cache_images(pfs.cache, v, PFS_MAX_SLOTS);
-	pthread_mutex_lock(&pfs.lock);
-	for (int i = 0; i < n; i++) {
-		if (slot_by_name(pcache_image_name(v[i])) || slot_fill(v[i]) != 0)
-			pcache_image_put(v[i]);
-	}
-	pthread_mutex_unlock(&pfs.lock);
-	return 0;
-}
-
-int pfs_image_detach(const char *name, char *err, size_t errlen)
-{
-	struct pfs_slot *s;
-	struct pcache_image *img;
-	int ret;
-
-	pthread_mutex_lock(&pfs.lock);
-	s = slot_by_name(name);
-	if (!s) {
-		pthread_mutex_unlock(&pfs.lock);
-		snprintf(err, errlen, "no attached image '%s'", name);
-		return -ENOENT;
-	}
-	if (s->open_count) {
-		pthread_mutex_unlock(&pfs.lock);
-		snprintf(err, errlen, "image '%s' is open (%u files)", name, s->open_count);
-		return -EBUSY;
-	}
-	s->state = PFS_SLOT_DETACHING;
-	img = s->img;
-	pthread_mutex_unlock(&pfs.lock);
-	/* requests already past io_enter() finish first (a killed client's request can outlive its file) */
-	while (atomic_load(&s->inflight))
-		usleep(1000);
-
-	/* the backing image must be complete on its own once it leaves the cache */
-	ret = pcache_image_writeback_all(img);
-	if (ret) {
-		snprintf(err, errlen, "image '%s': writeback failed: %s", name, strerror(-ret));
-		goto restore;
-	}
-	pcache_image_put(img);
-	ret = pcache_image_detach(pfs.cache, name, true);
-	if (ret) {
-		snprintf(err, errlen, "image '%s': detach failed: %s", name, strerror(-ret));
-		img = pcache_image_get(pfs.cache, name);
-		if (!img) {
-			/* the engine let it go anyway: the slot is gone */
-			pthread_mutex_lock(&pfs.lock);
-			s->state = PFS_SLOT_FREE;
-			s->img = NULL;
-			pthread_mutex_unlock(&pfs.lock);
-			return ret;
-		}
-		goto restore;
-	}
-	pthread_mutex_lock(&pfs.lock);
-	s->state = PFS_SLOT_FREE;
-	s->img = NULL;
-	pthread_mutex_unlock(&pfs.lock);
-	return 0;
-restore:
-	pthread_mutex_lock(&pfs.lock);
-	s->img = img;
-	s->state = PFS_SLOT_ATTACHED;
-	pthread_mutex_unlock(&pfs.lock);
-	return ret;
-}
-
-int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen)
-{
-	struct pfs_slot *s;
-	struct pcache_image *img = NULL;
-	int ret;
-
-	pthread_mutex_lock(&pfs.lock);
-	s = slot_by_name(name);
-	if (s && s->open_count) {
-		pthread_mutex_unlock(&pfs.lock);
-		snprintf(err, errlen, "image '%s' is open (%u files)", name, s->open_count);
-		return -EBUSY;
-	}
-	if (s) {
-		s->state = PFS_SLOT_DETACHING;
-		img = s->img;
-	}
-	pthread_mutex_unlock(&pfs.lock);
-	if (s) {
-		while (atomic_load(&s->inflight))
-			usleep(1000);
-		pcache_image_put(img);
-	}
-	/* no writeback first: the data is given up because it cannot be written */
-	ret = pcache_image_give_up(pfs.cache, name, lost);
-	if (ret) {
-		snprintf(err, errlen, "image '%s': %s", name, ret == -ENOENT ? "not known to the cache" :
-			 strerror(-ret));
-		if (s) {
-			pthread_mutex_lock(&pfs.lock);
-			s->img = pcache_image_get(pfs.cache, name);
-			s->state = s->img ? PFS_SLOT_ATTACHED : PFS_SLOT_FREE;
-			pthread_mutex_unlock(&pfs.lock);
-		}
-		return ret;
-	}
-	if (s) {
-		pthread_mutex_lock(&pfs.lock);
-		s->state = PFS_SLOT_FREE;
-		s->img = NULL;
-		pthread_mutex_unlock(&pfs.lock);
-	}
-	return 0;
-}
-
-void pfs_images_release(void)
-{
-	pthread_mutex_lock(&pfs.lock);
-	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
-		struct pfs_slot *s = &pfs.slots[i];
-
-		if (s->state != PFS_SLOT_FREE && s->img)
-			pcache_image_put(s->img);
-		s->img = NULL;
-		s->state = PFS_SLOT_FREE;
-	}
-	pthread_mutex_unlock(&pfs.lock);
-}
 
 /* ---- the engine I/O helpers ------------------------------------------------------------------ */
 
@@ -632,7 +120,7 @@ static int write_rmw(struct pfs_slot *s, const char *src, uint64_t off, size_t l
 
 	if (e > s->size)
 		return -EINVAL;
-	tmp = buf_get();
+	tmp = pfs_buf_get();
 	if (!tmp)
 		return -ENOMEM;
 	pfs_rangelock_lock(&s->rl, &r, a, e, true);
@@ -652,7 +140,7 @@ static int write_rmw(struct pfs_slot *s, const char *src, uint64_t off, size_t l
 		ret = pcache_image_write(s->img, tmp, a, e - a, flags);
 	}
 	pfs_rangelock_unlock(&s->rl, &r);
-	buf_put(tmp);
+	pfs_buf_put(tmp);
 	return ret;
 }
 
@@ -691,8 +179,8 @@ static void read_done(void *priv, int status)
 		fuse_reply_err(rr->req, -status);
 	else
 		fuse_reply_buf(rr->req, rr->buf + rr->skip, rr->len);
-	io_exit(rr->s);
-	buf_put(rr->buf);
+	pfs_io_exit(rr->s);
+	pfs_buf_put(rr->buf);
 	free(rr);
 }
 
@@ -743,7 +231,7 @@ static int read_pinned(fuse_req_t req, struct pfs_slot *s, uint64_t a, uint64_t 
 	return 0;
 }
 
-/* Read of an image file (the caller did io_enter; every path here ends in io_exit). */
+/* Read of an image file (the caller did pfs_io_enter; every path here ends in pfs_io_exit). */
 static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t off)
 {
 	uint64_t lbs = s->lbs, a, e;
@@ -753,7 +241,7 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 	int ret;
 
 	if (off >= s->size || size == 0) {
-		io_exit(s);
+		pfs_io_exit(s);
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
@@ -767,19 +255,19 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 	if (e > s->size)
 		e = s->size;   /* a size that is not a sector multiple: the engine decides */
 	if (read_pinned(req, s, a, e, (size_t)(off - a), len) != PCACHE_PIN_FALLBACK) {
-		io_exit(s);
+		pfs_io_exit(s);
 		return;
 	}
-	buf = buf_get();
+	buf = pfs_buf_get();
 	if (!buf) {
-		io_exit(s);
+		pfs_io_exit(s);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	rr = malloc(sizeof(*rr));
 	if (!rr) {
-		io_exit(s);
-		buf_put(buf);
+		pfs_io_exit(s);
+		pfs_buf_put(buf);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
@@ -795,9 +283,9 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 		fuse_reply_err(req, -ret);
 	else
 		fuse_reply_buf(req, buf + rr->skip, len);
-	io_exit(s);
+	pfs_io_exit(s);
 	free(rr);
-	buf_put(buf);
+	pfs_buf_put(buf);
 }
 
 /* ---- operations ------------------------------------------------------------------------------ */
@@ -819,9 +307,9 @@ static void pfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	memset(&e, 0, sizeof(e));
 	pthread_mutex_lock(&pfs.lock);
-	ret = node_lookup(parent, name, &ino);
+	ret = pfs_node_lookup(parent, name, &ino);
 	if (!ret)
-		ret = node_stat(ino, &e.attr, &e.attr_timeout);
+		ret = pfs_node_stat(ino, &e.attr, &e.attr_timeout);
 	pthread_mutex_unlock(&pfs.lock);
 	if (ret) {
 		fuse_reply_err(req, -ret);
@@ -841,7 +329,7 @@ static void pfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	int ret;
 
 	pthread_mutex_lock(&pfs.lock);
-	ret = node_stat(ino, &st, &tmo);
+	ret = pfs_node_stat(ino, &st, &tmo);
 	pthread_mutex_unlock(&pfs.lock);
 	if (ret)
 		fuse_reply_err(req, -ret);
@@ -863,13 +351,13 @@ static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	double tmo;
 	int ret = 0;
 
-	if (node_decode(ino, &n)) {
+	if (pfs_node_decode(ino, &n)) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
 	pthread_mutex_lock(&pfs.lock);
 	if (!n.fixed && n.kind == PFS_IK_FILE) {
-		s = slot_of(ino, &n);
+		s = pfs_slot_of(ino, &n);
 		if (!s) {
 			ret = -ENOENT;
 		} else if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != s->size) {
@@ -890,7 +378,7 @@ static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 		ret = -EPERM;
 	}
 	if (!ret)
-		ret = node_stat(ino, &st, &tmo);
+		ret = pfs_node_stat(ino, &st, &tmo);
 	pthread_mutex_unlock(&pfs.lock);
 	if (ret)
 		fuse_reply_err(req, -ret);
@@ -915,7 +403,7 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct pfs_slot *s;
 	int err = 0;
 
-	if (node_decode(ino, &n)) {
+	if (pfs_node_decode(ino, &n)) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -935,7 +423,7 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (!n.fixed) {
 		pthread_mutex_lock(&pfs.lock);
-		s = slot_of(ino, &n);
+		s = pfs_slot_of(ino, &n);
 		if (s)
 			s->open_count++;
 		else
@@ -963,7 +451,7 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 /* Decode an open file. 0 or -ENOENT (never for a file the kernel opened through us). */
 static int file_of(fuse_ino_t ino, const struct fuse_file_info *fi, struct pfs_file *f)
 {
-	if (node_decode(ino, &f->node))
+	if (pfs_node_decode(ino, &f->node))
 		return -ENOENT;
 	f->ino = ino;
 	f->s = f->node.fixed ? NULL : &pfs.slots[f->node.slot];
@@ -996,13 +484,13 @@ static void ctl_read(fuse_req_t req, const struct pfs_file *f, size_t size, off_
 	struct pfs_text t = { 0 };
 	int ret;
 
-	if (f->s && io_enter(f->s, f->ino, f->node.kind)) {
+	if (f->s && pfs_io_enter(f->s, f->ino, f->node.kind)) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
 	ret = pfs_ctl_read(f->node.fixed, f->s, f->node.kind, &t);
 	if (f->s)
-		io_exit(f->s);
+		pfs_io_exit(f->s);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else if ((size_t)off >= t.len)
@@ -1025,7 +513,7 @@ static void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, str
 		ctl_read(req, &f, size, off);
 		return;
 	}
-	if (io_enter(f.s, ino, PFS_IK_FILE)) {
+	if (pfs_io_enter(f.s, ino, PFS_IK_FILE)) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
@@ -1058,12 +546,12 @@ static void ctl_write(fuse_req_t req, const struct pfs_file *f, const char *buf,
 	if (strlen(v) != n) {
 		pfs_log(LOG_WARNING, "control file write with a NUL byte refused");
 		ret = -EINVAL;
-	} else if (f->s && io_enter(f->s, f->ino, f->node.kind)) {
+	} else if (f->s && pfs_io_enter(f->s, f->ino, f->node.kind)) {
 		ret = -ESTALE;
 	} else {
 		ret = pfs_ctl_write(f->node.fixed, f->s, f->node.kind, v);
 		if (f->s)
-			io_exit(f->s);
+			pfs_io_exit(f->s);
 	}
 	if (ret)
 		fuse_reply_err(req, -ret);
@@ -1109,12 +597,12 @@ static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 	}
 	if (len > s->size - (uint64_t)off)
 		len = (size_t)(s->size - (uint64_t)off);
-	if (io_enter(s, ino, PFS_IK_FILE)) {
+	if (pfs_io_enter(s, ino, PFS_IK_FILE)) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
 	ret = image_write(s, buf, (uint64_t)off, len, f.sync ? PCACHE_IO_FUA : 0);
-	io_exit(s);
+	pfs_io_exit(s);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
@@ -1134,10 +622,10 @@ static void pfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_
 	int ret = 0;
 
 	if (file_of(ino, fi, &f) == 0 && file_is_image(&f)) {
-		ret = io_enter(f.s, ino, PFS_IK_FILE);
+		ret = pfs_io_enter(f.s, ino, PFS_IK_FILE);
 		if (!ret) {
 			ret = pcache_image_flush(f.s->img);
-			io_exit(f.s);
+			pfs_io_exit(f.s);
 		}
 	}
 	fuse_reply_err(req, -ret);
@@ -1192,7 +680,7 @@ static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 		fuse_reply_err(req, 0);
 		return;
 	}
-	if (io_enter(s, ino, PFS_IK_FILE)) {
+	if (pfs_io_enter(s, ino, PFS_IK_FILE)) {
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
@@ -1214,80 +702,16 @@ static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 		if (!ret && f.sync)
 			ret = pcache_image_flush(s->img);
 	}
-	io_exit(s);
+	pfs_io_exit(s);
 	fuse_reply_err(req, -ret);
 }
 
-/* ---- directories ----------------------------------------------------------------------------- */
-
-static void dir_add(struct pfs_dent *v, int *n, const char *name, fuse_ino_t ino, mode_t type)
-{
-	if (*n >= PFS_MAX_DENTS)
-		return;
-	snprintf(v[*n].name, sizeof(v[*n].name), "%s", name);
-	v[*n].ino = ino;
-	v[*n].type = type;
-	(*n)++;
-}
-
-/* The listing of directory ino into v (pfs.lock held): the count, or -ENOENT / -ENOTDIR. */
-static int dir_list(fuse_ino_t ino, struct pfs_dent *v)
-{
-	struct pfs_node n;
-	struct pfs_slot *s;
-	int cnt = 0;
-
-	if (node_decode(ino, &n))
-		return -ENOENT;
-	if (n.fixed == PFS_INO_ROOT) {
-		dir_add(v, &cnt, ".", ino, S_IFDIR);
-		dir_add(v, &cnt, "..", ino, S_IFDIR);
-		dir_add(v, &cnt, ".pcache", PFS_INO_CTL_DIR, S_IFDIR);
-		for (int i = 0; i < PFS_MAX_SLOTS; i++) {
-			s = &pfs.slots[i];
-			if (s->state == PFS_SLOT_ATTACHED)
-				dir_add(v, &cnt, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_FILE), S_IFREG);
-		}
-		return cnt;
-	}
-	if (n.fixed == PFS_INO_CTL_DIR) {
-		dir_add(v, &cnt, ".", ino, S_IFDIR);
-		dir_add(v, &cnt, "..", PFS_INO_ROOT, S_IFDIR);
-		for (size_t i = 0; i < PCACHE_ARRAY_SIZE(ctl_names); i++)
-			dir_add(v, &cnt, ctl_names[i].name, ctl_names[i].ino,
-				ctl_names[i].ino == PFS_INO_IMAGES_DIR ? S_IFDIR : S_IFREG);
-		return cnt;
-	}
-	if (n.fixed == PFS_INO_IMAGES_DIR) {
-		dir_add(v, &cnt, ".", ino, S_IFDIR);
-		dir_add(v, &cnt, "..", PFS_INO_CTL_DIR, S_IFDIR);
-		for (int i = 0; i < PFS_MAX_SLOTS; i++) {
-			s = &pfs.slots[i];
-			if (s->state == PFS_SLOT_ATTACHED)
-				dir_add(v, &cnt, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_DIR), S_IFDIR);
-		}
-		return cnt;
-	}
-	if (!n.fixed && n.kind == PFS_IK_DIR) {
-		s = slot_of(ino, &n);
-		if (!s)
-			return -ENOENT;
-		dir_add(v, &cnt, ".", ino, S_IFDIR);
-		dir_add(v, &cnt, "..", PFS_INO_IMAGES_DIR, S_IFDIR);
-		for (int k = PFS_IK_STATS; k < PFS_IK_COUNT; k++)
-			dir_add(v, &cnt, img_ctl_names[k], pfs_img_ino(n.slot, s->gen, (enum pfs_img_kind)k), S_IFREG);
-		return cnt;
-	}
-	return -ENOTDIR;
-}
-
-/* Valid replies: fuse_reply_open, fuse_reply_err (ENOENT, ENOTDIR). */
 static void pfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct pfs_node n;
 	int ret = 0;
 
-	if (node_decode(ino, &n))
+	if (pfs_node_decode(ino, &n))
 		ret = -ENOENT;
 	else if (!(n.fixed == PFS_INO_ROOT || n.fixed == PFS_INO_CTL_DIR || n.fixed == PFS_INO_IMAGES_DIR ||
 		   (!n.fixed && n.kind == PFS_IK_DIR)))
@@ -1317,7 +741,7 @@ static void pfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
 		return;
 	}
 	pthread_mutex_lock(&pfs.lock);
-	cnt = dir_list(ino, v);
+	cnt = pfs_dir_list(ino, v);
 	pthread_mutex_unlock(&pfs.lock);
 	if (cnt < 0) {
 		free(v);
