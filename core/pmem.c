@@ -16,7 +16,9 @@
  *     devices, which do not support read(2)), never through the mapping: poison becomes -EIO.
  */
 #include <errno.h>
+#include <libpmem2.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -24,6 +26,17 @@
 
 #include "pcache/util.h"
 #include "pmem_i.h"
+
+struct pcache_pmem_lib {
+	struct pmem2_source *src;
+	struct pmem2_map *map;
+	enum pmem2_granularity gran;
+	pmem2_memcpy_fn memcpy_fn;
+	pmem2_memset_fn memset_fn;
+	pmem2_persist_fn persist_fn;
+	pmem2_flush_fn flush_fn;
+	pmem2_drain_fn drain_fn;
+};
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -84,37 +97,37 @@ static unsigned int pm_flags(unsigned int flags)
 
 static void pm_memcpy(void *ctx, void *dst, const void *src, size_t len, unsigned int flags)
 {
-	struct pcache_pmem_map *m = ctx;
+	struct pcache_pmem_lib *l = ctx;
 
-	m->memcpy_fn(dst, src, len, pm_flags(flags));
+	l->memcpy_fn(dst, src, len, pm_flags(flags));
 }
 
 static void pm_memset(void *ctx, void *dst, int c, size_t len, unsigned int flags)
 {
-	struct pcache_pmem_map *m = ctx;
+	struct pcache_pmem_lib *l = ctx;
 
-	m->memset_fn(dst, c, len, pm_flags(flags));
+	l->memset_fn(dst, c, len, pm_flags(flags));
 }
 
 static void pm_persist(void *ctx, const void *addr, size_t len)
 {
-	struct pcache_pmem_map *m = ctx;
+	struct pcache_pmem_lib *l = ctx;
 
-	m->persist_fn(addr, len);
+	l->persist_fn(addr, len);
 }
 
 static void pm_flush(void *ctx, const void *addr, size_t len)
 {
-	struct pcache_pmem_map *m = ctx;
+	struct pcache_pmem_lib *l = ctx;
 
-	m->flush_fn(addr, len);
+	l->flush_fn(addr, len);
 }
 
 static void pm_drain(void *ctx)
 {
-	struct pcache_pmem_map *m = ctx;
+	struct pcache_pmem_lib *l = ctx;
 
-	m->drain_fn();
+	l->drain_fn();
 }
 
 static const struct pcache_pmem_ops pm_ops = {
@@ -155,19 +168,23 @@ int pcache_pmem_map_open(struct pcache_pmem_map *m, int fd, bool read_only, char
 	memset(m, 0, sizeof(*m));
 	if (fstat(fd, &st))
 		return -errno;
+	m->lib = calloc(1, sizeof(*m->lib));
+	if (!m->lib)
+		return -ENOMEM;
 	if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {
 		snprintf(err, errlen, "device: not a regular file or DAX character device%s",
 			 S_ISBLK(st.st_mode) ? " (libpmem2 cannot map a block device; use a DAX "
 					       "device or a file on a DAX file system)" : "");
-		return S_ISDIR(st.st_mode) ? -EISDIR : -ENOTSUP;
+		rc = S_ISDIR(st.st_mode) ? -EISDIR : -ENOTSUP;
+		goto out;
 	}
 	m->devdax = S_ISCHR(st.st_mode);
-	rc = pmem2_source_from_fd(&m->src, fd);
+	rc = pmem2_source_from_fd(&m->lib->src, fd);
 	if (rc) {
 		rc = pmem_err(rc, "device", err, errlen);
 		goto out;
 	}
-	rc = pmem2_source_size(m->src, &sz);
+	rc = pmem2_source_size(m->lib->src, &sz);
 	if (rc) {
 		rc = pmem_err(rc, "device size", err, errlen);
 		goto out_source;
@@ -186,45 +203,51 @@ int pcache_pmem_map_open(struct pcache_pmem_map *m, int fd, bool read_only, char
 		rc = pmem_err(rc, "pmem2 config", err, errlen);
 		goto out_config;
 	}
-	rc = pmem2_map_new(&m->map, cfg, m->src);
+	rc = pmem2_map_new(&m->lib->map, cfg, m->lib->src);
 	if (rc) {
 		rc = pmem_err(rc, "map device", err, errlen);
 		goto out_config;
 	}
 	pmem2_config_delete(&cfg);
 
-	m->base = pmem2_map_get_address(m->map);
-	m->size = pmem2_map_get_size(m->map);
-	m->gran = pmem2_map_get_store_granularity(m->map);
-	m->memcpy_fn = pmem2_get_memcpy_fn(m->map);
-	m->memset_fn = pmem2_get_memset_fn(m->map);
-	m->persist_fn = pmem2_get_persist_fn(m->map);
-	m->flush_fn = pmem2_get_flush_fn(m->map);
-	m->drain_fn = pmem2_get_drain_fn(m->map);
+	m->base = pmem2_map_get_address(m->lib->map);
+	m->size = pmem2_map_get_size(m->lib->map);
+	m->lib->gran = pmem2_map_get_store_granularity(m->lib->map);
+	m->lib->memcpy_fn = pmem2_get_memcpy_fn(m->lib->map);
+	m->lib->memset_fn = pmem2_get_memset_fn(m->lib->map);
+	m->lib->persist_fn = pmem2_get_persist_fn(m->lib->map);
+	m->lib->flush_fn = pmem2_get_flush_fn(m->lib->map);
+	m->lib->drain_fn = pmem2_get_drain_fn(m->lib->map);
 	m->seam.ops = &pm_ops;
-	m->seam.ctx = m;
+	m->seam.ctx = m->lib;
 	return 0;
 
 out_config:
 	pmem2_config_delete(&cfg);
 out_source:
-	pmem2_source_delete(&m->src);
+	pmem2_source_delete(&m->lib->src);
 out:
+	free(m->lib);
+	m->lib = NULL;
 	return rc;
 }
 
 void pcache_pmem_map_close(struct pcache_pmem_map *m)
 {
-	if (m->map)
-		pmem2_map_delete(&m->map);
-	if (m->src)
-		pmem2_source_delete(&m->src);
+	if (m->lib) {
+		if (m->lib->map)
+			pmem2_map_delete(&m->lib->map);
+		if (m->lib->src)
+			pmem2_source_delete(&m->lib->src);
+		free(m->lib);
+		m->lib = NULL;
+	}
 	m->base = NULL;
 }
 
 const char *pcache_pmem_granularity_name(const struct pcache_pmem_map *m)
 {
-	switch (m->gran) {
+	switch (m->lib->gran) {
 	case PMEM2_GRANULARITY_BYTE:
 		return "byte";
 	case PMEM2_GRANULARITY_CACHE_LINE:
@@ -242,7 +265,7 @@ int pcache_pmem_pread(const struct pcache_pmem_map *m, int fd, void *buf, size_t
 	int rc;
 
 	if (m->devdax) {
-		rc = pmem2_source_pread_mcsafe(m->src, buf, len, (size_t)off);
+		rc = pmem2_source_pread_mcsafe(m->lib->src, buf, len, (size_t)off);
 		return rc ? pmem_errno(rc) : 0; /* poison is PMEM2_E_IO_FAIL -> -EIO */
 	}
 	while (done < len) {

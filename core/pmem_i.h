@@ -2,33 +2,29 @@
  * pmem_i.h -- private interface of core/pmem.c: the libpmem2 mapping of a cache device and the
  * production persistence seam (struct pcache_pmem of include/pcache/cache_dev.h).
  *
- * Depends only on libpmem2 and cache_dev.h. Nothing outside core/ includes it; libpmem2 types
- * and PMEM2_E_* codes stop here (every function returns 0 or -errno).
+ * Depends only on cache_dev.h. Nothing outside core/ includes it; libpmem2's types and
+ * PMEM2_E_* codes stay inside core/pmem.c (struct pcache_pmem_lib is opaque; every function
+ * returns 0 or -errno).
  */
 #ifndef PCACHE_PMEM_I_H
 #define PCACHE_PMEM_I_H
 
-#include <libpmem2.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "pcache/cache_dev.h"
 
-/* One mapping of a whole device (file, block device or DAX character device). */
+/* libpmem2's handles and functions of one mapping (core/pmem.c). */
+struct pcache_pmem_lib;
+
+/* One mapping of a whole device (file or DAX character device). */
 struct pcache_pmem_map {
-	struct pmem2_source *src;
-	struct pmem2_map *map;
+	struct pcache_pmem_lib *lib;
 	void *base;
 	uint64_t size;
-	enum pmem2_granularity gran;
 	bool devdax;             /* character device: pread() does not work, use mcsafe reads */
-	pmem2_memcpy_fn memcpy_fn;
-	pmem2_memset_fn memset_fn;
-	pmem2_persist_fn persist_fn;
-	pmem2_flush_fn flush_fn;
-	pmem2_drain_fn drain_fn;
-	struct pcache_pmem seam; /* the production seam; seam.ctx points back at this struct */
+	struct pcache_pmem seam; /* the production seam; seam.ctx is lib */
 };
 
 /*
@@ -39,7 +35,8 @@ int pcache_pmem_source_size(int fd, uint64_t *size, char *err, size_t errlen);
 
 /*
  * Map the whole device behind fd (shared; read-only when read_only). Page granularity is
- * requested so any file works; the granularity found is in m->gran. 0 or -errno (err filled).
+ * requested so any file works; pcache_pmem_granularity_name() says what was found. 0 or -errno
+ * (err filled).
  */
 int pcache_pmem_map_open(struct pcache_pmem_map *m, int fd, bool read_only, char *err,
 			 size_t errlen);
