@@ -8,6 +8,11 @@
  *   c->img_lock -> c->gc_lock -> c->flush_lock -> subtree.lock -> stage.lock -> c->log.lock
  *     -> head.lock -> c->segs.lock -> (cache_dev record mutexes, backing submit locks)
  *   c->missreg_lock is a leaf (taken under a subtree lock; nothing is taken under it).
+ *   img->through_lock is taken with no engine lock held: shared by a writethrough/writearound
+ *   write around its backing I/O (backing submit locks under it), exclusively by the writeback
+ *   around the issue and wait of that image's requests (cache_writeback.c), never across a
+ *   rate-limit sleep.
+ *   c->knob_lock -> (cache_dev info_lock, the writeback's wb->lock): a knob update only.
  *
  *   c->gc_lock is held by the GC thread around one GC step, and around every walk of the log
  *   that starts behind key_head (attach replay, dirty scans), so GC cannot free a key-log

@@ -4,7 +4,7 @@
  * Each tests/check_<module>.c exports <module>_suite(); the Makefile lists them in suites.h
  * (one SUITE(name) line per file), so adding a suite needs no edit here. Fork mode stays on so
  * a crash fails one test instead of the run. CK_RUN_SUITE / CK_RUN_CASE select, CK_FORK=no
- * debugs. The exit status is the failure count (capped), so make stops on any failure.
+ * debugs. The exit status is EXIT_FAILURE when any test failed, so make stops on it.
  */
 #include <check.h>
 #include <stdio.h>

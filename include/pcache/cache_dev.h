@@ -2,8 +2,8 @@
  * cache_dev.h -- the cache device: libpmem2 mapping, the persistence seam, format v1 and the
  * crash-safe metadata records (superblock, cache info, tails, image table, segment records).
  *
- * Depends only on format.h and util.h (libpmem2 stays inside core/cache_dev.c: no PMEM2_E_*
- * code escapes; every function returns 0 or -errno). Used by the engine (core/) and by the
+ * Depends only on format.h and util.h (libpmem2 stays inside core/pmem.c: no libpmem2 type or
+ * PMEM2_E_* code escapes; every function returns 0 or -errno). Used by the engine (core/) and by the
  * admin command (admin/) for offline format/info/check/dump.
  *
  * Thread safety: the record update functions serialise on an internal mutex per record kind;

@@ -66,8 +66,9 @@
  *   0   16   hdr            type PCACHE_REC_INFO
  *   16  4    flags          PCACHE_INFO_DATA_CRC
  *   20  4    gc_percent     0..90, default 70
- *   24  4    dirty_high     percent of segments dirty that starts urgent writeback (0..100)
- *   28  4    dirty_low      percent where urgent writeback stops (< dirty_high)
+ *   24  4    dirty_high     dirty bytes, in percent of all segments' bytes, at which
+ *                           writeback goes full speed (0..100)
+ *   28  4    dirty_low      percent (same measure) where it slows down again (< dirty_high)
  *   32  8    wb_rate        writeback rate limit in bytes/s, 0 = unlimited
  *   40  4    next_image_id  next image id to hand out (ids are never reused)
  *   44  20   reserved       zero
