@@ -206,9 +206,11 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 	printf("knobs      writeback_rate %s, dirty_high %" PRIu64 "%%, dirty_low %" PRIu64 "%%, "
 	       "gc_percent %" PRIu64 "%%\n", rate ? d : "unlimited", pcachectl_json_u64(c, "dirty_high", 0),
 	       pcachectl_json_u64(c, "dirty_low", 0), pcachectl_json_u64(c, "gc_percent", 0));
-	if (pcachectl_json_u64(c, "wb_errors", 0) || pcachectl_json_u64(c, "full_waits", 0))
-		printf("events     %" PRIu64 " writeback errors, %" PRIu64 " writers waited for space\n",
-		       pcachectl_json_u64(c, "wb_errors", 0), pcachectl_json_u64(c, "full_waits", 0));
+	if (pcachectl_json_u64(c, "wb_errors", 0) || pcachectl_json_u64(c, "full_waits", 0) ||
+	    pcachectl_json_u64(c, "media_errors", 0))
+		printf("events     %" PRIu64 " writeback errors, %" PRIu64 " writers waited for space, %" PRIu64
+		       " media errors\n", pcachectl_json_u64(c, "wb_errors", 0),
+		       pcachectl_json_u64(c, "full_waits", 0), pcachectl_json_u64(c, "media_errors", 0));
 	for (i = 0; imgs && imgs->type == PCACHECTL_JSON_ARRAY && i < imgs->n; i++) {
 		const struct pcachectl_json *im = &imgs->child[i];
 		uint64_t hit = pcachectl_json_u64(im, "read_hit_bytes", 0);

@@ -1815,11 +1815,13 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 	st->gc_runs = c->gc_runs;
 	pthread_mutex_unlock(&c->bg_lock);
 	st->wb_errors = atomic_load(&c->wb_errors);
+	st->media_errors = atomic_load(&c->media_errors);
 	if (c->wb) {
 		struct pcache_wb_stats ws;
 
 		pcache_wb_get_stats(c->wb, &ws);
 		st->wb_errors += ws.errors;
+		st->media_errors += ws.media_errors;
 		st->wb_bytes = ws.bytes_written + ws.bytes_zeroed;
 		st->wb_superseded = ws.bytes_superseded;
 	}

@@ -39,6 +39,22 @@
 #include <time.h>
 
 #include "cache_i.h"
+#include "pcache/media.h"
+
+void pcache_image_note_media_error(struct pcache_image *img)
+{
+	atomic_fetch_add(&img->c->media_errors, 1);
+	pcache_log(PCACHE_LOG_ERR, "image %s: media error in the cache under a zero-copy reply",
+		   img->name);
+}
+
+/* A media error in the data area (media.h): counted, logged (rate-limited). */
+static void media_error(struct pcache_image *img, uint32_t seg, uint32_t off)
+{
+	atomic_fetch_add(&img->c->media_errors, 1);
+	pcache_log(PCACHE_LOG_ERR, "image %s: media error in the cache at segment %u offset %u",
+		   img->name, seg, off);
+}
 
 /* ---- common ------------------------------------------------------------------------------- */
 
@@ -186,8 +202,14 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 		ret = pcache_data_alloc(c, chunk, true, &a);
 		if (ret)
 			break;
-		c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
-				   PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN);
+		if (pcache_media_store(c->pm, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
+				       PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN) != 0) {
+			/* never acknowledged; the space goes back with its segment */
+			media_error(img, a.seg, a.seg_off);
+			pcache_seg_put(c, a.seg);
+			ret = -EIO;
+			break;
+		}
 		memset(&k, 0, sizeof(k));
 		k.off = roff;
 		k.len = a.len;
@@ -620,8 +642,15 @@ static void miss_fill(struct miss_req *m, const struct miss_piece *p)
 		drop_placeholder(img, p->off, p->id, false);
 		return;
 	}
-	c->pm->ops->memcpy(c->pm->ctx, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
-			   PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN);
+	if (pcache_media_store(c->pm, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
+			       PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN) != 0) {
+		/* the read is served from the backing data already read: only the fill is lost */
+		media_error(img, a.seg, a.seg_off);
+		atomic_fetch_add(&c->fill_skips, 1);
+		pcache_seg_put(c, a.seg);
+		drop_placeholder(img, p->off, p->id, false);
+		return;
+	}
 	/* the filled data is durable before its key is indexed and staged */
 	c->pm->ops->drain(c->pm->ctx);
 
@@ -837,12 +866,21 @@ static int copy_hits(struct pcache_image *img, uint8_t *buf, struct hit *hv, uin
 			*hit_bytes += h->len;
 			continue;
 		}
-		memcpy(buf + h->buf_off, pcache_seg_ptr(c, h->k.seg, h->k.seg_off), h->len);
+		if (pcache_media_copy(buf + h->buf_off, pcache_seg_ptr(c, h->k.seg, h->k.seg_off),
+				      h->len) != 0) {
+			media_error(img, h->k.seg, h->k.seg_off);
+			ret = -EIO;
+			continue;
+		}
 		if (h->k.crc_len) {
-			uint32_t start = h->k.seg_off - h->skip - h->k.crc_front;
-			uint32_t crc = pcache_crc32c(PCACHE_CRC_SEED, pcache_seg_ptr(c, h->k.seg, start),
-						     h->k.crc_len);
+			uint32_t start = h->k.seg_off - h->skip - h->k.crc_front, crc;
 
+			if (pcache_media_crc(pcache_seg_ptr(c, h->k.seg, start), h->k.crc_len,
+					     &crc) != 0) {
+				media_error(img, h->k.seg, start);
+				ret = -EIO;
+				continue;
+			}
 			crc_bad = crc != h->k.data_crc;
 		}
 		/*
@@ -1168,9 +1206,14 @@ int pcache_image_read_pin(struct pcache_image *img, uint64_t off, size_t len,
 	/* the segments are pinned: the bytes checked here are the bytes the caller gets */
 	for (j = 0; j < x.ncrc; j++) {
 		const struct pin_crc *pc = &x.crc[j];
+		uint32_t crc;
 
-		if (pcache_crc32c(PCACHE_CRC_SEED, pcache_seg_ptr(c, pc->seg, pc->start), pc->len) ==
-		    pc->crc)
+		if (pcache_media_crc(pcache_seg_ptr(c, pc->seg, pc->start), pc->len, &crc) != 0) {
+			media_error(img, pc->seg, pc->start);
+			ret = -EIO;
+			continue;
+		}
+		if (crc == pc->crc)
 			continue;
 		atomic_fetch_add(&img->crc_errors, 1);
 		pcache_log(PCACHE_LOG_ERR, "image %s: data CRC mismatch in segment %u at %u",

@@ -54,6 +54,7 @@
 #include <time.h>
 
 #include "pcache/log.h"
+#include "pcache/media.h"
 #include "pcache/util.h"
 #include "cache_writeback.h"
 
@@ -71,7 +72,8 @@ struct wb_img {
 	uint32_t id;
 	bool in_table;          /* present in the image table (else its keys are skipped) */
 	bool blocked;           /* failing or not attached: its keys are skipped until retry */
-	bool latched;           /* data CRC mismatch: blocked until restart */
+	bool latched;           /* data CRC mismatch or media error: blocked until restart */
+	uint64_t bad_off, bad_len; /* the image extent whose cached data could not be read */
 	uint64_t done_lsn;      /* all its keys in ksets with lsn < done_lsn are durable */
 	uint64_t persisted_lsn; /* wb_lsn last written to the image table */
 	uint64_t wb_time;
@@ -673,8 +675,23 @@ static bool wb_throttle(struct pcache_wb *wb, uint64_t len, bool limited, bool c
 	}
 }
 
+/* What an image's writeback error means, for its log line and pcachectl. */
+static const char *wb_err_text(const struct wb_img *im, int err, char *buf, size_t len)
+{
+	if (err == -EBADMSG)
+		return "data CRC mismatch in the cache";
+	if (err == -EHWPOISON) {
+		snprintf(buf, len, "media error in the cache: the cached data of image bytes %" PRIu64
+			 "..%" PRIu64 " cannot be read", im->bad_off, im->bad_off + im->bad_len);
+		return buf;
+	}
+	return strerror(-err);
+}
+
 static void wb_img_fail(struct pcache_wb *wb, struct wb_img *im, int err, uint64_t now)
 {
+	char msg[160];
+
 	/* caller holds wb->lock */
 	/*
 	 * A missing backing (-ENXIO) is normal for a moment: the writeback starts before the
@@ -683,7 +700,7 @@ static void wb_img_fail(struct pcache_wb *wb, struct wb_img *im, int err, uint64
 	if (err == -ENXIO ? im->last_error == err && im->fails_in_row == 4
 			  : !im->fails_in_row || im->last_error != err)
 		wb_log(wb, "image %u: %s; its dirty data stays in the cache%s", im->id,
-		       err == -EBADMSG ? "data CRC mismatch in the cache" : strerror(-err),
+		       wb_err_text(im, err, msg, sizeof(msg)),
 		       im->latched ? ", its writeback is stopped until restart" :
 		       err == -ENXIO ? " until it is attached" : ", retrying");
 	im->blocked = true;
@@ -767,6 +784,16 @@ static void wb_release_backings(struct pcache_wb *wb)
 	}
 }
 
+/* The cached data of [off, off + len) of image im cannot be read: the image stops there. */
+static void wb_media_error(struct wb_img *im, uint64_t off, uint64_t len)
+{
+	if (im->batch_err == -EHWPOISON)
+		return;
+	im->batch_err = -EHWPOISON;
+	im->bad_off = off;
+	im->bad_len = len;
+}
+
 /* Requests issued by a batch and what they did (wb_tally()). */
 struct wb_tally {
 	uint64_t issued, written, zeroed, superseded;
@@ -776,6 +803,9 @@ struct wb_tally {
 static void wb_tally(struct wb_img *im, const struct wb_req *v, size_t n, struct wb_tally *t)
 {
 	for (size_t i = 0; i < n; i++) {
+		/* the kernel could not read the cache data it was to write: a media error */
+		if (v[i].status == -EFAULT && v[i].src && im->batch_err != -EHWPOISON)
+			wb_media_error(im, v[i].off, v[i].len);
 		if (v[i].status && !im->batch_err)
 			im->batch_err = v[i].status;
 		if (v[i].status)
@@ -1058,8 +1088,14 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 				continue;
 			}
 			if (!(flags & PCACHE_KEY_ZERO)) {
-				if (wb->data_crc && pcache_crc32c(PCACHE_CRC_SEED, e.src, len) !=
-							    pcache_le32(&key->data_crc)) {
+				uint32_t crc = 0;
+
+				if (wb->data_crc && pcache_media_crc(e.src, len, &crc) != 0) {
+					/* invariant 4: unreadable cache data is never written */
+					wb_media_error(im, e.off, len);
+					continue;
+				}
+				if (wb->data_crc && crc != pcache_le32(&key->data_crc)) {
 					/* invariant 4: never write it; the image stops here */
 					crcerr++;
 					im->batch_err = -EBADMSG;
@@ -1137,8 +1173,10 @@ static int wb_batch(struct pcache_wb *wb, bool limited, bool small)
 		struct wb_img *im = &wb->imgs[i];
 
 		if (im->in_batch && im->batch_err) {
-			if (im->batch_err == -EBADMSG)
+			if (im->batch_err == -EBADMSG || im->batch_err == -EHWPOISON)
 				im->latched = true;
+			if (im->batch_err == -EHWPOISON)
+				wb->st.media_errors++;
 			wb_img_fail(wb, im, im->batch_err, now);
 			wb_block_at(wb, &start);
 		} else if (!im->blocked) {
@@ -1874,6 +1912,7 @@ int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offlin
 					res = im->last_error ? im->last_error : -EIO;
 					if (err) {
 						const char *m = NULL;
+						char txt[160];
 
 						for (uint32_t j = 0; j < w->n; j++)
 							if (w->img[j].id == im->id && w->img[j].msg[0])
@@ -1882,8 +1921,7 @@ int pcache_wb_offline(struct pcache_cache_dev *cd, const struct pcache_wb_offlin
 							snprintf(err, errlen, "%s", m);
 						else
 							snprintf(err, errlen, "image id %u: %s (its dirty data stays in the cache)",
-								 im->id, im->latched ? "data CRC mismatch in the cache" :
-								 strerror(-res));
+								 im->id, wb_err_text(im, res, txt, sizeof(txt)));
 					}
 				}
 			} else {

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "pcache/media.h"
 #include "pcache/util.h"
 #include "pmem_i.h"
 
@@ -220,6 +221,13 @@ int pcache_pmem_map_open(struct pcache_pmem_map *m, int fd, bool read_only, char
 	m->lib->drain_fn = pmem2_get_drain_fn(m->lib->map);
 	m->seam.ops = &pm_ops;
 	m->seam.ctx = m->lib;
+	/* a media error in the mapping is an error of the access, not the end of the process */
+	rc = pcache_media_init();
+	if (rc) {
+		snprintf(err, errlen, "device: cannot install the SIGBUS handler: %s", strerror(-rc));
+		pcache_pmem_map_close(m);
+		return rc;
+	}
 	return 0;
 
 out_config:

@@ -178,9 +178,9 @@ static void status_text(struct pfs_text *t)
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.wb_rate ? " B/s" : " (unlimited)");
 	pfs_text_printf(t, "  full_waits %" PRIu64 " (%" PRIu64 " ms, %" PRIu64 " timed out), ksets_written %" PRIu64
 			", keys_indexed %" PRIu64 ", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64
-			", segs_freed %" PRIu64 "\n",
+			", segs_freed %" PRIu64 ", media_errors %" PRIu64 "\n",
 			cs.full_waits, cs.full_wait_ns / 1000000, cs.space_timeouts, cs.ksets_written, cs.keys_indexed,
-			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed);
+			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed, cs.media_errors);
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
 			"same epoch)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			pcache_fmt_size(cs.wb_bytes, h1, sizeof(h1)), pcache_fmt_size(cs.wb_superseded, h2, sizeof(h2)));
@@ -283,12 +283,13 @@ static void status_json(struct pfs_text *t)
 			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"space_timeouts\": %" PRIu64
 			", \"ksets_written\": %" PRIu64
 			", \"keys_indexed\": %" PRIu64 ", \"index_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64
-			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"parallel_write_opens\": %" PRIu64
+			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"media_errors\": %" PRIu64
+			", \"parallel_write_opens\": %" PRIu64
 			", \"wb_bytes\": %" PRIu64 ", \"wb_superseded\": %" PRIu64
 			", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %u}",
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.full_waits, cs.full_wait_ns,
 			cs.space_timeouts, cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
-			pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
+			cs.media_errors, pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
 			cs.dirty_percent);
 	images_snapshot(&is);
 	pfs_text_printf(t, ", \"images\": [");
@@ -405,6 +406,8 @@ static void metrics_cache(struct pfs_text *t, const struct pcache_cache_status *
 		  "Dirty bytes not written back because a later write of the same flush epoch replaced them.",
 		  cs->wb_superseded },
 		{ "pcachefs_writeback_errors_total", true, "Failed writebacks (retried later).", cs->wb_errors },
+		{ "pcachefs_media_errors_total", true,
+		  "Accesses to the cache device that met a media error (poison, a page gone).", cs->media_errors },
 		{ "pcachefs_full_waits_total", true, "Writers that waited for free cache space.", cs->full_waits },
 		{ "pcachefs_space_timeouts_total", true,
 		  "Writers that waited space_timeout for cache space and got EIO.", cs->space_timeouts },

@@ -225,8 +225,12 @@ static int read_pinned(fuse_req_t req, struct pfs_slot *s, uint64_t a, uint64_t 
 		}
 		total += iov[i].iov_len;
 	}
-	/* the pin (not a lock) is held across the reply: the kernel copies from pmem */
-	fuse_reply_iov(req, iov, (int)n);
+	/*
+	 * The pin (not a lock) is held across the reply: the kernel copies from pmem. If it cannot
+	 * read them (a media error) it ends the request with EIO itself and writev says EFAULT.
+	 */
+	if (fuse_reply_iov(req, iov, (int)n) == -EFAULT)
+		pcache_image_note_media_error(s->img);
 	pcache_read_unpin(&pin);
 	return 0;
 }

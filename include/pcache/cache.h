@@ -204,6 +204,11 @@ struct pcache_read_pin {
 int pcache_image_read_pin(struct pcache_image *img, uint64_t off, size_t len,
 			  struct pcache_read_pin *pin);
 void pcache_read_unpin(struct pcache_read_pin *pin);
+/*
+ * A zero-copy reply from pinned bytes failed because the kernel could not read them (EFAULT: a
+ * media error of the cache device; the kernel ends that request with EIO): counted in status.
+ */
+void pcache_image_note_media_error(struct pcache_image *img);
 
 /*
  * Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
@@ -271,6 +276,8 @@ struct pcache_cache_status {
 	uint64_t space_timeouts;             /* writers that waited space_timeout and got -EIO */
 	uint64_t ksets_written, keys_indexed, index_bytes;
 	uint64_t wb_errors, gc_runs, segs_freed;
+	/* reads of the cache device that hit a media error (poison, a page gone): key log and data */
+	uint64_t media_errors;
 	/* writeback: bytes written to backings (data + zeroed), and dirty bytes not written
 	 * because a later key of the same flush epoch replaced them */
 	uint64_t wb_bytes, wb_superseded;
