@@ -203,7 +203,12 @@ static void status_text(struct pfs_text *t)
 				" wb_lsn %" PRIu64 " wb_time %" PRIu64 " wb_bytes %" PRIu64 "\n",
 				st.dirty_bytes, st.cached_bytes, st.crc_errors, st.backing_errors, st.wb_lsn,
 				st.wb_time, st.wb_bytes);
-		if (st.wb_last_error)
+		if (st.wb_last_error == -EHWPOISON || st.wb_last_error == -EBADMSG)
+			pfs_text_printf(t, "  failing: %s: its dirty data cannot be read, its writeback is "
+					"stopped until restart (%" PRIu64 " errors)\n",
+					st.wb_last_error == -EHWPOISON ? "media error in the cache" :
+					"data CRC mismatch in the cache", st.wb_errors);
+		else if (st.wb_last_error)
 			pfs_text_printf(t, "  failing: writeback to the backing fails: %s (%" PRIu64 " errors)\n",
 					strerror(-st.wb_last_error), st.wb_errors);
 	}
