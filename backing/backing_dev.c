@@ -405,6 +405,8 @@ static void bk_req_start(struct pcache_backing *b, struct bk_req *r);
 static void bk_req_finish(struct pcache_backing *b, struct bk_req *r, int status)
 {
 	struct bk_req *parent = r->parent;
+	struct pcache_upper_req *upper;
+	void (*put)(struct pcache_upper_req *u);
 
 	if (r->rmw_owner) {
 		struct bk_req *next = bk_pop(&b->rmw_wait);
@@ -424,10 +426,13 @@ static void bk_req_finish(struct pcache_backing *b, struct bk_req *r, int status
 		/* counted before the callback: whoever saw the callback sees the counters */
 		bk_stat_add(b, st_completed);
 	}
+	/* put is read before the end callback: once it ran, an upper without put may be gone */
+	upper = r->io.upper;
+	put = upper ? upper->put : NULL;
 	if (r->io.end)
 		r->io.end(r->io.priv, status);
-	if (r->io.upper && r->io.upper->put)
-		r->io.upper->put(r->io.upper);
+	if (put)
+		put(upper);
 	r->next = b->release;
 	b->release = r;
 	b->release_n++;

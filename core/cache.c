@@ -11,7 +11,11 @@
  *  1. Everything read from media is bounds-checked; a CRC-valid kset with a bad key refuses the
  *     start with a message naming it, never a crash.
  *  2. A key whose seg_gen is not its segment's current generation is stale: dropped at replay,
- *     takes no segment ref (GC drops refs only for current keys: refs stay consistent).
+ *     takes no segment ref (GC drops refs only for current keys: refs stay consistent). Its
+ *     bytes still replace those of older keys in the index: GC frees a segment only behind
+ *     dirty_tail, so the backing holds them (or newer ones). A crash inside a GC step leaves the
+ *     kset at key_tail with some keys stale; an older key of that kset that is not (a ZERO
+ *     key, or data in another segment) must not come back as CLEAN over the backing's bytes.
  *  3. key_tail <= dirty_tail <= key_head (lsn order), checked at start.
  *  4. An image's I/O is quiesced (inflight == 0, no writeback reference) before its backing is
  *     closed or its index freed.
@@ -230,10 +234,19 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 			continue;
 		if (k->off >= img->size || k->len > img->size - k->off)
 			continue; /* beyond the image (identity is checked at attach) */
-		if (!(k->flags & PCACHE_KEY_ZERO) &&
-		    k->seg_gen != pcache_cache_dev_seg_gen(r->c->cd, k->seg))
-			continue;
 		region = k->off >> PCACHE_REGION_SHIFT;
+		if (!(k->flags & PCACHE_KEY_ZERO) &&
+		    k->seg_gen != pcache_cache_dev_seg_gen(r->c->cd, k->seg)) {
+			/* stale (invariant 2): its bytes, or newer ones, are on the backing */
+			sub = &img->ix.sub[region];
+			pthread_mutex_lock(&sub->lock);
+			ret = pcache_subtree_punch(sub, (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1)),
+						   k->len);
+			pthread_mutex_unlock(&sub->lock);
+			if (ret)
+				return ret;
+			continue;
+		}
 		memset(&ik, 0, sizeof(ik));
 		ik.off = (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1));
 		ik.len = k->len;
@@ -674,9 +687,13 @@ static void *timer_main(void *arg)
 {
 	struct pcache_cache *c = arg;
 
+	uint64_t tick = c->kset_close_ns / 10;
+
+	if (tick > 100 * 1000 * 1000)
+		tick = 100 * 1000 * 1000;
 	pthread_mutex_lock(&c->bg_lock);
 	while (!c->stopping) {
-		(void)pcache_cond_wait_ns(&c->timer_cond, &c->bg_lock, 100 * 1000 * 1000);
+		(void)pcache_cond_wait_ns(&c->timer_cond, &c->bg_lock, tick);
 		if (c->stopping)
 			break;
 		pthread_mutex_unlock(&c->bg_lock);
@@ -765,6 +782,7 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	c->seg_count = pcache_cache_dev_seg_count(c->cd);
 	c->seg_size = pcache_cache_dev_seg_size(c->cd);
 	c->no_background = opts->no_background;
+	c->kset_close_ns = opts->kset_close_ns ? opts->kset_close_ns : PCACHE_KSET_CLOSE_NS;
 	pcache_cache_dev_get_info(c->cd, &ci);
 	c->data_crc = ci.flags & PCACHE_INFO_DATA_CRC;
 	if (opts->data_crc && !c->data_crc) {

@@ -208,6 +208,8 @@ bool pcache_mutex_trylock_bounded(pthread_mutex_t *m);
 int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k);
 /* Remove key i. Lock held. */
 void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i);
+/* Drop the bytes [off, off + len) of every key (trimming or splitting keys). Lock held. */
+int pcache_subtree_punch(struct pcache_subtree *st, uint32_t off, uint32_t len);
 /* Make room for extra keys (so insert cannot fail with -ENOMEM). Lock held. */
 int pcache_subtree_reserve(struct pcache_subtree *st, uint32_t extra);
 /* Key counters: bytes in the index, dirty bytes, key count. Takes each lock (a walk). */
@@ -338,6 +340,7 @@ struct pcache_cache {
 	uint64_t seg_size;
 	bool data_crc;
 	bool no_background;
+	uint64_t kset_close_ns;       /* the timer closes a kset this long after its first key */
 
 	struct pcache_segs segs;
 	struct pcache_head heads[PCACHE_NHEADS];

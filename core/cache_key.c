@@ -134,6 +134,21 @@ void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i)
 	st->n--;
 }
 
+int pcache_subtree_punch(struct pcache_subtree *st, uint32_t off, uint32_t len)
+{
+	struct pcache_ikey hole = { .off = off, .len = len, .flags = PCACHE_KEY_ZERO | PCACHE_KEY_CLEAN };
+	uint32_t i;
+	int ret;
+
+	/* the hole replaces the bytes like any newer key, then goes itself */
+	ret = pcache_subtree_insert(st, &hole);
+	if (ret)
+		return ret;
+	i = pcache_subtree_find(st, off);
+	pcache_subtree_remove(st, i);
+	return 0;
+}
+
 int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k)
 {
 	struct pcache_ikey pieces[3];

@@ -191,7 +191,7 @@ int pcache_stages_close_all(struct pcache_cache *c, bool wait, bool trylock, boo
 		} else {
 			pthread_mutex_lock(&st->lock);
 		}
-		if (st->n && (!only_old || now - st->first_ns >= PCACHE_KSET_CLOSE_NS)) {
+		if (st->n && (!only_old || now - st->first_ns >= c->kset_close_ns)) {
 			ret = pcache_stage_close(c, st, wait);
 			if (ret && !first)
 				first = ret;

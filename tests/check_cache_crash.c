@@ -3,10 +3,15 @@
  * (tests/lib/pmem_emu.c): only what the engine persisted survives, the crashing persist is torn.
  *
  * A scenario runs writes, FUA writes, discards, reads (miss fills) and flushes on two images of
- * one cache (and, in
- * the long runs, writeback and GC steps). It is run once to count its persist events, then once
- * per crash point: crash at event K, stop, write the surviving shadow over the device, start
- * again (replay) and check the durability contract (docs/durability.md):
+ * one cache; the long runs add writeback and GC steps; the background runs start the engine's
+ * own threads (the timer closes staging ksets after 3 ms, the writeback with its same-epoch skip
+ * and GC run all the time) and flush rarely, so epochs are long and the crash lands in whichever
+ * thread persists the chosen event. A scenario is run once to count its persist events, then once
+ * per crash point: crash at event K, which also freezes the backing images (copied at that
+ * instant), stop, write the surviving shadow over the device and the frozen copies over the
+ * backing images, start again (replay) and check the durability contract (docs/durability.md):
+ *  - every CLEAN key of the index holds exactly the backing's bytes (the writeback never put a
+ *    key behind dirty_tail whose bytes the backing did not get);
  *  - every write covered by a flush (or FUA) that returned before the crash is intact;
  *  - every sector holds a value that was written to it before the crash, or its original;
  *  - nothing of the other image, no garbage, no failure to start;
@@ -16,6 +21,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,8 +78,43 @@ struct run {
 	struct pcache_image *img[2];
 	struct pmem_emu emu;
 	bool use_emu;
+	bool bg;                   /* the engine's background threads run */
 	struct model *m;
+	uint8_t *frozen[2];        /* the backing images at the crash (NULL: no crash yet) */
 };
+
+/* on_crash: the backing images as a power failure leaves them (emulator lock held) */
+static void freeze_backings(void *arg)
+{
+	struct run *r = arg;
+	int i, fd;
+
+	for (i = 0; i < 2; i++) {
+		r->frozen[i] = malloc(IMG_SIZE);
+		fd = open(ipath[i], O_RDONLY);
+		if (!r->frozen[i] || fd < 0 || pread(fd, r->frozen[i], IMG_SIZE, 0) != (ssize_t)IMG_SIZE)
+			abort();
+		close(fd);
+	}
+}
+
+/* Write the frozen backing images back (after the stop): what the power failure left. */
+static void restore_backings(struct run *r)
+{
+	int i, fd;
+
+	for (i = 0; i < 2; i++) {
+		if (!r->frozen[i])
+			continue;
+		fd = open(ipath[i], O_WRONLY);
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(pwrite(fd, r->frozen[i], IMG_SIZE, 0), (ssize_t)IMG_SIZE);
+		ck_assert_int_eq(fsync(fd), 0);
+		close(fd);
+		free(r->frozen[i]);
+		r->frozen[i] = NULL;
+	}
+}
 
 static bool crashed(struct run *r)
 {
@@ -87,7 +128,8 @@ static int start(struct run *r, bool emu, char *err, size_t errlen)
 	int i, ret;
 
 	eng_opts(&o, cpath);
-	o.no_background = true;
+	o.no_background = !r->bg;
+	o.kset_close_ns = r->bg ? 3000000 : 0;
 	o.gc_percent = 0;
 	if (emu) {
 		o.wrap_pmem = pmem_emu_wrap;
@@ -103,6 +145,10 @@ static int start(struct run *r, bool emu, char *err, size_t errlen)
 		if (ret)
 			return ret;
 	}
+	/* the writeback at full speed, never paused for the user's I/O */
+	if (r->bg && (pcache_cache_set_knob(r->c, "dirty_low", "0") ||
+		      pcache_cache_set_knob(r->c, "dirty_high", "1")))
+		return -EINVAL;
 	return 0;
 }
 
@@ -118,7 +164,10 @@ static void stop(struct run *r)
 	r->c = NULL;
 }
 
-/* One scenario; returns the persist events it took. long_run adds writeback and GC steps. */
+/*
+ * One scenario; returns the persist events it took. long_run adds writeback and GC steps (with
+ * background threads: short pauses for them and the timer instead, and one flush in 32 ops).
+ */
 static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
 {
 	struct model *m = r->m;
@@ -127,13 +176,15 @@ static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
 	int op;
 
 	for (op = 0; op < ops; op++) {
-		int i = rand_r(&rs) % 2, kind = rand_r(&rs) % 16;
+		int i = rand_r(&rs) % 2, kind = rand_r(&rs) % (r->bg ? 64 : 16);
 		uint32_t sect = (uint32_t)rand_r(&rs) % NSECT;
 		uint32_t n = 1 + (uint32_t)rand_r(&rs) % 64, s, v;
 		bool pre = !crashed(r);
 
 		if (sect + n > NSECT)
 			n = NSECT - sect;
+		if (kind >= 16)
+			kind = 2 + kind % 14;  /* background runs: a flush in 32 ops, the rest as usual */
 		if (kind < 2) {
 			/* flush: writes acknowledged before it are durable once it returns */
 			{
@@ -152,7 +203,10 @@ static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
 			}
 			continue;
 		}
-		if (long_run && kind == 2) {
+		if (long_run && kind == 2 && r->bg) {
+			usleep(200 + (unsigned int)rand_r(&rs) % 2000);
+			continue;
+		} else if (long_run && kind == 2) {
 			if (!crashed(r)) {
 				(void)pcache_wb_run_once(r->c->wb);
 				(void)pcache_gc_run(r->c);
@@ -200,6 +254,45 @@ static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
 	return r->use_emu ? pmem_emu_events(&r->emu) : 0;
 }
 
+/* After the restart, before any I/O: CLEAN keys of image i whose bytes differ from the backing. */
+static uint64_t unclean_keys(struct run *r, int i, const char *what)
+{
+	struct pcache_image *img = r->img[i];
+	uint8_t *back = malloc(IMG_SIZE), *zero = calloc(1, IMG_SIZE);
+	uint64_t bad = 0;
+	uint32_t sub, j;
+	int fd;
+
+	fd = open(ipath[i], O_RDONLY);
+	ck_assert_int_eq(pread(fd, back, IMG_SIZE, 0), (ssize_t)IMG_SIZE);
+	close(fd);
+	for (sub = 0; sub < img->ix.nsub; sub++) {
+		struct pcache_subtree *st = &img->ix.sub[sub];
+
+		pthread_mutex_lock(&st->lock);
+		for (j = 0; j < st->n; j++) {
+			const struct pcache_ikey *k = &st->v[j];
+			uint64_t off = (uint64_t)sub * PCACHE_REGION_SIZE + k->off;
+			const uint8_t *data;
+
+			if (!(k->flags & PCACHE_KEY_CLEAN) || (k->flags & PCACHE_IKEY_EMPTY))
+				continue;
+			ck_assert_uint_le(off + k->len, IMG_SIZE);
+			data = (k->flags & PCACHE_KEY_ZERO) ? zero : pcache_seg_ptr(r->c, k->seg, k->seg_off);
+			if (memcmp(data, back + off, k->len)) {
+				if (bad < 3)
+					fprintf(stderr, "crash %s: image %d: CLEAN key %" PRIu64 "+%u differs "
+						"from the backing\n", what, i, off, k->len);
+				bad++;
+			}
+		}
+		pthread_mutex_unlock(&st->lock);
+	}
+	free(back);
+	free(zero);
+	return bad;
+}
+
 /* After the restart: check every sector against the model; count violations. */
 static uint64_t verify(struct run *r, const char *what)
 {
@@ -208,6 +301,8 @@ static uint64_t verify(struct run *r, const char *what)
 	int i, fd;
 	uint32_t s, k;
 
+	for (i = 0; i < 2; i++)
+		bad += unclean_keys(r, i, what);
 	for (i = 0; i < 2; i++) {
 		ck_assert_int_eq(eng_read(r->img[i], buf, 0, SPAN), 0);
 		for (s = 0; s < NSECT; s++) {
@@ -257,17 +352,48 @@ static void fresh_devices(bool long_run)
 	eng_make_image(ipath[1], IMG_SIZE, 2);
 }
 
-/* Run the scenario crashing at event k (0 = count only). Returns the events of the run. */
-static uint64_t crash_run(uint32_t seed, int ops, bool long_run, uint64_t k)
+/*
+ * PCACHE_CRASH_KEEP=DIR: the devices as the crash left them are copied to DIR before each
+ * restart, and kept under the crash's name when the restart finds a violation.
+ */
+static void keep_evidence(const char *what, bool violation)
+{
+	const char *dir = getenv("PCACHE_CRASH_KEEP");
+	const char *src[3] = { cpath, ipath[0], ipath[1] }, *base[3] = { "cache", "a", "b" };
+	char cmd[1024];
+	int i;
+
+	if (!dir)
+		return;
+	for (i = 0; i < 3; i++) {
+		if (violation)
+			snprintf(cmd, sizeof(cmd), "mv '%s/last-%s' '%s/%.40s-%s'", dir, base[i], dir, what,
+				 base[i]);
+		else
+			snprintf(cmd, sizeof(cmd), "cp '%s' '%s/last-%s'", src[i], dir, base[i]);
+		if (system(cmd) != 0)
+			fprintf(stderr, "crash %s: could not keep the evidence (%s)\n", what, cmd);
+	}
+}
+
+/*
+ * Run the scenario crashing at event k (0 = count only), with the engine's background threads
+ * when bg. Returns the events of the run.
+ */
+static uint64_t crash_run(uint32_t seed, int ops, bool long_run, bool bg, uint64_t k)
 {
 	struct run r;
-	char err[256], what[64];
+	char err[256], what[80];
 	uint64_t ev;
+	bool hit;
 
 	memset(&r, 0, sizeof(r));
 	r.m = calloc(1, sizeof(*r.m));
+	r.bg = bg;
 	fresh_devices(long_run);
 	pmem_emu_init(&r.emu, k, seed ^ (uint32_t)k);
+	r.emu.on_crash = freeze_backings;
+	r.emu.crash_arg = &r;
 	r.use_emu = true;
 	ck_assert_msg(start(&r, true, err, sizeof(err)) == 0, "start: %s", err);
 	ev = scenario(&r, seed, ops, long_run);
@@ -277,17 +403,27 @@ static uint64_t crash_run(uint32_t seed, int ops, bool long_run, uint64_t k)
 		model_free(r.m);
 		return ev;
 	}
+	hit = r.emu.crashed;   /* the threads are gone: no lock needed */
 	ck_assert_int_eq(pmem_emu_power_fail(&r.emu, cpath), 0);
+	restore_backings(&r);
 	r.use_emu = false;
-	snprintf(what, sizeof(what), "seed %u at %llu", seed, (unsigned long long)k);
+	r.bg = false;
+	snprintf(what, sizeof(what), "seed %u at %llu%s", seed, (unsigned long long)k,
+		 bg ? " (background)" : "");
+	if (getenv("PCACHE_CRASH_KEEP"))
+		keep_evidence(what, false);
 	if (start(&r, false, err, sizeof(err)) != 0) {
 		fprintf(stderr, "crash %s: restart failed: %s\n", what, err);
 		violations++;
+		keep_evidence(what, true);
+	} else if (verify(&r, what)) {
+		violations++;
+		stop(&r);
+		keep_evidence(what, true);
 	} else {
-		violations += verify(&r, what) ? 1 : 0;
 		stop(&r);
 	}
-	states++;
+	states += hit;  /* a point past the run's events was a clean stop (checked too) */
 	model_free(r.m);
 	return ev;
 }
@@ -328,9 +464,9 @@ START_TEST(every_persist_of_short_scenarios)
 	for (j = 0; j < nscen; j++) {
 		uint32_t seed = base + (uint32_t)j;
 
-		ev = crash_run(seed, 60, false, 0);
+		ev = crash_run(seed, 60, false, false, 0);
 		for (k = 1; k <= ev; k += scale() ? 1 : 9)
-			crash_run(seed, 60, false, k);
+			crash_run(seed, 60, false, false, k);
 	}
 	fprintf(stderr, "short scenarios: %llu crash states checked, %llu violations\n",
 		(unsigned long long)states, (unsigned long long)violations);
@@ -352,13 +488,45 @@ START_TEST(random_points_of_long_runs_with_writeback_and_gc)
 		uint32_t seed = base + 1000u * (uint32_t)j;
 		unsigned int rs = seed;
 
-		ev = crash_run(seed, 300, true, 0);
+		ev = crash_run(seed, 300, true, false, 0);
 		for (p = 0; p < 12; p++)
-			crash_run(seed, 300, true, 1 + (uint64_t)rand_r(&rs) % ev);
+			crash_run(seed, 300, true, false, 1 + (uint64_t)rand_r(&rs) % ev);
 	}
 	fprintf(stderr, "long runs: %llu crash states checked, %llu violations\n",
 		(unsigned long long)states, (unsigned long long)violations);
 	ck_assert_uint_eq(violations, 0);
+}
+END_TEST
+
+/*
+ * The engine's own threads: timer-closed ksets, writeback and GC all the time, long epochs. The
+ * persist events of a run vary with the threads' timing, so the crash points are drawn from
+ * what a counting run took; a point past the end of a run is no crash and not counted.
+ */
+START_TEST(random_points_with_background_threads)
+{
+	uint32_t base = eng_seed("crash background");
+	int nrun = scale() ? 20 * scale() : 1, npoint = scale() > 1 ? 80 : scale() ? 48 : 6, j, p;
+	uint64_t ev, all = 0, all_viol = 0;
+
+	for (j = 0; j < nrun; j++) {
+		uint32_t seed = base + 7919u * (uint32_t)j;
+		unsigned int rs = seed;
+
+		ev = crash_run(seed, 300, true, true, 0);
+		ck_assert_uint_gt(ev, 0);
+		states = violations = 0;
+		for (p = 0; p < npoint; p++)
+			crash_run(seed, 300, true, true, 1 + (uint64_t)rand_r(&rs) % ev);
+		all += states;
+		all_viol += violations;
+	}
+	fprintf(stderr, "background threads: %llu crash states checked, %llu violations\n",
+		(unsigned long long)all, (unsigned long long)all_viol);
+	ck_assert_uint_eq(all_viol, 0);
+	ck_assert_uint_gt(all, 0);
+	if (scale())   /* a few points past a run's end are clean stops, not crashes */
+		ck_assert_uint_ge(all, (uint64_t)nrun * npoint * 9 / 10);
 }
 END_TEST
 
@@ -372,6 +540,11 @@ Suite *cache_crash_suite(void)
 	tcase_set_timeout(tc, getenv("PCACHE_SOAK") ? 3600 : 240);
 	tcase_add_test(tc, every_persist_of_short_scenarios);
 	tcase_add_test(tc, random_points_of_long_runs_with_writeback_and_gc);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("Background");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, getenv("PCACHE_SOAK") ? 3600 : 240);
+	tcase_add_test(tc, random_points_with_background_threads);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -299,6 +299,40 @@ START_TEST(large_log_replays)
 }
 END_TEST
 
+/*
+ * GC drops the references of the kset at key_tail (freeing a data segment bumps its generation)
+ * before it moves key_tail past that kset: a crash in between leaves a kset whose later keys are
+ * stale while an older key of the same kset (a ZERO key, which has no segment) is not. The
+ * stale key's bytes are on the backing (GC frees only what the writeback passed), so replay must
+ * not let the older key come back as CLEAN over them: here it read zeros over written data.
+ */
+START_TEST(stale_key_at_key_tail_does_not_bring_back_an_older_key)
+{
+	struct pcache_cache_dev_opts o = { .path = cpath };
+	struct pcache_cache_dev *cd;
+	struct pcache_pos kt0, kt;
+	char err[256];
+
+	pcache_cache_dev_get_key_tail(c->cd, &kt0);
+	ck_assert_int_eq(pcache_image_discard(img[0], 0, 8192, true), 0);
+	wr(0, 0, 8192, 7, 0);   /* same stage, same kset: replaces the ZERO key */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_image_writeback_all(img[0]), 0);
+	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	pcache_heads_release(c, true);
+	ck_assert_int_gt(pcache_gc_run(c), 0);
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
+	ck_assert_uint_gt(kt.lsn, kt0.lsn);
+	stop_all();
+	/* the crash: the generation bumps persisted, key_tail still at the kset */
+	ck_assert_msg(pcache_cache_dev_open(&o, &cd, err, sizeof(err)) == 0, "open: %s", err);
+	ck_assert_int_eq(pcache_cache_dev_set_key_tail(cd, &kt0), 0);
+	pcache_cache_dev_close(cd);
+	start_all();
+	expect(0, 0, 8192, 7);
+}
+END_TEST
+
 Suite *cache_replay_suite(void);
 Suite *cache_replay_suite(void)
 {
@@ -314,6 +348,7 @@ Suite *cache_replay_suite(void)
 	tcase_add_test(tc, garbage_after_the_log_end_is_ignored);
 	tcase_add_test(tc, old_lap_kset_with_wrong_lsn_is_not_replayed);
 	tcase_add_test(tc, large_log_replays);
+	tcase_add_test(tc, stale_key_at_key_tail_does_not_bring_back_an_older_key);
 	suite_add_tcase(s, tc);
 	return s;
 }

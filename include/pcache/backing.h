@@ -143,7 +143,8 @@ enum pcache_backing_op {
 /*
  * An upper request (for REQ). The backing layer calls get() at submission (on the submitting
  * thread, before submit returns) and put() on the completion thread after the end callback has
- * run; get/put may be NULL. buf is the upper request's data buffer, len its size.
+ * run; get/put may be NULL. buf is the upper request's data buffer, len its size. With put, the
+ * struct lives until put(); without, until the end callback runs (not after it returns).
  */
 struct pcache_upper_req {
 	void *buf;

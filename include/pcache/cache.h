@@ -43,6 +43,9 @@ struct pcache_cache_opts {
 	/* tests: seam wrapper, see struct pcache_cache_dev_opts */
 	struct pcache_pmem (*wrap_pmem)(struct pcache_pmem real, void *base, uint64_t size, void *arg);
 	void *wrap_arg;
+	/* tests: close a staging kset this long after its first key (0 = about a second); the
+	 * timer thread then wakes every tenth of it (at least every 100 ms) */
+	uint64_t kset_close_ns;
 	/* tests: emulated media errors on reads of the device, see struct pcache_cache_dev_opts */
 	int (*read_fault)(uint64_t off, size_t len, void *arg);
 	void *read_fault_arg;

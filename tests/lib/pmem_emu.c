@@ -51,6 +51,8 @@ static void event(struct pmem_emu *e, uint64_t off, uint64_t len)
 			a += n;
 		}
 		e->crashed = true;
+		if (e->on_crash)
+			e->on_crash(e->crash_arg);
 		return;
 	}
 	memcpy(e->shadow + off, e->base + off, len);

@@ -6,8 +6,9 @@
  * is persisted: a memcpy/memset without PCACHE_PM_NODRAIN, persist(), or flush() followed by
  * drain(). Each of those is a "persist event". With crash_at = N the N-th event is applied torn
  * (a random subset of its 64-byte lines) and the shadow freezes: everything later is lost, as
- * in a power failure at that instant. pmem_emu_power_fail() writes the shadow over the device
- * file (after the cache was stopped), so the next start replays exactly what survived.
+ * in a power failure at that instant (on_crash runs then). pmem_emu_power_fail() writes the
+ * shadow over the device file (after the cache was stopped), so the next start replays exactly
+ * what survived.
  */
 #ifndef PCACHE_PMEM_EMU_H
 #define PCACHE_PMEM_EMU_H
@@ -26,6 +27,13 @@ struct pmem_emu {
 	/* settings */
 	uint64_t crash_at;        /* 0 = never crash */
 	uint32_t seed;            /* torn-write choice */
+	/*
+	 * Called at the crash event, in the thread that persists, with the emulator's lock held
+	 * (no other persist can pass it meanwhile): the place to freeze what else a power
+	 * failure freezes, such as the backing images. Set after pmem_emu_init(); may be NULL.
+	 */
+	void (*on_crash)(void *arg);
+	void *crash_arg;
 	/* state */
 	struct pcache_pmem real;
 	uint8_t *base;
