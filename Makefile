@@ -99,7 +99,6 @@ PCACHEFS := $(O)/pcachefs
 PCACHECTL := $(O)/pcachectl
 CHECK_BIN := $(O)/check_pcache
 TOOLS := $(patsubst tests/tools/%.c,$(O)/tools/%,$(TOOL_SRCS))
-SUITES_H := $(O)/tests/suites.h
 
 all: $(PCACHEFS) $(PCACHECTL) $(CHECK_BIN) $(TOOLS)
 
@@ -119,14 +118,8 @@ $(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | 
 $(PCACHECTL): $(call obj,$(CTL_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
-# The Check runner: one suite per tests/check_<module>.c, each exporting <module>_suite().
-$(SUITES_H): $(CHECK_SRCS) Makefile
-	@mkdir -p $(dir $@)
-	$(Q)for f in $(patsubst tests/check_%.c,%,$(filter-out tests/check_main.c,$(CHECK_SRCS))); do \
-		echo "SUITE($$f)"; done > $@.tmp && mv $@.tmp $@
-
-$(O)/tests/check_main.o: $(SUITES_H)
-$(O)/tests/check_%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -I$(O)/tests -Itests
+# The Check runner: one suite per tests/check_<module>.c, listed in tests/check_main.c.
+$(O)/tests/check_%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests
 
 $(O)/tests/lib/%.o: ALL_CFLAGS += -Itests
 
@@ -179,13 +172,11 @@ unit-bins: $(CHECK_BIN) $(filter-out $(O)/tools/bench_%,$(TOOLS))
 unit: $(CHECK_BIN) $(TOOLS)
 	$(Q)PCACHE_BUILD=$(abspath $(O)) $(CHECK_BIN)
 
-# Engine concurrency suites under TSan (names listed by the suites themselves: *_tsan cases).
-TSAN_SUITES ?= $(patsubst tests/check_%.c,%,$(shell grep -l 'TSAN_SUITE' $(CHECK_SRCS) /dev/null))
+# The engine's concurrency suites under TSan (marked in tests/check_main.c's table).
 tsan-unit:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=thread unit-bins
-	$(Q)for s in $(TSAN_SUITES); do PCACHE_TSAN=1 CK_RUN_SUITE=$$s \
-		TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
-		PCACHE_BUILD=$(abspath build-tsan) build-tsan/check_pcache || exit 1; done
+	$(Q)PCACHE_TSAN=1 TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
+		PCACHE_BUILD=$(abspath build-tsan) build-tsan/check_pcache
 
 behaviour: all
 	$(Q)PCACHE_BUILD=$(abspath $(O)) tests/run-behaviour.sh $(T)

@@ -1,28 +1,41 @@
 /*
- * cache.c -- the engine's lifecycle: start (open, replay), stop, images (attach/detach with
- * identity checks, per-image replay), knobs, status, and the glue to the writeback.
+ * cache.c -- the cache instance's lifecycle: start (open the device, replay, threads), stop,
+ * the timer thread, knobs and status. The rest of the engine: cache_replay.c (the log read
+ * back), cache_image.c (attach/detach), cache_wbglue.c (what the writeback asks of the engine),
+ * cache_req.c (I/O), cache_kset.c (the key log's write side), cache_key.c (the index),
+ * segment.c (space), cache_gc.c, cache_writeback.c.
  *
- * Replay walks the key log from key_tail and accepts a kset only if magic, CRC and lsn continue
- * the log and it lies within its segment; LAST records are followed. The global walk at start
- * rebuilds the segment bitmap and refs and finds key_head; each image's index is rebuilt by a
- * second walk when the image attaches (keys of images not attached stay in the log untouched).
+ * The states of a cache instance (c->state; cache_enter() checks every transition in debug
+ * builds):
+ *
+ *      pcache_cache_start()
+ *             |
+ *             v            pcache_cache_start_background()
+ *         +--------+  (threads deferred, or none for tests)  +---------+
+ *         |  OPEN  | --------------------------------------> | RUNNING |
+ *         +--------+                                         +---------+
+ *             |   pcache_cache_abort_waits() / _stop()            |
+ *             v                                                   v
+ *         +-------------------------------------------------------------+
+ *         | STOPPING: new I/O refused, space waiters and drains fail,    |
+ *         | staging ksets persisted, threads stopped, images detached    |
+ *         +-------------------------------------------------------------+
+ *             |                                         |
+ *             v  everything freed                       v  writeback batch still in flight
+ *         (STOPPED: the struct is gone)           ABANDONED: nothing is freed; the caller
+ *                                                 exits without using the engine again
+ *
+ * OPEN: the log is replayed and images may attach, but nothing runs in the background, so a
+ * start that is refused later (an image it cannot take) has written nothing. I/O is allowed in
+ * OPEN and RUNNING only.
  *
  * Invariants:
- *  1. Everything read from media is bounds-checked; a CRC-valid kset with a bad key refuses the
- *     start with a message naming it, never a crash.
- *  2. A key whose seg_gen is not its segment's current generation is stale: dropped at replay,
- *     takes no segment ref (GC drops refs only for current keys: refs stay consistent). Its
- *     bytes still replace those of older keys in the index: GC frees a segment only behind
- *     dirty_tail, so the backing holds them (or newer ones). A crash inside a GC step leaves the
- *     kset at key_tail with some keys stale; an older key of that kset that is not (a ZERO
- *     key, or data in another segment) must not come back as CLEAN over the backing's bytes.
- *  3. key_tail <= dirty_tail <= key_head (lsn order), checked at start.
- *  4. An image's I/O is quiesced (inflight == 0, no writeback reference) before its backing is
- *     closed or its index freed.
- *
- * Lifecycle of the cache: start -> running -> stop. Threads: timer (closes ksets ~1 s after
- * their first key, releases idle data heads), GC (cache_gc.c), writeback (cache_writeback.c).
+ *  1. key_tail <= dirty_tail <= key_head (lsn order), checked at start (cache_replay.c).
+ *  2. The background threads run only in RUNNING and STOPPING, and are joined before STOPPED.
+ *  3. A stop persists every staging kset before it stops the threads: what was acknowledged
+ *     stays in the log (dirty data stays on the cache device).
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -38,648 +51,17 @@
 
 #define ERR(...) snprintf(err, errlen, __VA_ARGS__)
 
-/* ---- replay (every walk goes through the log reader, core/log.c) ------------------------ */
-
-/*
- * Walk c's log from start to stop_lsn with c->log_rd, for holders of c->gc_lock (image
- * replay, the dirty walk). A media error ends the walk like the end of the log: replay at
- * start has already met (and counted) any in the stretch before key_head, or GC stopped at it.
- */
-static int log_walk(struct pcache_cache *c, const struct pcache_pos *start, uint64_t stop_lsn,
-		    pcache_log_fn fn, void *arg, struct pcache_pos *end)
+/* Move c to state to; debug builds abort on a transition the machine above does not have. */
+static void cache_enter(struct pcache_cache *c, enum pcache_cache_state to)
 {
-	return pcache_log_walk(c->log_rd, start, stop_lsn, fn, arg, end, NULL, NULL);
+	int from = atomic_exchange(&c->state, (int)to);
+
+	(void)from;
+	assert((from == PCACHE_CS_OPEN && (to == PCACHE_CS_RUNNING || to == PCACHE_CS_STOPPING)) ||
+	       (from == PCACHE_CS_RUNNING && to == PCACHE_CS_STOPPING) ||
+	       (from == PCACHE_CS_STOPPING && (to == PCACHE_CS_STOPPING ||
+					       to == PCACHE_CS_ABANDONED || to == PCACHE_CS_STOPPED)));
 }
-
-struct replay_all {
-	struct pcache_cache *c;
-	char *err;
-	size_t errlen;
-	uint64_t keys;
-	uint64_t epoch;    /* the last kset's epoch */
-	struct pcache_pos dirty_tail;
-	bool saw_dirty_tail;
-};
-
-static int replay_all_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
-{
-	struct replay_all *r = arg;
-	struct pcache_cache *c = r->c;
-	uint32_t i;
-	int ret;
-
-	if (pos->lsn == r->dirty_tail.lsn) {
-		if (pos->seg != r->dirty_tail.seg || pos->off != r->dirty_tail.off) {
-			snprintf(r->err, r->errlen,
-				 "dirty_tail: %u:%u lsn %" PRIu64 " is not the kset at that lsn (%u:%u)",
-				 r->dirty_tail.seg, r->dirty_tail.off, r->dirty_tail.lsn, pos->seg, pos->off);
-			return -EUCLEAN;
-		}
-		r->saw_dirty_tail = true;
-	}
-	if (ks->epoch > r->epoch)
-		r->epoch = ks->epoch;
-	if (c->segs.kind[pos->seg] == PCACHE_SEG_DATA) {
-		snprintf(r->err, r->errlen, "key log: segment %u holds both ksets and live data", pos->seg);
-		return -EUCLEAN;
-	}
-	pcache_seg_mark_used(c, pos->seg, PCACHE_SEG_LOG);
-	if (ks->flags & PCACHE_KSET_LAST) {
-		if (c->segs.kind[ks->next_seg] == PCACHE_SEG_DATA) {
-			snprintf(r->err, r->errlen, "key log: segment %u holds both ksets and live data",
-				 ks->next_seg);
-			return -EUCLEAN;
-		}
-		pcache_seg_mark_used(c, ks->next_seg, PCACHE_SEG_LOG);
-		return 0;
-	}
-	for (i = 0; i < ks->key_num; i++) {
-		const struct pcache_key_om *k = &ks->keys[i];
-		uint64_t gen;
-
-		ret = pcache_log_key_check(k, c->seg_count, c->seg_size, r->err, r->errlen);
-		if (ret)
-			return ret;
-		r->keys++;
-		if (k->flags & PCACHE_KEY_ZERO)
-			continue;
-		gen = pcache_cache_dev_seg_gen(c->cd, k->seg);
-		if (k->seg_gen > gen) {
-			snprintf(r->err, r->errlen,
-				 "key log: key (image %u, off %" PRIu64 ") has generation %" PRIu64
-				 " newer than segment %u's %" PRIu64, k->image_id, k->off, k->seg_gen,
-				 k->seg, gen);
-			return -EUCLEAN;
-		}
-		if (k->seg_gen < gen)
-			continue; /* stale: the segment was freed after this key */
-		if (!(k->flags & PCACHE_KEY_CLEAN) && pos->lsn >= r->dirty_tail.lsn)
-			atomic_fetch_add(&c->dirty_in, k->len); /* not written back yet */
-		if (c->segs.kind[k->seg] == PCACHE_SEG_LOG) {
-			snprintf(r->err, r->errlen,
-				 "key log: key (image %u, off %" PRIu64 ") points into key-log segment %u",
-				 k->image_id, k->off, k->seg);
-			return -EUCLEAN;
-		}
-		pcache_seg_mark_used(c, k->seg, PCACHE_SEG_DATA);
-		pcache_seg_get(c, k->seg);
-	}
-	return 0;
-}
-
-static int replay(struct pcache_cache *c, char *err, size_t errlen)
-{
-	struct replay_all r = { .c = c, .err = err, .errlen = errlen };
-	struct pcache_pos kt, end;
-	int ret;
-
-	pcache_cache_dev_get_key_tail(c->cd, &kt);
-	pcache_cache_dev_get_dirty_tail(c->cd, &r.dirty_tail);
-	if (kt.seg >= c->seg_count || kt.off >= c->seg_size ||
-	    r.dirty_tail.seg >= c->seg_count || r.dirty_tail.off >= c->seg_size) {
-		ERR("tails: key_tail %u:%u or dirty_tail %u:%u outside the segments", kt.seg, kt.off,
-		    r.dirty_tail.seg, r.dirty_tail.off);
-		return -EUCLEAN;
-	}
-	if (r.dirty_tail.lsn < kt.lsn) {
-		ERR("tails: dirty_tail lsn %" PRIu64 " before key_tail lsn %" PRIu64, r.dirty_tail.lsn,
-		    kt.lsn);
-		return -EUCLEAN;
-	}
-	for (;;) {
-		int why;
-
-		pcache_seg_mark_used(c, kt.seg, PCACHE_SEG_LOG);
-		ret = pcache_log_walk(c->log_rd, &kt, 0, replay_all_kset, &r, &end, &why, NULL);
-		if (ret)
-			return ret;
-		if (why != -EIO)
-			break;
-		atomic_fetch_add(&c->media_errors, 1);
-		if (end.lsn >= r.dirty_tail.lsn) {
-			/* like a torn kset: what was logged from here on is lost */
-			pcache_log(PCACHE_LOG_ERR, "replay: media error reading the kset at %u:%u (lsn %"
-				   PRIu64 "): the key log ends there", end.seg, end.off, end.lsn);
-			break;
-		}
-		/*
-		 * Before dirty_tail: every key from key_tail to dirty_tail is on its backing, so
-		 * nothing is lost if the log starts at dirty_tail instead. Move key_tail there
-		 * (persisted) and replay again from it with the segments counted afresh: the
-		 * keys already counted in the unreadable stretch held references.
-		 */
-		pcache_log(PCACHE_LOG_ERR, "replay: media error reading the kset at %u:%u (lsn %" PRIu64
-			   "), before dirty_tail (lsn %" PRIu64 "): the key log now starts at "
-			   "dirty_tail; only written-back keys are dropped", end.seg, end.off, end.lsn,
-			   r.dirty_tail.lsn);
-		ret = pcache_cache_dev_set_key_tail(c->cd, &r.dirty_tail);
-		if (ret) {
-			ERR("key_tail: cannot move it past an unreadable kset: %s", strerror(-ret));
-			return ret;
-		}
-		kt = r.dirty_tail;
-		pcache_segs_exit(c);
-		ret = pcache_segs_init(c);
-		if (ret) {
-			ERR("out of memory");
-			return ret;
-		}
-		atomic_store(&c->dirty_in, 0);
-		r.keys = 0;
-		r.saw_dirty_tail = false;
-	}
-	if (r.dirty_tail.lsn > end.lsn ||
-	    (r.dirty_tail.lsn == end.lsn &&
-	     (r.dirty_tail.seg != end.seg || r.dirty_tail.off != end.off)) ||
-	    (r.dirty_tail.lsn < end.lsn && !r.saw_dirty_tail)) {
-		ERR("dirty_tail: %u:%u lsn %" PRIu64 " is not inside the log (key_tail lsn %" PRIu64
-		    ", key_head %u:%u lsn %" PRIu64 ")", r.dirty_tail.seg, r.dirty_tail.off,
-		    r.dirty_tail.lsn, kt.lsn, end.seg, end.off, end.lsn);
-		return -EUCLEAN;
-	}
-	c->log.head = end;
-	/* epochs never decrease along the log: continue after the last one (a restart is a barrier) */
-	c->log.epoch = r.epoch + 1;
-	atomic_store(&c->log.epoch_now, c->log.epoch);
-	atomic_store(&c->log.head_lsn, end.lsn);
-	c->replay_keys = r.keys;
-	return 0;
-}
-
-struct replay_img {
-	struct pcache_cache *c;
-	struct pcache_image *img;
-	uint64_t dirty_lsn;
-	uint64_t count_lsn;         /* dirty keys from here on are counted (not on the backing) */
-	int64_t dirty_keys, dirty_bytes;
-	int ret;
-};
-
-static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
-{
-	struct replay_img *r = arg;
-	struct pcache_image *img = r->img;
-	uint32_t i;
-
-	if (ks->flags & PCACHE_KSET_LAST)
-		return 0;
-	for (i = 0; i < ks->key_num; i++) {
-		const struct pcache_key_om *k = &ks->keys[i];
-		struct pcache_ikey ik;
-		struct pcache_subtree *sub;
-		uint64_t region;
-		int ret;
-
-		if (k->image_id != img->id)
-			continue;
-		if (k->off >= img->size || k->len > img->size - k->off)
-			continue; /* beyond the image (identity is checked at attach) */
-		region = k->off >> PCACHE_REGION_SHIFT;
-		if (!(k->flags & PCACHE_KEY_ZERO) &&
-		    k->seg_gen != pcache_cache_dev_seg_gen(r->c->cd, k->seg)) {
-			/* stale (invariant 2): its bytes, or newer ones, are on the backing */
-			sub = &img->ix.sub[region];
-			pthread_mutex_lock(&sub->lock);
-			ret = pcache_subtree_punch(sub, (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1)),
-						   k->len);
-			pthread_mutex_unlock(&sub->lock);
-			if (ret)
-				return ret;
-			continue;
-		}
-		memset(&ik, 0, sizeof(ik));
-		ik.off = (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1));
-		ik.len = k->len;
-		ik.flags = k->flags;
-		if (pos->lsn < r->dirty_lsn)
-			ik.flags |= PCACHE_KEY_CLEAN; /* written back already */
-		if (!(ik.flags & PCACHE_KEY_CLEAN) && pos->lsn >= r->count_lsn) {
-			r->dirty_keys++;
-			r->dirty_bytes += k->len;
-		}
-		ik.flags |= PCACHE_IKEY_EPOCH; /* the kset says which epoch the key belongs to */
-		ik.epoch16 = (uint16_t)ks->epoch;
-		if (!(k->flags & PCACHE_KEY_ZERO)) {
-			ik.seg = k->seg;
-			ik.seg_off = k->seg_off;
-			ik.seg_gen = k->seg_gen;
-			if (r->c->data_crc) {
-				ik.data_crc = k->data_crc;
-				ik.crc_len = k->len;
-			}
-		}
-		sub = &img->ix.sub[region];
-		pthread_mutex_lock(&sub->lock);
-		ret = pcache_subtree_insert(sub, &ik);
-		pthread_mutex_unlock(&sub->lock);
-		if (ret)
-			return ret;
-	}
-	return 0;
-}
-
-/* The writeback's progress for image id: its keys in ksets before this lsn are on the
- * backing (0 when the writeback has not met the image). */
-static uint64_t image_wb_lsn(struct pcache_cache *c, uint32_t id)
-{
-	struct pcache_wb_image_stats ws;
-
-	if (c->wb && pcache_wb_image_stats(c->wb, id, &ws) == 0)
-		return ws.wb_lsn;
-	return 0;
-}
-
-int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen)
-{
-	struct replay_img r = { .c = c, .img = img };
-	struct pcache_pos kt, dt, head, end;
-	int ret;
-
-	/* the writeback may be further for this image (another image holds dirty_tail back);
-	 * it cannot move for it now: the image is not attached, its backing not lent */
-	uint64_t wb_lsn = image_wb_lsn(c, img->id);
-
-	/* GC may not move key_tail (and free log segments) under the walk */
-	pthread_mutex_lock(&c->gc_lock);
-	pcache_cache_dev_get_key_tail(c->cd, &kt);
-	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
-	pcache_log_head(c, &head);
-	r.dirty_lsn = dt.lsn;
-	r.count_lsn = PCACHE_MAX(dt.lsn, wb_lsn);
-	ret = log_walk(c, &kt, head.lsn, replay_img_kset, &r, &end);
-	pthread_mutex_unlock(&c->gc_lock);
-	atomic_store(&img->dirty_keys, r.dirty_keys);
-	atomic_store(&img->dirty_bytes, r.dirty_bytes);
-	if (ret == -ENOMEM)
-		ERR("image %s: out of memory rebuilding the index", img->name);
-	return ret;
-}
-
-/* The dirty keys of image id in the log (after dirty_tail) and the staging ksets. */
-struct dirty_scan {
-	uint32_t id;
-	uint64_t wb_lsn;   /* keys of the image in ksets before it are written back */
-	uint64_t keys;
-	uint64_t bytes;    /* dirty key bytes (overlaps counted twice: an upper bound) */
-};
-
-static int dirty_scan_kset(void *arg, const struct pcache_kset_om *ks, const struct pcache_pos *pos)
-{
-	struct dirty_scan *d = arg;
-	uint32_t i;
-
-	if ((ks->flags & PCACHE_KSET_LAST) || pos->lsn < d->wb_lsn)
-		return 0;
-	for (i = 0; i < ks->key_num; i++) {
-		if (ks->keys[i].image_id == d->id && !(ks->keys[i].flags & PCACHE_KEY_CLEAN)) {
-			d->keys++;
-			d->bytes += ks->keys[i].len;
-		}
-	}
-	return 0;
-}
-
-void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes)
-{
-	struct dirty_scan d = { .id = id };
-	struct pcache_pos dt, head, end;
-	uint32_t i, k;
-
-	d.wb_lsn = image_wb_lsn(c, id);
-	pthread_mutex_lock(&c->gc_lock);
-	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
-	pcache_log_head(c, &head);
-	(void)log_walk(c, &dt, head.lsn, dirty_scan_kset, &d, &end);
-	pthread_mutex_unlock(&c->gc_lock);
-	/* plus the keys still staged (not in the log yet) */
-	for (i = 0; i < PCACHE_NSTAGE; i++) {
-		struct pcache_stage *st = &c->stage[i];
-
-		pthread_mutex_lock(&st->lock);
-		for (k = 0; k < st->n; k++) {
-			if (st->keys[k].image_id == id && !(st->keys[k].flags & PCACHE_KEY_CLEAN)) {
-				d.keys++;
-				d.bytes += st->keys[k].len;
-			}
-		}
-		pthread_mutex_unlock(&st->lock);
-	}
-	*keys = d.keys;
-	*bytes = d.bytes;
-}
-
-/* Does the cache hold dirty keys of image id? A log walk (attach and detach decisions). */
-static bool image_has_dirty(struct pcache_cache *c, uint32_t id)
-{
-	uint64_t keys, bytes;
-
-	pcache_image_dirty_walk(c, id, &keys, &bytes);
-	return keys > 0;
-}
-
-/* ---- writeback glue ----------------------------------------------------------------------- */
-
-void pcache_wb_notify_kick(struct pcache_cache *c)
-{
-	if (c->wb)
-		pcache_wb_kick(c->wb);
-}
-
-static void wbo_key_head(void *ctx, struct pcache_pos *head)
-{
-	pcache_log_head(ctx, head);
-}
-
-struct pcache_image *pcache_image_get_by_id(struct pcache_cache *c, uint32_t id)
-{
-	struct pcache_image *img = NULL;
-	uint32_t i;
-
-	pthread_mutex_lock(&c->img_lock);
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
-		if (c->imgs[i] && c->imgs[i]->id == id) {
-			img = c->imgs[i];
-			atomic_fetch_add(&img->refs, 1);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&c->img_lock);
-	return img;
-}
-
-static struct pcache_backing *wbo_backing_get(void *ctx, uint32_t image_id)
-{
-	struct pcache_image *img = pcache_image_get_by_id(ctx, image_id);
-
-	if (!img)
-		return NULL;
-	atomic_fetch_add(&img->wb_refs, 1);
-	if (atomic_load(&img->detaching)) {
-		atomic_fetch_sub(&img->wb_refs, 1);
-		pcache_image_put(img);
-		return NULL;
-	}
-	return img->b;
-}
-
-/* The image whose backing b wbo_backing_get() lent (its reference keeps it), or NULL. */
-static struct pcache_image *wbo_lent_image(struct pcache_cache *c, uint32_t image_id,
-					   struct pcache_backing *b)
-{
-	struct pcache_image *img = NULL;
-	uint32_t i;
-
-	pthread_mutex_lock(&c->img_lock);
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		if (c->imgs[i] && c->imgs[i]->id == image_id && c->imgs[i]->b == b)
-			img = c->imgs[i];
-	/* detaching: it left the list but is still waiting for this reference */
-	for (i = 0; i < PCACHE_MAX_IMAGES && !img; i++)
-		if (c->live[i] && c->live[i]->id == image_id && c->live[i]->b == b)
-			img = c->live[i];
-	pthread_mutex_unlock(&c->img_lock);
-	return img;
-}
-
-static void wbo_backing_put(void *ctx, uint32_t image_id, struct pcache_backing *b)
-{
-	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
-
-	if (!img)
-		return;
-	atomic_fetch_sub(&img->wb_refs, 1);
-	pcache_image_put(img);
-}
-
-static void wbo_image_passed(void *ctx, uint32_t image_id, struct pcache_backing *b,
-			     uint64_t keys, uint64_t bytes)
-{
-	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
-
-	if (!img)
-		return;
-	atomic_fetch_sub(&img->dirty_keys, (int64_t)keys);
-	atomic_fetch_sub(&img->dirty_bytes, (int64_t)bytes);
-}
-
-static uint64_t wbo_through_count(void *ctx, uint32_t image_id, struct pcache_backing *b)
-{
-	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
-
-	return img ? atomic_load(&img->through_done) : 0;
-}
-
-/* Held only while the writeback issues and waits for the image's requests: see
- * through_lock (cache_i.h). */
-static void wbo_through_hold(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold)
-{
-	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
-
-	if (!img)
-		return;
-	if (hold)
-		pthread_rwlock_wrlock(&img->through_lock);
-	else
-		pthread_rwlock_unlock(&img->through_lock);
-}
-
-static void wbo_tail_moved(void *ctx, const struct pcache_pos *dirty_tail)
-{
-	(void)dirty_tail;
-	pcache_gc_kick(ctx);
-}
-
-/*
- * Percent of the cache's data capacity holding data not written back yet: the bytes of dirty
- * data keys logged minus those the writeback put behind dirty_tail. (An earlier estimate
- * scaled the data segments in use by the dirty share of the log's ksets; a kset covers 512 KiB
- * of 4 KiB writes but 128 MiB of 1 MiB reads, so after a warm-up read the estimate was near
- * the data in use and a few random writes looked like dirty_low.)
- */
-static uint32_t wbo_dirty_percent(void *ctx)
-{
-	struct pcache_cache *c = ctx;
-	uint64_t in = atomic_load(&c->dirty_in), out = atomic_load(&c->dirty_out);
-	uint64_t cap = (uint64_t)c->seg_count * c->seg_size, dirty = in > out ? in - out : 0;
-
-	if (!cap)
-		return 0;
-	return (uint32_t)PCACHE_MIN(dirty * 100u / cap, 100u);
-}
-
-static void wbo_dirty_passed(void *ctx, uint64_t bytes)
-{
-	struct pcache_cache *c = ctx;
-
-	atomic_fetch_add(&c->dirty_out, bytes);
-}
-
-static bool wbo_space_wanted(void *ctx)
-{
-	struct pcache_cache *c = ctx;
-	bool v;
-
-	pthread_mutex_lock(&c->segs.lock);
-	v = c->segs.waiters > 0;
-	pthread_mutex_unlock(&c->segs.lock);
-	return v;
-}
-
-/* No user I/O for PCACHE_IDLE_MS: the writeback may run continuously below dirty_low. */
-bool pcache_cache_idle(struct pcache_cache *c)
-{
-	return pcache_coarse_ms() - atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) >=
-	       PCACHE_IDLE_MS;
-}
-
-/* Append [a, b) to ranges, merged with the last one when adjacent; false once past max. */
-static bool wb_live_add(uint64_t *ranges, int *n, int max, uint64_t a, uint64_t b)
-{
-	if (*n > 0 && ranges[2 * *n - 1] == a) {
-		ranges[2 * *n - 1] = b;
-		return true;
-	}
-	if (*n >= max) {
-		*n = max + 1;
-		return false;
-	}
-	ranges[2 * *n] = a;
-	ranges[2 * *n + 1] = b;
-	(*n)++;
-	return true;
-}
-
-/*
- * Are the dirty index keys of image_id over [a, b) of region all in the log? A key that is
- * only staged is lost in a crash; a dirty key skipped for it would then lie behind dirty_tail
- * unwritten, and replay would take it for CLEAN although the backing never got its bytes.
- * Every key of a region is staged in one stage (cache_kset.c), inserted and staged under one
- * hold of the subtree lock (held here), so an index key over [a, b) is only staged when a
- * dirty staged key of the image overlaps [a, b). Such a stage is closed now, without waiting
- * for log space (what the timer does ~1 s after its first key; the kset gets the epoch the
- * staged keys were indexed with, see index_add()). false: not known now (busy stage, no log
- * space): the caller writes the bytes.
- */
-static bool wb_live_logged(struct pcache_cache *c, uint32_t image_id, uint64_t region,
-			   uint64_t a, uint64_t b)
-{
-	struct pcache_stage *st = &c->stage[pcache_stage_of(image_id, region)];
-	bool staged = false, logged;
-	uint32_t i;
-
-	/* never wait: its holder may wait for log space that this writeback frees */
-	if (!pcache_mutex_trylock_bounded(&st->lock))
-		return false;
-	for (i = 0; i < st->n && !staged; i++) {
-		const struct pcache_key_om *sk = &st->keys[i];
-
-		staged = sk->image_id == image_id && !(sk->flags & PCACHE_KEY_CLEAN) &&
-			 sk->off < b && sk->off + sk->len > a;
-	}
-	logged = !staged || pcache_stage_close(c, st, false) == 0;
-	pthread_mutex_unlock(&st->lock);
-	return logged;
-}
-
-/*
- * ops.live: the bytes of a dirty log key that are still its own in the index, or that a key
- * of another (later) epoch or of unknown epoch replaced, must be written; bytes that a later
- * key of the same epoch replaced need not be (the later key goes to the backing after this
- * one, and within an epoch any subset of the writes is a valid backing state), nor bytes that
- * a later THROUGH key replaced, whatever its epoch (a writethrough/writearound write put its
- * data on the backing itself: writing this older data would put the backing behind the
- * cache until the later key's own writeback). Index order is log order for overlapping keys,
- * so a replacing key is always later in the log. A ZERO key cannot be told from a later ZERO
- * key in the index, so only data keys replace a ZERO key. A replacing key counts only once
- * it is in the log (wb_live_logged()): dirty_tail may pass the skipped key at the end of this
- * batch, and what replay then takes for CLEAN must be on the backing or replaced in the log.
- */
-static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, int max)
-{
-	struct pcache_cache *c = ctx;
-	uint64_t region = k->off >> PCACHE_REGION_SHIFT, base = region << PCACHE_REGION_SHIFT;
-	uint32_t roff = (uint32_t)(k->off - base), end = roff + k->len, pos = roff, i;
-	struct pcache_image *img;
-	struct pcache_subtree *sub;
-	bool epoch_ok;
-	int n = 0, logged = -1; /* wb_live_logged() over the key, asked at the first need */
-
-	/* epoch16 identifies the epoch only while fewer than 2^15 epochs separate the two keys
-	 * (the replacing key's epoch lies between k->epoch and now); an epoch with FUA writes
-	 * is never skipped in (fua_epoch, remembered for the last PCACHE_FUA_EPOCHS epochs) */
-	epoch_ok = atomic_load(&c->log.epoch_now) - k->epoch < PCACHE_FUA_EPOCHS &&
-		   !atomic_load(&c->log.epoch_broken) &&
-		   atomic_load(&c->log.fua_epoch[k->epoch % PCACHE_FUA_EPOCHS]) != k->epoch;
-	img = pcache_image_get_by_id(c, k->image_id);
-	if (!img)
-		return -1;
-	if (region >= img->ix.nsub || (uint64_t)end > PCACHE_REGION_SIZE) {
-		pcache_image_put(img);
-		return -1;
-	}
-	sub = &img->ix.sub[region];
-	/*
-	 * Never wait: a writer may hold it while it waits for log space from this writeback.
-	 * Then all of the key is written: the safe answer for epochs, but over a later THROUGH
-	 * key it puts the backing behind the cache until that key's own writeback. The bounded
-	 * tries make that happen only while a writer waits for log space in this region.
-	 */
-	if (!pcache_subtree_trylock_bounded(sub)) {
-		pcache_image_put(img);
-		return -1;
-	}
-	for (i = pcache_subtree_find(sub, roff); i < sub->n && pos < end; i++) {
-		const struct pcache_ikey *e = &sub->v[i];
-		uint32_t a = PCACHE_MAX(e->off, roff), b = PCACHE_MIN(e->off + e->len, end);
-		bool own, replaced;
-
-		if (a >= end)
-			break;
-		if (a > pos) { /* a hole: unknown, write */
-			if (!wb_live_add(ranges, &n, max, base + pos, base + a))
-				break;
-		}
-		own = !(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY)) && !k->flags &&
-		      e->seg == k->seg && e->seg_gen == k->seg_gen &&
-		      e->seg_off - e->off == k->seg_off - roff;
-		replaced = !own && !(e->flags & (PCACHE_IKEY_EMPTY | PCACHE_KEY_CLEAN)) &&
-			   !(k->flags && (e->flags & PCACHE_KEY_ZERO)) &&
-			   ((e->flags & PCACHE_IKEY_THROUGH) ||
-			    (epoch_ok && (e->flags & PCACHE_IKEY_EPOCH) &&
-			     e->epoch16 == (uint16_t)k->epoch));
-		if (replaced && logged < 0)
-			logged = wb_live_logged(c, img->id, region, k->off, k->off + k->len);
-		replaced = replaced && logged;
-		if (!replaced && !wb_live_add(ranges, &n, max, base + a, base + b))
-			break;
-		pos = b;
-	}
-	if (n <= max && pos < end)
-		(void)wb_live_add(ranges, &n, max, base + pos, base + end);
-	pthread_mutex_unlock(&sub->lock);
-	pcache_image_put(img);
-	return n > max ? -1 : n;
-}
-
-static bool wbo_idle(void *ctx)
-{
-	return pcache_cache_idle(ctx);
-}
-
-static const struct pcache_wb_ops wb_ops = {
-	.idle = wbo_idle,
-	.live = wbo_live,
-	.space_wanted = wbo_space_wanted,
-	.key_head = wbo_key_head,
-	.backing_get = wbo_backing_get,
-	.backing_put = wbo_backing_put,
-	.tail_moved = wbo_tail_moved,
-	.dirty_percent = wbo_dirty_percent,
-	.dirty_passed = wbo_dirty_passed,
-	.through_count = wbo_through_count,
-	.through_hold = wbo_through_hold,
-	.image_passed = wbo_image_passed,
-};
 
 /* ---- timer thread ------------------------------------------------------------------------- */
 
@@ -817,7 +199,7 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	pthread_mutex_init(&c->knob_lock, NULL);
 
 	uint64_t t0 = pcache_now_ns();
-	ret = replay(c, err, errlen);
+	ret = pcache_replay_all(c, err, errlen);
 	if (ret)
 		goto err_segs;
 	c->replay_ns = pcache_now_ns() - t0;
@@ -825,7 +207,7 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	memset(&wo, 0, sizeof(wo));
 	wo.no_thread = opts->no_background || opts->defer_background;
 	wo.quiet = opts->no_background;
-	ret = pcache_wb_start(c->cd, &wb_ops, c, &wo, &c->wb);
+	ret = pcache_wb_start(c->cd, &pcache_cache_wb_ops, c, &wo, &c->wb);
 	if (ret) {
 		ERR("writeback: %s", strerror(-ret));
 		goto err_segs;
@@ -879,43 +261,8 @@ int pcache_cache_start_background(struct pcache_cache *c, char *err, size_t errl
 	}
 	c->timer_started = true;
 	c->bg_deferred = false;
+	cache_enter(c, PCACHE_CS_RUNNING);
 	return 0;
-}
-
-static void image_free(struct pcache_image *img)
-{
-	pcache_index_exit(&img->ix);
-	pthread_rwlock_destroy(&img->through_lock);
-	pthread_mutex_destroy(&img->ent_lock);
-	free(img);
-}
-
-void pcache_image_put(struct pcache_image *img)
-{
-	if (img && atomic_fetch_sub(&img->refs, 1) == 1)
-		image_free(img);
-}
-
-/* Wait until no I/O and no writeback reference is on img (detaching already set). */
-static void image_quiesce(struct pcache_image *img)
-{
-	while (atomic_load(&img->inflight) || atomic_load(&img->wb_refs))
-		usleep(1000);
-}
-
-/* Close the image's backing and free its index; it is out of the list, quiesced. */
-static void image_teardown(struct pcache_cache *c, struct pcache_image *img)
-{
-	uint32_t i;
-
-	pthread_mutex_lock(&c->img_lock);
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		if (c->live[i] == img)
-			c->live[i] = NULL;
-	pthread_mutex_unlock(&c->img_lock);
-	pcache_backing_close(img->b);
-	img->b = NULL;
-	/* the index is freed with the last reference (stats readers may still look at it) */
 }
 
 /* How long a stop waits for a writeback batch in flight before it leaves it running. */
@@ -925,6 +272,7 @@ void pcache_cache_abort_waits(struct pcache_cache *c)
 {
 	if (!c)
 		return;
+	cache_enter(c, PCACHE_CS_STOPPING);
 	atomic_store(&c->stopping_io, true);
 	pcache_segs_abort_waits(c);
 	if (c->wb)
@@ -940,6 +288,7 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 	if (!c)
 		return 0;
 	/* 1. refuse new I/O and wait for what is in flight */
+	cache_enter(c, PCACHE_CS_STOPPING);
 	atomic_store(&c->stopping_io, true);
 	pthread_mutex_lock(&c->img_lock);
 	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
@@ -992,6 +341,7 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 		pcache_log(PCACHE_LOG_WARNING, "stop: writeback to a slow backing still in flight after %u s; "
 			   "leaving it (dirty data stays in the cache)",
 			   (unsigned int)(PCACHE_STOP_WB_WAIT_NS / 1000000000ull));
+		cache_enter(c, PCACHE_CS_ABANDONED);
 		return -ETIMEDOUT;
 	}
 	c->wb = NULL;
@@ -1006,8 +356,8 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 		c->imgs[i] = NULL;
 		atomic_store(&img->detaching, true);
 		pthread_mutex_unlock(&c->img_lock);
-		image_quiesce(img);
-		image_teardown(c, img);
+		pcache_image_quiesce(img);
+		pcache_image_teardown(c, img);
 		pcache_image_put(img);
 		pthread_mutex_lock(&c->img_lock);
 	}
@@ -1016,6 +366,7 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 	pcache_heads_release(c, true);
 	pcache_segs_exit(c);
 	pcache_cache_dev_close(c->cd);
+	cache_enter(c, PCACHE_CS_STOPPED);
 	cache_free(c);
 	return ret;
 }
@@ -1025,608 +376,12 @@ struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c)
 	return c->cd;
 }
 
-/* ---- images ------------------------------------------------------------------------------- */
-
-static struct pcache_image *find_attached(struct pcache_cache *c, const char *name)
-{
-	uint32_t i;
-
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		if (c->imgs[i] && !strcmp(c->imgs[i]->name, name))
-			return c->imgs[i];
-	return NULL;
-}
-
-/*
- * Does backing b (identity id) reach bytes the cache already owns: the cache device, or the
- * backing of another live image? 0, or -EINVAL/-EBUSY with the reason. img_lock held.
- */
-static int attach_check_overlap(struct pcache_cache *c, const char *name, const char *path,
-				const struct pcache_ident *id, char *err, size_t errlen)
-{
-	uint32_t i;
-
-	if (pcache_ident_overlap(id, &c->dev_ident)) {
-		ERR("image %s: %s is the cache device (%s)", name, path, id->text);
-		return -EINVAL;
-	}
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
-		struct pcache_image *o = c->live[i];
-
-		if (o && pcache_ident_overlap(id, pcache_backing_ident(o->b))) {
-			ERR("image %s: %s reaches the same data as image %s (%s)", name, path, o->name,
-			    id->text);
-			return -EBUSY;
-		}
-	}
-	return 0;
-}
-
-/*
- * The backing is held by someone: if that someone is this cache (another image, the cache
- * device), say so instead of naming our own process as the lock holder.
- */
-static int attach_explain_busy(struct pcache_cache *c, const char *name, const char *path,
-			       char *err, size_t errlen)
-{
-	struct pcache_ident id;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ret = -EBUSY;
-
-	if (fd < 0)
-		return ret;
-	if (pcache_ident_fd(fd, &id) == 0) {
-		pthread_mutex_lock(&c->img_lock);
-		ret = attach_check_overlap(c, name, path, &id, err, errlen);
-		pthread_mutex_unlock(&c->img_lock);
-	}
-	close(fd);
-	return ret ? ret : -EBUSY;
-}
-
-int pcache_backings_distinct(const char *const *names, const char *const *paths, int n,
-			     char *err, size_t errlen)
-{
-	struct pcache_ident *id;
-	int i, j, fd, ret = 0;
-
-	id = calloc((size_t)n + 1, sizeof(*id));
-	if (!id)
-		return -ENOMEM;
-	for (i = 0; i < n && !ret; i++) {
-		fd = open(paths[i], O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue; /* the attach itself reports it */
-		if (pcache_ident_fd(fd, &id[i]) == 0) {
-			for (j = 0; j < i; j++) {
-				if (paths[j] && pcache_ident_overlap(&id[i], &id[j])) {
-					ERR("image %s: %s reaches the same data as image %s (%s)", names[i],
-					    paths[i], names[j], id[i].text);
-					ret = -EBUSY;
-					break;
-				}
-			}
-		}
-		close(fd);
-	}
-	free(id);
-	return ret;
-}
-
-int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
-			struct pcache_image **out, char *err, size_t errlen)
-{
-	struct pcache_backing_opts bo = { .read_only = ao->read_only };
-	struct pcache_backing *b = NULL;
-	const struct pcache_ident *id;
-	struct pcache_image_ent e;
-	struct pcache_image *img;
-	bool known, rekey = false;
-	char pathbuf[PCACHE_PATH_MAX + 1];
-	const char *path;
-	uint32_t i, mode;
-	int ret;
-
-	if (!ao->name || !pcache_image_name_valid(ao->name)) {
-		ERR("image name '%s' is not valid", ao->name ? ao->name : "");
-		return -EINVAL;
-	}
-	if (ao->cache_mode > (int)PCACHE_MODE_WRITEAROUND || ao->cache_mode < -1) {
-		ERR("image %s: bad cache mode %d", ao->name, ao->cache_mode);
-		return -EINVAL;
-	}
-	if (ao->path && strlen(ao->path) > PCACHE_PATH_MAX) {
-		ERR("image %s: backing path longer than %u bytes", ao->name, PCACHE_PATH_MAX);
-		return -ENAMETOOLONG;
-	}
-	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
-	snprintf(pathbuf, sizeof(pathbuf), "%s", ao->path ? ao->path : (known ? e.path : ""));
-	path = pathbuf;
-	if (!*path) {
-		ERR("image %s: no backing path given and none stored", ao->name);
-		return -EINVAL;
-	}
-	/*
-	 * Open before taking any lock: the path may lead into a FUSE mount whose requests need
-	 * those locks (the caller's own mount: refused just below, instead of deadlocking).
-	 */
-	ret = pcache_backing_open(path, &bo, &b, err, errlen);
-	if (ret == -EBUSY)
-		ret = attach_explain_busy(c, ao->name, path, err, errlen);
-	if (ret)
-		return ret;
-	id = pcache_backing_ident(b);
-	if (ao->own_dev && !id->blockdev && id->dev == ao->own_dev) {
-		ERR("image %s: %s is inside this pcachefs mount", ao->name, path);
-		ret = -EINVAL;
-		goto out_close;
-	}
-	pthread_mutex_lock(&c->img_lock);
-	if (atomic_load(&c->stopping_io)) {
-		ret = -ESHUTDOWN;
-		ERR("cache is stopping");
-		goto out_unlock;
-	}
-	if (find_attached(c, ao->name)) {
-		ERR("image %s is already attached", ao->name);
-		ret = -EBUSY;
-		goto out_unlock;
-	}
-	ret = attach_check_overlap(c, ao->name, path, id, err, errlen);
-	if (ret)
-		goto out_unlock;
-	/* again under the lock: the entry may have changed while the backing was opened */
-	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
-	if (known) {
-		bool same_id = e.size == pcache_backing_size(b) && e.lbs == pcache_backing_lbs(b) &&
-			       (!e.ident[0] || !strcmp(e.ident, id->text));
-		bool same_path = !strcmp(e.path, path);
-
-		if (!same_path && !ao->allow_path_change) {
-			ERR("image %s: backing path %s differs from the stored %s (use allow_path_change)",
-			    ao->name, path, e.path);
-			ret = -EEXIST;
-			goto out_unlock;
-		}
-		if (!same_id) {
-			bool dirty = image_has_dirty(c, e.id);
-
-			if (dirty || !ao->rekey) {
-				ERR("image %s: %s is not the image's backing: stored %s (%" PRIu64 " bytes, lbs %u), "
-				    "found %s (%" PRIu64 " bytes, lbs %u): %s", ao->name, path,
-				    e.ident[0] ? e.ident : "(no identity)", e.size, e.lbs, id->text,
-				    pcache_backing_size(b), pcache_backing_lbs(b),
-				    dirty ? "refused, the cache holds dirty data of the stored one" :
-				    "refused (rekey accepts it and drops the cached data)");
-				ret = -EEXIST;
-				goto out_unlock;
-			}
-			/* asked for, and clean: forget the old identity (its keys stay unused in the log) */
-			pcache_log(PCACHE_LOG_NOTICE, "image %s: re-keyed to %s (%s), cached data dropped",
-				   ao->name, path, id->text);
-			rekey = true;
-		}
-	}
-	if (rekey) {
-		struct pcache_image_ent old = e;
-
-		ret = pcache_cache_dev_image_remove(c->cd, old.slot);
-		if (ret) {
-			ERR("image %s: image table: %s", ao->name, strerror(-ret));
-			goto out_unlock;
-		}
-		known = false;
-		memset(&e, 0, sizeof(e));
-		e.cache_mode = old.cache_mode;
-		e.file_mode = old.file_mode;
-		e.uid = old.uid;
-		e.gid = old.gid;
-	} else if (!known) {
-		/* a new image shows its backing's permissions and owner */
-		memset(&e, 0, sizeof(e));
-		e.cache_mode = PCACHE_MODE_WRITEBACK;
-		e.file_mode = id->mode & 07777u;
-		e.uid = id->uid;
-		e.gid = id->gid;
-	}
-	mode = ao->cache_mode >= 0 ? (uint32_t)ao->cache_mode : e.cache_mode;
-	if (!known) {
-		snprintf(e.name, sizeof(e.name), "%s", ao->name);
-		snprintf(e.path, sizeof(e.path), "%s", path);
-		snprintf(e.ident, sizeof(e.ident), "%s", id->text);
-		e.size = pcache_backing_size(b);
-		e.lbs = pcache_backing_lbs(b);
-		e.state = PCACHE_IMAGE_ATTACHED;
-		e.cache_mode = mode;
-		ret = pcache_cache_dev_image_add(c->cd, &e);
-		if (ret) {
-			ERR("image %s: image table: %s", ao->name, ret == -ENOSPC ? "full" : strerror(-ret));
-			goto out_unlock;
-		}
-	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode ||
-		   strcmp(e.ident, id->text)) {
-		snprintf(e.path, sizeof(e.path), "%s", path);
-		snprintf(e.ident, sizeof(e.ident), "%s", id->text); /* recorded on first attach */
-		e.state = PCACHE_IMAGE_ATTACHED;
-		e.cache_mode = mode;
-		ret = pcache_cache_dev_image_update(c->cd, &e);
-		if (ret) {
-			ERR("image %s: image table: %s", ao->name, strerror(-ret));
-			goto out_unlock;
-		}
-	}
-	img = calloc(1, sizeof(*img));
-	if (!img) {
-		ret = -ENOMEM;
-		ERR("out of memory");
-		goto out_unlock;
-	}
-	img->c = c;
-	atomic_init(&img->refs, 1);
-	img->id = e.id;
-	img->slot = e.slot;
-	snprintf(img->name, sizeof(img->name), "%s", e.name);
-	img->b = b;
-	img->size = e.size;
-	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
-	img->read_only = ao->read_only;
-	atomic_init(&img->cache_mode, mode);
-	{
-		pthread_rwlockattr_t ra;
-
-		/* the writeback must not starve behind a stream of writethrough writes */
-		pthread_rwlockattr_init(&ra);
-		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-		pthread_rwlock_init(&img->through_lock, &ra);
-		pthread_rwlockattr_destroy(&ra);
-	}
-	pthread_mutex_init(&img->ent_lock, NULL);
-	img->ent = e;
-	ret = pcache_index_init(&img->ix, img->size);
-	if (ret) {
-		ERR("out of memory");
-		goto out_img;
-	}
-	ret = pcache_replay_image(c, img, err, errlen);
-	if (ret)
-		goto out_img;
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		if (!c->imgs[i])
-			break;
-	c->imgs[i] = img; /* at most PCACHE_MAX_IMAGES entries exist in the table */
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		if (!c->live[i])
-			break;
-	if (i < PCACHE_MAX_IMAGES)
-		c->live[i] = img;
-	if (out) {
-		atomic_fetch_add(&img->refs, 1);
-		*out = img;
-	}
-	pthread_mutex_unlock(&c->img_lock);
-	pcache_wb_notify_kick(c); /* its keys may have been blocking the writeback */
-	return 0;
-
-out_img:
-	image_free(img);
-out_unlock:
-	pthread_mutex_unlock(&c->img_lock);
-out_close:
-	pcache_backing_close(b);
-	return ret;
-}
-
-/* The image table's entries that are not attached now, in *ents (free it): count or -ENOMEM. */
-static int unattached_ents(struct pcache_cache *c, struct pcache_image_ent **ents)
-{
-	int n, i, k = 0;
-
-	*ents = calloc(PCACHE_MAX_IMAGES, sizeof(**ents));
-	if (!*ents)
-		return -ENOMEM;
-	n = pcache_cache_dev_images(c->cd, *ents, PCACHE_MAX_IMAGES);
-	pthread_mutex_lock(&c->img_lock);
-	for (i = 0; i < n; i++)
-		if (!find_attached(c, (*ents)[i].name))
-			(*ents)[k++] = (*ents)[i];
-	pthread_mutex_unlock(&c->img_lock);
-	return k;
-}
-
-/* A backing that is not there (yet): the image waits, the others come up. */
-static bool backing_missing(int ret)
-{
-	return ret == -ENOENT || ret == -ENXIO || ret == -ENODEV || ret == -ENOTDIR;
-}
-
-int pcache_cache_attach_known(struct pcache_cache *c, char *err, size_t errlen)
-{
-	return pcache_cache_attach_known_except(c, NULL, 0, err, errlen);
-}
-
-int pcache_cache_attach_known_except(struct pcache_cache *c, const char *const *skip, int n_skip,
-				     char *err, size_t errlen)
-{
-	struct pcache_image_ent *ents;
-	char why[1024];
-	int n, i, j, ret = 0, r;
-
-	n = unattached_ents(c, &ents);
-	if (n < 0)
-		return n;
-	for (i = 0; i < n; i++) {
-		struct pcache_attach_opts ao = { .name = ents[i].name, .cache_mode = -1 };
-
-		for (j = 0; j < n_skip && strcmp(skip[j], ents[i].name); j++)
-			;
-		if (j < n_skip)
-			continue;
-		why[0] = '\0';
-		r = pcache_image_attach(c, &ao, NULL, why, sizeof(why));
-		if (r && backing_missing(r)) {
-			pcache_log(PCACHE_LOG_WARNING, "image %s: backing %s is missing (%s): not attached; "
-				   "its cached data waits for it", ents[i].name, ents[i].path, strerror(-r));
-			continue;
-		}
-		if (r && !ret) {
-			ret = r;
-			snprintf(err, errlen, "%s", why);
-		}
-	}
-	free(ents);
-	return ret;
-}
-
-int pcache_cache_unattached(struct pcache_cache *c, struct pcache_unattached *v, int max)
-{
-	struct pcache_image_ent *ents;
-	int n, i, k = 0;
-
-	n = unattached_ents(c, &ents);
-	if (n < 0)
-		return n;
-	for (i = 0; i < n && k < max; i++) {
-		memset(&v[k], 0, sizeof(v[k]));
-		snprintf(v[k].name, sizeof(v[k].name), "%s", ents[i].name);
-		snprintf(v[k].path, sizeof(v[k].path), "%s", ents[i].path);
-		v[k].missing = ents[i].state == PCACHE_IMAGE_ATTACHED;
-		{
-			uint64_t keys;
-
-			/* a log walk: an unattached image has no counters (rare: missing backings) */
-			pcache_image_dirty_walk(c, ents[i].id, &keys, &v[k].dirty_bytes);
-		}
-		k++;
-	}
-	free(ents);
-	return k;
-}
-
-enum detach_how { DETACH_KEEP, DETACH_FORGET_CLEAN, DETACH_GIVE_UP };
-
-static int image_detach(struct pcache_cache *c, const char *name, enum detach_how how);
-
-int pcache_image_detach(struct pcache_cache *c, const char *name, bool forget)
-{
-	return image_detach(c, name, forget ? DETACH_FORGET_CLEAN : DETACH_KEEP);
-}
-
-int pcache_image_give_up(struct pcache_cache *c, const char *name, uint64_t *lost_bytes)
-{
-	struct pcache_image_ent e;
-	uint64_t keys = 0, bytes = 0;
-	int ret;
-
-	if (pcache_cache_dev_image_find(c->cd, name, &e) != 0)
-		return -ENOENT;
-	pcache_image_dirty_walk(c, e.id, &keys, &bytes);
-	ret = image_detach(c, name, DETACH_GIVE_UP);
-	if (ret == -ENOENT) /* not attached (a missing backing): only the table entry goes */
-		ret = pcache_cache_dev_image_remove(c->cd, e.slot);
-	if (ret)
-		return ret;
-	/* its keys now belong to no image: the writeback passes them, replay and reads ignore them */
-	if (c->wb)
-		pcache_wb_image_forget(c->wb, e.id);
-	pcache_log(PCACHE_LOG_WARNING, "image %s: gave up %" PRIu64 " dirty bytes (%" PRIu64 " keys) never "
-		   "written to %s; the image is detached and forgotten, the other images' writeback goes on",
-		   name, bytes, keys, e.path);
-	if (lost_bytes)
-		*lost_bytes = bytes;
-	return 0;
-}
-
-static int image_detach(struct pcache_cache *c, const char *name, enum detach_how how)
-{
-	bool forget = how != DETACH_KEEP;
-	struct pcache_image *img;
-	struct pcache_image_ent e;
-	uint32_t i;
-	int ret;
-
-	pthread_mutex_lock(&c->img_lock);
-	img = find_attached(c, name);
-	if (!img) {
-		pthread_mutex_unlock(&c->img_lock);
-		return -ENOENT;
-	}
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-		if (c->imgs[i] == img)
-			c->imgs[i] = NULL;
-	atomic_store(&img->detaching, true);
-	pthread_mutex_unlock(&c->img_lock);
-
-	image_quiesce(img);
-	ret = pcache_cache_flush(c);
-	if (how == DETACH_GIVE_UP)
-		ret = 0; /* a failing flush does not matter: its data is given up */
-	if (!ret && how == DETACH_FORGET_CLEAN && image_has_dirty(c, img->id)) {
-		/* not clean: put it back */
-		atomic_store(&img->detaching, false);
-		pthread_mutex_lock(&c->img_lock);
-		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
-			if (!c->imgs[i])
-				break;
-		c->imgs[i] = img;
-		pthread_mutex_unlock(&c->img_lock);
-		return -EBUSY;
-	}
-	pthread_mutex_lock(&img->ent_lock);
-	e = img->ent;
-	pthread_mutex_unlock(&img->ent_lock);
-	if (forget) {
-		ret = pcache_cache_dev_image_remove(c->cd, e.slot);
-	} else {
-		e.state = PCACHE_IMAGE_DETACHED;
-		ret = pcache_cache_dev_image_update(c->cd, &e);
-	}
-	image_teardown(c, img);
-	pcache_image_put(img);
-	return ret;
-}
-
-struct pcache_image *pcache_image_get(struct pcache_cache *c, const char *name)
-{
-	struct pcache_image *img;
-
-	pthread_mutex_lock(&c->img_lock);
-	img = find_attached(c, name);
-	if (img)
-		atomic_fetch_add(&img->refs, 1);
-	pthread_mutex_unlock(&c->img_lock);
-	return img;
-}
-
-static int img_cmp(const void *a, const void *b)
-{
-	return strcmp((*(struct pcache_image *const *)a)->name, (*(struct pcache_image *const *)b)->name);
-}
-
-int pcache_cache_images(struct pcache_cache *c, struct pcache_image **v, int max)
-{
-	struct pcache_image *all[PCACHE_MAX_IMAGES];
-	int n = 0, i;
-	uint32_t s;
-
-	pthread_mutex_lock(&c->img_lock);
-	for (s = 0; s < PCACHE_MAX_IMAGES; s++)
-		if (c->imgs[s])
-			all[n++] = c->imgs[s];
-	qsort(all, (size_t)n, sizeof(all[0]), img_cmp);
-	if (n > max)
-		n = max;
-	for (i = 0; i < n; i++) {
-		atomic_fetch_add(&all[i]->refs, 1);
-		v[i] = all[i];
-	}
-	pthread_mutex_unlock(&c->img_lock);
-	return n;
-}
-
-const char *pcache_image_name(const struct pcache_image *img)
-{
-	return img->name;
-}
-
-uint64_t pcache_image_size(const struct pcache_image *img)
-{
-	return img->size;
-}
-
-uint32_t pcache_image_lbs(const struct pcache_image *img)
-{
-	return img->lbs;
-}
-
-void pcache_image_attr(const struct pcache_image *img, uint32_t *mode, uint32_t *uid, uint32_t *gid)
-{
-	struct pcache_image *m = (struct pcache_image *)img;
-
-	pthread_mutex_lock(&m->ent_lock);
-	if (mode)
-		*mode = m->ent.file_mode;
-	if (uid)
-		*uid = m->ent.uid;
-	if (gid)
-		*gid = m->ent.gid;
-	pthread_mutex_unlock(&m->ent_lock);
-}
-
-struct attr_edit {
-	uint32_t mode, uid, gid;
-};
-
-static void attr_edit_fn(struct pcache_image_ent *e, void *arg)
-{
-	const struct attr_edit *a = arg;
-
-	e->file_mode = a->mode;
-	e->uid = a->uid;
-	e->gid = a->gid;
-}
-
-/*
- * Field updates go through pcache_cache_dev_image_modify() (read-modify-write under the table
- * lock), never a whole-entry rewrite from img->ent: the writeback persists wb_lsn/wb_time of
- * the same entry concurrently, and a stale copy would undo it (or it would undo ours).
- */
-int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid)
-{
-	struct attr_edit a = { mode, uid, gid };
-	struct pcache_image_ent e;
-	int ret;
-
-	if (mode > 07777)
-		return -EINVAL;
-	pthread_mutex_lock(&img->ent_lock);
-	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, attr_edit_fn,
-					    &a, &e);
-	if (!ret)
-		img->ent = e;
-	pthread_mutex_unlock(&img->ent_lock);
-	return ret;
-}
+/* ---- knobs -------------------------------------------------------------------------------- */
 
 static void mode_edit_fn(struct pcache_image_ent *e, void *arg)
 {
 	e->cache_mode = *(const uint32_t *)arg;
 }
-
-/* ---- writeback ---------------------------------------------------------------------------- */
-
-int pcache_image_writeback_all(struct pcache_image *img)
-{
-	int ret = pcache_cache_flush(img->c), tries = 0;
-
-	if (ret)
-		return ret;
-	if (!img->c->wb)
-		return -EOPNOTSUPP;
-	/*
-	 * NOTE: a writeback batch that began before this image attached ends with -ENXIO for it,
-	 * and a drain running then reports that; the image is attached now, so drain again.
-	 */
-	do
-		ret = pcache_wb_drain(img->c->wb, img->id);
-	while (ret == -ENXIO && !atomic_load(&img->detaching) && ++tries < 5);
-	return ret;
-}
-
-int pcache_cache_writeback_all(struct pcache_cache *c)
-{
-	int ret = pcache_cache_flush(c), tries = 0;
-
-	if (ret)
-		return ret;
-	if (!c->wb)
-		return -EOPNOTSUPP;
-	/* see pcache_image_writeback_all(): a batch older than an attach may report -ENXIO */
-	do
-		ret = pcache_wb_drain(c->wb, 0);
-	while (ret == -ENXIO && ++tries < 3);
-	return ret;
-}
-
-/* ---- knobs -------------------------------------------------------------------------------- */
 
 static int parse_u64(const char *s, uint64_t max, uint64_t *v)
 {
@@ -1847,7 +602,7 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 		uint64_t in = atomic_load(&c->dirty_in), out = atomic_load(&c->dirty_out);
 
 		st->dirty_bytes = in > out ? in - out : 0;
-		st->dirty_percent = wbo_dirty_percent(c);
+		st->dirty_percent = pcache_cache_dirty_percent(c);
 	}
 	n = pcache_cache_images(c, imgs, PCACHE_MAX_IMAGES);
 	st->images = (uint32_t)n;

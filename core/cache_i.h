@@ -1,7 +1,7 @@
 /*
  * cache_i.h -- private interface of the cache engine (core/segment.c, cache_key.c, cache_kset.c,
- * cache_req.c, cache_gc.c, cache.c). Nothing outside core/ (and the engine's unit tests)
- * includes it.
+ * cache_req.c, cache_gc.c, cache.c, cache_replay.c, cache_image.c, cache_wbglue.c). Nothing
+ * outside core/ (and the engine's unit tests) includes it.
  *
  * GLOBAL LOCK ORDER (take left before right; never the other way):
  *
@@ -316,6 +316,8 @@ struct pcache_image {
 
 /* Reference an attached image by id for the writeback (NULL if none); put with image_put. */
 struct pcache_image *pcache_image_get_by_id(struct pcache_cache *c, uint32_t id);
+/* Replay the log at start: segment bitmap and refs, key_head, dirty bytes (cache_replay.c). */
+int pcache_replay_all(struct pcache_cache *c, char *err, size_t errlen);
 /* Replay the keys of one image into its index (attach); sets its dirty counters. */
 int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *err, size_t errlen);
 /*
@@ -324,12 +326,40 @@ int pcache_replay_image(struct pcache_cache *c, struct pcache_image *img, char *
  * of struct pcache_image stand for; the attach and detach decisions use the walk itself.
  */
 void pcache_image_dirty_walk(struct pcache_cache *c, uint32_t id, uint64_t *keys, uint64_t *bytes);
+/* Has image id dirty keys in the log or the staging ksets (a dirty walk)? */
+bool pcache_image_has_dirty(struct pcache_cache *c, uint32_t id);
+/* Wait until no I/O and no writeback reference is on img (detaching already set). */
+void pcache_image_quiesce(struct pcache_image *img);
+/* Close the image's backing, out of the live list; it is out of imgs[], quiesced. */
+void pcache_image_teardown(struct pcache_cache *c, struct pcache_image *img);
+/* Free the image (its last reference went). */
+void pcache_image_free(struct pcache_image *img);
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 
 struct pcache_wb;
 struct pcache_miss_ent;
 
+enum pcache_cache_state {
+	PCACHE_CS_OPEN,       /* replayed, no background threads yet */
+	PCACHE_CS_RUNNING,    /* background threads started */
+	PCACHE_CS_STOPPING,   /* I/O refused, waits failed; stop under way */
+	PCACHE_CS_ABANDONED,  /* stop left a writeback batch in flight; nothing freed */
+	PCACHE_CS_STOPPED,    /* freed (only seen by the debug check) */
+};
+
+/*
+ * One cache instance. Which lock guards what: the fields above segs are set at start and read
+ * only afterwards (no lock). segs, heads, log and stage[] carry their own locks (segs.lock,
+ * head.lock, log.lock, stage.lock; cache_i.h above gives their order). img_lock guards imgs[]
+ * and live[] (an image's own fields: its ent_lock, its subtree locks, atomics). flush_lock
+ * serialises flushes and so the epoch bumps; knob_lock the read-modify-write of cache_info.
+ * gc_lock is held around one GC step and every log walk behind key_head, and owns log_rd after
+ * the start. bg_lock guards gc_kick and stopping and is the mutex of bg_cond and timer_cond.
+ * The GC thread alone touches gc_runs, clean_cursor and the stall_* fields; missreg_lock guards
+ * missreg[]. state, stopping_io, last_io_ms, dirty_in/out, media_errors and the other _Atomic
+ * counters are lock-free. wb is set at start and cleared by the stop (after its thread ended).
+ */
 struct pcache_cache {
 	struct pcache_cache_dev *cd;
 	struct pcache_log_reader *log_rd; /* the start's replay, then holders of gc_lock */
@@ -352,6 +382,7 @@ struct pcache_cache {
 	pthread_mutex_t img_lock;     /* guards imgs[] and live[] */
 	struct pcache_image *imgs[PCACHE_MAX_IMAGES];  /* attached */
 	struct pcache_image *live[PCACHE_MAX_IMAGES];  /* attached or detaching (backing open) */
+	_Atomic int state;            /* enum pcache_cache_state (cache.c draws the machine) */
 	_Atomic bool stopping_io;     /* pcache_cache_stop() began: new I/O is refused */
 	_Atomic uint64_t last_io_ms;  /* coarse monotonic ms of the latest user I/O (idle test) */
 	/* dirty data bytes (keys neither CLEAN nor ZERO) logged, and put behind dirty_tail by the
@@ -397,8 +428,12 @@ void pcache_gc_kick(struct pcache_cache *c);
 /* Drop stale keys from up to budget subtrees (incremental cleaner). */
 void pcache_gc_clean(struct pcache_cache *c, uint32_t budget);
 
-/* writeback glue (cache.c) */
+/* writeback glue (cache_wbglue.c) */
 void pcache_wb_notify_kick(struct pcache_cache *c);
+/* The writeback's view of the engine (cache_wbglue.c); ctx is the struct pcache_cache. */
+extern const struct pcache_wb_ops pcache_cache_wb_ops;
+/* Dirty data as a percentage of the data area (the watermarks); ctx is the cache. */
+uint32_t pcache_cache_dirty_percent(void *ctx);
 /* No user read, write, discard or flush for PCACHE_IDLE_MS (the writeback's idle test). */
 bool pcache_cache_idle(struct pcache_cache *c);
 

@@ -12,7 +12,7 @@
  *
  * The suite is TSan-clean, the multi-thread case included.
  */
-/* TSAN_SUITE */
+
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>

@@ -1,4 +1,3 @@
-/* TSAN_SUITE */
 /*
  * check_cache_conc.c -- concurrency of the engine: writer threads on overlapping ranges, reader
  * threads whose misses fill the cache while writes race with the fills, flushers and discards,

@@ -6,7 +6,7 @@
  * bytes are read and crafted with pread/pwrite on the device file while it is closed.
  * The "Threads" case also runs under TSan (loops shrink there: check_under_tsan()).
  */
-/* TSAN_SUITE */
+
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>

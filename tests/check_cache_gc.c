@@ -137,7 +137,7 @@ START_TEST(idle_head_does_not_pin_a_segment)
 }
 END_TEST
 
-/* The writeback's idle test (core/cache.c): user I/O makes the cache busy for PCACHE_IDLE_MS. */
+/* The writeback's idle test (core/cache_wbglue.c): user I/O makes it busy for PCACHE_IDLE_MS. */
 START_TEST(user_io_keeps_the_cache_busy_for_idle_ms)
 {
 	uint8_t buf[4096];

@@ -3,7 +3,7 @@
  * same data as another attached image or as the cache device (hard link, symlink), a backing
  * another opener holds (flock), records a stable identity per image and refuses a different
  * file under a known name; new images take their backing's permissions; an image whose backing
- * is missing at start waits while the others come up (backing/backing_ident.c, core/cache.c).
+ * is missing at start waits while the others come up (backing/backing_ident.c, core/cache_image.c).
  */
 #include <check.h>
 #include <errno.h>

@@ -1,4 +1,3 @@
-/* TSAN_SUITE */
 /*
  * check_cache_pin.c -- zero-copy reads (pcache_image_read_pin, core/cache_req.c) and the read
  * pins of data segments (core/segment.c invariant 5), on a real cache file and backing image:

@@ -1,5 +1,5 @@
 /*
- * check_cache_replay.c -- replay at start (core/cache.c): restarts keep data, keys of images
+ * check_cache_replay.c -- replay at start (core/cache_replay.c): restarts keep data, keys of images
  * not attached stay in the log until they attach, a CRC-valid kset with a bad key refuses the
  * start with a message naming it, stale ksets of an earlier lap are never replayed, and the
  * replay of a large log.

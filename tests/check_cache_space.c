@@ -2,7 +2,7 @@
  * check_cache_space.c -- writers never wait for cache space without bound: with nothing able
  * to free space (no writeback), a writer waits space_timeout, then gets -EIO, counted in
  * status; the knob reads back and changes at run time (core/segment.c). Giving up an image's
- * dirty data lets the writeback of the others pass it (core/cache.c pcache_image_give_up).
+ * dirty data lets the writeback of the others pass it (core/cache_image.c pcache_image_give_up).
  */
 #include <check.h>
 #include <errno.h>

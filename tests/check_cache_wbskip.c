@@ -1,7 +1,6 @@
-/* TSAN_SUITE */
 /*
  * check_cache_wbskip.c -- the writeback skips dirty bytes that a later key of the same flush
- * epoch replaced (core/cache.c wbo_live(), core/cache_writeback.c), and only those: across a
+ * epoch replaced (core/cache_wbglue.c wbo_live(), core/cache_writeback.c), and only those: across a
  * flush, for ZERO keys replaced by ZERO keys, and while the epoch a key will carry is not
  * certain, every key is written. A randomized run checks after every batch that the backing
  * holds an epoch-prefix state (the crash-consistency contract). Also the dirty-bytes measure

@@ -7,7 +7,7 @@
  * The crash-consistency case stops the writeback at many random points (a SIGKILLed child, or
  * a request count) and checks that each backing state is an epoch-prefix state.
  */
-/* TSAN_SUITE */
+
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
