@@ -217,7 +217,8 @@ static void writeback_of_cut_data(bool data_crc)
 	uint64_t before;
 	int r;
 
-	start(true, data_crc);
+	/* no writeback thread: it could write the data back before the cut (1 run in 6 did) */
+	start(false, data_crc);
 	ck_assert_int_eq(eng_write(img, 0, 256u << 10, 1, 9), 0);
 	ck_assert_int_eq(pcache_image_flush(img), 0);
 	cut_at(seg_of(0));
