@@ -335,6 +335,17 @@ void pcache_image_teardown(struct pcache_cache *c, struct pcache_image *img);
 /* Free the image (its last reference went). */
 void pcache_image_free(struct pcache_image *img);
 
+/* ---- the request path (cache_req.c, cache_read.c, cache_pin.c) ------------------------------ */
+
+/* Begin I/O on img (counts it in inflight, notes user I/O time): 0, or -ENODEV (detaching or
+ * stopping). Every successful enter is paired with pcache_req_exit(). */
+int pcache_req_enter(struct pcache_image *img);
+void pcache_req_exit(struct pcache_image *img);
+/* A request's range: engine-sector aligned and inside the image. 0 or -EINVAL. */
+int pcache_req_check_range(const struct pcache_image *img, uint64_t off, uint64_t len);
+/* A media error in the data area (media.h) at seg/off: counted, logged (rate-limited). */
+void pcache_req_media_error(struct pcache_image *img, uint32_t seg, uint32_t off);
+
 /* ---- the cache ------------------------------------------------------------------------------ */
 
 struct pcache_wb;
@@ -444,6 +455,14 @@ static inline uint64_t pcache_coarse_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Is the index key's data gone (its segment freed and its generation bumped since)? */
+static inline bool pcache_key_stale(struct pcache_cache *c, const struct pcache_ikey *k)
+{
+	if (k->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY))
+		return false;
+	return pcache_cache_dev_seg_gen(c->cd, k->seg) != k->seg_gen;
 }
 
 /* Address in the mapping of segment seg, offset off. */

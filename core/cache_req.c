@@ -1,5 +1,7 @@
 /*
- * cache_req.c -- the request path: write, read (hits and misses), flush, discard/zero.
+ * cache_req.c -- the request path: the write side (write, discard/zero, flush) and what every
+ * request shares (entering an image, range checks, media errors). Reads and shared misses are
+ * in cache_read.c, zero-copy reads in cache_pin.c; the invariants of all three are here.
  *
  * Writes copy the data into space from a data head, persist it, then insert the key into the
  * index and stage it under the region's subtree lock. Reads copy hits out of pmem outside the
@@ -49,7 +51,7 @@ void pcache_image_note_media_error(struct pcache_image *img)
 }
 
 /* A media error in the data area (media.h): counted, logged (rate-limited). */
-static void media_error(struct pcache_image *img, uint32_t seg, uint32_t off)
+void pcache_req_media_error(struct pcache_image *img, uint32_t seg, uint32_t off)
 {
 	atomic_fetch_add(&img->c->media_errors, 1);
 	pcache_log(PCACHE_LOG_ERR, "image %s: media error in the cache at segment %u offset %u",
@@ -58,7 +60,7 @@ static void media_error(struct pcache_image *img, uint32_t seg, uint32_t off)
 
 /* ---- common ------------------------------------------------------------------------------- */
 
-static int io_enter(struct pcache_image *img)
+int pcache_req_enter(struct pcache_image *img)
 {
 	struct pcache_cache *c = img->c;
 	uint64_t ms = pcache_coarse_ms();
@@ -75,25 +77,18 @@ static int io_enter(struct pcache_image *img)
 	return 0;
 }
 
-static void io_exit(struct pcache_image *img)
+void pcache_req_exit(struct pcache_image *img)
 {
 	atomic_fetch_sub(&img->inflight, 1);
 }
 
-static int check_range(const struct pcache_image *img, uint64_t off, uint64_t len)
+int pcache_req_check_range(const struct pcache_image *img, uint64_t off, uint64_t len)
 {
 	if (off % img->lbs || len % img->lbs)
 		return -EINVAL;
 	if (off > img->size || len > img->size - off)
 		return -EINVAL;
 	return 0;
-}
-
-static inline bool key_stale(struct pcache_cache *c, const struct pcache_ikey *k)
-{
-	if (k->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY))
-		return false;
-	return pcache_cache_dev_seg_gen(c->cd, k->seg) != k->seg_gen;
 }
 
 /*
@@ -205,7 +200,7 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 		if (pcache_media_store(c->pm, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
 				       PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN) != 0) {
 			/* never acknowledged; the space goes back with its segment */
-			media_error(img, a.seg, a.seg_off);
+			pcache_req_media_error(img, a.seg, a.seg_off);
 			pcache_seg_put(c, a.seg);
 			ret = -EIO;
 			break;
@@ -311,7 +306,7 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
  */
 static int modify_enter(struct pcache_image *img, uint64_t off, uint64_t len)
 {
-	int ret = check_range(img, off, len);
+	int ret = pcache_req_check_range(img, off, len);
 
 	if (ret)
 		return ret;
@@ -319,7 +314,7 @@ static int modify_enter(struct pcache_image *img, uint64_t off, uint64_t len)
 		return -EROFS;
 	if (len == 0)
 		return 1;
-	return io_enter(img);
+	return pcache_req_enter(img);
 }
 
 /*
@@ -377,7 +372,7 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	} else {
 		ret = cache_write(img, buf, off, len, flags, 0);
 	}
-	io_exit(img);
+	pcache_req_exit(img);
 	return ret;
 }
 
@@ -430,7 +425,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 	if (!ret && mode == PCACHE_MODE_WRITETHROUGH)
 		ret = through_io(img, NULL, off0, len0, 0);
 out:
-	io_exit(img);
+	pcache_req_exit(img);
 	return ret;
 }
 
@@ -454,7 +449,7 @@ int pcache_cache_flush(struct pcache_cache *c)
 
 int pcache_image_flush(struct pcache_image *img)
 {
-	int ret = io_enter(img);
+	int ret = pcache_req_enter(img);
 
 	if (ret)
 		return ret;
@@ -462,776 +457,6 @@ int pcache_image_flush(struct pcache_image *img)
 	ret = pcache_cache_flush(img->c);
 	if (!ret && atomic_load(&img->cache_mode) != PCACHE_MODE_WRITEBACK)
 		ret = pcache_backing_flush_sync(img->b);
-	io_exit(img);
+	pcache_req_exit(img);
 	return ret;
-}
-
-/* ---- read --------------------------------------------------------------------------------- */
-
-struct miss_piece {
-	struct miss_req *m;
-	uint64_t off;        /* image offset */
-	uint32_t len;
-	uint32_t id;         /* placeholder id, 0 = none (no fill) */
-	uint32_t wait_id;    /* another reader's miss over this range (share it), 0 = none */
-	size_t buf_off;      /* offset in the caller's buffer */
-};
-
-struct miss_req {
-	struct pcache_upper_req up;
-	_Atomic int refs;     /* upper-request references (backing + submitter) */
-	_Atomic int pending;  /* pieces not ended + 1 for the submitter */
-	_Atomic int status;
-	struct pcache_image *img;
-	pcache_io_done_fn done;
-	void *priv;
-	uint32_t n;
-	struct miss_piece p[];
-};
-
-struct piece_vec {
-	struct miss_piece *v;
-	uint32_t n, cap;
-};
-
-static int vec_push(struct piece_vec *pv, uint64_t off, uint32_t len, uint32_t id, size_t buf_off)
-{
-	if (pv->n == pv->cap) {
-		uint32_t cap = pv->cap ? pv->cap * 2 : 8;
-		struct miss_piece *v = realloc(pv->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		pv->v = v;
-		pv->cap = cap;
-	}
-	pv->v[pv->n++] = (struct miss_piece){ .off = off, .len = len, .id = id, .buf_off = buf_off };
-	return 0;
-}
-
-/* ---- shared misses ------------------------------------------------------------------------ */
-
-/*
- * Every placeholder has a registry entry (by miss id) from its insertion until its owner's
- * backing read ended. A reader that finds someone else's placeholder over part of its range
- * registers as a waiter instead of reading the backing image itself; the owner copies the
- * data to the waiters (before its own done() runs) and completes their pieces. A waiter whose
- * entry is gone (the owner finished) reads the backing image itself.
- */
-struct miss_waiter {
-	struct miss_waiter *next;
-	struct miss_piece *p;  /* its miss_req holds an upper reference for the registry */
-};
-
-struct pcache_miss_ent {
-	struct pcache_miss_ent *next;
-	uint32_t id;
-	struct miss_waiter *waiters;
-};
-
-static int missreg_add(struct pcache_cache *c, uint32_t id)
-{
-	struct pcache_miss_ent *e = malloc(sizeof(*e)), **b = &c->missreg[id % PCACHE_MISSREG_BUCKETS];
-
-	if (!e)
-		return -ENOMEM;
-	e->id = id;
-	e->waiters = NULL;
-	pthread_mutex_lock(&c->missreg_lock);
-	e->next = *b;
-	*b = e;
-	pthread_mutex_unlock(&c->missreg_lock);
-	return 0;
-}
-
-/* Queue w behind miss id; false when that miss already ended (w is not queued). */
-static bool missreg_wait(struct pcache_cache *c, uint32_t id, struct miss_waiter *w)
-{
-	struct pcache_miss_ent *e;
-	bool found = false;
-
-	pthread_mutex_lock(&c->missreg_lock);
-	for (e = c->missreg[id % PCACHE_MISSREG_BUCKETS]; e; e = e->next) {
-		if (e->id == id) {
-			w->next = e->waiters;
-			e->waiters = w;
-			found = true;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&c->missreg_lock);
-	return found;
-}
-
-/* The owner of miss id ended: remove the entry, return its waiters. */
-static struct miss_waiter *missreg_take(struct pcache_cache *c, uint32_t id)
-{
-	struct pcache_miss_ent **pp, *e;
-	struct miss_waiter *w = NULL;
-
-	pthread_mutex_lock(&c->missreg_lock);
-	for (pp = &c->missreg[id % PCACHE_MISSREG_BUCKETS]; (e = *pp); pp = &e->next) {
-		if (e->id == id) {
-			*pp = e->next;
-			w = e->waiters;
-			free(e);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&c->missreg_lock);
-	return w;
-}
-
-static void upper_get(struct pcache_upper_req *u)
-{
-	struct miss_req *m = pcache_container_of(u, struct miss_req, up);
-
-	atomic_fetch_add(&m->refs, 1);
-}
-
-static void upper_put(struct pcache_upper_req *u)
-{
-	struct miss_req *m = pcache_container_of(u, struct miss_req, up);
-
-	if (atomic_fetch_sub(&m->refs, 1) == 1)
-		free(m);
-}
-
-/*
- * Remove the placeholder id at image offset off (if still there). From the completion thread
- * (may_block false) a busy subtree is left alone: a writer holding it may be waiting for log
- * space that only this thread's completions can free. A leftover placeholder is harmless: reads
- * of its range go to the backing image until a write replaces it.
- */
-static void drop_placeholder(struct pcache_image *img, uint64_t off, uint32_t id, bool may_block)
-{
-	struct pcache_subtree *sub = &img->ix.sub[off >> PCACHE_REGION_SHIFT];
-	uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), i;
-
-	if (!may_block) {
-		if (!pcache_subtree_trylock_bounded(sub))
-			return;
-	} else {
-		pthread_mutex_lock(&sub->lock);
-	}
-	i = pcache_subtree_find(sub, roff);
-	if (i < sub->n && sub->v[i].off == roff && (sub->v[i].flags & PCACHE_IKEY_EMPTY) &&
-	    sub->v[i].seg == id)
-		pcache_subtree_remove(sub, i);
-	pthread_mutex_unlock(&sub->lock);
-}
-
-/* Completion thread: cache the data of a finished miss in place of its placeholder. */
-static void miss_fill(struct miss_req *m, const struct miss_piece *p)
-{
-	struct pcache_image *img = m->img;
-	struct pcache_cache *c = img->c;
-	uint64_t region = p->off >> PCACHE_REGION_SHIFT;
-	struct pcache_subtree *sub = &img->ix.sub[region];
-	uint32_t roff = (uint32_t)(p->off & (PCACHE_REGION_SIZE - 1)), i, flen;
-	uint32_t si = pcache_stage_of(img->id, region);
-	struct pcache_stage *st = &c->stage[si];
-	const uint8_t *src = (const uint8_t *)m->up.buf + p->buf_off;
-	struct pcache_key_om om;
-	struct pcache_alloc a;
-	struct pcache_ikey k;
-	bool keyed = false;
-
-	if (pcache_data_alloc(c, p->len, false, &a) != 0) {
-		atomic_fetch_add(&c->fill_skips, 1);
-		drop_placeholder(img, p->off, p->id, false);
-		return;
-	}
-	if (pcache_media_store(c->pm, pcache_seg_ptr(c, a.seg, a.seg_off), src, a.len,
-			       PCACHE_PM_NONTEMPORAL | PCACHE_PM_NODRAIN) != 0) {
-		/* the read is served from the backing data already read: only the fill is lost */
-		media_error(img, a.seg, a.seg_off);
-		atomic_fetch_add(&c->fill_skips, 1);
-		pcache_seg_put(c, a.seg);
-		drop_placeholder(img, p->off, p->id, false);
-		return;
-	}
-	/* the filled data is durable before its key is indexed and staged */
-	c->pm->ops->drain(c->pm->ctx);
-
-	/* never block the completion thread on a subtree (see drop_placeholder()) */
-	if (!pcache_subtree_trylock_bounded(sub)) {
-		atomic_fetch_add(&c->fill_skips, 1);
-		pcache_seg_put(c, a.seg);
-		return;
-	}
-	i = pcache_subtree_find(sub, roff);
-	if (!(i < sub->n && sub->v[i].off == roff && (sub->v[i].flags & PCACHE_IKEY_EMPTY) &&
-	      sub->v[i].seg == p->id))
-		goto out_unlock; /* a write replaced the whole placeholder */
-	flen = PCACHE_MIN(sub->v[i].len, a.len);
-	if (pthread_mutex_trylock(&st->lock) != 0) {
-		pcache_subtree_remove(sub, i);
-		goto out_skip;
-	}
-	if (pcache_subtree_reserve(sub, 2) != 0 || pcache_stage_room(c, st, false) != 0) {
-		pthread_mutex_unlock(&st->lock);
-		pcache_subtree_remove(sub, i);
-		goto out_skip;
-	}
-	memset(&k, 0, sizeof(k));
-	k.off = roff;
-	k.len = flen;
-	k.seg = a.seg;
-	k.seg_off = a.seg_off;
-	k.seg_gen = a.gen;
-	k.flags = PCACHE_KEY_CLEAN;
-	if (c->data_crc) {
-		k.data_crc = pcache_crc32c(PCACHE_CRC_SEED, src, flen);
-		k.crc_len = flen;
-	}
-	/* a non-EMPTY key over the placeholder's front removes the whole placeholder (fixup) */
-	(void)pcache_subtree_insert(sub, &k);
-	pcache_key_encode(&om, img->id, p->off, &k);
-	pcache_stage_add(c, st, &om);
-	pthread_mutex_unlock(&st->lock);
-	keyed = true;
-	goto out_unlock;
-out_skip:
-	atomic_fetch_add(&c->fill_skips, 1);
-out_unlock:
-	pthread_mutex_unlock(&sub->lock);
-	if (!keyed)
-		pcache_seg_put(c, a.seg);
-}
-
-static void miss_finish(struct miss_req *m)
-{
-	struct pcache_image *img = m->img;
-	int status = atomic_load(&m->status);
-
-	m->done(m->priv, status);
-	io_exit(img);
-}
-
-/* A piece of m ended without a backing request of its own (a shared miss): status. */
-static void piece_done(struct miss_piece *p, int status)
-{
-	struct miss_req *m = p->m;
-
-	if (status) {
-		int expect = 0;
-
-		atomic_compare_exchange_strong(&m->status, &expect, status);
-	}
-	if (atomic_fetch_sub(&m->pending, 1) == 1)
-		miss_finish(m);
-}
-
-/* The owner's data (at src, image offset off, len bytes) goes to every waiter of its miss. */
-static void waiters_serve(struct miss_waiter *w, const uint8_t *src, uint64_t off, uint32_t len,
-			  int status)
-{
-	while (w) {
-		struct miss_waiter *next = w->next;
-		struct miss_piece *wp = w->p;
-		struct miss_req *wm = wp->m;
-		int st = status;
-
-		if (!st && wp->off >= off && wp->off + wp->len <= off + len)
-			memcpy((uint8_t *)wm->up.buf + wp->buf_off, src + (wp->off - off), wp->len);
-		else if (!st)
-			st = -EIO; /* cannot happen: a placeholder is only ever cut at its back */
-		piece_done(wp, st);
-		upper_put(&wm->up); /* the registry's reference */
-		free(w);
-		w = next;
-	}
-}
-
-static void piece_end(void *priv, int status)
-{
-	struct miss_piece *p = priv;
-	struct miss_req *m = p->m;
-
-	if (status) {
-		atomic_fetch_add(&m->img->backing_errors, 1);
-		if (p->id)
-			drop_placeholder(m->img, p->off, p->id, false);
-	} else if (p->id) {
-		miss_fill(m, p);
-	}
-	/* waiters get the data before this request's done() may release the buffer */
-	if (p->id)
-		waiters_serve(missreg_take(m->img->c, p->id), (const uint8_t *)m->up.buf + p->buf_off,
-			      p->off, p->len, status);
-	piece_done(p, status);
-}
-
-struct hit {
-	size_t buf_off;
-	uint32_t len;
-	struct pcache_ikey k;  /* seg_off already advanced to the hit's start */
-	uint32_t skip;         /* bytes of k's data before the hit (CRC range) */
-};
-
-/*
- * Scan one region piece under its lock: hits are collected in hv (copied by the caller),
- * misses become pieces (with a placeholder in holes).
- */
-static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, size_t buf_off,
-		       struct hit *hv, uint32_t *nh, uint32_t hcap, struct piece_vec *pv)
-{
-	struct pcache_cache *c = img->c;
-	uint64_t region = off >> PCACHE_REGION_SHIFT;
-	struct pcache_subtree *sub = &img->ix.sub[region];
-	uint32_t pos = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), end = pos + len, i;
-	uint64_t base = region << PCACHE_REGION_SHIFT;
-	int ret = 0;
-
-	*nh = 0;
-	pthread_mutex_lock(&sub->lock);
-	i = pcache_subtree_find(sub, pos);
-	while (pos < end && !ret) {
-		const struct pcache_ikey *k = i < sub->n ? &sub->v[i] : NULL;
-		uint32_t gap_end, part_end;
-
-		if (!k || k->off >= end || k->off > pos) {
-			struct pcache_ikey ph;
-			uint32_t id;
-
-			gap_end = (!k || k->off >= end) ? end : k->off;
-			memset(&ph, 0, sizeof(ph));
-			ph.off = pos;
-			ph.len = gap_end - pos;
-			ph.flags = PCACHE_IKEY_EMPTY;
-			do {
-				id = atomic_fetch_add(&c->miss_id, 1) + 1;
-			} while (id == 0);
-			ph.seg = id;
-			if (pcache_subtree_reserve(sub, 1) == 0 && missreg_add(c, id) == 0) {
-				(void)pcache_subtree_insert(sub, &ph);
-				i++;
-			} else {
-				id = 0;
-			}
-			ret = vec_push(pv, base + pos, gap_end - pos, id, buf_off + (pos - (uint32_t)(off - base)));
-			if (ret && id) {
-				/* nobody saw it yet (the subtree lock is held): no waiters */
-				pcache_subtree_remove(sub, --i);
-				(void)missreg_take(c, id);
-			}
-			pos = gap_end;
-			continue;
-		}
-		if (key_stale(c, k)) {
-			/* lazy drop: the segment was freed and maybe reused (always a clean key) */
-			pcache_subtree_remove(sub, i);
-			continue;
-		}
-		part_end = PCACHE_MIN(end, k->off + k->len);
-		if (k->flags & PCACHE_IKEY_EMPTY) {
-			/* someone else's miss is in flight: share it (or read the backing too) */
-			ret = vec_push(pv, base + pos, part_end - pos, 0, buf_off + (pos - (uint32_t)(off - base)));
-			if (!ret)
-				pv->v[pv->n - 1].wait_id = k->seg;
-		} else if (*nh < hcap) {
-			struct hit *h = &hv[(*nh)++];
-
-			h->buf_off = buf_off + (pos - (uint32_t)(off - base));
-			h->len = part_end - pos;
-			h->k = *k;
-			h->skip = pos - k->off;
-			h->k.seg_off += h->skip;
-		} else {
-			/* too many hits for one pass: stop here, the caller scans the rest again */
-			break;
-		}
-		pos = part_end;
-		i++;
-	}
-	pthread_mutex_unlock(&sub->lock);
-	return ret ? ret : (int)(pos - (uint32_t)(off - base));
-}
-
-/* Copy hits out of pmem; stale ones become misses without placeholder. */
-static int copy_hits(struct pcache_image *img, uint8_t *buf, struct hit *hv, uint32_t nh,
-		     struct piece_vec *pv, uint64_t *hit_bytes)
-{
-	struct pcache_cache *c = img->c;
-	uint32_t j;
-	int ret = 0;
-
-	for (j = 0; j < nh; j++) {
-		struct hit *h = &hv[j];
-		bool crc_bad = false;
-
-		if (h->k.flags & PCACHE_KEY_ZERO) {
-			memset(buf + h->buf_off, 0, h->len);
-			*hit_bytes += h->len;
-			continue;
-		}
-		if (pcache_media_copy(buf + h->buf_off, pcache_seg_ptr(c, h->k.seg, h->k.seg_off),
-				      h->len) != 0) {
-			media_error(img, h->k.seg, h->k.seg_off);
-			ret = -EIO;
-			continue;
-		}
-		if (h->k.crc_len) {
-			uint32_t start = h->k.seg_off - h->skip - h->k.crc_front, crc;
-
-			if (pcache_media_crc(pcache_seg_ptr(c, h->k.seg, start), h->k.crc_len,
-					     &crc) != 0) {
-				media_error(img, h->k.seg, start);
-				ret = -EIO;
-				continue;
-			}
-			crc_bad = crc != h->k.data_crc;
-		}
-		/*
-		 * Reader half of a seqlock-style check: the copy's and the CRC's loads from the
-		 * segment are ordered before the generation is re-read, so a copy that saw any byte
-		 * of a later use of the segment also sees its new generation and is dropped. Pairs
-		 * with the release fence in pcache_seg_alloc() (segment.c), which orders the bump
-		 * before any store of the next use. NOTE: the acquire load in
-		 * pcache_cache_dev_seg_gen() is not enough on its own: it orders the loads after it,
-		 * not the copy before it. Free on x86-64 (loads are not reordered with loads), a
-		 * dmb ishld on arm64, where a compiler barrier would let the copy read late.
-		 */
-		pcache_fence_acquire();
-		if (pcache_cache_dev_seg_gen(c->cd, h->k.seg) != h->k.seg_gen) {
-			/* freed (and maybe reused) during the copy: read the backing instead */
-			if (vec_push(pv, 0, h->len, 0, h->buf_off) != 0)
-				return -ENOMEM;
-			pv->v[pv->n - 1].off = UINT64_MAX; /* filled in by the caller */
-			continue;
-		}
-		if (crc_bad) {
-			atomic_fetch_add(&img->crc_errors, 1);
-			pcache_log(PCACHE_LOG_ERR, "image %s: data CRC mismatch in segment %u at %u",
-				   img->name, h->k.seg, h->k.seg_off);
-			ret = -EIO;
-			continue;
-		}
-		*hit_bytes += h->len;
-	}
-	return ret;
-}
-
-#define HITS_PER_PASS 64u
-
-int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t len,
-		      pcache_io_done_fn done, void *priv)
-{
-	struct hit hv[HITS_PER_PASS];
-	struct piece_vec pv = { 0 };
-	uint64_t pos = off, hit_bytes = 0, miss_bytes = 0;
-	struct miss_req *m;
-	int ret, status = 0;
-	uint32_t j, nh;
-
-	ret = check_range(img, off, len);
-	if (ret)
-		return ret;
-	if (len == 0)
-		return 0;
-	ret = io_enter(img);
-	if (ret)
-		return ret;
-	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&img->read_bytes, len, memory_order_relaxed);
-
-	while (pos < off + len) {
-		uint64_t rend = ((pos >> PCACHE_REGION_SHIFT) + 1) << PCACHE_REGION_SHIFT;
-		uint32_t plen = (uint32_t)(PCACHE_MIN(off + len, rend) - pos);
-		uint32_t first;
-		int done_bytes;
-
-		done_bytes = scan_region(img, pos, plen, (size_t)(pos - off), hv, &nh, HITS_PER_PASS, &pv);
-		if (done_bytes < 0) {
-			status = done_bytes;
-			break;
-		}
-		first = pv.n;
-		ret = copy_hits(img, buf, hv, nh, &pv, &hit_bytes);
-		for (j = first; j < pv.n; j++)
-			if (pv.v[j].off == UINT64_MAX)
-				pv.v[j].off = off + pv.v[j].buf_off;
-		if (ret && !status)
-			status = ret;
-		pos += (uint32_t)done_bytes;
-	}
-	atomic_fetch_add_explicit(&img->read_hit_bytes, hit_bytes, memory_order_relaxed);
-
-	if (pv.n == 0) {
-		free(pv.v);
-		io_exit(img);
-		return status;
-	}
-	m = malloc(sizeof(*m) + pv.n * sizeof(m->p[0]));
-	if (!m) {
-		for (j = 0; j < pv.n; j++) {
-			if (pv.v[j].id) {
-				drop_placeholder(img, pv.v[j].off, pv.v[j].id, true);
-				waiters_serve(missreg_take(img->c, pv.v[j].id), NULL, 0, 0, -ENOMEM);
-			}
-		}
-		free(pv.v);
-		io_exit(img);
-		return -ENOMEM;
-	}
-	m->up.buf = buf;
-	m->up.len = len;
-	m->up.get = upper_get;
-	m->up.put = upper_put;
-	atomic_init(&m->refs, 1);
-	atomic_init(&m->pending, (int)pv.n + 1);
-	atomic_init(&m->status, status);
-	m->img = img;
-	m->done = done;
-	m->priv = priv;
-	m->n = pv.n;
-	memcpy(m->p, pv.v, pv.n * sizeof(pv.v[0]));
-	free(pv.v);
-	for (j = 0; j < m->n; j++) {
-		struct miss_piece *p = &m->p[j];
-		struct pcache_backing_io io = {
-			.op = PCACHE_BIO_READ,
-			.off = p->off,
-			.len = p->len,
-			.upper = &m->up,
-			.upper_off = p->buf_off,
-			.end = piece_end,
-			.priv = p,
-		};
-
-		p->m = m;
-		miss_bytes += p->len;
-		if (p->wait_id && done) {
-			struct miss_waiter *w = malloc(sizeof(*w));
-
-			if (w) {
-				w->p = p;
-				upper_get(&m->up); /* held by the registry until the owner serves it */
-				if (missreg_wait(img->c, p->wait_id, w)) {
-					atomic_fetch_add(&img->c->shared_misses, 1);
-					continue;
-				}
-				upper_put(&m->up);
-				free(w);
-			}
-		}
-		ret = done ? pcache_backing_submit(img->b, &io) : -EINVAL;
-		if (ret) {
-			if (!done) {
-				/* no callback: read synchronously (tests and tools) */
-				ret = pcache_backing_rw_sync(img->b, PCACHE_BIO_READ,
-							     (uint8_t *)buf + p->buf_off, p->len, p->off);
-			}
-			piece_end(p, ret);
-		}
-	}
-	atomic_fetch_add_explicit(&img->read_miss_bytes, miss_bytes, memory_order_relaxed);
-	if (atomic_fetch_sub(&m->pending, 1) == 1) {
-		/* every piece already ended: complete inline, done() is not called */
-		status = atomic_load(&m->status);
-		upper_put(&m->up);
-		io_exit(img);
-		return status;
-	}
-	upper_put(&m->up);
-	return PCACHE_IO_PENDING;
-}
-
-/* ---- zero-copy read (pinned hits) --------------------------------------------------------- */
-
-/*
- * ZERO keys point here. Never written: in .bss it maps the kernel's shared zero page, so its
- * size costs no memory. 256 KiB: a 1 MiB zeroed read is four pieces.
- */
-#define PIN_ZERO_SIZE (256u << 10)
-static uint8_t pin_zeros[PIN_ZERO_SIZE];
-
-/* An extent whose data CRC is checked once its segment is pinned. */
-struct pin_crc {
-	uint32_t seg, start, len, crc;
-};
-
-#define PIN_MAX_CRC 256u   /* extents checked per pin: 4 KiB keys merged into 64 pieces fit */
-
-struct pin_ctx {
-	struct pcache_read_pin *pin;
-	struct pin_crc crc[PIN_MAX_CRC];
-	uint32_t ncrc;
-	uint32_t last_seg;   /* the segment pinned last, at last_gen (UINT32_MAX: none) */
-	uint64_t last_gen;
-};
-
-/* Append [base, base+len) to the iovecs, merged with the last one when contiguous. */
-static bool pin_iov_add(struct pcache_read_pin *pin, uint8_t *base, size_t len)
-{
-	struct iovec *last = pin->niov ? &pin->iov[pin->niov - 1] : NULL;
-
-	if (last && last->iov_base != pin_zeros && (uint8_t *)last->iov_base + last->iov_len == base) {
-		last->iov_len += len;
-		return true;
-	}
-	if (pin->niov == PCACHE_PIN_MAX_IOV)
-		return false;
-	pin->iov[pin->niov++] = (struct iovec){ .iov_base = base, .iov_len = len };
-	return true;
-}
-
-static bool pin_zero_add(struct pcache_read_pin *pin, size_t len)
-{
-	while (len) {
-		struct iovec *last = pin->niov ? &pin->iov[pin->niov - 1] : NULL;
-		size_t n;
-
-		if (last && last->iov_base == pin_zeros && last->iov_len < PIN_ZERO_SIZE) {
-			n = PCACHE_MIN(len, PIN_ZERO_SIZE - last->iov_len);
-			last->iov_len += n;
-		} else {
-			n = PCACHE_MIN(len, (size_t)PIN_ZERO_SIZE);
-			if (pin->niov == PCACHE_PIN_MAX_IOV)
-				return false;
-			pin->iov[pin->niov++] = (struct iovec){ .iov_base = pin_zeros, .iov_len = n };
-		}
-		len -= n;
-	}
-	return true;
-}
-
-/* Add one hit (key k, bytes [pos, part_end) of the region) under the subtree lock. */
-static bool pin_hit(struct pcache_cache *c, struct pin_ctx *x, const struct pcache_ikey *k,
-		    uint32_t pos, uint32_t part_end)
-{
-	struct pcache_read_pin *pin = x->pin;
-	uint32_t seg_off = k->seg_off + (pos - k->off);
-
-	if (k->flags & PCACHE_KEY_ZERO)
-		return pin_zero_add(pin, part_end - pos);
-	if (k->seg != x->last_seg || k->seg_gen != x->last_gen) {
-		if (pin->nseg == PCACHE_PIN_MAX_IOV)
-			return false;
-		if (!pcache_seg_read_pin(c, k->seg, k->seg_gen))
-			return false; /* freed since: a stale key, the copying read drops it */
-		pin->seg[pin->nseg++] = k->seg;
-		x->last_seg = k->seg;
-		x->last_gen = k->seg_gen;
-	}
-	if (k->crc_len) {
-		struct pin_crc pc = { .seg = k->seg, .start = k->seg_off - k->crc_front,
-				      .len = k->crc_len, .crc = k->data_crc };
-
-		/* one extent twice in a row (pieces of a cut key): check it once */
-		if (!x->ncrc || memcmp(&x->crc[x->ncrc - 1], &pc, sizeof(pc)) != 0) {
-			if (x->ncrc == PIN_MAX_CRC)
-				return false;
-			x->crc[x->ncrc++] = pc;
-		}
-	}
-	return pin_iov_add(pin, pcache_seg_ptr(c, k->seg, seg_off), part_end - pos);
-}
-
-/* Pin the hits of one region piece; false when any byte is not a usable hit. */
-static bool pin_region(struct pcache_image *img, struct pin_ctx *x, uint64_t off, uint32_t len)
-{
-	struct pcache_subtree *sub = &img->ix.sub[off >> PCACHE_REGION_SHIFT];
-	uint32_t pos = (uint32_t)(off & (PCACHE_REGION_SIZE - 1)), end = pos + len, i;
-	bool ok = true;
-
-	pthread_mutex_lock(&sub->lock);
-	i = pcache_subtree_find(sub, pos);
-	while (pos < end) {
-		const struct pcache_ikey *k = i < sub->n ? &sub->v[i] : NULL;
-		uint32_t part_end;
-
-		if (!k || k->off > pos || (k->flags & PCACHE_IKEY_EMPTY)) {
-			ok = false; /* a hole or a miss in flight */
-			break;
-		}
-		part_end = PCACHE_MIN(end, k->off + k->len);
-		if (!pin_hit(img->c, x, k, pos, part_end)) {
-			ok = false;
-			break;
-		}
-		pos = part_end;
-		i++;
-	}
-	pthread_mutex_unlock(&sub->lock);
-	return ok;
-}
-
-static void pin_release(struct pcache_read_pin *pin)
-{
-	uint32_t i;
-
-	for (i = 0; i < pin->nseg; i++)
-		pcache_seg_read_unpin(pin->img->c, pin->seg[i]);
-	pin->nseg = 0;
-	pin->niov = 0;
-	io_exit(pin->img);
-	pin->img = NULL;
-}
-
-int pcache_image_read_pin(struct pcache_image *img, uint64_t off, size_t len,
-			  struct pcache_read_pin *pin)
-{
-	struct pcache_cache *c = img->c;
-	struct pin_ctx x;
-	uint64_t pos = off;
-	uint32_t j;
-	int ret;
-
-	pin->niov = 0;
-	pin->nseg = 0;
-	pin->img = NULL;
-	ret = check_range(img, off, len);
-	if (ret || len == 0)
-		return ret;
-	ret = io_enter(img);
-	if (ret)
-		return ret;
-	pin->img = img;
-	x.pin = pin;
-	x.ncrc = 0;
-	x.last_seg = UINT32_MAX;
-	x.last_gen = 0;
-	while (pos < off + len) {
-		uint64_t rend = ((pos >> PCACHE_REGION_SHIFT) + 1) << PCACHE_REGION_SHIFT;
-		uint32_t plen = (uint32_t)(PCACHE_MIN(off + len, rend) - pos);
-
-		if (!pin_region(img, &x, pos, plen)) {
-			pin_release(pin);
-			return PCACHE_PIN_FALLBACK;
-		}
-		pos += plen;
-	}
-	/* the segments are pinned: the bytes checked here are the bytes the caller gets */
-	for (j = 0; j < x.ncrc; j++) {
-		const struct pin_crc *pc = &x.crc[j];
-		uint32_t crc;
-
-		if (pcache_media_crc(pcache_seg_ptr(c, pc->seg, pc->start), pc->len, &crc) != 0) {
-			media_error(img, pc->seg, pc->start);
-			ret = -EIO;
-			continue;
-		}
-		if (crc == pc->crc)
-			continue;
-		atomic_fetch_add(&img->crc_errors, 1);
-		pcache_log(PCACHE_LOG_ERR, "image %s: data CRC mismatch in segment %u at %u",
-			   img->name, pc->seg, pc->start);
-		ret = -EIO;
-	}
-	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&img->read_bytes, len, memory_order_relaxed);
-	if (ret) {
-		pin_release(pin);
-		return ret;
-	}
-	atomic_fetch_add_explicit(&img->read_hit_bytes, len, memory_order_relaxed);
-	return 0;
-}
-
-void pcache_read_unpin(struct pcache_read_pin *pin)
-{
-	if (pin->img)
-		pin_release(pin);
 }
