@@ -95,6 +95,8 @@ obj = $(patsubst %.c,$(O)/%.o,$(1))
 
 LIBBACKING := $(O)/libbacking.a
 LIBCORE := $(O)/libcore.a
+# the daemon without main(): pcachefs is main.o and this; the unit tests link it too
+LIBDAEMON := $(O)/libdaemon.a
 PCACHEFS := $(O)/pcachefs
 PCACHECTL := $(O)/pcachectl
 CHECK_BIN := $(O)/check_pcache
@@ -112,18 +114,21 @@ $(LIBBACKING): $(call obj,$(BACKING_SRCS)) | deps
 $(LIBCORE): $(call obj,$(CORE_SRCS)) | deps
 	$(QUIET_AR)rm -f $@ && $(AR) rcs $@ $^
 
-$(PCACHEFS): $(call obj,$(FUSE_SRCS) $(COMMON_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
+$(LIBDAEMON): $(call obj,$(filter-out fuse/main.c,$(FUSE_SRCS)) $(COMMON_SRCS)) | deps
+	$(QUIET_AR)rm -f $@ && $(AR) rcs $@ $^
+
+$(PCACHEFS): $(O)/fuse/main.o $(LIBDAEMON) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
 $(PCACHECTL): $(call obj,$(CTL_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
 # The Check runner: one suite per tests/check_<module>.c, listed in tests/check_main.c.
-$(O)/tests/check_%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests
+$(O)/tests/check_%.o: ALL_CFLAGS += $(CHECK_CFLAGS) -Itests -Ifuse
 
 $(O)/tests/lib/%.o: ALL_CFLAGS += -Itests
 
-$(CHECK_BIN): $(call obj,$(CHECK_SRCS) $(TESTLIB_SRCS)) $(LIBCORE) $(LIBBACKING) | deps
+$(CHECK_BIN): $(call obj,$(CHECK_SRCS) $(TESTLIB_SRCS)) $(LIBDAEMON) $(LIBCORE) $(LIBBACKING) | deps
 	$(QUIET_LD)$(CC) $(ALL_LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
 
 # Test tools and benchmark programs: one file each, may use core/, backing/, tests/lib/ and

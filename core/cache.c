@@ -371,11 +371,6 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain)
 	return ret;
 }
 
-struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c)
-{
-	return c->cd;
-}
-
 /* ---- knobs -------------------------------------------------------------------------------- */
 
 static void mode_edit_fn(struct pcache_image_ent *e, void *arg)
@@ -383,61 +378,41 @@ static void mode_edit_fn(struct pcache_image_ent *e, void *arg)
 	e->cache_mode = *(const uint32_t *)arg;
 }
 
-static int parse_u64(const char *s, uint64_t max, uint64_t *v)
+uint64_t pcache_knob_max(enum pcache_knob k)
 {
-	char *end;
-	unsigned long long x;
-
-	while (*s == ' ')
-		s++;
-	if (*s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	x = strtoull(s, &end, 10);
-	if (errno)
-		return -EINVAL;
-	while (*end == ' ' || *end == '\n')
-		end++;
-	if (*end || x > max)
-		return -EINVAL;
-	*v = x;
-	return 0;
+	switch (k) {
+	case PCACHE_KNOB_GC_PERCENT: return PCACHE_MAX_GC_PERCENT;
+	case PCACHE_KNOB_WRITEBACK_RATE: return UINT64_MAX;
+	case PCACHE_KNOB_DIRTY_HIGH: return 100;
+	case PCACHE_KNOB_DIRTY_LOW: return 100;
+	case PCACHE_KNOB_SPACE_TIMEOUT: return 24ull * 3600;
+	default: return 0;
+	}
 }
 
-int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *value)
+int pcache_cache_set(struct pcache_cache *c, enum pcache_knob k, uint64_t v)
 {
 	struct pcache_cache_info ci;
-	uint64_t v;
-	int ret;
+	int ret = 0;
 
+	if ((unsigned int)k >= PCACHE_KNOB_COUNT || v > pcache_knob_max(k))
+		return -EINVAL;
+	if (k == PCACHE_KNOB_SPACE_TIMEOUT) {
+		/* run time only (not persisted): the daemon's -o space_timeout sets it at start */
+		atomic_store(&c->segs.wait_timeout_ns, v * 1000000000ull);
+		pthread_cond_broadcast(&c->segs.cond);
+		return 0;
+	}
 	pthread_mutex_lock(&c->knob_lock);
 	pcache_cache_dev_get_info(c->cd, &ci);
-	if (!strcmp(name, "gc_percent")) {
-		ret = parse_u64(value, PCACHE_MAX_GC_PERCENT, &v);
-		ci.gc_percent = (uint32_t)v;
-	} else if (!strcmp(name, "writeback_rate")) {
-		ret = parse_u64(value, UINT64_MAX, &v);
-		ci.wb_rate = v;
-	} else if (!strcmp(name, "dirty_high")) {
-		ret = parse_u64(value, 100, &v);
-		ci.dirty_high = (uint32_t)v;
-	} else if (!strcmp(name, "dirty_low")) {
-		ret = parse_u64(value, 100, &v);
-		ci.dirty_low = (uint32_t)v;
-	} else if (!strcmp(name, "space_timeout")) {
-		/* run time only (not persisted): the daemon's -o space_timeout sets it at start */
-		ret = parse_u64(value, 24ull * 3600, &v);
-		if (!ret)
-			atomic_store(&c->segs.wait_timeout_ns, v * 1000000000ull);
-		pthread_mutex_unlock(&c->knob_lock);
-		if (!ret)
-			pthread_cond_broadcast(&c->segs.cond);
-		return ret;
-	} else {
-		ret = -EINVAL;
+	switch (k) {
+	case PCACHE_KNOB_GC_PERCENT: ci.gc_percent = (uint32_t)v; break;
+	case PCACHE_KNOB_WRITEBACK_RATE: ci.wb_rate = v; break;
+	case PCACHE_KNOB_DIRTY_HIGH: ci.dirty_high = (uint32_t)v; break;
+	case PCACHE_KNOB_DIRTY_LOW: ci.dirty_low = (uint32_t)v; break;
+	default: break;
 	}
-	if (!ret)
-		ret = pcache_cache_dev_set_info(c->cd, &ci);
+	ret = pcache_cache_dev_set_info(c->cd, &ci);
 	if (!ret && c->wb) {
 		pcache_wb_set_rate(c->wb, ci.wb_rate);
 		(void)pcache_wb_set_watermarks(c->wb, ci.dirty_high, ci.dirty_low);
@@ -448,39 +423,29 @@ int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *
 	return ret;
 }
 
-int pcache_cache_get_knob(struct pcache_cache *c, const char *name, char *buf, size_t len)
+uint64_t pcache_cache_get(struct pcache_cache *c, enum pcache_knob k)
 {
 	struct pcache_cache_info ci;
-	int n;
 
 	pcache_cache_dev_get_info(c->cd, &ci);
-	if (!strcmp(name, "gc_percent"))
-		n = snprintf(buf, len, "%u\n", ci.gc_percent);
-	else if (!strcmp(name, "writeback_rate"))
-		n = snprintf(buf, len, "%" PRIu64 "\n", ci.wb_rate);
-	else if (!strcmp(name, "dirty_high"))
-		n = snprintf(buf, len, "%u\n", ci.dirty_high);
-	else if (!strcmp(name, "dirty_low"))
-		n = snprintf(buf, len, "%u\n", ci.dirty_low);
-	else if (!strcmp(name, "space_timeout"))
-		n = snprintf(buf, len, "%" PRIu64 "\n", (uint64_t)(atomic_load(&c->segs.wait_timeout_ns) / 1000000000ull));
-	else
-		return -EINVAL;
-	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+	switch (k) {
+	case PCACHE_KNOB_GC_PERCENT: return ci.gc_percent;
+	case PCACHE_KNOB_WRITEBACK_RATE: return ci.wb_rate;
+	case PCACHE_KNOB_DIRTY_HIGH: return ci.dirty_high;
+	case PCACHE_KNOB_DIRTY_LOW: return ci.dirty_low;
+	case PCACHE_KNOB_SPACE_TIMEOUT:
+		return atomic_load(&c->segs.wait_timeout_ns) / 1000000000ull;
+	default: return 0;
+	}
 }
 
-int pcache_image_set_knob(struct pcache_image *img, const char *name, const char *value)
+int pcache_image_set_cache_mode(struct pcache_image *img, uint32_t m)
 {
 	struct pcache_image_ent e;
-	uint32_t m;
 	int ret;
 
-	if (strcmp(name, "cache_mode"))
+	if (m > PCACHE_MODE_WRITEAROUND)
 		return -EINVAL;
-	ret = pcache_mode_parse(value);
-	if (ret < 0)
-		return ret;
-	m = (uint32_t)ret;
 	/* Leaving writeback: drain the image's dirty data first, so the backing is current
 	 * when writes start going to it directly. */
 	if (m != PCACHE_MODE_WRITEBACK && atomic_load(&img->cache_mode) == PCACHE_MODE_WRITEBACK) {
@@ -499,14 +464,9 @@ int pcache_image_set_knob(struct pcache_image *img, const char *name, const char
 	return ret;
 }
 
-int pcache_image_get_knob(struct pcache_image *img, const char *name, char *buf, size_t len)
+uint32_t pcache_image_cache_mode(const struct pcache_image *img)
 {
-	int n;
-
-	if (strcmp(name, "cache_mode"))
-		return -EINVAL;
-	n = snprintf(buf, len, "%s\n", pcache_mode_name(atomic_load(&img->cache_mode)));
-	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+	return atomic_load(&img->cache_mode);
 }
 
 /* ---- status ------------------------------------------------------------------------------- */

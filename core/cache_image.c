@@ -620,3 +620,13 @@ void pcache_image_teardown(struct pcache_cache *c, struct pcache_image *img)
 	img->b = NULL;
 	/* the index is freed with the last reference (stats readers may still look at it) */
 }
+
+bool pcache_name_valid(const char *name)
+{
+	return pcache_image_name_valid(name);
+}
+
+int pcache_cache_known_image(struct pcache_cache *c, const char *name, struct pcache_image_ent *e)
+{
+	return pcache_cache_dev_image_find(c->cd, name, e);
+}

@@ -82,11 +82,11 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 static const char *knob_name(uint64_t ino)
 {
 	switch (ino) {
-	case PFS_INO_GC_PERCENT: return "gc_percent";
-	case PFS_INO_WB_RATE: return "writeback_rate";
-	case PFS_INO_DIRTY_HIGH: return "dirty_high";
-	case PFS_INO_DIRTY_LOW: return "dirty_low";
-	case PFS_INO_SPACE_TIMEOUT: return "space_timeout";
+	case PFS_INO_GC_PERCENT: return pfs_knob_name(PCACHE_KNOB_GC_PERCENT);
+	case PFS_INO_WB_RATE: return pfs_knob_name(PCACHE_KNOB_WRITEBACK_RATE);
+	case PFS_INO_DIRTY_HIGH: return pfs_knob_name(PCACHE_KNOB_DIRTY_HIGH);
+	case PFS_INO_DIRTY_LOW: return pfs_knob_name(PCACHE_KNOB_DIRTY_LOW);
+	case PFS_INO_SPACE_TIMEOUT: return pfs_knob_name(PCACHE_KNOB_SPACE_TIMEOUT);
 	default: return NULL;
 	}
 }
@@ -122,7 +122,7 @@ static void image_path(const char *name, char *buf, size_t len)
 	snprintf(buf, len, "?");
 	if (!e)
 		return;
-	if (pcache_cache_dev_image_find(pcache_cache_device(pfs.cache), name, e) == 0)
+	if (pcache_cache_known_image(pfs.cache, name, e) == 0)
 		snprintf(buf, len, "%s", e->path);
 	free(e);
 }
@@ -549,7 +549,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 			kn = knob_name(fixed_ino);
 			if (!kn)
 				return -EINVAL;
-			ret = pcache_cache_get_knob(pfs.cache, kn, buf, sizeof(buf));
+			ret = pfs_knob_get(pfs.cache, kn, buf, sizeof(buf));
 			if (ret)
 				return ret;
 			pfs_text_printf(out, "%s\n", rtrim(buf));
@@ -561,15 +561,7 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 		image_stats_text(out, s->img);
 		break;
 	case PFS_IK_MODE:
-		ret = pcache_image_get_knob(s->img, "cache_mode", buf, sizeof(buf));
-		if (ret) {
-			struct pcache_image_stats st;
-
-			memset(&st, 0, sizeof(st));
-			pcache_image_get_stats(s->img, &st);
-			snprintf(buf, sizeof(buf), "%s", pcache_mode_name(st.cache_mode));
-		}
-		pfs_text_printf(out, "%s\n", rtrim(buf));
+		pfs_text_printf(out, "%s\n", pcache_mode_name(pcache_image_cache_mode(s->img)));
 		break;
 	default:
 		return -EACCES;
@@ -604,7 +596,7 @@ static int write_attach(const char *value, bool rekey)
 	}
 	memcpy(name, value, (size_t)(colon - value));
 	name[colon - value] = '\0';
-	if (!pcache_image_name_valid(name)) {
+	if (!pcache_name_valid(name)) {
 		pfs_log(LOG_WARNING, "%s: invalid image name '%s'", what, name);
 		return -EINVAL;
 	}
@@ -648,7 +640,7 @@ static int write_give_up(const char *value)
 	}
 	memcpy(name, value, (size_t)(sp - value));
 	name[sp - value] = '\0';
-	if (!pcache_image_name_valid(name)) {
+	if (!pcache_name_valid(name)) {
 		pfs_log(LOG_WARNING, "give_up: invalid image name '%s'", name);
 		return -EINVAL;
 	}
@@ -666,7 +658,7 @@ static int write_detach(const char *value)
 	char err[512];
 	int ret;
 
-	if (!pcache_image_name_valid(value)) {
+	if (!pcache_name_valid(value)) {
 		pfs_log(LOG_WARNING, "detach: invalid image name '%s'", value);
 		return -EINVAL;
 	}
@@ -700,7 +692,7 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 			kn = knob_name(fixed_ino);
 			if (!kn)
 				return -EACCES;
-			ret = pcache_cache_set_knob(pfs.cache, kn, value);
+			ret = pfs_knob_set(pfs.cache, kn, value);
 			if (ret)
 				pfs_log(LOG_WARNING, "%s: bad value '%s': %s", kn, value, strerror(-ret));
 			else
@@ -715,7 +707,7 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 				s->name, value);
 			return -EINVAL;
 		}
-		ret = pcache_image_set_knob(s->img, "cache_mode", value);
+		ret = pfs_mode_set(s->img, value);
 		if (ret)
 			pfs_log(LOG_WARNING, "%s cache_mode: cannot set '%s': %s", s->name, value, strerror(-ret));
 		return ret;

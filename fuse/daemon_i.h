@@ -1,6 +1,7 @@
 /*
  * daemon_i.h -- private interface between the files of the pcachefs daemon (fuse/main.c,
- * opts.c, ops.c, nodes.c, images.c, ctl.c, log.c, notify.c, rangelock.c). Nothing outside fuse/ includes it.
+ * opts.c, ops.c, nodes.c, images.c, ctl.c, knobs.c, log.c, notify.c, rangelock.c). Nothing
+ * outside fuse/ (and the daemon's unit tests) includes it.
  *
  * Lock order (outermost first): pfs.lock (image slots, attach/detach) -> a range lock of one
  * image (rangelock.c) -> engine locks (inside core/). Never hold pfs.lock across engine I/O;
@@ -26,6 +27,19 @@
 
 #define PFS_VERSION "0.1"
 #define PFS_MAX_IMAGE_OPTS 64
+
+/* ---- tunables as text (knobs.c) ----------------------------------------------------------- */
+
+/* The knob called name (its control file's name), or -EINVAL. */
+int pfs_knob_by_name(const char *name);
+const char *pfs_knob_name(enum pcache_knob k);
+/* One decimal number (blanks around it, one trailing newline) at most max: 0 or -EINVAL. */
+int pfs_knob_parse(const char *s, uint64_t max, uint64_t *v);
+/* Set / read a cache knob by name as text ("N\n"); -EINVAL: bad name or value, nothing set. */
+int pfs_knob_set(struct pcache_cache *c, const char *name, const char *text);
+int pfs_knob_get(struct pcache_cache *c, const char *name, char *buf, size_t len);
+/* Set an image's cache mode by name (writeback, writethrough, writearound). */
+int pfs_mode_set(struct pcache_image *img, const char *text);
 
 /* ---- options (opts.c) --------------------------------------------------------------------- */
 

@@ -157,7 +157,7 @@ int pfs_image_attach(const char *name, const char *path, int cache_mode, bool re
 	bool taken;
 	int ret;
 
-	if (!pcache_image_name_valid(name)) {
+	if (!pcache_name_valid(name)) {
 		snprintf(err, errlen, "invalid image name '%s'", name);
 		return -EINVAL;
 	}

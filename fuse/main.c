@@ -283,7 +283,7 @@ static int attach_images(const struct pfs_opts *o)
 	for (i = 0; i < o->n_images; i++) {
 		const struct pfs_image_opt *io = &o->images[i];
 
-		added[i] = pcache_cache_dev_image_find(pcache_cache_device(pfs.cache), io->name, ent) != 0;
+		added[i] = pcache_cache_known_image(pfs.cache, io->name, ent) != 0;
 		err[0] = '\0';
 		ret = pfs_image_attach(io->name, io->path, o->cache_mode, io->rekey, err, sizeof(err));
 		if (ret) {

@@ -180,7 +180,7 @@ static int add_image(struct parse_ctx *c, const char *v)
 	name = strndup(v, (size_t)(colon - v));
 	if (!name)
 		return -1;
-	if (!pcache_image_name_valid(name)) {
+	if (!pcache_name_valid(name)) {
 		perr(c, "invalid image name '%s' (1-127 bytes, no '/', not '.' or '..', no control characters)", name);
 		free(name);
 		return -1;

@@ -146,8 +146,8 @@ static int start(struct run *r, bool emu, char *err, size_t errlen)
 			return ret;
 	}
 	/* the writeback at full speed, never paused for the user's I/O */
-	if (r->bg && (pcache_cache_set_knob(r->c, "dirty_low", "0") ||
-		      pcache_cache_set_knob(r->c, "dirty_high", "1")))
+	if (r->bg && (pcache_cache_set(r->c, PCACHE_KNOB_DIRTY_LOW, 0) ||
+		      pcache_cache_set(r->c, PCACHE_KNOB_DIRTY_HIGH, 1)))
 		return -EINVAL;
 	return 0;
 }

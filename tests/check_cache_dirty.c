@@ -124,7 +124,7 @@ START_TEST(counters_follow_writes_discards_batches_and_gc)
 	ck_assert_uint_eq(counters_match(0), 0);
 	pcache_image_get_stats(img[0], &st);
 	ck_assert_uint_eq(st.dirty_bytes, 0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	pcache_heads_release(c, true);
 	(void)pcache_gc_run(c);
 	ck_assert_uint_eq(counters_match(0), 0);
@@ -224,7 +224,7 @@ START_TEST(counters_and_index_totals_follow_a_random_run)
 		} else if (op < 93) {
 			ck_assert_int_ge(pcache_wb_run_once(c->wb), 0);
 		} else if (op < 97) {
-			ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+			ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 			pcache_heads_release(c, true);
 			(void)pcache_gc_run(c);
 			pcache_gc_clean(c, UINT32_MAX);

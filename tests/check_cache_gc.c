@@ -67,9 +67,9 @@ START_TEST(gc_percent_gates_collection)
 	wr(0, 2u << 20, 1);
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
 	pcache_heads_release(c, true);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "90"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 90), 0);
 	ck_assert_int_eq(pcache_gc_run(c), 0); /* usage far below 90 % */
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	ck_assert_int_gt(pcache_gc_run(c), 0);
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_ge(st.segs_freed, 2);
@@ -85,7 +85,7 @@ START_TEST(gc_never_passes_dirty_tail)
 	struct pcache_cache_status st;
 
 	start(false, 24u << 20, 8u << 20);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	wr(0, 1u << 20, 1);
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	pcache_heads_release(c, true);
@@ -107,7 +107,7 @@ START_TEST(freed_segment_reuse_makes_old_keys_stale)
 	seg = img->ix.sub[0].v[0].seg;
 	gen = pcache_cache_dev_seg_gen(c->cd, seg);
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	ck_assert_int_gt(pcache_gc_run(c), 0);
 	ck_assert_uint_eq(pcache_cache_dev_seg_gen(c->cd, seg), gen + 1);
 	/* reuse everything: other data overwrites the freed segment */
@@ -126,7 +126,7 @@ START_TEST(idle_head_does_not_pin_a_segment)
 	start(false, 24u << 20, 8u << 20);
 	wr(0, 4096, 1); /* a head now sits in a nearly empty segment */
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	(void)pcache_gc_run(c);
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_eq(st.segs_data, 1); /* pinned by the head */
@@ -186,10 +186,10 @@ START_TEST(rate_limit_never_stalls_writers_waiting_for_space)
 
 	/* 1 B/s would take years to free a segment: waiting writers must lift the limit */
 	start(true, 12u << 20, total);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_WRITEBACK_RATE, 1), 0);
 	/* and the watermarks never make it urgent on their own */
-	ck_assert_int_eq(pcache_cache_set_knob(c, "dirty_high", "100"), 0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "dirty_low", "99"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_DIRTY_HIGH, 100), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_DIRTY_LOW, 99), 0);
 	for (off = 0; off < total; off += 65536)
 		wr(off, 65536, (uint32_t)(off >> 16) + 3);
 	for (off = 0; off < total; off += 65536)

@@ -87,7 +87,7 @@ START_TEST(same_file_under_two_names_is_refused)
 	{
 		struct pcache_image_ent e;
 
-		ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "b", &e), -ENOENT);
+		ck_assert_int_eq(pcache_cache_known_image(c, "b", &e), -ENOENT);
 	}
 	/* another file is fine */
 	ck_assert_msg(attach("b", ipath2, err, sizeof(err)) == 0, "%s", err);
@@ -153,7 +153,7 @@ START_TEST(identity_is_recorded_and_a_different_file_refused)
 	char err[512], want[64];
 
 	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "a", &e), 0);
+	ck_assert_int_eq(pcache_cache_known_image(c, "a", &e), 0);
 	ck_assert_int_eq(stat(ipath, &st), 0);
 	snprintf(want, sizeof(want), " ino=%llu", (unsigned long long)st.st_ino);
 	ck_assert_msg(!strncmp(e.ident, "file ", 5) && strstr(e.ident, want), "ident '%s'", e.ident);
@@ -170,7 +170,7 @@ START_TEST(identity_is_recorded_and_a_different_file_refused)
 	{
 		struct pcache_image_ent e2;
 
-		ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "a", &e2), 0);
+		ck_assert_int_eq(pcache_cache_known_image(c, "a", &e2), 0);
 		ck_assert_str_eq(e2.ident, e.ident);
 	}
 }
@@ -188,7 +188,7 @@ START_TEST(identity_survives_a_restart_and_a_new_path)
 	ck_assert_int_eq(rename(ipath, lpath), 0);
 	start();
 	ck_assert_msg(attach("a", lpath, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "a", &e), 0);
+	ck_assert_int_eq(pcache_cache_known_image(c, "a", &e), 0);
 	ck_assert_str_eq(e.path, lpath);
 }
 END_TEST

@@ -153,9 +153,9 @@ static void run_model(bool data_crc, int nops)
 			ck_assert_msg(pcache_image_attach(c, &ao, &img[i], err, sizeof(err)) == 0, "%s", err);
 			counts[5]++;
 		} else if (kind < 97) {
-			static const char *const modes[] = { "writeback", "writethrough", "writearound" };
+			uint32_t mode = (uint32_t)rand_r(&rs) % 3;
 
-			ck_assert_int_eq(pcache_image_set_knob(img[i], "cache_mode", modes[rand_r(&rs) % 3]), 0);
+			ck_assert_int_eq(pcache_image_set_cache_mode(img[i], mode), 0);
 			counts[7]++;
 		} else {
 			/* a read of the whole image now and then */

@@ -271,7 +271,7 @@ START_TEST(stale_key_falls_back_to_the_backing)
 	wr(0, 1u << 20, 4); /* fills exactly one data segment */
 	k = key_at(0);
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	ck_assert_int_gt(pcache_gc_run(c), 0);
 	ck_assert_uint_ne(pcache_cache_dev_seg_gen(c->cd, k.seg), k.seg_gen);
 	/* the key is still in the index but its segment was freed: not pinned */
@@ -440,7 +440,7 @@ START_TEST(pinned_segment_freed_by_gc_is_reused_only_after_unpin)
 	ck_assert_int_eq(pcache_image_read_pin(img, 0, 65536, &pin), 0);
 	ck_assert_uint_eq(gather(&pin, before, 65536), 65536);
 	/* GC frees the segment's last reference: it must not block on the pin */
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	ck_assert_int_gt(pcache_gc_run(c), 0);
 	ck_assert_uint_eq(pcache_cache_dev_seg_gen(c->cd, k.seg), k.seg_gen + 1);
 	ck_assert_uint_eq(readers_of(k.seg), PCACHE_SEG_FREEING | 1u);
@@ -485,7 +485,7 @@ START_TEST(unpinned_freed_segment_is_freed_at_once)
 	ck_assert_int_eq(pcache_image_read_pin(img, 0, 4096, &pin), 0);
 	pcache_read_unpin(&pin);
 	pcache_cache_get_status(c, &st0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	ck_assert_int_gt(pcache_gc_run(c), 0);
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_gt(st.segs_freed, st0.segs_freed);

@@ -318,7 +318,7 @@ START_TEST(stale_key_at_key_tail_does_not_bring_back_an_older_key)
 	wr(0, 0, 8192, 7, 0);   /* same stage, same kset: replaces the ZERO key */
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	ck_assert_int_eq(pcache_image_writeback_all(img[0]), 0);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	pcache_heads_release(c, true);
 	ck_assert_int_gt(pcache_gc_run(c), 0);
 	pcache_cache_dev_get_key_tail(c->cd, &kt);

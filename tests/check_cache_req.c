@@ -427,26 +427,22 @@ END_TEST
 
 START_TEST(knobs_round_trip_and_reject_bad_values)
 {
-	char buf[64];
-
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "50\n"), 0);
-	ck_assert_int_eq(pcache_cache_get_knob(c, "gc_percent", buf, sizeof(buf)), 0);
-	ck_assert_str_eq(buf, "50\n");
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "91"), -EINVAL);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "x"), -EINVAL);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "nope", "1"), -EINVAL);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1048576"), 0);
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
-	ck_assert_int_eq(pcache_image_get_knob(img, "cache_mode", buf, sizeof(buf)), 0);
-	ck_assert_str_eq(buf, "writethrough\n");
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "bogus"), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 50), 0);
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_GC_PERCENT), 50);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 91), -EINVAL);
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_GC_PERCENT), 50);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_DIRTY_HIGH, 101), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_COUNT, 1), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_WRITEBACK_RATE, 1048576), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
+	ck_assert_uint_eq(pcache_image_cache_mode(img), PCACHE_MODE_WRITETHROUGH);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITEAROUND + 1), -EINVAL);
 	/* persisted: survives a restart */
 	stop();
 	start(false);
-	ck_assert_int_eq(pcache_cache_get_knob(c, "gc_percent", buf, sizeof(buf)), 0);
-	ck_assert_str_eq(buf, "50\n");
-	ck_assert_int_eq(pcache_image_get_knob(img, "cache_mode", buf, sizeof(buf)), 0);
-	ck_assert_str_eq(buf, "writethrough\n");
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_GC_PERCENT), 50);
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_WRITEBACK_RATE), 1048576);
+	ck_assert_uint_eq(pcache_image_cache_mode(img), PCACHE_MODE_WRITETHROUGH);
 }
 END_TEST
 
@@ -456,7 +452,7 @@ START_TEST(writethrough_writes_the_backing_at_once)
 	uint32_t v;
 	int fd;
 
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	write_version(4096, 4096, 8, 0);
 	fd = open(ipath, O_RDONLY);
 	ck_assert_int_eq(pread(fd, buf, 4096, 4096), 4096);
@@ -476,7 +472,7 @@ START_TEST(writearound_bypasses_the_cache_and_never_serves_old_data)
 
 	write_version(0, 8192, 1, 0);          /* cached, dirty */
 	check_range_version(65536, 4096, 0);   /* cached clean by a miss fill */
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writearound"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITEAROUND), 0);
 	write_version(4096, 4096, 2, 0);       /* over a dirty key: overridden in the cache too */
 	write_version(65536, 4096, 3, 0);      /* over a clean key */
 	write_version(1u << 20, 4096, 4, 0);   /* nothing cached: bypasses the cache */
@@ -507,7 +503,7 @@ START_TEST(leaving_writeback_drains_dirty_data_first)
 	int fd;
 
 	write_version(8192, 4096, 5, 0); /* dirty in the cache, not on the backing */
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	fd = open(ipath, O_RDONLY);
 	ck_assert_int_eq(pread(fd, buf, 4096, 8192), 4096);
 	close(fd);
@@ -523,13 +519,13 @@ START_TEST(attr_changes_keep_persisted_writeback_progress)
 
 	write_version(0, 4096, 1, 0);
 	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
-	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "vm1", &e), 0);
+	ck_assert_int_eq(pcache_cache_known_image(c, "vm1", &e), 0);
 	lsn = e.wb_lsn;
 	ck_assert_uint_gt(lsn, 0);
 	/* an attribute change must not rewrite the entry from a copy older than the progress */
 	ck_assert_int_eq(pcache_image_set_attr(img, 0640, 12, 34), 0);
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
-	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "vm1", &e), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
+	ck_assert_int_eq(pcache_cache_known_image(c, "vm1", &e), 0);
 	ck_assert_uint_eq(e.wb_lsn, lsn);
 	ck_assert_uint_eq(e.file_mode, 0640);
 	ck_assert_uint_eq(e.uid, 12);

@@ -50,7 +50,6 @@ START_TEST(a_writer_waits_space_timeout_then_gets_eio)
 {
 	struct pcache_cache_status st;
 	uint64_t off, t0, waited = 0;
-	char buf[32];
 	int r = 0;
 
 	for (off = 0; off < IMG_SIZE; off += 1u << 20) {
@@ -68,17 +67,16 @@ START_TEST(a_writer_waits_space_timeout_then_gets_eio)
 	ck_assert_uint_eq(st.space_timeouts, 1);
 	ck_assert_uint_ge(st.full_waits, 1);
 	/* the knob reads back, and a new value applies to the next writer */
-	ck_assert_int_eq(pcache_cache_get_knob(c, "space_timeout", buf, sizeof(buf)), 0);
-	ck_assert_str_eq(buf, "1\n");
-	ck_assert_int_eq(pcache_cache_set_knob(c, "space_timeout", "2"), 0);
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_SPACE_TIMEOUT), 1);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_SPACE_TIMEOUT, 2), 0);
 	t0 = pcache_now_ns();
 	ck_assert_int_eq(eng_write(img, off, 1u << 20, 1, 2), -EIO);
 	waited = pcache_now_ns() - t0;
 	ck_assert_msg(waited >= 1900ull * 1000 * 1000, "waited %llu ms", (unsigned long long)(waited / 1000000));
 	pcache_cache_get_status(c, &st);
 	ck_assert_uint_eq(st.space_timeouts, 2);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "space_timeout", "-1"), -EINVAL);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "space_timeout", "lots"), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_SPACE_TIMEOUT, 24 * 3600 + 1), -EINVAL);
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_SPACE_TIMEOUT), 2);
 }
 END_TEST
 
@@ -108,7 +106,7 @@ START_TEST(giving_up_an_image_lets_the_others_write_back)
 	ck_assert_int_eq(pcache_image_give_up(c, "nosuch", NULL), -ENOENT);
 	ck_assert_int_eq(pcache_image_give_up(c, "s", &lost), 0);
 	ck_assert_uint_eq(lost, 1u << 20);
-	ck_assert_int_eq(pcache_cache_dev_image_find(pcache_cache_device(c), "s", &e), -ENOENT);
+	ck_assert_int_eq(pcache_cache_known_image(c, "s", &e), -ENOENT);
 	/* everything else is written back, and dirty_tail reaches the head */
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
 	memset(&st, 0, sizeof(st));

@@ -410,7 +410,7 @@ START_TEST(a_key_replaced_by_a_staged_key_is_never_left_clean_and_unwritten)
 		ck_assert_msg(v[s] == 1 || v[s] == 2, "sector %d: %u after the crash", s, v[s]);
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
 	engine_and_backing_are(0, 65536, v);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	pcache_heads_release(c, true);
 	(void)pcache_gc_run(c);
 	engine_and_backing_are(0, 65536, v);  /* GC changes nothing either */
@@ -422,7 +422,7 @@ START_TEST(a_key_replaced_by_a_staged_writethrough_key_is_never_left_clean_and_u
 {
 	uint32_t v[128];
 
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	wr(0, 65536, 1);
 	ck_assert_int_eq(pcache_stages_close_all(c, false, false, false), 0);
 	wr(0, 65536, 2);         /* on the backing; its key staged only */
@@ -432,7 +432,7 @@ START_TEST(a_key_replaced_by_a_staged_writethrough_key_is_never_left_clean_and_u
 	engine_read_versions(0, 65536, v);
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
 	engine_and_backing_are(0, 65536, v);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "gc_percent", "0"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
 	pcache_heads_release(c, true);
 	(void)pcache_gc_run(c);
 	engine_and_backing_are(0, 65536, v);
@@ -443,7 +443,7 @@ END_TEST
  * of the first epoch alone must not put the older data back on the backing. */
 START_TEST(an_older_key_is_never_written_over_a_writethrough_one)
 {
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	wr(0, 65536, 1);
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	wr(16384, 16384, 2);
@@ -463,7 +463,7 @@ END_TEST
 START_TEST(an_older_key_is_never_written_over_a_writearound_one)
 {
 	wr(0, 65536, 1);
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writearound"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITEAROUND), 0);
 	wr(0, 65536, 2);    /* cached: staged over the cached copy */
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	wr(0, 8192, 3);
@@ -491,7 +491,7 @@ START_TEST(a_writethrough_backing_write_waits_for_the_writebacks_batch)
 {
 	pthread_t t;
 
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	wr(1u << 20, 4096, 6);
 	pthread_rwlock_wrlock(&img->through_lock);
 	ck_assert_int_eq(pthread_create(&t, NULL, wt_writer, NULL), 0);
@@ -542,11 +542,11 @@ START_TEST(a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate
 	bool done_in_sleep;
 	int i;
 
-	ck_assert_int_eq(pcache_image_set_knob(img, "cache_mode", "writethrough"), 0);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	wr(0, 3u << 20, 1);      /* one epoch, at least 3 requests of at most 1 MiB */
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	/* 1 B/s: the bucket's 1 MiB burst runs out before the batch's last request */
-	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "1"), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_WRITEBACK_RATE, 1), 0);
 	atomic_store(&wt_done, false);
 	ck_assert_int_eq(pthread_create(&wbt, NULL, wb_batch_thread, NULL), 0);
 	for (i = 0; i < 1000; i++) {
@@ -558,7 +558,7 @@ START_TEST(a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate
 	ck_assert_uint_gt(st.rate_waits, 0);
 	ck_assert_int_eq(pthread_create(&wt, NULL, wt_rewriter, NULL), 0);
 	done_in_sleep = wait_for(&wt_done, 3000);
-	ck_assert_int_eq(pcache_cache_set_knob(c, "writeback_rate", "0"), 0); /* wake the batch */
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_WRITEBACK_RATE, 0), 0); /* wake the batch */
 	ck_assert_int_eq(pthread_join(wbt, NULL), 0);
 	ck_assert_int_eq(pthread_join(wt, NULL), 0);
 	ck_assert_msg(done_in_sleep, "the writethrough write waited for the rate-limited batch");

@@ -111,7 +111,7 @@ static void expect(uint64_t off, uint32_t want)
 /* Device offset of a log position. */
 static uint64_t dev_off(const struct pcache_pos *p)
 {
-	struct pcache_cache_dev *cd = pcache_cache_device(c);
+	struct pcache_cache_dev *cd = c->cd;
 
 	return (uint64_t)((uint8_t *)pcache_cache_dev_seg_addr(cd, p->seg) -
 			  (uint8_t *)pcache_cache_dev_base(cd)) + p->off;
@@ -139,8 +139,8 @@ static int walk_all(struct seen *s, struct pcache_pos *end, int *why, uint64_t *
 	struct pcache_pos kt;
 	int ret;
 
-	ck_assert_int_eq(pcache_log_reader_new(pcache_cache_device(c), &rd), 0);
-	pcache_cache_dev_get_key_tail(pcache_cache_device(c), &kt);
+	ck_assert_int_eq(pcache_log_reader_new(c->cd, &rd), 0);
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
 	ret = pcache_log_walk(rd, &kt, 0, remember, s, end, why, n);
 	pcache_log_reader_free(rd);
 	return ret;
@@ -194,7 +194,7 @@ START_TEST(a_window_read_before_a_kset_was_written_is_read_again)
 
 	logged_write(0, 1);
 	pcache_log_head(c, &head);
-	ck_assert_int_eq(pcache_log_reader_new(pcache_cache_device(c), &rd), 0);
+	ck_assert_int_eq(pcache_log_reader_new(c->cd, &rd), 0);
 	ck_assert_int_eq(pcache_log_read(rd, &head, &ks), -EUCLEAN); /* nothing there yet */
 	first = head;
 	/* the window now holds the (empty) bytes at head; the log grows into them */
@@ -226,7 +226,7 @@ START_TEST(a_media_error_is_eio_and_narrowed_to_its_kset)
 	poison.off[0] = dev_off(&s.pos[bad]) + PCACHE_KSET_HDR_SIZE;
 	poison.len[0] = 16;
 	poison.n = 1;
-	ck_assert_int_eq(pcache_log_reader_new(pcache_cache_device(c), &rd), 0);
+	ck_assert_int_eq(pcache_log_reader_new(c->cd, &rd), 0);
 	/* the kset before it shares its window: the wide read fails, the narrow one does not */
 	ck_assert_int_eq(pcache_log_read(rd, &s.pos[bad - 1], &ks), 0);
 	ck_assert_int_eq(pcache_log_read(rd, &s.pos[bad], &ks), -EIO);
@@ -278,7 +278,7 @@ START_TEST(an_unreadable_kset_before_dirty_tail_loses_nothing)
 	ck_assert_int_eq(pcache_cache_writeback_all(c), 0); /* the four are on the backing */
 	logged_write(4 * 65536, 5);                         /* dirty, after dirty_tail */
 	ck_assert_int_eq(walk_all(&s, &end, &why, &n), 0);
-	pcache_cache_dev_get_dirty_tail(pcache_cache_device(c), &dt);
+	pcache_cache_dev_get_dirty_tail(c->cd, &dt);
 	ck_assert_uint_lt(s.pos[1].lsn, dt.lsn);
 	poison.off[0] = dev_off(&s.pos[1]);
 	poison.len[0] = 64;
@@ -286,7 +286,7 @@ START_TEST(an_unreadable_kset_before_dirty_tail_loses_nothing)
 	poison.n = 1;
 	start();
 	ck_assert_uint_eq(atomic_load(&c->media_errors), 1);
-	pcache_cache_dev_get_key_tail(pcache_cache_device(c), &kt);
+	pcache_cache_dev_get_key_tail(c->cd, &kt);
 	ck_assert_uint_eq(kt.lsn, dt.lsn); /* the log starts at dirty_tail now */
 	for (i = 0; i < 5; i++)
 		expect((uint64_t)i * 65536, (uint32_t)i + 1);

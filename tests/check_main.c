@@ -32,6 +32,7 @@ Suite *cache_req_suite(void);
 Suite *cache_space_suite(void);
 Suite *cache_wbskip_suite(void);
 Suite *cache_writeback_suite(void);
+Suite *daemon_knobs_suite(void);
 Suite *log_suite(void);
 Suite *util_suite(void);
 Suite *util_crc_suite(void);
@@ -60,6 +61,7 @@ static const struct {
 	{ cache_space_suite, false },
 	{ cache_wbskip_suite, true },
 	{ cache_writeback_suite, true },
+	{ daemon_knobs_suite, false },
 	{ log_suite, false },
 	{ util_suite, false },
 	{ util_crc_suite, false },

@@ -76,8 +76,6 @@ void pcache_cache_abort_waits(struct pcache_cache *c);
 /* Start the background threads deferred by defer_background (else a no-op). 0 or -errno. */
 int pcache_cache_start_background(struct pcache_cache *c, char *err, size_t errlen);
 
-struct pcache_cache_dev *pcache_cache_device(struct pcache_cache *c);
-
 /* ---- images ------------------------------------------------------------------------------- */
 
 struct pcache_attach_opts {
@@ -241,15 +239,31 @@ int pcache_image_writeback_all(struct pcache_image *img);
 int pcache_cache_writeback_all(struct pcache_cache *c);
 
 /*
- * Knobs by name, values as text (the control tree writes them as they come). Cache knobs:
- * gc_percent, writeback_rate (bytes/s), dirty_high, dirty_low. Image knobs: cache_mode
- * (writeback|writethrough|writearound). -EINVAL for a bad name or value: nothing changes.
- * Accepted values are persisted before return.
+ * Tunables, typed (the daemon turns the control files' text into these: fuse/knobs.c). A value
+ * above pcache_knob_max() is -EINVAL and changes nothing; an accepted one is persisted in
+ * cache_info before return, except space_timeout (seconds), which lives for the run only.
  */
-int pcache_cache_set_knob(struct pcache_cache *c, const char *name, const char *value);
-int pcache_cache_get_knob(struct pcache_cache *c, const char *name, char *buf, size_t len);
-int pcache_image_set_knob(struct pcache_image *img, const char *name, const char *value);
-int pcache_image_get_knob(struct pcache_image *img, const char *name, char *buf, size_t len);
+enum pcache_knob {
+	PCACHE_KNOB_GC_PERCENT,      /* GC starts at this percent of segments used (0..90) */
+	PCACHE_KNOB_WRITEBACK_RATE,  /* bytes/s, 0 = unlimited */
+	PCACHE_KNOB_DIRTY_HIGH,      /* percent of the data area dirty: writeback at full speed */
+	PCACHE_KNOB_DIRTY_LOW,       /* ... until below this one */
+	PCACHE_KNOB_SPACE_TIMEOUT,   /* seconds a writer waits for space (0 = no limit) */
+	PCACHE_KNOB_COUNT
+};
+uint64_t pcache_knob_max(enum pcache_knob k);
+int pcache_cache_set(struct pcache_cache *c, enum pcache_knob k, uint64_t v);
+uint64_t pcache_cache_get(struct pcache_cache *c, enum pcache_knob k);
+/*
+ * An image's cache mode (PCACHE_MODE_*, format.h). Leaving writeback first writes the image's
+ * dirty data back (its error is returned and the mode stays). Persisted. -EINVAL: no such mode.
+ */
+int pcache_image_set_cache_mode(struct pcache_image *img, uint32_t mode);
+uint32_t pcache_image_cache_mode(const struct pcache_image *img);
+/* Is name valid for an image (the image table's rule: [A-Za-z0-9._-], 1..PCACHE_NAME_MAX)? */
+bool pcache_name_valid(const char *name);
+/* The image table's entry of a known image by name (attached or not): 0 or -ENOENT. */
+int pcache_cache_known_image(struct pcache_cache *c, const char *name, struct pcache_image_ent *e);
 
 /* ---- status ------------------------------------------------------------------------------- */
 
