@@ -1,5 +1,7 @@
 /*
- * backing_dev.c -- backing images (regular files or block devices) served through io_uring.
+ * backing_dev.c -- backing images (regular files or block devices) served through io_uring:
+ * requests, the completion thread, the ioctl worker, close (opening is in backing_open.c, the
+ * structures in backing_i.h).
  *
  * One ring per image, owned by one completion thread: it drains the submit queue into the
  * ring (one io_uring_enter per operation, see bk_fill_sq()), sleeps in io_uring_enter,
@@ -61,125 +63,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "pcache/backing.h"
-#include "pcache/util.h"
-
-#define BK_DEFAULT_DEPTH 128u
-#define BK_MAX_DEPTH 4096u
-#define BK_POOL_CHUNK 64u
-#define BK_OP_MAX (1u << 30)     /* bytes per ring operation (the SQE length is 32-bit) */
-#define BK_ZBUF_SIZE (1u << 20)  /* the shared zero buffer for zeroing fallbacks */
-#define BK_MAX_RETRIES 64u       /* -EAGAIN / -EINTR / -ECANCELED resubmissions per request */
-#define BK_EFD_TAG ((uint64_t)1) /* user_data of the armed eventfd read (requests are aligned) */
-
-enum bk_stage {
-	BK_ST_START,
-	BK_ST_IO,       /* read or write of op_buf at op_off (the request's own op) */
-	BK_ST_RMW_HEAD, /* reading the first aligned block of a read-modify-write */
-	BK_ST_RMW_TAIL, /* reading the last aligned block */
-	BK_ST_FSYNC,
-	BK_ST_FALLOC,
-	BK_ST_WORKER,   /* ioctl on the worker thread */
-	BK_ST_PARENT,   /* waiting for children */
-};
-
-struct bk_req {
-	struct bk_req *next;
-	struct pcache_backing_io io;  /* the caller's description (copied at submission) */
-	uint8_t *data;                /* the caller's memory for READ/WRITE */
-	struct bk_req *parent;        /* internal child: the request it belongs to */
-
-	/* the current operation */
-	uint8_t stage;
-	bool rmw_owner;               /* holds b->rmw_busy */
-	bool counted;                 /* a top-level request (stats count it) */
-	int falloc_mode;
-	uint8_t *op_buf;
-	uint64_t op_off;
-	size_t op_len, op_done, op_ask;
-	unsigned int retries;
-	int worker_res;
-
-	/* bounce: the aligned extent [b_off, b_off + b_len) */
-	uint8_t *bounce;
-	uint64_t b_off;
-	size_t b_len;
-
-	/* PARENT */
-	unsigned int children;
-	int child_status;
-};
-
-struct bk_list {
-	struct bk_req *head, *tail;
-};
-
-struct bk_chunk {
-	struct bk_chunk *next;
-	struct bk_req reqs[BK_POOL_CHUNK];
-};
-
-/*
- * One lock (b->lock), innermost: callers may hold their own locks when they submit, and the
- * layer never calls out (end callbacks, upper get/put) with it held. The ring and the fields
- * after "completion thread only" belong to the completion thread.
- */
-struct pcache_backing {
-	/* immutable after open */
-	int fd;
-	int efd;                      /* eventfd waking the completion thread */
-	char *path;
-	uint64_t size;
-	uint32_t lbs;
-	uint32_t align;               /* offset/length alignment for O_DIRECT (1 when buffered) */
-	uint32_t mem_align;           /* memory alignment for O_DIRECT (1 when buffered) */
-	unsigned int depth;           /* operations allowed in the kernel at once */
-	bool direct, blockdev, read_only;
-	struct pcache_ident ident;    /* what the image reaches (backing_ident.c) */
-	pthread_t cq_thread;
-	pthread_t worker;
-	bool have_worker;
-	sem_t started;                /* the completion thread set up the ring (start_ret) */
-	int start_ret;
-
-	/* lock: the pool, the submit queue, the worker and done queues, in_flight, closing, idle */
-	pthread_mutex_t lock;
-	struct bk_req *free_list;
-	struct bk_chunk *chunks;
-	struct bk_list submit_q;
-	struct bk_list worker_q;
-	struct bk_list done_q;        /* worker results waiting for the completion thread */
-	pthread_cond_t worker_cond;
-	pthread_cond_t room_cond;     /* in_flight went down (direct submitters wait on it) */
-	unsigned int room_waiters;
-	uint64_t in_flight;
-	bool closing;
-	bool worker_stop;
-	bool cq_idle;                 /* the completion thread sleeps (or is about to): wake it */
-
-	/* completion thread only */
-	struct io_uring ring;
-	unsigned int ring_busy;
-	struct bk_list start_q;       /* accepted requests not planned yet */
-	struct bk_list ready_q;       /* planned operations waiting for a ring slot */
-	struct bk_list rmw_wait;      /* read-modify-writes waiting for rmw_busy */
-	struct bk_req *release;       /* finished requests to give back to the pool */
-	unsigned int release_n;
-	bool rmw_busy;
-	bool kicked;                  /* a callback submitted: gather before sleeping */
-	bool efd_armed;
-	uint64_t efd_val;
-	uint8_t *zbuf;                /* BK_ZBUF_SIZE zeros, allocated on first need */
-
-	/* statistics (relaxed atomics) */
-	uint64_t st_submitted, st_completed, st_errors, st_short, st_bounced, st_flushes;
-};
+#include "backing_i.h"
 
 static __thread struct pcache_backing *bk_self; /* set on a backing's completion thread */
 static __thread struct pcache_backing *bk_plugged; /* this thread holds back wakes (plug) */
 static __thread bool bk_plug_pending;             /* ... and one is owed at unplug */
-
-#define bk_stat_add(b, field) __atomic_fetch_add(&(b)->field, 1, __ATOMIC_RELAXED)
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
@@ -783,7 +671,7 @@ static int bk_ring_init(struct pcache_backing *b)
 	return ret;
 }
 
-static void *bk_cq_main(void *arg)
+void *pcache_bk_cq_main(void *arg)
 {
 	struct pcache_backing *b = arg;
 
@@ -838,7 +726,7 @@ static void *bk_cq_main(void *arg)
 
 /* ---- worker (block-device ioctls) ---------------------------------------------------------- */
 
-static void *bk_worker_main(void *arg)
+void *pcache_bk_worker_main(void *arg)
 {
 	struct pcache_backing *b = arg;
 
@@ -1034,259 +922,6 @@ bool pcache_backing_is_direct(const struct pcache_backing *b) { return b->direct
 bool pcache_backing_is_blockdev(const struct pcache_backing *b) { return b->blockdev; }
 const char *pcache_backing_path(const struct pcache_backing *b) { return b->path; }
 const struct pcache_ident *pcache_backing_ident(const struct pcache_backing *b) { return &b->ident; }
-
-/* ---- open and close ------------------------------------------------------------------------ */
-
-#define BK_HOLDER_MAX 2200
-#define bk_err(err, errlen, ...) \
-	do { if (err && errlen) snprintf(err, errlen, __VA_ARGS__); } while (0)
-
-/* Refuse anything that is not a regular file or a block device. */
-static int bk_check_type(const char *path, mode_t mode, char *err, size_t errlen)
-{
-	const char *what;
-
-	if (S_ISREG(mode) || S_ISBLK(mode))
-		return 0;
-	if (S_ISDIR(mode)) {
-		bk_err(err, errlen, "%s: is a directory, not an image", path);
-		return -EISDIR;
-	}
-	what = S_ISFIFO(mode) ? "a FIFO" : S_ISSOCK(mode) ? "a socket" :
-	       S_ISCHR(mode) ? "a character device" : "not a regular file or block device";
-	bk_err(err, errlen, "%s: is %s, not an image", path, what);
-	return -EINVAL;
-}
-
-/* Size, logical block size and O_DIRECT alignment of the open image. */
-static int bk_probe(struct pcache_backing *b, char *err, size_t errlen)
-{
-	struct stat st;
-	struct statx stx;
-
-	if (fstat(b->fd, &st) < 0) {
-		bk_err(err, errlen, "%s: fstat: %s", b->path, strerror(errno));
-		return -errno;
-	}
-	if (bk_check_type(b->path, st.st_mode, err, errlen))
-		return -EINVAL;
-	b->blockdev = S_ISBLK(st.st_mode);
-	if (b->blockdev) {
-		int ssz = 0;
-
-		if (ioctl(b->fd, BLKGETSIZE64, &b->size) < 0 || ioctl(b->fd, BLKSSZGET, &ssz) < 0) {
-			bk_err(err, errlen, "%s: block device size query: %s", b->path,
-			       strerror(errno));
-			return -errno;
-		}
-		if (ssz < 512 || !PCACHE_IS_POW2((unsigned int)ssz)) {
-			bk_err(err, errlen, "%s: odd logical block size %d", b->path, ssz);
-			return -EINVAL;
-		}
-		b->lbs = (uint32_t)ssz;
-	} else {
-		b->size = (uint64_t)st.st_size;
-		b->lbs = 512;
-	}
-	if (b->size == 0 && b->blockdev) {
-		/* no medium: a loop device with no file behind it, an empty card reader */
-		bk_err(err, errlen, "%s: block device of size 0 (no medium, or a loop device with no file)",
-		       b->path);
-		return -ENXIO;
-	}
-	if (b->size == 0) {
-		bk_err(err, errlen, "%s: size is 0", b->path);
-		return -EINVAL;
-	}
-	if (b->size % 512) {
-		bk_err(err, errlen, "%s: size %llu is not a multiple of 512", b->path,
-		       (unsigned long long)b->size);
-		return -EINVAL;
-	}
-	b->align = b->mem_align = 1;
-	if (b->direct) {
-		b->align = b->lbs;
-		b->mem_align = 512;
-		if (statx(b->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-		    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
-			b->align = PCACHE_MAX(b->align, stx.stx_dio_offset_align);
-			b->mem_align = PCACHE_MAX(b->mem_align, stx.stx_dio_mem_align);
-		}
-	}
-	return 0;
-}
-
-/* Take ownership of the open image: flock a file, O_EXCL (at open) for a block device. */
-static int bk_own(struct pcache_backing *b, char *err, size_t errlen)
-{
-	char holder[160];
-
-	if (b->blockdev)
-		return 0; /* opened O_EXCL */
-	if (flock(b->fd, (b->read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0)
-		return 0;
-	if (errno != EWOULDBLOCK) {
-		bk_err(err, errlen, "%s: lock: %s", b->path, strerror(errno));
-		return -errno;
-	}
-	pcache_flock_holder(b->fd, holder, sizeof(holder));
-	bk_err(err, errlen, "%s: in use: locked by %s", b->path, holder);
-	return -EBUSY;
-}
-
-static int bk_open_fd(struct pcache_backing *b, const char *path, bool no_direct, char *err,
-		      size_t errlen)
-{
-	int flags = (b->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
-	struct stat st;
-	int ret;
-
-	/* O_EXCL on a block device claims it (refused while mounted or claimed elsewhere) */
-	if (stat(path, &st) == 0 && S_ISBLK(st.st_mode))
-		flags |= O_EXCL;
-
-	b->direct = false;
-	if (!no_direct) {
-		b->fd = open(path, flags | O_DIRECT);
-		if (b->fd >= 0)
-			b->direct = true;
-		else if (errno != EINVAL)
-			goto fail;
-	}
-	if (!b->direct)
-		b->fd = open(path, flags);
-	if (b->fd < 0)
-		goto fail;
-	ret = bk_probe(b, err, errlen);
-	if (ret)
-		goto close_fd;
-	ret = bk_own(b, err, errlen);
-	if (ret)
-		goto close_fd;
-	ret = pcache_ident_fd(b->fd, &b->ident);
-	if (ret) {
-		bk_err(err, errlen, "%s: identity: %s", path, strerror(-ret));
-		goto close_fd;
-	}
-	if (b->direct && (b->size % b->align)) {
-		/* the last block could never be written with O_DIRECT: stay buffered */
-		close(b->fd);
-		return bk_open_fd(b, path, true, err, errlen);
-	}
-	return 0;
-
-fail:
-	ret = -errno;
-	if (ret == -EBUSY && (flags & O_EXCL)) {
-		char holder[BK_HOLDER_MAX];
-
-		pcache_blockdev_holder(st.st_rdev, holder, sizeof(holder));
-		bk_err(err, errlen, "%s: busy: %s", path, holder);
-		return ret;
-	}
-	bk_err(err, errlen, "%s: open: %s", path, strerror(-ret));
-	return ret;
-close_fd:
-	close(b->fd);
-	b->fd = -1;
-	return ret;
-}
-
-int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts,
-			struct pcache_backing **out, char *err, size_t errlen)
-{
-	struct pcache_backing_opts def = { 0 };
-	struct pcache_backing *b;
-	struct stat st;
-	int ret;
-
-	if (!opts)
-		opts = &def;
-	if (err && errlen)
-		err[0] = 0;
-	if (stat(path, &st) < 0) {
-		ret = -errno;
-		bk_err(err, errlen, "%s: %s", path, strerror(errno));
-		return ret;
-	}
-	ret = bk_check_type(path, st.st_mode, err, errlen);
-	if (ret)
-		return ret;
-
-	b = calloc(1, sizeof(*b));
-	if (!b) {
-		bk_err(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	b->fd = b->efd = -1;
-	b->read_only = opts->read_only;
-	b->depth = opts->queue_depth ? PCACHE_MIN(opts->queue_depth, BK_MAX_DEPTH) :
-		   BK_DEFAULT_DEPTH;
-	b->path = strdup(path);
-	if (!b->path) {
-		ret = -ENOMEM;
-		bk_err(err, errlen, "out of memory");
-		goto free_b;
-	}
-	ret = bk_open_fd(b, path, opts->no_direct, err, errlen);
-	if (ret)
-		goto free_path;
-	b->efd = eventfd(0, EFD_CLOEXEC);
-	if (b->efd < 0) {
-		ret = -errno;
-		bk_err(err, errlen, "eventfd: %s", strerror(errno));
-		goto close_fd;
-	}
-	pthread_mutex_init(&b->lock, NULL);
-	sem_init(&b->started, 0, 0);
-	pthread_cond_init(&b->room_cond, NULL);
-	pthread_cond_init(&b->worker_cond, NULL);
-	if (b->blockdev && !b->read_only) {
-		ret = -pthread_create(&b->worker, NULL, bk_worker_main, b);
-		if (ret) {
-			bk_err(err, errlen, "worker thread: %s", strerror(-ret));
-			goto destroy_sync;
-		}
-		b->have_worker = true;
-	}
-	ret = -pthread_create(&b->cq_thread, NULL, bk_cq_main, b);
-	if (ret) {
-		bk_err(err, errlen, "completion thread: %s", strerror(-ret));
-		goto stop_worker;
-	}
-	while (sem_wait(&b->started) && errno == EINTR)
-		;
-	if (b->start_ret < 0) {
-		ret = b->start_ret;
-		bk_err(err, errlen, "io_uring setup: %s", strerror(-ret));
-		pthread_join(b->cq_thread, NULL);
-		goto stop_worker;
-	}
-	*out = b;
-	return 0;
-
-stop_worker:
-	if (b->have_worker) {
-		pthread_mutex_lock(&b->lock);
-		b->worker_stop = true;
-		pthread_cond_signal(&b->worker_cond);
-		pthread_mutex_unlock(&b->lock);
-		pthread_join(b->worker, NULL);
-	}
-destroy_sync:
-	sem_destroy(&b->started);
-	pthread_cond_destroy(&b->worker_cond);
-	pthread_cond_destroy(&b->room_cond);
-	pthread_mutex_destroy(&b->lock);
-	close(b->efd);
-close_fd:
-	close(b->fd);
-free_path:
-	free(b->path);
-free_b:
-	free(b);
-	return ret;
-}
 
 void pcache_backing_close(struct pcache_backing *b)
 {
