@@ -923,6 +923,25 @@ bool pcache_backing_is_blockdev(const struct pcache_backing *b) { return b->bloc
 const char *pcache_backing_path(const struct pcache_backing *b) { return b->path; }
 const struct pcache_ident *pcache_backing_ident(const struct pcache_backing *b) { return &b->ident; }
 
+void pcache_bk_stop_worker(struct pcache_backing *b)
+{
+	if (!b->have_worker)
+		return;
+	pthread_mutex_lock(&b->lock);
+	b->worker_stop = true;
+	pthread_cond_signal(&b->worker_cond);
+	pthread_mutex_unlock(&b->lock);
+	pthread_join(b->worker, NULL);
+}
+
+void pcache_bk_destroy_sync(struct pcache_backing *b)
+{
+	sem_destroy(&b->started);
+	pthread_cond_destroy(&b->worker_cond);
+	pthread_cond_destroy(&b->room_cond);
+	pthread_mutex_destroy(&b->lock);
+}
+
 void pcache_backing_close(struct pcache_backing *b)
 {
 	struct bk_chunk *c;
@@ -938,17 +957,8 @@ void pcache_backing_close(struct pcache_backing *b)
 	pthread_mutex_unlock(&b->lock);
 	bk_wake(b);
 	pthread_join(b->cq_thread, NULL); /* returns once in_flight reached 0 (invariant 1) */
-	if (b->have_worker) {
-		pthread_mutex_lock(&b->lock);
-		b->worker_stop = true;
-		pthread_cond_signal(&b->worker_cond);
-		pthread_mutex_unlock(&b->lock);
-		pthread_join(b->worker, NULL);
-	}
-	sem_destroy(&b->started);
-	pthread_cond_destroy(&b->worker_cond);
-	pthread_cond_destroy(&b->room_cond);
-	pthread_mutex_destroy(&b->lock);
+	pcache_bk_stop_worker(b);
+	pcache_bk_destroy_sync(b);
 	io_uring_queue_exit(&b->ring); /* also cancels the armed eventfd read */
 	close(b->efd);
 	close(b->fd);

@@ -131,5 +131,9 @@ struct pcache_backing {
 /* Thread entries (backing_dev.c): the completion thread of b, and its ioctl worker. */
 void *pcache_bk_cq_main(void *arg);
 void *pcache_bk_worker_main(void *arg);
+/* Stop and join the ioctl worker if it runs; destroy b's locks and semaphores (close, a
+ * failed open). */
+void pcache_bk_stop_worker(struct pcache_backing *b);
+void pcache_bk_destroy_sync(struct pcache_backing *b);
 
 #endif

@@ -251,18 +251,9 @@ int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts
 	return 0;
 
 stop_worker:
-	if (b->have_worker) {
-		pthread_mutex_lock(&b->lock);
-		b->worker_stop = true;
-		pthread_cond_signal(&b->worker_cond);
-		pthread_mutex_unlock(&b->lock);
-		pthread_join(b->worker, NULL);
-	}
+	pcache_bk_stop_worker(b);
 destroy_sync:
-	sem_destroy(&b->started);
-	pthread_cond_destroy(&b->worker_cond);
-	pthread_cond_destroy(&b->room_cond);
-	pthread_mutex_destroy(&b->lock);
+	pcache_bk_destroy_sync(b);
 	close(b->efd);
 close_fd:
 	close(b->fd);

@@ -374,6 +374,18 @@ int pcache_wb_run_once(struct pcache_wb *wb)
 
 /* ---- start, stop, controls ---------------------------------------------------------------- */
 
+/* The locks and condition variables of wb (no thread uses them any more). */
+static void wb_destroy_sync(struct pcache_wb *wb)
+{
+	pthread_cond_destroy(&wb->io_cond);
+	pthread_mutex_destroy(&wb->io_lock);
+	pthread_cond_destroy(&wb->done_cond);
+	pthread_cond_destroy(&wb->cond);
+	pthread_mutex_destroy(&wb->lock);
+	pthread_mutex_destroy(&wb->persist_lock);
+	pthread_mutex_destroy(&wb->run_lock);
+}
+
 int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops, void *ctx,
 		    const struct pcache_wb_opts *opts, struct pcache_wb **out)
 {
@@ -442,13 +454,7 @@ int pcache_wb_start(struct pcache_cache_dev *cd, const struct pcache_wb_ops *ops
 	return 0;
 
 err_sync:
-	pthread_cond_destroy(&wb->io_cond);
-	pthread_mutex_destroy(&wb->io_lock);
-	pthread_cond_destroy(&wb->done_cond);
-	pthread_cond_destroy(&wb->cond);
-	pthread_mutex_destroy(&wb->lock);
-	pthread_mutex_destroy(&wb->persist_lock);
-	pthread_mutex_destroy(&wb->run_lock);
+	wb_destroy_sync(wb);
 err_free:
 	pcache_log_reader_free(wb->rd);
 	free(wb->table);
@@ -499,13 +505,7 @@ int pcache_wb_stop_timed(struct pcache_wb *wb, uint64_t wait_ns)
 	}
 	pcache_wb_wait_inflight(wb, 0, 0);
 	pcache_wb_persist_images(wb, true);
-	pthread_cond_destroy(&wb->io_cond);
-	pthread_mutex_destroy(&wb->io_lock);
-	pthread_cond_destroy(&wb->done_cond);
-	pthread_cond_destroy(&wb->cond);
-	pthread_mutex_destroy(&wb->lock);
-	pthread_mutex_destroy(&wb->persist_lock);
-	pthread_mutex_destroy(&wb->run_lock);
+	wb_destroy_sync(wb);
 	free(wb->imgs);
 	free(wb->exts.v);
 	free(wb->reqs.v);
