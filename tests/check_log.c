@@ -65,12 +65,7 @@ static void start(void)
 
 static void stop(void)
 {
-	if (img)
-		pcache_image_put(img);
-	img = NULL;
-	if (c)
-		ck_assert_int_eq(pcache_cache_stop(c, false), 0);
-	c = NULL;
+	ck_assert_int_eq(eng_stop(&c, &img), 0);
 }
 
 static void setup(void)

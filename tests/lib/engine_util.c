@@ -108,15 +108,23 @@ int eng_write(struct pcache_image *img, uint64_t off, size_t len, uint32_t tag, 
 	return ret;
 }
 
-void eng_close(struct pcache_cache **c, struct pcache_image **img, const char *cache_path,
-	       const char *image_path)
+int eng_stop(struct pcache_cache **c, struct pcache_image **img)
 {
+	int ret = 0;
+
 	if (*img)
 		pcache_image_put(*img);
 	*img = NULL;
 	if (*c)
-		pcache_cache_stop(*c, false);
+		ret = pcache_cache_stop(*c, false);
 	*c = NULL;
+	return ret;
+}
+
+void eng_close(struct pcache_cache **c, struct pcache_image **img, const char *cache_path,
+	       const char *image_path)
+{
+	(void)eng_stop(c, img);
 	unlink(cache_path);
 	unlink(image_path);
 }

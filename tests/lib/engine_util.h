@@ -32,6 +32,8 @@ int eng_start(const char *cache_path, const char *image_path, const char *name, 
 	      size_t errlen);
 /* Write len bytes of eng_fill(tag, off, v) at off through the engine. 0 or -errno. */
 int eng_write(struct pcache_image *img, uint64_t off, size_t len, uint32_t tag, uint32_t v);
+/* Drop *img (if any), stop *c (if any) without a drain; NULLs both. The stop's return. */
+int eng_stop(struct pcache_cache **c, struct pcache_image **img);
 /* Test teardown: drop *img, stop *c without a drain, unlink the two files; NULLs both. */
 void eng_close(struct pcache_cache **c, struct pcache_image **img, const char *cache_path,
 	       const char *image_path);
