@@ -15,7 +15,8 @@
  *     moves past the kset; a crash in between leaves keys that replay finds stale.
  *  3. The index is never scanned as a whole per free: stale keys are dropped lazily at lookup,
  *     and by an incremental cleaner that visits a bounded number of subtrees per wake-up and
- *     only while segments were freed since its last full sweep (digest 12.2 item 10).
+ *     only while segments were freed since its last full sweep (a full scan per freed segment
+ *     would cost O(index) under the subtree locks every time).
  *  4. GC never waits for space and never blocks on a subtree or stage lock (trylock).
  */
 #include <errno.h>

@@ -9,7 +9,7 @@
  *
  * Invariants:
  *  1. Keys of a subtree are sorted by off and never overlap (EMPTY placeholders included).
- *  2. Insert with fixup (digest 4.3): a new key removes what it covers; a key overlapping its
+ *  2. Insert with fixup: a new key removes what it covers; a key overlapping its
  *     front keeps its head part, a key overlapping its back keeps its tail part with the pmem
  *     position advanced. An EMPTY placeholder is never cut at the front: its tail part is
  *     dropped instead, so a miss fill always starts at the placeholder's own offset.

@@ -19,7 +19,8 @@
  *     can never be parsed as a kset.
  *  4. A kset never crosses its segment: a segment always keeps room for a LAST record.
  *  5. pcache_stage_room() is called before the index is touched: a key that made it into the
- *     index always has a place in its buffer (digest 12.2 item 7: no hole on append failure).
+ *     index always has a place in its buffer (an append that failed after the index changed
+ *     would leave indexed data that no kset describes: lost at the next replay).
  */
 #include <errno.h>
 #include <stdio.h>

@@ -14,7 +14,8 @@
  *     always get a segment to persist the keys of data already written.
  *  3. Writers waiting for space are served first come first served (tickets), and counted.
  *  4. A data head never pins a segment forever: idle heads are released by the timer thread,
- *     and every head is released when a writer waits for space (digest 12.2 item 4).
+ *     and every head is released when a writer waits for space (a half-used head segment
+ *     can never be collected, so a full cache could otherwise wait on its own heads).
  *  5. A data segment under read pins (zero-copy hits, cache_req.c) is not made allocatable:
  *     its last pcache_seg_put() bumps the generation, then sets PCACHE_SEG_FREEING in
  *     readers[seg]; whoever then sees no pin with FREEING set (that put, or the last unpin)

@@ -1,7 +1,8 @@
 /*
- * check_cache_key.c -- the index (core/cache_key.c): insert with fixup, the four overlap cases
- * of digest 4.3 and their combinations with EMPTY placeholders, and a randomized comparison
- * against a per-sector model.
+ * check_cache_key.c -- the index (core/cache_key.c): insert with fixup, the four ways a new
+ * key can overlap an old one (covers it, is inside it, overlaps its front, overlaps its back)
+ * and their combinations with EMPTY placeholders, and a randomized comparison against a
+ * per-sector model.
  */
 #include <check.h>
 #include <stdio.h>

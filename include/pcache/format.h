@@ -42,7 +42,7 @@
  * the valid slot with the newer seq (pcache_seq_after(): signed 64-bit difference, so it is
  * wrap-around aware; equal seq -> slot 0). Update writes seq+1 into the slot that does NOT
  * hold the newest valid copy, then persists it. So a torn update leaves the old copy intact
- * (dm-pcache overwrote the newest copy: digest 12.2 item 13 and 12.3).
+ * (overwriting the newest copy in place, as dm-pcache does, can tear both away).
  *
  * SUPERBLOCK (struct pcache_sb_om, 128 B in a 4 KiB slot, two identical copies)
  *
