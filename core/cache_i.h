@@ -204,7 +204,8 @@ uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off);
 bool pcache_subtree_trylock_bounded(struct pcache_subtree *sub);
 /* The same bounded tries for any mutex (a staging kset's lock, from the writeback). */
 bool pcache_mutex_trylock_bounded(pthread_mutex_t *m);
-/* Insert with fixup (cache_key.c invariant 2): overlapped keys are cut/split/removed. Lock held. */
+/* Insert with fixup (cache_key.c invariant 2): overlapped keys are cut, split or removed.
+ * Lock held. */
 int pcache_subtree_insert(struct pcache_subtree *st, const struct pcache_ikey *k);
 /* Remove key i. Lock held. */
 void pcache_subtree_remove(struct pcache_subtree *st, uint32_t i);
