@@ -79,6 +79,7 @@ struct run {
 	struct pmem_emu emu;
 	bool use_emu;
 	bool bg;                   /* the engine's background threads run */
+	uint64_t kset_close_ns;    /* with bg: the timer closes staging ksets this long after */
 	struct model *m;
 	uint8_t *frozen[2];        /* the backing images at the crash (NULL: no crash yet) */
 };
@@ -129,7 +130,7 @@ static int start(struct run *r, bool emu, char *err, size_t errlen)
 
 	eng_opts(&o, cpath);
 	o.no_background = !r->bg;
-	o.kset_close_ns = r->bg ? 3000000 : 0;
+	o.kset_close_ns = r->bg ? r->kset_close_ns : 0;
 	o.gc_percent = 0;
 	if (emu) {
 		o.wrap_pmem = pmem_emu_wrap;
@@ -185,6 +186,10 @@ static uint64_t scenario(struct run *r, uint32_t seed, int ops, bool long_run)
 			n = NSECT - sect;
 		if (kind >= 16)
 			kind = 2 + kind % 14;  /* background runs: a flush in 32 ops, the rest as usual */
+		if (r->bg && kind == 4 && rand_r(&rs) % 8)
+			kind = 7;  /* few FUA writes: an epoch with one is never skipped in */
+		if (r->bg && rand_r(&rs) % 3 == 0)
+			usleep(50 + (unsigned int)rand_r(&rs) % 400); /* let the threads in between */
 		if (kind < 2) {
 			/* flush: writes acknowledged before it are durable once it returns */
 			{
@@ -390,6 +395,9 @@ static uint64_t crash_run(uint32_t seed, int ops, bool long_run, bool bg, uint64
 	memset(&r, 0, sizeof(r));
 	r.m = calloc(1, sizeof(*r.m));
 	r.bg = bg;
+	/* short stage lifetimes close ksets under the writeback's feet; long ones leave rewrites
+	 * staged while the writeback looks at the keys they replace */
+	r.kset_close_ns = (seed % 3 == 0 ? 3 : seed % 3 == 1 ? 20 : 150) * 1000000ull;
 	fresh_devices(long_run);
 	pmem_emu_init(&r.emu, k, seed ^ (uint32_t)k);
 	r.emu.on_crash = freeze_backings;
