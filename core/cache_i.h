@@ -56,7 +56,7 @@
 #define PCACHE_MISSREG_BUCKETS 256u
 
 /*
- * The fences of the hit path's seqlock-style generation check (copy_hits() in cache_req.c is
+ * The fences of the hit path's seqlock-style generation check (copy_hits() in cache_read.c is
  * the reader, pcache_seg_alloc() in segment.c the writer; see segment.c invariant 6).
  * NOTE: GCC refuses atomic_thread_fence() under -fsanitize=thread (-Wtsan: TSan does not model
  * fences). TSan builds run on x86-64, where loads are not reordered with loads nor stores with
@@ -421,7 +421,7 @@ struct pcache_cache {
 	bool stall_logged;
 	_Atomic uint64_t clean_pending; /* segments freed since the cleaner last finished a sweep */
 	_Atomic uint32_t miss_id;
-	/* misses in flight that other readers may share (cache_req.c) */
+	/* misses in flight that other readers may share (cache_read.c) */
 	pthread_mutex_t missreg_lock; /* leaf; taken under a subtree lock */
 	struct pcache_miss_ent *missreg[PCACHE_MISSREG_BUCKETS];
 	_Atomic uint64_t shared_misses;

@@ -16,7 +16,7 @@
  *  4. A data head never pins a segment forever: idle heads are released by the timer thread,
  *     and every head is released when a writer waits for space (a half-used head segment
  *     can never be collected, so a full cache could otherwise wait on its own heads).
- *  5. A data segment under read pins (zero-copy hits, cache_req.c) is not made allocatable:
+ *  5. A data segment under read pins (zero-copy hits, cache_pin.c) is not made allocatable:
  *     its last pcache_seg_put() bumps the generation, then sets PCACHE_SEG_FREEING in
  *     readers[seg]; whoever then sees no pin with FREEING set (that put, or the last unpin)
  *     clears the word with one compare-and-swap and frees the segment, so it is freed exactly
@@ -24,7 +24,7 @@
  *     both sides read-modify-write the same word, so either the put sees the pin or the pin sees
  *     the bumped generation (and backs off). Nobody waits for a pin: a leaked pin keeps one
  *     segment allocated but never blocks GC or writers.
- *  6. A copying hit (cache_req.c copy_hits) pins nothing: it copies, then re-reads the
+ *  6. A copying hit (cache_read.c copy_hits) pins nothing: it copies, then re-reads the
  *     generation and drops the hit if it changed. pcache_seg_alloc() fences after taking a
  *     segment, so the new generation is visible before any new byte in it (invariant 1 makes
  *     the bump come first).
@@ -251,7 +251,7 @@ take:
 	 * segment's generation by its last use happened before this point (the freeing thread
 	 * bumped, then released s->lock, taken here); the fence orders it before every store the
 	 * caller makes into the segment, data or kset. It pairs with the acquire fence in
-	 * copy_hits() (cache_req.c). NOTE: a release fence (dmb ish on arm64) is cumulative, so a
+	 * copy_hits() (cache_read.c). NOTE: a release fence (dmb ish on arm64) is cumulative, so a
 	 * bump stored by another thread is covered too; the lock alone orders only what comes
 	 * before its release.
 	 */

@@ -1,7 +1,7 @@
 /*
  * check_cache_dirty.c -- the per-image dirty counters (struct pcache_image dirty_keys and
- * dirty_bytes, core/cache_wbglue.c, core/cache_req.c, core/cache_writeback.c ops.image_passed) that
- * status and stats reads use instead of a walk of the log under the GC lock. After writes,
+ * dirty_bytes, core/cache_wbglue.c, core/cache_req.c, core/cache_wb_batch.c ops.image_passed)
+ * that status and stats reads use instead of a walk of the log under the GC lock. After writes,
  * discards, every writeback batch, GC, a restart (replay), a detach and attach, and with
  * another image holding dirty_tail back, the counters must equal a walk of the log and the
  * staging ksets (pcache_image_dirty_walk()), and the index totals a walk of the index

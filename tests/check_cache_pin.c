@@ -1,5 +1,5 @@
 /*
- * check_cache_pin.c -- zero-copy reads (pcache_image_read_pin, core/cache_req.c) and the read
+ * check_cache_pin.c -- zero-copy reads (pcache_image_read_pin, core/cache_pin.c) and the read
  * pins of data segments (core/segment.c invariant 5), on a real cache file and backing image:
  * a read that is all hits points into pmem (no copy) with the written bytes; zeroed ranges
  * point to the shared zero buffer; anything not a hit falls back with nothing pinned or counted;

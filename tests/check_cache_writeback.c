@@ -1,5 +1,6 @@
 /*
- * check_cache_writeback.c -- unit tests of the writeback (core/cache_writeback.c).
+ * check_cache_writeback.c -- unit tests of the writeback (core/cache_writeback.c,
+ * cache_wb_batch.c, cache_wb_drain.c).
  *
  * Logs are built directly on a formatted cache device with tests/lib/logbuilder (no engine),
  * backing images are real files (and a flakyfs mount for real EIO), the writeback runs for
