@@ -31,7 +31,7 @@ fns_with() {
 	"${CROSS}objdump" -d "$2" | awk -v b="$1" '/^[0-9a-f]+ <.*>:$/ { fn = $2 } $0 ~ "\tdmb\t" b "$" { print fn }' | sort -u
 }
 # reader: the copy of a hit is ordered before the generation re-read (acquire fence)
-fns_with ishld "$OUT/core/cache_req.o" | grep -q . || fail "no read barrier (dmb ishld) in core/cache_req.c"
+fns_with ishld "$OUT/core/cache_read.o" | grep -q . || fail "no read barrier (dmb ishld) in core/cache_read.c"
 # writer: a new generation is ordered before the first store into a reused segment (release fence)
 fns_with ish "$OUT/core/segment.o" | grep -qx '<pcache_seg_alloc>:' \
 	|| fail "no barrier (dmb ish) in pcache_seg_alloc"
