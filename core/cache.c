@@ -5,8 +5,7 @@
  * cache_req.c (I/O), cache_kset.c (the key log's write side), cache_key.c (the index),
  * segment.c (space), cache_gc.c, cache_writeback.c.
  *
- * The states of a cache instance (c->state; cache_enter() checks every transition in debug
- * builds):
+ * The states of a cache instance (c->state; cache_enter() asserts every transition):
  *
  *      pcache_cache_start()
  *             |
@@ -51,7 +50,7 @@
 
 #define ERR(...) snprintf(err, errlen, __VA_ARGS__)
 
-/* Move c to state to; debug builds abort on a transition the machine above does not have. */
+/* Move c to state to; a transition the machine above does not have fails the assert. */
 static void cache_enter(struct pcache_cache *c, enum pcache_cache_state to)
 {
 	int from = atomic_exchange(&c->state, (int)to);
@@ -272,7 +271,9 @@ void pcache_cache_abort_waits(struct pcache_cache *c)
 {
 	if (!c)
 		return;
-	cache_enter(c, PCACHE_CS_STOPPING);
+	/* a signal may come again after a stop that left a batch running (ABANDONED) */
+	if (atomic_load(&c->state) < PCACHE_CS_STOPPING)
+		cache_enter(c, PCACHE_CS_STOPPING);
 	atomic_store(&c->stopping_io, true);
 	pcache_segs_abort_waits(c);
 	if (c->wb)
