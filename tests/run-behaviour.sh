@@ -9,7 +9,8 @@
 # then cleans up what the test may have left: mounts under $SCRATCH (deepest first), loop
 # devices backed by files under $SCRATCH, and the processes of the test's session or listed in
 # $SCRATCH/.pids (only those: never by name). Logs of failed tests are kept in
-# $PCACHE_BUILD/test-logs/. The last line is "N passed, N failed, N skipped".
+# $PCACHE_BUILD/test-logs/ (of every test with PCACHE_KEEP_LOGS=1, e.g. for the figures a soak
+# notes). The last line is "N passed, N failed, N skipped".
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -78,7 +79,8 @@ for t in "${tests[@]}"; do
 	cleanup_scratch "$scratch" "$sid"
 	secs=$(( $(date +%s) - start ))
 	case $rc in
-	0) echo "PASS $name (${secs}s)"; pass=$((pass + 1)) ;;
+	0) echo "PASS $name (${secs}s)"; pass=$((pass + 1))
+		[ -n "${PCACHE_KEEP_LOGS:-}" ] && cp "$log" "$logdir/$name.log" ;;
 	77) echo "SKIP $name: $(tail -1 "$log")"; skip=$((skip + 1)) ;;
 	*)
 		[ $rc -eq 124 ] && echo "  (timed out after ${tmo}s)" >> "$log"
