@@ -174,8 +174,14 @@ deps:
 unit-bins: $(CHECK_BIN) $(filter-out $(O)/tools/bench_%,$(TOOLS))
 
 # Unit tests of this build flavour (CK_RUN_SUITE / CK_RUN_CASE select, CK_FORK=no debugs).
-unit: $(CHECK_BIN) $(TOOLS)
+unit: $(CHECK_BIN) $(TOOLS) suite-table
 	$(Q)PCACHE_BUILD=$(abspath $(O)) $(CHECK_BIN)
+
+# Every tests/check_NAME.c must be in check_main.c's table, or its tests would never run.
+suite-table:
+	$(Q)for f in $(filter-out tests/check_main.c,$(CHECK_SRCS)); do n=$$(basename $$f .c); \
+		n=$${n#check_}; grep -q "{ $${n}_suite, " tests/check_main.c || \
+		{ echo "$$f: $${n}_suite is missing from the table in tests/check_main.c" >&2; exit 1; }; done
 
 # The engine's concurrency suites under TSan (marked in tests/check_main.c's table).
 tsan-unit:
@@ -210,7 +216,7 @@ stop-run:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps unit unit-bins tsan-unit behaviour check soak bench run stop-run clean fuzz fuzz-build fuzz-short
+.PHONY: all deps unit unit-bins suite-table tsan-unit behaviour check soak bench run stop-run clean fuzz fuzz-build fuzz-short
 
 -include $(shell find $(O) $(FUZZ_O) -name '*.d' 2>/dev/null)
 
