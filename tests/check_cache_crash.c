@@ -514,7 +514,7 @@ END_TEST
 START_TEST(random_points_with_background_threads)
 {
 	uint32_t base = eng_seed("crash background");
-	int nrun = scale() ? 20 * scale() : 1, npoint = scale() > 1 ? 80 : scale() ? 48 : 6, j, p;
+	int nrun = scale() ? 20 * scale() : 1, npoint = scale() > 1 ? 80 : scale() ? 52 : 6, j, p;
 	uint64_t ev, all = 0, all_viol = 0;
 
 	for (j = 0; j < nrun; j++) {
