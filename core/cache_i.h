@@ -8,10 +8,11 @@
  *   c->img_lock -> c->gc_lock -> c->flush_lock -> subtree.lock -> stage.lock -> c->log.lock
  *     -> head.lock -> c->segs.lock -> (cache_dev record mutexes, backing submit locks)
  *   c->missreg_lock is a leaf (taken under a subtree lock; nothing is taken under it).
- *   img->through_lock is taken with no engine lock held: shared by a writethrough/writearound
- *   write around its backing I/O (backing submit locks under it), exclusively by the writeback
- *   around the issue and wait of that image's requests (cache_writeback.c), never across a
- *   rate-limit sleep.
+ *   img->through (a gate, not a lock held by one thread) is entered with no engine lock held:
+ *   shared by a writethrough/writearound write from before its backing I/O is submitted until
+ *   that I/O ends (possibly on the backing's completion thread: an asynchronous writethrough
+ *   write), exclusively by the writeback around the issue and wait of that image's requests
+ *   (cache_writeback.c), never across a rate-limit sleep. Its mutex is a leaf.
  *   c->knob_lock -> (cache_dev info_lock, the writeback's wb->lock): a knob update only.
  *
  *   c->gc_lock is held by the GC thread around one GC step, and around every walk of the log
@@ -153,6 +154,10 @@ void pcache_segs_abort_waits(struct pcache_cache *c);
 /* writethrough/writearound: the key's data reaches the backing image by the write itself, so
  * no older dirty key of its bytes needs writing any more (index only, not replayed) */
 #define PCACHE_IKEY_THROUGH (1u << 13)
+/* a writethrough key whose own backing write completed with no overlapping writethrough write
+ * in flight beside it: the backing holds its bytes, the writeback need not write them again
+ * (index only: after a restart the key is written back as any dirty key) */
+#define PCACHE_IKEY_ONBACKING (1u << 12)
 #define PCACHE_FUA_EPOCHS 64u         /* epochs remembered for FUA writes (struct pcache_log) */
 
 /* An index key (40 B): a non-overlapping extent inside one 4 MiB region. */
@@ -274,6 +279,29 @@ void pcache_log_epoch_bump(struct pcache_cache *c);
 
 /* ---- images --------------------------------------------------------------------------------- */
 
+/*
+ * The gate between an image's writethrough/writearound backing writes (shared holders, each
+ * from its submission until its I/O ended, released by whichever thread saw the end) and the
+ * writeback (one exclusive holder). A waiting exclusive holder keeps new shared ones out, so
+ * the writeback never starves behind a stream of writes.
+ */
+/* A writethrough write in the gate: its byte range, and whether another one overlapping it
+ * was in flight beside it (then the backing may end with either one's bytes). */
+struct pcache_through_ent {
+	uint64_t off, end;
+	bool overlapped;
+	struct pcache_through_ent *next;
+};
+
+struct pcache_through_gate {
+	pthread_mutex_t lock;       /* a leaf */
+	pthread_cond_t cond;
+	uint32_t shared;            /* backing writes in flight */
+	struct pcache_through_ent *ents; /* those of them that track their range */
+	uint32_t excl_waiting;
+	bool excl;
+};
+
 struct pcache_image {
 	struct pcache_cache *c;
 	_Atomic int refs;
@@ -290,14 +318,16 @@ struct pcache_image {
 	/*
 	 * Orders writethrough/writearound backing writes against the writeback: a write holds it
 	 * shared around its backing I/O only (its THROUGH key is staged before) and counts
-	 * through_done under it when the I/O is over; the writeback holds it exclusively while it
+	 * through_done under it when the I/O is over (the hold may end on another thread than
+	 * the one that took it, hence a gate and not a rwlock); the writeback holds it
+	 * exclusively, with priority over new shared holds, while it
 	 * issues and waits for the image's requests (never across a rate-limit sleep), and asks
 	 * again which bytes are live when through_done moved since it first looked at the
 	 * image's keys (cache_writeback.c invariant 7). So an older key the writeback chose to
 	 * write never lands on the backing after a newer write's data, and a newer key staged
 	 * earlier makes it skip.
 	 */
-	pthread_rwlock_t through_lock;
+	struct pcache_through_gate through;
 	_Atomic uint64_t through_done;
 	/*
 	 * Dirty keys (data and ZERO, overlaps counted twice) of the image not on its backing yet:
@@ -346,6 +376,15 @@ void pcache_req_exit(struct pcache_image *img);
 int pcache_req_check_range(const struct pcache_image *img, uint64_t off, uint64_t len);
 /* A media error in the data area (media.h) at seg/off: counted, logged (rate-limited). */
 void pcache_req_media_error(struct pcache_image *img, uint32_t seg, uint32_t off);
+/* img->through: init/destroy; shared enter/leave (leave counts through_done, from any
+ * thread; e, if not NULL, tracks the write's range: e->overlapped after leave says whether
+ * an overlapping write was in flight beside it); the writeback's exclusive hold (hold true)
+ * and its release (hold false). */
+void pcache_through_init(struct pcache_through_gate *g);
+void pcache_through_destroy(struct pcache_through_gate *g);
+void pcache_through_enter(struct pcache_image *img, struct pcache_through_ent *e);
+void pcache_through_leave(struct pcache_image *img, struct pcache_through_ent *e);
+void pcache_through_hold(struct pcache_image *img, bool hold);
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 

@@ -269,15 +269,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
 	img->read_only = ao->read_only;
 	atomic_init(&img->cache_mode, mode);
-	{
-		pthread_rwlockattr_t ra;
-
-		/* the writeback must not starve behind a stream of writethrough writes */
-		pthread_rwlockattr_init(&ra);
-		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-		pthread_rwlock_init(&img->through_lock, &ra);
-		pthread_rwlockattr_destroy(&ra);
-	}
+	pcache_through_init(&img->through);
 	pthread_mutex_init(&img->ent_lock, NULL);
 	img->ent = e;
 	ret = pcache_index_init(&img->ix, img->size);
@@ -588,7 +580,7 @@ int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid,
 void pcache_image_free(struct pcache_image *img)
 {
 	pcache_index_exit(&img->ix);
-	pthread_rwlock_destroy(&img->through_lock);
+	pcache_through_destroy(&img->through);
 	pthread_mutex_destroy(&img->ent_lock);
 	free(img);
 }

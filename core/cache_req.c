@@ -170,9 +170,22 @@ static void fua_mark(struct pcache_cache *c, uint64_t from, uint64_t to)
 		atomic_store(&c->log.fua_epoch[e % PCACHE_FUA_EPOCHS], e);
 }
 
-/* Write into the cache only (the cache-mode logic is in pcache_image_write). */
+/*
+ * The keys a writethrough write staged (region and index key), so that once its backing write
+ * is over they can be marked PCACHE_IKEY_ONBACKING; a write of more keys than fit marks none.
+ */
+#define WT_KEYS_MAX 4
+struct wt_keys {
+	uint32_t n;
+	bool overflow;
+	uint64_t region[WT_KEYS_MAX];
+	struct pcache_ikey k[WT_KEYS_MAX];
+};
+
+/* Write into the cache only (the cache-mode logic is in pcache_image_write); the keys staged
+ * are recorded in *tk if not NULL. */
 static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
-		       unsigned int flags, uint16_t key_flags)
+		       unsigned int flags, uint16_t key_flags, struct wt_keys *tk)
 {
 	struct pcache_cache *c = img->c;
 	uint64_t e0 = atomic_load(&c->log.epoch_now);
@@ -224,6 +237,12 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 			break;
 		}
 		mask |= 1u << si;
+		if (tk && tk->n < WT_KEYS_MAX) {
+			tk->region[tk->n] = region;
+			tk->k[tk->n++] = k;
+		} else if (tk) {
+			tk->overflow = true;
+		}
 		src += a.len;
 		off += a.len;
 		len -= a.len;
@@ -243,7 +262,7 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
  * keys, and drop the placeholders of misses in flight over it (their fills could cache data
  * read before the write). Called before the backing write, so that an older dirty key of
  * those bytes is passed over by the writeback instead of landing after the new data (see
- * through_lock), and again after it for what became cached meanwhile (a fill that read the
+ * struct pcache_through_gate), and again after it for what became cached meanwhile (a fill that read the
  * old data); a range with no key is not cached. Chunk i (one per 4 MiB region) is left
  * unstaged when bit i of skip is set; bit i of *staged (if not NULL) says it was staged.
  */
@@ -275,7 +294,7 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 		}
 		pthread_mutex_unlock(&sub->lock);
 		if (cached && !skipped && src) {
-			ret = cache_write(img, src, off, chunk, flags, PCACHE_IKEY_THROUGH);
+			ret = cache_write(img, src, off, chunk, flags, PCACHE_IKEY_THROUGH, NULL);
 		} else if (cached && !skipped) {
 			/* a zeroed range: a ZERO key over the cached copies */
 			struct pcache_ikey k;
@@ -317,26 +336,196 @@ static int modify_enter(struct pcache_image *img, uint64_t off, uint64_t len)
 	return pcache_req_enter(img);
 }
 
+/* ---- the writethrough gate (struct pcache_through_gate) ------------------------------------ */
+
+void pcache_through_init(struct pcache_through_gate *g)
+{
+	pthread_mutex_init(&g->lock, NULL);
+	pthread_cond_init(&g->cond, NULL);
+	g->shared = 0;
+	g->ents = NULL;
+	g->excl_waiting = 0;
+	g->excl = false;
+}
+
+void pcache_through_destroy(struct pcache_through_gate *g)
+{
+	pthread_cond_destroy(&g->cond);
+	pthread_mutex_destroy(&g->lock);
+}
+
+void pcache_through_enter(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	struct pcache_through_gate *g = &img->through;
+
+	pthread_mutex_lock(&g->lock);
+	while (g->excl || g->excl_waiting)
+		pthread_cond_wait(&g->cond, &g->lock);
+	g->shared++;
+	if (e) {
+		e->overlapped = false;
+		for (struct pcache_through_ent *o = g->ents; o; o = o->next) {
+			if (o->off < e->end && e->off < o->end) {
+				o->overlapped = true;
+				e->overlapped = true;
+			}
+		}
+		e->next = g->ents;
+		g->ents = e;
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+void pcache_through_leave(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	struct pcache_through_gate *g = &img->through;
+
+	pthread_mutex_lock(&g->lock);
+	if (e) {
+		for (struct pcache_through_ent **p = &g->ents; *p; p = &(*p)->next) {
+			if (*p == e) {
+				*p = e->next;
+				break;
+			}
+		}
+	}
+	/* under the gate: a writeback holding it sees every write whose I/O is over */
+	atomic_fetch_add(&img->through_done, 1);
+	if (--g->shared == 0 && g->excl_waiting)
+		pthread_cond_broadcast(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+}
+
+void pcache_through_hold(struct pcache_image *img, bool hold)
+{
+	struct pcache_through_gate *g = &img->through;
+
+	pthread_mutex_lock(&g->lock);
+	if (hold) {
+		g->excl_waiting++;
+		while (g->excl || g->shared)
+			pthread_cond_wait(&g->cond, &g->lock);
+		g->excl_waiting--;
+		g->excl = true;
+	} else {
+		g->excl = false;
+		pthread_cond_broadcast(&g->cond);
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+/*
+ * After a writethrough write's backing I/O succeeded with no overlapping writethrough write in
+ * flight beside it: mark the parts of its keys still in the index (its own data, not replaced)
+ * PCACHE_IKEY_ONBACKING, so that the writeback does not write them a second time. The backing
+ * got them in the gate, so the writeback flushes them with its batch (every image with a
+ * key in a batch is flushed) before dirty_tail passes them.
+ */
+static void mark_on_backing(struct pcache_image *img, const struct wt_keys *tk)
+{
+	if (tk->overflow)
+		return;
+	for (uint32_t j = 0; j < tk->n; j++) {
+		const struct pcache_ikey *k = &tk->k[j];
+		struct pcache_subtree *sub = &img->ix.sub[tk->region[j]];
+
+		pthread_mutex_lock(&sub->lock);
+		for (uint32_t i = pcache_subtree_find(sub, k->off);
+		     i < sub->n && sub->v[i].off < k->off + k->len; i++) {
+			struct pcache_ikey *e = &sub->v[i];
+
+			if (!(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY | PCACHE_KEY_CLEAN)) &&
+			    e->seg == k->seg && e->seg_gen == k->seg_gen &&
+			    e->seg_off - e->off == k->seg_off - k->off)
+				e->flags |= PCACHE_IKEY_ONBACKING;
+		}
+		pthread_mutex_unlock(&sub->lock);
+	}
+}
+
 /*
  * Writethrough and writearound: write (buf) or zero (buf NULL) the backing image, and flush it
- * for FUA, holding through_lock shared (after the range's THROUGH keys are staged). 0/-errno.
+ * for FUA, inside the through gate (after the range's THROUGH keys are staged). With tk (a
+ * writethrough write's keys), they are marked on the backing when that is certain. 0/-errno.
  */
 static int through_io(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
-		      unsigned int flags)
+		      unsigned int flags, const struct wt_keys *tk)
 {
+	struct pcache_through_ent e = { .off = off, .end = off + len };
 	int ret;
 
-	pthread_rwlock_rdlock(&img->through_lock);
+	pcache_through_enter(img, &e);
 	ret = pcache_backing_rw_sync(img->b, buf ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO, (void *)buf,
 				     len, off);
 	if (!ret && (flags & PCACHE_IO_FUA))
 		ret = pcache_backing_flush_sync(img->b);
-	/* under the lock: a writeback holding it sees every write whose I/O is over */
-	atomic_fetch_add(&img->through_done, 1);
-	pthread_rwlock_unlock(&img->through_lock);
+	pcache_through_leave(img, &e);
 	if (ret)
 		atomic_fetch_add(&img->backing_errors, 1);
+	else if (tk && !e.overlapped)
+		mark_on_backing(img, tk);
 	return ret;
+}
+
+/*
+ * An asynchronous writethrough write between its backing submission and its done(). Its
+ * backing writes take the data from its cached copy (one write per key, each data segment
+ * read-pinned until the end, so that it cannot be freed and reused meanwhile).
+ */
+struct through_req {
+	struct pcache_image *img;
+	pcache_io_done_fn done;
+	void *priv;
+	bool fua;
+	_Atomic uint32_t pending;   /* backing writes not ended yet */
+	_Atomic int status;         /* the first error */
+	uint32_t pinned;            /* tk.k[0..pinned) hold a read pin */
+	struct pcache_through_ent ent;
+	struct wt_keys tk;
+};
+
+static void through_finish(struct through_req *t, int status)
+{
+	struct pcache_image *img = t->img;
+
+	pcache_through_leave(img, &t->ent);
+	if (status)
+		atomic_fetch_add(&img->backing_errors, 1);
+	else if (!t->ent.overlapped)
+		mark_on_backing(img, &t->tk);
+	for (uint32_t j = 0; j < t->pinned; j++)
+		pcache_seg_read_unpin(img->c, t->tk.k[j].seg);
+	t->done(t->priv, status);
+	pcache_req_exit(img);
+	free(t);
+}
+
+/* Backing completion of the FUA flush that follows the writes. */
+static void through_flush_end(void *priv, int status)
+{
+	through_finish(priv, status);
+}
+
+/* Backing completion of one of the writes. */
+static void through_end(void *priv, int status)
+{
+	struct through_req *t = priv;
+	int expected = 0;
+
+	if (status)
+		atomic_compare_exchange_strong(&t->status, &expected, status);
+	if (atomic_fetch_sub(&t->pending, 1) != 1)
+		return;
+	status = atomic_load(&t->status);
+	if (!status && t->fua) {
+		struct pcache_backing_io io = { .op = PCACHE_BIO_FLUSH, .end = through_flush_end,
+						.priv = t };
+
+		status = pcache_backing_submit(t->img->b, &io);
+		if (!status)
+			return;
+	}
+	through_finish(t, status);
 }
 
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
@@ -356,22 +545,96 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 
 		ret = writearound_fix(img, buf, off, len, flags, 0, &staged);
 		if (!ret)
-			ret = through_io(img, buf, off, len, flags);
+			ret = through_io(img, buf, off, len, flags, NULL);
 		if (!ret)
 			ret = writearound_fix(img, buf, off, len, flags, staged, NULL);
 	} else if (mode == PCACHE_MODE_WRITETHROUGH) {
 		/*
 		 * The cached copy is staged first, as a dirty THROUGH key: the writeback passes
-		 * over older dirty keys of these bytes (they never land after this data), and
-		 * writes this one again later in log order, which also settles two overlapping
-		 * writes in flight together whose backing writes ended in the other order.
+		 * over older dirty keys of these bytes (they never land after this data). Once
+		 * the backing write is over the key is marked on the backing, and the writeback
+		 * does not write it again, unless an overlapping writethrough write was in flight
+		 * beside it: then the backing may hold either one's bytes, and the writeback
+		 * writes the keys again in log order, which settles it.
 		 */
-		ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH);
+		struct wt_keys tk = { 0 };
+
+		ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH, &tk);
 		if (!ret)
-			ret = through_io(img, buf, off, len, flags);
+			ret = through_io(img, buf, off, len, flags, &tk);
 	} else {
-		ret = cache_write(img, buf, off, len, flags, 0);
+		ret = cache_write(img, buf, off, len, flags, 0, NULL);
 	}
+	pcache_req_exit(img);
+	return ret;
+}
+
+int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+			     unsigned int flags, pcache_io_done_fn done, void *priv)
+{
+	struct pcache_cache *c = img->c;
+	struct through_req *t;
+	uint64_t pos = off;
+	uint32_t j;
+	int ret;
+
+	if (atomic_load(&img->cache_mode) != PCACHE_MODE_WRITETHROUGH)
+		return pcache_image_write(img, buf, off, len, flags);
+	ret = modify_enter(img, off, len);
+	if (ret)
+		return ret < 0 ? ret : 0;
+	t = calloc(1, sizeof(*t));
+	if (!t) {
+		pcache_req_exit(img);
+		return -ENOMEM;
+	}
+	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
+	/* the THROUGH key first, as in pcache_image_write() */
+	ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH, &t->tk);
+	if (ret)
+		goto out;
+	for (j = 0; j < t->tk.n && !t->tk.overflow; j++) {
+		if (!pcache_seg_read_pin(c, t->tk.k[j].seg, t->tk.k[j].seg_gen))
+			break;
+		t->pinned++;
+	}
+	if (t->tk.overflow || t->pinned < t->tk.n) {
+		/* too many pieces (or one freed already): write from the caller's buffer now */
+		ret = through_io(img, buf, off, len, flags, NULL);
+		goto out;
+	}
+	t->img = img;
+	t->done = done;
+	t->priv = priv;
+	t->fua = flags & PCACHE_IO_FUA;
+	t->ent.off = off;
+	t->ent.end = off + len;
+	atomic_init(&t->pending, t->tk.n + 1); /* + 1: held until every write is submitted */
+	pcache_through_enter(img, &t->ent);
+	pcache_backing_plug(img->b);
+	for (j = 0; j < t->tk.n; j++) {
+		const struct pcache_ikey *k = &t->tk.k[j];
+		struct pcache_backing_io io = {
+			.op = PCACHE_BIO_WRITE, .off = pos, .len = k->len,
+			.kmem = pcache_seg_ptr(c, k->seg, k->seg_off), .end = through_end, .priv = t,
+		};
+
+		ret = pcache_backing_submit(img->b, &io);
+		if (ret) {
+			through_end(t, ret);    /* counts the error for the writes not submitted */
+			atomic_fetch_sub(&t->pending, t->tk.n - j - 1);
+			break;
+		}
+		pos += k->len;
+	}
+	pcache_backing_unplug(img->b);
+	through_end(t, 0);              /* the submission's own count */
+	return PCACHE_IO_PENDING;       /* through_finish() leaves the gate, calls done(), exits */
+out:
+	for (j = 0; j < t->pinned; j++)
+		pcache_seg_read_unpin(c, t->tk.k[j].seg);
+	free(t);
 	pcache_req_exit(img);
 	return ret;
 }
@@ -397,7 +660,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 
 		ret = writearound_fix(img, NULL, off, len, 0, 0, &staged);
 		if (!ret)
-			ret = through_io(img, NULL, off, len, 0);
+			ret = through_io(img, NULL, off, len, 0, NULL);
 		if (!ret)
 			ret = writearound_fix(img, NULL, off, len, 0, staged, NULL);
 		goto out;
@@ -423,7 +686,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 		len -= chunk;
 	}
 	if (!ret && mode == PCACHE_MODE_WRITETHROUGH)
-		ret = through_io(img, NULL, off0, len0, 0);
+		ret = through_io(img, NULL, off0, len0, 0, NULL);
 out:
 	pcache_req_exit(img);
 	return ret;

@@ -114,17 +114,14 @@ static uint64_t wbo_through_count(void *ctx, uint32_t image_id, struct pcache_ba
 }
 
 /* Held only while the writeback issues and waits for the image's requests: see
- * through_lock (cache_i.h). */
+ * struct pcache_through_gate (cache_i.h). */
 static void wbo_through_hold(void *ctx, uint32_t image_id, struct pcache_backing *b, bool hold)
 {
 	struct pcache_image *img = wbo_lent_image(ctx, image_id, b);
 
 	if (!img)
 		return;
-	if (hold)
-		pthread_rwlock_wrlock(&img->through_lock);
-	else
-		pthread_rwlock_unlock(&img->through_lock);
+	pcache_through_hold(img, hold);
 }
 
 static void wbo_tail_moved(void *ctx, const struct pcache_pos *dirty_tail)
@@ -232,7 +229,8 @@ static bool wb_live_logged(struct pcache_cache *c, uint32_t image_id, uint64_t r
  * one, and within an epoch any subset of the writes is a valid backing state), nor bytes that
  * a later THROUGH key replaced, whatever its epoch (a writethrough/writearound write put its
  * data on the backing itself: writing this older data would put the backing behind the
- * cache until the later key's own writeback). Index order is log order for overlapping keys,
+ * cache until the later key's own writeback), nor a key's own bytes its writethrough write
+ * put on the backing (PCACHE_IKEY_ONBACKING). Index order is log order for overlapping keys,
  * so a replacing key is always later in the log. A ZERO key cannot be told from a later ZERO
  * key in the index, so only data keys replace a ZERO key. A replacing key counts only once
  * it is in the log (wb_live_logged()): dirty_tail may pass the skipped key at the end of this
@@ -286,6 +284,10 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 		own = !(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY)) && !k->flags &&
 		      e->seg == k->seg && e->seg_gen == k->seg_gen &&
 		      e->seg_off - e->off == k->seg_off - roff;
+		if (own && (e->flags & PCACHE_IKEY_ONBACKING)) {
+			pos = b; /* its own writethrough write put these bytes on the backing */
+			continue;
+		}
 		replaced = !own && !(e->flags & (PCACHE_IKEY_EMPTY | PCACHE_KEY_CLEAN)) &&
 			   !(k->flags && (e->flags & PCACHE_KEY_ZERO)) &&
 			   ((e->flags & PCACHE_IKEY_THROUGH) ||

@@ -207,7 +207,8 @@ struct pcache_wb_stats {
 	uint64_t keys_dirty, keys_clean_skipped, keys_stale, keys_unknown_image;
 	uint64_t bytes_overridden;        /* dirty bytes not written: a later key of the batch won */
 	uint64_t bytes_superseded;        /* dirty bytes not written: live() said a later key of
-					   * the same epoch replaced them */
+					   * the same epoch replaced them, or that their own
+					   * writethrough write put them on the backing */
 	uint64_t errors;                  /* backing errors, CRC mismatches, corrupt ksets */
 	uint64_t crc_errors, retries, rate_waits;
 	uint64_t media_errors;            /* ksets that could not be read (poisoned media) */

@@ -182,7 +182,7 @@ static void status_text(struct pfs_text *t)
 			cs.full_waits, cs.full_wait_ns / 1000000, cs.space_timeouts, cs.ksets_written, cs.keys_indexed,
 			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed, cs.media_errors);
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
-			"same epoch)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
+			"same epoch, or on the backing by writethrough)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			pcache_fmt_size(cs.wb_bytes, h1, sizeof(h1)), pcache_fmt_size(cs.wb_superseded, h2, sizeof(h2)));
 	images_snapshot(&is);
 	pfs_text_printf(t, "  images %d\n", is.n);
@@ -408,7 +408,7 @@ static void metrics_cache(struct pfs_text *t, const struct pcache_cache_status *
 		{ "pcachefs_writeback_bytes_total", true,
 		  "Bytes written back to the backing images (data and zeroed ranges).", cs->wb_bytes },
 		{ "pcachefs_writeback_superseded_bytes_total", true,
-		  "Dirty bytes not written back because a later write of the same flush epoch replaced them.",
+		  "Dirty bytes not written back: a later write of the same flush epoch replaced them, or their writethrough write put them on the backing.",
 		  cs->wb_superseded },
 		{ "pcachefs_writeback_errors_total", true, "Failed writebacks (retried later).", cs->wb_errors },
 		{ "pcachefs_media_errors_total", true,

@@ -25,7 +25,8 @@
  *     detach waits for those to drain (daemon_i.h, struct pfs_slot), and refuses while files are
  *     open. A request for a detached (or detached and reused) slot fails with ESTALE.
  *  6. A read miss (PCACHE_IO_PENDING) replies from the engine's completion callback; the buffer
- *     belongs to the request until then.
+ *     belongs to the request until then. An aligned write to a writethrough image replies from
+ *     the backing completion too (pcache_image_write_async), its range held until the reply.
  *  7. A read that is all hits replies from the cache memory itself (pcache_image_read_pin,
  *     fuse_reply_iov) and unpins right after the reply; only other reads copy into a buffer.
  */
@@ -169,6 +170,56 @@ static int image_write(struct pfs_slot *s, const char *src, uint64_t off, size_t
 	ret = pcache_image_write(s->img, src, off, len, flags);
 	pfs_rangelock_unlock(&s->rl, &r);
 	return ret;
+}
+
+/*
+ * An aligned write to a writethrough image: the engine replies from the backing completion
+ * (pcache_image_write_async, which writes the backing from its cached copy, so libfuse's
+ * receive buffer is free once the call returns) and the worker is free while the backing
+ * writes. The range stays held (shared) and the slot entered until the reply.
+ */
+struct pfs_wreq {
+	fuse_req_t req;
+	struct pfs_slot *s;
+	struct pfs_range r;
+	size_t len;
+};
+
+static void wreq_end(struct pfs_wreq *w, int status)
+{
+	pfs_rangelock_unlock(&w->s->rl, &w->r);
+	pfs_io_exit(w->s);
+	if (status < 0)
+		fuse_reply_err(w->req, -status);
+	else
+		fuse_reply_write(w->req, w->len);
+	free(w);
+}
+
+static void write_done(void *priv, int status)
+{
+	wreq_end(priv, status);
+}
+
+/* The caller did pfs_io_enter; every path here ends in pfs_io_exit and one reply. */
+static void image_write_async(fuse_req_t req, struct pfs_slot *s, const char *src, uint64_t off,
+			      size_t len, unsigned int flags)
+{
+	struct pfs_wreq *w = malloc(sizeof(*w));
+	int ret;
+
+	if (!w) {
+		pfs_io_exit(s);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	w->req = req;
+	w->s = s;
+	w->len = len;
+	pfs_rangelock_lock(&s->rl, &w->r, off, off + len, false);
+	ret = pcache_image_write_async(s->img, src, off, len, flags, write_done, w);
+	if (ret != PCACHE_IO_PENDING)
+		wreq_end(w, ret);   /* else w belongs to write_done(), which may have run already */
 }
 
 static void read_done(void *priv, int status)
@@ -603,6 +654,11 @@ static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		len = (size_t)(s->size - (uint64_t)off);
 	if (pfs_io_enter(s, ino, PFS_IK_FILE)) {
 		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (!(((uint64_t)off | len) & (s->lbs - 1)) &&
+	    pcache_image_cache_mode(s->img) == PCACHE_MODE_WRITETHROUGH) {
+		image_write_async(req, s, buf, (uint64_t)off, len, f.sync ? PCACHE_IO_FUA : 0);
 		return;
 	}
 	ret = image_write(s, buf, (uint64_t)off, len, f.sync ? PCACHE_IO_FUA : 0);

@@ -7,7 +7,7 @@
  * the watermarks use, and writethrough/writearound keys: their data is on the backing already,
  * so an older key of the same bytes is never written after them, whatever the epochs, and
  * FUA writes, never skipped for a later key of their epoch (it may not be durable yet), and
- * their backing write waits while the writeback holds the image (through_lock). A key skipped
+ * their backing write waits while the writeback holds the image (its through gate). A key skipped
  * for a later key that was only staged must never be left behind dirty_tail unwritten: after
  * a crash the engine and the backing agree, before and after GC (issue 13 item 1). And a
  * writethrough write is never held back by a writeback sleeping in its rate limit; the batch
@@ -439,12 +439,28 @@ START_TEST(a_key_replaced_by_a_staged_writethrough_key_is_never_left_clean_and_u
 }
 END_TEST
 
+/*
+ * A writethrough write while another one overlapping it is in flight (played by a gate entry
+ * held over the range): the backing may end with either one's bytes, so its key is not marked
+ * on the backing and the writeback writes it again (as every writethrough key before that
+ * mark existed).
+ */
+static void wr_unmarked(uint64_t off, size_t len, uint32_t v)
+{
+	struct pcache_through_ent other = { .off = off, .end = off + len };
+
+	pcache_through_enter(img, &other);
+	wr(off, len, v);
+	pcache_through_leave(img, &other);
+	ck_assert(other.overlapped);
+}
+
 /* A writethrough key and a later one of the same bytes, each in its own epoch: the writeback
  * of the first epoch alone must not put the older data back on the backing. */
 START_TEST(an_older_key_is_never_written_over_a_writethrough_one)
 {
 	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
-	wr(0, 65536, 1);
+	wr_unmarked(0, 65536, 1);
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	wr(16384, 16384, 2);
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
@@ -493,11 +509,11 @@ START_TEST(a_writethrough_backing_write_waits_for_the_writebacks_batch)
 
 	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
 	wr(1u << 20, 4096, 6);
-	pthread_rwlock_wrlock(&img->through_lock);
+	pcache_through_hold(img, true);
 	ck_assert_int_eq(pthread_create(&t, NULL, wt_writer, NULL), 0);
 	usleep(100 * 1000);
 	backing_is(1u << 20, 4096, 6);
-	pthread_rwlock_unlock(&img->through_lock);
+	pcache_through_hold(img, false);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
 	backing_is(1u << 20, 4096, 7);
 }
@@ -543,7 +559,7 @@ START_TEST(a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate
 	int i;
 
 	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
-	wr(0, 3u << 20, 1);      /* one epoch, at least 3 requests of at most 1 MiB */
+	wr_unmarked(0, 3u << 20, 1); /* one epoch, at least 3 requests of at most 1 MiB */
 	ck_assert_int_eq(pcache_cache_flush(c), 0);
 	/* 1 B/s: the bucket's 1 MiB burst runs out before the batch's last request */
 	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_WRITEBACK_RATE, 1), 0);
@@ -570,6 +586,163 @@ START_TEST(a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate
 }
 END_TEST
 
+static uint64_t wb_written(void)
+{
+	struct pcache_wb_stats st;
+
+	pcache_wb_get_stats(c->wb, &st);
+	return st.bytes_written;
+}
+
+/* A writethrough write put its bytes on the backing: the writeback does not write them again
+ * (its key is marked on the backing once the backing write is over), and the image reads
+ * them from the cache and from the backing alike. */
+START_TEST(a_writethrough_write_is_not_written_back_a_second_time)
+{
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
+	wr(0, 65536, 1);
+	wr(1u << 20, 8192, 2);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	backing_is(0, 65536, 1);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(wb_written(), 0);
+	ck_assert_uint_eq(superseded(), 65536 + 8192);
+	backing_is(0, 65536, 1);
+	backing_is(1u << 20, 8192, 2);
+	/* after a crash the keys are replayed as dirty and written again: the same bytes */
+	wr(2u << 20, 4096, 3);
+	crash_restart();
+	backing_is(2u << 20, 4096, 3);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_is(0, 65536, 1);
+}
+END_TEST
+
+/*
+ * Two overlapping writethrough writes in flight together may end on the backing in either
+ * order, so neither is marked on the backing: the writeback writes them again in log order
+ * and the backing ends with the later one's bytes, as the cache. The other write in flight is
+ * played by a gate entry held over the range.
+ */
+START_TEST(overlapping_writethrough_writes_in_flight_together_are_written_back_again)
+{
+	struct pcache_through_ent other = { .off = 4096, .end = 8192 };
+	uint32_t want[16];
+
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
+	pcache_through_enter(img, &other);
+	wr(0, 8192, 1);                 /* overlaps the one in flight */
+	wr(65536, 4096, 2);             /* does not */
+	pcache_through_leave(img, &other);
+	ck_assert(other.overlapped);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(wb_written(), 8192);
+	for (int i = 0; i < 16; i++)
+		want[i] = 1;
+	engine_and_backing_are(0, 8192, want);
+	backing_is(65536, 4096, 2);
+}
+END_TEST
+
+struct async_done {
+	_Atomic int calls;
+	_Atomic int status;
+};
+
+static void async_cb(void *priv, int status)
+{
+	struct async_done *d = priv;
+
+	atomic_store(&d->status, status);
+	atomic_fetch_add(&d->calls, 1);
+}
+
+/* Wait up to 5 s for d's callback; its status. */
+static int async_wait(struct async_done *d)
+{
+	for (int i = 0; i < 500 && !atomic_load(&d->calls); i++)
+		usleep(10 * 1000);
+	ck_assert_int_eq(atomic_load(&d->calls), 1);
+	return atomic_load(&d->status);
+}
+
+static struct {
+	struct async_done *d;
+	int ret;
+} async_arg;
+
+static void *async_writer(void *arg)
+{
+	uint8_t buf[4096];
+
+	(void)arg;
+	eng_fill(buf, 4096, 1, 16384, 7);
+	async_arg.ret = pcache_image_write_async(img, buf, 16384, 4096, 0, async_cb, async_arg.d);
+	return NULL;
+}
+
+/*
+ * pcache_image_write_async(): in writethrough mode it returns PCACHE_IO_PENDING, the caller's
+ * buffer is free at once (the backing is written from the cached copy), done() reports the
+ * backing write, a FUA write flushes the backing before done(); in writeback mode it is a
+ * plain write (0, done() never called). The writeback holds it off while it issues.
+ */
+START_TEST(an_async_writethrough_write_completes_from_its_backing_write)
+{
+	struct pcache_backing_stats bs0, bs1;
+	struct async_done d = { 0 }, d2 = { 0 }, d3 = { 0 };
+	uint8_t *buf = malloc(1u << 20);
+	uint32_t want[2048];
+	pthread_t t;
+	int ret;
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITETHROUGH), 0);
+	eng_fill(buf, 1u << 20, 1, 0, 5);
+	ret = pcache_image_write_async(img, buf, 0, 1u << 20, 0, async_cb, &d);
+	ck_assert_int_eq(ret, PCACHE_IO_PENDING);
+	memset(buf, 0xEE, 1u << 20);    /* the caller's buffer is its own again */
+	ck_assert_int_eq(async_wait(&d), 0);
+	for (int i = 0; i < 2048; i++)
+		want[i] = 5;
+	engine_and_backing_are(0, 1u << 20, want);
+	/* FUA: the backing is flushed before done() */
+	pcache_backing_get_stats(img->b, &bs0);
+	eng_fill(buf, 4096, 1, 8192, 6);
+	ret = pcache_image_write_async(img, buf, 8192, 4096, PCACHE_IO_FUA, async_cb, &d2);
+	ck_assert_int_eq(ret, PCACHE_IO_PENDING);
+	ck_assert_int_eq(async_wait(&d2), 0);
+	pcache_backing_get_stats(img->b, &bs1);
+	ck_assert_uint_eq(bs1.flushes, bs0.flushes + 1);
+	backing_is(8192, 4096, 6);
+	/* while the writeback holds the gate the write waits; it lands once it lets go */
+	pcache_through_hold(img, true);
+	async_arg.d = &d3;
+	ck_assert_int_eq(pthread_create(&t, NULL, async_writer, NULL), 0);
+	usleep(100 * 1000);
+	ck_assert_int_eq(atomic_load(&d3.calls), 0);
+	backing_is(16384, 4096, 5);
+	pcache_through_hold(img, false);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(async_arg.ret, PCACHE_IO_PENDING);
+	ck_assert_int_eq(async_wait(&d3), 0);
+	backing_is(16384, 4096, 7);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_uint_eq(wb_written(), 0);
+	/* writeback mode: a plain write */
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITEBACK), 0);
+	memset(&d, 0, sizeof(d));
+	eng_fill(buf, 4096, 1, 0, 8);
+	ck_assert_int_eq(pcache_image_write_async(img, buf, 0, 4096, 0, async_cb, &d), 0);
+	usleep(50 * 1000);
+	ck_assert_int_eq(atomic_load(&d.calls), 0);
+	backing_is(0, 4096, 5);
+	free(buf);
+}
+END_TEST
+
 Suite *cache_wbskip_suite(void);
 Suite *cache_wbskip_suite(void)
 {
@@ -592,6 +765,9 @@ Suite *cache_wbskip_suite(void)
 	tcase_add_test(tc, an_older_key_is_never_written_over_a_writearound_one);
 	tcase_add_test(tc, a_writethrough_backing_write_waits_for_the_writebacks_batch);
 	tcase_add_test(tc, a_writethrough_write_completes_while_the_writeback_sleeps_in_its_rate_limit);
+	tcase_add_test(tc, a_writethrough_write_is_not_written_back_a_second_time);
+	tcase_add_test(tc, overlapping_writethrough_writes_in_flight_together_are_written_back_again);
+	tcase_add_test(tc, an_async_writethrough_write_completes_from_its_backing_write);
 	suite_add_tcase(s, tc);
 	return s;
 }

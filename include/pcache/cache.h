@@ -215,13 +215,25 @@ void pcache_image_note_media_error(struct pcache_image *img);
  * Write (same alignment rules). Acknowledged when in the cache; durable at the next flush or
  * at return with PCACHE_IO_FUA. May wait for space when the cache is full (first come first
  * served, counted in full_waits); -EIO when no space can ever be freed (writeback stopped
- * on a corrupt log, or the cache is stopping) or after waiting space_timeout (counted). -EROFS on a read-only image, -ENODEV once the
- * image is detaching. Cache modes: writeback (default); writethrough (the backing image is
- * written first, synchronously, then the cache); writearound (the backing image only; cached
+ * on a corrupt log, or the cache is stopping) or after waiting space_timeout (counted). -EROFS
+ * on a read-only image, -ENODEV once the image is detaching. Cache modes: writeback (default);
+ * writethrough (the cache is written and staged as a THROUGH key first, then the backing image,
+ * synchronously; acknowledged when both are); writearound (the backing image only; cached
  * copies of the range are replaced, placeholders of misses in flight dropped).
  */
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 		       unsigned int flags);
+/*
+ * A write that does not hold the caller's thread for the backing I/O: in writethrough mode the
+ * cached copy is written and staged as for pcache_image_write(), then the backing is written
+ * from that copy (and for PCACHE_IO_FUA flushed) and PCACHE_IO_PENDING returned;
+ * done(priv, status) runs when that is over (status 0 or -errno, as the synchronous write
+ * would have returned), on the backing's completion thread or, when the backing refused the
+ * submission, on the caller's before the call returns. buf is read during the call only. In
+ * any other mode it is pcache_image_write(): 0 or -errno at return, done() not called.
+ */
+int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+			     unsigned int flags, pcache_io_done_fn done, void *priv);
 /*
  * fsync semantics: every write acknowledged before the call is durable when it returns (all
  * staging ksets holding keys are closed and persisted; the flush epoch advances). In
