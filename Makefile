@@ -141,7 +141,8 @@ $(O)/tools/%: $(O)/tests/tools/%.o $(call obj,$(TESTLIB_SRCS) $(COMMON_SRCS)) $(
 # libFuzzer targets: clang only, always with ASan+UBSan, own object tree.
 FUZZ_O ?= build-fuzz
 FUZZ_CFLAGS = -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -pthread -g -O1 \
-	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -Iinclude $(PKG_CFLAGS)
+	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -Iinclude $(PKG_CFLAGS) \
+	-MMD -MP
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,$(FUZZ_O)/%,$(FUZZ_SRCS))
 $(FUZZ_O)/obj/%.o: %.c | deps
 	@mkdir -p $(dir $@)

@@ -35,6 +35,7 @@
 #ifndef PCACHE_CACHE_I_H
 #define PCACHE_CACHE_I_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -368,12 +369,6 @@ void pcache_image_free(struct pcache_image *img);
 
 /* ---- the request path (cache_req.c, cache_read.c, cache_pin.c) ------------------------------ */
 
-/* Begin I/O on img (counts it in inflight, notes user I/O time): 0, or -ENODEV (detaching or
- * stopping). Every successful enter is paired with pcache_req_exit(). */
-int pcache_req_enter(struct pcache_image *img);
-void pcache_req_exit(struct pcache_image *img);
-/* A request's range: engine-sector aligned and inside the image. 0 or -EINVAL. */
-int pcache_req_check_range(const struct pcache_image *img, uint64_t off, uint64_t len);
 /* A media error in the data area (media.h) at seg/off: counted, logged (rate-limited). */
 void pcache_req_media_error(struct pcache_image *img, uint32_t seg, uint32_t off);
 /* img->through: init/destroy; shared enter/leave (leave counts through_done, from any
@@ -509,6 +504,43 @@ static inline bool pcache_key_stale(struct pcache_cache *c, const struct pcache_
 static inline uint8_t *pcache_seg_ptr(struct pcache_cache *c, uint32_t seg, uint32_t off)
 {
 	return (uint8_t *)pcache_cache_dev_seg_addr(c->cd, seg) + off;
+}
+
+/* ---- the request path's per-request helpers (inline: every I/O calls them) ----------------- */
+
+/* Begin I/O on img (counts it in inflight, notes user I/O time): 0, or -ENODEV (detaching or
+ * stopping). Every successful enter is paired with pcache_req_exit(). */
+static inline int pcache_req_enter(struct pcache_image *img)
+{
+	struct pcache_cache *c = img->c;
+	uint64_t ms = pcache_coarse_ms();
+
+	/* user I/O time for the writeback's idle test, stored only when it changed, so that
+	 * I/O threads rarely write the shared line */
+	if (atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) != ms)
+		atomic_store_explicit(&c->last_io_ms, ms, memory_order_relaxed);
+	atomic_fetch_add(&img->inflight, 1);
+	if (atomic_load(&img->detaching) || atomic_load(&img->c->stopping_io)) {
+		atomic_fetch_sub(&img->inflight, 1);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+static inline void pcache_req_exit(struct pcache_image *img)
+{
+	atomic_fetch_sub(&img->inflight, 1);
+}
+
+/* A request's range: engine-sector aligned and inside the image. 0 or -EINVAL. */
+static inline int pcache_req_check_range(const struct pcache_image *img, uint64_t off,
+					 uint64_t len)
+{
+	if (off % img->lbs || len % img->lbs)
+		return -EINVAL;
+	if (off > img->size || len > img->size - off)
+		return -EINVAL;
+	return 0;
 }
 
 #endif

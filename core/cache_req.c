@@ -60,36 +60,6 @@ void pcache_req_media_error(struct pcache_image *img, uint32_t seg, uint32_t off
 
 /* ---- common ------------------------------------------------------------------------------- */
 
-int pcache_req_enter(struct pcache_image *img)
-{
-	struct pcache_cache *c = img->c;
-	uint64_t ms = pcache_coarse_ms();
-
-	/* user I/O time for the writeback's idle test, stored only when it changed, so that
-	 * I/O threads rarely write the shared line */
-	if (atomic_load_explicit(&c->last_io_ms, memory_order_relaxed) != ms)
-		atomic_store_explicit(&c->last_io_ms, ms, memory_order_relaxed);
-	atomic_fetch_add(&img->inflight, 1);
-	if (atomic_load(&img->detaching) || atomic_load(&img->c->stopping_io)) {
-		atomic_fetch_sub(&img->inflight, 1);
-		return -ENODEV;
-	}
-	return 0;
-}
-
-void pcache_req_exit(struct pcache_image *img)
-{
-	atomic_fetch_sub(&img->inflight, 1);
-}
-
-int pcache_req_check_range(const struct pcache_image *img, uint64_t off, uint64_t len)
-{
-	if (off % img->lbs || len % img->lbs)
-		return -EINVAL;
-	if (off > img->size || len > img->size - off)
-		return -EINVAL;
-	return 0;
-}
 
 /*
  * Insert k (region-relative) into the index of img and stage it, under the subtree lock.
