@@ -544,6 +544,8 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 	pthread_mutex_unlock(&c->segs.lock);
 	pthread_mutex_lock(&c->log.lock);
 	st->ksets_written = c->log.ksets_written;
+	st->flush_commits = atomic_load(&c->flush_begun);
+	st->flush_joined = atomic_load(&c->flush_joined);
 	pthread_mutex_unlock(&c->log.lock);
 	pthread_mutex_lock(&c->bg_lock);
 	st->gc_runs = c->gc_runs;

@@ -423,6 +423,13 @@ struct pcache_cache {
 	struct pcache_log log;
 	struct pcache_stage *stage;   /* PCACHE_NSTAGE */
 	pthread_mutex_t flush_lock;   /* serialises flushes (epoch bumps) */
+	/*
+	 * Group commit (pcache_cache_flush): commits begun (a commit's number is its value after
+	 * the increment, under flush_lock), the number of the last one that succeeded, and the
+	 * flushes a commit covered without one of their own.
+	 */
+	_Atomic uint64_t flush_begun, flush_ok;
+	_Atomic uint64_t flush_joined;
 	pthread_mutex_t knob_lock;    /* serialises knob updates (read-modify-write of cache_info) */
 
 	pthread_mutex_t img_lock;     /* guards imgs[] and live[] */

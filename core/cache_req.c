@@ -664,17 +664,32 @@ out:
 
 /* ---- flush -------------------------------------------------------------------------------- */
 
+/*
+ * Group commit: a flush makes durable every write acknowledged before it began, which any
+ * commit (close every staging kset, bump the epoch) that began after it arrived also does. So
+ * a flush that finds, once it holds flush_lock, that such a commit succeeded meanwhile (it
+ * waited for that commit on the lock) returns at once: concurrent fsyncs share one commit.
+ */
 int pcache_cache_flush(struct pcache_cache *c)
 {
+	uint64_t arrived = atomic_load(&c->flush_begun), seq;
 	int ret;
 
 	pthread_mutex_lock(&c->flush_lock);
+	if (atomic_load(&c->flush_ok) > arrived) {
+		pthread_mutex_unlock(&c->flush_lock);
+		atomic_fetch_add_explicit(&c->flush_joined, 1, memory_order_relaxed);
+		return 0;
+	}
+	seq = atomic_fetch_add(&c->flush_begun, 1) + 1;
 	atomic_store(&c->log.epoch_unsure, true);
 	ret = pcache_stages_close_all(c, true, false, false);
 	/* ksets closed above carry the old epoch; later ones the new (writeback barriers) */
 	pcache_log_epoch_bump(c);
 	if (ret)
 		atomic_store(&c->log.epoch_broken, true); /* keys left staged get the new epoch */
+	else
+		atomic_store(&c->flush_ok, seq);
 	atomic_store(&c->log.epoch_unsure, false);
 	pthread_mutex_unlock(&c->flush_lock);
 	return ret;

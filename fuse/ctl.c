@@ -181,6 +181,8 @@ static void status_text(struct pfs_text *t)
 			", segs_freed %" PRIu64 ", media_errors %" PRIu64 "\n",
 			cs.full_waits, cs.full_wait_ns / 1000000, cs.space_timeouts, cs.ksets_written, cs.keys_indexed,
 			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed, cs.media_errors);
+	pfs_text_printf(t, "  flushes: %" PRIu64 " log commits, %" PRIu64 " joined a commit in progress\n",
+			cs.flush_commits, cs.flush_joined);
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
 			"same epoch, or on the backing by writethrough)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			pcache_fmt_size(cs.wb_bytes, h1, sizeof(h1)), pcache_fmt_size(cs.wb_superseded, h2, sizeof(h2)));
@@ -287,13 +289,15 @@ static void status_json(struct pfs_text *t)
 	pfs_text_printf(t, ", \"gc_percent\": %u, \"dirty_high\": %u, \"dirty_low\": %u, \"writeback_rate\": %" PRIu64
 			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"space_timeouts\": %" PRIu64
 			", \"ksets_written\": %" PRIu64
+			", \"flush_commits\": %" PRIu64 ", \"flush_joined\": %" PRIu64
 			", \"keys_indexed\": %" PRIu64 ", \"index_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64
 			", \"gc_runs\": %" PRIu64 ", \"segs_freed\": %" PRIu64 ", \"media_errors\": %" PRIu64
 			", \"parallel_write_opens\": %" PRIu64
 			", \"wb_bytes\": %" PRIu64 ", \"wb_superseded\": %" PRIu64
 			", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %u}",
 			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.full_waits, cs.full_wait_ns,
-			cs.space_timeouts, cs.ksets_written, cs.keys_indexed, cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
+			cs.space_timeouts, cs.ksets_written, cs.flush_commits, cs.flush_joined, cs.keys_indexed,
+			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
 			cs.media_errors, pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
 			cs.dirty_percent);
 	images_snapshot(&is);
@@ -417,6 +421,9 @@ static void metrics_cache(struct pfs_text *t, const struct pcache_cache_status *
 		{ "pcachefs_space_timeouts_total", true,
 		  "Writers that waited space_timeout for cache space and got EIO.", cs->space_timeouts },
 		{ "pcachefs_ksets_written_total", true, "Key sets written to the key log.", cs->ksets_written },
+		{ "pcachefs_flush_commits_total", true, "Flushes that committed the key log.", cs->flush_commits },
+		{ "pcachefs_flush_joined_total", true,
+		  "Flushes covered by a log commit that began after them (group commit).", cs->flush_joined },
 		{ "pcachefs_keys_indexed", false, "Keys in the in-memory index.", cs->keys_indexed },
 		{ "pcachefs_index_bytes", false, "Memory used by the in-memory index.", cs->index_bytes },
 		{ "pcachefs_gc_runs_total", true, "Garbage collection runs.", cs->gc_runs },

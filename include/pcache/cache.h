@@ -304,6 +304,8 @@ struct pcache_cache_status {
 	uint64_t full_waits, full_wait_ns;   /* writers that waited for space */
 	uint64_t space_timeouts;             /* writers that waited space_timeout and got -EIO */
 	uint64_t ksets_written, keys_indexed, index_bytes;
+	/* flushes (fsync): log commits, and flushes a commit that began after them covered */
+	uint64_t flush_commits, flush_joined;
 	uint64_t wb_errors, gc_runs, segs_freed;
 	/* reads of the cache device that hit a media error (poison, a page gone): key log and data */
 	uint64_t media_errors;

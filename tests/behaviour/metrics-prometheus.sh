@@ -72,6 +72,8 @@ pcachefs_writeback_errors_total .cache.wb_errors
 pcachefs_full_waits_total .cache.full_waits
 pcachefs_full_wait_seconds_total .cache.full_wait_ns/1e9
 pcachefs_ksets_written_total .cache.ksets_written
+pcachefs_flush_commits_total .cache.flush_commits
+pcachefs_flush_joined_total .cache.flush_joined
 pcachefs_keys_indexed .cache.keys_indexed
 pcachefs_gc_runs_total .cache.gc_runs
 pcachefs_gc_percent .cache.gc_percent
