@@ -10,6 +10,8 @@
 #   pc-hit     pcachefs, cache in /dev/shm, image warmed (read fully) before every round
 #   pc-hit-st  the same with the single-threaded session loop (-s), QD16 jobs only
 #   pc-miss    pcachefs on a fresh cache for every run (4 KiB random reads only), backing on disk
+#   pc-wt      pcachefs with cache_mode=writethrough, 4 GiB backing on disk (rw4k_qd16, sw1m)
+#   pc-zipf    pcachefs, 4 GiB backing on disk through a 1 GiB cache (zipf4k_qd16: partial hits)
 #   ceiling    build/tools/ceilingfs: RAM-backed FUSE file with pcachefs's session settings
 #   qsd        qemu-storage-daemon FUSE export of a raw image on disk, cache.direct=on
 #   qsd-shm    the same export of an image in /dev/shm (QEMU's FUSE ceiling)
@@ -25,6 +27,7 @@
 # rotated per round) before round r+1; the tables show medians over the rounds.
 #
 # Knobs (environment): BENCH_QUICK=1 (1 round, 2 s runs); FUSE_ROUNDS, FUSE_RUNTIME, FUSE_RAMP;
+# FUSE_ZIPF_RAMP (the zipf job's warm-up, default 30 s, 5 s with BENCH_QUICK);
 # FUSE_CONFIGS / FUSE_JOBS (space-separated subsets); FUSE_DISK_DIR (default /var/tmp);
 # FUSE_SHM_DIR (default /dev/shm); FUSE_CACHE_SIZE (pc-hit cache, default 4g); FUSE_PROFILE
 # (space-separated [CONFIG:]JOB to profile with perf after the rounds, CONFIG pc-hit (default),
@@ -52,8 +55,10 @@ CEILINGFS=$PCACHE_BUILD/tools/ceilingfs
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
 	ROUNDS=${FUSE_ROUNDS:-1}; RUNTIME=${FUSE_RUNTIME:-2}; RAMP=${FUSE_RAMP:-1}
+	ZIPF_RAMP=${FUSE_ZIPF_RAMP:-5}
 else
 	ROUNDS=${FUSE_ROUNDS:-3}; RUNTIME=${FUSE_RUNTIME:-5}; RAMP=${FUSE_RAMP:-1}
+	ZIPF_RAMP=${FUSE_ZIPF_RAMP:-30}
 fi
 DISK_DIR=${FUSE_DISK_DIR:-/var/tmp}
 SHM_DIR=${FUSE_SHM_DIR:-/dev/shm}
@@ -65,22 +70,31 @@ MISS_SIZE=4g           # pc-miss and raw: large enough that a run never reads a 
 # measured the disk's writeback speed, not the cache.
 CACHE_SIZE=${FUSE_CACHE_SIZE:-4g}
 MISS_CACHE_SIZE=2g
+ZIPF_CACHE_SIZE=1g     # pc-zipf: a quarter of its 4 GiB image
 RSS_CACHE_SIZE=2g
 REPLAY_SAMPLES=5
 
-ALL_JOBS="rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16 sr1m sw1m"
-ALL_CONFIGS="pc-hit pc-hit-st pc-miss ceiling qsd qsd-shm raw shm"
+BASE_JOBS="rr4k_j1 rr4k_j2 rr4k_qd16 rw4k_j1 rw4k_j2 rw4k_qd16 sr1m sw1m"
+ALL_JOBS="$BASE_JOBS fs4k_j1 fs4k_j4 zipf4k_qd16"
+ALL_CONFIGS="pc-hit pc-hit-st pc-miss pc-wt pc-zipf ceiling qsd qsd-shm raw shm"
 JOBS=${FUSE_JOBS:-$ALL_JOBS}
 # Reads run before writes within a round, so that no write pushes warmed data out of the cache
 # before a read job measures hits.
-EXEC_JOBS="$(for j in $JOBS; do case $j in rr*|sr*) printf '%s ' "$j" ;; esac; done)"
-EXEC_JOBS+="$(for j in $JOBS; do case $j in rr*|sr*) ;; *) printf '%s ' "$j" ;; esac; done)"
+EXEC_JOBS="$(for j in $JOBS; do case $j in rr*|sr*|zipf*) printf '%s ' "$j" ;; esac; done)"
+EXEC_JOBS+="$(for j in $JOBS; do case $j in rr*|sr*|zipf*) ;; *) printf '%s ' "$j" ;; esac; done)"
 CONFIGS=${FUSE_CONFIGS:-$ALL_CONFIGS}
 
 # Which jobs each configuration runs (default: all).
 declare -A CFG_JOBS=(
+	[pc-hit]="$BASE_JOBS fs4k_j1 fs4k_j4"
 	[pc-miss]="rr4k_j1 rr4k_qd16"
 	[pc-hit-st]="rr4k_qd16 rw4k_qd16"
+	[pc-wt]="rw4k_qd16 sw1m"
+	[pc-zipf]="zipf4k_qd16"
+	[ceiling]="$BASE_JOBS"
+	[qsd]="$BASE_JOBS fs4k_j1 fs4k_j4"
+	[qsd-shm]="$BASE_JOBS"
+	[shm]="$BASE_JOBS"
 )
 
 log() { echo "bench-fuse: $*" >&2; }
@@ -178,8 +192,8 @@ daemon_start() {
 # fio_run OUT.json FILE SIZE SECTION JOBFILE: one fio run; 0 if fio and every job succeeded.
 fio_run() {
 	local out=$1 file=$2 size=$3 section=$4 jobfile=$5
-	FIO_FILE=$file FIO_SIZE=$size FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
-		timeout -k 10 $((RUNTIME + RAMP + 120)) \
+	FIO_FILE=$file FIO_SIZE=$size FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP FIO_ZIPF_RAMP=$ZIPF_RAMP \
+		timeout -k 10 $((RUNTIME + RAMP + ZIPF_RAMP + 120)) \
 		fio --output-format=json --output="$out" --section="$section" "$jobfile" \
 		>"$out.err" 2>&1 || return 1
 	[ "$(jq '[.jobs[].error] | add' "$out" 2>/dev/null)" = 0 ]
@@ -206,7 +220,7 @@ metric() {
 }
 
 fio_cmdline() { # the command line of one measured run, as printed in the report
-	echo "FIO_FILE=$1 FIO_SIZE=$2 FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP fio --output-format=json --section=$3 contrib/bench/fio/fuse.fio"
+	echo "FIO_FILE=$1 FIO_SIZE=$2 FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP FIO_ZIPF_RAMP=$ZIPF_RAMP fio --output-format=json --section=$3 contrib/bench/fio/fuse.fio"
 }
 
 # ---- configurations -------------------------------------------------------------------------
@@ -267,6 +281,16 @@ setup_config() {
 		pcachefs_works || { CFG_NOTE[$c]="build/pcachefs not built"; return 1; }
 		[ -f "$WORK_DISK/miss.img" ] || fio_prep "$WORK_DISK/miss.img" $MISS_SIZE fill || return 1
 		CFG_FILE[$c]=$WORK_RUN/mnt-$c/img; CFG_SIZE[$c]=$MISS_SIZE   # mounted per run
+		;;
+	pc-wt|pc-zipf)
+		pcachefs_works || { CFG_NOTE[$c]="build/pcachefs not built"; return 1; }
+		fio_prep "$WORK_DISK/$c.img" $MISS_SIZE fill || return 1
+		local csize=$CACHE_SIZE extra=(-o cache_mode=writethrough)
+		[ "$c" = pc-zipf ] && { csize=$ZIPF_CACHE_SIZE; extra=(); }
+		new_cache "$WORK_SHM/$c.cache" "$csize"
+		pc_start "$c" "$WORK_SHM/$c.cache" "$WORK_DISK/$c.img" "${extra[@]}" ||
+			{ CFG_NOTE[$c]="pcachefs did not mount (see the log above)"; return 1; }
+		CFG_FILE[$c]=$WORK_RUN/mnt-$c/img; CFG_SIZE[$c]=$MISS_SIZE
 		;;
 	raw)
 		[ -f "$WORK_DISK/miss.img" ] || fio_prep "$WORK_DISK/miss.img" $MISS_SIZE fill || return 1
@@ -365,9 +389,14 @@ run_one() {
 		fi
 	fi
 	case $c in pc-*) before=$(pc_counters "$WORK_RUN/mnt-$c") ;; esac
-	local dbefore=''
+	local dbefore='' fpid ok=0
 	case $c:$j in pc-miss:*|qsd:rr4k*|raw:rr4k*) [ -n "$DISK_STAT" ] && dbefore=$(disk_snap) ;; esac
-	if fio_run "$out" "${CFG_FILE[$c]}" "${CFG_SIZE[$c]}" "$j" "$JOBFILE"; then
+	fio_run "$out" "${CFG_FILE[$c]}" "${CFG_SIZE[$c]}" "$j" "$JOBFILE" &
+	fpid=$!
+	# the zipf job's counters (hit share) cover its measured part only, not its warm-up
+	case $c:$j in pc-*:zipf*) sleep "$ZIPF_RAMP"; before=$(pc_counters "$WORK_RUN/mnt-$c") ;; esac
+	wait "$fpid" && ok=1
+	if [ $ok = 1 ]; then
 		v=$(metric "$j" "$out")
 		[ -n "$dbefore" ] && disk_row "$r" "$j" "$c" "$dbefore" "$(disk_snap)" "$out"
 	else
@@ -405,7 +434,7 @@ fmt() { # fmt JOB VALUE: 38.0k / 4.94 GB/s
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print ""; else printf "%.2f\n", a / b }'; }
 
 # The targets: "label|job|config|reference config|minimum ratio" (0.85 = 85 %, 3 = 3x; info =
-# shown without a target).
+# shown without a target). A reference "JOB@CONFIG" compares with another job's median.
 TARGETS=()
 for j in rr4k_j2 rr4k_qd16 rw4k_j2 rw4k_qd16 sr1m; do TARGETS+=("hits vs ceiling|$j|pc-hit|ceiling|0.85"); done
 TARGETS+=("hits vs ceiling|sw1m|pc-hit|ceiling|0.75")
@@ -415,19 +444,29 @@ TARGETS+=("hits vs qsd|sr1m|pc-hit|qsd|5" "hits vs qsd|sw1m|pc-hit|qsd|info")
 for j in $ALL_JOBS; do TARGETS+=("hits vs qsd-shm|$j|pc-hit|qsd-shm|info"); done
 TARGETS+=("misses vs raw backing|rr4k_qd16|pc-miss|raw|0.85" "misses vs raw backing|rr4k_j1|pc-miss|raw|info")
 for j in rr4k_qd16 rw4k_qd16; do TARGETS+=("hits single-threaded vs ceiling|$j|pc-hit-st|ceiling|info"); done
+TARGETS+=("writethrough vs raw backing|rw4k_qd16|pc-wt|raw|0.8" "writethrough vs raw backing|sw1m|pc-wt|raw|0.9")
+TARGETS+=("write + fdatasync vs raw backing|fs4k_j1|pc-hit|raw|info" "write + fdatasync vs raw backing|fs4k_j4|pc-hit|raw|10")
+TARGETS+=("write + fdatasync vs qsd|fs4k_j1|pc-hit|qsd|info" "write + fdatasync vs qsd|fs4k_j4|pc-hit|qsd|info")
+TARGETS+=("write + fdatasync, 4 jobs vs 1 job|fs4k_j4|pc-hit|fs4k_j1@pc-hit|2")
+TARGETS+=("partial hits (zipf 1.1, 4 GiB through 1 GiB) vs raw backing|zipf4k_qd16|pc-zipf|raw|1")
+
+# ref_median JOB REF: the median of the reference (REF = CONFIG, or JOB@CONFIG).
+ref_median() {
+	case $2 in *@*) median "${2%@*}" "${2#*@}" ;; *) median "$1" "$2" ;; esac
+}
 
 # target_missed JOB CFG REF_CFG MIN: 0 if both were measured and the ratio is below MIN.
 target_missed() {
 	local r
 	[ "$4" = info ] && return 1
-	r=$(ratio "$(median "$1" "$2")" "$(median "$1" "$3")")
+	r=$(ratio "$(median "$1" "$2")" "$(ref_median "$1" "$3")")
 	[ -n "$r" ] && awk -v r="$r" -v m="$4" 'BEGIN { exit !(r < m) }'
 }
 
 # target_row LABEL JOB CFG REF_CFG MIN: one line of the targets table.
 target_row() {
 	local label=$1 j=$2 c=$3 ref=$4 min=$5 a b r verdict
-	a=$(median "$j" "$c"); b=$(median "$j" "$ref"); r=$(ratio "$a" "$b")
+	a=$(median "$j" "$c"); b=$(ref_median "$j" "$ref"); r=$(ratio "$a" "$b")
 	if [ -z "$r" ]; then verdict="not measured"
 	elif [ "$min" = info ]; then verdict="(no target)"
 	elif awk -v r="$r" -v m="$min" 'BEGIN { exit !(r >= m) }'; then verdict="met"
@@ -435,7 +474,23 @@ target_row() {
 	fi
 	local tgt=">= $min"
 	case $min in info) tgt="-" ;; 0.*) tgt=">= $(awk -v m="$min" 'BEGIN { printf "%d %%", m * 100 }')" ;; *) tgt=">= ${min}x" ;; esac
-	echo "| $label | $j | $(fmt "$j" "$a") | $ref $(fmt "$j" "$b") | ${r:--} | $tgt | $verdict |"
+	echo "| $label | $j | $(fmt "$j" "$a") | ${ref/@/ on } $(fmt "$j" "$b") | ${r:--} | $tgt | $verdict |"
+}
+
+# zipf_target_row: the partial-hit target. At a hit share h (of the bytes read, measured over
+# the zipf runs), pcachefs should reach the better of raw and the h-weighted rate of all-hit and
+# all-miss reads (1 / (h / hit + (1 - h) / miss), hit = pc-hit and miss = pc-miss rr4k_qd16).
+zipf_target_row() {
+	local z raw hit miss h want r verdict
+	z=$(median zipf4k_qd16 pc-zipf); raw=$(median zipf4k_qd16 raw)
+	hit=$(median rr4k_qd16 pc-hit); miss=$(median rr4k_qd16 pc-miss)
+	h=$(awk '$2 == "zipf4k_qd16" && $3 == "pc-zipf" { a += $4; b += $5 } END { if (a + b) printf "%.4f", a / (a + b) }' \
+		"$WORK_RUN/pcstats.tsv" 2>/dev/null)
+	[ -n "$z" ] && [ -n "$raw" ] && [ -n "$hit" ] && [ -n "$miss" ] && [ -n "$h" ] || return 0
+	want=$(awk -v h="$h" -v a="$hit" -v b="$miss" -v r="$raw" 'BEGIN { w = 1 / (h / a + (1 - h) / b); printf "%.6f", (w > r ? w : r) }')
+	r=$(ratio "$z" "$want")
+	if awk -v r="$r" 'BEGIN { exit !(r >= 1) }'; then verdict="met"; else verdict="**missed**"; fi
+	echo "| partial hits vs max(raw, hit share $(awk -v h="$h" 'BEGIN { printf "%.1f %%", 100 * h }')-weighted hit/miss rate) | zipf4k_qd16 | $(fmt zipf4k_qd16 "$z") | $(fmt zipf4k_qd16 "$want") (hits $(fmt rr4k_qd16 "$hit"), misses $(fmt rr4k_qd16 "$miss"), raw $(fmt zipf4k_qd16 "$raw")) | $r | >= 1x | $verdict |"
 }
 
 status_field() { # status_field MOUNT KEY: a number from .pcache/status.json (searched anywhere)
@@ -618,7 +673,7 @@ elif [ -n "${FUSE_PROFILE:-}" ]; then
 fi
 
 # Stop the long-running daemons now; the memory test needs the RAM.
-for c in pc-hit pc-hit-st ceiling qsd qsd-shm; do daemon_stop "$c"; done
+for c in pc-hit pc-hit-st pc-wt pc-zipf ceiling qsd qsd-shm; do daemon_stop "$c"; done
 rm -f "$WORK_SHM"/*.img "$WORK_SHM"/*.cache "$WORK_SHM/shm.file"
 
 if [ "${FUSE_SKIP_RSS:-0}" != 1 ] && pcachefs_works; then
@@ -659,6 +714,8 @@ done
 	echo "- pc-hit: \`$(show_cmd)\`, cache file $CACHE_SIZE in $SHM_DIR (fresh, sparse), 1 GiB image on disk; the image is read fully (\`--section=warm\` of fio/fuse-prep.fio) after mounting and before every round, so reads are cache hits. Writes land in the cache (their writeback to the image runs in the background)."
 	echo "- pc-hit-st: the same with \`-s\` (single-threaded session loop), QD16 jobs only."
 	echo "- pc-miss: the same command on a fresh $MISS_CACHE_SIZE cache file and a fresh daemon for every run, image = the 4 GiB file of the raw row (O_DIRECT in the backing layer); fio covers all 4 GiB (FIO_SIZE=4g), and fio's random map never reads a block twice in a pass, so every read in the window is a miss."
+	echo "- pc-wt: the pc-hit command with \`-o cache_mode=writethrough\`, cache file $CACHE_SIZE in $SHM_DIR, its own 4 GiB image on disk (FIO_SIZE=4g, as raw): every write reaches the image before it is acknowledged."
+	echo "- pc-zipf: the pc-hit command on a $ZIPF_CACHE_SIZE cache file and its own 4 GiB image on disk (FIO_SIZE=4g): zipf4k_qd16 runs ${ZIPF_RAMP} s of warm-up, then the ${RUNTIME} s measured, and the read hits below show the share of bytes the cache served."
 	echo "- ceiling: \`build/tools/ceilingfs -f -o size=1g <mnt>\` (RAM-backed, the same libfuse session settings as pcachefs: fuse/common_session.c)."
 	qsd_cmd "$DISK_DIR/<tmp>/qsd.img" '<mnt-file>'
 	echo "- qsd: \`$(show_cmd)\` (qemu-storage-daemon $(qemu-storage-daemon --version 2>/dev/null | head -1 | awk '{ print $3 }')), raw image on disk."
@@ -670,7 +727,7 @@ done
 		[ -n "${CFG_NOTE[$c]:-}" ] && echo "- **$c not measured**: ${CFG_NOTE[$c]}."
 	done
 	echo
-	echo "Jobs (contrib/bench/fio/fuse.fio): rr4k/rw4k = 4 KiB random read/write, _j1 = 1 job psync QD1, _j2 = 2 jobs psync QD1, _qd16 = 1 job libaio QD16; sr1m/sw1m = 1 MiB sequential read/write, 1 job libaio QD4; every job is O_DIRECT, time based, randrepeat=0. The command of each run (JOB = the column; <run>, <disk>, <shm> = this run's temporary directories under /tmp, $DISK_DIR, $SHM_DIR):"
+	echo "Jobs (contrib/bench/fio/fuse.fio): rr4k/rw4k = 4 KiB random read/write, _j1 = 1 job psync QD1, _j2 = 2 jobs psync QD1, _qd16 = 1 job libaio QD16; sr1m/sw1m = 1 MiB sequential read/write, 1 job libaio QD4; fs4k = 4 KiB random write each followed by fdatasync (psync), 1 job / 4 jobs on one file (write IOPS); zipf4k_qd16 = 4 KiB random reads, zipf 1.1 popularity, libaio QD16, ${ZIPF_RAMP} s warm-up; every job is O_DIRECT, time based, randrepeat=0. The command of each run (JOB = the column; <run>, <disk>, <shm> = this run's temporary directories under /tmp, $DISK_DIR, $SHM_DIR):"
 	echo
 	echo '```'
 	for c in "${shown[@]}"; do
@@ -680,7 +737,7 @@ done
 	echo '```'
 	echo
 	if [ -s "$WORK_RUN/pcstats.tsv" ]; then
-		echo "pcachefs counters over the measured runs (from .pcache/status.json, summed over the rounds, ramp included): share of the bytes read that were cache hits, and how often and how long writers waited for cache space (back-pressure while GC and writeback free segments):"
+		echo "pcachefs counters over the measured runs (from .pcache/status.json, summed over the rounds, ramp included except the zipf job's warm-up): share of the bytes read that were cache hits, and how often and how long writers waited for cache space (back-pressure while GC and writeback free segments):"
 		echo
 		echo "| config | job | read hits | writer waits | wait time |"
 		echo "|---|---|---|---|---|"
@@ -721,6 +778,7 @@ done
 		IFS='|' read -r label j c ref min <<< "$t"
 		target_row "$label" "$j" "$c" "$ref" "$min"
 	done
+	zipf_target_row
 	echo
 	echo "The targets against qsd use the qsd row (the same kind of image on the same disk, as a user would run it); the qsd-shm lines show the margin against QEMU's export with RAM behind it."
 	echo
