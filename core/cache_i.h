@@ -483,6 +483,8 @@ void pcache_gc_clean(struct pcache_cache *c, uint32_t budget);
 
 /* writeback glue (cache_wbglue.c) */
 void pcache_wb_notify_kick(struct pcache_cache *c);
+/* new dirty data in the log (a kset closed): pcache_wb_kick_data() */
+void pcache_wb_notify_data(struct pcache_cache *c);
 /* The writeback's view of the engine (cache_wbglue.c); ctx is the struct pcache_cache. */
 extern const struct pcache_wb_ops pcache_cache_wb_ops;
 /* Dirty data as a percentage of the data area (the watermarks); ctx is the cache. */

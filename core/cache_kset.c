@@ -157,7 +157,7 @@ int pcache_stage_close(struct pcache_cache *c, struct pcache_stage *st, bool wai
 	atomic_store(&lg->head_lsn, lg->head.lsn);
 	pthread_mutex_unlock(&lg->lock);
 	st->n = 0;
-	pcache_wb_notify_kick(c);
+	pcache_wb_notify_data(c);
 	return 0;
 }
 

@@ -29,6 +29,12 @@ void pcache_wb_notify_kick(struct pcache_cache *c)
 		pcache_wb_kick(c->wb);
 }
 
+void pcache_wb_notify_data(struct pcache_cache *c)
+{
+	if (c->wb)
+		pcache_wb_kick_data(c->wb);
+}
+
 static void wbo_key_head(void *ctx, struct pcache_pos *head)
 {
 	pcache_log_head(ctx, head);

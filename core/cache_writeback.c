@@ -243,22 +243,28 @@ static void wb_wait(struct pcache_wb *wb, uint64_t ns)
 	uint64_t deadline = pcache_now_ns() + ns;
 
 	pthread_mutex_lock(&wb->lock);
-	while (!wb->kicked && !wb->stopping)
+	while (!wb->kicked && !wb->stopping) {
 		if (pcache_cond_wait_until(&wb->cond, &wb->lock, deadline) == ETIMEDOUT)
 			break;
+		wb->st.wakes++;
+	}
 	wb->kicked = false;
 	pthread_mutex_unlock(&wb->lock);
 }
 
 /*
  * The busy writeback's pause: kicks for new dirty data (every kset close) do not end it, or
- * it would run as often as ksets close; a drain, stop, writers waiting for space, idle, or
- * dirty data reaching dirty_high do.
+ * it would run as often as ksets close, and do not even wake it (pcache_wb_kick_data()) unless
+ * dirty data reached dirty_high; a drain, stop, writers waiting for space (their GC kicks with
+ * pcache_wb_kick()), idle, or dirty data reaching dirty_high end it.
  */
 static void wb_busy_wait(struct pcache_wb *wb, uint64_t ns)
 {
 	uint64_t end = pcache_now_ns() + ns, now;
 
+	pthread_mutex_lock(&wb->lock);
+	wb->busy_pause = true;
+	pthread_mutex_unlock(&wb->lock);
 	while ((now = pcache_now_ns()) < end) {
 		bool leave;
 		uint32_t high;
@@ -271,8 +277,11 @@ static void wb_busy_wait(struct pcache_wb *wb, uint64_t ns)
 		if (leave || (wb->ops.space_wanted && wb->ops.space_wanted(wb->ctx)) ||
 		    (wb->ops.idle && wb->ops.idle(wb->ctx)) ||
 		    (wb->ops.dirty_percent && wb->ops.dirty_percent(wb->ctx) >= high))
-			return;
+			break;
 	}
+	pthread_mutex_lock(&wb->lock);
+	wb->busy_pause = false;
+	pthread_mutex_unlock(&wb->lock);
 }
 
 /* The pause after a busy batch: the whole interval below dirty_low, shrinking linearly to
@@ -529,6 +538,18 @@ void pcache_wb_kick(struct pcache_wb *wb)
 	wb->kicked = true;
 	wb->retry_enxio = true;
 	pthread_cond_signal(&wb->cond);
+	pthread_mutex_unlock(&wb->lock);
+}
+
+void pcache_wb_kick_data(struct pcache_wb *wb)
+{
+	uint32_t pct = wb->ops.dirty_percent ? wb->ops.dirty_percent(wb->ctx) : 0;
+
+	pthread_mutex_lock(&wb->lock);
+	wb->kicked = true;
+	wb->retry_enxio = true;
+	if (!wb->busy_pause || pct >= wb->dirty_high)
+		pthread_cond_signal(&wb->cond);
 	pthread_mutex_unlock(&wb->lock);
 }
 

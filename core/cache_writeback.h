@@ -32,9 +32,9 @@
  *    pcache_cache_dev_image_update(), a read-modify-write that can undo a concurrent update
  *    of the same entry by the engine (rename, attributes): an engine that updates entries at
  *    run time should provide this and apply the two fields under its own lock.
- *  - Call pcache_wb_kick() after closing ksets (new dirty data), when a writer waits for
- *    space, and after an attach (an image whose backing was missing is retried at once, at
- *    most every 100 ms; without a kick every second). pcache_wb_drain() backs
+ *  - Call pcache_wb_kick_data() after closing ksets (new dirty data), and pcache_wb_kick()
+ *    when a writer waits for space and after an attach (an image whose backing was missing
+ *    is retried at once, at most every 100 ms; without a kick every second). pcache_wb_drain() backs
  *    pcache_image_writeback_all()/pcache_cache_writeback_all() and pcache_cache_stop(drain).
  *  - Callbacks are called without any writeback lock held; they must not call pcache_wb_stop().
  *
@@ -166,6 +166,12 @@ void pcache_wb_stop(struct pcache_wb *wb);
 int pcache_wb_stop_timed(struct pcache_wb *wb, uint64_t wait_ns);
 /* New dirty data or a writer waiting for space: wake the thread (cheap, any thread). */
 void pcache_wb_kick(struct pcache_wb *wb);
+/*
+ * New dirty data only (a kset closed): the same as pcache_wb_kick(), except that the writeback
+ * is not woken in its pause between busy batches unless dirty data reached dirty_high (the
+ * pause ends at its time anyway; a kick per kset cost a context switch per fsync).
+ */
+void pcache_wb_kick_data(struct pcache_wb *wb);
 
 /*
  * Write back everything up to the key_head at the time of the call for one image (image_id)
@@ -211,6 +217,7 @@ struct pcache_wb_stats {
 					   * writethrough write put them on the backing */
 	uint64_t errors;                  /* backing errors, CRC mismatches, corrupt ksets */
 	uint64_t crc_errors, retries, rate_waits;
+	uint64_t wakes;                   /* waits of the thread ended by a signal (not a timeout) */
 	uint64_t media_errors;            /* ksets that could not be read (poisoned media) */
 	int latched;                      /* -EUCLEAN when the log is corrupt, -EIO when it
 					   * cannot be read, else 0 */

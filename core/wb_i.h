@@ -122,6 +122,7 @@ struct pcache_wb {
 	struct pcache_wb_bucket bucket;
 	unsigned int drains;              /* drains waiting (full speed while > 0) */
 	bool kicked, stopping;
+	bool busy_pause;                  /* in wb_busy_wait(): data kicks do not wake it */
 	bool drain_abort;                 /* pcache_wb_abort_drains(): drains end with -ESHUTDOWN */
 	bool retry_enxio;                 /* a kick since the last batch: retry missing backings */
 	uint32_t forget_ids[8];           /* images removed from the table (given up), applied at */

@@ -817,7 +817,7 @@ END_TEST
 
 /* ---- Threads ------------------------------------------------------------------------------ */
 
-static uint32_t pct_value;
+static _Atomic uint32_t pct_value;
 static uint32_t ops_pct(void *ctx) { return pct_value; }
 
 START_TEST(thread_drains_on_request_and_on_kick)
@@ -904,17 +904,39 @@ START_TEST(busy_below_dirty_low_trickles_small_batches_and_idle_drains)
 	struct pcache_wb_stats st;
 	struct pcache_wb *wb;
 
+	uint64_t wakes;
+
 	pct_value = 0;                 /* below dirty_low */
 	wb = busy_wb_start(400);
+	for (int i = 0; i < 100; i++) { /* the first trickle batch, then the pause */
+		pcache_wb_get_stats(wb, &st);
+		if (st.keys_dirty)
+			break;
+		usleep(1000);
+	}
+	usleep(20 * 1000);
+	pcache_wb_get_stats(wb, &st);
+	wakes = st.wakes;
 	for (int i = 0; i < 5; i++) {
 		usleep(40 * 1000);
-		pcache_wb_kick(wb); /* what every kset close does: it must not end the pause */
+		pcache_wb_kick_data(wb); /* what every kset close does: it must not end the pause */
 	}
 	pcache_wb_get_stats(wb, &st);
 	_Static_assert(PCACHE_WB_TRICKLE_DIV == 16, "the bound below assumes 2-key trickle batches");
 	ck_assert_msg(st.keys_dirty <= 2,
 		      "busy, below dirty_low: %llu keys written in the first interval",
 		      (unsigned long long)st.keys_dirty);
+	/* nor even wake the thread (a context switch per kset close) */
+	ck_assert_uint_eq(st.wakes, wakes);
+	/* ... unless dirty data reached dirty_high */
+	pct_value = 100;
+	pcache_wb_kick_data(wb);
+	for (int i = 0; i < 100 && st.wakes == wakes; i++) {
+		usleep(10 * 1000);
+		pcache_wb_get_stats(wb, &st);
+	}
+	ck_assert_uint_gt(st.wakes, wakes);
+	pct_value = 0;
 	/* idle: continuous, full batches */
 	atomic_store(&idle_value, true);
 	pcache_wb_kick(wb);
