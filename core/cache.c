@@ -470,6 +470,45 @@ uint32_t pcache_image_cache_mode(const struct pcache_image *img)
 	return atomic_load(&img->cache_mode);
 }
 
+uint64_t pcache_seq_cutoff_bytes(uint32_t field)
+{
+	if (field == 0)
+		return PCACHE_SEQ_CUTOFF_DEFAULT;
+	if (field == PCACHE_SEQ_CUTOFF_OFF)
+		return 0;
+	return (uint64_t)field << 10;
+}
+
+static void seq_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	e->seq_cutoff = *(const uint32_t *)arg;
+}
+
+int pcache_image_set_seq_cutoff(struct pcache_image *img, uint64_t bytes)
+{
+	struct pcache_image_ent e;
+	uint32_t field;
+	int ret;
+
+	if (bytes > PCACHE_SEQ_CUTOFF_MAX)
+		return -EINVAL;
+	field = bytes ? (uint32_t)((bytes + 1023) >> 10) : PCACHE_SEQ_CUTOFF_OFF;
+	pthread_mutex_lock(&img->ent_lock);
+	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, seq_edit_fn,
+					    &field, &e);
+	if (!ret) {
+		img->ent = e;
+		atomic_store(&img->seq_cutoff, pcache_seq_cutoff_bytes(field));
+	}
+	pthread_mutex_unlock(&img->ent_lock);
+	return ret;
+}
+
+uint64_t pcache_image_seq_cutoff(const struct pcache_image *img)
+{
+	return atomic_load(&img->seq_cutoff);
+}
+
 /* ---- status ------------------------------------------------------------------------------- */
 
 void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats *st)
@@ -485,6 +524,8 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	st->write_bytes = atomic_load(&img->write_bytes);
 	st->read_hit_bytes = atomic_load(&img->read_hit_bytes);
 	st->read_miss_bytes = atomic_load(&img->read_miss_bytes);
+	st->read_bypass_bytes = atomic_load(&img->read_bypass_bytes);
+	st->seq_cutoff = atomic_load(&img->seq_cutoff);
 	st->crc_errors = atomic_load(&img->crc_errors);
 	st->backing_errors = atomic_load(&img->backing_errors);
 	st->cache_mode = atomic_load(&img->cache_mode);

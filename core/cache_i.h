@@ -303,6 +303,24 @@ struct pcache_through_gate {
 	bool excl;
 };
 
+/*
+ * Recent read streams of an image (cache_read.c, pcache_seq_bypass()): where each one's next
+ * read is expected, the bytes it read in a row, and when it was last used (a counter). A read
+ * that continues a stream adds to it: it starts within PCACHE_SEQ_SLACK of its own lengths of
+ * the expected offset (queued reads arrive a little out of order; a 4 KiB read must be within
+ * 16 KiB, so random reads do not join streams); any other read replaces the least recently
+ * used stream.
+ */
+#define PCACHE_SEQ_STREAMS 8
+#define PCACHE_SEQ_SLACK 4u
+struct pcache_seq {
+	pthread_mutex_t lock;       /* a leaf; taken with trylock only */
+	uint64_t tick;
+	struct {
+		uint64_t next, bytes, used;
+	} s[PCACHE_SEQ_STREAMS];
+};
+
 struct pcache_image {
 	struct pcache_cache *c;
 	_Atomic int refs;
@@ -344,6 +362,10 @@ struct pcache_image {
 	/* stats (relaxed atomics) */
 	_Atomic uint64_t reads, writes, flushes, discards, read_bytes, write_bytes;
 	_Atomic uint64_t read_hit_bytes, read_miss_bytes, crc_errors, backing_errors;
+	/* sequential cutoff in bytes (0: none) and the misses it kept out of the cache */
+	_Atomic uint64_t seq_cutoff;
+	_Atomic uint64_t read_bypass_bytes;
+	struct pcache_seq seq;
 };
 
 /* Reference an attached image by id for the writeback (NULL if none); put with image_put. */
@@ -541,6 +563,11 @@ static inline void pcache_req_exit(struct pcache_image *img)
 	atomic_fetch_sub(&img->inflight, 1);
 }
 
+/* Note a read of [off, off + len) in img's streams: true when it belongs to a sequential stream
+ * longer than the image's cutoff (its misses are then not cached). */
+bool pcache_seq_bypass(struct pcache_image *img, uint64_t off, uint64_t len);
+/* The cutoff in bytes for an image entry's seq_cutoff field. */
+uint64_t pcache_seq_cutoff_bytes(uint32_t field);
 /* A request's range: engine-sector aligned and inside the image. 0 or -EINVAL. */
 static inline int pcache_req_check_range(const struct pcache_image *img, uint64_t off,
 					 uint64_t len)

@@ -216,6 +216,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		known = false;
 		memset(&e, 0, sizeof(e));
 		e.cache_mode = old.cache_mode;
+		e.seq_cutoff = old.seq_cutoff;
 		e.file_mode = old.file_mode;
 		e.uid = old.uid;
 		e.gid = old.gid;
@@ -270,6 +271,8 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	img->read_only = ao->read_only;
 	atomic_init(&img->cache_mode, mode);
 	pcache_through_init(&img->through);
+	pthread_mutex_init(&img->seq.lock, NULL);
+	atomic_init(&img->seq_cutoff, pcache_seq_cutoff_bytes(e.seq_cutoff));
 	pthread_mutex_init(&img->ent_lock, NULL);
 	img->ent = e;
 	ret = pcache_index_init(&img->ix, img->size);
@@ -581,6 +584,7 @@ void pcache_image_free(struct pcache_image *img)
 {
 	pcache_index_exit(&img->ix);
 	pcache_through_destroy(&img->through);
+	pthread_mutex_destroy(&img->seq.lock);
 	pthread_mutex_destroy(&img->ent_lock);
 	free(img);
 }

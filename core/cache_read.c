@@ -13,6 +13,40 @@
 #include "cache_i.h"
 #include "pcache/media.h"
 
+/* ---- sequential cutoff -------------------------------------------------------------------- */
+
+bool pcache_seq_bypass(struct pcache_image *img, uint64_t off, uint64_t len)
+{
+	uint64_t cutoff = atomic_load_explicit(&img->seq_cutoff, memory_order_relaxed), bytes;
+	uint64_t slack = len * PCACHE_SEQ_SLACK;
+	struct pcache_seq *q = &img->seq;
+	uint32_t i, lru = 0;
+
+	if (!cutoff)
+		return false;
+	/* never wait on the read path: a busy tracker counts the read as random (cached) */
+	if (pthread_mutex_trylock(&q->lock))
+		return false;
+	q->tick++;
+	for (i = 0; i < PCACHE_SEQ_STREAMS; i++) {
+		if (q->s[i].bytes && off + slack >= q->s[i].next && off <= q->s[i].next + slack)
+			break;
+		if (q->s[i].used < q->s[lru].used)
+			lru = i;
+	}
+	if (i == PCACHE_SEQ_STREAMS) {
+		i = lru;
+		q->s[i].bytes = 0;
+		q->s[i].next = 0;
+	}
+	q->s[i].bytes += len;
+	q->s[i].next = PCACHE_MAX(q->s[i].next, off + len);
+	q->s[i].used = q->tick;
+	bytes = q->s[i].bytes;
+	pthread_mutex_unlock(&q->lock);
+	return bytes > cutoff;
+}
+
 /* ---- read --------------------------------------------------------------------------------- */
 
 struct miss_piece {
@@ -319,10 +353,11 @@ struct hit {
 
 /*
  * Scan one region piece under its lock: hits are collected in hv (copied by the caller),
- * misses become pieces (with a placeholder in holes).
+ * misses become pieces (with a placeholder in holes, so that they are filled, unless fill is
+ * false).
  */
 static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, size_t buf_off,
-		       struct hit *hv, uint32_t *nh, uint32_t hcap, struct piece_vec *pv)
+		       struct hit *hv, uint32_t *nh, uint32_t hcap, struct piece_vec *pv, bool fill)
 {
 	struct pcache_cache *c = img->c;
 	uint64_t region = off >> PCACHE_REGION_SHIFT;
@@ -351,7 +386,7 @@ static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, siz
 				id = atomic_fetch_add(&c->miss_id, 1) + 1;
 			} while (id == 0);
 			ph.seg = id;
-			if (pcache_subtree_reserve(sub, 1) == 0 && missreg_add(c, id) == 0) {
+			if (fill && pcache_subtree_reserve(sub, 1) == 0 && missreg_add(c, id) == 0) {
 				(void)pcache_subtree_insert(sub, &ph);
 				i++;
 			} else {
@@ -467,10 +502,11 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 {
 	struct hit hv[HITS_PER_PASS];
 	struct piece_vec pv = { 0 };
-	uint64_t pos = off, hit_bytes = 0, miss_bytes = 0;
+	uint64_t pos = off, hit_bytes = 0, miss_bytes = 0, bypass_bytes = 0;
 	struct miss_req *m;
 	int ret, status = 0;
 	uint32_t j, nh;
+	bool fill;
 
 	ret = pcache_req_check_range(img, off, len);
 	if (ret)
@@ -482,6 +518,7 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 		return ret;
 	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->read_bytes, len, memory_order_relaxed);
+	fill = !pcache_seq_bypass(img, off, len);
 
 	while (pos < off + len) {
 		uint64_t rend = ((pos >> PCACHE_REGION_SHIFT) + 1) << PCACHE_REGION_SHIFT;
@@ -489,7 +526,8 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 		uint32_t first;
 		int done_bytes;
 
-		done_bytes = scan_region(img, pos, plen, (size_t)(pos - off), hv, &nh, HITS_PER_PASS, &pv);
+		done_bytes = scan_region(img, pos, plen, (size_t)(pos - off), hv, &nh, HITS_PER_PASS, &pv,
+					 fill);
 		if (done_bytes < 0) {
 			status = done_bytes;
 			break;
@@ -549,6 +587,8 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 
 		p->m = m;
 		miss_bytes += p->len;
+		if (!fill && !p->wait_id)
+			bypass_bytes += p->len;
 		if (p->wait_id && done) {
 			struct miss_waiter *w = malloc(sizeof(*w));
 
@@ -574,6 +614,7 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 		}
 	}
 	atomic_fetch_add_explicit(&img->read_miss_bytes, miss_bytes, memory_order_relaxed);
+	atomic_fetch_add_explicit(&img->read_bypass_bytes, bypass_bytes, memory_order_relaxed);
 	if (atomic_fetch_sub(&m->pending, 1) == 1) {
 		/* every piece already ended: complete inline, done() is not called */
 		status = atomic_load(&m->status);

@@ -73,7 +73,7 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 	case PFS_INO_GIVE_UP:
 		return true;
 	case 0:
-		return k == PFS_IK_MODE || k == PFS_IK_FLUSH;
+		return k == PFS_IK_MODE || k == PFS_IK_FLUSH || k == PFS_IK_SEQ;
 	default:
 		return false;
 	}
@@ -197,10 +197,11 @@ static void status_text(struct pfs_text *t)
 		pfs_text_printf(t, "image %s %s size %" PRIu64 " lbs %u mode %s\n", is.name[i], path,
 				pcache_image_size(is.img[i]), pcache_image_lbs(is.img[i]),
 				pcache_mode_name(st.cache_mode));
-		pfs_text_printf(t, "  reads %" PRIu64 " (%" PRIu64 " bytes, hit %" PRIu64 ", miss %" PRIu64 ") writes %"
-				PRIu64 " (%" PRIu64 " bytes) flushes %" PRIu64 " discards %" PRIu64 "\n",
-				st.reads, st.read_bytes, st.read_hit_bytes, st.read_miss_bytes, st.writes,
-				st.write_bytes, st.flushes, st.discards);
+		pfs_text_printf(t, "  reads %" PRIu64 " (%" PRIu64 " bytes, hit %" PRIu64 ", miss %" PRIu64
+				", not cached %" PRIu64 ") writes %" PRIu64 " (%" PRIu64 " bytes) flushes %" PRIu64
+				" discards %" PRIu64 "\n",
+				st.reads, st.read_bytes, st.read_hit_bytes, st.read_miss_bytes,
+				st.read_bypass_bytes, st.writes, st.write_bytes, st.flushes, st.discards);
 		pfs_text_printf(t, "  dirty %" PRIu64 " cached %" PRIu64 " crc_errors %" PRIu64 " backing_errors %" PRIu64
 				" wb_lsn %" PRIu64 " wb_time %" PRIu64 " wb_bytes %" PRIu64 "\n",
 				st.dirty_bytes, st.cached_bytes, st.crc_errors, st.backing_errors, st.wb_lsn,
@@ -240,12 +241,14 @@ static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats
 			", \"write_bytes\": %" PRIu64 ", \"read_hit_bytes\": %" PRIu64 ", \"read_miss_bytes\": %" PRIu64
 			", \"dirty_bytes\": %" PRIu64 ", \"cached_bytes\": %" PRIu64 ", \"crc_errors\": %" PRIu64
 			", \"backing_errors\": %" PRIu64 ", \"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64
-			", \"wb_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64 ", \"state\": \"%s\", \"error\": \"%s\"",
+			", \"wb_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64 ", \"state\": \"%s\", \"error\": \"%s\""
+			", \"read_bypass_bytes\": %" PRIu64 ", \"sequential_cutoff\": %" PRIu64,
 			pcache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
 			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
 			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes,
 			st->wb_errors, st->wb_last_error ? "failing" : "ok",
-			st->wb_last_error ? strerror(-st->wb_last_error) : "");
+			st->wb_last_error ? strerror(-st->wb_last_error) : "", st->read_bypass_bytes,
+			st->seq_cutoff);
 }
 
 static void unattached_json(struct pfs_text *t)
@@ -348,6 +351,8 @@ static const struct prom_family prom_image_families[] = {
 	PROM_IMG("write_bytes_total", true, write_bytes, "Bytes written."),
 	PROM_IMG("read_hit_bytes_total", true, read_hit_bytes, "Bytes read from the cache (hits)."),
 	PROM_IMG("read_miss_bytes_total", true, read_miss_bytes, "Bytes read from the backing image (misses)."),
+	PROM_IMG("read_bypass_bytes_total", true, read_bypass_bytes,
+		 "Missed bytes not cached: reads of a sequential stream past the sequential cutoff."),
 	PROM_IMG("crc_errors_total", true, crc_errors, "Cached data that failed its CRC check."),
 	PROM_IMG("backing_errors_total", true, backing_errors, "Failed I/O on the backing image."),
 	PROM_IMG("writeback_bytes_total", true, wb_bytes, "Bytes written back to the backing image."),
@@ -513,10 +518,11 @@ static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
 			"\nread_bytes %" PRIu64 "\nwrite_bytes %" PRIu64 "\nread_hit_bytes %" PRIu64
 			"\nread_miss_bytes %" PRIu64 "\ndirty_bytes %" PRIu64 "\ncached_bytes %" PRIu64
 			"\ncrc_errors %" PRIu64 "\nbacking_errors %" PRIu64 "\nwb_lsn %" PRIu64 "\nwb_time %" PRIu64
-			"\nwb_bytes %" PRIu64 "\n",
+			"\nwb_bytes %" PRIu64 "\nread_bypass_bytes %" PRIu64 "\n",
 			pcache_mode_name(st.cache_mode), st.reads, st.writes, st.flushes, st.discards, st.read_bytes,
 			st.write_bytes, st.read_hit_bytes, st.read_miss_bytes, st.dirty_bytes, st.cached_bytes,
-			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes);
+			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes,
+			st.read_bypass_bytes);
 }
 
 /* Drop trailing whitespace (the engine may end a value with a newline). */
@@ -569,6 +575,9 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 		break;
 	case PFS_IK_MODE:
 		pfs_text_printf(out, "%s\n", pcache_mode_name(pcache_image_cache_mode(s->img)));
+		break;
+	case PFS_IK_SEQ:
+		pfs_text_printf(out, "%" PRIu64 "\n", pcache_image_seq_cutoff(s->img));
 		break;
 	default:
 		return -EACCES;
@@ -720,6 +729,14 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 		return ret;
 	case PFS_IK_FLUSH:
 		return write_flush(s->name, value, s->img);
+	case PFS_IK_SEQ:
+		ret = pfs_seq_cutoff_set(s->img, value);
+		if (ret)
+			pfs_log(LOG_WARNING, "%s sequential_cutoff: bad value '%s' (a size such as 4M, 0 = none): %s",
+				s->name, value, strerror(-ret));
+		else
+			pfs_log(LOG_INFO, "%s sequential_cutoff set to %s", s->name, value);
+		return ret;
 	default:
 		return -EACCES;
 	}

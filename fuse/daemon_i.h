@@ -40,6 +40,8 @@ int pfs_knob_set(struct pcache_cache *c, const char *name, const char *text);
 int pfs_knob_get(struct pcache_cache *c, const char *name, char *buf, size_t len);
 /* Set an image's cache mode by name (writeback, writethrough, writearound). */
 int pfs_mode_set(struct pcache_image *img, const char *text);
+/* Set an image's sequential cutoff from a size ("4M", "0" = none; one trailing newline). */
+int pfs_seq_cutoff_set(struct pcache_image *img, const char *text);
 
 /* ---- options (opts.c) --------------------------------------------------------------------- */
 
@@ -56,6 +58,7 @@ struct pfs_opts {
 	int gc_percent;            /* -1 = keep persisted */
 	int space_timeout;         /* -o space_timeout=SECONDS; -1 = the engine's default */
 	int cache_mode;            /* -1 = keep (new images: writeback) */
+	int64_t seq_cutoff;        /* -o sequential_cutoff=SIZE for the named images; -1 = keep */
 	bool data_crc;
 	bool allow_other;
 	bool kernel_cache;
@@ -194,6 +197,7 @@ enum pfs_img_kind {
 	PFS_IK_STATS,
 	PFS_IK_MODE,
 	PFS_IK_FLUSH,
+	PFS_IK_SEQ,        /* .pcache/images/<name>/sequential_cutoff */
 	PFS_IK_COUNT
 };
 

@@ -83,6 +83,23 @@ int pfs_knob_get(struct pcache_cache *c, const char *name, char *buf, size_t len
 	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
 
+int pfs_seq_cutoff_set(struct pcache_image *img, const char *text)
+{
+	char buf[32];
+	size_t n = strlen(text);
+	uint64_t v;
+
+	if (n && text[n - 1] == '\n')
+		n--;
+	if (n == 0 || n >= sizeof(buf))
+		return -EINVAL;
+	memcpy(buf, text, n);
+	buf[n] = '\0';
+	if (pcache_parse_size(buf, &v) || v > PCACHE_SEQ_CUTOFF_MAX)
+		return -EINVAL;
+	return pcache_image_set_seq_cutoff(img, v);
+}
+
 int pfs_mode_set(struct pcache_image *img, const char *text)
 {
 	int m = pcache_mode_parse(text);

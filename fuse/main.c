@@ -291,6 +291,18 @@ static int attach_images(const struct pfs_opts *o)
 			added[i] = false;
 			goto undo;
 		}
+		if (o->seq_cutoff >= 0) {
+			struct pcache_image *img = pcache_image_get(pfs.cache, io->name);
+
+			ret = img ? pcache_image_set_seq_cutoff(img, (uint64_t)o->seq_cutoff) : -ENOENT;
+			if (img)
+				pcache_image_put(img);
+			if (ret) {
+				fprintf(stderr, "pcachefs: image %s: sequential_cutoff: %s\n", io->name,
+					strerror(-ret));
+				goto undo;
+			}
+		}
 	}
 	free(ent);
 	return 0;

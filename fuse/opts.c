@@ -40,6 +40,7 @@ enum {
 	KEY_GC_PERCENT,
 	KEY_SPACE_TIMEOUT,
 	KEY_CACHE_MODE,
+	KEY_SEQ_CUTOFF,
 	KEY_SEGMENT_SIZE,
 	KEY_ALLOW_OTHER,
 	KEY_KERNEL_CACHE,
@@ -66,6 +67,7 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("gc_percent=", KEY_GC_PERCENT),
 	FUSE_OPT_KEY("space_timeout=", KEY_SPACE_TIMEOUT),
 	FUSE_OPT_KEY("cache_mode=", KEY_CACHE_MODE),
+	FUSE_OPT_KEY("sequential_cutoff=", KEY_SEQ_CUTOFF),
 	FUSE_OPT_KEY("segment_size=", KEY_SEGMENT_SIZE),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("kernel_cache", KEY_KERNEL_CACHE),
@@ -111,6 +113,9 @@ static void usage(const char *prog)
 	       "                              (named with -o image), dropping its cached data\n"
 	       "    -o cache_mode=MODE        writeback (default), writethrough or writearound, for\n"
 	       "                              the images named with -o image\n"
+	       "    -o sequential_cutoff=SIZE a read stream longer than SIZE is not cached (default\n"
+	       "                              4M, 0 = cache every read), for the images named with\n"
+	       "                              -o image (persisted)\n"
 	       "    -o gc_percent=N           start garbage collection at N %% usage (persisted)\n"
 	       "    -o space_timeout=SECONDS  a writer waits at most this long for cache space, then\n"
 	       "                              gets EIO (default 60, 0 = no limit)\n"
@@ -282,6 +287,14 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		if (o->cache_mode < 0)
 			return perr(c, "bad -o cache_mode=%s (writeback, writethrough or writearound)", v);
 		return 0;
+	case KEY_SEQ_CUTOFF: {
+		uint64_t n;
+
+		if (pcache_parse_size(v, &n) || n > PCACHE_SEQ_CUTOFF_MAX)
+			return perr(c, "bad -o sequential_cutoff=%s (a size such as 4M, 0 = none)", v);
+		o->seq_cutoff = (int64_t)n;
+		return 0;
+	}
 	case KEY_SEGMENT_SIZE:
 		if (pcache_parse_size(v, &n) || !PCACHE_IS_POW2(n) || n < PCACHE_MIN_SEG_SIZE ||
 		    n > PCACHE_MAX_SEG_SIZE)
@@ -486,6 +499,7 @@ int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *
 	o->gc_percent = -1;
 	o->space_timeout = -1;
 	o->cache_mode = -1;
+	o->seq_cutoff = -1;
 	fargs->argc = 0;
 	fargs->argv = NULL;
 	fargs->allocated = 0;

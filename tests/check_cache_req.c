@@ -630,6 +630,98 @@ START_TEST(status_reports_geometry_and_index)
 }
 END_TEST
 
+static void img_stats(struct pcache_image_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	pcache_image_get_stats(img, st);
+}
+
+/* Read [off, off + total) in 1 MiB reads, checking the backing's version 0 (never written). */
+static void read_seq(uint64_t off, uint64_t total)
+{
+	for (uint64_t o = off; o < off + total; o += 1u << 20)
+		check_range_version(o, 1u << 20, 0);
+}
+
+/*
+ * Sequential cutoff (default 4 MiB): a read stream caches its first 4 MiB and reads the rest
+ * from the backing without caching it; the bytes still read right; random reads are cached.
+ */
+START_TEST(a_sequential_stream_past_the_cutoff_is_not_cached)
+{
+	struct pcache_image_stats st;
+
+	ck_assert_uint_eq(pcache_image_seq_cutoff(img), 4u << 20);
+	read_seq(0, 12u << 20);
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, 4u << 20);
+	ck_assert_uint_eq(st.read_bypass_bytes, 8u << 20);
+	/* scattered 4 KiB reads are no stream, even close behind one: every one is cached */
+	for (uint32_t i = 0; i < 16; i++)
+		check_range_version((11u << 20) + (uint64_t)((i * 7) % 16) * 65536, 4096, 0);
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, (4u << 20) + 16 * 4096);
+	ck_assert_uint_eq(st.read_bypass_bytes, 8u << 20);
+	/* a stream over cached data reads it from the cache, and stays a stream */
+	read_seq(0, 4u << 20);
+	img_stats(&st);
+	ck_assert_uint_ge(st.read_hit_bytes, 4u << 20);
+}
+END_TEST
+
+/* Two streams read in turn (1 MiB each) are told apart: each is cut off after its own 4 MiB. */
+START_TEST(interleaved_streams_are_each_cut_off)
+{
+	struct pcache_image_stats st;
+
+	for (uint64_t i = 0; i < 6; i++) {
+		check_range_version(i << 20, 1u << 20, 0);
+		check_range_version((8u << 20) + (i << 20), 1u << 20, 0);
+	}
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, 8u << 20);
+	ck_assert_uint_eq(st.read_bypass_bytes, 4u << 20);
+}
+END_TEST
+
+/* Reads of a stream queued a little out of order (as two FUSE workers deliver them) still
+ * count as the stream's: 0, 1M, 512K, 1.5M, 2M, ... (512 KiB each, cutoff 2 MiB). */
+START_TEST(a_stream_read_out_of_order_is_still_one_stream)
+{
+	static const uint32_t at_kib[] = { 0, 1024, 512, 1536, 2048, 2560, 3072 };
+	struct pcache_image_stats st;
+
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 2u << 20), 0);
+	for (size_t i = 0; i < sizeof(at_kib) / sizeof(at_kib[0]); i++)
+		check_range_version((uint64_t)at_kib[i] << 10, 512u << 10, 0);
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, 2u << 20);
+	ck_assert_uint_eq(st.read_bypass_bytes, 1536u << 10);
+}
+END_TEST
+
+/* Cutoff 0: every read is cached; the setting survives a restart; bad values are refused. */
+START_TEST(sequential_cutoff_zero_caches_every_read_and_persists)
+{
+	struct pcache_image_stats st;
+
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
+	ck_assert_uint_eq(pcache_image_seq_cutoff(img), 0);
+	read_seq(0, 12u << 20);
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, 12u << 20);
+	ck_assert_uint_eq(st.read_bypass_bytes, 0);
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, PCACHE_SEQ_CUTOFF_MAX + 1), -EINVAL);
+	stop();
+	start(false);
+	ck_assert_uint_eq(pcache_image_seq_cutoff(img), 0);
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 1000), 0); /* rounded up to 1 KiB */
+	stop();
+	start(false);
+	ck_assert_uint_eq(pcache_image_seq_cutoff(img), 1024);
+}
+END_TEST
+
 Suite *cache_req_suite(void);
 Suite *cache_req_suite(void)
 {
@@ -661,6 +753,10 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, writethrough_writes_the_backing_at_once);
 	tcase_add_test(tc, writearound_bypasses_the_cache_and_never_serves_old_data);
 	tcase_add_test(tc, status_reports_geometry_and_index);
+	tcase_add_test(tc, a_sequential_stream_past_the_cutoff_is_not_cached);
+	tcase_add_test(tc, interleaved_streams_are_each_cut_off);
+	tcase_add_test(tc, a_stream_read_out_of_order_is_still_one_stream);
+	tcase_add_test(tc, sequential_cutoff_zero_caches_every_read_and_persists);
 	suite_add_tcase(s, tc);
 	tcase_add_checked_fixture(tcc, setup_crc, teardown);
 	tcase_set_timeout(tcc, 60);

@@ -272,6 +272,16 @@ uint64_t pcache_cache_get(struct pcache_cache *c, enum pcache_knob k);
  */
 int pcache_image_set_cache_mode(struct pcache_image *img, uint32_t mode);
 uint32_t pcache_image_cache_mode(const struct pcache_image *img);
+/*
+ * An image's sequential cutoff in bytes: a read stream (reads that follow each other, up to
+ * 1 MiB out of order) that has read more than this in a row reads its misses from the backing
+ * without caching them (hits still come from the cache), so a backup, a dd or an image copy
+ * does not push the working set out. 0 = no cutoff (every read is cached). Default 4 MiB.
+ * Stored in KiB (rounded up), persisted; -EINVAL above PCACHE_SEQ_CUTOFF_MAX.
+ */
+#define PCACHE_SEQ_CUTOFF_MAX (1ull << 40)
+int pcache_image_set_seq_cutoff(struct pcache_image *img, uint64_t bytes);
+uint64_t pcache_image_seq_cutoff(const struct pcache_image *img);
 /* Is name valid for an image (the image table's rule: [A-Za-z0-9._-], 1..PCACHE_NAME_MAX)? */
 bool pcache_name_valid(const char *name);
 /* The image table's entry of a known image by name (attached or not): 0 or -ENOENT. */
@@ -283,6 +293,8 @@ struct pcache_image_stats {
 	uint64_t reads, writes, flushes, discards;
 	uint64_t read_bytes, write_bytes;
 	uint64_t read_hit_bytes, read_miss_bytes;
+	uint64_t read_bypass_bytes;           /* misses not cached: a sequential stream past the cutoff */
+	uint64_t seq_cutoff;                  /* bytes, 0 = none */
 	uint64_t dirty_bytes, cached_bytes;   /* indexed now */
 	uint64_t crc_errors, backing_errors;
 	uint64_t wb_lsn, wb_time, wb_bytes;

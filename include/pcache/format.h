@@ -97,7 +97,9 @@
  *   68  4    flags       PCACHE_IMAGE_F_IDENT: ident holds the backing's stable identity
  *   72  8    wb_lsn      writeback done up to this log sequence number
  *   80  8    wb_time     wall-clock seconds of that writeback
- *   88  40   reserved    zero
+ *   88  4    seq_cutoff  KiB: reads in a sequential stream past it are not cached; 0 = the
+ *                       default (PCACHE_SEQ_CUTOFF_DEFAULT), PCACHE_SEQ_CUTOFF_OFF = no cutoff
+ *   92  36   reserved    zero
  *   128 128  name        NUL-terminated, validated (pcache_image_name_valid())
  *   256 512  path        NUL-terminated backing path, as the user gave it (not resolved)
  *   768 256  ident       NUL-terminated stable identity of the backing (see below)
@@ -233,6 +235,9 @@
 #define PCACHE_PATH_MAX 511u
 #define PCACHE_IDENT_LEN 256u
 #define PCACHE_IMAGE_F_IDENT (1u << 0)
+/* image entry seq_cutoff (KiB): 0 = this default, PCACHE_SEQ_CUTOFF_OFF = every read cached */
+#define PCACHE_SEQ_CUTOFF_DEFAULT (4u << 20)
+#define PCACHE_SEQ_CUTOFF_OFF 0xFFFFFFFFu
 
 /* ksets and keys */
 #define PCACHE_KSET_LAST (1u << 0)
@@ -296,7 +301,8 @@ struct pcache_image_om {
 	uint32_t flags;
 	uint64_t wb_lsn;
 	uint64_t wb_time;
-	uint8_t reserved[40];
+	uint32_t seq_cutoff;
+	uint8_t reserved[36];
 	char name[128];
 	char path[512];
 	char ident[256];

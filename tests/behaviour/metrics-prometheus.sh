@@ -80,7 +80,7 @@ pcachefs_gc_percent .cache.gc_percent
 pcachefs_images .images|length
 EOF
 for img in a b; do
-	for k in reads writes flushes discards read_bytes write_bytes read_hit_bytes read_miss_bytes \
+	for k in reads writes flushes discards read_bytes write_bytes read_hit_bytes read_miss_bytes read_bypass_bytes \
 		crc_errors backing_errors; do
 		echo "pcachefs_image_${k}_total{$M,image=\"$img\"} .images[]|select(.name==\"$img\").$k"
 	done
