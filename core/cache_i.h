@@ -349,6 +349,15 @@ struct pcache_image {
 	struct pcache_through_gate through;
 	_Atomic uint64_t through_done;
 	/*
+	 * Ranges of writearound writes and zeroings in flight (from before their cache step until
+	 * their backing I/O ended): a miss over one inserts no placeholder, so it caches nothing
+	 * it might have read before the write (cache_read.c scan_region()). nofill_n is read
+	 * without the lock: 0 = none (the common case costs one load).
+	 */
+	pthread_mutex_t nofill_lock;      /* a leaf (taken under a subtree lock) */
+	struct pcache_through_ent *nofill;
+	_Atomic uint32_t nofill_n;
+	/*
 	 * Dirty keys (data and ZERO, overlaps counted twice) of the image not on its backing yet:
 	 * set by the attach replay (logged after dirty_tail and after the writeback's progress
 	 * for the image), raised when a key is indexed and staged, lowered when the writeback
@@ -402,6 +411,10 @@ void pcache_through_destroy(struct pcache_through_gate *g);
 void pcache_through_enter(struct pcache_image *img, struct pcache_through_ent *e);
 void pcache_through_leave(struct pcache_image *img, struct pcache_through_ent *e);
 void pcache_through_hold(struct pcache_image *img, bool hold);
+/* img->nofill: add / remove a writearound write's range; does [off, off + len) overlap one? */
+void pcache_nofill_add(struct pcache_image *img, struct pcache_through_ent *e);
+void pcache_nofill_del(struct pcache_image *img, struct pcache_through_ent *e);
+bool pcache_nofill_overlaps(struct pcache_image *img, uint64_t off, uint64_t len);
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 

@@ -386,7 +386,8 @@ static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, siz
 				id = atomic_fetch_add(&c->miss_id, 1) + 1;
 			} while (id == 0);
 			ph.seg = id;
-			if (fill && pcache_subtree_reserve(sub, 1) == 0 && missreg_add(c, id) == 0) {
+			if (fill && !pcache_nofill_overlaps(img, base + pos, gap_end - pos) &&
+			    pcache_subtree_reserve(sub, 1) == 0 && missreg_add(c, id) == 0) {
 				(void)pcache_subtree_insert(sub, &ph);
 				i++;
 			} else {

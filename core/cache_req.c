@@ -232,24 +232,21 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
  * keys, and drop the placeholders of misses in flight over it (their fills could cache data
  * read before the write). Called before the backing write, so that an older dirty key of
  * those bytes is passed over by the writeback instead of landing after the new data (see
- * struct pcache_through_gate), and again after it for what became cached meanwhile (a fill that read the
- * old data); a range with no key is not cached. Chunk i (one per 4 MiB region) is left
- * unstaged when bit i of skip is set; bit i of *staged (if not NULL) says it was staged.
+ * struct pcache_through_gate); a range with no key is not cached. The caller has registered
+ * the range in img->nofill first, so no miss over it caches anything until the backing write
+ * is over (a miss that read the old data would otherwise fill it afterwards).
  */
 static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
-			   unsigned int flags, uint32_t skip, uint32_t *staged)
+			   unsigned int flags)
 {
-	uint32_t chunk_i = 0;
 	int ret = 0;
 
-	if (staged)
-		*staged = 0;
 	while (len && !ret) {
 		uint64_t region = off >> PCACHE_REGION_SHIFT;
 		struct pcache_subtree *sub = &img->ix.sub[region];
 		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
 		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
-		bool cached = false, skipped = chunk_i < 32 && (skip & (1u << chunk_i));
+		bool cached = false;
 		uint32_t i;
 
 		pthread_mutex_lock(&sub->lock);
@@ -263,9 +260,9 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 			i++;
 		}
 		pthread_mutex_unlock(&sub->lock);
-		if (cached && !skipped && src) {
+		if (cached && src) {
 			ret = cache_write(img, src, off, chunk, flags, PCACHE_IKEY_THROUGH, NULL);
-		} else if (cached && !skipped) {
+		} else if (cached) {
 			/* a zeroed range: a ZERO key over the cached copies */
 			struct pcache_ikey k;
 
@@ -277,16 +274,52 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 			if (!ret)
 				ret = index_add(img, region, &k, true, NULL);
 		}
-		if (!ret && cached && !skipped && staged && chunk_i < 32)
-			*staged |= 1u << chunk_i;
 		if (src)
 			src += chunk;
 		off += chunk;
 		len -= chunk;
-		chunk_i++;
 	}
 	return ret;
 }
+
+/* ---- ranges no miss may fill (struct pcache_image, nofill) -------------------------------- */
+
+void pcache_nofill_add(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	pthread_mutex_lock(&img->nofill_lock);
+	e->next = img->nofill;
+	img->nofill = e;
+	atomic_fetch_add(&img->nofill_n, 1);
+	pthread_mutex_unlock(&img->nofill_lock);
+}
+
+void pcache_nofill_del(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	pthread_mutex_lock(&img->nofill_lock);
+	for (struct pcache_through_ent **p = &img->nofill; *p; p = &(*p)->next) {
+		if (*p == e) {
+			*p = e->next;
+			atomic_fetch_sub(&img->nofill_n, 1);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&img->nofill_lock);
+}
+
+bool pcache_nofill_overlaps(struct pcache_image *img, uint64_t off, uint64_t len)
+{
+	bool hit = false;
+
+	/* seq_cst: a writer adds its range before it takes the subtree lock this reader holds */
+	if (!atomic_load(&img->nofill_n))
+		return false;
+	pthread_mutex_lock(&img->nofill_lock);
+	for (const struct pcache_through_ent *e = img->nofill; e && !hit; e = e->next)
+		hit = e->off < off + len && off < e->end;
+	pthread_mutex_unlock(&img->nofill_lock);
+	return hit;
+}
+
 
 /*
  * Common entry of writes and discards: validate the range, refuse read-only images, and enter
@@ -452,6 +485,9 @@ struct through_req {
 	uint32_t pinned;            /* tk.k[0..pinned) hold a read pin */
 	struct pcache_through_ent ent;
 	struct wt_keys tk;
+	/* writearound: the data (a copy: nothing of it may be cached) and its nofill range */
+	void *copy;
+	struct pcache_through_ent nf;
 };
 
 static void through_finish(struct through_req *t, int status)
@@ -465,6 +501,10 @@ static void through_finish(struct through_req *t, int status)
 		mark_on_backing(img, &t->tk);
 	for (uint32_t j = 0; j < t->pinned; j++)
 		pcache_seg_read_unpin(img->c, t->tk.k[j].seg);
+	if (t->copy) {
+		pcache_nofill_del(img, &t->nf);
+		free(t->copy);
+	}
 	t->done(t->priv, status);
 	pcache_req_exit(img);
 	free(t);
@@ -498,6 +538,21 @@ static void through_end(void *priv, int status)
 	through_finish(t, status);
 }
 
+/* A writearound write or zeroing, synchronous: fix the cache, then write the backing. */
+static int writearound_io(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
+			  unsigned int flags)
+{
+	struct pcache_through_ent nf = { .off = off, .end = off + len };
+	int ret;
+
+	pcache_nofill_add(img, &nf);
+	ret = writearound_fix(img, buf, off, len, flags);
+	if (!ret)
+		ret = through_io(img, buf, off, len, flags, NULL);
+	pcache_nofill_del(img, &nf);
+	return ret;
+}
+
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 		       unsigned int flags)
 {
@@ -511,13 +566,7 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
 	mode = atomic_load(&img->cache_mode);
 	if (mode == PCACHE_MODE_WRITEAROUND) {
-		uint32_t staged;
-
-		ret = writearound_fix(img, buf, off, len, flags, 0, &staged);
-		if (!ret)
-			ret = through_io(img, buf, off, len, flags, NULL);
-		if (!ret)
-			ret = writearound_fix(img, buf, off, len, flags, staged, NULL);
+		ret = writearound_io(img, buf, off, len, flags);
 	} else if (mode == PCACHE_MODE_WRITETHROUGH) {
 		/*
 		 * The cached copy is staged first, as a dirty THROUGH key: the writeback passes
@@ -539,6 +588,49 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	return ret;
 }
 
+/*
+ * The writearound part of pcache_image_write_async(): the range goes into nofill, the cached
+ * parts get THROUGH keys (writearound_fix()), then the backing is written from a copy of the
+ * data. PCACHE_IO_PENDING (t belongs to through_finish()), or -errno with t untouched.
+ */
+static int writearound_async(struct pcache_image *img, struct through_req *t, const void *buf,
+			     uint64_t off, size_t len, unsigned int flags, pcache_io_done_fn done,
+			     void *priv)
+{
+	struct pcache_backing_io io = { .op = PCACHE_BIO_WRITE, .off = off, .len = len,
+					.end = through_end, .priv = t };
+	int ret;
+
+	t->copy = aligned_alloc(4096, PCACHE_ALIGN_UP(len, 4096));
+	if (!t->copy)
+		return -ENOMEM;
+	memcpy(t->copy, buf, len);
+	t->nf.off = off;
+	t->nf.end = off + len;
+	pcache_nofill_add(img, &t->nf);
+	ret = writearound_fix(img, buf, off, len, flags);
+	if (ret) {
+		pcache_nofill_del(img, &t->nf);
+		free(t->copy);
+		t->copy = NULL;
+		return ret;
+	}
+	t->img = img;
+	t->done = done;
+	t->priv = priv;
+	t->fua = flags & PCACHE_IO_FUA;
+	t->ent.off = off;
+	t->ent.end = off + len;
+	atomic_init(&t->pending, 2); /* the write + the submission's own count */
+	io.kmem = t->copy;
+	pcache_through_enter(img, &t->ent);
+	ret = pcache_backing_submit(img->b, &io);
+	if (ret)
+		through_end(t, ret);
+	through_end(t, 0);
+	return PCACHE_IO_PENDING;
+}
+
 int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 			     unsigned int flags, pcache_io_done_fn done, void *priv)
 {
@@ -548,7 +640,9 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 	uint32_t j;
 	int ret;
 
-	if (atomic_load(&img->cache_mode) != PCACHE_MODE_WRITETHROUGH)
+	uint32_t mode = atomic_load(&img->cache_mode);
+
+	if (mode == PCACHE_MODE_WRITEBACK)
 		return pcache_image_write(img, buf, off, len, flags);
 	ret = modify_enter(img, off, len);
 	if (ret)
@@ -560,6 +654,12 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 	}
 	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
+	if (mode == PCACHE_MODE_WRITEAROUND) {
+		ret = writearound_async(img, t, buf, off, len, flags, done, priv);
+		if (ret == PCACHE_IO_PENDING)
+			return ret;
+		goto out;
+	}
 	/* the THROUGH key first, as in pcache_image_write() */
 	ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH, &t->tk);
 	if (ret)
@@ -626,13 +726,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 	mode = atomic_load(&img->cache_mode);
 	if (mode == PCACHE_MODE_WRITEAROUND) {
 		/* the backing range reads as zeros at once; cached copies get ZERO keys */
-		uint32_t staged;
-
-		ret = writearound_fix(img, NULL, off, len, 0, 0, &staged);
-		if (!ret)
-			ret = through_io(img, NULL, off, len, 0, NULL);
-		if (!ret)
-			ret = writearound_fix(img, NULL, off, len, 0, staged, NULL);
+		ret = writearound_io(img, NULL, off, len, 0);
 		goto out;
 	}
 	/* writethrough: ZERO THROUGH keys first, then the backing (as for writes) */

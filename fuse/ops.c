@@ -25,8 +25,9 @@
  *     detach waits for those to drain (daemon_i.h, struct pfs_slot), and refuses while files are
  *     open. A request for a detached (or detached and reused) slot fails with ESTALE.
  *  6. A read miss (PCACHE_IO_PENDING) replies from the engine's completion callback; the buffer
- *     belongs to the request until then. An aligned write to a writethrough image replies from
- *     the backing completion too (pcache_image_write_async), its range held until the reply.
+ *     belongs to the request until then. An aligned write to a writethrough or writearound image
+ *     replies from the backing completion too (pcache_image_write_async), its range held until
+ *     the reply.
  *  7. A read that is all hits replies from the cache memory itself (pcache_image_read_pin,
  *     fuse_reply_iov) and unpins right after the reply; only other reads copy into a buffer.
  */
@@ -173,10 +174,10 @@ static int image_write(struct pfs_slot *s, const char *src, uint64_t off, size_t
 }
 
 /*
- * An aligned write to a writethrough image: the engine replies from the backing completion
- * (pcache_image_write_async, which writes the backing from its cached copy, so libfuse's
- * receive buffer is free once the call returns) and the worker is free while the backing
- * writes. The range stays held (shared) and the slot entered until the reply.
+ * An aligned write to a writethrough or writearound image: the engine replies from the backing
+ * completion (pcache_image_write_async, which writes the backing from its cached copy or its
+ * own copy, so libfuse's receive buffer is free once the call returns) and the worker is free
+ * while the backing writes. The range stays held (shared) and the slot entered until the reply.
  */
 struct pfs_wreq {
 	fuse_req_t req;
@@ -657,7 +658,7 @@ static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		return;
 	}
 	if (!(((uint64_t)off | len) & (s->lbs - 1)) &&
-	    pcache_image_cache_mode(s->img) == PCACHE_MODE_WRITETHROUGH) {
+	    pcache_image_cache_mode(s->img) != PCACHE_MODE_WRITEBACK) {
 		image_write_async(req, s, buf, (uint64_t)off, len, f.sync ? PCACHE_IO_FUA : 0);
 		return;
 	}

@@ -287,14 +287,11 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		if (o->cache_mode < 0)
 			return perr(c, "bad -o cache_mode=%s (writeback, writethrough or writearound)", v);
 		return 0;
-	case KEY_SEQ_CUTOFF: {
-		uint64_t n;
-
+	case KEY_SEQ_CUTOFF:
 		if (pcache_parse_size(v, &n) || n > PCACHE_SEQ_CUTOFF_MAX)
 			return perr(c, "bad -o sequential_cutoff=%s (a size such as 4M, 0 = none)", v);
 		o->seq_cutoff = (int64_t)n;
 		return 0;
-	}
 	case KEY_SEGMENT_SIZE:
 		if (pcache_parse_size(v, &n) || !PCACHE_IS_POW2(n) || n < PCACHE_MIN_SEG_SIZE ||
 		    n > PCACHE_MAX_SEG_SIZE)

@@ -94,6 +94,12 @@ static void write_version(uint64_t off, size_t len, uint32_t v, unsigned int fla
 	free(buf);
 }
 
+static void img_stats(struct pcache_image_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	pcache_image_get_stats(img, st);
+}
+
 START_TEST(write_then_read_hits_inline)
 {
 	uint8_t buf[8192];
@@ -570,6 +576,77 @@ START_TEST(writearound_bypasses_the_cache_and_never_serves_old_data)
 }
 END_TEST
 
+/*
+ * While a writearound write is in flight (its range in nofill, from before its cache step
+ * until its backing write ended), a miss over the range caches nothing: it may have read the
+ * data from before the write. Once the range is out of nofill, misses fill again.
+ */
+START_TEST(a_miss_over_a_writearound_write_in_flight_caches_nothing)
+{
+	struct pcache_through_ent nf = { .off = 1u << 20, .end = (1u << 20) + 65536 };
+	struct pcache_image_stats st;
+
+	pcache_nofill_add(img, &nf);
+	check_range_version((1u << 20) + 4096, 8192, 0);   /* inside */
+	check_range_version((1u << 20) - 4096, 8192, 0);   /* across its start */
+	check_range_version(2u << 20, 4096, 0);            /* elsewhere: cached */
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, 4096);
+	pcache_nofill_del(img, &nf);
+	check_range_version((1u << 20) + 4096, 8192, 0);
+	img_stats(&st);
+	ck_assert_uint_eq(st.cached_bytes, 4096 + 8192);
+}
+END_TEST
+
+static _Atomic int wa_calls, wa_status;
+
+static void wa_done(void *priv, int status)
+{
+	(void)priv;
+	atomic_store(&wa_status, status);
+	atomic_fetch_add(&wa_calls, 1);
+}
+
+/* pcache_image_write_async() in writearound mode: replies from the backing write, the
+ * backing holds the data, a cached range reads the new data, an uncached one stays uncached
+ * (the engine wrote the backing from its own copy: the caller's buffer is free at once). */
+START_TEST(an_async_writearound_write_completes_from_its_backing_write)
+{
+	struct pcache_image_stats st0, st;
+	uint8_t *buf = malloc(65536);
+	int fd, i;
+	uint32_t v;
+
+	check_range_version(0, 4096, 0);                   /* cached clean */
+	ck_assert_int_eq(pcache_image_set_cache_mode(img, PCACHE_MODE_WRITEAROUND), 0);
+	img_stats(&st0);
+	eng_fill(buf, 65536, 1, 0, 9);
+	ck_assert_int_eq(pcache_image_write_async(img, buf, 0, 65536, PCACHE_IO_FUA, wa_done, NULL),
+			 PCACHE_IO_PENDING);
+	memset(buf, 0xEE, 65536);
+	for (i = 0; i < 500 && !atomic_load(&wa_calls); i++)
+		usleep(10 * 1000);
+	ck_assert_int_eq(atomic_load(&wa_calls), 1);
+	ck_assert_int_eq(atomic_load(&wa_status), 0);
+	check_range_version(0, 65536, 9);
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 65536, 0), 65536);
+	close(fd);
+	for (i = 0; i < 128; i++) {
+		ck_assert_int_eq(eng_decode(buf + i * 512, 1, (uint64_t)i * 512, &v), 0);
+		ck_assert_uint_eq(v, 9);
+	}
+	img_stats(&st);
+	/* the write cached nothing new: only the range cached before, now the new data (the
+	 * check reads after the write filled the rest: misses, not the write) */
+	ck_assert_uint_eq(st.writes, st0.writes + 1);
+	ck_assert_uint_eq(st.backing_errors, 0);
+	ck_assert_uint_eq(atomic_load(&img->nofill_n), 0);
+	free(buf);
+}
+END_TEST
+
 START_TEST(leaving_writeback_drains_dirty_data_first)
 {
 	uint8_t buf[4096];
@@ -629,12 +706,6 @@ START_TEST(status_reports_geometry_and_index)
 	pcache_image_put(v[0]);
 }
 END_TEST
-
-static void img_stats(struct pcache_image_stats *st)
-{
-	memset(st, 0, sizeof(*st));
-	pcache_image_get_stats(img, st);
-}
 
 /* Read [off, off + total) in 1 MiB reads, checking the backing's version 0 (never written). */
 static void read_seq(uint64_t off, uint64_t total)
@@ -754,6 +825,8 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, writearound_bypasses_the_cache_and_never_serves_old_data);
 	tcase_add_test(tc, status_reports_geometry_and_index);
 	tcase_add_test(tc, a_sequential_stream_past_the_cutoff_is_not_cached);
+	tcase_add_test(tc, a_miss_over_a_writearound_write_in_flight_caches_nothing);
+	tcase_add_test(tc, an_async_writearound_write_completes_from_its_backing_write);
 	tcase_add_test(tc, interleaved_streams_are_each_cut_off);
 	tcase_add_test(tc, a_stream_read_out_of_order_is_still_one_stream);
 	tcase_add_test(tc, sequential_cutoff_zero_caches_every_read_and_persists);

@@ -226,11 +226,13 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 /*
  * A write that does not hold the caller's thread for the backing I/O: in writethrough mode the
  * cached copy is written and staged as for pcache_image_write(), then the backing is written
- * from that copy (and for PCACHE_IO_FUA flushed) and PCACHE_IO_PENDING returned;
+ * from that copy (and for PCACHE_IO_FUA flushed) and PCACHE_IO_PENDING returned (writearound:
+ * the cached parts of the range are replaced as for pcache_image_write(), then the backing is
+ * written from a copy the engine makes);
  * done(priv, status) runs when that is over (status 0 or -errno, as the synchronous write
  * would have returned), on the backing's completion thread or, when the backing refused the
  * submission, on the caller's before the call returns. buf is read during the call only. In
- * any other mode it is pcache_image_write(): 0 or -errno at return, done() not called.
+ * writeback mode it is pcache_image_write(): 0 or -errno at return, done() not called.
  */
 int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 			     unsigned int flags, pcache_io_done_fn done, void *priv);
