@@ -588,6 +588,21 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	return ret;
 }
 
+/* Set up t for `writes` backing writes of [off, off + len); its pending count holds one more
+ * for the submitter, dropped (through_end(t, 0)) once every write is submitted. */
+static void through_req_init(struct through_req *t, struct pcache_image *img, uint64_t off,
+			     size_t len, unsigned int flags, pcache_io_done_fn done, void *priv,
+			     uint32_t writes)
+{
+	t->img = img;
+	t->done = done;
+	t->priv = priv;
+	t->fua = flags & PCACHE_IO_FUA;
+	t->ent.off = off;
+	t->ent.end = off + len;
+	atomic_init(&t->pending, writes + 1);
+}
+
 /*
  * The writearound part of pcache_image_write_async(): the range goes into nofill, the cached
  * parts get THROUGH keys (writearound_fix()), then the backing is written from a copy of the
@@ -615,13 +630,7 @@ static int writearound_async(struct pcache_image *img, struct through_req *t, co
 		t->copy = NULL;
 		return ret;
 	}
-	t->img = img;
-	t->done = done;
-	t->priv = priv;
-	t->fua = flags & PCACHE_IO_FUA;
-	t->ent.off = off;
-	t->ent.end = off + len;
-	atomic_init(&t->pending, 2); /* the write + the submission's own count */
+	through_req_init(t, img, off, len, flags, done, priv, 1);
 	io.kmem = t->copy;
 	pcache_through_enter(img, &t->ent);
 	ret = pcache_backing_submit(img->b, &io);
@@ -674,13 +683,7 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 		ret = through_io(img, buf, off, len, flags, NULL);
 		goto out;
 	}
-	t->img = img;
-	t->done = done;
-	t->priv = priv;
-	t->fua = flags & PCACHE_IO_FUA;
-	t->ent.off = off;
-	t->ent.end = off + len;
-	atomic_init(&t->pending, t->tk.n + 1); /* + 1: held until every write is submitted */
+	through_req_init(t, img, off, len, flags, done, priv, t->tk.n);
 	pcache_through_enter(img, &t->ent);
 	pcache_backing_plug(img->b);
 	for (j = 0; j < t->tk.n; j++) {
