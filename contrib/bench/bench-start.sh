@@ -33,7 +33,10 @@ one_stop() {
 	local t0 t1
 	t0=$(now)
 	umount "$dir/m"
-	while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+	# until the daemon has exited: gone, or a zombie (its parent, init once it daemonized,
+	# reaps it whenever it gets to it: here every ~2 s, which is not the daemon's time)
+	while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+		[ "$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do sleep 0.01; done
 	pid=
 	t1=$(now)
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
