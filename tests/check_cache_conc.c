@@ -6,6 +6,7 @@
  * one writer must end with that writer's last version. Run under TSan by `make tsan-unit`.
  */
 #include <check.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -27,11 +28,41 @@ static struct pcache_cache *c;
 static struct pcache_image *img;
 static atomic_int failures;
 static atomic_bool done;
+static uint32_t conc_mode;   /* the image's cache mode in this run */
 static uint32_t last_own[NWRITERS][OWN / 512];
 
 static int iters(void)
 {
 	return check_under_tsan() ? 300 : 5000;
+}
+
+struct wsync {
+	atomic_int done, status;
+};
+
+static void wsync_done(void *priv, int status)
+{
+	struct wsync *w = priv;
+
+	atomic_store(&w->status, status);
+	atomic_store(&w->done, 1);
+}
+
+/* A write; in writethrough/writearound mode every other one goes the asynchronous way (the
+ * reply from the backing completion thread), waited for here. */
+static int conc_write(const uint8_t *buf, uint64_t off, uint32_t len, unsigned int flags, int i)
+{
+	struct wsync w = { 0 };
+	int ret;
+
+	if (conc_mode == PCACHE_MODE_WRITEBACK || i % 2)
+		return pcache_image_write(img, buf, off, len, flags);
+	ret = pcache_image_write_async(img, buf, off, len, flags, wsync_done, &w);
+	if (ret != PCACHE_IO_PENDING)
+		return ret;
+	while (!atomic_load(&w.done))
+		usleep(20);
+	return atomic_load(&w.status);
 }
 
 static void *writer(void *arg)
@@ -49,7 +80,7 @@ static void *writer(void *arg)
 		uint64_t off = ((uint64_t)rand_r(&rs) % (span / 512 - n)) * 512;
 
 		eng_fill(buf, n * 512, 1, base + off, v);
-		if (pcache_image_write(img, buf, base + off, n * 512, i % 50 == 0 ? PCACHE_IO_FUA : 0)) {
+		if (conc_write(buf, base + off, n * 512, i % 50 == 0 ? PCACHE_IO_FUA : 0, i)) {
 			atomic_fetch_add(&failures, 1);
 			break;
 		}
@@ -104,15 +135,36 @@ static void *discarder(void *arg)
 	return NULL;
 }
 
-START_TEST(writers_readers_flushers_on_overlapping_ranges)
+/* The backing's sectors of the private windows hold their writer's last version. */
+static void backing_has_last_own(void)
+{
+	uint8_t *b = malloc(OWN);
+	int fd = open(ipath, O_RDONLY);
+	uint32_t v;
+
+	ck_assert_int_ge(fd, 0);
+	for (int t = 0; t < NWRITERS; t++) {
+		ck_assert_int_eq(pread(fd, b, OWN, (off_t)(SHARED + (uint64_t)t * OWN)), OWN);
+		for (uint32_t s = 0; s < OWN / 512; s++) {
+			ck_assert_int_eq(eng_decode(b + s * 512, 1, SHARED + (uint64_t)t * OWN + s * 512, &v), 0);
+			ck_assert_msg(v == last_own[t][s], "backing: writer %d sector %u: %u, want %u", t, s, v,
+				      last_own[t][s]);
+		}
+	}
+	close(fd);
+	free(b);
+}
+
+static void run_conc(uint32_t mode)
 {
 	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "conc", .path = ipath, .cache_mode = -1 };
+	struct pcache_attach_opts ao = { .name = "conc", .path = ipath, .cache_mode = (int)mode };
 	pthread_t w[NWRITERS], r[2], d;
 	char err[256];
 	int t;
 	uint8_t buf[512];
 
+	conc_mode = mode;
 	check_scratch_path(cpath, sizeof(cpath), "conc-cache");
 	check_scratch_path(ipath, sizeof(ipath), "conc-img");
 	ck_assert_int_eq(eng_format(cpath, 64u << 20, 1u << 20, false), 0);
@@ -148,10 +200,30 @@ START_TEST(writers_readers_flushers_on_overlapping_ranges)
 			ck_assert_uint_eq(v, last_own[t][s]);
 		}
 	}
+	/* writethrough/writearound: the backing has every acknowledged write already */
+	if (mode != PCACHE_MODE_WRITEBACK)
+		backing_has_last_own();
 	pcache_image_put(img);
 	ck_assert_int_eq(pcache_cache_stop(c, true), 0);
+	backing_has_last_own();
 	unlink(cpath);
 	unlink(ipath);
+}
+
+START_TEST(writers_readers_flushers_on_overlapping_ranges)
+{
+	run_conc(PCACHE_MODE_WRITEBACK);
+}
+END_TEST
+
+/* The same in writethrough and writearound mode, half of the writes asynchronous (replied from
+ * the backing completion): the through gate, the on-the-backing mark and no-fill ranges under
+ * concurrent readers, fills and discards. */
+START_TEST(the_same_in_writethrough_and_writearound_mode)
+{
+	run_conc(PCACHE_MODE_WRITETHROUGH);
+	memset(last_own, 0, sizeof(last_own));
+	run_conc(PCACHE_MODE_WRITEAROUND);
 }
 END_TEST
 
@@ -219,6 +291,7 @@ Suite *cache_conc_suite(void)
 
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, writers_readers_flushers_on_overlapping_ranges);
+	tcase_add_test(tc, the_same_in_writethrough_and_writearound_mode);
 	tcase_add_test(tc, readers_of_one_cold_range_share_backing_reads);
 	suite_add_tcase(s, tc);
 	return s;
