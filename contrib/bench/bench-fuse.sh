@@ -52,6 +52,7 @@ PREPFILE=$here/fio/fuse-prep.fio
 PLOT=$here/fuse-plot.gp
 PCACHEFS=$PCACHE_BUILD/pcachefs
 CEILINGFS=$PCACHE_BUILD/tools/ceilingfs
+CACHE_SIM=$PCACHE_BUILD/tools/cache_sim
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
 	ROUNDS=${FUSE_ROUNDS:-1}; RUNTIME=${FUSE_RUNTIME:-2}; RAMP=${FUSE_RAMP:-1}
@@ -564,6 +565,51 @@ rss_and_replay() {
 	)
 }
 
+# ---- the zipf job's trace through reference policies ------------------------------------------
+
+# zipf_trace: one more zipf4k_qd16 run on pc-zipf (after the rounds, so that tracing costs the
+# measured runs nothing) with fio's --write_iolog; pcachefs's hit share over its measured part
+# (counters at the end of the warm-up and at the end), and the hit ratios of LRU and FIFO
+# (tests/tools/cache_sim) on the same trace, warm-up excluded (the ops in the first
+# ZIPF_RAMP / (ZIPF_RAMP + RUNTIME) of the trace's time span), with the cache's data area
+# (segments x segment size) and with gc_percent of it.
+ZIPF_MD=
+zipf_trace() {
+	local c=pc-zipf mnt=$WORK_RUN/mnt-pc-zipf log=$WORK_RUN/zipf.iolog out=$WORK_RUN/zipf-trace.json
+	local before after fpid data gcp warm pc sim sim_gc v
+	[ -n "${DAEMON_PID[$c]:-}" ] && [ -x "$CACHE_SIM" ] || return 0
+	FIO_FILE=${CFG_FILE[$c]} FIO_SIZE=${CFG_SIZE[$c]} FIO_RUNTIME=$RUNTIME FIO_RAMP=$RAMP \
+		FIO_ZIPF_RAMP=$ZIPF_RAMP fio --output-format=json --output="$out" --section=zipf4k_qd16 \
+		--write_iolog="$log" "$JOBFILE" >/dev/null 2>&1 &
+	fpid=$!
+	sleep "$ZIPF_RAMP"
+	before=$(pc_counters "$mnt")
+	wait "$fpid" || { log "zipf trace run failed"; return 0; }
+	after=$(pc_counters "$mnt")
+	pc=$(echo "$before $after" | awk '{ h = $5 - $1; m = $6 - $2; if (h + m) printf "%.1f", 100 * h / (h + m) }')
+	data=$(jq '.cache.seg_count * .cache.seg_size' "$mnt/.pcache/status.json")
+	gcp=$(jq '.cache.gc_percent' "$mnt/.pcache/status.json")
+	warm=$(awk -v f="$ZIPF_RAMP" -v r="$RUNTIME" '$3 == "read" || $3 == "write" { n++; t[n] = $1 }
+		END { if (!n) { print 0; exit } cut = t[1] + (t[n] - t[1]) * f / (f + r)
+		      for (i = 1; i <= n && t[i] < cut; i++) w++; print w + 0 }' "$log")
+	sim=$("$CACHE_SIM" --cache "$data" --warmup "$warm" "$log" 2>&1) || { log "cache_sim failed: $sim"; return 0; }
+	sim_gc=$("$CACHE_SIM" --cache $(( data * gcp / 100 / 4096 * 4096 )) --warmup "$warm" "$log" 2>&1) ||
+		sim_gc=
+	v=$(metric zipf4k_qd16 "$out" 2>/dev/null)
+	ZIPF_MD=$(
+		echo "### Hit ratio of the zipf job beside reference policies on the same trace"
+		echo
+		echo "One more zipf4k_qd16 run on pc-zipf after the rounds, traced with fio '--write_iolog' ($(fmt zipf4k_qd16 "$v") while traced); the trace replayed through 'build/tools/cache_sim --cache SIZE --warmup $warm' (its first $warm reads, the warm-up, only fill the cache; 4 KiB blocks, read and write allocate). pcachefs: its counters over the same measured part."
+		echo
+		echo "| policy | cache | hit ratio (bytes read) |"
+		echo "|---|---|---|"
+		echo "| pcachefs | $(awk -v d="$data" 'BEGIN { printf "%d MiB", d / 1048576 }') data area, gc_percent $gcp | ${pc:-?} % |"
+		echo "$sim" | awk -v d="$data" '$2 == "hit" { printf "| %s | %d MiB | %s |\n", toupper($1), d / 1048576, $3 }'
+		[ -n "$sim_gc" ] && echo "$sim_gc" | awk -v d="$(( data * gcp / 100 / 4096 * 4096 ))" '$2 == "hit" { printf "| %s | %d MiB (gc_percent of it) | %s |\n", toupper($1), d / 1048576, $3 }'
+	)
+	rm -f "$log"
+}
+
 # ---- profile --------------------------------------------------------------------------------
 
 PROFILE_MD=
@@ -668,6 +714,7 @@ if [ "${FUSE_PROFILE:-}" = auto ]; then
 	done | sort -u | tr '\n' ' ')
 	[ -n "$FUSE_PROFILE" ] || log "no target missed: nothing to profile"
 fi
+case " ${active[*]} " in *" pc-zipf "*) log "zipf trace"; zipf_trace ;; esac
 if [ -n "${FUSE_PROFILE:-}" ] && ! command -v perf >/dev/null; then
 	NOTES+=("perf is not installed: no profiles.")
 elif [ -n "${FUSE_PROFILE:-}" ]; then
@@ -786,6 +833,7 @@ done
 	echo
 	echo "![IOPS per job and configuration](bench-fuse-iops.png)"
 	echo "![1 MiB bandwidth per configuration](bench-fuse-bw.png)"
+	if [ -n "$ZIPF_MD" ]; then echo; echo "$ZIPF_MD"; fi
 	if [ -n "$RSS_MD" ]; then echo; echo "$RSS_MD"; fi
 	if [ -n "$PROFILE_MD" ]; then
 		echo
