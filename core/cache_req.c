@@ -152,8 +152,15 @@ struct wt_keys {
 	struct pcache_ikey k[WT_KEYS_MAX];
 };
 
-/* Write into the cache only (the cache-mode logic is in pcache_image_write); the keys staged
- * are recorded in *tk if not NULL. */
+/*
+ * Write into the cache only (the cache-mode logic is in pcache_image_write); the keys staged
+ * are recorded in *tk if not NULL. THROUGH keys are logged (their stages closed) before this
+ * returns: a writethrough or writearound write's bytes go to the backing before any flush,
+ * and if a crash found an older CLEAN key of those bytes in the log and not this one, the
+ * cache would come back serving the old bytes as "equal to the backing" while the backing
+ * holds the new ones (reads would change when the old key is evicted). Logged first, the key
+ * replays as dirty with the bytes the backing has (or will get again from the writeback).
+ */
 static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
 		       unsigned int flags, uint16_t key_flags, struct wt_keys *tk)
 {
@@ -223,6 +230,12 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 		fua_mark(c, e0, atomic_load(&c->log.epoch_now));
 		if (!ret)
 			ret = r;
+	} else if (key_flags & PCACHE_IKEY_THROUGH) {
+		/* in the log before the backing write (see above) */
+		int r = close_stages(c, mask);
+
+		if (!ret)
+			ret = r;
 	}
 	return ret;
 }
@@ -247,7 +260,7 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
 		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
 		bool cached = false;
-		uint32_t i;
+		uint32_t i, si;
 
 		pthread_mutex_lock(&sub->lock);
 		i = pcache_subtree_find(sub, roff);
@@ -272,7 +285,9 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 			k.flags = PCACHE_KEY_ZERO | PCACHE_IKEY_THROUGH;
 			ret = pcache_space_wait(img->c);
 			if (!ret)
-				ret = index_add(img, region, &k, true, NULL);
+				ret = index_add(img, region, &k, true, &si);
+			if (!ret) /* logged before the backing zeroing, as cache_write() does */
+				ret = close_stages(img->c, 1u << si);
 		}
 		if (src)
 			src += chunk;
@@ -718,7 +733,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 {
 	struct pcache_cache *c = img->c;
 	uint64_t off0 = off, len0 = len;
-	uint32_t mode;
+	uint32_t mode, si;
 	int ret;
 
 	(void)zero; /* both become a ZERO key: the range reads back as zeros */
@@ -746,7 +761,9 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 		k.off = roff;
 		k.len = chunk;
 		k.flags = PCACHE_KEY_ZERO | (mode == PCACHE_MODE_WRITETHROUGH ? PCACHE_IKEY_THROUGH : 0);
-		ret = index_add(img, region, &k, true, NULL);
+		ret = index_add(img, region, &k, true, &si);
+		if (!ret && mode == PCACHE_MODE_WRITETHROUGH)
+			ret = close_stages(c, 1u << si); /* logged before the backing zeroing */
 		if (ret)
 			break;
 		off += chunk;

@@ -3,7 +3,7 @@
  * (tests/lib/pmem_emu.c): only what the engine persisted survives, the crashing persist is torn.
  *
  * A scenario runs writes, FUA writes, discards, reads (miss fills) and flushes on two images of
- * one cache; the long runs add writeback and GC steps; the background runs start the engine's
+ * one cache (the second in writethrough or writearound mode for half of the seeds); the long runs add writeback and GC steps; the background runs start the engine's
  * own threads (the timer closes staging ksets after 3 ms, the writeback with its same-epoch skip
  * and GC run all the time) and flush rarely, so epochs are long and the crash lands in whichever
  * thread persists the chosen event. A scenario is run once to count its persist events, then once
@@ -82,6 +82,7 @@ struct run {
 	uint64_t kset_close_ns;    /* with bg: the timer closes staging ksets this long after */
 	struct model *m;
 	uint8_t *frozen[2];        /* the backing images at the crash (NULL: no crash yet) */
+	int mode_b;                /* image b's cache mode at its first attach (persisted) */
 };
 
 /* on_crash: the backing images as a power failure leaves them (emulator lock held) */
@@ -142,6 +143,8 @@ static int start(struct run *r, bool emu, char *err, size_t errlen)
 	for (i = 0; i < 2; i++) {
 		ao.name = i ? "b" : "a";
 		ao.path = ipath[i];
+		/* the first start (with the emulator) sets b's mode; restarts keep the persisted one */
+		ao.cache_mode = i && emu ? r->mode_b : -1;
 		ret = pcache_image_attach(r->c, &ao, &r->img[i], err, errlen);
 		if (ret)
 			return ret;
@@ -398,6 +401,11 @@ static uint64_t crash_run(uint32_t seed, int ops, bool long_run, bool bg, uint64
 	/* short stage lifetimes close ksets under the writeback's feet; long ones leave rewrites
 	 * staged while the writeback looks at the keys they replace */
 	r.kset_close_ns = (seed % 3 == 0 ? 3 : seed % 3 == 1 ? 20 : 150) * 1000000ull;
+	/* image b in writethrough (a quarter of the seeds) or writearound (another quarter): their
+	 * writes put bytes on the backing before the log has them, and marked writethrough keys
+	 * are skipped by the writeback */
+	r.mode_b = seed % 4 == 1 ? PCACHE_MODE_WRITETHROUGH :
+		   seed % 4 == 3 ? PCACHE_MODE_WRITEAROUND : PCACHE_MODE_WRITEBACK;
 	fresh_devices(long_run);
 	pmem_emu_init(&r.emu, k, seed ^ (uint32_t)k);
 	r.emu.on_crash = freeze_backings;
