@@ -610,6 +610,39 @@ zipf_trace() {
 	rm -f "$log"
 }
 
+# ---- scan resistance --------------------------------------------------------------------------
+
+# zipf_hits SECONDS_WARM SECONDS: run the zipf job on pc-zipf with a fixed seed (the same hot
+# set every time) for SECONDS_WARM + SECONDS; echo the hit share (%) over the last SECONDS.
+zipf_hits() {
+	local mnt=$WORK_RUN/mnt-pc-zipf before after fpid
+	FIO_FILE=${CFG_FILE[pc-zipf]} FIO_SIZE=${CFG_SIZE[pc-zipf]} FIO_RUNTIME=$2 FIO_RAMP=0 \
+		FIO_ZIPF_RAMP=$1 fio --output-format=json --output="$WORK_RUN/scan-zipf.json" \
+		--section=zipf4k_qd16 --randrepeat=1 --randseed=4242 "$JOBFILE" >/dev/null 2>&1 &
+	fpid=$!
+	sleep "$1"
+	before=$(pc_counters "$mnt")
+	wait "$fpid" || return 1
+	after=$(pc_counters "$mnt")
+	echo "$before $after" | awk '{ h = $5 - $1; m = $6 - $2; if (h + m) printf "%.1f\n", 100 * h / (h + m) }'
+}
+
+# scan_check CUTOFF: the zipf hit share in 3 s of a warm cache, then one sequential read pass
+# (1 MiB reads, QD4) over the 2 GiB the zipf job does not favour (the image's second half; the
+# hot set is hashed over the whole image), then the hit share of the next 3 s.
+SCAN_MD=
+scan_check() {
+	local cut=$1 mnt=$WORK_RUN/mnt-pc-zipf h0 h1 t0 t1
+	echo "$cut" > "$mnt/.pcache/images/img/sequential_cutoff" || return 1
+	h0=$(zipf_hits "$ZIPF_RAMP" 3) || return 1
+	t0=$(date +%s.%N)
+	fio --name=scan --filename="${CFG_FILE[pc-zipf]}" --rw=read --bs=1m --direct=1 \
+		--ioengine=libaio --iodepth=4 --offset=2g --size=2g >/dev/null 2>&1 || return 1
+	t1=$(date +%s.%N)
+	h1=$(zipf_hits 0 3) || return 1
+	SCAN_MD+="| $cut | $h0 % | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f s", b - a }') | $h1 % | $(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%+.1f", b - a }') |"$'\n'
+}
+
 # ---- profile --------------------------------------------------------------------------------
 
 PROFILE_MD=
@@ -714,7 +747,12 @@ if [ "${FUSE_PROFILE:-}" = auto ]; then
 	done | sort -u | tr '\n' ' ')
 	[ -n "$FUSE_PROFILE" ] || log "no target missed: nothing to profile"
 fi
-case " ${active[*]} " in *" pc-zipf "*) log "zipf trace"; zipf_trace ;; esac
+case " ${active[*]} " in *" pc-zipf "*)
+	log "zipf trace"; zipf_trace
+	log "scan resistance"
+	for cut in 4194304 0; do scan_check "$cut" || log "scan check (cutoff $cut) failed"; done
+	;;
+esac
 if [ -n "${FUSE_PROFILE:-}" ] && ! command -v perf >/dev/null; then
 	NOTES+=("perf is not installed: no profiles.")
 elif [ -n "${FUSE_PROFILE:-}" ]; then
@@ -834,6 +872,16 @@ done
 	echo "![IOPS per job and configuration](bench-fuse-iops.png)"
 	echo "![1 MiB bandwidth per configuration](bench-fuse-bw.png)"
 	if [ -n "$ZIPF_MD" ]; then echo; echo "$ZIPF_MD"; fi
+	if [ -n "$SCAN_MD" ]; then
+		echo
+		echo "### Scan resistance: the zipf hit share around one sequential read pass"
+		echo
+		echo "On pc-zipf (4 GiB image, 1 GiB cache): the zipf job with a fixed seed (the same hot set each time) for ${ZIPF_RAMP} s + 3 s (hit share of the last 3 s), then one sequential pass of 1 MiB reads (QD4) over the image's second 2 GiB, then the zipf job again for 3 s. Target (issue 18): within 3 points with the default sequential_cutoff; 0 (every read cached) shows what the pass did before the cutoff existed."
+		echo
+		echo "| sequential_cutoff | zipf hits before | the pass | zipf hits after | change (points) |"
+		echo "|---|---|---|---|---|"
+		printf '%s' "$SCAN_MD"
+	fi
 	if [ -n "$RSS_MD" ]; then echo; echo "$RSS_MD"; fi
 	if [ -n "$PROFILE_MD" ]; then
 		echo
