@@ -576,6 +576,17 @@ static inline void pcache_req_exit(struct pcache_image *img)
 	atomic_fetch_sub(&img->inflight, 1);
 }
 
+/*
+ * Does index key e hold (part of) the data extent that starts at seg_off in segment seg of
+ * generation gen at region offset off? A data key, not EMPTY; its data the same bytes.
+ */
+static inline bool pcache_ikey_same_extent(const struct pcache_ikey *e, uint32_t seg, uint64_t gen,
+					   uint32_t seg_off, uint32_t off)
+{
+	return !(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY)) && e->seg == seg &&
+	       e->seg_gen == gen && e->seg_off - e->off == seg_off - off;
+}
+
 /* Note a read of [off, off + len) in img's streams: true when it belongs to a sequential stream
  * longer than the image's cutoff (its misses are then not cached). */
 bool pcache_seq_bypass(struct pcache_image *img, uint64_t off, uint64_t len);

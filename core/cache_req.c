@@ -299,6 +299,18 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 
 /* ---- ranges no miss may fill (struct pcache_image, nofill) -------------------------------- */
 
+/* Take e off the list at *head (it is there at most once); true if it was there. */
+static bool ent_unlink(struct pcache_through_ent **head, const struct pcache_through_ent *e)
+{
+	for (struct pcache_through_ent **p = head; *p; p = &(*p)->next) {
+		if (*p == e) {
+			*p = e->next;
+			return true;
+		}
+	}
+	return false;
+}
+
 void pcache_nofill_add(struct pcache_image *img, struct pcache_through_ent *e)
 {
 	pthread_mutex_lock(&img->nofill_lock);
@@ -311,13 +323,8 @@ void pcache_nofill_add(struct pcache_image *img, struct pcache_through_ent *e)
 void pcache_nofill_del(struct pcache_image *img, struct pcache_through_ent *e)
 {
 	pthread_mutex_lock(&img->nofill_lock);
-	for (struct pcache_through_ent **p = &img->nofill; *p; p = &(*p)->next) {
-		if (*p == e) {
-			*p = e->next;
-			atomic_fetch_sub(&img->nofill_n, 1);
-			break;
-		}
-	}
+	if (ent_unlink(&img->nofill, e))
+		atomic_fetch_sub(&img->nofill_n, 1);
 	pthread_mutex_unlock(&img->nofill_lock);
 }
 
@@ -399,14 +406,8 @@ void pcache_through_leave(struct pcache_image *img, struct pcache_through_ent *e
 	struct pcache_through_gate *g = &img->through;
 
 	pthread_mutex_lock(&g->lock);
-	if (e) {
-		for (struct pcache_through_ent **p = &g->ents; *p; p = &(*p)->next) {
-			if (*p == e) {
-				*p = e->next;
-				break;
-			}
-		}
-	}
+	if (e)
+		(void)ent_unlink(&g->ents, e);
 	/* under the gate: a writeback holding it sees every write whose I/O is over */
 	atomic_fetch_add(&img->through_done, 1);
 	if (--g->shared == 0 && g->excl_waiting)
@@ -439,7 +440,7 @@ void pcache_through_hold(struct pcache_image *img, bool hold)
  * got them in the gate, so the writeback flushes them with its batch (every image with a
  * key in a batch is flushed) before dirty_tail passes them.
  */
-static void mark_on_backing(struct pcache_image *img, const struct wt_keys *tk)
+static void mark_on_backing(struct pcache_image *img, const struct wt_keys *tk, bool may_block)
 {
 	if (tk->overflow)
 		return;
@@ -447,14 +448,21 @@ static void mark_on_backing(struct pcache_image *img, const struct wt_keys *tk)
 		const struct pcache_ikey *k = &tk->k[j];
 		struct pcache_subtree *sub = &img->ix.sub[tk->region[j]];
 
-		pthread_mutex_lock(&sub->lock);
+		/*
+		 * The completion thread never waits for a subtree lock (invariant 6): its holder may
+		 * wait for log space that a writeback batch of this image, whose completions run
+		 * here, frees. Unmarked, the key is written back once more: the same bytes.
+		 */
+		if (may_block)
+			pthread_mutex_lock(&sub->lock);
+		else if (!pcache_subtree_trylock_bounded(sub))
+			continue;
 		for (uint32_t i = pcache_subtree_find(sub, k->off);
 		     i < sub->n && sub->v[i].off < k->off + k->len; i++) {
 			struct pcache_ikey *e = &sub->v[i];
 
-			if (!(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY | PCACHE_KEY_CLEAN)) &&
-			    e->seg == k->seg && e->seg_gen == k->seg_gen &&
-			    e->seg_off - e->off == k->seg_off - k->off)
+			if (!(e->flags & PCACHE_KEY_CLEAN) &&
+			    pcache_ikey_same_extent(e, k->seg, k->seg_gen, k->seg_off, k->off))
 				e->flags |= PCACHE_IKEY_ONBACKING;
 		}
 		pthread_mutex_unlock(&sub->lock);
@@ -481,7 +489,7 @@ static int through_io(struct pcache_image *img, const void *buf, uint64_t off, s
 	if (ret)
 		atomic_fetch_add(&img->backing_errors, 1);
 	else if (tk && !e.overlapped)
-		mark_on_backing(img, tk);
+		mark_on_backing(img, tk, true);
 	return ret;
 }
 
@@ -513,7 +521,7 @@ static void through_finish(struct through_req *t, int status)
 	if (status)
 		atomic_fetch_add(&img->backing_errors, 1);
 	else if (!t->ent.overlapped)
-		mark_on_backing(img, &t->tk);
+		mark_on_backing(img, &t->tk, false);
 	for (uint32_t j = 0; j < t->pinned; j++)
 		pcache_seg_read_unpin(img->c, t->tk.k[j].seg);
 	if (t->copy) {

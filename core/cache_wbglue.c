@@ -287,9 +287,7 @@ static int wbo_live(void *ctx, const struct pcache_wb_key *k, uint64_t *ranges, 
 			if (!wb_live_add(ranges, &n, max, base + pos, base + a))
 				break;
 		}
-		own = !(e->flags & (PCACHE_KEY_ZERO | PCACHE_IKEY_EMPTY)) && !k->flags &&
-		      e->seg == k->seg && e->seg_gen == k->seg_gen &&
-		      e->seg_off - e->off == k->seg_off - roff;
+		own = !k->flags && pcache_ikey_same_extent(e, k->seg, k->seg_gen, k->seg_off, roff);
 		if (own && (e->flags & PCACHE_IKEY_ONBACKING)) {
 			pos = b; /* its own writethrough write put these bytes on the backing */
 			continue;
