@@ -23,7 +23,10 @@
 /* One policy: a hash of block -> node, a doubly linked list in eviction order (head = next out). */
 struct sim {
 	const char *name;
-	bool touch_on_hit;          /* LRU moves a hit to the tail; FIFO does not */
+	bool touch_on_hit;          /* LRU moves a hit to the tail; FIFO and CLOCK do not */
+	uint8_t ref_max;            /* CLOCK: a hit counts up to this; 0 = not CLOCK */
+	uint8_t *ref;               /* CLOCK: per node, hits not yet spent */
+	uint64_t copied;            /* CLOCK: blocks given another pass (copied forward) */
 	uint64_t cap, n;
 	uint64_t *key;              /* node i holds block key[i]; UINT64_MAX = free */
 	uint32_t *prev, *next;
@@ -45,12 +48,14 @@ static uint64_t mix(uint64_t x)
 	return x;
 }
 
-static int sim_init(struct sim *s, const char *name, bool touch, uint64_t cap)
+static int sim_init(struct sim *s, const char *name, bool touch, uint8_t ref_max, uint64_t cap)
 {
 	memset(s, 0, sizeof(*s));
 	s->name = name;
 	s->touch_on_hit = touch;
+	s->ref_max = ref_max;
 	s->cap = cap;
+	s->ref = calloc(cap, 1);
 	for (s->nslots = 1; s->nslots < cap * 2; s->nslots <<= 1)
 		;
 	s->key = malloc(cap * sizeof(*s->key));
@@ -58,7 +63,7 @@ static int sim_init(struct sim *s, const char *name, bool touch, uint64_t cap)
 	s->next = malloc(cap * sizeof(*s->next));
 	s->free_list = malloc(cap * sizeof(*s->free_list));
 	s->slot = calloc(s->nslots, sizeof(*s->slot));
-	if (!s->key || !s->prev || !s->next || !s->free_list || !s->slot)
+	if (!s->key || !s->prev || !s->next || !s->free_list || !s->slot || !s->ref)
 		return -ENOMEM;
 	for (uint64_t i = 0; i < cap; i++)
 		s->free_list[i] = (uint32_t)(cap - 1 - i);
@@ -134,6 +139,8 @@ static bool sim_access(struct sim *s, uint64_t b, bool insert)
 
 	if (s->slot[h]) {
 		i = s->slot[h] - 1;
+		if (s->ref[i] < s->ref_max)
+			s->ref[i]++;
 		if (s->touch_on_hit) {
 			list_unlink(s, i);
 			list_append(s, i);
@@ -142,11 +149,22 @@ static bool sim_access(struct sim *s, uint64_t b, bool insert)
 	}
 	if (!insert || !s->cap)
 		return false;
-	if (s->n == s->cap)
+	if (s->n == s->cap) {
+		/* CLOCK: a block hit since its last pass spends one hit and goes round again */
+		while (s->ref[s->head]) {
+			uint32_t o = s->head;
+
+			s->ref[o]--;
+			list_unlink(s, o);
+			list_append(s, o);
+			s->copied++;
+		}
 		sim_remove_slot(s, sim_find(s, s->key[s->head]));
+	}
 	h = sim_find(s, b); /* the removal may have moved slots */
 	i = s->free_list[--s->free_top];
 	s->key[i] = b;
+	s->ref[i] = 0;
 	s->slot[h] = i + 1;
 	list_append(s, i);
 	s->n++;
@@ -160,6 +178,8 @@ static void sim_trim(struct sim *s, uint64_t b)
 	if (s->slot[h])
 		sim_remove_slot(s, h);
 }
+
+#define NSIM 4
 
 /* Block keys: a file index in the top 16 bits, the block number below. */
 #define MAX_FILES 64
@@ -181,7 +201,7 @@ static uint64_t file_index(const char *name)
 
 int main(int argc, char **argv)
 {
-	struct sim sims[2];
+	struct sim sims[NSIM];
 	uint64_t cache = 0, block = 4096, warmup = 0, ops = 0;
 	char line[4096], name[4096], act[32];
 	int i, nf = 0;
@@ -199,7 +219,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: cache_sim --cache SIZE [--block SIZE] [--warmup OPS] IOLOG...\n");
 		return 2;
 	}
-	if (sim_init(&sims[0], "lru", true, cache / block) || sim_init(&sims[1], "fifo", false, cache / block)) {
+	if (sim_init(&sims[0], "lru", true, 0, cache / block) || sim_init(&sims[1], "fifo", false, 0, cache / block) ||
+	    sim_init(&sims[2], "clock", false, 1, cache / block) ||
+	    sim_init(&sims[3], "clock3", false, 3, cache / block)) {
 		fprintf(stderr, "cache_sim: out of memory\n");
 		return 1;
 	}
@@ -238,7 +260,7 @@ int main(int argc, char **argv)
 				/* the bytes of this request inside block b */
 				uint64_t lo = PCACHE_MAX(off, b * block), hi = PCACHE_MIN(off + len, (b + 1) * block);
 
-				for (int k = 0; k < 2; k++) {
+				for (int k = 0; k < NSIM; k++) {
 					struct sim *s = &sims[k];
 
 					if (tr) {
@@ -258,14 +280,17 @@ int main(int argc, char **argv)
 		}
 		fclose(f);
 	}
-	for (int k = 0; k < 2; k++) {
+	for (int k = 0; k < NSIM; k++) {
 		char c[32];
 
 		printf("%s hit %.2f%% of %" PRIu64 " read bytes (cache %s, %" PRIu64 " ops, %" PRIu64
-		       " warm-up, %d trace%s)\n", sims[k].name,
+		       " warm-up, %d trace%s", sims[k].name,
 		       sims[k].read_bytes ? 100.0 * (double)sims[k].hit_bytes / (double)sims[k].read_bytes : 0.0,
 		       sims[k].read_bytes, pcache_fmt_size(cache, c, sizeof(c)), ops, PCACHE_MIN(warmup, ops), nf,
 		       nf == 1 ? "" : "s");
+		if (sims[k].ref_max)
+			printf(", %" PRIu64 " blocks copied forward", sims[k].copied);
+		printf(")\n");
 	}
 	return 0;
 }
