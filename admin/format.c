@@ -29,15 +29,17 @@ static int format_run(int argc, char **argv);
 const struct pcachectl_cmd pcachectl_cmd_format = {
 	.name = "format",
 	.run = format_run,
-	.usage = "format [--segment-size=SIZE] [--data-crc] [--gc-percent=N] [--size=SIZE] [--force] DEVICE",
+	.usage = "format [--segment-size=SIZE] [--data-crc] [--gc-percent=N|auto] [--size=SIZE] [--force] DEVICE",
 	.help =
 		"Write an empty pcachefs cache (on-media format v1) on DEVICE: a DAX device or a file\n"
 		"(a file on /dev/shm emulates persistent memory). The first mount also formats a\n"
 		"blank device; use this command to choose options or to reuse a device.\n\n"
 		"options:\n"
-		"  --segment-size=SIZE  segment size, a power of two from 1M to 1G (default 16M)\n"
+		"  --segment-size=SIZE  segment size, a power of two from 1M to 1G (default: 1/256 of\n"
+		"                       the device, 4M to 16M)\n"
 		"  --data-crc           store a CRC32C of cached data and verify it (fixed at format)\n"
-		"  --gc-percent=N       start evicting clean data at N% of segments used (0-90, default 70)\n"
+		"  --gc-percent=N|auto  start evicting clean data at N% of segments used (0-90), or keep\n"
+		"                       a free reserve sized from the write rate (auto, the default)\n"
 		"  --size=SIZE          create DEVICE as a file of SIZE bytes if missing (or empty)\n"
 		"  --force              overwrite a device that is not blank, including an existing\n"
 		"                       pcachefs cache and any dirty data in it\n"
@@ -97,7 +99,6 @@ static int format_run(int argc, char **argv)
 	struct stat st;
 	char what[600], err[512], b1[32], b2[32], uuid[40];
 	const char *path;
-	char *end;
 	int c, rc;
 
 	optind = 1;
@@ -116,11 +117,9 @@ static int format_run(int argc, char **argv)
 			fo.data_crc = true;
 			break;
 		case 'g':
-			errno = 0;
-			fo.gc_percent = (uint32_t)strtoul(optarg, &end, 10);
-			if (errno || *end || !*optarg || fo.gc_percent > PCACHE_MAX_GC_PERCENT)
-				return pcachectl_usage_error(cmd, "--gc-percent: '%s' is not 0..%u", optarg,
-							     PCACHE_MAX_GC_PERCENT);
+			if (pcache_parse_gc_percent(optarg, &fo.gc_percent))
+				return pcachectl_usage_error(cmd, "--gc-percent: '%s' is not 0..%u or auto",
+							     optarg, PCACHE_MAX_GC_PERCENT);
 			fo.set_gc_percent = true;
 			break;
 		case 'S':
@@ -160,10 +159,10 @@ static int format_run(int argc, char **argv)
 		return PCACHECTL_ERROR;
 	}
 	if (dev_size) {
-		rc = pcache_cache_dev_geometry(dev_size, fo.seg_size ? fo.seg_size : PCACHE_DEFAULT_SEG_SIZE,
+		rc = pcache_cache_dev_geometry(dev_size, fo.seg_size ? fo.seg_size : pcache_default_seg_size(dev_size),
 					       &seg_count, &seg_base);
 		if (rc == -ENOSPC) {
-			uint64_t s = fo.seg_size ? fo.seg_size : PCACHE_DEFAULT_SEG_SIZE;
+			uint64_t s = fo.seg_size ? fo.seg_size : pcache_default_seg_size(dev_size);
 
 			fprintf(stderr, "pcachectl format: %s: too small: %s holds fewer than %u segments of %s (need at least %s)\n",
 				path, pcache_fmt_size(dev_size, b1, sizeof(b1)), PCACHE_MIN_SEGS,

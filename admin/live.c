@@ -187,6 +187,8 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 	const struct pcachectl_json *v;
 	char a[32], b[32], d[32];
 	uint64_t rate = pcachectl_json_u64(c, "writeback_rate", 0);
+	const struct pcachectl_json *ga = pcachectl_json_get(c, "gc_auto");
+	bool gc_auto = ga && ga->b;
 	size_t i;
 
 	printf("%s: pcachefs %s\n", mnt, pcachectl_json_s(js, "version", "?"));
@@ -204,8 +206,9 @@ static void print_summary(const char *mnt, const struct pcachectl_json *js)
 	if (rate)
 		snprintf(d, sizeof(d), "%s/s", pcache_fmt_size(rate, a, sizeof(a)));
 	printf("knobs      writeback_rate %s, dirty_high %" PRIu64 "%%, dirty_low %" PRIu64 "%%, "
-	       "gc_percent %" PRIu64 "%%\n", rate ? d : "unlimited", pcachectl_json_u64(c, "dirty_high", 0),
-	       pcachectl_json_u64(c, "dirty_low", 0), pcachectl_json_u64(c, "gc_percent", 0));
+	       "gc_percent %s%" PRIu64 "%%%s\n", rate ? d : "unlimited", pcachectl_json_u64(c, "dirty_high", 0),
+	       pcachectl_json_u64(c, "dirty_low", 0), gc_auto ? "auto (" : "",
+	       pcachectl_json_u64(c, "gc_percent", 0), gc_auto ? ")" : "");
 	if (pcachectl_json_u64(c, "wb_errors", 0) || pcachectl_json_u64(c, "full_waits", 0) ||
 	    pcachectl_json_u64(c, "media_errors", 0))
 		printf("events     %" PRIu64 " writeback errors, %" PRIu64 " writers waited for space, %" PRIu64

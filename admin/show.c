@@ -71,7 +71,10 @@ static void print_info(struct pcache_cache_dev *cd, FILE *f)
 		pcache_fmt_size((uint64_t)sb->seg_count * sb->seg_size, b2, sizeof(b2)),
 		pcache_fmt_size(sb->seg_base, uuid, sizeof(uuid)));
 	fprintf(f, "data crc:      %s\n", ci.flags & PCACHE_INFO_DATA_CRC ? "on" : "off");
-	fprintf(f, "gc_percent:    %u\n", ci.gc_percent);
+	if (ci.gc_percent == PCACHE_GC_PERCENT_AUTO)
+		fprintf(f, "gc_percent:    auto\n");
+	else
+		fprintf(f, "gc_percent:    %u\n", ci.gc_percent);
 	fprintf(f, "dirty:         high %u%%, low %u%%\n", ci.dirty_high, ci.dirty_low);
 	if (ci.wb_rate)
 		fprintf(f, "wb_rate:       %s/s\n", pcache_fmt_size(ci.wb_rate, b1, sizeof(b1)));
@@ -227,7 +230,7 @@ static void dump_json(struct pcache_cache_dev *cd)
 	struct pcache_cache_info ci;
 	struct pcache_pos kt, dt;
 	struct slot_view v[2];
-	char uuid[40];
+	char uuid[40], b1[16];
 	uint32_t i, count = pcache_cache_dev_seg_count(cd);
 	int n, j, first = 1;
 	FILE *f = stdout;
@@ -249,9 +252,14 @@ static void dump_json(struct pcache_cache_dev *cd)
 		v[1].state);
 	slot_pair(cd, PCACHE_INFO_OFF, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, PCACHE_REC_INFO,
 		  sizeof(struct pcache_cache_info_om), v);
-	fprintf(f, "  \"cache_info\": {\"flags\": %u, \"data_crc\": %s, \"gc_percent\": %u, "
+	/* gc_percent: a number, or the string "auto" */
+	if (ci.gc_percent == PCACHE_GC_PERCENT_AUTO)
+		snprintf(b1, sizeof(b1), "\"auto\"");
+	else
+		snprintf(b1, sizeof(b1), "%u", ci.gc_percent);
+	fprintf(f, "  \"cache_info\": {\"flags\": %u, \"data_crc\": %s, \"gc_percent\": %s, "
 		   "\"dirty_high\": %u, \"dirty_low\": %u, \"wb_rate\": %" PRIu64 ", \"next_image_id\": %u, ",
-		ci.flags, ci.flags & PCACHE_INFO_DATA_CRC ? "true" : "false", ci.gc_percent, ci.dirty_high,
+		ci.flags, ci.flags & PCACHE_INFO_DATA_CRC ? "true" : "false", b1, ci.dirty_high,
 		ci.dirty_low, ci.wb_rate, ci.next_image_id);
 	json_slots(f, v);
 	fprintf(f, "},\n");

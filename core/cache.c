@@ -92,6 +92,7 @@ static void *timer_main(void *arg)
 static void cache_free(struct pcache_cache *c)
 {
 	pcache_log_reader_free(c->log_rd);
+	free(c->gc_buf);
 	free(c->stage);
 	free(c);
 }
@@ -127,6 +128,10 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 		return -ENOMEM;
 	}
 	c->stage = calloc(PCACHE_NSTAGE, sizeof(*c->stage));
+	/* without it GC only drops (copy-forward is an optimisation) */
+	c->gc_buf = malloc(PCACHE_GC_BUF_SIZE);
+	atomic_init(&c->copy_forward, !opts->no_copy_forward);
+	atomic_init(&c->gc_reserve, PCACHE_LOG_RESERVE + 1);
 	if (!c->stage) {
 		ERR("out of memory");
 		ret = -ENOMEM;
@@ -396,7 +401,9 @@ int pcache_cache_set(struct pcache_cache *c, enum pcache_knob k, uint64_t v)
 	struct pcache_cache_info ci;
 	int ret = 0;
 
-	if ((unsigned int)k >= PCACHE_KNOB_COUNT || v > pcache_knob_max(k))
+	if ((unsigned int)k >= PCACHE_KNOB_COUNT ||
+	    (k == PCACHE_KNOB_GC_PERCENT ? v > UINT32_MAX || !pcache_gc_percent_valid((uint32_t)v) :
+	     v > pcache_knob_max(k)))
 		return -EINVAL;
 	if (k == PCACHE_KNOB_SPACE_TIMEOUT) {
 		/* run time only (not persisted): the daemon's -o space_timeout sets it at start */
@@ -572,6 +579,15 @@ void pcache_cache_get_status(struct pcache_cache *c, struct pcache_cache_status 
 	pcache_cache_dev_get_key_tail(c->cd, &st->key_tail);
 	pcache_cache_dev_get_info(c->cd, &ci);
 	st->gc_percent = ci.gc_percent;
+	st->gc_reserve = atomic_load(&c->gc_reserve);
+	if (ci.gc_percent == PCACHE_GC_PERCENT_AUTO) {
+		st->gc_auto = true;
+		st->gc_percent = c->seg_count > st->gc_reserve ?
+				 (uint32_t)((uint64_t)(c->seg_count - st->gc_reserve) * 100 / c->seg_count) : 0;
+	}
+	st->gc_copied_bytes = atomic_load(&c->gc_copied_bytes);
+	st->gc_copied_keys = atomic_load(&c->gc_copied_keys);
+	st->gc_dropped_bytes = atomic_load(&c->gc_dropped_bytes);
 	st->dirty_high = ci.dirty_high;
 	st->dirty_low = ci.dirty_low;
 	st->wb_rate = ci.wb_rate;

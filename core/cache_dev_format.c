@@ -18,7 +18,7 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 	      size_t errlen)
 {
 	const struct pcache_pmem *pm = &cd->pmem;
-	uint64_t seg_size = fo && fo->seg_size ? fo->seg_size : PCACHE_DEFAULT_SEG_SIZE;
+	uint64_t seg_size = fo && fo->seg_size ? fo->seg_size : 0;
 	uint8_t *base = cd->map.base;
 	struct pcache_sb_om sb;
 	struct pcache_cache_info_om info;
@@ -33,6 +33,8 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 
 	if (cd->read_only)
 		return cd_seterr(err, errlen, -EROFS, "format: device opened read-only");
+	if (!seg_size)
+		seg_size = pcache_default_seg_size(cd->map.size);
 	rc = pcache_cache_dev_geometry(cd->map.size, seg_size, &count, &seg_base);
 	if (rc == -EINVAL)
 		return cd_seterr(err, errlen, rc,
@@ -51,9 +53,9 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 		.wb_rate = 0,
 		.next_image_id = 1,
 	};
-	if (ci.gc_percent > PCACHE_MAX_GC_PERCENT)
-		return cd_seterr(err, errlen, -EINVAL, "format: gc_percent %u > %u", ci.gc_percent,
-			      PCACHE_MAX_GC_PERCENT);
+	if (!pcache_gc_percent_valid(ci.gc_percent))
+		return cd_seterr(err, errlen, -EINVAL, "format: gc_percent %u is neither 0..%u nor auto",
+			      ci.gc_percent, PCACHE_MAX_GC_PERCENT);
 	tab_len = (uint64_t)count * 2u * PCACHE_SEG_SLOT_SIZE;
 	segs = calloc(1, tab_len);
 	if (!segs)

@@ -19,9 +19,9 @@ int cd_info_check(const struct pcache_cache_info *ci, char *why, size_t len)
 {
 	if (ci->flags & ~PCACHE_INFO_DATA_CRC)
 		return cd_seterr(why, len, -EINVAL, "unknown flags 0x%x", ci->flags);
-	if (ci->gc_percent > PCACHE_MAX_GC_PERCENT)
-		return cd_seterr(why, len, -EINVAL, "gc_percent %u > %u", ci->gc_percent,
-			      PCACHE_MAX_GC_PERCENT);
+	if (!pcache_gc_percent_valid(ci->gc_percent))
+		return cd_seterr(why, len, -EINVAL, "gc_percent %u is neither 0..%u nor auto (%u)",
+			      ci->gc_percent, PCACHE_MAX_GC_PERCENT, PCACHE_GC_PERCENT_AUTO);
 	if (ci->dirty_high > 100)
 		return cd_seterr(why, len, -EINVAL, "dirty_high %u > 100", ci->dirty_high);
 	if (ci->dirty_low >= ci->dirty_high)

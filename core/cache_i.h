@@ -56,6 +56,7 @@
 #define PCACHE_HEAD_IDLE_NS 2000000000ull    /* release an idle data head after ~2 s */
 #define PCACHE_IDLE_MS 200u         /* no user I/O this long: the writeback counts as idle */
 #define PCACHE_MISSREG_BUCKETS 256u
+#define PCACHE_GC_BUF_SIZE (256u << 10) /* GC's copy-forward buffer: keys up to this size */
 
 /*
  * The fences of the hit path's seqlock-style generation check (copy_hits() in cache_read.c is
@@ -85,6 +86,8 @@ struct pcache_segs {
 	uint64_t ticket_next, ticket_serving; /* FIFO order of writers waiting for space */
 	uint32_t waiters;
 	uint64_t full_waits, full_wait_ns, segs_freed;
+	uint64_t allocs;            /* segments taken since start (GC's rate estimate) */
+	_Atomic uint32_t kick_below; /* an allocation leaving fewer free segments kicks GC */
 	bool failed;                /* nothing can ever be freed: waiters get -EIO */
 	_Atomic uint64_t wait_timeout_ns; /* a writer waits this long for space, then -EIO (0 = no limit) */
 	uint64_t space_timeouts;    /* writers that gave up so */
@@ -159,6 +162,14 @@ void pcache_segs_abort_waits(struct pcache_cache *c);
  * in flight beside it: the backing holds its bytes, the writeback need not write them again
  * (index only: after a restart the key is written back as any dirty key) */
 #define PCACHE_IKEY_ONBACKING (1u << 12)
+/*
+ * CLOCK counter of an index key (index only): hits on the key since GC last passed it, 0..3.
+ * GC copies a key with a non-zero count forward to the head (one count spent) instead of
+ * dropping it (cache_gc.c); a hit adds one (pcache_ikey_touch(), under the subtree lock).
+ */
+#define PCACHE_IKEY_REF_SHIFT 10
+#define PCACHE_IKEY_REF_MAX 3u
+#define PCACHE_IKEY_REF_MASK (PCACHE_IKEY_REF_MAX << PCACHE_IKEY_REF_SHIFT)
 #define PCACHE_FUA_EPOCHS 64u         /* epochs remembered for FUA writes (struct pcache_log) */
 
 /* An index key (40 B): a non-overlapping extent inside one 4 MiB region. */
@@ -171,7 +182,7 @@ struct pcache_ikey {
 	uint32_t data_crc;   /* CRC32C of the original extent (crc_len bytes) */
 	uint32_t crc_front;  /* bytes cut from the original extent's front */
 	uint32_t crc_len;    /* bytes the CRC covers; 0 = no CRC */
-	uint16_t flags;      /* PCACHE_KEY_CLEAN, PCACHE_KEY_ZERO, PCACHE_IKEY_EMPTY/EPOCH/THROUGH */
+	uint16_t flags;      /* PCACHE_KEY_CLEAN/ZERO, PCACHE_IKEY_EMPTY/EPOCH/THROUGH/ONBACKING, REF count */
 	uint16_t epoch16;    /* low 16 bits of the kset's flush epoch (with PCACHE_IKEY_EPOCH) */
 };
 
@@ -496,6 +507,20 @@ struct pcache_cache {
 	uint64_t stall_since_ns, stall_dirty_lsn; /* GC thread only: waiters without progress */
 	bool stall_logged;
 	_Atomic uint64_t clean_pending; /* segments freed since the cleaner last finished a sweep */
+	/*
+	 * Copy-forward (cache_gc.c): off when copy_forward is false; gc_buf and gc_credit (bytes
+	 * GC may still copy, earned by the bytes it drops) belong to whoever holds gc_lock; the
+	 * counters are lock-free.
+	 */
+	_Atomic bool copy_forward;
+	/* gc_percent auto: the free segments GC keeps (set by GC runs) and the allocation rate
+	 * it is sized from (segments/s, a rise-fast fall-slow average; GC runs only) */
+	_Atomic uint32_t gc_reserve;
+	double alloc_rate;
+	uint64_t rate_t0_ns, rate_allocs0;
+	uint8_t *gc_buf;
+	int64_t gc_credit;
+	_Atomic uint64_t gc_copied_bytes, gc_copied_keys, gc_dropped_bytes;
 	_Atomic uint32_t miss_id;
 	/* misses in flight that other readers may share (cache_read.c) */
 	pthread_mutex_t missreg_lock; /* leaf; taken under a subtree lock */
@@ -574,6 +599,19 @@ static inline int pcache_req_enter(struct pcache_image *img)
 static inline void pcache_req_exit(struct pcache_image *img)
 {
 	atomic_fetch_sub(&img->inflight, 1);
+}
+
+/* A hit on index key k (its subtree lock held): one more count, up to PCACHE_IKEY_REF_MAX. */
+static inline void pcache_ikey_touch(struct pcache_ikey *k)
+{
+	if ((k->flags & PCACHE_IKEY_REF_MASK) != PCACHE_IKEY_REF_MASK)
+		k->flags = (uint16_t)(k->flags + (1u << PCACHE_IKEY_REF_SHIFT));
+}
+
+/* The hit count of index key k (its subtree lock held). */
+static inline uint32_t pcache_ikey_refs(const struct pcache_ikey *k)
+{
+	return (k->flags & PCACHE_IKEY_REF_MASK) >> PCACHE_IKEY_REF_SHIFT;
 }
 
 /*

@@ -124,6 +124,7 @@ static bool pin_region(struct pcache_image *img, struct pin_ctx *x, uint64_t off
 			ok = false;
 			break;
 		}
+		pcache_ikey_touch(&sub->v[i]);
 		pos = part_end;
 		i++;
 	}

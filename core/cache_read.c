@@ -416,6 +416,8 @@ static int scan_region(struct pcache_image *img, uint64_t off, uint32_t len, siz
 		} else if (*nh < hcap) {
 			struct hit *h = &hv[(*nh)++];
 
+			pcache_ikey_touch(&sub->v[i]);
+
 			h->buf_off = buf_off + (pos - (uint32_t)(off - base));
 			h->len = part_end - pos;
 			h->k = *k;

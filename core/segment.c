@@ -160,7 +160,7 @@ int pcache_seg_alloc(struct pcache_cache *c, bool for_log, bool wait, uint32_t *
 	struct pcache_segs *s = &c->segs;
 	uint32_t reserve = for_log ? 0 : PCACHE_LOG_RESERVE;
 	uint64_t ticket, t0 = 0;
-	bool timed_out = false;
+	bool timed_out = false, kick = false;
 	uint32_t idx;
 	int ret = 0;
 
@@ -244,6 +244,8 @@ take:
 	}
 	bit_set(s->bitmap, idx);
 	s->nfree--;
+	s->allocs++;
+	kick = s->nfree < atomic_load_explicit(&s->kick_below, memory_order_relaxed);
 	s->kind[idx] = for_log ? PCACHE_SEG_LOG : PCACHE_SEG_DATA;
 	atomic_store(&s->refs[idx], 0);
 	/*
@@ -259,6 +261,8 @@ take:
 	*seg = idx;
 out:
 	pthread_mutex_unlock(&s->lock);
+	if (kick)
+		pcache_gc_kick(c); /* below GC's threshold: do not wait for its next tick */
 	return ret;
 }
 

@@ -263,6 +263,39 @@ void pcache_log(int level, const char *fmt, ...)
 	va_end(ap);
 }
 
+uint64_t pcache_default_seg_size(uint64_t dev_size)
+{
+	uint64_t s = PCACHE_DEFAULT_SEG_SIZE;
+
+	while (s > (4u << 20) && s * 256 > dev_size)
+		s /= 2;
+	return s;
+}
+
+bool pcache_gc_percent_valid(uint32_t v)
+{
+	return v <= PCACHE_MAX_GC_PERCENT || v == PCACHE_GC_PERCENT_AUTO;
+}
+
+int pcache_parse_gc_percent(const char *s, uint32_t *out)
+{
+	unsigned long v;
+	char *end;
+
+	if (!strcmp(s, "auto")) {
+		*out = PCACHE_GC_PERCENT_AUTO;
+		return 0;
+	}
+	if (*s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v > PCACHE_MAX_GC_PERCENT)
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
 int pcache_parse_size(const char *s, uint64_t *out)
 {
 	unsigned long long v;

@@ -174,8 +174,15 @@ static void status_text(struct pfs_text *t)
 			", key_tail %u:%u lsn %" PRIu64 "\n",
 			cs.key_head.seg, cs.key_head.off, cs.key_head.lsn, cs.dirty_tail.seg, cs.dirty_tail.off,
 			cs.dirty_tail.lsn, cs.key_tail.seg, cs.key_tail.off, cs.key_tail.lsn);
-	pfs_text_printf(t, "  gc_percent %u, dirty_high %u, dirty_low %u, writeback_rate %" PRIu64 "%s\n",
-			cs.gc_percent, cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.wb_rate ? " B/s" : " (unlimited)");
+	if (cs.gc_auto)
+		pfs_text_printf(t, "  gc_percent auto (%u free segments kept, %u %%)", cs.gc_reserve, cs.gc_percent);
+	else
+		pfs_text_printf(t, "  gc_percent %u", cs.gc_percent);
+	pfs_text_printf(t, ", dirty_high %u, dirty_low %u, writeback_rate %" PRIu64 "%s\n",
+			cs.dirty_high, cs.dirty_low, cs.wb_rate, cs.wb_rate ? " B/s" : " (unlimited)");
+	pfs_text_printf(t, "  gc copy-forward: %s copied in %" PRIu64 " keys, %s dropped\n",
+			pcache_fmt_size(cs.gc_copied_bytes, h1, sizeof(h1)), cs.gc_copied_keys,
+			pcache_fmt_size(cs.gc_dropped_bytes, h2, sizeof(h2)));
 	pfs_text_printf(t, "  full_waits %" PRIu64 " (%" PRIu64 " ms, %" PRIu64 " timed out), ksets_written %" PRIu64
 			", keys_indexed %" PRIu64 ", index_bytes %" PRIu64 ", wb_errors %" PRIu64 ", gc_runs %" PRIu64
 			", segs_freed %" PRIu64 ", media_errors %" PRIu64 "\n",
@@ -289,6 +296,10 @@ static void status_json(struct pfs_text *t)
 	json_pos(t, "dirty_tail", &cs.dirty_tail);
 	pfs_text_printf(t, ", ");
 	json_pos(t, "key_tail", &cs.key_tail);
+	pfs_text_printf(t, ", \"gc_auto\": %s, \"gc_reserve_segs\": %u, \"gc_copied_bytes\": %" PRIu64
+			", \"gc_copied_keys\": %" PRIu64 ", \"gc_dropped_bytes\": %" PRIu64,
+			cs.gc_auto ? "true" : "false", cs.gc_reserve, cs.gc_copied_bytes, cs.gc_copied_keys,
+			cs.gc_dropped_bytes);
 	pfs_text_printf(t, ", \"gc_percent\": %u, \"dirty_high\": %u, \"dirty_low\": %u, \"writeback_rate\": %" PRIu64
 			", \"full_waits\": %" PRIu64 ", \"full_wait_ns\": %" PRIu64 ", \"space_timeouts\": %" PRIu64
 			", \"ksets_written\": %" PRIu64
@@ -433,7 +444,13 @@ static void metrics_cache(struct pfs_text *t, const struct pcache_cache_status *
 		{ "pcachefs_index_bytes", false, "Memory used by the in-memory index.", cs->index_bytes },
 		{ "pcachefs_gc_runs_total", true, "Garbage collection runs.", cs->gc_runs },
 		{ "pcachefs_gc_segments_freed_total", true, "Segments freed by garbage collection.", cs->segs_freed },
-		{ "pcachefs_gc_percent", false, "Knob gc_percent.", cs->gc_percent },
+		{ "pcachefs_gc_percent", false, "Knob gc_percent (auto: the usage its free reserve leaves).",
+		  cs->gc_percent },
+		{ "pcachefs_gc_reserve_segments", false, "Free segments GC keeps (gc_percent auto).",
+		  cs->gc_reserve },
+		{ "pcachefs_gc_copied_bytes_total", true, "Hot clean bytes GC copied forward instead of dropping.",
+		  cs->gc_copied_bytes },
+		{ "pcachefs_gc_dropped_bytes_total", true, "Cached bytes GC dropped.", cs->gc_dropped_bytes },
 		{ "pcachefs_dirty_high_percent", false, "Knob dirty_high.", cs->dirty_high },
 		{ "pcachefs_dirty_low_percent", false, "Knob dirty_low.", cs->dirty_low },
 		{ "pcachefs_writeback_rate_bytes_per_second", false, "Knob writeback_rate (0 = unlimited).",

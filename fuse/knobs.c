@@ -3,9 +3,9 @@
  * dirty_high, dirty_low, space_timeout; .pcache/images/NAME/cache_mode) turned into the
  * engine's typed setters (pcache_cache_set(), pcache_image_set_cache_mode()) and back.
  *
- * A value is one decimal number with optional blanks around it and one trailing newline (what
- * `echo N > file` writes); anything else, or a number above the knob's limit, is -EINVAL and
- * changes nothing.
+ * A value is one decimal number (gc_percent: or "auto") with optional blanks around it and one
+ * trailing newline (what `echo N > file` writes); anything else, or a number above the knob's
+ * limit, is -EINVAL and changes nothing.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -61,6 +61,21 @@ int pfs_knob_parse(const char *s, uint64_t max, uint64_t *v)
 	return 0;
 }
 
+/* "auto" with optional blanks around it and one trailing newline (gc_percent). */
+static bool pfs_knob_is_auto(const char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (strncmp(s, "auto", 4))
+		return false;
+	s += 4;
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (*s == '\n')
+		s++;
+	return !*s;
+}
+
 int pfs_knob_set(struct pcache_cache *c, const char *name, const char *text)
 {
 	int k = pfs_knob_by_name(name);
@@ -68,6 +83,8 @@ int pfs_knob_set(struct pcache_cache *c, const char *name, const char *text)
 
 	if (k < 0)
 		return k;
+	if (k == PCACHE_KNOB_GC_PERCENT && pfs_knob_is_auto(text))
+		return pcache_cache_set(c, (enum pcache_knob)k, PCACHE_GC_PERCENT_AUTO);
 	if (pfs_knob_parse(text, pcache_knob_max((enum pcache_knob)k), &v))
 		return -EINVAL;
 	return pcache_cache_set(c, (enum pcache_knob)k, v);
@@ -79,7 +96,11 @@ int pfs_knob_get(struct pcache_cache *c, const char *name, char *buf, size_t len
 
 	if (k < 0)
 		return k;
-	n = snprintf(buf, len, "%" PRIu64 "\n", pcache_cache_get(c, (enum pcache_knob)k));
+	if (k == PCACHE_KNOB_GC_PERCENT &&
+	    pcache_cache_get(c, (enum pcache_knob)k) == PCACHE_GC_PERCENT_AUTO)
+		n = snprintf(buf, len, "auto\n");
+	else
+		n = snprintf(buf, len, "%" PRIu64 "\n", pcache_cache_get(c, (enum pcache_knob)k));
 	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
 

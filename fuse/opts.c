@@ -116,11 +116,13 @@ static void usage(const char *prog)
 	       "    -o sequential_cutoff=SIZE a read stream longer than SIZE is not cached (default\n"
 	       "                              4M, 0 = cache every read), for the images named with\n"
 	       "                              -o image (persisted)\n"
-	       "    -o gc_percent=N           start garbage collection at N %% usage (persisted)\n"
+	       "    -o gc_percent=N|auto      start garbage collection at N %% usage, or keep a free\n"
+	       "                              reserve sized from the write rate (auto; persisted)\n"
 	       "    -o space_timeout=SECONDS  a writer waits at most this long for cache space, then\n"
 	       "                              gets EIO (default 60, 0 = no limit)\n"
 	       "    -o data_crc               checksum cached data (format time) and verify it on hits\n"
-	       "    -o segment_size=SIZE      segment size when formatting (default 16M)\n"
+	       "    -o segment_size=SIZE      segment size when formatting (default 1/256 of the\n"
+	       "                              cache, 4M-16M)\n"
 	       "    -o allow_other            let other users access the mount (needs\n"
 	       "                              user_allow_other in /etc/fuse.conf for non-root)\n"
 	       "    -o kernel_cache           use the kernel page cache instead of direct I/O\n"
@@ -261,13 +263,10 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		o->data_crc = true;
 		return 0;
 	case KEY_GC_PERCENT: {
-		char *end;
-		long g;
+		uint32_t g;
 
-		errno = 0;
-		g = strtol(v, &end, 10);
-		if (errno || end == v || *end || g < 0 || g > PCACHE_MAX_GC_PERCENT)
-			return perr(c, "bad -o gc_percent=%s (0-90)", v);
+		if (pcache_parse_gc_percent(v, &g))
+			return perr(c, "bad -o gc_percent=%s (0-90 or auto)", v);
 		o->gc_percent = (int)g;
 		return 0;
 	}

@@ -52,6 +52,7 @@ struct model {
 
 static char cpath[256], ipath[2][256];
 static uint64_t states, violations;
+static uint64_t states_copied;   /* ... of them after GC had copied hot keys forward */
 
 static void hist_add(struct sect_hist *h, uint32_t v)
 {
@@ -83,6 +84,7 @@ struct run {
 	struct model *m;
 	uint8_t *frozen[2];        /* the backing images at the crash (NULL: no crash yet) */
 	int mode_b;                /* image b's cache mode at its first attach (persisted) */
+	uint64_t copied;           /* keys GC had copied forward when the crash came */
 };
 
 /* on_crash: the backing images as a power failure leaves them (emulator lock held) */
@@ -91,6 +93,7 @@ static void freeze_backings(void *arg)
 	struct run *r = arg;
 	int i, fd;
 
+	r->copied = r->c ? atomic_load(&r->c->gc_copied_keys) : 0; /* NULL: a crash in the start */
 	for (i = 0; i < 2; i++) {
 		r->frozen[i] = malloc(IMG_SIZE);
 		fd = open(ipath[i], O_RDONLY);
@@ -440,6 +443,7 @@ static uint64_t crash_run(uint32_t seed, int ops, bool long_run, bool bg, uint64
 		stop(&r);
 	}
 	states += hit;  /* a point past the run's events was a clean stop (checked too) */
+	states_copied += hit && r.copied;
 	model_free(r.m);
 	return ev;
 }
@@ -476,7 +480,7 @@ START_TEST(every_persist_of_short_scenarios)
 	int nscen = scale() ? 16 * scale() : 2, j;
 	uint64_t k, ev;
 
-	states = violations = 0;
+	states = violations = states_copied = 0;
 	for (j = 0; j < nscen; j++) {
 		uint32_t seed = base + (uint32_t)j;
 
@@ -499,7 +503,7 @@ START_TEST(random_points_of_long_runs_with_writeback_and_gc)
 	int nrun = scale() ? 4 * scale() : 1, j, p;
 	uint64_t ev;
 
-	states = violations = 0;
+	states = violations = states_copied = 0;
 	for (j = 0; j < nrun; j++) {
 		uint32_t seed = base + 1000u * (uint32_t)j;
 		unsigned int rs = seed;
@@ -508,9 +512,12 @@ START_TEST(random_points_of_long_runs_with_writeback_and_gc)
 		for (p = 0; p < 12; p++)
 			crash_run(seed, 300, true, false, 1 + (uint64_t)rand_r(&rs) % ev);
 	}
-	fprintf(stderr, "long runs: %llu crash states checked, %llu violations\n",
-		(unsigned long long)states, (unsigned long long)violations);
+	fprintf(stderr, "long runs: %llu crash states checked (%llu after GC copied hot keys forward), "
+		"%llu violations\n", (unsigned long long)states, (unsigned long long)states_copied,
+		(unsigned long long)violations);
 	ck_assert_uint_eq(violations, 0);
+	if (scale())   /* the runs hit their keys and collect: copy-forward is crashed too */
+		ck_assert_uint_gt(states_copied, 0);
 }
 END_TEST
 
@@ -525,6 +532,8 @@ START_TEST(random_points_with_background_threads)
 	int nrun = scale() ? 20 * scale() : 1, npoint = scale() > 1 ? 80 : scale() ? 52 : 6, j, p;
 	uint64_t ev, all = 0, all_viol = 0;
 
+	states_copied = 0;
+
 	for (j = 0; j < nrun; j++) {
 		uint32_t seed = base + 7919u * (uint32_t)j;
 		unsigned int rs = seed;
@@ -537,8 +546,9 @@ START_TEST(random_points_with_background_threads)
 		all += states;
 		all_viol += violations;
 	}
-	fprintf(stderr, "background threads: %llu crash states checked, %llu violations\n",
-		(unsigned long long)all, (unsigned long long)all_viol);
+	fprintf(stderr, "background threads: %llu crash states checked (%llu after GC copied hot keys "
+		"forward), %llu violations\n", (unsigned long long)all, (unsigned long long)states_copied,
+		(unsigned long long)all_viol);
 	ck_assert_uint_eq(all_viol, 0);
 	ck_assert_uint_gt(all, 0);
 	if (scale())   /* a few points past a run's end are clean stops, not crashes */

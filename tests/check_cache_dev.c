@@ -224,10 +224,11 @@ START_TEST(format_api_uses_default_segment_size_and_honours_options)
 	unlink(p);
 	ck_assert_int_eq(pcache_cache_dev_format(p, 300 * MIB, &fo, errbuf, sizeof(errbuf)), 0);
 	cd = open_ok(p, false);
-	ck_assert_uint_eq(pcache_cache_dev_seg_size(cd), PCACHE_DEFAULT_SEG_SIZE);
-	ck_assert_int_eq(pcache_cache_dev_geometry(300 * MIB, PCACHE_DEFAULT_SEG_SIZE, &count, &base), 0);
+	/* a small device gets 4 MiB segments by default (pcache_default_seg_size()) */
+	ck_assert_uint_eq(pcache_cache_dev_seg_size(cd), 4 * MIB);
+	ck_assert_int_eq(pcache_cache_dev_geometry(300 * MIB, 4 * MIB, &count, &base), 0);
 	ck_assert_uint_eq(pcache_cache_dev_seg_count(cd), count);
-	ck_assert_uint_eq(count, 18); /* (300 - 2) / 16 */
+	ck_assert_uint_eq(count, 74); /* (300 - 2) / 4 */
 	pcache_cache_dev_get_info(cd, &ci);
 	ck_assert_uint_eq(ci.flags, PCACHE_INFO_DATA_CRC);
 	ck_assert_uint_eq(ci.gc_percent, 40);

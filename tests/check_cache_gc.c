@@ -119,6 +119,148 @@ START_TEST(freed_segment_reuse_makes_old_keys_stale)
 }
 END_TEST
 
+/* Read [off, off + len) (expecting version want) and return the bytes served from the cache. */
+static uint64_t hits_of(uint64_t off, size_t len, uint32_t want)
+{
+	uint64_t h0 = atomic_load(&img->read_hit_bytes);
+
+	expect(off, len, want);
+	return atomic_load(&img->read_hit_bytes) - h0;
+}
+
+/* Everything logged, written back and out of the heads, then one GC pass over all of it. */
+static void collect_all(void)
+{
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	pcache_heads_release(c, true);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
+	(void)pcache_gc_run(c);
+}
+
+/* A cold 1 MiB extent at 1 MiB, then a hot 64 KiB one at 0, hit once (same kset, in that
+ * order: dropping the cold one earns GC the credit to copy the hot one). */
+static void cold_then_hot(void)
+{
+	ck_assert_uint_eq(hits_of(1u << 20, 1u << 20, 0), 0);
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 0);
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 64u << 10);
+}
+
+START_TEST(gc_copies_hot_clean_data_forward)
+{
+	struct pcache_cache_status st;
+
+	start(false, 24u << 20, 8u << 20);
+	/* a cold extent, then a hot one (same kset, in that order: dropping the cold one earns
+	 * GC the credit to copy the hot one) */
+	ck_assert_uint_eq(hits_of(1u << 20, 1u << 20, 0), 0);
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 0);
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 64u << 10); /* one hit counts */
+	collect_all();
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_eq(st.gc_copied_bytes, 64u << 10);
+	ck_assert_uint_eq(st.gc_copied_keys, 1);
+	ck_assert_uint_ge(st.gc_dropped_bytes, 1u << 20);
+	/* the copy is indexed (a hit, the right bytes) and in the log: a restart keeps it */
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(eng_stop(&c, &img), 0);
+	{
+		char err[256];
+
+		ck_assert_msg(eng_start(cpath, ipath, "g", false, false, &c, &img, err, sizeof(err)) == 0,
+			      "restart: %s", err);
+	}
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 64u << 10);
+	ck_assert_uint_eq(hits_of(1u << 20, 1u << 20, 0), 0);  /* the cold one went */
+}
+END_TEST
+
+START_TEST(gc_copy_spends_the_hit_count)
+{
+	start(false, 24u << 20, 8u << 20);
+	cold_then_hot();
+	collect_all();   /* copied with its one hit spent */
+	ck_assert_uint_eq(atomic_load(&c->gc_copied_keys), 1);
+	ck_assert_uint_eq(hits_of(2u << 20, 1u << 20, 0), 0); /* more cold data for credit */
+	collect_all();   /* no hit since the copy: dropped now */
+	ck_assert_uint_eq(atomic_load(&c->gc_copied_keys), 1);
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 0);
+}
+END_TEST
+
+START_TEST(gc_without_copy_forward_drops_hot_data)
+{
+	start(false, 24u << 20, 8u << 20);
+	atomic_store(&c->copy_forward, false);
+	cold_then_hot();
+	collect_all();
+	ck_assert_uint_eq(atomic_load(&c->gc_copied_bytes), 0);
+	ck_assert_uint_eq(hits_of(0, 64u << 10, 0), 0);
+}
+END_TEST
+
+/* Bytes of a hot extent that a newer write replaced are not copied (the rest is). */
+START_TEST(gc_copy_skips_bytes_a_newer_write_replaced)
+{
+	start(false, 24u << 20, 8u << 20);
+	cold_then_hot();
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	pcache_heads_release(c, true);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	wr(16u << 10, 4096, 7);   /* newer than the hot extent, not written back */
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 0), 0);
+	(void)pcache_gc_run(c);
+	/* the parts around the write were copied, the written sectors read the write */
+	ck_assert_uint_eq(atomic_load(&c->gc_copied_bytes), (64u << 10) - 4096);
+	expect(0, 16u << 10, 0);
+	expect(16u << 10, 4096, 7);
+	expect((16u << 10) + 4096, (48u << 10) - 4096, 0);
+}
+END_TEST
+
+/* gc_percent auto: GC leaves clean data in the whole device but a small free reserve. */
+START_TEST(gc_auto_uses_the_device)
+{
+	struct pcache_cache_status st;
+	uint64_t i;
+
+	start(false, 40u << 20, 64u << 20);
+	atomic_store(&img->seq_cutoff, 0); /* the reads below are one stream: cache them all */
+	pcache_cache_get_status(c, &st);
+	ck_assert(st.gc_auto);     /* the default of a new format */
+	for (i = 0; i < 28; i++)
+		ck_assert_uint_eq(hits_of(i << 20, 1u << 20, 0), 0);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_int_eq(pcache_gc_run(c), 0); /* free segments above the reserve: nothing to do */
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_ge(st.segs_used, 28);
+	ck_assert_uint_lt(st.gc_reserve, st.seg_count - st.segs_used);
+	for (i = 0; i < 28; i++)
+		ck_assert_uint_eq(hits_of(i << 20, 1u << 20, 0), 1u << 20);
+	/* more than fits: GC frees down to the reserve, not to a fixed percentage */
+	for (i = 28; i < 48; i++)
+		ck_assert_uint_eq(hits_of(i << 20, 1u << 20, 0), 0);
+	ck_assert_int_eq(pcache_cache_flush(c), 0);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	ck_assert_int_gt(pcache_gc_run(c), 0);
+	pcache_cache_get_status(c, &st);
+	ck_assert_uint_ge(st.seg_count - st.segs_used, st.gc_reserve);
+	/* a GC step drops a whole kset: here up to four 1 MiB keys, four segments */
+	ck_assert_uint_le(st.seg_count - st.segs_used, st.gc_reserve + 4);
+	/* the old percentage, when set, still means what it did */
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 50), 0);
+	(void)pcache_gc_run(c);
+	pcache_cache_get_status(c, &st);
+	ck_assert(!st.gc_auto);
+	ck_assert_uint_lt(st.segs_used * 100, st.seg_count * 50);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, PCACHE_GC_PERCENT_AUTO), 0);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 91), -EINVAL);
+	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_GC_PERCENT, 254), -EINVAL);
+}
+END_TEST
+
 START_TEST(idle_head_does_not_pin_a_segment)
 {
 	struct pcache_cache_status st;
@@ -225,6 +367,11 @@ Suite *cache_gc_suite(void)
 	tcase_add_test(tc, gc_never_passes_dirty_tail);
 	tcase_add_test(tc, freed_segment_reuse_makes_old_keys_stale);
 	tcase_add_test(tc, idle_head_does_not_pin_a_segment);
+	tcase_add_test(tc, gc_copies_hot_clean_data_forward);
+	tcase_add_test(tc, gc_copy_spends_the_hit_count);
+	tcase_add_test(tc, gc_without_copy_forward_drops_hot_data);
+	tcase_add_test(tc, gc_copy_skips_bytes_a_newer_write_replaced);
+	tcase_add_test(tc, gc_auto_uses_the_device);
 	tcase_add_test(tc, user_io_keeps_the_cache_busy_for_idle_ms);
 	tcase_add_test(tc, rate_limit_never_stalls_writers_waiting_for_space);
 	tcase_add_test(tc, writers_wait_for_space_and_complete);

@@ -77,7 +77,14 @@ START_TEST(cache_knobs_by_name_reach_the_engine)
 	/* refused: nothing changes */
 	ck_assert_int_eq(pfs_knob_set(c, "gc_percent", "91"), -EINVAL);
 	ck_assert_int_eq(pfs_knob_set(c, "gc_percent", "x"), -EINVAL);
+	ck_assert_int_eq(pfs_knob_set(c, "gc_percent", "autos"), -EINVAL);
+	ck_assert_int_eq(pfs_knob_set(c, "gc_percent", "255"), -EINVAL); /* auto is spelt out */
 	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_GC_PERCENT), 50);
+	ck_assert_int_eq(pfs_knob_set(c, "gc_percent", " auto\n"), 0);
+	ck_assert_uint_eq(pcache_cache_get(c, PCACHE_KNOB_GC_PERCENT), PCACHE_GC_PERCENT_AUTO);
+	ck_assert_int_eq(pfs_knob_get(c, "gc_percent", buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "auto\n");
+	ck_assert_int_eq(pfs_knob_set(c, "gc_percent", "50"), 0);
 	ck_assert_int_eq(pfs_knob_set(c, "nope", "1"), -EINVAL);
 	ck_assert_int_eq(pfs_knob_get(c, "nope", buf, sizeof(buf)), -EINVAL);
 	ck_assert_int_eq(pfs_knob_set(c, "space_timeout", "lots"), -EINVAL);

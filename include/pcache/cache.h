@@ -33,6 +33,7 @@ struct pcache_cache_opts {
 	bool data_crc;                    /* verify data CRCs on hits (needs a data_crc format) */
 	bool prefault;                    /* pre-fault the mapping */
 	bool no_background;               /* tests: no writeback/GC threads (driven by hand) */
+	bool no_copy_forward;             /* GC drops hot clean data too (FIFO by age) */
 	int space_timeout_s;              /* a writer waits this long for space before -EIO (the
 					   * writeback cannot free any: failing backing); 0 = no
 					   * limit, -1 = PCACHE_DEFAULT_SPACE_TIMEOUT_S; knob
@@ -312,6 +313,11 @@ struct pcache_cache_status {
 	uint64_t seg_size;
 	struct pcache_pos key_head, dirty_tail, key_tail;
 	uint32_t gc_percent, dirty_high, dirty_low;
+	/* gc_percent auto: GC keeps gc_reserve free segments (gc_percent is then the usage that
+	 * leaves, in percent); copy-forward: bytes and keys GC copied to the head, bytes dropped */
+	bool gc_auto;
+	uint32_t gc_reserve;
+	uint64_t gc_copied_bytes, gc_copied_keys, gc_dropped_bytes;
 	uint64_t wb_rate;
 	bool data_crc;
 	const char *granularity;

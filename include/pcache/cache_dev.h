@@ -58,7 +58,7 @@ struct pcache_pmem {
 struct pcache_cache_dev;
 
 struct pcache_format_opts {
-	uint64_t seg_size;     /* 0 = PCACHE_DEFAULT_SEG_SIZE */
+	uint64_t seg_size;     /* 0 = pcache_default_seg_size() of the device */
 	bool data_crc;
 	uint32_t gc_percent;   /* 0 = default; stored as given when set_gc_percent is true */
 	bool set_gc_percent;

@@ -65,7 +65,8 @@
  *   OFF SIZE FIELD          DESCRIPTION
  *   0   16   hdr            type PCACHE_REC_INFO
  *   16  4    flags          PCACHE_INFO_DATA_CRC
- *   20  4    gc_percent     0..90, default 70
+ *   20  4    gc_percent     0..90, or 255 = auto (the default; caches formatted before
+ *                           it was added have 70)
  *   24  4    dirty_high     dirty bytes, in percent of all segments' bytes, at which
  *                           writeback goes full speed (0..100)
  *   28  4    dirty_low      percent (same measure) where it slows down again (< dirty_high)
@@ -219,7 +220,10 @@
 
 /* cache_info flags and defaults */
 #define PCACHE_INFO_DATA_CRC (1u << 0)
-#define PCACHE_DEFAULT_GC_PERCENT 70u
+/* gc_percent: 0..PCACHE_MAX_GC_PERCENT, or AUTO: GC keeps a reserve of free segments sized
+ * from the allocation rate (cache_gc.c) and lets clean data fill the rest */
+#define PCACHE_GC_PERCENT_AUTO 255u
+#define PCACHE_DEFAULT_GC_PERCENT PCACHE_GC_PERCENT_AUTO
 #define PCACHE_MAX_GC_PERCENT 90u
 #define PCACHE_DEFAULT_DIRTY_HIGH 80u
 #define PCACHE_DEFAULT_DIRTY_LOW 50u

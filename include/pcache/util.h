@@ -109,6 +109,17 @@ static inline int pcache_seq_after(uint64_t a, uint64_t b) { return (int64_t)(a 
  * 0 and *out, or -EINVAL (empty, sign, garbage, overflow).
  */
 int pcache_parse_size(const char *s, uint64_t *out);
+/*
+ * The segment size a format of a dev_size-byte device uses by default: 1/256 of it rounded
+ * down to a power of two, within 4..16 MiB (PCACHE_DEFAULT_SEG_SIZE). A small cache gets more,
+ * smaller segments, so that GC's free reserve and the partly filled head segments cost less
+ * of it.
+ */
+uint64_t pcache_default_seg_size(uint64_t dev_size);
+/* gc_percent: a value 0..PCACHE_MAX_GC_PERCENT or PCACHE_GC_PERCENT_AUTO. */
+bool pcache_gc_percent_valid(uint32_t v);
+/* Parse "auto" or a number 0..PCACHE_MAX_GC_PERCENT (no sign, no blanks). 0 or -EINVAL. */
+int pcache_parse_gc_percent(const char *s, uint32_t *out);
 /* "512 B", "16 MiB", "1.5 GiB" (one decimal unless exact) into buf; returns buf. */
 const char *pcache_fmt_size(uint64_t v, char *buf, size_t len);
 /*

@@ -66,6 +66,12 @@ cmp <(dd if="$SCRATCH/a.raw" bs=1M skip=8 count=1 status=none) "$SCRATCH/r2" ||
 	fail "backing of a does not hold the newest copy"
 grep -q "^  dirty .*; writeback: .* superseded" "$MNT/.pcache/status" || fail "status has no dirty/writeback line"
 
+# ---- gc_percent: auto is the default of a new cache, shown with its reserve
+[ "$(cat "$MNT/.pcache/gc_percent")" = auto ] || fail "a new cache's gc_percent reads $(cat "$MNT/.pcache/gc_percent")"
+grep -q 'gc_percent auto ([0-9]* free segments kept' "$MNT/.pcache/status" || fail "status does not show gc_percent auto"
+[ "$(jq '.cache.gc_auto' "$MNT/.pcache/status.json")" = true ] || fail "status.json gc_auto is not true"
+grep -q '^  gc copy-forward: ' "$MNT/.pcache/status" || fail "status has no copy-forward line"
+
 # ---- knobs persist across a remount
 pc_ctl "$MNT" gc_percent 55 || fail "set gc_percent"
 pc_ctl "$MNT" writeback_rate 4194304 || fail "set writeback_rate"
@@ -85,6 +91,8 @@ pc_mount "$MNT" -o "cache=$CACHE"
 [ "$(cat "$MNT/.pcache/images/a/cache_mode")" = writethrough ] || fail "cache_mode not persisted"
 cmp -s <(printf 'writethrough\n') "$MNT/.pcache/images/a/cache_mode" || fail "cache_mode is not one line"
 cmp -s <(printf '55\n') "$MNT/.pcache/gc_percent" || fail "gc_percent is not one line"
+pc_ctl "$MNT" gc_percent auto || fail "set gc_percent auto"
+[ "$(cat "$MNT/.pcache/gc_percent")" = auto ] || fail "gc_percent does not read auto after setting it"
 [ "$(stat -c '%a %u %g' "$MNT/a")" = "640 1234 5678" ] || fail "mode/owner not persisted: $(stat -c '%a %u %g' "$MNT/a")"
 pc_ctl "$MNT" images/a/cache_mode writeback || fail "set cache_mode back"
 pc_ctl "$MNT" writeback_rate 0 || fail "set writeback_rate 0"

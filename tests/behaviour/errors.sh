@@ -82,6 +82,7 @@ bad_ctl() {
 bad_ctl gc_percent abc
 bad_ctl gc_percent 200
 bad_ctl gc_percent -5
+bad_ctl gc_percent autox
 bad_ctl dirty_high lots
 bad_ctl writeback_rate 12abc
 bad_ctl flush 2
