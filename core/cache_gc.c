@@ -157,10 +157,12 @@ static bool gc_copy_insert(struct pcache_cache *c, struct pcache_image *img, uin
 	    !pcache_ikey_same_extent(e, pcache_le32(&old->seg), pcache_le64(&old->seg_gen),
 				     pcache_le32(&old->seg_off), roff))
 		goto out; /* written, discarded or cut meanwhile: the newer state wins */
+	/* read before the reserve below, which may move the keys (and e) */
+	refs = pcache_ikey_refs(e);
+	e = NULL;
 	if (pthread_mutex_trylock(&st->lock) != 0)
 		goto out;
 	if (pcache_subtree_reserve(sub, 2) == 0 && pcache_stage_room(c, st, false) == 0) {
-		refs = pcache_ikey_refs(e);
 		memset(&k, 0, sizeof(k));
 		k.off = pos;
 		k.len = a->len;
