@@ -486,6 +486,46 @@ uint64_t pcache_seq_cutoff_bytes(uint32_t field)
 	return (uint64_t)field << 10;
 }
 
+uint64_t pcache_share_limit(struct pcache_cache *c, uint32_t max_share)
+{
+	if (!max_share || max_share >= 100)
+		return 0;
+	return (uint64_t)c->seg_count * c->seg_size / 100 * max_share;
+}
+
+static void share_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	e->max_share = *(const uint32_t *)arg;
+}
+
+int pcache_image_set_max_share(struct pcache_image *img, uint32_t pct)
+{
+	struct pcache_image_ent e;
+	int ret;
+
+	if (pct > 100)
+		return -EINVAL;
+	pthread_mutex_lock(&img->ent_lock);
+	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, share_edit_fn,
+					    &pct, &e);
+	if (!ret) {
+		img->ent = e;
+		atomic_store(&img->share_limit, pcache_share_limit(img->c, pct));
+	}
+	pthread_mutex_unlock(&img->ent_lock);
+	return ret;
+}
+
+uint32_t pcache_image_max_share(struct pcache_image *img)
+{
+	uint32_t v;
+
+	pthread_mutex_lock(&img->ent_lock);
+	v = img->ent.max_share;
+	pthread_mutex_unlock(&img->ent_lock);
+	return v;
+}
+
 static void seq_edit_fn(struct pcache_image_ent *e, void *arg)
 {
 	e->seq_cutoff = *(const uint32_t *)arg;
@@ -533,6 +573,8 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	st->read_miss_bytes = atomic_load(&img->read_miss_bytes);
 	st->read_bypass_bytes = atomic_load(&img->read_bypass_bytes);
 	st->seq_cutoff = atomic_load(&img->seq_cutoff);
+	st->max_share = pcache_image_max_share(img);
+	st->share_bypass_bytes = atomic_load(&img->share_bypass_bytes);
 	st->crc_errors = atomic_load(&img->crc_errors);
 	st->backing_errors = atomic_load(&img->backing_errors);
 	st->cache_mode = atomic_load(&img->cache_mode);

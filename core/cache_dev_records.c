@@ -131,6 +131,7 @@ static void image_encode(struct pcache_image_om *om, const struct pcache_image_e
 	om->wb_lsn = e->wb_lsn;
 	om->wb_time = e->wb_time;
 	om->seq_cutoff = e->seq_cutoff;
+	om->max_share = e->max_share;
 	memcpy(om->name, e->name, strnlen(e->name, PCACHE_NAME_MAX));
 	memcpy(om->path, e->path, strnlen(e->path, PCACHE_PATH_MAX));
 	if (e->ident[0]) {
@@ -175,6 +176,7 @@ int cd_image_decode(struct pcache_image_ent *e, uint32_t slot, const struct pcac
 	e->wb_lsn = pcache_le64(&om->wb_lsn);
 	e->wb_time = pcache_le64(&om->wb_time);
 	e->seq_cutoff = pcache_le32(&om->seq_cutoff);
+	e->max_share = pcache_le32(&om->max_share);
 	memcpy(e->name, om->name, PCACHE_NAME_MAX);
 	memcpy(e->path, om->path, PCACHE_PATH_MAX);
 	if (flags & PCACHE_IMAGE_F_IDENT)

@@ -208,7 +208,9 @@ static uint32_t gc_copy_key(struct pcache_cache *c, struct gc_imgs *g, const str
 	}
 	region = off >> PCACHE_REGION_SHIFT;
 	roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
-	if (!img || atomic_load(&img->detaching) || region >= img->ix.nsub || len > GC_COPY_CHUNK ||
+	/* an image over its max_share shrinks: its data is not copied */
+	if (!img || atomic_load(&img->detaching) || pcache_image_over_share(img) ||
+	    region >= img->ix.nsub || len > GC_COPY_CHUNK ||
 	    seg_off + len > c->seg_size || !gc_copy_ok(c, len))
 		return 0;
 	sub = &img->ix.sub[region];

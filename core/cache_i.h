@@ -385,6 +385,10 @@ struct pcache_image {
 	/* sequential cutoff in bytes (0: none) and the misses it kept out of the cache */
 	_Atomic uint64_t seq_cutoff;
 	_Atomic uint64_t read_bypass_bytes;
+	/* max_share as bytes of cached data (0: no cap; pcache_image_over_share()) and the read
+	 * and write bytes that bypassed the cache because the image was over it */
+	_Atomic uint64_t share_limit;
+	_Atomic uint64_t share_bypass_bytes;
 	struct pcache_seq seq;
 };
 
@@ -628,6 +632,16 @@ static inline bool pcache_ikey_same_extent(const struct pcache_ikey *e, uint32_t
 /* Note a read of [off, off + len) in img's streams: true when it belongs to a sequential stream
  * longer than the image's cutoff (its misses are then not cached). */
 bool pcache_seq_bypass(struct pcache_image *img, uint64_t off, uint64_t len);
+/* The cap in bytes for an image entry's max_share field (percent of the data area; 0 = none). */
+uint64_t pcache_share_limit(struct pcache_cache *c, uint32_t max_share);
+/* Does img cache more than its max_share (its index's bytes)? Its reads then fill nothing and
+ * its writeback-mode writes go around the cache, and GC does not copy its keys forward. */
+static inline bool pcache_image_over_share(struct pcache_image *img)
+{
+	uint64_t lim = atomic_load_explicit(&img->share_limit, memory_order_relaxed);
+
+	return lim && (uint64_t)PCACHE_MAX(atomic_load_explicit(&img->ix.tot.cached, memory_order_relaxed), 0) >= lim;
+}
 /* The cutoff in bytes for an image entry's seq_cutoff field. */
 uint64_t pcache_seq_cutoff_bytes(uint32_t field);
 /* A request's range: engine-sector aligned and inside the image. 0 or -EINVAL. */

@@ -217,6 +217,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		memset(&e, 0, sizeof(e));
 		e.cache_mode = old.cache_mode;
 		e.seq_cutoff = old.seq_cutoff;
+		e.max_share = old.max_share;
 		e.file_mode = old.file_mode;
 		e.uid = old.uid;
 		e.gid = old.gid;
@@ -274,6 +275,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	pthread_mutex_init(&img->seq.lock, NULL);
 	pthread_mutex_init(&img->nofill_lock, NULL);
 	atomic_init(&img->seq_cutoff, pcache_seq_cutoff_bytes(e.seq_cutoff));
+	atomic_init(&img->share_limit, pcache_share_limit(c, e.max_share));
 	pthread_mutex_init(&img->ent_lock, NULL);
 	img->ent = e;
 	ret = pcache_index_init(&img->ix, img->size);

@@ -509,7 +509,7 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 	struct miss_req *m;
 	int ret, status = 0;
 	uint32_t j, nh;
-	bool fill;
+	bool fill, share_bypass = false;
 
 	ret = pcache_req_check_range(img, off, len);
 	if (ret)
@@ -522,6 +522,10 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->read_bytes, len, memory_order_relaxed);
 	fill = !pcache_seq_bypass(img, off, len);
+	if (fill && pcache_image_over_share(img)) {
+		fill = false;
+		share_bypass = true;
+	}
 
 	while (pos < off + len) {
 		uint64_t rend = ((pos >> PCACHE_REGION_SHIFT) + 1) << PCACHE_REGION_SHIFT;
@@ -617,7 +621,9 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 		}
 	}
 	atomic_fetch_add_explicit(&img->read_miss_bytes, miss_bytes, memory_order_relaxed);
-	atomic_fetch_add_explicit(&img->read_bypass_bytes, bypass_bytes, memory_order_relaxed);
+	/* read_bypass_bytes: the sequential cutoff's; share_bypass_bytes: max_share's */
+	atomic_fetch_add_explicit(share_bypass ? &img->share_bypass_bytes : &img->read_bypass_bytes,
+				  bypass_bytes, memory_order_relaxed);
 	if (atomic_fetch_sub(&m->pending, 1) == 1) {
 		/* every piece already ended: complete inline, done() is not called */
 		status = atomic_load(&m->status);

@@ -576,6 +576,24 @@ static int writearound_io(struct pcache_image *img, const void *buf, uint64_t of
 	return ret;
 }
 
+/*
+ * The mode a write takes: the image's, except that a writeback-mode image over its max_share
+ * writes around the cache (counted as bypassed). The writearound path orders itself
+ * against older dirty keys of the same bytes as it does after a run-time mode switch: their
+ * cached copies get THROUGH keys first (writearound_fix()), and the writeback's exclusive
+ * hold of the through gate keeps an older key from landing after the write.
+ */
+static uint32_t write_mode(struct pcache_image *img, size_t len)
+{
+	uint32_t mode = atomic_load(&img->cache_mode);
+
+	if (mode == PCACHE_MODE_WRITEBACK && pcache_image_over_share(img)) {
+		atomic_fetch_add_explicit(&img->share_bypass_bytes, len, memory_order_relaxed);
+		return PCACHE_MODE_WRITEAROUND;
+	}
+	return mode;
+}
+
 int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
 		       unsigned int flags)
 {
@@ -587,7 +605,7 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 		return ret < 0 ? ret : 0;
 	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
-	mode = atomic_load(&img->cache_mode);
+	mode = write_mode(img, len);
 	if (mode == PCACHE_MODE_WRITEAROUND) {
 		ret = writearound_io(img, buf, off, len, flags);
 	} else if (mode == PCACHE_MODE_WRITETHROUGH) {
@@ -672,7 +690,7 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 	uint32_t j;
 	int ret;
 
-	uint32_t mode = atomic_load(&img->cache_mode);
+	uint32_t mode = write_mode(img, len);
 
 	if (mode == PCACHE_MODE_WRITEBACK)
 		return pcache_image_write(img, buf, off, len, flags);

@@ -73,7 +73,7 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 	case PFS_INO_GIVE_UP:
 		return true;
 	case 0:
-		return k == PFS_IK_MODE || k == PFS_IK_FLUSH || k == PFS_IK_SEQ;
+		return k == PFS_IK_MODE || k == PFS_IK_FLUSH || k == PFS_IK_SEQ || k == PFS_IK_SHARE;
 	default:
 		return false;
 	}
@@ -249,13 +249,14 @@ static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats
 			", \"dirty_bytes\": %" PRIu64 ", \"cached_bytes\": %" PRIu64 ", \"crc_errors\": %" PRIu64
 			", \"backing_errors\": %" PRIu64 ", \"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64
 			", \"wb_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64 ", \"state\": \"%s\", \"error\": \"%s\""
-			", \"read_bypass_bytes\": %" PRIu64 ", \"sequential_cutoff\": %" PRIu64,
+			", \"read_bypass_bytes\": %" PRIu64 ", \"sequential_cutoff\": %" PRIu64
+			", \"max_share\": %u, \"share_bypass_bytes\": %" PRIu64,
 			pcache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
 			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
 			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes,
 			st->wb_errors, st->wb_last_error ? "failing" : "ok",
 			st->wb_last_error ? strerror(-st->wb_last_error) : "", st->read_bypass_bytes,
-			st->seq_cutoff);
+			st->seq_cutoff, st->max_share, st->share_bypass_bytes);
 }
 
 static void unattached_json(struct pfs_text *t)
@@ -535,11 +536,11 @@ static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
 			"\nread_bytes %" PRIu64 "\nwrite_bytes %" PRIu64 "\nread_hit_bytes %" PRIu64
 			"\nread_miss_bytes %" PRIu64 "\ndirty_bytes %" PRIu64 "\ncached_bytes %" PRIu64
 			"\ncrc_errors %" PRIu64 "\nbacking_errors %" PRIu64 "\nwb_lsn %" PRIu64 "\nwb_time %" PRIu64
-			"\nwb_bytes %" PRIu64 "\nread_bypass_bytes %" PRIu64 "\n",
+			"\nwb_bytes %" PRIu64 "\nread_bypass_bytes %" PRIu64 "\nmax_share %u\nshare_bypass_bytes %" PRIu64 "\n",
 			pcache_mode_name(st.cache_mode), st.reads, st.writes, st.flushes, st.discards, st.read_bytes,
 			st.write_bytes, st.read_hit_bytes, st.read_miss_bytes, st.dirty_bytes, st.cached_bytes,
 			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes,
-			st.read_bypass_bytes);
+			st.read_bypass_bytes, st.max_share, st.share_bypass_bytes);
 }
 
 /* Drop trailing whitespace (the engine may end a value with a newline). */
@@ -595,6 +596,9 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 		break;
 	case PFS_IK_SEQ:
 		pfs_text_printf(out, "%" PRIu64 "\n", pcache_image_seq_cutoff(s->img));
+		break;
+	case PFS_IK_SHARE:
+		pfs_text_printf(out, "%u\n", pcache_image_max_share(s->img));
 		break;
 	default:
 		return -EACCES;
@@ -746,6 +750,14 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 		return ret;
 	case PFS_IK_FLUSH:
 		return write_flush(s->name, value, s->img);
+	case PFS_IK_SHARE:
+		ret = pfs_max_share_set(s->img, value);
+		if (ret)
+			pfs_log(LOG_WARNING, "%s max_share: bad value '%s' (a percent 0-100, 0 = no cap): %s",
+				s->name, value, strerror(-ret));
+		else
+			pfs_log(LOG_INFO, "%s max_share set to %s", s->name, value);
+		return ret;
 	case PFS_IK_SEQ:
 		ret = pfs_seq_cutoff_set(s->img, value);
 		if (ret)

@@ -42,6 +42,8 @@ int pfs_knob_get(struct pcache_cache *c, const char *name, char *buf, size_t len
 int pfs_mode_set(struct pcache_image *img, const char *text);
 /* Set an image's sequential cutoff from a size ("4M", "0" = none; one trailing newline). */
 int pfs_seq_cutoff_set(struct pcache_image *img, const char *text);
+/* .pcache/images/NAME/max_share: a percent 0..100 (0 = no cap). */
+int pfs_max_share_set(struct pcache_image *img, const char *text);
 
 /* ---- options (opts.c) --------------------------------------------------------------------- */
 
@@ -59,6 +61,7 @@ struct pfs_opts {
 	int space_timeout;         /* -o space_timeout=SECONDS; -1 = the engine's default */
 	int cache_mode;            /* -1 = keep (new images: writeback) */
 	int64_t seq_cutoff;        /* -o sequential_cutoff=SIZE for the named images; -1 = keep */
+	int max_share;             /* -o max_share=PERCENT for the named images; -1 = keep */
 	bool data_crc;
 	bool allow_other;
 	bool kernel_cache;
@@ -198,6 +201,7 @@ enum pfs_img_kind {
 	PFS_IK_MODE,
 	PFS_IK_FLUSH,
 	PFS_IK_SEQ,        /* .pcache/images/<name>/sequential_cutoff */
+	PFS_IK_SHARE,      /* .pcache/images/<name>/max_share */
 	PFS_IK_COUNT
 };
 

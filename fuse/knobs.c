@@ -121,6 +121,15 @@ int pfs_seq_cutoff_set(struct pcache_image *img, const char *text)
 	return pcache_image_set_seq_cutoff(img, v);
 }
 
+int pfs_max_share_set(struct pcache_image *img, const char *text)
+{
+	uint64_t v;
+
+	if (pfs_knob_parse(text, 100, &v))
+		return -EINVAL;
+	return pcache_image_set_max_share(img, (uint32_t)v);
+}
+
 int pfs_mode_set(struct pcache_image *img, const char *text)
 {
 	int m = pcache_mode_parse(text);

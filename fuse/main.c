@@ -291,15 +291,21 @@ static int attach_images(const struct pfs_opts *o)
 			added[i] = false;
 			goto undo;
 		}
-		if (o->seq_cutoff >= 0) {
+		if (o->seq_cutoff >= 0 || o->max_share >= 0) {
 			struct pcache_image *img = pcache_image_get(pfs.cache, io->name);
+			const char *what = "sequential_cutoff";
 
-			ret = img ? pcache_image_set_seq_cutoff(img, (uint64_t)o->seq_cutoff) : -ENOENT;
+			ret = img ? 0 : -ENOENT;
+			if (!ret && o->seq_cutoff >= 0)
+				ret = pcache_image_set_seq_cutoff(img, (uint64_t)o->seq_cutoff);
+			if (!ret && o->max_share >= 0) {
+				what = "max_share";
+				ret = pcache_image_set_max_share(img, (uint32_t)o->max_share);
+			}
 			if (img)
 				pcache_image_put(img);
 			if (ret) {
-				fprintf(stderr, "pcachefs: image %s: sequential_cutoff: %s\n", io->name,
-					strerror(-ret));
+				fprintf(stderr, "pcachefs: image %s: %s: %s\n", io->name, what, strerror(-ret));
 				goto undo;
 			}
 		}

@@ -41,6 +41,7 @@ enum {
 	KEY_SPACE_TIMEOUT,
 	KEY_CACHE_MODE,
 	KEY_SEQ_CUTOFF,
+	KEY_MAX_SHARE,
 	KEY_SEGMENT_SIZE,
 	KEY_ALLOW_OTHER,
 	KEY_KERNEL_CACHE,
@@ -68,6 +69,7 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("space_timeout=", KEY_SPACE_TIMEOUT),
 	FUSE_OPT_KEY("cache_mode=", KEY_CACHE_MODE),
 	FUSE_OPT_KEY("sequential_cutoff=", KEY_SEQ_CUTOFF),
+	FUSE_OPT_KEY("max_share=", KEY_MAX_SHARE),
 	FUSE_OPT_KEY("segment_size=", KEY_SEGMENT_SIZE),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("kernel_cache", KEY_KERNEL_CACHE),
@@ -116,6 +118,8 @@ static void usage(const char *prog)
 	       "    -o sequential_cutoff=SIZE a read stream longer than SIZE is not cached (default\n"
 	       "                              4M, 0 = cache every read), for the images named with\n"
 	       "                              -o image (persisted)\n"
+	       "    -o max_share=PERCENT      cap the cached data of the images named with -o image\n"
+	       "                              at PERCENT of the cache (0 = no cap; persisted)\n"
 	       "    -o gc_percent=N|auto      start garbage collection at N %% usage, or keep a free\n"
 	       "                              reserve sized from the write rate (auto; persisted)\n"
 	       "    -o space_timeout=SECONDS  a writer waits at most this long for cache space, then\n"
@@ -291,6 +295,14 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 			return perr(c, "bad -o sequential_cutoff=%s (a size such as 4M, 0 = none)", v);
 		o->seq_cutoff = (int64_t)n;
 		return 0;
+	case KEY_MAX_SHARE: {
+		uint64_t p;
+
+		if (pfs_knob_parse(v, 100, &p))
+			return perr(c, "bad -o max_share=%s (a percent 0-100, 0 = no cap)", v);
+		o->max_share = (int)p;
+		return 0;
+	}
 	case KEY_SEGMENT_SIZE:
 		if (pcache_parse_size(v, &n) || !PCACHE_IS_POW2(n) || n < PCACHE_MIN_SEG_SIZE ||
 		    n > PCACHE_MAX_SEG_SIZE)
@@ -496,6 +508,7 @@ int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *
 	o->space_timeout = -1;
 	o->cache_mode = -1;
 	o->seq_cutoff = -1;
+	o->max_share = -1;
 	fargs->argc = 0;
 	fargs->argv = NULL;
 	fargs->allocated = 0;

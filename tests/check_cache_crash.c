@@ -53,6 +53,7 @@ struct model {
 static char cpath[256], ipath[2][256];
 static uint64_t states, violations;
 static uint64_t states_copied;   /* ... of them after GC had copied hot keys forward */
+static uint64_t states_shared;   /* ... after image a went around the cache (max_share) */
 
 static void hist_add(struct sect_hist *h, uint32_t v)
 {
@@ -84,7 +85,9 @@ struct run {
 	struct model *m;
 	uint8_t *frozen[2];        /* the backing images at the crash (NULL: no crash yet) */
 	int mode_b;                /* image b's cache mode at its first attach (persisted) */
+	uint32_t share_a;          /* image a's max_share at its first attach (persisted) */
 	uint64_t copied;           /* keys GC had copied forward when the crash came */
+	uint64_t shared;           /* bytes image a had sent around the cache (max_share) by then */
 };
 
 /* on_crash: the backing images as a power failure leaves them (emulator lock held) */
@@ -94,6 +97,7 @@ static void freeze_backings(void *arg)
 	int i, fd;
 
 	r->copied = r->c ? atomic_load(&r->c->gc_copied_keys) : 0; /* NULL: a crash in the start */
+	r->shared = r->img[0] ? atomic_load(&r->img[0]->share_bypass_bytes) : 0;
 	for (i = 0; i < 2; i++) {
 		r->frozen[i] = malloc(IMG_SIZE);
 		fd = open(ipath[i], O_RDONLY);
@@ -152,6 +156,8 @@ static int start(struct run *r, bool emu, char *err, size_t errlen)
 		if (ret)
 			return ret;
 	}
+	if (emu && r->share_a && pcache_image_set_max_share(r->img[0], r->share_a))
+		return -EIO;
 	/* the writeback at full speed, never paused for the user's I/O */
 	if (r->bg && (pcache_cache_set(r->c, PCACHE_KNOB_DIRTY_LOW, 0) ||
 		      pcache_cache_set(r->c, PCACHE_KNOB_DIRTY_HIGH, 1)))
@@ -409,6 +415,9 @@ static uint64_t crash_run(uint32_t seed, int ops, bool long_run, bool bg, uint64
 	 * are skipped by the writeback */
 	r.mode_b = seed % 4 == 1 ? PCACHE_MODE_WRITETHROUGH :
 		   seed % 4 == 3 ? PCACHE_MODE_WRITEAROUND : PCACHE_MODE_WRITEBACK;
+	/* image a (writeback) capped at 1 % of the cache for a third of the seeds: past the cap
+	 * its writes go around the cache, beside older dirty keys of the same bytes */
+	r.share_a = seed % 3 == 1 ? 1 : 0;
 	fresh_devices(long_run);
 	pmem_emu_init(&r.emu, k, seed ^ (uint32_t)k);
 	r.emu.on_crash = freeze_backings;
@@ -444,6 +453,7 @@ static uint64_t crash_run(uint32_t seed, int ops, bool long_run, bool bg, uint64
 	}
 	states += hit;  /* a point past the run's events was a clean stop (checked too) */
 	states_copied += hit && r.copied;
+	states_shared += hit && r.shared;
 	model_free(r.m);
 	return ev;
 }
@@ -480,7 +490,7 @@ START_TEST(every_persist_of_short_scenarios)
 	int nscen = scale() ? 16 * scale() : 2, j;
 	uint64_t k, ev;
 
-	states = violations = states_copied = 0;
+	states = violations = states_copied = states_shared = 0;
 	for (j = 0; j < nscen; j++) {
 		uint32_t seed = base + (uint32_t)j;
 
@@ -488,8 +498,9 @@ START_TEST(every_persist_of_short_scenarios)
 		for (k = 1; k <= ev; k += scale() ? 1 : 9)
 			crash_run(seed, 60, false, false, k);
 	}
-	fprintf(stderr, "short scenarios: %llu crash states checked, %llu violations\n",
-		(unsigned long long)states, (unsigned long long)violations);
+	fprintf(stderr, "short scenarios: %llu crash states checked (%llu after writes around a full "
+		"max_share), %llu violations\n", (unsigned long long)states,
+		(unsigned long long)states_shared, (unsigned long long)violations);
 	ck_assert_uint_eq(violations, 0);
 	ck_assert_uint_gt(states, 0);
 	if (scale())
@@ -503,7 +514,7 @@ START_TEST(random_points_of_long_runs_with_writeback_and_gc)
 	int nrun = scale() ? 4 * scale() : 1, j, p;
 	uint64_t ev;
 
-	states = violations = states_copied = 0;
+	states = violations = states_copied = states_shared = 0;
 	for (j = 0; j < nrun; j++) {
 		uint32_t seed = base + 1000u * (uint32_t)j;
 		unsigned int rs = seed;
@@ -512,8 +523,9 @@ START_TEST(random_points_of_long_runs_with_writeback_and_gc)
 		for (p = 0; p < 12; p++)
 			crash_run(seed, 300, true, false, 1 + (uint64_t)rand_r(&rs) % ev);
 	}
-	fprintf(stderr, "long runs: %llu crash states checked (%llu after GC copied hot keys forward), "
-		"%llu violations\n", (unsigned long long)states, (unsigned long long)states_copied,
+	fprintf(stderr, "long runs: %llu crash states checked (%llu after GC copied hot keys forward, "
+		"%llu after writes around a full max_share), %llu violations\n", (unsigned long long)states,
+		(unsigned long long)states_copied, (unsigned long long)states_shared,
 		(unsigned long long)violations);
 	ck_assert_uint_eq(violations, 0);
 	if (scale())   /* the runs hit their keys and collect: copy-forward is crashed too */
@@ -532,7 +544,7 @@ START_TEST(random_points_with_background_threads)
 	int nrun = scale() ? 20 * scale() : 1, npoint = scale() > 1 ? 80 : scale() ? 52 : 6, j, p;
 	uint64_t ev, all = 0, all_viol = 0;
 
-	states_copied = 0;
+	states_copied = states_shared = 0;
 
 	for (j = 0; j < nrun; j++) {
 		uint32_t seed = base + 7919u * (uint32_t)j;
@@ -547,7 +559,8 @@ START_TEST(random_points_with_background_threads)
 		all_viol += violations;
 	}
 	fprintf(stderr, "background threads: %llu crash states checked (%llu after GC copied hot keys "
-		"forward), %llu violations\n", (unsigned long long)all, (unsigned long long)states_copied,
+		"forward, %llu after writes around a full max_share), %llu violations\n",
+		(unsigned long long)all, (unsigned long long)states_copied, (unsigned long long)states_shared,
 		(unsigned long long)all_viol);
 	ck_assert_uint_eq(all_viol, 0);
 	ck_assert_uint_gt(all, 0);

@@ -6,6 +6,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,6 +262,66 @@ START_TEST(gc_auto_uses_the_device)
 }
 END_TEST
 
+/* The backing image holds version want of [off, off + len) (read around the cache). */
+static void backing_holds(uint64_t off, size_t len, uint32_t want)
+{
+	uint8_t *buf = malloc(len);
+	uint32_t v;
+	int fd = open(ipath, O_RDONLY);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, buf, len, (off_t)off), (ssize_t)len);
+	close(fd);
+	for (size_t s = 0; s < len; s += 512) {
+		ck_assert_int_eq(eng_decode(buf + s, 1, off + s, &v), 0);
+		ck_assert_msg(v == want, "backing sector %llu: %u want %u", (unsigned long long)(off + s) / 512,
+			      v, want);
+	}
+	free(buf);
+}
+
+/* max_share: past its cap an image caches no more reads and its writes go around the cache. */
+START_TEST(max_share_caps_an_images_cached_data)
+{
+	struct pcache_image_stats st;
+	uint64_t limit, i;
+
+	start(false, 24u << 20, 16u << 20);
+	atomic_store(&img->seq_cutoff, 0);
+	wr(0, 64u << 10, 1);               /* dirty, under the cap */
+	ck_assert_int_eq(pcache_image_set_max_share(img, 101), -EINVAL);
+	ck_assert_int_eq(pcache_image_set_max_share(img, 25), 0);
+	limit = (uint64_t)c->seg_count * c->seg_size / 100 * 25;
+	for (i = 1; i < 16; i++)
+		expect(i << 20, 1u << 20, 0);
+	pcache_image_get_stats(img, &st);
+	ck_assert_uint_eq(st.max_share, 25);
+	ck_assert_uint_le(st.cached_bytes, limit + (1u << 20)); /* the read that crossed it */
+	ck_assert_uint_gt(st.share_bypass_bytes, 0);
+	/* over the cap: a write goes around the cache, to the backing at once ... */
+	wr(0, 64u << 10, 2);
+	backing_holds(0, 64u << 10, 2);
+	expect(0, 64u << 10, 2);
+	/* ... and the older dirty copy of those bytes never lands after it */
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	backing_holds(0, 64u << 10, 2);
+	expect(0, 64u << 10, 2);
+	/* persisted; 0 lifts the cap */
+	ck_assert_int_eq(eng_stop(&c, &img), 0);
+	{
+		char err[256];
+
+		ck_assert_msg(eng_start(cpath, ipath, "g", false, false, &c, &img, err, sizeof(err)) == 0,
+			      "restart: %s", err);
+	}
+	ck_assert_uint_eq(pcache_image_max_share(img), 25);
+	ck_assert_int_eq(pcache_image_set_max_share(img, 0), 0);
+	atomic_store(&img->seq_cutoff, 0);
+	expect(15u << 20, 1u << 20, 0);
+	ck_assert_uint_eq(hits_of(15u << 20, 1u << 20, 0), 1u << 20);
+}
+END_TEST
+
 START_TEST(idle_head_does_not_pin_a_segment)
 {
 	struct pcache_cache_status st;
@@ -372,6 +433,7 @@ Suite *cache_gc_suite(void)
 	tcase_add_test(tc, gc_without_copy_forward_drops_hot_data);
 	tcase_add_test(tc, gc_copy_skips_bytes_a_newer_write_replaced);
 	tcase_add_test(tc, gc_auto_uses_the_device);
+	tcase_add_test(tc, max_share_caps_an_images_cached_data);
 	tcase_add_test(tc, user_io_keeps_the_cache_busy_for_idle_ms);
 	tcase_add_test(tc, rate_limit_never_stalls_writers_waiting_for_space);
 	tcase_add_test(tc, writers_wait_for_space_and_complete);

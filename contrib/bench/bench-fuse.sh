@@ -53,6 +53,7 @@ PLOT=$here/fuse-plot.gp
 PCACHEFS=$PCACHE_BUILD/pcachefs
 CEILINGFS=$PCACHE_BUILD/tools/ceilingfs
 CACHE_SIM=$PCACHE_BUILD/tools/cache_sim
+TRACE_ENGINE=$PCACHE_BUILD/tools/trace_engine
 
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
 	ROUNDS=${FUSE_ROUNDS:-1}; RUNTIME=${FUSE_RUNTIME:-2}; RAMP=${FUSE_RAMP:-1}
@@ -643,6 +644,70 @@ scan_check() {
 	SCAN_MD+="| $cut | $h0 % | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f s", b - a }') | $h1 % | $(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%+.1f", b - a }') |"$'\n'
 }
 
+# ---- fair shares ------------------------------------------------------------------------------
+
+# share_check SHARE: the zipf job on pc-zipf's image (fixed seed, as zipf_hits) while a second
+# image "w" on the same mount takes random 4 KiB writes at full speed (QD16) with max_share
+# SHARE (0 = no cap, "alone" = no writer); appends a row with the zipf hit share of the last 3 s.
+SHARE_MD=
+share_check() {
+	local mnt=$WORK_RUN/mnt-pc-zipf share=$1 h wpid=
+	if [ "$share" != alone ]; then
+		echo "$share" > "$mnt/.pcache/images/w/max_share" || return 1
+		fio --name=burst --filename="$mnt/w" --rw=randwrite --bs=4k --direct=1 --ioengine=libaio \
+			--iodepth=16 --size="$MISS_SIZE" --time_based --runtime=$((ZIPF_RAMP + 4)) >/dev/null 2>&1 &
+		wpid=$!
+	fi
+	h=$(zipf_hits "$ZIPF_RAMP" 3) || return 1
+	[ -z "$wpid" ] || wait "$wpid" || return 1
+	[ "$share" = alone ] && SHARE_ALONE=$h
+	SHARE_MD+="| $share | $h % | $(awk -v a="$h" -v b="${SHARE_ALONE:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }') |"
+	[ "$share" = alone ] || SHARE_MD+=" $(jq -r '.images[] | select(.name == "w") | "\(.dirty_bytes / 1048576 | floor) MiB dirty, \(.cached_bytes / 1048576 | floor) MiB cached, \(.share_bypass_bytes / 1048576 | floor) MiB around the cache"' "$mnt/.pcache/status.json") |"
+	SHARE_MD+=$'\n'
+	echo 1 > "$mnt/.pcache/images/w/flush" 2>/dev/null || true
+}
+
+share_checks() {
+	local mnt=$WORK_RUN/mnt-pc-zipf s
+	truncate -s "$MISS_SIZE" "$WORK_DISK/w.img" || return 1
+	echo "w:$WORK_DISK/w.img" > "$mnt/.pcache/attach" || return 1
+	for s in alone 30 0; do share_check "$s" || log "share check ($s) failed"; done
+	echo w > "$mnt/.pcache/detach" || log "detaching w failed"
+	rm -f "$WORK_DISK/w.img"
+}
+
+# ---- hit ratio by workload, on the engine itself ----------------------------------------------
+
+# trace_rows: fio traces (its null engine: the access pattern only) replayed through the engine
+# (tests/tools/trace_engine: a 1 GiB cache in /dev/shm, GC and writeback running, copy-forward
+# on and off) and through cache_sim's policies at the same data area; the first 4/7 of each trace
+# warm the cache.
+TRACE_MD=
+trace_rows() {
+	local spec name size dist extra log ops warm on off data sim
+	[ -x "$TRACE_ENGINE" ] && [ -x "$CACHE_SIM" ] || return 0
+	log=$WORK_RUN/trace.iolog
+	for spec in "zipf:1.1, 4 GiB|4g|zipf:1.1|" "zipf:0.8, 4 GiB|4g|zipf:0.8|" \
+		    "uniform, 2 GiB (2:1)|2g||--norandommap"; do
+		IFS='|' read -r name size dist extra <<< "$spec"
+		# shellcheck disable=SC2086 # extra is one option or none
+		fio --name=t --ioengine=null --size="$size" --io_size=$(( ${size%g} * 6 ))g \
+			--filename="$WORK_RUN/trace-file" --rw=randread --bs=4k \
+			${dist:+--random_distribution=$dist} $extra --randseed=4242 \
+			--write_iolog="$log" --output=/dev/null >/dev/null 2>&1 || { log "trace $name failed"; continue; }
+		ops=$(grep -c ' read ' "$log")
+		warm=$(( ops * 4 / 7 ))
+		on=$("$TRACE_ENGINE" --cache 1g --warmup "$warm" --dir "$SHM_DIR" "$log" 2>&1 | head -1)
+		off=$("$TRACE_ENGINE" --cache 1g --warmup "$warm" --dir "$SHM_DIR" --no-copy "$log" 2>&1 | head -1)
+		data=$(echo "$on" | sed -n 's/.*data area \([0-9]*\) bytes.*/\1/p')
+		[ -n "$data" ] || { log "trace_engine failed: $on"; continue; }
+		sim=$("$CACHE_SIM" --cache "$data" --warmup "$warm" "$log" 2>&1)
+		TRACE_MD+="| $name | $(echo "$on" | awk '{ print $3 }') | $(echo "$off" | awk '{ print $3 }') | $(echo "$sim" | awk '$1 == "lru" { print $3 }') | $(echo "$sim" | awk '$1 == "fifo" { print $3 }') | $(echo "$sim" | awk '$1 == "clock3" { print $3 }') | $(echo "$on" | sed -n 's/.*: \([0-9.]*\) bytes copied per byte read.*/\1/p') |"$'\n'
+	done
+	TRACE_DATA=${data:-}
+	rm -f "$log" "$WORK_RUN/trace-file"
+}
+
 # ---- profile --------------------------------------------------------------------------------
 
 PROFILE_MD=
@@ -751,8 +816,10 @@ case " ${active[*]} " in *" pc-zipf "*)
 	log "zipf trace"; zipf_trace
 	log "scan resistance"
 	for cut in 4194304 0; do scan_check "$cut" || log "scan check (cutoff $cut) failed"; done
+	log "fair shares"; share_checks || log "share checks failed"
 	;;
 esac
+log "hit ratio by workload (engine replay)"; trace_rows
 if [ -n "${FUSE_PROFILE:-}" ] && ! command -v perf >/dev/null; then
 	NOTES+=("perf is not installed: no profiles.")
 elif [ -n "${FUSE_PROFILE:-}" ]; then
@@ -881,6 +948,26 @@ done
 		echo "| sequential_cutoff | zipf hits before | the pass | zipf hits after | change (points) |"
 		echo "|---|---|---|---|---|"
 		printf '%s' "$SCAN_MD"
+	fi
+	if [ -n "$SHARE_MD" ]; then
+		echo
+		echo "### Fair shares: the zipf job beside a write burst on another image"
+		echo
+		echo "On pc-zipf's mount, a second image w (4 GiB file on the same disk) takes random 4 KiB O_DIRECT writes at QD16 for the whole zipf run (${ZIPF_RAMP} s + 3 s, hit share of the last 3 s); w's max_share is set as in the first column (0 = no cap). Target (issue 18): with a 30 % share the zipf image keeps >= 0.90 of its hit share alone."
+		echo
+		echo "| w's max_share | zipf hit share | of alone | w at the end |"
+		echo "|---|---|---|---|"
+		printf '%s' "$SHARE_MD"
+	fi
+	if [ -n "$TRACE_MD" ]; then
+		echo
+		echo "### Hit ratio by workload, on the engine (no FUSE)"
+		echo
+		echo "fio's null engine writes the trace (4 KiB random reads, seed 4242, 6 passes' worth of I/O); build/tools/trace_engine replays it through the engine with a 1 GiB cache (data area $(awk -v d="${TRACE_DATA:-0}" 'BEGIN { printf "%d MiB", d / 1048576 }'), gc_percent auto, background threads running), build/tools/cache_sim through the reference policies at the same data area; the first 4/7 of the trace only warm the cache. Target (issue 18): pcachefs >= LRU."
+		echo
+		echo "| trace | pcachefs | pcachefs, no copy-forward | LRU | FIFO | CLOCK, 2-bit count | copied per byte read |"
+		echo "|---|---|---|---|---|---|---|"
+		printf '%s' "$TRACE_MD"
 	fi
 	if [ -n "$RSS_MD" ]; then echo; echo "$RSS_MD"; fi
 	if [ -n "$PROFILE_MD" ]; then

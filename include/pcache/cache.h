@@ -284,6 +284,14 @@ uint32_t pcache_image_cache_mode(const struct pcache_image *img);
  */
 #define PCACHE_SEQ_CUTOFF_MAX (1ull << 40)
 int pcache_image_set_seq_cutoff(struct pcache_image *img, uint64_t bytes);
+/*
+ * Cap the image's share of the cache's data area at pct percent (persisted; 0 or 100 = no
+ * cap; -EINVAL above 100). Past it, its read misses are not cached and its writes in writeback
+ * mode go around the cache (as in writearound mode), so one image's burst or scan cannot evict
+ * every other image's data; GC does not copy its data forward while it is over.
+ */
+int pcache_image_set_max_share(struct pcache_image *img, uint32_t pct);
+uint32_t pcache_image_max_share(struct pcache_image *img);
 uint64_t pcache_image_seq_cutoff(const struct pcache_image *img);
 /* Is name valid for an image (the image table's rule: [A-Za-z0-9._-], 1..PCACHE_NAME_MAX)? */
 bool pcache_name_valid(const char *name);
@@ -298,6 +306,8 @@ struct pcache_image_stats {
 	uint64_t read_hit_bytes, read_miss_bytes;
 	uint64_t read_bypass_bytes;           /* misses not cached: a sequential stream past the cutoff */
 	uint64_t seq_cutoff;                  /* bytes, 0 = none */
+	uint32_t max_share;                   /* percent of the data area, 0 = no cap */
+	uint64_t share_bypass_bytes;          /* read and write bytes past the cap, not cached */
 	uint64_t dirty_bytes, cached_bytes;   /* indexed now */
 	uint64_t crc_errors, backing_errors;
 	uint64_t wb_lsn, wb_time, wb_bytes;

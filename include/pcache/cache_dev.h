@@ -185,6 +185,7 @@ struct pcache_image_ent {
 	uint32_t file_mode, uid, gid;
 	uint64_t wb_lsn, wb_time;
 	uint32_t seq_cutoff;     /* as the record: KiB, 0 = default, PCACHE_SEQ_CUTOFF_OFF = none */
+	uint32_t max_share;      /* percent of the data area, 0 = no cap */
 	char name[PCACHE_NAME_MAX + 1];
 	char path[PCACHE_PATH_MAX + 1];
 	char ident[PCACHE_IDENT_LEN];    /* "" = not recorded yet (an entry from before identities) */

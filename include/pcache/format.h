@@ -100,7 +100,10 @@
  *   80  8    wb_time     wall-clock seconds of that writeback
  *   88  4    seq_cutoff  KiB: reads in a sequential stream past it are not cached; 0 = the
  *                       default (PCACHE_SEQ_CUTOFF_DEFAULT), PCACHE_SEQ_CUTOFF_OFF = no cutoff
- *   92  36   reserved    zero
+ *   92  4    max_share   percent of the data area the image's cached data may hold (1..100);
+ *                       0 = no cap. Past it, its reads are not cached and its writeback-mode
+ *                       writes go around the cache (docs/architecture.md)
+ *   96  32   reserved    zero
  *   128 128  name        NUL-terminated, validated (pcache_image_name_valid())
  *   256 512  path        NUL-terminated backing path, as the user gave it (not resolved)
  *   768 256  ident       NUL-terminated stable identity of the backing (see below)
@@ -306,7 +309,8 @@ struct pcache_image_om {
 	uint64_t wb_lsn;
 	uint64_t wb_time;
 	uint32_t seq_cutoff;
-	uint8_t reserved[36];
+	uint32_t max_share;
+	uint8_t reserved[32];
 	char name[128];
 	char path[512];
 	char ident[256];

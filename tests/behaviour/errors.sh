@@ -32,6 +32,7 @@ C="cache=$CACHE"
 must_refuse "unknown option" -o "$C,bogus_option" "$MNT"
 must_refuse "gc_percent=abc" -o "$C,gc_percent=abc" "$MNT"
 must_refuse "gc_percent=200" -o "$C,gc_percent=200" "$MNT"
+must_refuse "max_share=101" -o "$C,max_share=101" "$MNT"
 must_refuse "bad cache_mode" -o "$C,cache_mode=fast" "$MNT"
 must_refuse "bad segment_size" -o "$C,segment_size=3M" "$MNT"
 must_refuse "bad cache_size" -o "cache=$SCRATCH/shm/new.img,cache_size=lots" "$MNT"
@@ -83,6 +84,8 @@ bad_ctl gc_percent abc
 bad_ctl gc_percent 200
 bad_ctl gc_percent -5
 bad_ctl gc_percent autox
+bad_ctl images/a/max_share 101
+bad_ctl images/a/max_share 30%
 bad_ctl dirty_high lots
 bad_ctl writeback_rate 12abc
 bad_ctl flush 2

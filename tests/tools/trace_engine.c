@@ -222,10 +222,11 @@ int main(int argc, char **argv)
 		struct pcache_cache_status st;
 
 		pcache_cache_get_status(c, &st);
-		printf("pcachefs hit %.2f%% of %" PRIu64 " read bytes (cache %" PRIu64 " MiB, %u segments, "
-		       "gc_percent %u, copy-forward %s: %.3f bytes copied per byte read, %" PRIu64 " ops, "
-		       "%" PRIu64 " warm-up)\n", rd ? 100.0 * (double)hit / (double)rd : 0.0, rd,
-		       cache >> 20, st.seg_count, st.gc_percent, copy ? "on" : "off",
+		printf("pcachefs hit %.2f%% of %" PRIu64 " read bytes (cache %" PRIu64 " MiB, data area %" PRIu64
+		       " bytes in %u segments, gc_percent %u, copy-forward %s: %.3f bytes copied per byte read, "
+		       "%" PRIu64 " ops, %" PRIu64 " warm-up)\n", rd ? 100.0 * (double)hit / (double)rd : 0.0, rd,
+		       cache >> 20, (uint64_t)st.seg_count * st.seg_size, st.seg_count, st.gc_percent,
+		       copy ? "on" : "off",
 		       rd ? (double)cp / (double)rd : 0.0, nops, PCACHE_MIN(warmup, nops));
 		printf("  fills skipped %" PRIu64 ", gc dropped %" PRIu64 " MiB, copied %" PRIu64 " MiB in %" PRIu64
 		       " keys, segments used %u (data %u, log %u), gc runs %" PRIu64 "\n",
