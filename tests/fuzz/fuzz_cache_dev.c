@@ -155,7 +155,7 @@ static void check_loaded(struct pcache_cache_dev *cd, struct seen *s)
 	CHECK((char *)pcache_cache_dev_seg_addr(cd, count - 1) + seg_size <= base + size);
 	CHECK(pcache_cache_dev_seg_addr(cd, count) == NULL);
 	pcache_cache_dev_get_info(cd, &s->ci);
-	CHECK(s->ci.gc_percent <= PCACHE_MAX_GC_PERCENT);
+	CHECK(pcache_gc_percent_valid(s->ci.gc_percent));
 	CHECK(s->ci.dirty_low < s->ci.dirty_high && s->ci.dirty_high <= 100);
 	CHECK(s->ci.next_image_id > 0 && !(s->ci.flags & ~PCACHE_INFO_DATA_CRC));
 	pcache_cache_dev_get_key_tail(cd, &s->kt);
