@@ -572,6 +572,7 @@ void pcache_image_get_stats(struct pcache_image *img, struct pcache_image_stats 
 	st->read_hit_bytes = atomic_load(&img->read_hit_bytes);
 	st->read_miss_bytes = atomic_load(&img->read_miss_bytes);
 	st->read_bypass_bytes = atomic_load(&img->read_bypass_bytes);
+	st->write_bypass_bytes = atomic_load(&img->write_bypass_bytes);
 	st->seq_cutoff = atomic_load(&img->seq_cutoff);
 	st->max_share = pcache_image_max_share(img);
 	st->share_bypass_bytes = atomic_load(&img->share_bypass_bytes);

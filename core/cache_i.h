@@ -390,6 +390,8 @@ struct pcache_image {
 	_Atomic uint64_t share_limit;
 	_Atomic uint64_t share_bypass_bytes;
 	struct pcache_seq seq;
+	struct pcache_seq wseq;     /* the same for writes */
+	_Atomic uint64_t write_bypass_bytes; /* writes of long sequential streams sent around */
 };
 
 /* Reference an attached image by id for the writeback (NULL if none); put with image_put. */
@@ -629,9 +631,10 @@ static inline bool pcache_ikey_same_extent(const struct pcache_ikey *e, uint32_t
 	       e->seg_gen == gen && e->seg_off - e->off == seg_off - off;
 }
 
-/* Note a read of [off, off + len) in img's streams: true when it belongs to a sequential stream
- * longer than the image's cutoff (its misses are then not cached). */
-bool pcache_seq_bypass(struct pcache_image *img, uint64_t off, uint64_t len);
+/* Note a read (or a write) of [off, off + len) in img's read (write) streams: true when it
+ * belongs to a sequential stream longer than the image's cutoff (a read's misses are then not
+ * cached; a writeback-mode write goes around the cache). */
+bool pcache_seq_bypass(struct pcache_image *img, bool write, uint64_t off, uint64_t len);
 /* The cap in bytes for an image entry's max_share field (percent of the data area; 0 = none). */
 uint64_t pcache_share_limit(struct pcache_cache *c, uint32_t max_share);
 /* Does img cache more than its max_share (its index's bytes)? Its reads then fill nothing and

@@ -273,6 +273,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	atomic_init(&img->cache_mode, mode);
 	pcache_through_init(&img->through);
 	pthread_mutex_init(&img->seq.lock, NULL);
+	pthread_mutex_init(&img->wseq.lock, NULL);
 	pthread_mutex_init(&img->nofill_lock, NULL);
 	atomic_init(&img->seq_cutoff, pcache_seq_cutoff_bytes(e.seq_cutoff));
 	atomic_init(&img->share_limit, pcache_share_limit(c, e.max_share));
@@ -588,6 +589,7 @@ void pcache_image_free(struct pcache_image *img)
 	pcache_index_exit(&img->ix);
 	pcache_through_destroy(&img->through);
 	pthread_mutex_destroy(&img->seq.lock);
+	pthread_mutex_destroy(&img->wseq.lock);
 	pthread_mutex_destroy(&img->nofill_lock);
 	pthread_mutex_destroy(&img->ent_lock);
 	free(img);

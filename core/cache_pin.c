@@ -202,7 +202,7 @@ int pcache_image_read_pin(struct pcache_image *img, uint64_t off, size_t len,
 	}
 	atomic_fetch_add_explicit(&img->read_hit_bytes, len, memory_order_relaxed);
 	/* a stream over cached data is still a stream (a fallback notes itself in the read) */
-	(void)pcache_seq_bypass(img, off, len);
+	(void)pcache_seq_bypass(img, false, off, len);
 	return 0;
 }
 

@@ -15,11 +15,11 @@
 
 /* ---- sequential cutoff -------------------------------------------------------------------- */
 
-bool pcache_seq_bypass(struct pcache_image *img, uint64_t off, uint64_t len)
+bool pcache_seq_bypass(struct pcache_image *img, bool write, uint64_t off, uint64_t len)
 {
 	uint64_t cutoff = atomic_load_explicit(&img->seq_cutoff, memory_order_relaxed), bytes;
 	uint64_t slack = len * PCACHE_SEQ_SLACK;
-	struct pcache_seq *q = &img->seq;
+	struct pcache_seq *q = write ? &img->wseq : &img->seq;
 	uint32_t i, lru = 0;
 
 	if (!cutoff)
@@ -521,7 +521,7 @@ int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t 
 		return ret;
 	atomic_fetch_add_explicit(&img->reads, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->read_bytes, len, memory_order_relaxed);
-	fill = !pcache_seq_bypass(img, off, len);
+	fill = !pcache_seq_bypass(img, false, off, len);
 	if (fill && pcache_image_over_share(img)) {
 		fill = false;
 		share_bypass = true;

@@ -252,36 +252,46 @@ static int cache_write(struct pcache_image *img, const uint8_t *src, uint64_t of
 static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_t off, uint64_t len,
 			   unsigned int flags)
 {
+	uint64_t end = off + len;
 	int ret = 0;
 
-	while (len && !ret) {
-		uint64_t region = off >> PCACHE_REGION_SHIFT;
+	/* one cached run at a time: [a, b) of the range that the index holds (adjacent keys
+	 * merged), found under the subtree lock; the bytes around it are not cached */
+	while (off < end && !ret) {
+		uint64_t region = off >> PCACHE_REGION_SHIFT, base = region << PCACHE_REGION_SHIFT;
 		struct pcache_subtree *sub = &img->ix.sub[region];
-		uint32_t roff = (uint32_t)(off & (PCACHE_REGION_SIZE - 1));
-		uint32_t chunk = (uint32_t)PCACHE_MIN(len, (uint64_t)(PCACHE_REGION_SIZE - roff));
-		bool cached = false;
-		uint32_t i, si;
+		uint32_t roff = (uint32_t)(off - base);
+		uint32_t rend = (uint32_t)(PCACHE_MIN(end, base + PCACHE_REGION_SIZE) - base);
+		uint32_t i, a = rend, b = rend, si;
 
 		pthread_mutex_lock(&sub->lock);
 		i = pcache_subtree_find(sub, roff);
-		while (i < sub->n && sub->v[i].off < roff + chunk) {
-			if (sub->v[i].flags & PCACHE_IKEY_EMPTY) {
+		while (i < sub->n && sub->v[i].off < rend) {
+			const struct pcache_ikey *k = &sub->v[i];
+
+			if (k->flags & PCACHE_IKEY_EMPTY) {
 				pcache_subtree_remove(sub, i);
 				continue;
 			}
-			cached = true;
+			if (a == rend) {
+				a = PCACHE_MAX(k->off, roff);
+			} else if (k->off > b) {
+				break; /* a gap: this run ends at b */
+			}
+			b = PCACHE_MIN(k->off + k->len, rend);
 			i++;
 		}
 		pthread_mutex_unlock(&sub->lock);
-		if (cached && src) {
-			ret = cache_write(img, src, off, chunk, flags, PCACHE_IKEY_THROUGH, NULL);
-		} else if (cached) {
+		if (a < b && src) {
+			ret = cache_write(img, src + (base + a - off), base + a, b - a, flags,
+					  PCACHE_IKEY_THROUGH, NULL);
+		} else if (a < b) {
 			/* a zeroed range: a ZERO key over the cached copies */
 			struct pcache_ikey k;
 
 			memset(&k, 0, sizeof(k));
-			k.off = roff;
-			k.len = chunk;
+			k.off = a;
+			k.len = b - a;
 			k.flags = PCACHE_KEY_ZERO | PCACHE_IKEY_THROUGH;
 			ret = pcache_space_wait(img->c);
 			if (!ret)
@@ -290,9 +300,8 @@ static int writearound_fix(struct pcache_image *img, const uint8_t *src, uint64_
 				ret = close_stages(img->c, 1u << si);
 		}
 		if (src)
-			src += chunk;
-		off += chunk;
-		len -= chunk;
+			src += (base + b) - off;
+		off = base + b;
 	}
 	return ret;
 }
@@ -577,18 +586,27 @@ static int writearound_io(struct pcache_image *img, const void *buf, uint64_t of
 }
 
 /*
- * The mode a write takes: the image's, except that a writeback-mode image over its max_share
- * writes around the cache (counted as bypassed). The writearound path orders itself
+ * The mode a write takes: the image's, except that a writeback-mode image over its max_share,
+ * or a write in a sequential stream longer than the image's sequential_cutoff, goes around
+ * the cache (counted as bypassed). The writearound path orders itself
  * against older dirty keys of the same bytes as it does after a run-time mode switch: their
  * cached copies get THROUGH keys first (writearound_fix()), and the writeback's exclusive
  * hold of the through gate keeps an older key from landing after the write.
  */
-static uint32_t write_mode(struct pcache_image *img, size_t len)
+static uint32_t write_mode(struct pcache_image *img, uint64_t off, size_t len)
 {
 	uint32_t mode = atomic_load(&img->cache_mode);
 
-	if (mode == PCACHE_MODE_WRITEBACK && pcache_image_over_share(img)) {
+	if (mode != PCACHE_MODE_WRITEBACK)
+		return mode;
+	if (pcache_image_over_share(img)) {
 		atomic_fetch_add_explicit(&img->share_bypass_bytes, len, memory_order_relaxed);
+		return PCACHE_MODE_WRITEAROUND;
+	}
+	if (pcache_seq_bypass(img, true, off, len)) {
+		/* a long sequential stream (a restore, a dd): at the backing's sequential speed,
+		 * without pushing the working set out */
+		atomic_fetch_add_explicit(&img->write_bypass_bytes, len, memory_order_relaxed);
 		return PCACHE_MODE_WRITEAROUND;
 	}
 	return mode;
@@ -605,7 +623,7 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 		return ret < 0 ? ret : 0;
 	atomic_fetch_add_explicit(&img->writes, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&img->write_bytes, len, memory_order_relaxed);
-	mode = write_mode(img, len);
+	mode = write_mode(img, off, len);
 	if (mode == PCACHE_MODE_WRITEAROUND) {
 		ret = writearound_io(img, buf, off, len, flags);
 	} else if (mode == PCACHE_MODE_WRITETHROUGH) {
@@ -690,8 +708,10 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 	uint32_t j;
 	int ret;
 
-	uint32_t mode = write_mode(img, len);
+	uint32_t mode = atomic_load(&img->cache_mode);
 
+	/* a writeback-mode image's writes (and those it sends around the cache: write_mode())
+	 * are done in the caller's thread */
 	if (mode == PCACHE_MODE_WRITEBACK)
 		return pcache_image_write(img, buf, off, len, flags);
 	ret = modify_enter(img, off, len);

@@ -205,10 +205,11 @@ static void status_text(struct pfs_text *t)
 				pcache_image_size(is.img[i]), pcache_image_lbs(is.img[i]),
 				pcache_mode_name(st.cache_mode));
 		pfs_text_printf(t, "  reads %" PRIu64 " (%" PRIu64 " bytes, hit %" PRIu64 ", miss %" PRIu64
-				", not cached %" PRIu64 ") writes %" PRIu64 " (%" PRIu64 " bytes) flushes %" PRIu64
-				" discards %" PRIu64 "\n",
+				", not cached %" PRIu64 ") writes %" PRIu64 " (%" PRIu64 " bytes, around the cache %"
+				PRIu64 ") flushes %" PRIu64 " discards %" PRIu64 "\n",
 				st.reads, st.read_bytes, st.read_hit_bytes, st.read_miss_bytes,
-				st.read_bypass_bytes, st.writes, st.write_bytes, st.flushes, st.discards);
+				st.read_bypass_bytes + st.share_bypass_bytes, st.writes, st.write_bytes,
+				st.write_bypass_bytes, st.flushes, st.discards);
 		pfs_text_printf(t, "  dirty %" PRIu64 " cached %" PRIu64 " crc_errors %" PRIu64 " backing_errors %" PRIu64
 				" wb_lsn %" PRIu64 " wb_time %" PRIu64 " wb_bytes %" PRIu64 "\n",
 				st.dirty_bytes, st.cached_bytes, st.crc_errors, st.backing_errors, st.wb_lsn,
@@ -250,13 +251,13 @@ static void image_stats_json(struct pfs_text *t, const struct pcache_image_stats
 			", \"backing_errors\": %" PRIu64 ", \"wb_lsn\": %" PRIu64 ", \"wb_time\": %" PRIu64
 			", \"wb_bytes\": %" PRIu64 ", \"wb_errors\": %" PRIu64 ", \"state\": \"%s\", \"error\": \"%s\""
 			", \"read_bypass_bytes\": %" PRIu64 ", \"sequential_cutoff\": %" PRIu64
-			", \"max_share\": %u, \"share_bypass_bytes\": %" PRIu64,
+			", \"max_share\": %u, \"share_bypass_bytes\": %" PRIu64 ", \"write_bypass_bytes\": %" PRIu64,
 			pcache_mode_name(st->cache_mode), st->reads, st->writes, st->flushes, st->discards,
 			st->read_bytes, st->write_bytes, st->read_hit_bytes, st->read_miss_bytes, st->dirty_bytes,
 			st->cached_bytes, st->crc_errors, st->backing_errors, st->wb_lsn, st->wb_time, st->wb_bytes,
 			st->wb_errors, st->wb_last_error ? "failing" : "ok",
 			st->wb_last_error ? strerror(-st->wb_last_error) : "", st->read_bypass_bytes,
-			st->seq_cutoff, st->max_share, st->share_bypass_bytes);
+			st->seq_cutoff, st->max_share, st->share_bypass_bytes, st->write_bypass_bytes);
 }
 
 static void unattached_json(struct pfs_text *t)
@@ -365,6 +366,10 @@ static const struct prom_family prom_image_families[] = {
 	PROM_IMG("read_miss_bytes_total", true, read_miss_bytes, "Bytes read from the backing image (misses)."),
 	PROM_IMG("read_bypass_bytes_total", true, read_bypass_bytes,
 		 "Missed bytes not cached: reads of a sequential stream past the sequential cutoff."),
+	PROM_IMG("write_bypass_bytes_total", true, write_bypass_bytes,
+		 "Writeback-mode writes of a sequential stream past the cutoff, sent around the cache."),
+	PROM_IMG("share_bypass_bytes_total", true, share_bypass_bytes,
+		 "Read and write bytes not cached because the image was over its max_share."),
 	PROM_IMG("crc_errors_total", true, crc_errors, "Cached data that failed its CRC check."),
 	PROM_IMG("backing_errors_total", true, backing_errors, "Failed I/O on the backing image."),
 	PROM_IMG("writeback_bytes_total", true, wb_bytes, "Bytes written back to the backing image."),
@@ -536,11 +541,12 @@ static void image_stats_text(struct pfs_text *t, struct pcache_image *img)
 			"\nread_bytes %" PRIu64 "\nwrite_bytes %" PRIu64 "\nread_hit_bytes %" PRIu64
 			"\nread_miss_bytes %" PRIu64 "\ndirty_bytes %" PRIu64 "\ncached_bytes %" PRIu64
 			"\ncrc_errors %" PRIu64 "\nbacking_errors %" PRIu64 "\nwb_lsn %" PRIu64 "\nwb_time %" PRIu64
-			"\nwb_bytes %" PRIu64 "\nread_bypass_bytes %" PRIu64 "\nmax_share %u\nshare_bypass_bytes %" PRIu64 "\n",
+			"\nwb_bytes %" PRIu64 "\nread_bypass_bytes %" PRIu64 "\nmax_share %u\nshare_bypass_bytes %" PRIu64
+			"\nwrite_bypass_bytes %" PRIu64 "\n",
 			pcache_mode_name(st.cache_mode), st.reads, st.writes, st.flushes, st.discards, st.read_bytes,
 			st.write_bytes, st.read_hit_bytes, st.read_miss_bytes, st.dirty_bytes, st.cached_bytes,
 			st.crc_errors, st.backing_errors, st.wb_lsn, st.wb_time, st.wb_bytes,
-			st.read_bypass_bytes, st.max_share, st.share_bypass_bytes);
+			st.read_bypass_bytes, st.max_share, st.share_bypass_bytes, st.write_bypass_bytes);
 }
 
 /* Drop trailing whitespace (the engine may end a value with a newline). */

@@ -366,8 +366,9 @@ START_TEST(writers_wait_for_space_and_complete)
 	struct pcache_cache_status st;
 	uint64_t off, total = check_under_tsan() ? (16u << 20) : (48u << 20);
 
-	/* 12 MiB device: ~9 segments of 1 MiB; write several times that */
+	/* 12 MiB device: ~9 segments of 1 MiB; write several times that (one stream: cached) */
 	start(true, 12u << 20, total);
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
 	for (off = 0; off < total; off += 65536)
 		wr(off, 65536, (uint32_t)(off >> 16) + 1);
 	for (off = 0; off < total; off += 65536)
@@ -389,6 +390,7 @@ START_TEST(rate_limit_never_stalls_writers_waiting_for_space)
 
 	/* 1 B/s would take years to free a segment: waiting writers must lift the limit */
 	start(true, 12u << 20, total);
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
 	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_WRITEBACK_RATE, 1), 0);
 	/* and the watermarks never make it urgent on their own */
 	ck_assert_int_eq(pcache_cache_set(c, PCACHE_KNOB_DIRTY_HIGH, 100), 0);

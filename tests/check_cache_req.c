@@ -793,6 +793,51 @@ START_TEST(sequential_cutoff_zero_caches_every_read_and_persists)
 }
 END_TEST
 
+/*
+ * Writes (writeback mode): a sequential stream caches its first 4 MiB (dirty, as any write) and
+ * sends the rest around the cache to the backing; random writes stay in the cache. Everything
+ * reads back, and the backing ends with every write after a writeback.
+ */
+START_TEST(a_sequential_write_stream_past_the_cutoff_goes_around)
+{
+	struct pcache_image_stats st;
+	uint64_t o;
+	uint8_t buf[512];
+	uint32_t v;
+	int fd;
+
+	for (o = 0; o < (12u << 20); o += 1u << 20)
+		write_version(o, 1u << 20, 3, 0);
+	img_stats(&st);
+	ck_assert_uint_eq(st.write_bypass_bytes, 8u << 20);
+	ck_assert_uint_eq(st.dirty_bytes, 4u << 20);
+	/* the bytes past the cutoff are on the backing already, no writeback needed */
+	fd = open(ipath, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, buf, sizeof(buf), (off_t)(11u << 20)), (ssize_t)sizeof(buf));
+	close(fd);
+	ck_assert_int_eq(eng_decode(buf, 1, 11u << 20, &v), 0);
+	ck_assert_uint_eq(v, 3);
+	/* scattered 4 KiB writes are no stream: cached (dirty) */
+	for (uint32_t i = 0; i < 16; i++)
+		write_version((13u << 20) + (uint64_t)((i * 7) % 16) * 65536, 4096, 4, 0);
+	img_stats(&st);
+	ck_assert_uint_eq(st.write_bypass_bytes, 8u << 20);
+	ck_assert_uint_eq(st.dirty_bytes, (4u << 20) + 16 * 4096);
+	check_range_version(0, 12u << 20, 3);
+	ck_assert_int_eq(pcache_cache_writeback_all(c), 0);
+	check_range_version(0, 12u << 20, 3);
+	/* cutoff 0: a stream is cached as it was before the cutoff applied to writes */
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
+	for (o = 0; o < (12u << 20); o += 1u << 20)
+		write_version(o, 1u << 20, 5, 0);
+	img_stats(&st);
+	ck_assert_uint_eq(st.write_bypass_bytes, 8u << 20);
+	ck_assert_uint_ge(st.dirty_bytes, 12u << 20);
+	check_range_version(0, 12u << 20, 5);
+}
+END_TEST
+
 Suite *cache_req_suite(void);
 Suite *cache_req_suite(void)
 {
@@ -830,6 +875,7 @@ Suite *cache_req_suite(void)
 	tcase_add_test(tc, interleaved_streams_are_each_cut_off);
 	tcase_add_test(tc, a_stream_read_out_of_order_is_still_one_stream);
 	tcase_add_test(tc, sequential_cutoff_zero_caches_every_read_and_persists);
+	tcase_add_test(tc, a_sequential_write_stream_past_the_cutoff_goes_around);
 	suite_add_tcase(s, tc);
 	tcase_add_checked_fixture(tcc, setup_crc, teardown);
 	tcase_set_timeout(tcc, 60);

@@ -39,6 +39,8 @@ static void setup(void)
 	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "start: %s", err);
 	ao.path = ipath;
 	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "attach: %s", err);
+	/* the tests fill the cache with sequential writes: cache them all */
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
 }
 
 static void teardown(void)

@@ -305,6 +305,7 @@ struct pcache_image_stats {
 	uint64_t read_bytes, write_bytes;
 	uint64_t read_hit_bytes, read_miss_bytes;
 	uint64_t read_bypass_bytes;           /* misses not cached: a sequential stream past the cutoff */
+	uint64_t write_bypass_bytes;          /* writeback-mode writes of such a stream, sent around */
 	uint64_t seq_cutoff;                  /* bytes, 0 = none */
 	uint32_t max_share;                   /* percent of the data area, 0 = no cap */
 	uint64_t share_bypass_bytes;          /* read and write bytes past the cap, not cached */

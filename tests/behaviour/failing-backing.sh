@@ -18,7 +18,7 @@ pc_image "$SCRATCH/b.raw" 16M 4
 pc_flaky "$FL" "$SCRATCH/real"
 pc_cleanup_add pc_unmount_if "$MNT"   # runs before the flakyfs cleanup
 
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M,segment_size=4M,space_timeout=3" \
+pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M,segment_size=4M,space_timeout=3,sequential_cutoff=0" \
 	-o "image=a:$FL/image" -o "image=b:$SCRATCH/b.raw"
 [ "$(cat "$MNT/.pcache/space_timeout")" = 3 ] || fail "space_timeout does not read back"
 printf 'eio 0 %d w\n' $((256 << 20)) > "$FL/.control" || fail "cannot make the backing fail"

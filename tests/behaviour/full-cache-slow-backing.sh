@@ -20,7 +20,7 @@ pc_flaky "$FMNT" "$SCRATCH/slow.raw" delay_us=2000
 pc_cleanup_add pc_unmount_if "$MNT"
 
 # 16 MiB cache of 1 MiB segments: the 48 MiB written are three times the cache
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=16M,segment_size=1M" -o "image=slow:$FMNT/image"
+pc_mount "$MNT" -o "cache=$CACHE,cache_size=16M,segment_size=1M,sequential_cutoff=0" -o "image=slow:$FMNT/image"
 dd if="$SCRATCH/data" of="$MNT/slow" bs=256k oflag=direct conv=notrunc status=none \
 	|| fail "a write failed while the cache was full"
 waits=$(pc_status_json "$MNT" | jq -r '.cache.full_waits') || fail "status.json"

@@ -18,7 +18,7 @@ dump=$("$PCACHECTL" dump --json "$CACHE") || fail "pcachectl dump failed"
 seg_base=$(jq -e .superblock.seg_base <<<"$dump") || fail "no seg_base in the dump"
 seg_size=$(jq -e .superblock.seg_size <<<"$dump") || fail "no seg_size in the dump"
 pc_cleanup_add pc_unmount_if "$MNT"
-pc_mount "$MNT" -o "cache=$CACHE" -o "image=d:$SCRATCH/d.raw"
+pc_mount "$MNT" -o "cache=$CACHE,sequential_cutoff=0" -o "image=d:$SCRATCH/d.raw"
 pc_ctl "$MNT" writeback_rate 1 || fail "cannot slow the writeback down"
 
 # 8 MiB of dirty data (the writeback's first burst may take one request of it); the key log

@@ -21,7 +21,7 @@ pc_image "$SCRATCH/e.raw" 16M
 FMNT=$SCRATCH/flaky
 pc_flaky "$FMNT" "$SCRATCH/d.raw" delay_us=200000
 pc_cleanup_add pc_unmount_if "$MNT"
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M" -o "image=d:$FMNT/image" -o "image=e:$SCRATCH/e.raw"
+pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M,sequential_cutoff=0" -o "image=d:$FMNT/image" -o "image=e:$SCRATCH/e.raw"
 
 # ctl_refused DESC ARGS...: pcachectl ARGS must exit 1 with exactly one line on stderr.
 ctl_refused() {

@@ -2,7 +2,8 @@
 # Description: a sequential read stream (dd of a whole image) does not push the working set out
 # of the cache: past the per-image sequential_cutoff (default 4 MiB) its misses are read from
 # the backing without being cached (counted as read_bypass_bytes), and the hot blocks read
-# before it are still hits after it. The cutoff is a per-image control file and mount option,
+# before it are still hits after it. A sequential write stream past the cutoff goes around the
+# cache to the backing (write_bypass_bytes). The cutoff is a per-image control file and mount option,
 # persisted; 0 caches every read; bad values are refused.
 # Timeout: 120
 . "$TESTS_DIR/behaviour/lib.sh"
@@ -41,6 +42,21 @@ note "after the scan: $byp bytes not cached, $cached bytes cached"
 m1=$(st read_miss_bytes)
 hot
 [ "$(st read_miss_bytes)" = "$m1" ] || fail "the scan pushed hot blocks out of the cache"
+
+# a write stream (a restore, a dd onto the image): past the cutoff its writes go around the
+# cache to the backing (counted as write_bypass_bytes), the hot blocks stay hits
+head -c 64M /dev/urandom > "$SCRATCH/new" || fail "cannot make the new content"
+dd if="$SCRATCH/new" of="$MNT/a" bs=1M oflag=direct conv=notrunc status=none || fail "dd onto the image failed"
+wbyp=$(st write_bypass_bytes) dirty=$(st dirty_bytes)
+note "after the write stream: $wbyp bytes around the cache, $dirty bytes dirty"
+[ "$wbyp" -ge $(( 56 << 20 )) ] || fail "only $wbyp bytes of the 64 MiB write stream went around the cache"
+[ "$dirty" -le $(( 9 << 20 )) ] || fail "the write stream filled the cache with dirty data: $dirty bytes"
+cmp -s <(tail -c +$(( (8 << 20) + 1 )) "$SCRATCH/new") <(tail -c +$(( (8 << 20) + 1 )) "$SCRATCH/a.raw") ||
+	fail "the backing does not hold the bytes written around the cache"
+cmp "$SCRATCH/new" "$MNT/a" || fail "the image does not read back what was written"
+m2=$(st read_miss_bytes)
+hot
+[ "$(st read_miss_bytes)" = "$m2" ] || fail "the write stream pushed hot blocks out of the cache"
 
 # bad values change nothing; sizes with suffixes work
 expect_fail "a bad cutoff" pc_ctl "$MNT" images/a/sequential_cutoff abc

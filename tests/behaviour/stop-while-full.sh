@@ -68,7 +68,7 @@ stopped() {
 }
 
 # round 1: SIGTERM
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=16M,segment_size=1M" -o "image=slow:$FMNT/image"
+pc_mount "$MNT" -o "cache=$CACHE,cache_size=16M,segment_size=1M,sequential_cutoff=0" -o "image=slow:$FMNT/image"
 fill 0 1
 t0=$(date +%s%N)
 kill -TERM "$PC_PID"

@@ -17,7 +17,7 @@ REF=$SCRATCH/ref
 pc_image "$SCRATCH/z.raw" 16M 16
 head -c 16M /dev/urandom > "$REF" || fail "cannot create the reference"
 pc_cleanup_add pc_unmount_if "$MNT"
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=40M,segment_size=1M" -o "image=z:$SCRATCH/z.raw"
+pc_mount "$MNT" -o "cache=$CACHE,cache_size=40M,segment_size=1M,sequential_cutoff=0" -o "image=z:$SCRATCH/z.raw"
 
 # The new content, through the mount: 4 KiB blocks backwards (neighbouring keys never contiguous
 # in the cache: many pieces per read), then 64 KiB and 1 MiB blocks.
