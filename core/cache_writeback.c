@@ -188,8 +188,11 @@ void pcache_wb_persist_images(struct pcache_wb *wb, bool force)
 		id = wb->imgs[i].id;
 		lsn = wb->imgs[i].done_lsn;
 		t = wb->imgs[i].wb_time;
+		/* a blocked image (its backing refused or failing) wrote nothing new: its stored
+		 * progress stays, even at a forced persist (an offline writeback that refuses an
+		 * image leaves the cache device as it was) */
 		skip = !wb->imgs[i].in_table || lsn == wb->imgs[i].persisted_lsn ||
-		       (!force && !wb->imgs[i].written_since_persist);
+		       ((!force || wb->imgs[i].blocked) && !wb->imgs[i].written_since_persist);
 		pthread_mutex_unlock(&wb->lock);
 		if (skip)
 			continue;
