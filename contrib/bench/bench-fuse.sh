@@ -690,6 +690,7 @@ trace_rows() {
 	for spec in "zipf:1.1, 4 GiB|4g|zipf:1.1|" "zipf:0.8, 4 GiB|4g|zipf:0.8|" \
 		    "uniform, 2 GiB (2:1)|2g||--norandommap"; do
 		IFS='|' read -r name size dist extra <<< "$spec"
+		rm -f "$log" # fio appends to an existing iolog
 		# shellcheck disable=SC2086 # extra is one option or none
 		fio --name=t --ioengine=null --size="$size" --io_size=$(( ${size%g} * 6 ))g \
 			--filename="$WORK_RUN/trace-file" --rw=randread --bs=4k \
@@ -955,7 +956,7 @@ done
 		echo
 		echo "On pc-zipf's mount, a second image w (4 GiB file on the same disk) takes random 4 KiB O_DIRECT writes at QD16 for the whole zipf run (${ZIPF_RAMP} s + 3 s, hit share of the last 3 s); w's max_share is set as in the first column (0 = no cap). Target (issue 18): with a 30 % share the zipf image keeps >= 0.90 of its hit share alone."
 		echo
-		echo "| w's max_share | zipf hit share | of alone | w at the end |"
+		echo "| w's max_share | zipf hit share | of alone | w at the end (around the cache: since its attach) |"
 		echo "|---|---|---|---|"
 		printf '%s' "$SHARE_MD"
 	fi
