@@ -449,7 +449,6 @@ uint64_t pcache_cache_get(struct pcache_cache *c, enum pcache_knob k)
 
 int pcache_image_set_cache_mode(struct pcache_image *img, uint32_t m)
 {
-	struct pcache_image_ent e;
 	int ret;
 
 	if (m > PCACHE_MODE_WRITEAROUND)
@@ -461,15 +460,7 @@ int pcache_image_set_cache_mode(struct pcache_image *img, uint32_t m)
 		if (ret)
 			return ret;
 	}
-	pthread_mutex_lock(&img->ent_lock);
-	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, mode_edit_fn,
-					    &m, &e);
-	if (!ret) {
-		img->ent = e;
-		atomic_store(&img->cache_mode, m);
-	}
-	pthread_mutex_unlock(&img->ent_lock);
-	return ret;
+	return pcache_image_ent_edit(img, mode_edit_fn, &m);
 }
 
 uint32_t pcache_image_cache_mode(const struct pcache_image *img)
@@ -500,20 +491,9 @@ static void share_edit_fn(struct pcache_image_ent *e, void *arg)
 
 int pcache_image_set_max_share(struct pcache_image *img, uint32_t pct)
 {
-	struct pcache_image_ent e;
-	int ret;
-
 	if (pct > 100)
 		return -EINVAL;
-	pthread_mutex_lock(&img->ent_lock);
-	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, share_edit_fn,
-					    &pct, &e);
-	if (!ret) {
-		img->ent = e;
-		atomic_store(&img->share_limit, pcache_share_limit(img->c, pct));
-	}
-	pthread_mutex_unlock(&img->ent_lock);
-	return ret;
+	return pcache_image_ent_edit(img, share_edit_fn, &pct);
 }
 
 uint32_t pcache_image_max_share(struct pcache_image *img)
@@ -533,22 +513,12 @@ static void seq_edit_fn(struct pcache_image_ent *e, void *arg)
 
 int pcache_image_set_seq_cutoff(struct pcache_image *img, uint64_t bytes)
 {
-	struct pcache_image_ent e;
 	uint32_t field;
-	int ret;
 
 	if (bytes > PCACHE_SEQ_CUTOFF_MAX)
 		return -EINVAL;
 	field = bytes ? (uint32_t)((bytes + 1023) >> 10) : PCACHE_SEQ_CUTOFF_OFF;
-	pthread_mutex_lock(&img->ent_lock);
-	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, seq_edit_fn,
-					    &field, &e);
-	if (!ret) {
-		img->ent = e;
-		atomic_store(&img->seq_cutoff, pcache_seq_cutoff_bytes(field));
-	}
-	pthread_mutex_unlock(&img->ent_lock);
-	return ret;
+	return pcache_image_ent_edit(img, seq_edit_fn, &field);
 }
 
 uint64_t pcache_image_seq_cutoff(const struct pcache_image *img)

@@ -635,6 +635,9 @@ static inline bool pcache_ikey_same_extent(const struct pcache_ikey *e, uint32_t
  * belongs to a sequential stream longer than the image's cutoff (a read's misses are then not
  * cached; a writeback-mode write goes around the cache). */
 bool pcache_seq_bypass(struct pcache_image *img, bool write, uint64_t off, uint64_t len);
+/* Edit img's table entry with fn(entry, arg) (persisted; its run-time copies follow). 0/-errno. */
+int pcache_image_ent_edit(struct pcache_image *img, void (*fn)(struct pcache_image_ent *, void *),
+			  void *arg);
 /* The cap in bytes for an image entry's max_share field (percent of the data area; 0 = none). */
 uint64_t pcache_share_limit(struct pcache_cache *c, uint32_t max_share);
 /* Does img cache more than its max_share (its index's bytes)? Its reads then fill nothing and

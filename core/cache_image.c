@@ -111,6 +111,14 @@ int pcache_backings_distinct(const char *const *names, const char *const *paths,
 	return ret;
 }
 
+/* The run-time copies of img->ent's settings (its ent_lock held, or img not published yet). */
+static void ent_apply(struct pcache_image *img)
+{
+	atomic_store(&img->cache_mode, img->ent.cache_mode);
+	atomic_store(&img->seq_cutoff, pcache_seq_cutoff_bytes(img->ent.seq_cutoff));
+	atomic_store(&img->share_limit, pcache_share_limit(img->c, img->ent.max_share));
+}
+
 int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts *ao,
 			struct pcache_image **out, char *err, size_t errlen)
 {
@@ -270,15 +278,13 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	img->size = e.size;
 	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
 	img->read_only = ao->read_only;
-	atomic_init(&img->cache_mode, mode);
 	pcache_through_init(&img->through);
 	pthread_mutex_init(&img->seq.lock, NULL);
 	pthread_mutex_init(&img->wseq.lock, NULL);
 	pthread_mutex_init(&img->nofill_lock, NULL);
-	atomic_init(&img->seq_cutoff, pcache_seq_cutoff_bytes(e.seq_cutoff));
-	atomic_init(&img->share_limit, pcache_share_limit(c, e.max_share));
 	pthread_mutex_init(&img->ent_lock, NULL);
 	img->ent = e;
+	ent_apply(img);
 	ret = pcache_index_init(&img->ix, img->size);
 	if (ret) {
 		ERR("out of memory");
@@ -567,21 +573,29 @@ static void attr_edit_fn(struct pcache_image_ent *e, void *arg)
  * lock), never a whole-entry rewrite from img->ent: the writeback persists wb_lsn/wb_time of
  * the same entry concurrently, and a stale copy would undo it (or it would undo ours).
  */
-int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid)
+int pcache_image_ent_edit(struct pcache_image *img, void (*fn)(struct pcache_image_ent *, void *),
+			  void *arg)
 {
-	struct attr_edit a = { mode, uid, gid };
 	struct pcache_image_ent e;
 	int ret;
 
-	if (mode > 07777)
-		return -EINVAL;
 	pthread_mutex_lock(&img->ent_lock);
-	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, attr_edit_fn,
-					    &a, &e);
-	if (!ret)
+	ret = pcache_cache_dev_image_modify(img->c->cd, img->ent.slot, img->ent.id, fn, arg, &e);
+	if (!ret) {
 		img->ent = e;
+		ent_apply(img);
+	}
 	pthread_mutex_unlock(&img->ent_lock);
 	return ret;
+}
+
+int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid)
+{
+	struct attr_edit a = { mode, uid, gid };
+
+	if (mode > 07777)
+		return -EINVAL;
+	return pcache_image_ent_edit(img, attr_edit_fn, &a);
 }
 
 void pcache_image_free(struct pcache_image *img)

@@ -612,6 +612,16 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 	return out->buf ? 0 : -ENOMEM;
 }
 
+/* Log the outcome ret of setting an image's knob what (hint: what a good value looks like). */
+static int logged_set(const char *name, const char *what, const char *hint, const char *value, int ret)
+{
+	if (ret)
+		pfs_log(LOG_WARNING, "%s %s: bad value '%s' (%s): %s", name, what, value, hint, strerror(-ret));
+	else
+		pfs_log(LOG_INFO, "%s %s set to %s", name, what, value);
+	return ret;
+}
+
 static int write_flush(const char *what, const char *value, struct pcache_image *img)
 {
 	int ret;
@@ -757,21 +767,11 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 	case PFS_IK_FLUSH:
 		return write_flush(s->name, value, s->img);
 	case PFS_IK_SHARE:
-		ret = pfs_max_share_set(s->img, value);
-		if (ret)
-			pfs_log(LOG_WARNING, "%s max_share: bad value '%s' (a percent 0-100, 0 = no cap): %s",
-				s->name, value, strerror(-ret));
-		else
-			pfs_log(LOG_INFO, "%s max_share set to %s", s->name, value);
-		return ret;
+		return logged_set(s->name, "max_share", "a percent 0-100, 0 = no cap", value,
+				  pfs_max_share_set(s->img, value));
 	case PFS_IK_SEQ:
-		ret = pfs_seq_cutoff_set(s->img, value);
-		if (ret)
-			pfs_log(LOG_WARNING, "%s sequential_cutoff: bad value '%s' (a size such as 4M, 0 = none): %s",
-				s->name, value, strerror(-ret));
-		else
-			pfs_log(LOG_INFO, "%s sequential_cutoff set to %s", s->name, value);
-		return ret;
+		return logged_set(s->name, "sequential_cutoff", "a size such as 4M, 0 = none", value,
+				  pfs_seq_cutoff_set(s->img, value));
 	default:
 		return -EACCES;
 	}

@@ -6,7 +6,6 @@
  */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,7 +226,8 @@ START_TEST(gc_auto_uses_the_device)
 	uint64_t i;
 
 	start(false, 40u << 20, 64u << 20);
-	atomic_store(&img->seq_cutoff, 0); /* the reads below are one stream: cache them all */
+	/* the reads below are one stream: cache them all */
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
 	pcache_cache_get_status(c, &st);
 	ck_assert(st.gc_auto);     /* the default of a new format */
 	for (i = 0; i < 28; i++)
@@ -265,19 +265,10 @@ END_TEST
 /* The backing image holds version want of [off, off + len) (read around the cache). */
 static void backing_holds(uint64_t off, size_t len, uint32_t want)
 {
-	uint8_t *buf = malloc(len);
-	uint32_t v;
-	int fd = open(ipath, O_RDONLY);
+	uint64_t bad;
 
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(pread(fd, buf, len, (off_t)off), (ssize_t)len);
-	close(fd);
-	for (size_t s = 0; s < len; s += 512) {
-		ck_assert_int_eq(eng_decode(buf + s, 1, off + s, &v), 0);
-		ck_assert_msg(v == want, "backing sector %llu: %u want %u", (unsigned long long)(off + s) / 512,
-			      v, want);
-	}
-	free(buf);
+	ck_assert_msg(eng_file_holds(ipath, off, len, 1, want, &bad) == 0,
+		      "backing sector %llu is not version %u", (unsigned long long)bad, want);
 }
 
 /* max_share: past its cap an image caches no more reads and its writes go around the cache. */
@@ -287,7 +278,7 @@ START_TEST(max_share_caps_an_images_cached_data)
 	uint64_t limit, i;
 
 	start(false, 24u << 20, 16u << 20);
-	atomic_store(&img->seq_cutoff, 0);
+	ck_assert_int_eq(pcache_image_set_seq_cutoff(img, 0), 0);
 	wr(0, 64u << 10, 1);               /* dirty, under the cap */
 	ck_assert_int_eq(pcache_image_set_max_share(img, 101), -EINVAL);
 	ck_assert_int_eq(pcache_image_set_max_share(img, 25), 0);
@@ -315,8 +306,8 @@ START_TEST(max_share_caps_an_images_cached_data)
 			      "restart: %s", err);
 	}
 	ck_assert_uint_eq(pcache_image_max_share(img), 25);
+	ck_assert_uint_eq(pcache_image_seq_cutoff(img), 0);
 	ck_assert_int_eq(pcache_image_set_max_share(img, 0), 0);
-	atomic_store(&img->seq_cutoff, 0);
 	expect(15u << 20, 1u << 20, 0);
 	ck_assert_uint_eq(hits_of(15u << 20, 1u << 20, 0), 1u << 20);
 }

@@ -73,6 +73,28 @@ int eng_decode(const uint8_t *buf, uint32_t tag, uint64_t off, uint32_t *v)
 	return 0;
 }
 
+int eng_file_holds(const char *path, uint64_t off, size_t len, uint32_t tag, uint32_t want,
+		   uint64_t *bad)
+{
+	uint8_t *buf = malloc(len);
+	int fd = open(path, O_RDONLY), ret = 0;
+	uint32_t v;
+
+	*bad = off / 512;
+	if (!buf || fd < 0 || pread(fd, buf, len, (off_t)off) != (ssize_t)len)
+		ret = -1;
+	for (size_t s = 0; !ret && s < len; s += 512) {
+		if (eng_decode(buf + s, tag, off + s, &v) || v != want) {
+			*bad = (off + s) / 512;
+			ret = -1;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return ret;
+}
+
 int eng_start(const char *cache_path, const char *image_path, const char *name, bool background,
 	      bool data_crc, struct pcache_cache **c, struct pcache_image **img, char *err,
 	      size_t errlen)

@@ -25,6 +25,12 @@ void eng_make_image(const char *path, uint64_t size, uint32_t tag);
 void eng_fill(uint8_t *buf, size_t len, uint32_t tag, uint64_t off, uint32_t v);
 /* Decode the sector at buf (image byte offset off): 0 and *v, or -1 (not a sector of tag). */
 int eng_decode(const uint8_t *buf, uint32_t tag, uint64_t off, uint32_t *v);
+/*
+ * Does the file at path (a backing image, read around the engine) hold version want of tag in
+ * every sector of [off, off + len)? 0, or -1 with the first other sector's number in *bad.
+ */
+int eng_file_holds(const char *path, uint64_t off, size_t len, uint32_t tag, uint32_t want,
+		   uint64_t *bad);
 /* Start the engine on cache_path (eng_opts; no_background unless background) and attach
  * image_path as name. 0 or -errno with err set. */
 int eng_start(const char *cache_path, const char *image_path, const char *name, bool background,

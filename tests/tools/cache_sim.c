@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/iolog.h"
 #include "pcache/util.h"
 
 /* One policy: a hash of block -> node, a doubly linked list in eviction order (head = next out). */
@@ -203,7 +204,7 @@ int main(int argc, char **argv)
 {
 	struct sim sims[NSIM];
 	uint64_t cache = 0, block = 4096, warmup = 0, ops = 0;
-	char line[4096], name[4096], act[32];
+	static struct iolog_op op;
 	int i, nf = 0;
 
 	for (i = 1; i < argc && argv[i][0] == '-'; i += 2) {
@@ -226,34 +227,16 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (; i < argc; i++) {
-		FILE *f = fopen(argv[i], "r");
-		bool v3;
+		struct iolog l;
 
-		if (!f) {
-			fprintf(stderr, "cache_sim: %s: %s\n", argv[i], strerror(errno));
+		if (iolog_open(&l, argv[i], "cache_sim"))
 			return 1;
-		}
-		if (!fgets(line, sizeof(line), f) || (strncmp(line, "fio version 2 iolog", 19) &&
-						      strncmp(line, "fio version 3 iolog", 19))) {
-			fprintf(stderr, "cache_sim: %s: not an fio version 2 or 3 iolog\n", argv[i]);
-			return 1;
-		}
-		v3 = line[12] == '3';
 		nf++;
-		while (fgets(line, sizeof(line), f)) {
-			unsigned long long off, len;
-			bool rd, wr, tr;
-			uint64_t fi, b, e;
+		while (iolog_next(&l, &op)) {
+			uint64_t fi, b, e, off = op.off, len = op.len;
+			bool wr = op.kind == IOLOG_WRITE, tr = op.kind == IOLOG_TRIM;
 
-			if (v3 ? sscanf(line, "%*u %4095s %31s %llu %llu", name, act, &off, &len) != 4 :
-				 sscanf(line, "%4095s %31s %llu %llu", name, act, &off, &len) != 4)
-				continue; /* add / open / close / wait lines */
-			rd = !strcmp(act, "read");
-			wr = !strcmp(act, "write");
-			tr = !strcmp(act, "trim");
-			if (!rd && !wr && !tr)
-				continue;
-			fi = file_index(name);
+			fi = file_index(op.file);
 			ops++;
 			for (b = off / block, e = (off + len + block - 1) / block; b < e; b++) {
 				uint64_t key = fi << 48 | b;
@@ -278,7 +261,7 @@ int main(int argc, char **argv)
 				}
 			}
 		}
-		fclose(f);
+		iolog_close(&l);
 	}
 	for (int k = 0; k < NSIM; k++) {
 		char c[32];

@@ -21,12 +21,13 @@
 
 #include "../../core/cache_i.h"
 #include "lib/engine_util.h"
+#include "lib/iolog.h"
 
 #define MAX_FILES 8
 
 struct op {
 	uint8_t file;
-	uint8_t kind; /* 0 read, 1 write, 2 trim */
+	uint8_t kind; /* enum iolog_kind */
 	uint32_t len;
 	uint64_t off;
 };
@@ -61,33 +62,18 @@ static int file_index(const char *name)
 /* Read the whole trace into memory (so that parsing costs the replay nothing). */
 static struct op *load(const char *path, uint64_t *nops)
 {
-	char line[4096], name[4096], act[32];
+	static struct iolog_op io;
 	struct op *v = NULL;
 	uint64_t n = 0, cap = 0;
-	FILE *f = fopen(path, "r");
-	bool v3;
+	struct iolog l;
+	int fi;
 
-	if (!f) {
-		fprintf(stderr, "trace_engine: %s: %s\n", path, strerror(errno));
+	if (iolog_open(&l, path, "trace_engine"))
 		exit(1);
-	}
-	if (!fgets(line, sizeof(line), f) || (strncmp(line, "fio version 2 iolog", 19) &&
-					      strncmp(line, "fio version 3 iolog", 19))) {
-		fprintf(stderr, "trace_engine: %s: not an fio version 2 or 3 iolog\n", path);
-		exit(1);
-	}
-	v3 = line[12] == '3';
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long long off, len;
-		int kind, fi;
-
-		if (v3 ? sscanf(line, "%*u %4095s %31s %llu %llu", name, act, &off, &len) != 4 :
-			 sscanf(line, "%4095s %31s %llu %llu", name, act, &off, &len) != 4)
+	while (iolog_next(&l, &io)) {
+		if (!io.len || io.len > (1u << 20) || io.off % 512 || io.len % 512)
 			continue;
-		kind = !strcmp(act, "read") ? 0 : !strcmp(act, "write") ? 1 : !strcmp(act, "trim") ? 2 : -1;
-		if (kind < 0 || !len || len > (1u << 20) || off % 512 || len % 512)
-			continue;
-		fi = file_index(name);
+		fi = file_index(io.file);
 		if (n == cap) {
 			cap = cap ? cap * 2 : 1u << 20;
 			v = realloc(v, cap * sizeof(*v));
@@ -97,13 +83,13 @@ static struct op *load(const char *path, uint64_t *nops)
 			}
 		}
 		v[n].file = (uint8_t)fi;
-		v[n].kind = (uint8_t)kind;
-		v[n].off = off;
-		v[n].len = (uint32_t)len;
-		sizes[fi] = PCACHE_MAX(sizes[fi], off + len);
+		v[n].kind = (uint8_t)io.kind;
+		v[n].off = io.off;
+		v[n].len = (uint32_t)io.len;
+		sizes[fi] = PCACHE_MAX(sizes[fi], io.off + io.len);
 		n++;
 	}
-	fclose(f);
+	iolog_close(&l);
 	*nops = n;
 	return v;
 }
@@ -198,9 +184,9 @@ int main(int argc, char **argv)
 			}
 			cp0 = atomic_load(&c->gc_copied_bytes);
 		}
-		if (p->kind == 0)
+		if (p->kind == IOLOG_READ)
 			ret = eng_read(img[p->file], buf, p->off, p->len);
-		else if (p->kind == 1)
+		else if (p->kind == IOLOG_WRITE)
 			ret = pcache_image_write(img[p->file], buf, p->off, p->len, 0);
 		else
 			ret = pcache_image_discard(img[p->file], p->off, p->len, false);
