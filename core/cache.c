@@ -93,7 +93,8 @@ static void cache_free(struct pcache_cache *c)
 {
 	pcache_log_reader_free(c->log_rd);
 	free(c->gc_buf);
-	free(c->stage);
+	if (!c->stage_shm)
+		free(c->stage);
 	free(c);
 }
 
@@ -207,6 +208,11 @@ int pcache_cache_start(const struct pcache_cache_opts *opts, struct pcache_cache
 	if (ret)
 		goto err_segs;
 	c->replay_ns = pcache_now_ns() - t0;
+	if (opts->stage_shm) {
+		ret = pcache_stage_shm_recover(c, opts->stage_shm, err, errlen);
+		if (ret)
+			goto err_segs;
+	}
 
 	memset(&wo, 0, sizeof(wo));
 	wo.no_thread = opts->no_background || opts->defer_background;

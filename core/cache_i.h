@@ -245,6 +245,27 @@ struct pcache_stage {
 	struct pcache_key_om keys[PCACHE_KSET_MAX_KEYS];
 };
 
+/*
+ * The staging ksets in memory that may outlive the process (pcache_cache_opts.stage_shm). The
+ * header says what the log looked like after the last kset this process wrote, so that a later
+ * start can tell whether the staged keys still continue the log it replays.
+ */
+#define PCACHE_STAGE_SHM_MAGIC 0x314d48534753435full   /* "_CSGSHM1" */
+struct pcache_stage_shm {
+	uint64_t magic;
+	uint32_t nstage, stage_size, key_size, pad;
+	_Atomic uint64_t log_lsn;   /* key_head lsn after the last kset or LAST record written */
+	_Atomic uint64_t log_epoch; /* epoch of that kset (at start: the last epoch in the log) */
+	uint8_t pad2[24];
+	struct pcache_stage stage[PCACHE_NSTAGE];
+};
+
+/*
+ * After the replay: take over stage_shm; log the keys a dead process left staged in it if they
+ * continue the replayed log. 0 or -errno with a message (the start then fails).
+ */
+int pcache_stage_shm_recover(struct pcache_cache *c, void *shm, char *err, size_t errlen);
+
 struct pcache_log {
 	pthread_mutex_t lock;       /* guards head, next_lsn, epoch */
 	struct pcache_pos head;     /* next kset position; head.lsn = lsn of the next kset */
@@ -473,7 +494,9 @@ struct pcache_cache {
 	struct pcache_segs segs;
 	struct pcache_head heads[PCACHE_NHEADS];
 	struct pcache_log log;
-	struct pcache_stage *stage;   /* PCACHE_NSTAGE */
+	struct pcache_stage *stage;   /* PCACHE_NSTAGE (in stage_shm when given) */
+	struct pcache_stage_shm *stage_shm; /* NULL: stage is private memory */
+	uint64_t staged_recovered;    /* keys logged at start from a dead process's stages */
 	pthread_mutex_t flush_lock;   /* serialises flushes (epoch bumps) */
 	/*
 	 * Group commit (pcache_cache_flush): commits begun (a commit's number is its value after

@@ -21,12 +21,24 @@
  *  5. pcache_stage_room() is called before the index is touched: a key that made it into the
  *     index always has a place in its buffer (an append that failed after the index changed
  *     would leave indexed data that no kset describes: lost at the next replay).
+ *  6. With stage_shm (the stages in memory that outlives the process), a dead process's stages
+ *     are read by the next start: a key is stored whole before the stage's count includes it,
+ *     and after every kset or LAST record the shared header holds the log's new end lsn and
+ *     epoch before the stage's count drops to 0. So a stage read after a death holds keys not
+ *     in the log, or (death between the two stores) exactly the keys of the last kset; and
+ *     the log's end is the header's lsn or one more (a LAST record or kset written, the
+ *     header not yet). A log that ends anywhere else, or whose last epoch differs, was written
+ *     by someone else since: the staged keys are then dropped, never logged over it.
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cache_i.h"
+#include "pcache/log.h"
 
 void pcache_key_encode(struct pcache_key_om *om, uint32_t image_id, uint64_t off,
 		       const struct pcache_ikey *k)
@@ -106,6 +118,10 @@ static void log_link_segment(struct pcache_cache *c, uint32_t seg)
 	lg->head.off = 0;
 	lg->head.lsn++;
 	lg->ksets_written++;
+	if (c->stage_shm) {
+		atomic_store(&c->stage_shm->log_lsn, lg->head.lsn);
+		atomic_store(&c->stage_shm->log_epoch, lg->epoch);
+	}
 }
 
 int pcache_stage_close(struct pcache_cache *c, struct pcache_stage *st, bool wait)
@@ -155,7 +171,13 @@ int pcache_stage_close(struct pcache_cache *c, struct pcache_stage *st, bool wai
 	lg->head.lsn++;
 	lg->ksets_written++;
 	atomic_store(&lg->head_lsn, lg->head.lsn);
+	if (c->stage_shm) {
+		/* invariant 6: the log's new end is recorded before the stage empties */
+		atomic_store(&c->stage_shm->log_lsn, lg->head.lsn);
+		atomic_store(&c->stage_shm->log_epoch, lg->epoch);
+	}
 	pthread_mutex_unlock(&lg->lock);
+	atomic_signal_fence(memory_order_seq_cst);
 	st->n = 0;
 	pcache_wb_notify_data(c);
 	return 0;
@@ -172,7 +194,10 @@ void pcache_stage_add(struct pcache_cache *c, struct pcache_stage *st, const str
 {
 	if (st->n == 0)
 		st->first_ns = pcache_now_ns();
-	st->keys[st->n++] = *k;
+	st->keys[st->n] = *k;
+	/* invariant 6: a key is whole before the count that makes it part of the stage */
+	atomic_signal_fence(memory_order_seq_cst);
+	st->n++;
 	if (st->n == PCACHE_KSET_MAX_KEYS)
 		(void)pcache_stage_close(c, st, false); /* else the next appender or the timer closes it */
 }
@@ -200,4 +225,113 @@ int pcache_stages_close_all(struct pcache_cache *c, bool wait, bool trylock, boo
 		pthread_mutex_unlock(&st->lock);
 	}
 	return first;
+}
+
+/* ---- staging memory that outlives the process ------------------------------------------- */
+
+size_t pcache_stage_shm_size(void)
+{
+	return sizeof(struct pcache_stage_shm);
+}
+
+uint64_t pcache_cache_staged_recovered(const struct pcache_cache *c)
+{
+	return c ? c->staged_recovered : 0;
+}
+
+/* Account keys as the replay does (segment marked, referenced; dirty counted): 0 or -EUCLEAN. */
+static int stage_account(struct pcache_cache *c, const struct pcache_stage *st, char *err, size_t errlen)
+{
+	for (uint32_t i = 0; i < st->n; i++) {
+		const struct pcache_key_om *k = &st->keys[i];
+		int ret = pcache_log_key_check(k, c->seg_count, c->seg_size, err, errlen);
+
+		if (ret)
+			return ret;
+		if (k->flags & PCACHE_KEY_ZERO)
+			continue;
+		if (k->seg_gen != pcache_cache_dev_seg_gen(c->cd, k->seg) ||
+		    c->segs.kind[k->seg] == PCACHE_SEG_LOG) {
+			snprintf(err, errlen, "staged key (image %u, off %" PRIu64 ") does not match segment %u",
+				 k->image_id, k->off, k->seg);
+			return -EUCLEAN;
+		}
+	}
+	for (uint32_t i = 0; i < st->n; i++) {
+		const struct pcache_key_om *k = &st->keys[i];
+
+		if (k->flags & PCACHE_KEY_ZERO)
+			continue;
+		pcache_seg_mark_used(c, k->seg, PCACHE_SEG_DATA);
+		pcache_seg_get(c, k->seg);
+		if (!(k->flags & PCACHE_KEY_CLEAN))
+			atomic_fetch_add(&c->dirty_in, k->len);
+	}
+	return 0;
+}
+
+int pcache_stage_shm_recover(struct pcache_cache *c, void *mem, char *err, size_t errlen)
+{
+	struct pcache_stage_shm *shm = mem;
+	uint64_t end = c->log.head.lsn, last_epoch = c->log.epoch - 1;
+	bool layout, cont = false;
+	uint32_t i, staged = 0;
+	int ret;
+
+	layout = shm->magic == PCACHE_STAGE_SHM_MAGIC && shm->nstage == PCACHE_NSTAGE &&
+		 shm->stage_size == sizeof(struct pcache_stage) &&
+		 shm->key_size == sizeof(struct pcache_key_om);
+	if (layout) {
+		uint64_t l = atomic_load(&shm->log_lsn);
+
+		cont = (end == l || end == l + 1) && atomic_load(&shm->log_epoch) == last_epoch;
+		for (i = 0; i < PCACHE_NSTAGE; i++) {
+			if (shm->stage[i].n > PCACHE_KSET_MAX_KEYS) {
+				layout = cont = false;
+				break;
+			}
+			staged += shm->stage[i].n;
+		}
+	}
+	if (layout && staged && !cont)
+		pcache_log(PCACHE_LOG_WARNING, "staging memory: %u keys a dead process staged are dropped: "
+			   "the log was written since (it ends at lsn %" PRIu64 ", they follow lsn %" PRIu64 ")",
+			   staged, end, (uint64_t)atomic_load(&shm->log_lsn));
+	if (!layout || !cont) {
+		memset(shm, 0, sizeof(*shm));
+		staged = 0;
+	}
+	shm->magic = PCACHE_STAGE_SHM_MAGIC;
+	shm->nstage = PCACHE_NSTAGE;
+	shm->stage_size = sizeof(struct pcache_stage);
+	shm->key_size = sizeof(struct pcache_key_om);
+	atomic_store(&shm->log_lsn, end);
+	atomic_store(&shm->log_epoch, last_epoch);
+	for (i = 0; i < PCACHE_NSTAGE; i++)
+		pthread_mutex_init(&shm->stage[i].lock, NULL);
+	free(c->stage);
+	c->stage = shm->stage;
+	c->stage_shm = shm;
+	if (!staged)
+		return 0;
+	/* the keys follow the log (invariant 6): log them now, each stage as one kset, in order */
+	for (i = 0; i < PCACHE_NSTAGE; i++) {
+		struct pcache_stage *st = &shm->stage[i];
+		uint32_t n = st->n;
+
+		if (!n)
+			continue;
+		ret = stage_account(c, st, err, errlen);
+		if (ret)
+			return ret;
+		ret = pcache_stage_close(c, st, false);
+		if (ret) {
+			snprintf(err, errlen, "logging %u staged keys of a dead process: %s", n, strerror(-ret));
+			return ret;
+		}
+		c->staged_recovered += n;
+	}
+	pcache_log(PCACHE_LOG_INFO, "logged %" PRIu64 " keys a dead process had staged (acknowledged, "
+		   "not yet flushed)", c->staged_recovered);
+	return 0;
 }

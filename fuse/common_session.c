@@ -19,14 +19,22 @@
 #include <errno.h>
 #include <linux/fuse.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 /* The unique id of the FUSE_OPEN request this worker is handling (0 = none). */
 static __thread uint64_t tls_open_unique;
+/* The fd this thread last reported to on_reader_fd (+1; 0 = none yet). */
+static __thread int tls_reader_fd;
+/* This thread is replaying an INIT: swallow what libfuse answers. */
+static __thread bool tls_replaying;
 static atomic_uint_fast64_t pdw_count;
 static bool pdw_enabled;
+static void (*hook_init)(const void *req, size_t len);
+static void (*hook_reader_fd)(int fd);
 
 void pcache_fuse_session_cfg_default(struct pcache_fuse_session_cfg *cfg)
 {
@@ -60,14 +68,21 @@ void pcache_fuse_session_init_conn(const struct pcache_fuse_session_cfg *cfg, st
 
 static ssize_t session_read(int fd, void *buf, size_t len, void *userdata)
 {
-	ssize_t n = read(fd, buf, len);
+	ssize_t n;
 
+	if (hook_reader_fd && tls_reader_fd != fd + 1) {
+		hook_reader_fd(fd);
+		tls_reader_fd = fd + 1;
+	}
+	n = read(fd, buf, len);
 	tls_open_unique = 0;
 	if (n >= (ssize_t)sizeof(struct fuse_in_header)) {
 		const struct fuse_in_header *in = buf;
 
 		if (in->opcode == FUSE_OPEN)
 			tls_open_unique = in->unique;
+		else if (in->opcode == FUSE_INIT && hook_init)
+			hook_init(buf, (size_t)n);
 	}
 	return n;
 }
@@ -76,6 +91,13 @@ static ssize_t session_writev(int fd, struct iovec *iov, int count, void *userda
 {
 	struct fuse_open_out patched;
 
+	if (tls_replaying) {
+		ssize_t total = 0;
+
+		for (int i = 0; i < count; i++)
+			total += (ssize_t)iov[i].iov_len;
+		return total;
+	}
 	if (tls_open_unique != 0 && pdw_enabled && count >= 2 &&
 	    iov[0].iov_len == sizeof(struct fuse_out_header) &&
 	    iov[1].iov_len == sizeof(struct fuse_open_out)) {
@@ -105,6 +127,8 @@ int pcache_fuse_session_mount(struct fuse_session *se, const char *mountpoint,
 	if (fuse_session_mount(se, mountpoint) != 0)
 		return -EIO;
 	pdw_enabled = cfg->parallel_writes;
+	hook_init = cfg->on_init;
+	hook_reader_fd = cfg->on_reader_fd;
 	/*
 	 * Install our I/O on the fd the mount just opened (libfuse keeps se->fd; cloned worker
 	 * fds go through the same functions).
@@ -113,6 +137,41 @@ int pcache_fuse_session_mount(struct fuse_session *se, const char *mountpoint,
 		fuse_session_unmount(se);
 		return -EINVAL;
 	}
+	return 0;
+}
+
+int pcache_fuse_session_adopt(struct fuse_session *se, int fd, const void *init, size_t len,
+			      const struct pcache_fuse_session_cfg *cfg)
+{
+	struct fuse_buf fb;
+	char name[32];
+	void *copy;
+
+	/* libfuse takes "/dev/fd/N" as an fd that is already mounted (fuse_session_mount) */
+	snprintf(name, sizeof(name), "/dev/fd/%d", fd);
+	if (fuse_session_mount(se, name) != 0)
+		return -EBADF;
+	pdw_enabled = cfg->parallel_writes;
+	hook_init = cfg->on_init;
+	hook_reader_fd = cfg->on_reader_fd;
+	if (fuse_session_custom_io(se, &session_io, fd) != 0)
+		return -EINVAL;
+	if (!init || len < sizeof(struct fuse_in_header) + 16 ||
+	    ((const struct fuse_in_header *)init)->opcode != FUSE_INIT)
+		return 0;   /* INIT was never answered: it comes again with the resent requests */
+	copy = malloc(len);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, init, len);
+	memset(&fb, 0, sizeof(fb));
+	fb.mem = copy;
+	fb.size = len;
+	tls_replaying = true;
+	if (hook_init)
+		hook_init(copy, len);
+	fuse_session_process_buf(se, &fb);
+	tls_replaying = false;
+	free(copy);
 	return 0;
 }
 

@@ -29,6 +29,11 @@ struct pcache_fuse_session_cfg {
 	unsigned int max_threads;  /* 0 = number of online CPUs */
 	bool parallel_writes;      /* add FOPEN_PARALLEL_DIRECT_WRITES to direct-io opens (default on) */
 	unsigned int max_background; /* 0 = 64 */
+	/* Optional hooks (NULL = none). on_init: the FUSE_INIT request as read, before libfuse
+	 * handles it. on_reader_fd: a thread reads requests from fd for the first time (a
+	 * worker's cloned fd, or the session fd), called before that read. */
+	void (*on_init)(const void *req, size_t len);
+	void (*on_reader_fd)(int fd);
 };
 
 /* Defaults: multi-threaded, clone_fd, max_threads = CPUs, parallel direct writes. */
@@ -51,6 +56,15 @@ void pcache_fuse_session_init_conn(const struct pcache_fuse_session_cfg *cfg, st
  * (libfuse prints its own message on a mount failure).
  */
 int pcache_fuse_session_mount(struct fuse_session *se, const char *mountpoint,
+			      const struct pcache_fuse_session_cfg *cfg);
+
+/*
+ * Serve a connection an earlier daemon mounted and initialised: use fd (/dev/fuse, already
+ * mounted) as the session's fd with the custom I/O installed, then feed the INIT request that
+ * daemon answered (init, len bytes as the kernel sent it) through libfuse, so the session is in
+ * the negotiated state; its reply is swallowed (the kernel got one already). 0 or -errno.
+ */
+int pcache_fuse_session_adopt(struct fuse_session *se, int fd, const void *init, size_t len,
 			      const struct pcache_fuse_session_cfg *cfg);
 
 /* Run the session loop (blocks until unmount or fuse_session_exit()). Returns its result. */

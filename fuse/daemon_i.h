@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <syslog.h>
 #include <time.h>
 
@@ -27,6 +28,7 @@
 
 #define PFS_VERSION "0.1"
 #define PFS_MAX_IMAGE_OPTS 64
+#define PFS_KEEP_TIMEOUT_DEFAULT 60u
 
 /* ---- tunables as text (knobs.c) ----------------------------------------------------------- */
 
@@ -70,6 +72,8 @@ struct pfs_opts {
 	bool debug;
 	bool single_thread;
 	bool no_pdw;               /* -o no_parallel_writes (benchmark switch) */
+	unsigned int keep_timeout; /* -o keep_timeout=SECONDS (0 = no keeper) */
+	bool takeover;             /* -o takeover: ask the serving daemon to hand over */
 	unsigned int max_threads;
 	char *mountpoint;
 	int n_images;
@@ -170,6 +174,9 @@ struct pfs_slot {
 	uint64_t size;
 	uint32_t lbs;
 	struct pfs_rangelock rl;
+	/* after a take-over: the image this slot must get back, and its open count (handover.c) */
+	char reserved[PCACHE_NAME_MAX + 1];
+	unsigned int restore_open;
 };
 
 /* Inode numbers: fixed ones for the root and .pcache/, encoded ones for image nodes. */
@@ -302,6 +309,112 @@ int pfs_io_enter(struct pfs_slot *s, fuse_ino_t ino, enum pfs_img_kind k);
 void pfs_io_exit(struct pfs_slot *s);
 struct pfs_slot *pfs_slot_by_name(const char *name);
 struct pfs_slot *pfs_slot_of(fuse_ino_t ino, const struct pfs_node *n);
+
+/* ---- keeping the connection across daemon restarts (handover.c, keeper.c) ---------------- */
+
+/*
+ * What a new daemon needs to carry on with a FUSE connection an old one served: the INIT request
+ * the kernel sent (replayed into the new libfuse session, never answered again), the image
+ * slots with their generations and open counts (inode numbers and file handles are values
+ * derived from them), and what the connection belongs to. Fixed layout, sent as bytes between
+ * processes of the same machine; magic, version and size are checked on receipt.
+ */
+#define PFS_HSTATE_MAGIC 0x31444e4853464350ull   /* "PCFSHND1" */
+#define PFS_HSTATE_VERSION 1u
+#define PFS_HSTATE_INIT_MAX 256u
+#define PFS_HSTATE_PATH_MAX 1024u
+
+struct pfs_hslot {
+	uint32_t gen;
+	uint32_t open_count;
+	uint32_t attached;         /* 1: name is the image this slot served */
+	char name[PCACHE_NAME_MAX + 1];
+};
+
+struct pfs_hstate {
+	uint64_t magic;
+	uint32_t version, size;
+	uint64_t mnt_dev;          /* st_dev of the mount the connection serves */
+	uint32_t owner_pid;
+	uint32_t init_len;         /* 0: the INIT request was not answered yet (it is resent) */
+	uint8_t init[PFS_HSTATE_INIT_MAX];
+	char cache_path[PFS_HSTATE_PATH_MAX];
+	char mountpoint[PFS_HSTATE_PATH_MAX];
+	struct pfs_hslot slots[PFS_MAX_SLOTS];
+};
+
+/* 0 if st (len bytes as received) is a state this daemon can use, else -EPROTO. */
+int pfs_hstate_check(const struct pfs_hstate *st, size_t len);
+/* The running daemon's state now (slots read under pfs.lock). */
+void pfs_hstate_build(struct pfs_hstate *st);
+/*
+ * Before attaching anything: give each slot the generation and image name st had, so that the
+ * images come back in the same slots with the same inode numbers (images.c's slot_fill honours
+ * the reservation), and remember the open counts to restore once they are attached.
+ */
+void pfs_hstate_reserve_slots(const struct pfs_hstate *st);
+/* The INIT request as the session saw it (common_session.c hook); NULL if none yet. */
+const void *pfs_handover_init(size_t *len);
+/* Install the session hooks (INIT capture, worker fds to the keeper). Before the loop starts. */
+void pfs_handover_hooks(struct pcache_fuse_session_cfg *cfg);
+/*
+ * Something in the state changed (attach, detach, open, release): send it to the keeper.
+ * A no-op without one. Never fails the caller (a lost update is logged).
+ */
+void pfs_handover_changed(void);
+/* FUSE_NOTIFY_RESEND on fd: requests an old daemon read but never answered come again. */
+int pfs_handover_resend(int fuse_fd);
+
+/* Socket of the keeper of a mount point: $PCACHEFS_RUN_DIR (default /run/pcachefs)/keep-HASH. */
+int pfs_keeper_sock_path(const char *mountpoint, char *buf, size_t len);
+/*
+ * Ask a keeper of mountpoint for its connection. 0: no keeper (mount anew); 1: *fuse_fd and
+ * *st received (and *shm_fd, the engine's staging memory, or -1), this daemon is now the owner; -errno with a message in err: refused (another
+ * daemon serves it and handover is false, a different cache, the keeper did not answer).
+ */
+int pfs_keeper_take(const char *mountpoint, const char *cache_path, bool handover, int *fuse_fd,
+		    int *shm_fd, struct pfs_hstate *st, char *err, size_t errlen);
+/* The mount the keeper kept is gone: tell the keeper (it exits) and forget it. */
+void pfs_keeper_drop(void);
+/*
+ * Start a keeper for the live mount (fork + exec of this binary with --keeper) and hand it the
+ * connection: 0, or -errno with a message (the daemon then serves without one).
+ */
+int pfs_keeper_start(const char *mountpoint, int fuse_fd, unsigned int timeout_s, bool to_syslog,
+		     char *err, size_t errlen);
+/* Requests that were read but never answered have been resent: the old workers' fds can go. */
+void pfs_keeper_resent(void);
+/* Send one message with optional fd and payload to the keeper; 0 or -errno (no keeper: -ENOTCONN). */
+int pfs_keeper_send(uint32_t type, int fd, const void *payload, size_t len);
+/* Is this daemon connected to a keeper? */
+bool pfs_keeper_connected(void);
+/* Clean unmount: the keeper closes everything and exits. */
+void pfs_keeper_release(void);
+/* Final state sent, stop talking to the keeper (hand-over: it keeps the connection). */
+void pfs_keeper_detach(void);
+/* PID of the keeper (0 = none). */
+pid_t pfs_keeper_pid(void);
+/*
+ * Block until the keeper asks this daemon to hand over (returns 1) or the keeper is gone
+ * (returns 0). For the daemon's keeper thread.
+ */
+int pfs_keeper_wait_handover(void);
+/* The keeper process: main() calls it for `pcachefs --keeper ...`. Returns the exit status. */
+int pfs_keeper_main(int argc, char **argv);
+
+enum pfs_kmsg_type {
+	PFS_KMSG_HOLD = 1,         /* owner -> keeper: fd = the connection, payload = state */
+	PFS_KMSG_FD,               /* owner -> keeper: fd = one more fd of it (a worker's clone) */
+	PFS_KMSG_STATE,            /* owner -> keeper: payload = state */
+	PFS_KMSG_RELEASE,          /* owner -> keeper: clean unmount, close everything and exit */
+	PFS_KMSG_TAKE,             /* new daemon -> keeper: payload = cache path, arg 1 = hand over */
+	PFS_KMSG_GIVE,             /* keeper -> new daemon: fd = the connection, payload = state */
+	PFS_KMSG_REFUSE,           /* keeper -> new daemon: payload = reason */
+	PFS_KMSG_HANDOVER,         /* keeper -> owner: stop serving and hand over */
+	PFS_KMSG_RESENT,           /* owner -> keeper: resend done, older fds can be closed */
+	PFS_KMSG_DROP,             /* new daemon -> keeper: the kept mount is gone, exit */
+	PFS_KMSG_SHM,              /* both ways: fd = the staging memory (memfd; after GIVE: maybe none) */
+};
 
 /* ---- control tree (ctl.c) ----------------------------------------------------------------- */
 

@@ -119,27 +119,51 @@ void pfs_io_exit(struct pfs_slot *s)
 
 /* ---- image slots ---------------------------------------------------------------------------- */
 
-/* Fill a free slot with a referenced image (pfs.lock held). */
-static int slot_fill(struct pcache_image *img)
+/*
+ * A free slot for image name (pfs.lock held): the one reserved for it by a take-over, else one
+ * reserved for nobody, else any (a reservation whose image never came back).
+ */
+static struct pfs_slot *slot_pick(const char *name)
 {
+	struct pfs_slot *any = NULL, *unreserved = NULL;
+
 	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
 		struct pfs_slot *s = &pfs.slots[i];
 
 		if (s->state != PFS_SLOT_FREE)
 			continue;
-		s->open_count = 0;
-		s->img = img;
-		snprintf(s->name, sizeof(s->name), "%s", pcache_image_name(img));
-		s->size = pcache_image_size(img);
-		s->lbs = pcache_image_lbs(img);
-		if (s->lbs == 0)
-			s->lbs = 512;
-		s->gen++;
-		/* publish last: pfs_io_enter() trusts the fields above once it sees ATTACHED */
-		s->state = PFS_SLOT_ATTACHED;
-		return 0;
+		if (s->reserved[0] && !strcmp(s->reserved, name))
+			return s;
+		if (!s->reserved[0] && !unreserved)
+			unreserved = s;
+		if (!any)
+			any = s;
 	}
-	return -ENOSPC;
+	return unreserved ? unreserved : any;
+}
+
+/* Fill a free slot with a referenced image (pfs.lock held). */
+static int slot_fill(struct pcache_image *img)
+{
+	struct pfs_slot *s = slot_pick(pcache_image_name(img));
+	bool back;
+
+	if (!s)
+		return -ENOSPC;
+	back = s->reserved[0] && !strcmp(s->reserved, pcache_image_name(img));
+	s->open_count = back ? s->restore_open : 0;
+	s->reserved[0] = '\0';
+	s->restore_open = 0;
+	s->img = img;
+	snprintf(s->name, sizeof(s->name), "%s", pcache_image_name(img));
+	s->size = pcache_image_size(img);
+	s->lbs = pcache_image_lbs(img);
+	if (s->lbs == 0)
+		s->lbs = 512;
+	s->gen++;
+	/* publish last: pfs_io_enter() trusts the fields above once it sees ATTACHED */
+	s->state = PFS_SLOT_ATTACHED;
+	return 0;
 }
 
 int pfs_image_attach(const char *name, const char *path, int cache_mode, bool rekey, char *err,
@@ -179,8 +203,10 @@ int pfs_image_attach(const char *name, const char *path, int cache_mode, bool re
 		snprintf(err, errlen, "too many images");
 		pcache_image_put(img);
 		pcache_image_detach(pfs.cache, name, false);
+		return ret;
 	}
-	return ret;
+	pfs_handover_changed();
+	return 0;
 }
 
 uint64_t pfs_mount_dev(const char *mountpoint)
@@ -222,6 +248,7 @@ int pfs_images_attach_known(const char *const *skip, int n_skip, char *err, size
 			pcache_image_put(v[i]);
 	}
 	pthread_mutex_unlock(&pfs.lock);
+	pfs_handover_changed();
 	return 0;
 }
 
@@ -267,6 +294,7 @@ int pfs_image_detach(const char *name, char *err, size_t errlen)
 			s->state = PFS_SLOT_FREE;
 			s->img = NULL;
 			pthread_mutex_unlock(&pfs.lock);
+			pfs_handover_changed();
 			return ret;
 		}
 		goto restore;
@@ -275,6 +303,7 @@ int pfs_image_detach(const char *name, char *err, size_t errlen)
 	s->state = PFS_SLOT_FREE;
 	s->img = NULL;
 	pthread_mutex_unlock(&pfs.lock);
+	pfs_handover_changed();
 	return 0;
 restore:
 	pthread_mutex_lock(&pfs.lock);
@@ -320,12 +349,18 @@ int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen
 		}
 		return ret;
 	}
+	pthread_mutex_lock(&pfs.lock);
 	if (s) {
-		pthread_mutex_lock(&pfs.lock);
 		s->state = PFS_SLOT_FREE;
 		s->img = NULL;
-		pthread_mutex_unlock(&pfs.lock);
 	}
+	/* a take-over's claim for an image that never came back ends with it */
+	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
+		if (!strcmp(pfs.slots[i].reserved, name))
+			pfs.slots[i].reserved[0] = '\0';
+	}
+	pthread_mutex_unlock(&pfs.lock);
+	pfs_handover_changed();
 	return 0;
 }
 

@@ -48,7 +48,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static pthread_t main_thread;
@@ -57,6 +60,12 @@ static atomic_int stop_requested;   /* a termination signal arrived */
 /* guards in_loop's 1 -> 0 transition against the signal thread's use of the engine */
 static pthread_mutex_t stop_lock = PTHREAD_MUTEX_INITIALIZER;
 static int ready_fd = -1;   /* write end of the daemonize pipe (child), -1 in the foreground */
+/* A hand-over was asked for: HANDOVER_KEEPER (a new daemon asked the keeper), HANDOVER_EXEC
+ * (SIGUSR1: hand over to a fresh start of this program, e.g. after an upgrade). */
+enum { HANDOVER_NONE = 0, HANDOVER_KEEPER, HANDOVER_EXEC };
+static atomic_int handover;
+static char self_exe[4096];  /* this program's path at start (an upgrade replaces the file there) */
+static char start_cwd[4096]; /* the working directory at start (relative arguments) */
 
 /*
  * Fork: the parent waits for one status byte from the child (0 = mounted) and exits with it;
@@ -129,6 +138,7 @@ static void term_sigset(sigset_t *set)
 	sigaddset(set, SIGTERM);
 	sigaddset(set, SIGINT);
 	sigaddset(set, SIGHUP);
+	sigaddset(set, SIGUSR1);
 }
 
 static void wake_handler(int sig)
@@ -142,7 +152,8 @@ static void abort_waits_once(bool *done)
 	if (*done)
 		return;
 	pthread_mutex_lock(&stop_lock);
-	if (atomic_load(&in_loop) && fuse_session_exited(pfs.se)) {
+	/* a hand-over lets waiting writers finish: the next daemon does not redo them */
+	if (atomic_load(&in_loop) && fuse_session_exited(pfs.se) && !atomic_load(&handover)) {
 		pcache_cache_abort_waits(pfs.cache);
 		*done = true;
 	}
@@ -166,6 +177,18 @@ static void *signal_main(void *arg)
 		sig = sigtimedwait(&set, NULL, &tick);
 		if (sig < 0) {
 			abort_waits_once(&aborted);
+			continue;
+		}
+		if (sig == SIGUSR1) {
+			if (!atomic_load(&in_loop) || !pfs_keeper_connected()) {
+				pfs_log(LOG_WARNING, "SIGUSR1: no keeper holds the connection (keep_timeout=0, "
+					"or not serving yet): not handing over");
+				continue;
+			}
+			pfs_log(LOG_INFO, "SIGUSR1: handing over to a new start of %s", self_exe);
+			atomic_store(&handover, HANDOVER_EXEC);
+			fuse_session_exit(pfs.se);
+			pthread_kill(main_thread, SIGUSR2);
 			continue;
 		}
 		pfs_log(LOG_INFO, "signal %d: stopping", sig);
@@ -217,6 +240,43 @@ static int add_fuse_args(struct fuse_args *fa, const struct pfs_opts *o)
 	return ret;
 }
 
+/*
+ * The engine's staging memory when a keeper holds the connection: a memfd the keeper holds too,
+ * so keys staged (writes acknowledged, not yet flushed) outlive a crash of this daemon and the
+ * next one logs them. Uses *fd if a take-over brought one, else creates it. NULL: private
+ * memory (a warning; the daemon still serves).
+ */
+static void *stage_shm_map(int *fd)
+{
+	size_t len = pcache_stage_shm_size();
+	struct stat st;
+	void *p;
+
+	if (*fd >= 0 && (fstat(*fd, &st) != 0 || (size_t)st.st_size != len)) {
+		close(*fd);
+		*fd = -1;
+	}
+	if (*fd < 0) {
+		*fd = memfd_create("pcachefs-stage", MFD_CLOEXEC);
+		if (*fd < 0 || ftruncate(*fd, (off_t)len) != 0) {
+			pfs_log(LOG_WARNING, "staging memory: %s (acknowledged writes not yet flushed are "
+				"lost if the daemon dies)", strerror(errno));
+			if (*fd >= 0)
+				close(*fd);
+			*fd = -1;
+			return NULL;
+		}
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+	if (p == MAP_FAILED) {
+		pfs_log(LOG_WARNING, "staging memory: mmap: %s", strerror(errno));
+		return NULL;
+	}
+	return p;
+}
+
+static void *stage_shm;   /* the engine's staging memory (stage_shm_map), NULL = private */
+
 static int start_engine(const struct pfs_opts *o)
 {
 	struct pcache_cache_opts co;
@@ -238,6 +298,7 @@ static int start_engine(const struct pfs_opts *o)
 	co.space_timeout_s = o->space_timeout;
 	co.data_crc = o->data_crc;
 	co.prefault = true;
+	co.stage_shm = stage_shm;
 
 	ret = pcache_cache_start(&co, &pfs.cache, err, sizeof(err));
 	if (ret) {
@@ -321,15 +382,155 @@ undo:
 	return ret;
 }
 
+/*
+ * The session loop ended for a hand-over: stop without unmounting. The keeper keeps the
+ * connection; it gives it to the next daemon once this one has closed its end, which is after
+ * the engine stopped (the cache device and the backings are free for the next daemon).
+ * HANDOVER_EXEC then starts this program again, with the same arguments, in this process.
+ * Returns the exit status (when it does not exec).
+ */
+static int hand_over(const struct pfs_opts *o, char **argv)
+{
+	struct pfs_hstate *st = malloc(sizeof(*st));
+	struct timespec t0, t1;
+	int ret = 0, sret;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pfs_notify_stopping();
+	if (st)
+		pfs_hstate_build(st);   /* before the slots are released */
+	pfs_images_release();
+	sret = pcache_cache_stop(pfs.cache, false);
+	pfs.cache = NULL;
+	if (sret) {
+		pfs_log(LOG_ERR, "stopping the cache: %s", strerror(-sret));
+		ret = 1;
+	}
+	if (st && pfs_keeper_send(PFS_KMSG_STATE, -1, st, sizeof(*st)) != 0)
+		pfs_log(LOG_WARNING, "cannot send the last state to the keeper");
+	free(st);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	pfs_log(LOG_INFO, "handed %s over after %.3f s of stopping", o->mountpoint,
+		(double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+	if (atomic_load(&handover) != HANDOVER_EXEC)
+		return ret;
+	pfs_keeper_detach();
+	fuse_session_destroy(pfs.se);   /* closes this daemon's fd; the keeper holds the connection */
+	pfs.se = NULL;
+	if (start_cwd[0] && chdir(start_cwd) != 0)
+		pfs_log(LOG_WARNING, "chdir %s: %s", start_cwd, strerror(errno));
+	{
+		sigset_t none;
+
+		sigemptyset(&none);
+		pthread_sigmask(SIG_SETMASK, &none, NULL);
+	}
+	execv(self_exe, argv);
+	pfs_log(LOG_ERR, "exec %s: %s (the keeper holds the mount for keep_timeout seconds)", self_exe,
+		strerror(errno));
+	return 1;
+}
+
+/* Waits for the keeper to ask for a hand-over (a new daemon was started with -o takeover). */
+static void *keeper_thread_main(void *arg)
+{
+	(void)arg;
+	if (pfs_keeper_wait_handover()) {
+		pfs_log(LOG_INFO, "a new daemon takes %s over: handing over", pfs.opts->mountpoint);
+		atomic_store(&handover, HANDOVER_KEEPER);
+		fuse_session_exit(pfs.se);
+		if (atomic_load(&in_loop))
+			pthread_kill(main_thread, SIGUSR2);
+	} else if (!atomic_load(&handover) && !atomic_load(&stop_requested) && atomic_load(&in_loop)) {
+		pfs_log(LOG_WARNING, "the keeper is gone: a crash of this daemon now ends the mount");
+	}
+	return NULL;
+}
+
+/*
+ * Ask a keeper of the mount point for its connection (keeper.c). 1: taken (*fd, slots
+ * reserved), 0: mount anew, -1: refused (message printed).
+ */
+static int take_over(const struct pfs_opts *o, int *fd, int *shm_fd)
+{
+	struct pfs_hstate *st;
+	char err[1200] = "";
+	uint64_t dev;
+	int ret;
+
+	if (o->keep_timeout == 0 && !o->takeover)
+		return 0;
+	st = malloc(sizeof(*st));
+	if (!st) {
+		fprintf(stderr, "pcachefs: out of memory\n");
+		return -1;
+	}
+	ret = pfs_keeper_take(o->mountpoint, o->cache_path, o->takeover, fd, shm_fd, st, err, sizeof(err));
+	if (ret < 0) {
+		fprintf(stderr, "pcachefs: %s: %s\n", o->mountpoint, err);
+		free(st);
+		return -1;
+	}
+	if (ret == 0) {
+		free(st);
+		return 0;
+	}
+	dev = pfs_mount_dev(o->mountpoint);
+	if (dev == 0 || dev != st->mnt_dev) {
+		pfs_log(LOG_WARNING, "the mount the keeper held is no longer on %s: mounting anew",
+			o->mountpoint);
+		pfs_keeper_drop();
+		close(*fd);
+		*fd = -1;
+		if (*shm_fd >= 0)
+			close(*shm_fd);
+		*shm_fd = -1;
+		free(st);
+		return 0;
+	}
+	pfs_hstate_reserve_slots(st);
+	atomic_store(&pfs.mnt_dev, dev);
+	pfs_log(LOG_INFO, "taking %s over from pid %u", o->mountpoint, st->owner_pid);
+	free(st);
+	return 1;
+}
+
+/* Unmount a mount this daemon took over (libfuse did not mount it, so it does not unmount it). */
+static void unmount_adopted(const char *mountpoint)
+{
+	pid_t pid;
+	int st;
+
+	if (geteuid() == 0 && umount2(mountpoint, MNT_DETACH) == 0)
+		return;
+	pid = fork();
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", mountpoint, (char *)NULL);
+		_exit(127);
+	}
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+}
+
 int main(int argc, char **argv)
 {
 	static struct pfs_opts opts;
 	struct fuse_args fargs;
-	pthread_t sig_thread;
-	int ret = 1, pr, stop_ret;
+	pthread_t sig_thread, keeper_thread;
+	bool keeper_thread_started = false;
+	int ret = 1, pr, stop_ret, taken = 0, kept_fd = -1, shm_fd = -1;
 	bool cache_existed;
 
 	main_thread = pthread_self();
+	if (argc >= 2 && !strcmp(argv[1], "--keeper"))
+		return pfs_keeper_main(argc, argv);
+	{
+		ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+
+		self_exe[n > 0 ? n : 0] = '\0';
+		if (!getcwd(start_cwd, sizeof(start_cwd)))
+			start_cwd[0] = '\0';
+	}
 	if (signals_block() != 0) {
 		fprintf(stderr, "pcachefs: cannot set up signal handling\n");
 		return 1;
@@ -350,6 +551,8 @@ int main(int argc, char **argv)
 	pfs.scfg.single_thread = opts.single_thread;
 	pfs.scfg.max_threads = opts.max_threads;
 	pfs.scfg.parallel_writes = !opts.no_pdw;
+	if (opts.keep_timeout > 0 || opts.takeover)
+		pfs_handover_hooks(&pfs.scfg);
 	if (pthread_mutex_init(&pfs.lock, NULL) != 0)
 		goto out_args;
 	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
@@ -373,6 +576,11 @@ int main(int argc, char **argv)
 	}
 	pfs_notify_init();   /* a daemon that cannot notify still serves */
 	pfs_notify("STATUS=starting: opening %s, replaying its log", opts.cache_path);
+	taken = take_over(&opts, &kept_fd, &shm_fd);
+	if (taken < 0)
+		goto out_notify;
+	if (opts.keep_timeout > 0 || taken)
+		stage_shm = stage_shm_map(&shm_fd);
 	cache_existed = access(opts.cache_path, F_OK) == 0;
 	if (start_engine(&opts) != 0)
 		goto out_notify;
@@ -394,12 +602,44 @@ int main(int argc, char **argv)
 		fprintf(stderr, "pcachefs: stopped by a signal during start-up\n");
 		goto out_images;
 	}
-	if (pcache_fuse_session_mount(pfs.se, opts.mountpoint, &pfs.scfg) != 0) {
-		fprintf(stderr, "pcachefs: cannot mount on %s\n", opts.mountpoint);
-		goto out_images;
+	if (taken) {
+		size_t init_len;
+		const void *init = pfs_handover_init(&init_len);
+
+		pr = pcache_fuse_session_adopt(pfs.se, kept_fd, init, init_len, &pfs.scfg);
+		if (pr == 0 || pr != -EBADF)
+			kept_fd = fuse_session_fd(pfs.se) == kept_fd ? -1 : kept_fd;   /* the session owns it */
+		if (pr != 0) {
+			fprintf(stderr, "pcachefs: cannot serve the kept connection of %s: %s\n",
+				opts.mountpoint, strerror(-pr));
+			goto out_images;
+		}
+		/* requests the old daemon read and never answered come again */
+		pr = pfs_handover_resend(fuse_session_fd(pfs.se));
+		if (pr != 0)
+			pfs_log(LOG_WARNING, "resend of unanswered requests failed: %s (their callers get "
+				"no answer; kernel 6.9 or later is needed)", strerror(-pr));
+		pfs_keeper_resent();
+		pr = 0;
+	} else {
+		if (pcache_fuse_session_mount(pfs.se, opts.mountpoint, &pfs.scfg) != 0) {
+			fprintf(stderr, "pcachefs: cannot mount on %s\n", opts.mountpoint);
+			goto out_images;
+		}
+		/* from now on a backing on our own mount is refused by device number too */
+		atomic_store(&pfs.mnt_dev, pfs_mount_dev(opts.mountpoint));
+		if (opts.keep_timeout > 0) {
+			char err[512] = "";
+
+			if (pfs_keeper_start(opts.mountpoint, fuse_session_fd(pfs.se), opts.keep_timeout,
+					     !opts.foreground, err, sizeof(err)) != 0)
+				pfs_log(LOG_WARNING, "no keeper (%s): a crash of this daemon ends the mount", err);
+			else if (shm_fd >= 0 && pfs_keeper_send(PFS_KMSG_SHM, shm_fd, NULL, 0) != 0)
+				pfs_log(LOG_WARNING, "cannot hand the staging memory to the keeper");
+		}
 	}
-	/* from now on a backing on our own mount is refused by device number too */
-	atomic_store(&pfs.mnt_dev, pfs_mount_dev(opts.mountpoint));
+	if (pfs_keeper_connected() && pthread_create(&keeper_thread, NULL, keeper_thread_main, NULL) == 0)
+		keeper_thread_started = true;
 	pfs_notify_ready(!opts.foreground);
 	daemonize_done(1);
 	pfs_log(LOG_INFO, "mounted %s on %s (%s threads)", opts.cache_path, opts.mountpoint,
@@ -415,10 +655,18 @@ int main(int argc, char **argv)
 	ret = pr < 0 && !(pr == -EINTR && atomic_load(&stop_requested)) ? 1 : 0;
 	if (ret)
 		pfs_log(LOG_ERR, "session loop: %s", strerror(-pr));
+	if (atomic_load(&handover)) {
+		ret = hand_over(&opts, argv);
+		goto out_notify;
+	}
 	pfs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
 	pfs_notify_stopping();
 
-	fuse_session_unmount(pfs.se);
+	pfs_keeper_release();
+	if (taken)
+		unmount_adopted(opts.mountpoint);
+	else
+		fuse_session_unmount(pfs.se);
 out_images:
 	pfs_images_release();
 out_engine:
@@ -428,13 +676,21 @@ out_engine:
 		ret = 1;
 	}
 out_notify:
+	pfs_keeper_detach();
+	if (keeper_thread_started)
+		pthread_join(keeper_thread, NULL);
 	pfs_notify_exit();
 	pthread_cancel(sig_thread);
 	pthread_join(sig_thread, NULL);
 out_report:
 	daemonize_done(0);   /* no-op once reported */
 out_session:
-	fuse_session_destroy(pfs.se);
+	if (pfs.se)
+		fuse_session_destroy(pfs.se);
+	if (kept_fd >= 0)
+		close(kept_fd);
+	if (shm_fd >= 0)
+		close(shm_fd);
 out_args:
 	fuse_opt_free_args(&fargs);
 	pfs_opts_free(&opts);

@@ -496,11 +496,14 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fi->direct_io = 1;
 	fi->noflush = 1;
 	fi->fh = (uint64_t)ino | ((fi->flags & (O_SYNC | O_DSYNC)) ? PFS_FH_SYNC : 0);
+	if (!n.fixed)
+		pfs_handover_changed();   /* the next daemon must know the file is open */
 	if (fuse_reply_open(req, fi) != 0 && !n.fixed) {
 		/* the kernel will not send a release for it */
 		pthread_mutex_lock(&pfs.lock);
 		pfs.slots[n.slot].open_count--;
 		pthread_mutex_unlock(&pfs.lock);
+		pfs_handover_changed();
 	}
 }
 
@@ -530,6 +533,7 @@ static void pfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		if (f.s->open_count)
 			f.s->open_count--;
 		pthread_mutex_unlock(&pfs.lock);
+		pfs_handover_changed();
 	}
 	fuse_reply_err(req, 0);
 }

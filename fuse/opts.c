@@ -48,6 +48,8 @@ enum {
 	KEY_DRAIN,
 	KEY_MAX_THREADS,
 	KEY_NO_PDW,
+	KEY_KEEP_TIMEOUT,
+	KEY_TAKEOVER,
 	KEY_DROP,
 };
 
@@ -76,6 +78,8 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("drain_on_exit", KEY_DRAIN),
 	FUSE_OPT_KEY("max_threads=", KEY_MAX_THREADS),
 	FUSE_OPT_KEY("no_parallel_writes", KEY_NO_PDW),
+	FUSE_OPT_KEY("keep_timeout=", KEY_KEEP_TIMEOUT),
+	FUSE_OPT_KEY("takeover", KEY_TAKEOVER),
 	FUSE_OPT_KEY("defaults", KEY_DROP),
 	FUSE_OPT_KEY("auto", KEY_DROP),
 	FUSE_OPT_KEY("noauto", KEY_DROP),
@@ -133,6 +137,12 @@ static void usage(const char *prog)
 	       "    -o kernel_cache           use the kernel page cache instead of direct I/O\n"
 	       "                              (needed for shared mmap of image files)\n"
 	       "    -o drain_on_exit          write back all dirty data before exiting\n"
+	       "    -o keep_timeout=SECONDS   if the daemon dies, a keeper process holds the mount for\n"
+	       "                              this long (its callers wait) for a new pcachefs on the\n"
+	       "                              same mount point to take it over (default 60; 0 = no\n"
+	       "                              keeper: the mount fails with ENOTCONN at once)\n"
+	       "    -o takeover               take the mount point over from the pcachefs serving it\n"
+	       "                              (it hands over and exits; open files keep working)\n"
 	       "    -o max_threads=N          FUSE worker threads (default: number of CPUs)\n"
 	       "    -o no_parallel_writes     do not enable parallel direct writes (benchmarks)\n"
 	       "    -f                        stay in the foreground\n"
@@ -275,6 +285,20 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		o->gc_percent = (int)g;
 		return 0;
 	}
+	case KEY_KEEP_TIMEOUT: {
+		char *end;
+		long t;
+
+		errno = 0;
+		t = strtol(v, &end, 10);
+		if (errno || end == v || *end || t < 0 || t > 7 * 24 * 3600)
+			return perr(c, "bad -o keep_timeout=%s (seconds, 0-604800)", v);
+		o->keep_timeout = (unsigned int)t;
+		return 0;
+	}
+	case KEY_TAKEOVER:
+		o->takeover = true;
+		return 0;
 	case KEY_SPACE_TIMEOUT: {
 		char *end;
 		long t;
@@ -355,6 +379,33 @@ static int resolve(struct parse_ctx *c, char **path, const char *what)
 	return 0;
 }
 
+/*
+ * Is the mount point (made absolute, not resolved) kept by a keeper (keeper.c)? Then it is a
+ * live FUSE mount whose daemon may be dead, and it is used as given: resolving it, or any stat
+ * of it, would wait for a daemon. Only the keeper's socket is looked at.
+ */
+static bool keeper_holds(struct parse_ctx *c)
+{
+	char sock[128], *abs;
+	struct stat st;
+	bool held;
+
+	if (c->o->keep_timeout == 0 && !c->o->takeover)
+		return false;
+	abs = pfs_path_absolute(c->o->mountpoint);
+	if (!abs)
+		return false;
+	held = pfs_keeper_sock_path(abs, sock, sizeof(sock)) == 0 && lstat(sock, &st) == 0 &&
+	       S_ISSOCK(st.st_mode);
+	if (held) {
+		free(c->o->mountpoint);
+		c->o->mountpoint = abs;
+	} else {
+		free(abs);
+	}
+	return held;
+}
+
 static int validate(struct parse_ctx *c)
 {
 	struct pfs_opts *o = c->o;
@@ -418,6 +469,8 @@ static int validate(struct parse_ctx *c)
 		if (resolve(c, &o->cache_path, "cache device"))
 			return -1;
 	}
+	if (keeper_holds(c))
+		goto images;   /* its daemon is gone: a stat of the mount point would wait for it */
 	if (stat(o->mountpoint, &st) != 0 || !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "pcachefs: mount point '%s' is not a directory\n", o->mountpoint);
 		c->error = 1;
@@ -426,6 +479,7 @@ static int validate(struct parse_ctx *c)
 	/* absolute: the daemon changes to / and libfuse unmounts by this path at exit */
 	if (resolve(c, &o->mountpoint, "mount point"))
 		return -1;
+images:
 	for (int i = 0; i < o->n_images; i++) {
 		struct pfs_image_opt *io = &o->images[i];
 		char *abs;
@@ -506,6 +560,7 @@ int pfs_opts_parse(int argc, char **argv, struct pfs_opts *o, struct fuse_args *
 
 	memset(o, 0, sizeof(*o));
 	o->gc_percent = -1;
+	o->keep_timeout = PFS_KEEP_TIMEOUT_DEFAULT;
 	o->space_timeout = -1;
 	o->cache_mode = -1;
 	o->seq_cutoff = -1;

@@ -50,7 +50,20 @@ struct pcache_cache_opts {
 	/* tests: emulated media errors on reads of the device, see struct pcache_cache_dev_opts */
 	int (*read_fault)(uint64_t off, size_t len, void *arg);
 	void *read_fault_arg;
+	/*
+	 * Shared memory of pcache_stage_shm_size() bytes (a memfd mapping another process keeps
+	 * open) to hold the staging ksets, so that keys staged and acknowledged but not yet in the
+	 * log survive the death of this process (not a power loss: they were never flushed). NULL:
+	 * private memory. A start given the memory that a dead process of the same cache device
+	 * left logs its staged keys right after the replay, if nothing else wrote the log since
+	 * (else they are dropped, with a warning); pcache_cache_staged_recovered() says how many.
+	 * Memory that holds no staging ksets (all zero, or another layout) is simply taken over.
+	 */
+	void *stage_shm;
 };
+
+/* Bytes of shared memory pcache_cache_opts.stage_shm must have. */
+size_t pcache_stage_shm_size(void);
 
 #define PCACHE_DEFAULT_SPACE_TIMEOUT_S 60
 
@@ -74,6 +87,8 @@ int pcache_cache_stop(struct pcache_cache *c, bool drain);
  * threads are gone). NULL is a no-op.
  */
 void pcache_cache_abort_waits(struct pcache_cache *c);
+/* Keys a start logged from the staging memory of a dead process (stage_shm); 0 if none. */
+uint64_t pcache_cache_staged_recovered(const struct pcache_cache *c);
 /* Start the background threads deferred by defer_background (else a no-op). 0 or -errno. */
 int pcache_cache_start_background(struct pcache_cache *c, char *err, size_t errlen);
 

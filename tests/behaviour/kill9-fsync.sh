@@ -1,5 +1,5 @@
 #!/bin/bash
-# Description: kill -9 of the daemon under load (two fsync writers and fio on a second image,
+# Description: (no keeper: -o keep_timeout=0, the connection dies with the daemon) kill -9 of the daemon under load (two fsync writers and fio on a second image,
 # writeback and GC running), restart, and every record whose fsync returned before the kill
 # reads back; between kill and restart the backing image alone holds only valid records of the
 # right slots and never rolls back (several cycles; PCACHE_SOAK=1 runs 200). Finally flush-all:
@@ -23,7 +23,7 @@ pc_cleanup_add pc_unmount_if "$MNT"
 : > "$LOG"
 
 # the cache (160 MiB) is smaller than the images (192 MiB): writeback and GC run all along
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M,segment_size=4M" -o "image=d:$SCRATCH/d.raw" \
+pc_mount "$MNT" -o keep_timeout=0 -o "cache=$CACHE,cache_size=160M,segment_size=4M" -o "image=d:$SCRATCH/d.raw" \
 	-o "image=load:$SCRATCH/load.raw"
 for cycle in $(seq 1 "$CYCLES"); do
 	# two writers on disjoint slot ranges (4096 slots of 4 KiB = 16 MiB each), plus fio noise
@@ -51,7 +51,7 @@ for cycle in $(seq 1 "$CYCLES"); do
 	"$FW" backing "$SCRATCH/d.raw" "$SCRATCH/backing.state" --slots 8192 >"$SCRATCH/bk.out" 2>&1 ||
 		{ cat "$SCRATCH/bk.out"; fail "cycle $cycle: the backing image alone is not consistent"; }
 	note "cycle $cycle: killed under load, $n fsynced records logged so far; $(cat "$SCRATCH/bk.out")"
-	pc_mount "$MNT" -o "cache=$CACHE"
+	pc_mount "$MNT" -o keep_timeout=0 -o "cache=$CACHE"
 	"$FW" verify "$MNT/d" "$LOG" || { tail -20 "$SCRATCH"/pcachefs.mnt.log; fail "cycle $cycle: fsynced data lost after kill -9"; }
 done
 [ "$(wc -l < "$LOG")" -gt 100 ] || fail "too few records were written to prove anything ($(wc -l < "$LOG"))"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Description: writes on a file opened O_SYNC or O_DSYNC (no fsync) are durable when they return:
+# Description: (no keeper: -o keep_timeout=0, the connection dies with the daemon) writes on a file opened O_SYNC or O_DSYNC (no fsync) are durable when they return:
 # kill -9 of the daemon while such writers run, restart, and every returned write reads back.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
@@ -17,7 +17,7 @@ pc_image "$SCRATCH/s.raw" 64M 2
 pc_cleanup_add pc_unmount_if "$MNT"
 : > "$LOG"
 
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=448M" -o "image=s:$SCRATCH/s.raw"
+pc_mount "$MNT" -o keep_timeout=0 -o "cache=$CACHE,cache_size=448M" -o "image=s:$SCRATCH/s.raw"
 for cycle in $(seq 1 "$CYCLES"); do
 	"$FW" write "$MNT/s" "$LOG" --mode osync --slots 2048 --first-slot 0 \
 		--gen-base $((cycle * 10000000)) --seed $((cycle * 2 + 1)) >"$SCRATCH/w1.out" 2>&1 &
@@ -36,7 +36,7 @@ for cycle in $(seq 1 "$CYCLES"); do
 	wait "$w1" "$w2" 2>/dev/null
 	pc_kill9 "$MNT"
 	note "cycle $cycle: killed, $(wc -l < "$LOG") O_SYNC/O_DSYNC records returned so far"
-	pc_mount "$MNT" -o "cache=$CACHE"
+	pc_mount "$MNT" -o keep_timeout=0 -o "cache=$CACHE"
 	"$FW" verify "$MNT/s" "$LOG" || fail "cycle $cycle: a returned O_SYNC/O_DSYNC write was lost after kill -9"
 done
 pc_umount "$MNT"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Description: dirty data left in the cache by a kill -9 of pcachefs is written back offline by
+# Description: (no keeper: -o keep_timeout=0, the connection dies with the daemon) dirty data left in the cache by a kill -9 of pcachefs is written back offline by
 # `pcachectl writeback`: refused while the device is mounted (locked), afterwards the backing
 # image equals everything written, a second run has nothing to do, and a remount is clean.
 # Timeout: 120
@@ -15,7 +15,7 @@ pc_image "$IMG" 32M 8
 cp "$IMG" "$EXP"
 pc_cleanup_add pc_unmount_if "$MNT"
 
-pc_mount "$MNT" -o "cache=$CACHE,cache_size=160M" -o "image=d:$IMG"
+pc_mount "$MNT" -o keep_timeout=0 -o "cache=$CACHE,cache_size=160M" -o "image=d:$IMG"
 # slow the online writeback to a trickle so the dirty data is still in the cache at the kill
 pc_ctl "$MNT" writeback_rate 4096 || fail "cannot set writeback_rate"
 head -c $((12 << 20)) /dev/urandom > "$SCRATCH/data"
@@ -56,7 +56,7 @@ grep -aq "written back" "$SCRATCH/wb.out" || fail "no summary line"
 grep -q "written back: 0 ksets" "$SCRATCH/wb2.out" || fail "second run was not empty: $(cat "$SCRATCH/wb2.out")"
 
 # the engine agrees: remount, the image reads the same and the cache holds no dirty data
-pc_mount "$MNT" -o "cache=$CACHE"
+pc_mount "$MNT" -o keep_timeout=0 -o "cache=$CACHE"
 cmp -s "$MNT/d" "$EXP" || fail "remounted image differs"
 pc_umount "$MNT"
 "$PCACHECTL" check --quiet "$CACHE" || fail "pcachectl check after writeback: exit $?"
