@@ -32,6 +32,7 @@ static __thread int tls_reader_fd;
 /* This thread is replaying an INIT: swallow what libfuse answers. */
 static __thread bool tls_replaying;
 static atomic_uint_fast64_t pdw_count;
+static atomic_uint_fast64_t resent_count;
 static bool pdw_enabled;
 static void (*hook_init)(const void *req, size_t len);
 static void (*hook_reader_fd)(int fd);
@@ -79,6 +80,8 @@ static ssize_t session_read(int fd, void *buf, size_t len, void *userdata)
 	if (n >= (ssize_t)sizeof(struct fuse_in_header)) {
 		const struct fuse_in_header *in = buf;
 
+		if (in->unique >> 63)
+			atomic_fetch_add_explicit(&resent_count, 1, memory_order_relaxed);
 		if (in->opcode == FUSE_OPEN)
 			tls_open_unique = in->unique;
 		else if (in->opcode == FUSE_INIT && hook_init)
@@ -195,6 +198,11 @@ int pcache_fuse_session_loop(struct fuse_session *se, const struct pcache_fuse_s
 	ret = fuse_session_loop_mt(se, lc);
 	fuse_loop_cfg_destroy(lc);
 	return ret;
+}
+
+uint64_t pcache_fuse_session_resent_count(void)
+{
+	return atomic_load_explicit(&resent_count, memory_order_relaxed);
 }
 
 uint64_t pcache_fuse_session_pdw_count(void)

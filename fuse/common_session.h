@@ -70,6 +70,9 @@ int pcache_fuse_session_adopt(struct fuse_session *se, int fd, const void *init,
 /* Run the session loop (blocks until unmount or fuse_session_exit()). Returns its result. */
 int pcache_fuse_session_loop(struct fuse_session *se, const struct pcache_fuse_session_cfg *cfg);
 
+/* Requests the kernel sent again after FUSE_NOTIFY_RESEND (unique with bit 63 set). */
+uint64_t pcache_fuse_session_resent_count(void);
+
 /* Number of FUSE_OPEN replies that got FOPEN_PARALLEL_DIRECT_WRITES added (for tests/status). */
 uint64_t pcache_fuse_session_pdw_count(void);
 

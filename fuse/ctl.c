@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 void pfs_text_printf(struct pfs_text *t, const char *fmt, ...)
@@ -193,6 +194,13 @@ static void status_text(struct pfs_text *t)
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
 			"same epoch, or on the backing by writethrough)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			pcache_fmt_size(cs.wb_bytes, h1, sizeof(h1)), pcache_fmt_size(cs.wb_superseded, h2, sizeof(h2)));
+	if (pfs_keeper_pid())
+		pfs_text_printf(t, "  keeper pid %d (keep_timeout %u s)%s; %" PRIu64 " requests resent, %" PRIu64
+				" staged keys recovered at start\n", (int)pfs_keeper_pid(), pfs.opts->keep_timeout,
+				pfs.taken_over ? ", taken over from an earlier daemon" : "",
+				pcache_fuse_session_resent_count(), pcache_cache_staged_recovered(pfs.cache));
+	else
+		pfs_text_printf(t, "  no keeper: a crash of the daemon ends the mount\n");
 	images_snapshot(&is);
 	pfs_text_printf(t, "  images %d\n", is.n);
 	for (int i = 0; i < is.n; i++) {
@@ -316,6 +324,10 @@ static void status_json(struct pfs_text *t)
 			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
 			cs.media_errors, pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
 			cs.dirty_percent);
+	pfs_text_printf(t, ", \"daemon\": {\"pid\": %d, \"keeper_pid\": %d, \"taken_over\": %s, "
+			"\"resent_requests\": %" PRIu64 ", \"staged_recovered\": %" PRIu64 "}",
+			(int)getpid(), (int)pfs_keeper_pid(), pfs.taken_over ? "true" : "false",
+			pcache_fuse_session_resent_count(), pcache_cache_staged_recovered(pfs.cache));
 	images_snapshot(&is);
 	pfs_text_printf(t, ", \"images\": [");
 	for (int i = 0; i < is.n; i++) {

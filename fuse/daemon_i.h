@@ -244,6 +244,7 @@ struct pfs {
 	gid_t gid;
 
 	_Atomic uint64_t mnt_dev;  /* st_dev of our own mount once mounted (backings there refused) */
+	bool taken_over;           /* serving a connection an earlier daemon mounted (keeper.c) */
 
 	pthread_mutex_t lock;      /* guards slots[] state/gen/img/name/open_count */
 	struct pfs_slot slots[PFS_MAX_SLOTS];

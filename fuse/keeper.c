@@ -67,6 +67,8 @@ struct kmsg_hdr {
 	uint32_t arg;
 };
 
+static pid_t peer_pid(int s);
+
 /* ---- messages ---------------------------------------------------------------------------- */
 
 static int kmsg_send(int sock, uint32_t type, uint32_t arg, int fd, const void *payload, size_t len)
@@ -301,6 +303,7 @@ int pfs_keeper_take(const char *mountpoint, const char *cache_path, bool handove
 		close(fd);
 	pthread_mutex_lock(&kc.mu);
 	kc.sock = s;
+	kc.pid = peer_pid(s);
 	pthread_mutex_unlock(&kc.mu);
 	free(buf);
 	return 1;

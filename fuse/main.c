@@ -490,6 +490,7 @@ static int take_over(const struct pfs_opts *o, int *fd, int *shm_fd)
 	}
 	pfs_hstate_reserve_slots(st);
 	atomic_store(&pfs.mnt_dev, dev);
+	pfs.taken_over = true;
 	pfs_log(LOG_INFO, "taking %s over from pid %u", o->mountpoint, st->owner_pid);
 	free(st);
 	return 1;
