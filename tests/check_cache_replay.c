@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../core/cache_i.h"
@@ -22,12 +24,15 @@ static char cpath[256], ipath[2][256];
 static struct pcache_cache *c;
 static struct pcache_image *img[2];
 
+static void *stage_shm;   /* staging memory for the next start (NULL: private) */
+
 static int start_cache(char *err, size_t errlen)
 {
 	struct pcache_cache_opts o;
 
 	eng_opts(&o, cpath);
 	o.no_background = true;
+	o.stage_shm = stage_shm;
 	return pcache_cache_start(&o, &c, err, errlen);
 }
 
@@ -105,6 +110,86 @@ static void expect(int i, uint64_t off, size_t len, uint32_t want)
 	}
 	free(buf);
 }
+
+/*
+ * A process that staged keys dies (no stop, no flush): in a child that starts the cache with
+ * shared staging memory, writes (one flushed version, then two writes only staged) and exits.
+ */
+static void die_with_staged_keys(void)
+{
+	pid_t pid;
+	int st;
+
+	stop_all();
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct pcache_attach_opts ao = { .name = "a", .path = ipath[0], .cache_mode = -1 };
+		uint8_t *buf = malloc(65536);
+		char err[256];
+
+		if (!buf || start_cache(err, sizeof(err)) || pcache_image_attach(c, &ao, &img[0], err, sizeof(err)))
+			_exit(2);
+		eng_fill(buf, 65536, 1, 0, 1);
+		if (pcache_image_write(img[0], buf, 0, 65536, 0) || pcache_cache_flush(c))
+			_exit(3);
+		eng_fill(buf, 4096, 1, 0, 2);
+		if (pcache_image_write(img[0], buf, 0, 4096, 0))
+			_exit(4);
+		eng_fill(buf, 8192, 1, 1u << 20, 3);
+		if (pcache_image_write(img[0], buf, 1u << 20, 8192, 0))
+			_exit(5);
+		_exit(0);   /* like kill -9: nothing persisted beyond what is already */
+	}
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+}
+
+START_TEST(staged_keys_of_a_dead_process_are_logged_by_the_next_start)
+{
+	stage_shm = mmap(NULL, pcache_stage_shm_size(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(stage_shm, MAP_FAILED);
+	die_with_staged_keys();
+	start_all();
+	ck_assert_uint_eq(pcache_cache_staged_recovered(c), 2);
+	expect(0, 0, 4096, 2);
+	expect(0, 4096, 65536 - 4096, 1);
+	expect(0, 1u << 20, 8192, 3);
+	/* they are in the log now: a start without the staging memory has them too */
+	stop_all();
+	munmap(stage_shm, pcache_stage_shm_size());
+	stage_shm = NULL;
+	start_all();
+	ck_assert_uint_eq(pcache_cache_staged_recovered(c), 0);
+	expect(0, 0, 4096, 2);
+	expect(0, 1u << 20, 8192, 3);
+}
+END_TEST
+
+START_TEST(staged_keys_are_dropped_when_the_log_was_written_since)
+{
+	void *shm = mmap(NULL, pcache_stage_shm_size(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	ck_assert_ptr_ne(shm, MAP_FAILED);
+	stage_shm = shm;
+	die_with_staged_keys();
+	/* another process uses the cache meanwhile, without that memory, and writes */
+	stage_shm = NULL;
+	start_all();
+	wr(1, 0, 4096, 7, 0);
+	stop_all();
+	/* the staged keys no longer continue the log: they must not be logged over it */
+	stage_shm = shm;
+	start_all();
+	ck_assert_uint_eq(pcache_cache_staged_recovered(c), 0);
+	expect(0, 0, 65536, 1);
+	expect(0, 1u << 20, 8192, 0);
+	expect(1, 0, 4096, 7);
+	stop_all();
+	stage_shm = NULL;
+	munmap(shm, pcache_stage_shm_size());
+}
+END_TEST
 
 START_TEST(restart_keeps_flushed_and_stopped_data)
 {
@@ -342,6 +427,8 @@ Suite *cache_replay_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, restart_keeps_flushed_and_stopped_data);
+	tcase_add_test(tc, staged_keys_of_a_dead_process_are_logged_by_the_next_start);
+	tcase_add_test(tc, staged_keys_are_dropped_when_the_log_was_written_since);
 	tcase_add_test(tc, start_heals_a_damaged_metadata_slot);
 	tcase_add_test(tc, keys_of_unattached_image_wait_for_its_attach);
 	tcase_add_test(tc, crc_valid_kset_with_bad_key_refuses_start);

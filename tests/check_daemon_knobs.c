@@ -7,6 +7,7 @@
 #include <check.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -115,6 +116,61 @@ START_TEST(cache_mode_by_name)
 }
 END_TEST
 
+/* The hand-over state a keeper passes on is checked before use (handover.c). */
+START_TEST(handover_state_is_checked_on_receipt)
+{
+	static struct pfs_hstate st, bad;
+
+	memset(&st, 0, sizeof(st));
+	st.magic = PFS_HSTATE_MAGIC;
+	st.version = PFS_HSTATE_VERSION;
+	st.size = sizeof(st);
+	st.init_len = 104;
+	strcpy(st.cache_path, "/dev/pmem0");
+	strcpy(st.mountpoint, "/srv/pcache");
+	st.slots[3].attached = 1;
+	st.slots[3].gen = 7;
+	strcpy(st.slots[3].name, "vm1");
+	ck_assert_int_eq(pfs_hstate_check(&st, sizeof(st)), 0);
+	ck_assert_int_eq(pfs_hstate_check(&st, sizeof(st) - 1), -EPROTO);
+	bad = st;
+	bad.magic++;
+	ck_assert_int_eq(pfs_hstate_check(&bad, sizeof(bad)), -EPROTO);
+	bad = st;
+	bad.version++;
+	ck_assert_int_eq(pfs_hstate_check(&bad, sizeof(bad)), -EPROTO);
+	bad = st;
+	bad.init_len = PFS_HSTATE_INIT_MAX + 1;
+	ck_assert_int_eq(pfs_hstate_check(&bad, sizeof(bad)), -EPROTO);
+	bad = st;
+	memset(bad.cache_path, 'x', sizeof(bad.cache_path));   /* no terminator */
+	ck_assert_int_eq(pfs_hstate_check(&bad, sizeof(bad)), -EPROTO);
+	bad = st;
+	strcpy(bad.slots[3].name, "../x");
+	ck_assert_int_eq(pfs_hstate_check(&bad, sizeof(bad)), -EPROTO);
+	bad = st;
+	bad.slots[5].attached = 2;
+	ck_assert_int_eq(pfs_hstate_check(&bad, sizeof(bad)), -EPROTO);
+}
+END_TEST
+
+/* One socket per mount point, whatever slashes the user typed; under $PCACHEFS_RUN_DIR. */
+START_TEST(keeper_socket_per_mount_point)
+{
+	char a[128], b[128], other[128];
+
+	setenv("PCACHEFS_RUN_DIR", "/tmp/pcfs-run", 1);
+	ck_assert_int_eq(pfs_keeper_sock_path("/srv/pcache", a, sizeof(a)), 0);
+	ck_assert_int_eq(pfs_keeper_sock_path("/srv//pcache/", b, sizeof(b)), 0);
+	ck_assert_int_eq(pfs_keeper_sock_path("/srv/pcache2", other, sizeof(other)), 0);
+	ck_assert_str_eq(a, b);
+	ck_assert_str_ne(a, other);
+	ck_assert_int_eq(strncmp(a, "/tmp/pcfs-run/keep-", 19), 0);
+	ck_assert_int_eq(pfs_keeper_sock_path("/srv/pcache", a, 20), -ENAMETOOLONG);
+	unsetenv("PCACHEFS_RUN_DIR");
+}
+END_TEST
+
 Suite *daemon_knobs_suite(void);
 Suite *daemon_knobs_suite(void)
 {
@@ -122,6 +178,8 @@ Suite *daemon_knobs_suite(void)
 	TCase *tc = tcase_create("Core");
 
 	tcase_add_test(tc, numbers_are_one_decimal_line);
+	tcase_add_test(tc, handover_state_is_checked_on_receipt);
+	tcase_add_test(tc, keeper_socket_per_mount_point);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, cache_knobs_by_name_reach_the_engine);
 	tcase_add_test(tc, cache_mode_by_name);
