@@ -46,11 +46,13 @@ PCACHEFS_SYSLOG_SOCKET=$SCRATCH/log.sock "$PCACHEFS" -o "cache=$CACHE,cache_size
 mountpoint -q "$MNT" || fail "not mounted"
 # <30> = daemon.info
 wait_line " [0-9]+ 1 <30>[A-Z][a-z][a-z] [ 0-9][0-9] [0-9:]{8} pcachefs\[[0-9]+\]: $MNT: mounted $CACHE on $MNT "
-pid=$(sed -n 's/.* pcachefs\[\([0-9]*\)\]: .*/\1/p' "$LOG" | head -1)
+pid=$(sed -n 's/.* pcachefs\[\([0-9]*\)\]: .*: mounted .*/\1/p' "$LOG" | head -1)
 echo "$pid" >> "$SCRATCH/.pids"
 PC_PID=$pid
 [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = pcachefs ] || fail "syslog ident pid $pid is not the daemon"
-awk -v p="$pid" '$1 > 0 && $2 != p { exit 1 }' "$LOG" || fail "a syslog line came from another process"
+# the keeper (a process of its own, keeper.c) logs under its own pid, and only as "keeper of"
+awk -v p="$pid" '$1 > 0 && $2 != p && !/: keeper of / { exit 1 }' "$LOG" || fail "a syslog line came from another process"
+wait_line "keeper of $MNT: holding the connection of pid $pid"
 
 # the backing fails every write: the engine's writeback reports it
 printf 'eio 0 16777216 w\n' > "$FMNT/.control" || fail "cannot set the eio rule"
