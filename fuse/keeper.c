@@ -141,7 +141,8 @@ static int kmsg_recv(int sock, void *buf, struct kmsg_hdr *h, int *fd)
 			}
 		}
 	}
-	memcpy(h, buf, n >= (ssize_t)sizeof(*h) ? sizeof(*h) : 0);
+	if (n >= (ssize_t)sizeof(*h))
+		memcpy(h, buf, sizeof(*h));
 	if (n < (ssize_t)sizeof(*h) || h->magic != KMSG_MAGIC || (mh.msg_flags & MSG_TRUNC) ||
 	    (size_t)n != sizeof(*h) + h->len) {
 		if (*fd >= 0)
@@ -577,6 +578,17 @@ static void keeper_give(void)
 	     since_s(&kp.orphan_since));
 }
 
+/* Keep a received fd (if any) in *slot, closing what was there. */
+static void keep_fd(int *slot, int *fd)
+{
+	if (*fd < 0)
+		return;
+	if (*slot >= 0)
+		close(*slot);
+	*slot = *fd;
+	*fd = -1;
+}
+
 /* A message from the owner. Returns false when the keeper should exit (released). */
 static bool owner_msg(const struct kmsg_hdr *h, int fd)
 {
@@ -589,12 +601,8 @@ static bool owner_msg(const struct kmsg_hdr *h, int fd)
 			memcpy(kp.st, payload, sizeof(*kp.st));
 		else
 			klog(LOG_WARNING, "ignored an unusable state (%u bytes)", h->len);
-		if (h->type == PFS_KMSG_HOLD && fd >= 0) {
-			if (kp.conn >= 0)
-				close(kp.conn);
-			kp.conn = fd;
-			fd = -1;
-		}
+		if (h->type == PFS_KMSG_HOLD)
+			keep_fd(&kp.conn, &fd);
 		break;
 	case PFS_KMSG_FD:
 		if (fd >= 0) {
@@ -606,12 +614,7 @@ static bool owner_msg(const struct kmsg_hdr *h, int fd)
 		keeper_close_old();
 		break;
 	case PFS_KMSG_SHM:
-		if (fd >= 0) {
-			if (kp.shm >= 0)
-				close(kp.shm);
-			kp.shm = fd;
-			fd = -1;
-		}
+		keep_fd(&kp.shm, &fd);
 		break;
 	case PFS_KMSG_RELEASE:
 	case PFS_KMSG_DROP:

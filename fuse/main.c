@@ -608,8 +608,8 @@ int main(int argc, char **argv)
 		const void *init = pfs_handover_init(&init_len);
 
 		pr = pcache_fuse_session_adopt(pfs.se, kept_fd, init, init_len, &pfs.scfg);
-		if (pr == 0 || pr != -EBADF)
-			kept_fd = fuse_session_fd(pfs.se) == kept_fd ? -1 : kept_fd;   /* the session owns it */
+		if (fuse_session_fd(pfs.se) == kept_fd)
+			kept_fd = -1;   /* the session owns it now */
 		if (pr != 0) {
 			fprintf(stderr, "pcachefs: cannot serve the kept connection of %s: %s\n",
 				opts.mountpoint, strerror(-pr));

@@ -20,21 +20,8 @@ pc_image "$SCRATCH/b.raw" 16M
 pc_flaky "$FM" "$SCRATCH/w.raw"
 pc_cleanup_add pc_unmount_if "$MNT"
 
-# start_pc LOG ARGS...: start pcachefs -f on $MNT, wait for its "mounted" line (no stat of the
-# mount point: while a daemon is being replaced it would wait for one); sets PC_PID.
-start_pc() {
-	local log=$1 n=100
-	shift
-	start_bg "$log" "$PCACHEFS" -f "$@" "$MNT"
-	PC_PID=$BG_PID
-	until grep -q "mounted .* on $MNT" "$log"; do
-		n=$((n - 1))
-		[ $n -gt 0 ] && kill -0 "$PC_PID" 2>/dev/null || { cat "$log" >&2; fail "pcachefs did not come up ($log)"; }
-		sleep 0.1
-	done
-}
 CMD=(-o "cache=$CACHE,cache_size=128M" -o "image=w:$FM/image" -o "image=b:$SCRATCH/b.raw" -o cache_mode=writearound)
-start_pc "$SCRATCH/d1.log" "${CMD[@]}"
+pc_start "$SCRATCH/d1.log" "${CMD[@]}"
 P1=$PC_PID
 KPID=$(jq -r .daemon.keeper_pid "$MNT/.pcache/status.json")
 [ "$KPID" -gt 0 ] && kill -0 "$KPID" || fail "no keeper process (status: $KPID)"
@@ -60,7 +47,7 @@ wait_gone "$P1" 20 || fail "the killed daemon did not exit"
 kill -0 "$DD" 2>/dev/null || { cat "$SCRATCH/dd.out"; fail "the write ended with its daemon: $(cat "$SCRATCH/dd.out")"; }
 kill -0 "$KPID" || fail "the keeper died with the daemon"
 
-start_pc "$SCRATCH/d2.log" "${CMD[@]}"
+pc_start "$SCRATCH/d2.log" "${CMD[@]}"
 n=200
 while kill -0 "$DD" 2>/dev/null; do
 	n=$((n - 1)); [ $n -gt 0 ] || fail "the write in flight at the kill never completed (not resent)"
@@ -79,7 +66,7 @@ head -c 4096 /dev/urandom > "$SCRATCH/small"
 dd if="$SCRATCH/small" of="$MNT/b" bs=4k seek=7 oflag=direct conv=notrunc status=none || fail "write to b"
 kill -9 "$PC_PID"
 wait_gone "$PC_PID" 20 || fail "the killed daemon did not exit"
-start_pc "$SCRATCH/d3.log" "${CMD[@]}"
+pc_start "$SCRATCH/d3.log" "${CMD[@]}"
 cmp -n 4096 "$SCRATCH/small" <(dd if="$MNT/b" bs=4k skip=7 count=1 iflag=direct status=none) ||
 	fail "an acknowledged write was lost with the daemon"
 grep -q "logged [1-9][0-9]* keys a dead process had staged" "$SCRATCH/d3.log" || { cat "$SCRATCH/d3.log"; fail "no staged keys were recovered"; }
