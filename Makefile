@@ -48,7 +48,7 @@ OPT ?= -O2
 # links has deps as an order-only prerequisite, so that first use always comes after deps. A
 # failed query stops the build with its name instead of a missing-header error further on.
 INSTALL_DEPS ?= ./contrib/install-deps.sh
-DEP_PKGS := fuse3 liburing libpmem2 blkid
+DEP_PKGS := fuse3 liburing libpmem2 blkid libsystemd
 pkg_failed = $(if $(filter PKG-CONFIG-FAILED,$(1)),$(error $(PKG_CONFIG) $(2) failed (are the \
 	packages installed? make deps runs $(INSTALL_DEPS))),$(1))
 pkg_query = $(call pkg_failed,$(shell $(PKG_CONFIG) $(1) 2>/dev/null || echo PKG-CONFIG-FAILED),$(1))

@@ -5,7 +5,7 @@
 # only then runs apt-get (update once, then install). Needs root for the install step.
 set -eu
 
-PKGS="build-essential pkg-config libfuse3-dev fuse3 libpmem2-dev liburing-dev libblkid-dev check
+PKGS="build-essential pkg-config libfuse3-dev fuse3 libpmem2-dev liburing-dev libblkid-dev libsystemd-dev check
 btrfs-progs lvm2 fdisk clang libclang-rt-14-dev fio qemu-utils qemu-system-common e2fsprogs util-linux
 gnuplot-nox procps psmisc kmod jq gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
 

@@ -194,12 +194,18 @@ static void status_text(struct pfs_text *t)
 	pfs_text_printf(t, "  dirty %s (%u%%); writeback: %s written, %s superseded (replaced in the "
 			"same epoch, or on the backing by writethrough)\n", pcache_fmt_size(cs.dirty_bytes, h3, sizeof(h3)), cs.dirty_percent,
 			pcache_fmt_size(cs.wb_bytes, h1, sizeof(h1)), pcache_fmt_size(cs.wb_superseded, h2, sizeof(h2)));
-	if (pfs_keeper_pid())
-		pfs_text_printf(t, "  keeper pid %d (keep_timeout %u s)%s; %" PRIu64 " requests resent, %" PRIu64
-				" staged keys recovered at start\n", (int)pfs_keeper_pid(), pfs.opts->keep_timeout,
-				pfs.taken_over ? ", taken over from an earlier daemon" : "",
+	if (pfs_keeper_pid() || pfs_fdstore_on()) {
+		char who[64];
+
+		if (pfs_fdstore_on())
+			snprintf(who, sizeof(who), "connection kept in the service manager's fd store");
+		else
+			snprintf(who, sizeof(who), "keeper pid %d (keep_timeout %u s)", (int)pfs_keeper_pid(),
+				 pfs.opts->keep_timeout);
+		pfs_text_printf(t, "  %s%s; %" PRIu64 " requests resent, %" PRIu64 " staged keys recovered "
+				"at start\n", who, pfs.taken_over ? ", taken over from an earlier daemon" : "",
 				pcache_fuse_session_resent_count(), pcache_cache_staged_recovered(pfs.cache));
-	else
+	} else
 		pfs_text_printf(t, "  no keeper: a crash of the daemon ends the mount\n");
 	images_snapshot(&is);
 	pfs_text_printf(t, "  images %d\n", is.n);
@@ -324,9 +330,10 @@ static void status_json(struct pfs_text *t)
 			cs.index_bytes, cs.wb_errors, cs.gc_runs, cs.segs_freed,
 			cs.media_errors, pcache_fuse_session_pdw_count(), cs.wb_bytes, cs.wb_superseded, cs.dirty_bytes,
 			cs.dirty_percent);
-	pfs_text_printf(t, ", \"daemon\": {\"pid\": %d, \"keeper_pid\": %d, \"taken_over\": %s, "
+	pfs_text_printf(t, ", \"daemon\": {\"pid\": %d, \"keeper_pid\": %d, \"fdstore\": %s, \"taken_over\": %s, "
 			"\"resent_requests\": %" PRIu64 ", \"staged_recovered\": %" PRIu64 "}",
-			(int)getpid(), (int)pfs_keeper_pid(), pfs.taken_over ? "true" : "false",
+			(int)getpid(), (int)pfs_keeper_pid(), pfs_fdstore_on() ? "true" : "false",
+			pfs.taken_over ? "true" : "false",
 			pcache_fuse_session_resent_count(), pcache_cache_staged_recovered(pfs.cache));
 	images_snapshot(&is);
 	pfs_text_printf(t, ", \"images\": [");

@@ -74,6 +74,7 @@ struct pfs_opts {
 	bool no_pdw;               /* -o no_parallel_writes (benchmark switch) */
 	unsigned int keep_timeout; /* -o keep_timeout=SECONDS (0 = no keeper) */
 	bool takeover;             /* -o takeover: ask the serving daemon to hand over */
+	bool fdstore;              /* the service manager's fd store keeps the connection (fdstore.c) */
 	unsigned int max_threads;
 	char *mountpoint;
 	int n_images;
@@ -402,6 +403,41 @@ pid_t pfs_keeper_pid(void);
 int pfs_keeper_wait_handover(void);
 /* The keeper process: main() calls it for `pcachefs --keeper ...`. Returns the exit status. */
 int pfs_keeper_main(int argc, char **argv);
+
+/*
+ * The service manager's file descriptor store (fdstore.c): systemd's FDSTORE=1 and LISTEN_FDS,
+ * used instead of a keeper when the daemon runs as a service with FileDescriptorStoreMax=.
+ */
+/* -o fdstore (asked) or the manager's say-so ($FDSTORE, a connection given back), with $NOTIFY_SOCKET. */
+bool pfs_fdstore_wanted(bool asked);
+/* Did the manager (or an exec'ing predecessor) pass this process a kept connection? */
+bool pfs_fdstore_kept(void);
+/* Is this daemon's connection in the store? */
+bool pfs_fdstore_on(void);
+/*
+ * Take the stored connection (LISTEN_FDS): 1 with *fuse_fd, *shm_fd (or -1) and *st; 0 if none
+ * (mount anew; an unusable store is emptied); -errno with a message in err.
+ */
+int pfs_fdstore_take(int *fuse_fd, int *shm_fd, struct pfs_hstate *st, char *err, size_t errlen);
+/* Put the live connection, the staging memory (-1: none) and a state memfd in the store. */
+int pfs_fdstore_hold(int fuse_fd, int shm_fd, char *err, size_t errlen);
+/* Write st into the stored state memory (a no-op when not on). */
+void pfs_fdstore_put_state(const struct pfs_hstate *st);
+/* Store one more fd of the connection (a worker's clone). */
+int pfs_fdstore_add_clone(int fd);
+/* The resend is done: the clones of earlier daemons leave the store. */
+void pfs_fdstore_resent(void);
+/* Remove every entry this daemon knows of from the store (the mount it kept is gone). */
+void pfs_fdstore_drop_stored(void);
+/* ... and forget them here too. */
+void pfs_fdstore_drop(void);
+/* Clean unmount: empty the store. */
+void pfs_fdstore_release(void);
+/*
+ * Before an exec that hands over: the connection (fuse_fd), the staging memory and the state
+ * at fds 3.. with LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES set, as the manager would pass them.
+ */
+int pfs_fdstore_exec_fds(int fuse_fd, int shm_fd);
 
 enum pfs_kmsg_type {
 	PFS_KMSG_HOLD = 1,         /* owner -> keeper: fd = the connection, payload = state */

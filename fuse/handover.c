@@ -1,16 +1,18 @@
 /*
  * handover.c -- what one daemon passes to the next when the FUSE connection changes hands
- * (keeper.c holds it meanwhile): the hand-over state (the INIT request, the image slots), the
- * session hooks that keep it current, and the resend of requests the old daemon never answered.
+ * (keeper.c, or the service manager's fd store through fdstore.c, holds it meanwhile): the
+ * hand-over state (the INIT request, the image slots), the session hooks that keep it current,
+ * and the resend of requests the old daemon never answered.
  *
  * Invariants:
  *  1. Inode numbers and file handles are values derived from (slot, generation, kind): a new
  *     daemon that puts every image back in the slot it had, with the generation it had, answers
  *     the kernel's existing inodes and open files as the old one did. Slots keep their
  *     generation even when free, so a slot reused later still never matches a stale inode.
- *  2. The keeper gets the state before the change it records is visible to the kernel where
- *     that matters (open counts: before the open reply), and every worker's fd before that
- *     worker's first read, so a request the daemon read is always on an fd the keeper holds.
+ *  2. The keeper (or the fd store) gets the state before the change it records is visible to
+ *     the kernel where that matters (open counts: before the open reply), and every worker's
+ *     fd before that worker's first read, so a request the daemon read is always on an fd the
+ *     keeper (or the store) holds.
  *  3. The INIT request is replayed into the new session, never answered twice: the kernel
  *     negotiates once per connection.
  */
@@ -129,9 +131,11 @@ static void on_reader_fd(int fd)
 {
 	int ret = pfs_keeper_send(PFS_KMSG_FD, fd, NULL, 0);
 
+	if (ret == -ENOTCONN)
+		ret = pfs_fdstore_add_clone(fd);
 	if (ret && ret != -ENOTCONN)
-		pfs_log(LOG_WARNING, "cannot hand a worker's fd to the keeper: %s (requests it reads are "
-			"lost if the daemon dies)", strerror(-ret));
+		pfs_log(LOG_WARNING, "cannot hand a worker's fd to the %s: %s (requests it reads are "
+			"lost if the daemon dies)", pfs_fdstore_on() ? "fd store" : "keeper", strerror(-ret));
 }
 
 void pfs_handover_hooks(struct pcache_fuse_session_cfg *cfg)
@@ -145,12 +149,13 @@ void pfs_handover_changed(void)
 	struct pfs_hstate *st;
 	int ret;
 
-	if (!pfs_keeper_connected())
+	if (!pfs_keeper_connected() && !pfs_fdstore_on())
 		return;
 	st = malloc(sizeof(*st));
 	if (!st)
 		return;
 	pfs_hstate_build(st);
+	pfs_fdstore_put_state(st);
 	ret = pfs_keeper_send(PFS_KMSG_STATE, -1, st, sizeof(*st));
 	if (ret && ret != -ENOTCONN)
 		pfs_log(LOG_WARNING, "cannot update the keeper: %s", strerror(-ret));

@@ -180,9 +180,9 @@ static void *signal_main(void *arg)
 			continue;
 		}
 		if (sig == SIGUSR1) {
-			if (!atomic_load(&in_loop) || !pfs_keeper_connected()) {
-				pfs_log(LOG_WARNING, "SIGUSR1: no keeper holds the connection (keep_timeout=0, "
-					"or not serving yet): not handing over");
+			if (!atomic_load(&in_loop) || (!pfs_keeper_connected() && !pfs_fdstore_on())) {
+				pfs_log(LOG_WARNING, "SIGUSR1: no keeper or fd store holds the connection "
+					"(keep_timeout=0, or not serving yet): not handing over");
 				continue;
 			}
 			pfs_log(LOG_INFO, "SIGUSR1: handing over to a new start of %s", self_exe);
@@ -389,7 +389,7 @@ undo:
  * HANDOVER_EXEC then starts this program again, with the same arguments, in this process.
  * Returns the exit status (when it does not exec).
  */
-static int hand_over(const struct pfs_opts *o, char **argv)
+static int hand_over(const struct pfs_opts *o, char **argv, int shm_fd)
 {
 	struct pfs_hstate *st = malloc(sizeof(*st));
 	struct timespec t0, t1;
@@ -406,7 +406,9 @@ static int hand_over(const struct pfs_opts *o, char **argv)
 		pfs_log(LOG_ERR, "stopping the cache: %s", strerror(-sret));
 		ret = 1;
 	}
-	if (st && pfs_keeper_send(PFS_KMSG_STATE, -1, st, sizeof(*st)) != 0)
+	if (st && pfs_fdstore_on())
+		pfs_fdstore_put_state(st);
+	else if (st && pfs_keeper_send(PFS_KMSG_STATE, -1, st, sizeof(*st)) != 0)
 		pfs_log(LOG_WARNING, "cannot send the last state to the keeper");
 	free(st);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -415,8 +417,26 @@ static int hand_over(const struct pfs_opts *o, char **argv)
 	if (atomic_load(&handover) != HANDOVER_EXEC)
 		return ret;
 	pfs_keeper_detach();
-	fuse_session_destroy(pfs.se);   /* closes this daemon's fd; the keeper holds the connection */
-	pfs.se = NULL;
+	if (pfs_fdstore_on()) {
+		/* the next start finds the connection where the manager would put it (fdstore.c) */
+		int fd = fcntl(fuse_session_fd(pfs.se), F_DUPFD_CLOEXEC, 64);
+		int eret = fd < 0 ? -errno : 0;
+
+		fuse_session_destroy(pfs.se);
+		pfs.se = NULL;
+		if (!eret)
+			eret = pfs_fdstore_exec_fds(fd, shm_fd);
+		if (fd >= 0)
+			close(fd);
+		if (eret) {
+			pfs_log(LOG_ERR, "hand-over: cannot pass the connection on: %s (the fd store "
+				"keeps it for the next start)", strerror(-eret));
+			return 1;
+		}
+	} else {
+		fuse_session_destroy(pfs.se);   /* closes this daemon's fd; the keeper holds the connection */
+		pfs.se = NULL;
+	}
 	if (start_cwd[0] && chdir(start_cwd) != 0)
 		pfs_log(LOG_WARNING, "chdir %s: %s", start_cwd, strerror(errno));
 	{
@@ -448,38 +468,45 @@ static void *keeper_thread_main(void *arg)
 }
 
 /*
- * Ask a keeper of the mount point for its connection (keeper.c). 1: taken (*fd, slots
- * reserved), 0: mount anew, -1: refused (message printed).
+ * Ask for a kept connection of the mount point: the service manager's fd store with
+ * -o fdstore (fdstore.c), else a keeper (keeper.c). 1: taken (*fd, slots reserved), 0: mount
+ * anew, -1: refused (message printed).
  */
 static int take_over(const struct pfs_opts *o, int *fd, int *shm_fd)
 {
+	const char *from = o->fdstore ? "the fd store" : "the keeper";
 	struct pfs_hstate *st;
 	char err[1200] = "";
 	uint64_t dev;
 	int ret;
 
-	if (o->keep_timeout == 0 && !o->takeover)
+	if (o->keep_timeout == 0 && !o->takeover && !o->fdstore)
 		return 0;
 	st = malloc(sizeof(*st));
 	if (!st) {
 		fprintf(stderr, "pcachefs: out of memory\n");
 		return -1;
 	}
-	ret = pfs_keeper_take(o->mountpoint, o->cache_path, o->takeover, fd, shm_fd, st, err, sizeof(err));
-	if (ret < 0) {
-		fprintf(stderr, "pcachefs: %s: %s\n", o->mountpoint, err);
+	if (o->fdstore)
+		ret = pfs_fdstore_take(fd, shm_fd, st, err, sizeof(err));
+	else
+		ret = pfs_keeper_take(o->mountpoint, o->cache_path, o->takeover, fd, shm_fd, st, err, sizeof(err));
+	if (ret <= 0) {
+		if (ret < 0)
+			fprintf(stderr, "pcachefs: %s: %s\n", o->mountpoint, err);
 		free(st);
-		return -1;
-	}
-	if (ret == 0) {
-		free(st);
-		return 0;
+		return ret < 0 ? -1 : 0;
 	}
 	dev = pfs_mount_dev(o->mountpoint);
-	if (dev == 0 || dev != st->mnt_dev) {
-		pfs_log(LOG_WARNING, "the mount the keeper held is no longer on %s: mounting anew",
-			o->mountpoint);
-		pfs_keeper_drop();
+	/* another cache device would give the kernel's inodes to other images: never take that
+	 * (the keeper compares the cache path itself) */
+	if (dev == 0 || dev != st->mnt_dev || strcmp(st->cache_path, o->cache_path) != 0) {
+		pfs_log(LOG_WARNING, "the connection %s held is not the mount of %s on %s any more: "
+			"mounting anew", from, o->cache_path, o->mountpoint);
+		if (o->fdstore)
+			pfs_fdstore_drop();
+		else
+			pfs_keeper_drop();
 		close(*fd);
 		*fd = -1;
 		if (*shm_fd >= 0)
@@ -491,7 +518,7 @@ static int take_over(const struct pfs_opts *o, int *fd, int *shm_fd)
 	pfs_hstate_reserve_slots(st);
 	atomic_store(&pfs.mnt_dev, dev);
 	pfs.taken_over = true;
-	pfs_log(LOG_INFO, "taking %s over from pid %u", o->mountpoint, st->owner_pid);
+	pfs_log(LOG_INFO, "taking %s over from pid %u (%s)", o->mountpoint, st->owner_pid, from);
 	free(st);
 	return 1;
 }
@@ -552,7 +579,7 @@ int main(int argc, char **argv)
 	pfs.scfg.single_thread = opts.single_thread;
 	pfs.scfg.max_threads = opts.max_threads;
 	pfs.scfg.parallel_writes = !opts.no_pdw;
-	if (opts.keep_timeout > 0 || opts.takeover)
+	if (opts.keep_timeout > 0 || opts.takeover || opts.fdstore)
 		pfs_handover_hooks(&pfs.scfg);
 	if (pthread_mutex_init(&pfs.lock, NULL) != 0)
 		goto out_args;
@@ -580,7 +607,7 @@ int main(int argc, char **argv)
 	taken = take_over(&opts, &kept_fd, &shm_fd);
 	if (taken < 0)
 		goto out_notify;
-	if (opts.keep_timeout > 0 || taken)
+	if (opts.keep_timeout > 0 || opts.fdstore || taken)
 		stage_shm = stage_shm_map(&shm_fd);
 	cache_existed = access(opts.cache_path, F_OK) == 0;
 	if (start_engine(&opts) != 0)
@@ -621,6 +648,7 @@ int main(int argc, char **argv)
 			pfs_log(LOG_WARNING, "resend of unanswered requests failed: %s (their callers get "
 				"no answer; kernel 6.9 or later is needed)", strerror(-pr));
 		pfs_keeper_resent();
+		pfs_fdstore_resent();
 		pr = 0;
 	} else {
 		if (pcache_fuse_session_mount(pfs.se, opts.mountpoint, &pfs.scfg) != 0) {
@@ -629,7 +657,12 @@ int main(int argc, char **argv)
 		}
 		/* from now on a backing on our own mount is refused by device number too */
 		atomic_store(&pfs.mnt_dev, pfs_mount_dev(opts.mountpoint));
-		if (opts.keep_timeout > 0) {
+		if (opts.fdstore) {
+			char err[512] = "";
+
+			if (pfs_fdstore_hold(fuse_session_fd(pfs.se), shm_fd, err, sizeof(err)) != 0)
+				pfs_log(LOG_WARNING, "fd store: %s: a crash of this daemon ends the mount", err);
+		} else if (opts.keep_timeout > 0) {
 			char err[512] = "";
 
 			if (pfs_keeper_start(opts.mountpoint, fuse_session_fd(pfs.se), opts.keep_timeout,
@@ -657,13 +690,14 @@ int main(int argc, char **argv)
 	if (ret)
 		pfs_log(LOG_ERR, "session loop: %s", strerror(-pr));
 	if (atomic_load(&handover)) {
-		ret = hand_over(&opts, argv);
+		ret = hand_over(&opts, argv, shm_fd);
 		goto out_notify;
 	}
 	pfs_log(LOG_INFO, "unmounting %s", opts.mountpoint);
 	pfs_notify_stopping();
 
 	pfs_keeper_release();
+	pfs_fdstore_release();
 	if (taken)
 		unmount_adopted(opts.mountpoint);
 	else

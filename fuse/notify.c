@@ -3,11 +3,11 @@
  * Type=notify protocol): READY=1 once the mount is live, STATUS= lines with the dirty level and
  * the images, STOPPING=1 when the daemon starts to stop, WATCHDOG=1 every WATCHDOG_USEC/2.
  *
- * The protocol is small, so it is spoken here directly instead of linking libsystemd: each
- * message is one datagram of newline-separated VAR=VALUE fields sent to the unix socket named
- * by $NOTIFY_SOCKET (a path, or an abstract name written with a leading '@'). systemd tells
- * the sender by the credentials the kernel attaches, so no reply is read and a failed send only
- * costs one log line. Without $NOTIFY_SOCKET every call is a no-op.
+ * libsystemd's sd_notify() sends each message (one datagram of newline-separated VAR=VALUE
+ * fields to the unix socket named by $NOTIFY_SOCKET); systemd tells the sender by the
+ * credentials the kernel attaches, so no reply is read and a failed send only costs one log
+ * line. Without $NOTIFY_SOCKET every call is a no-op. fdstore.c uses the same socket to keep
+ * the FUSE connection in the manager's fd store.
  *
  * Invariants:
  *  1. READY=1 is sent only after the mount is live, which is after the engine replayed its log
@@ -18,29 +18,25 @@
  *     wedged on its locks stops the pings and the manager restarts the service. Once stopping
  *     (a drain may take minutes) the thread pings without asking the engine.
  *  3. WATCHDOG_PID, when set, must be this process: a watchdog meant for another process (the
- *     parent before a fork) is not fed.
+ *     parent before a fork) is not fed (sd_watchdog_enabled() checks it).
  *
- * State: fd < 0 (off) -> pfs_notify_init(): fd open -> pfs_notify_ready(): thread running ->
- * pfs_notify_stopping(): thread pings only -> pfs_notify_exit(): thread joined, fd closed.
+ * State: off -> pfs_notify_init(): on -> pfs_notify_ready(): thread running ->
+ * pfs_notify_stopping(): thread pings only -> pfs_notify_exit(): thread joined, off.
  */
 #include "daemon_i.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #define NOTIFY_STATUS_PERIOD_NS (10ull * 1000000000u)  /* STATUS= refresh (a status read walks the index) */
 
 static struct {
-	int fd;
-	struct sockaddr_un addr;
-	socklen_t addrlen;
+	bool on;
 	uint64_t watchdog_ns;      /* 0 = no watchdog */
 	bool send_failed;          /* logged once */
 	pthread_t thread;
@@ -49,16 +45,18 @@ static struct {
 	pthread_cond_t cv;
 	bool stop, stopping;
 	char last_status[256];     /* thread only */
-} nt = { .fd = -1, .mu = PTHREAD_MUTEX_INITIALIZER };
+} nt = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void notify_send(const char *msg)
 {
-	if (nt.fd < 0)
+	int ret;
+
+	if (!nt.on)
 		return;
-	if (sendto(nt.fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT, (const struct sockaddr *)&nt.addr, nt.addrlen) < 0 &&
-	    !nt.send_failed) {
+	ret = sd_notify(0, msg);
+	if (ret < 0 && !nt.send_failed) {
 		nt.send_failed = true;
-		pfs_log(LOG_WARNING, "NOTIFY_SOCKET: send: %s", strerror(errno));
+		pfs_log(LOG_WARNING, "NOTIFY_SOCKET: send: %s", strerror(-ret));
 	}
 }
 
@@ -67,7 +65,7 @@ void pfs_notify(const char *fmt, ...)
 	char buf[512];
 	va_list ap;
 
-	if (nt.fd < 0)
+	if (!nt.on)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -77,39 +75,21 @@ void pfs_notify(const char *fmt, ...)
 
 int pfs_notify_init(void)
 {
-	const char *path = getenv("NOTIFY_SOCKET"), *wd = getenv("WATCHDOG_USEC"), *wpid = getenv("WATCHDOG_PID");
-	size_t len;
+	const char *path = getenv("NOTIFY_SOCKET");
+	uint64_t us = 0;
 
 	if (!path || !*path)
 		return 0;
-	len = strlen(path);
-	if ((path[0] != '/' && path[0] != '@') || len >= sizeof(nt.addr.sun_path)) {
+	if ((path[0] != '/' && path[0] != '@') || strlen(path) >= 108) {
 		pfs_log(LOG_WARNING, "NOTIFY_SOCKET '%s' is not a socket path or @name: not notifying", path);
 		return -EINVAL;
 	}
 	if (pthread_cond_init(&nt.cv, NULL) != 0)
 		return -ENOMEM;
-	memset(&nt.addr, 0, sizeof(nt.addr));
-	nt.addr.sun_family = AF_UNIX;
-	memcpy(nt.addr.sun_path, path, len);
-	if (path[0] == '@')
-		nt.addr.sun_path[0] = '\0';   /* abstract: the name is the bytes after the NUL, no terminator */
-	nt.addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-	nt.fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (nt.fd < 0) {
-		int ret = -errno;
-
-		pfs_log(LOG_WARNING, "NOTIFY_SOCKET: socket: %s", strerror(-ret));
-		pthread_cond_destroy(&nt.cv);
-		return ret;
-	}
-	if (wd && *wd && (!wpid || !*wpid || strtol(wpid, NULL, 10) == (long)getpid())) {
-		char *end;
-		unsigned long long us = strtoull(wd, &end, 10);
-
-		if (*end == '\0' && us > 0)
-			nt.watchdog_ns = (uint64_t)us * 1000u;
-	}
+	nt.on = true;
+	/* > 0 only when WATCHDOG_USEC is set and WATCHDOG_PID, if set, names this process */
+	if (sd_watchdog_enabled(0, &us) > 0)
+		nt.watchdog_ns = us * 1000u;
 	return 0;
 }
 
@@ -163,7 +143,7 @@ void pfs_notify_ready(bool daemonized)
 {
 	char status[256];
 
-	if (nt.fd < 0)
+	if (!nt.on)
 		return;
 	status_line(status, sizeof(status));
 	snprintf(nt.last_status, sizeof(nt.last_status), "%s", status);
@@ -179,7 +159,7 @@ void pfs_notify_ready(bool daemonized)
 
 void pfs_notify_stopping(void)
 {
-	if (nt.fd < 0)
+	if (!nt.on)
 		return;
 	pthread_mutex_lock(&nt.mu);
 	nt.stopping = true;
@@ -190,7 +170,7 @@ void pfs_notify_stopping(void)
 
 void pfs_notify_exit(void)
 {
-	if (nt.fd < 0)
+	if (!nt.on)
 		return;
 	if (nt.thread_started) {
 		pthread_mutex_lock(&nt.mu);
@@ -201,6 +181,5 @@ void pfs_notify_exit(void)
 		nt.thread_started = false;
 	}
 	pthread_cond_destroy(&nt.cv);
-	close(nt.fd);
-	nt.fd = -1;
+	nt.on = false;
 }

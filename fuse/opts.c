@@ -50,6 +50,7 @@ enum {
 	KEY_NO_PDW,
 	KEY_KEEP_TIMEOUT,
 	KEY_TAKEOVER,
+	KEY_FDSTORE,
 	KEY_DROP,
 };
 
@@ -80,6 +81,7 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("no_parallel_writes", KEY_NO_PDW),
 	FUSE_OPT_KEY("keep_timeout=", KEY_KEEP_TIMEOUT),
 	FUSE_OPT_KEY("takeover", KEY_TAKEOVER),
+	FUSE_OPT_KEY("fdstore", KEY_FDSTORE),
 	FUSE_OPT_KEY("defaults", KEY_DROP),
 	FUSE_OPT_KEY("auto", KEY_DROP),
 	FUSE_OPT_KEY("noauto", KEY_DROP),
@@ -143,6 +145,9 @@ static void usage(const char *prog)
 	       "                              keeper: the mount fails with ENOTCONN at once)\n"
 	       "    -o takeover               take the mount point over from the pcachefs serving it\n"
 	       "                              (it hands over and exits; open files keep working)\n"
+	       "    -o fdstore                as a systemd service (FileDescriptorStoreMax=): keep the\n"
+	       "                              mount in the service manager's fd store instead of a\n"
+	       "                              keeper; a restarted service takes it over\n"
 	       "    -o max_threads=N          FUSE worker threads (default: number of CPUs)\n"
 	       "    -o no_parallel_writes     do not enable parallel direct writes (benchmarks)\n"
 	       "    -f                        stay in the foreground\n"
@@ -299,6 +304,9 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 	case KEY_TAKEOVER:
 		o->takeover = true;
 		return 0;
+	case KEY_FDSTORE:
+		o->fdstore = true;
+		return 0;
 	case KEY_SPACE_TIMEOUT: {
 		char *end;
 		long t;
@@ -380,9 +388,10 @@ static int resolve(struct parse_ctx *c, char **path, const char *what)
 }
 
 /*
- * Is the mount point (made absolute, not resolved) kept by a keeper (keeper.c)? Then it is a
- * live FUSE mount whose daemon may be dead, and it is used as given: resolving it, or any stat
- * of it, would wait for a daemon. Only the keeper's socket is looked at.
+ * Is the mount point (made absolute, not resolved) kept by a keeper (keeper.c) or given back by
+ * the service manager's fd store (fdstore.c)? Then it is a live FUSE mount whose daemon may be
+ * dead, and it is used as given: resolving it, or any stat of it, would wait for a daemon.
+ * Only the keeper's socket, or the variables the manager set, are looked at.
  */
 static bool keeper_holds(struct parse_ctx *c)
 {
@@ -390,13 +399,16 @@ static bool keeper_holds(struct parse_ctx *c)
 	struct stat st;
 	bool held;
 
-	if (c->o->keep_timeout == 0 && !c->o->takeover)
+	if (c->o->keep_timeout == 0 && !c->o->takeover && !c->o->fdstore)
 		return false;
 	abs = pfs_path_absolute(c->o->mountpoint);
 	if (!abs)
 		return false;
-	held = pfs_keeper_sock_path(abs, sock, sizeof(sock)) == 0 && lstat(sock, &st) == 0 &&
-	       S_ISSOCK(st.st_mode);
+	if (c->o->fdstore)
+		held = pfs_fdstore_kept();
+	else
+		held = pfs_keeper_sock_path(abs, sock, sizeof(sock)) == 0 && lstat(sock, &st) == 0 &&
+		       S_ISSOCK(st.st_mode);
 	if (held) {
 		free(c->o->mountpoint);
 		c->o->mountpoint = abs;
@@ -469,6 +481,10 @@ static int validate(struct parse_ctx *c)
 		if (resolve(c, &o->cache_path, "cache device"))
 			return -1;
 	}
+	if (o->fdstore && !getenv("NOTIFY_SOCKET"))
+		return perr(c, "-o fdstore needs $NOTIFY_SOCKET: it is for a systemd service with "
+			    "FileDescriptorStoreMax= (see contrib/pcachefs@.service)");
+	o->fdstore = pfs_fdstore_wanted(o->fdstore);
 	if (keeper_holds(c))
 		goto images;   /* its daemon is gone: a stat of the mount point would wait for it */
 	if (stat(o->mountpoint, &st) != 0 || !S_ISDIR(st.st_mode)) {

@@ -32,15 +32,8 @@ grep -q "keeper pid $KPID" "$MNT/.pcache/status" || fail "status does not name t
 grep -q "serves this mount (-o takeover" "$SCRATCH/second.out" || { cat "$SCRATCH/second.out"; fail "no clear refusal"; }
 
 # writes to the first MiB of the backing stall for 4 s: the write below sits in the daemon
-echo "delay 0 1048576 w 4000000" > "$FM/.control"
-head -c 65536 /dev/urandom > "$SCRATCH/blk"
-dd if="$SCRATCH/blk" of="$MNT/w" bs=64k count=1 oflag=direct conv=notrunc > "$SCRATCH/dd.out" 2>&1 &
-DD=$!
-n=50
-until [ "$(awk '$1 == "delayed" {print $2}' "$FM/.control")" -ge 1 ]; do
-	n=$((n - 1)); [ $n -gt 0 ] || fail "the write never reached the stalled backing"
-	sleep 0.1
-done
+pc_stalled_write "$FM" "$MNT/w"
+DD=$STALL_PID
 kill -9 "$P1"
 echo clear > "$FM/.control"
 wait_gone "$P1" 20 || fail "the killed daemon did not exit"
@@ -48,14 +41,7 @@ kill -0 "$DD" 2>/dev/null || { cat "$SCRATCH/dd.out"; fail "the write ended with
 kill -0 "$KPID" || fail "the keeper died with the daemon"
 
 pc_start "$SCRATCH/d2.log" "${CMD[@]}"
-n=200
-while kill -0 "$DD" 2>/dev/null; do
-	n=$((n - 1)); [ $n -gt 0 ] || fail "the write in flight at the kill never completed (not resent)"
-	sleep 0.1
-done
-wait "$DD" || { cat "$SCRATCH/dd.out"; fail "the write in flight at the kill failed"; }
-cmp -n 65536 "$SCRATCH/blk" "$MNT/w" || fail "the resent write does not read back"
-cmp -n 65536 "$SCRATCH/blk" "$SCRATCH/w.raw" || fail "the resent writearound write is not on the backing"
+pc_stalled_write_done "$MNT/w" "$SCRATCH/w.raw"
 jq -e '.daemon.taken_over == true and .daemon.resent_requests >= 1' "$MNT/.pcache/status.json" >/dev/null ||
 	{ jq .daemon "$MNT/.pcache/status.json"; fail "status: not taken over, or nothing resent"; }
 note "resent: $(jq -c .daemon "$MNT/.pcache/status.json")"
