@@ -168,7 +168,7 @@ static int bk_validate(const struct pcache_backing *b, const struct pcache_backi
 	default:
 		return -EINVAL;
 	}
-	if (io->len == 0 || io->off > b->size || io->len > b->size - io->off)
+	if (io->len == 0 || io->off > b->span || io->len > b->span - io->off)
 		return -EINVAL;
 	if (b->read_only && io->op != PCACHE_BIO_READ)
 		return -EROFS;
@@ -470,6 +470,20 @@ static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
 /* Plan a freshly accepted request (completion thread). */
 static void bk_req_start(struct pcache_backing *b, struct bk_req *r)
 {
+	if (r->io.op != PCACHE_BIO_FLUSH && r->io.off + r->io.len > b->size) {
+		/* the last sector of a file whose size is not a sector multiple: past the end it
+		 * reads as zeros, and a write there is dropped (nothing above shows those bytes, so
+		 * they are zeros too); the file keeps its size */
+		size_t keep = r->io.off >= b->size ? 0 : (size_t)(b->size - r->io.off);
+
+		if (r->io.op == PCACHE_BIO_READ)
+			memset(r->data + keep, 0, r->io.len - keep);
+		if (keep == 0) {
+			bk_req_finish(b, r, 0);
+			return;
+		}
+		r->io.len = keep;
+	}
 	if (bk_is_simple(b, r)) {
 		bk_plan_simple(b, r);
 		bk_push(&b->ready_q, r);
@@ -917,6 +931,7 @@ void pcache_backing_get_stats(const struct pcache_backing *b, struct pcache_back
 }
 
 uint64_t pcache_backing_size(const struct pcache_backing *b) { return b->size; }
+uint64_t pcache_backing_span(const struct pcache_backing *b) { return b->span; }
 uint32_t pcache_backing_lbs(const struct pcache_backing *b) { return b->lbs; }
 bool pcache_backing_is_direct(const struct pcache_backing *b) { return b->direct; }
 bool pcache_backing_is_blockdev(const struct pcache_backing *b) { return b->blockdev; }

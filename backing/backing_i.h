@@ -80,7 +80,8 @@ struct pcache_backing {
 	int fd;
 	int efd;                      /* eventfd waking the completion thread */
 	char *path;
-	uint64_t size;
+	uint64_t size;                /* bytes (any number for a file) */
+	uint64_t span;                /* size rounded up to lbs: requests may reach this far */
 	uint32_t lbs;
 	uint32_t align;               /* offset/length alignment for O_DIRECT (1 when buffered) */
 	uint32_t mem_align;           /* memory alignment for O_DIRECT (1 when buffered) */

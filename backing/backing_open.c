@@ -83,11 +83,16 @@ static int bk_probe(struct pcache_backing *b, char *err, size_t errlen)
 		bk_err(err, errlen, "%s: size is 0", b->path);
 		return -EINVAL;
 	}
-	if (b->size % 512) {
-		bk_err(err, errlen, "%s: size %llu is not a multiple of 512", b->path,
-		       (unsigned long long)b->size);
-		return -EINVAL;
+	if (b->size % b->lbs) {
+		/* a file cut anywhere (a fresh qcow2, a short ISO): served with its exact size; the
+		 * engine sees whole sectors up to b->span (the tail past the end reads as zeros) */
+		if (b->blockdev) {
+			bk_err(err, errlen, "%s: size %llu is not a multiple of its block size %u", b->path,
+			       (unsigned long long)b->size, b->lbs);
+			return -EINVAL;
+		}
 	}
+	b->span = PCACHE_ALIGN_UP(b->size, (uint64_t)b->lbs);
 	b->align = b->mem_align = 1;
 	if (b->direct) {
 		b->align = b->lbs;

@@ -74,8 +74,8 @@ static int image_check(const struct pcache_image_ent *e, char *why, size_t len)
 		return cd_seterr(why, len, -EINVAL, "state %u invalid", e->state);
 	if (!PCACHE_IS_POW2(e->lbs) || e->lbs < 512 || e->lbs > 65536)
 		return cd_seterr(why, len, -EINVAL, "logical block size %u invalid", e->lbs);
-	if (e->size % 512)
-		return cd_seterr(why, len, -EINVAL, "size %" PRIu64 " not a multiple of 512", e->size);
+	if (e->size == 0)
+		return cd_seterr(why, len, -EINVAL, "size 0");
 	if (e->cache_mode > PCACHE_MODE_WRITEAROUND)
 		return cd_seterr(why, len, -EINVAL, "cache mode %u invalid", e->cache_mode);
 	if (e->file_mode & ~07777u)

@@ -362,7 +362,8 @@ struct pcache_image {
 	uint32_t id, slot;
 	char name[PCACHE_NAME_MAX + 1];
 	struct pcache_backing *b;
-	uint64_t size;
+	uint64_t size;              /* engine bytes: whole sectors (bytes rounded up to lbs) */
+	uint64_t bytes;             /* the image's size as its users see it (any number) */
 	uint32_t lbs;               /* engine sector */
 	bool read_only;
 	_Atomic uint32_t cache_mode;

@@ -275,8 +275,10 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	img->slot = e.slot;
 	snprintf(img->name, sizeof(img->name), "%s", e.name);
 	img->b = b;
-	img->size = e.size;
 	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
+	img->bytes = e.size;
+	/* the engine works in whole sectors; the backing reads zeros past the end of the last */
+	img->size = PCACHE_ALIGN_UP(e.size, (uint64_t)img->lbs);
 	img->read_only = ao->read_only;
 	pcache_through_init(&img->through);
 	pthread_mutex_init(&img->seq.lock, NULL);
@@ -533,7 +535,7 @@ const char *pcache_image_name(const struct pcache_image *img)
 
 uint64_t pcache_image_size(const struct pcache_image *img)
 {
-	return img->size;
+	return img->bytes;
 }
 
 uint32_t pcache_image_lbs(const struct pcache_image *img)

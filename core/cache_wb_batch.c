@@ -725,7 +725,7 @@ static int wb_collect_key(struct pcache_wb *wb, struct wb_batch *b, const struct
 			return 0;
 		}
 	}
-	if (e.end > pcache_backing_size(im->b)) {
+	if (e.end > pcache_backing_span(im->b)) {
 		im->batch_err = -ERANGE;
 		return 0;
 	}

@@ -90,7 +90,7 @@ int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 		st->st_gid = gid;
 		st->st_nlink = 1;
 		st->st_size = (off_t)s->size;
-		st->st_blocks = (blkcnt_t)(s->size / 512);
+		st->st_blocks = (blkcnt_t)((s->size + 511) / 512);
 		st->st_blksize = s->lbs > 4096 ? s->lbs : 4096;
 		return 0;
 	case PFS_IK_DIR:

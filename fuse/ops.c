@@ -120,7 +120,9 @@ static int write_rmw(struct pfs_slot *s, const char *src, uint64_t off, size_t l
 	char *tmp;
 	int ret = 0;
 
-	if (e > s->size)
+	/* a size that is not a sector multiple: the engine has the last sector whole (zeros past
+	 * the end, which nothing shows and the backing never writes) */
+	if (e > PCACHE_ALIGN_UP(s->size, lbs))
 		return -EINVAL;
 	tmp = pfs_buf_get();
 	if (!tmp)
@@ -307,9 +309,7 @@ static void image_read(fuse_req_t req, struct pfs_slot *s, size_t size, uint64_t
 	if (len > PCACHE_FUSE_MAX_IO)
 		len = PCACHE_FUSE_MAX_IO;
 	a = PCACHE_ALIGN_DOWN(off, lbs);
-	e = PCACHE_ALIGN_UP(off + len, lbs);
-	if (e > s->size)
-		e = s->size;   /* a size that is not a sector multiple: the engine decides */
+	e = PCACHE_ALIGN_UP(off + len, lbs);   /* may pass a size that is not a sector multiple */
 	if (read_pinned(req, s, a, e, (size_t)(off - a), len) != PCACHE_PIN_FALLBACK) {
 		pfs_io_exit(s);
 		return;

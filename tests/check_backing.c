@@ -369,12 +369,59 @@ START_TEST(open_refuses_non_images_with_a_reason)
 	expect_refused("/dev/null", -EINVAL, "is a character device");
 	check_make_file(tpath(p, sizeof(p), "empty"), 0, 1);
 	expect_refused(p, -EINVAL, "size is 0");
-	check_make_file(tpath(p, sizeof(p), "odd"), 1000, 1);
-	expect_refused(p, -EINVAL, "not a multiple of 512");
 	expect_refused(tpath(p, sizeof(p), "missing"), -ENOENT, "No such file");
 	/* err may be NULL */
 	ck_assert_int_eq(pcache_backing_open(tdir, NULL, &(struct pcache_backing *){ NULL }, NULL, 0),
 			 -EISDIR);
+}
+END_TEST
+
+/*
+ * A file whose size is not a sector multiple (a fresh qcow2) opens with its exact size, buffered;
+ * requests may cover its last sector whole: past the end reads give zeros and writes are
+ * dropped, and the file keeps its size.
+ */
+START_TEST(odd_size_file_keeps_its_size_and_reads_zeros_past_the_end)
+{
+	struct pcache_backing *b;
+	uint8_t buf[1024], disk[1000], want[1024];
+	struct stat st;
+	char p[300];
+
+	check_make_file(tpath(p, sizeof(p), "odd"), 1000, 7);
+	b = bk_open(p, false, false);
+	ck_assert_uint_eq(pcache_backing_size(b), 1000);
+	ck_assert_uint_eq(pcache_backing_span(b), 1024);
+	ck_assert(!pcache_backing_is_direct(b));   /* the last sector could not be written direct */
+
+	memset(buf, 0xee, sizeof(buf));
+	ck_assert_int_eq(pcache_backing_rw_sync(b, PCACHE_BIO_READ, buf, 1024, 0), 0);
+	for (unsigned int i = 0; i < 1024; i++)
+		ck_assert_uint_eq(buf[i], i < 1000 ? check_pattern_byte(i, 7) : 0);
+	/* the last sector alone, and a range wholly past the end inside it */
+	memset(buf, 0xee, sizeof(buf));
+	ck_assert_int_eq(pcache_backing_rw_sync(b, PCACHE_BIO_READ, buf, 512, 512), 0);
+	ck_assert_uint_eq(buf[487], check_pattern_byte(999, 7));
+	ck_assert_uint_eq(buf[488], 0);
+	memset(buf, 0xee, 16);
+	ck_assert_int_eq(pcache_backing_rw_sync(b, PCACHE_BIO_READ, buf, 16, 1008), 0);
+	for (unsigned int i = 0; i < 16; i++)
+		ck_assert_uint_eq(buf[i], 0);
+	/* beyond the span: refused */
+	ck_assert_int_eq(pcache_backing_rw_sync(b, PCACHE_BIO_READ, buf, 512, 1024), -EINVAL);
+
+	/* a write of the whole last sector changes the bytes before the end only */
+	for (unsigned int i = 0; i < 512; i++)
+		want[i] = (uint8_t)(i * 13 + 1);
+	ck_assert_int_eq(pcache_backing_rw_sync(b, PCACHE_BIO_WRITE, want, 512, 512), 0);
+	ck_assert_int_eq(pcache_backing_rw_sync(b, PCACHE_BIO_WRITE, want, 8, 1016), 0);
+	ck_assert_int_eq(pcache_backing_flush_sync(b), 0);
+	pcache_backing_close(b);
+	ck_assert_int_eq(stat(p, &st), 0);
+	ck_assert_int_eq(st.st_size, 1000);
+	pread_all(p, disk, sizeof(disk), 0);
+	for (unsigned int i = 0; i < 1000; i++)
+		ck_assert_uint_eq(disk[i], i < 512 ? check_pattern_byte(i, 7) : want[i - 512]);
 }
 END_TEST
 
@@ -1514,6 +1561,7 @@ Suite *backing_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, open_refuses_non_images_with_a_reason);
 	tcase_add_test(tc, open_file_reports_size_lbs_direct_and_path);
+	tcase_add_test(tc, odd_size_file_keeps_its_size_and_reads_zeros_past_the_end);
 	tcase_add_test(tc, read_only_image_refuses_writes_but_reads);
 	tcase_add_test(tc, submit_rejects_bad_requests_without_callback);
 	suite_add_tcase(s, tc);

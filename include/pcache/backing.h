@@ -69,7 +69,9 @@ struct pcache_backing_opts {
  * Open the image at path (a regular file or a block device). opts may be NULL (defaults).
  * Returns 0 and *out, or -errno with a one-line reason in err (if err is not NULL):
  * -EISDIR for a directory, -EINVAL for a FIFO, socket or character device, -EINVAL for a size
- * that is 0 or not a multiple of 512 (-ENXIO for a block device of size 0: no medium), or the errno of stat/open/ioctl/io_uring setup.
+ * of 0 (-ENXIO for a block device of size 0: no medium), or the errno of stat/open/ioctl/
+ * io_uring setup. A file may have any size: requests may reach its last sector whole
+ * (pcache_backing_span()), reads past the end give zeros, writes past it are dropped.
  * O_DIRECT is tried first (unless no_direct) and kept when the open succeeds and the size is
  * a multiple of the direct-I/O alignment; otherwise the image is opened buffered. The size is
  * fixed at open (a file that shrinks later gives -ENODATA on reads past its new end).
@@ -86,6 +88,7 @@ int pcache_backing_open(const char *path, const struct pcache_backing_opts *opts
 void pcache_backing_close(struct pcache_backing *b);
 
 uint64_t pcache_backing_size(const struct pcache_backing *b);       /* bytes */
+uint64_t pcache_backing_span(const struct pcache_backing *b);       /* size rounded up to lbs */
 uint32_t pcache_backing_lbs(const struct pcache_backing *b);        /* BLKSSZGET; 512 for files */
 bool pcache_backing_is_direct(const struct pcache_backing *b);      /* opened O_DIRECT */
 bool pcache_backing_is_blockdev(const struct pcache_backing *b);
