@@ -76,6 +76,10 @@ static int image_check(const struct pcache_image_ent *e, char *why, size_t len)
 		return cd_seterr(why, len, -EINVAL, "logical block size %u invalid", e->lbs);
 	if (e->size == 0)
 		return cd_seterr(why, len, -EINVAL, "size 0");
+	/* files may have any size (lbs 512); a block device is whole blocks */
+	if (e->lbs > 512 && e->size % e->lbs)
+		return cd_seterr(why, len, -EINVAL, "size %" PRIu64 " not a multiple of its block size %u",
+				 e->size, e->lbs);
 	if (e->cache_mode > PCACHE_MODE_WRITEAROUND)
 		return cd_seterr(why, len, -EINVAL, "cache mode %u invalid", e->cache_mode);
 	if (e->file_mode & ~07777u)

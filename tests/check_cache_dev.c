@@ -976,7 +976,8 @@ START_TEST(crafted_image_entries_are_refused)
 	CRAFT(om.id = 3, "next_image_id");
 	CRAFT(om.state = 5, "state");
 	CRAFT(om.lbs = 100, "block size");
-	CRAFT(om.size = 513, "size");
+	CRAFT(om.size = 0, "size 0");
+	CRAFT((om.lbs = 4096, om.size = 4096 * 3 + 512), "not a multiple of its block size");
 	CRAFT(om.id = 0, "id 0 with state");
 	CRAFT(strcpy(om.name, "x/y"), "name");
 #undef CRAFT
