@@ -219,8 +219,8 @@ static bool bk_is_simple(const struct pcache_backing *b, const struct bk_req *r)
 	switch (io->op) {
 	case PCACHE_BIO_READ:
 	case PCACHE_BIO_WRITE:
-		return !b->direct || (bk_aligned(io->off, b->align) && bk_aligned(io->len, b->align) &&
-				      bk_aligned((uintptr_t)r->data, b->mem_align));
+		return !r->direct || (bk_aligned(io->off, r->align) && bk_aligned(io->len, r->align) &&
+				      bk_aligned((uintptr_t)r->data, r->mem_align));
 	case PCACHE_BIO_FLUSH:
 		return true;
 	default:
@@ -431,8 +431,8 @@ static void bk_start_blk_range(struct pcache_backing *b, struct bk_req *r)
 static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
 {
 	const struct pcache_backing_io *io = &r->io;
-	uint64_t a_off = PCACHE_ALIGN_DOWN(io->off, b->align);
-	uint64_t a_end = PCACHE_ALIGN_UP(io->off + io->len, b->align);
+	uint64_t a_off = PCACHE_ALIGN_DOWN(io->off, (uint64_t)r->align);
+	uint64_t a_end = PCACHE_ALIGN_UP(io->off + io->len, (uint64_t)r->align);
 	bool edges = a_off != io->off || a_end != io->off + io->len;
 	void *p;
 
@@ -444,7 +444,7 @@ static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
 		b->rmw_busy = true;
 		r->rmw_owner = true;
 	}
-	if (posix_memalign(&p, PCACHE_MAX(b->align, b->mem_align), a_end - a_off)) {
+	if (posix_memalign(&p, PCACHE_MAX(r->align, r->mem_align), a_end - a_off)) {
 		bk_req_finish(b, r, -ENOMEM);
 		return;
 	}
@@ -459,10 +459,10 @@ static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
 		memcpy(r->bounce, r->data, io->len);
 		bk_plan_io(r, BK_ST_IO, r->bounce, a_off, r->b_len);
 	} else if (a_off != io->off) {
-		bk_plan_io(r, BK_ST_RMW_HEAD, r->bounce, a_off, b->align);
+		bk_plan_io(r, BK_ST_RMW_HEAD, r->bounce, a_off, r->align);
 	} else {
-		bk_plan_io(r, BK_ST_RMW_TAIL, r->bounce + r->b_len - b->align, a_end - b->align,
-			   b->align);
+		bk_plan_io(r, BK_ST_RMW_TAIL, r->bounce + r->b_len - r->align, a_end - r->align,
+			   r->align);
 	}
 	bk_push(&b->ready_q, r);
 }
@@ -470,11 +470,16 @@ static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
 /* Plan a freshly accepted request (completion thread). */
 static void bk_req_start(struct pcache_backing *b, struct bk_req *r)
 {
-	if (r->io.op != PCACHE_BIO_FLUSH && r->io.off + r->io.len > b->size) {
+	uint64_t size = b->size;
+
+	r->direct = b->direct;
+	r->align = b->align;
+	r->mem_align = b->mem_align;
+	if (r->io.op != PCACHE_BIO_FLUSH && r->io.off + r->io.len > size) {
 		/* the last sector of a file whose size is not a sector multiple: past the end it
 		 * reads as zeros, and a write there is dropped (nothing above shows those bytes, so
 		 * they are zeros too); the file keeps its size */
-		size_t keep = r->io.off >= b->size ? 0 : (size_t)(b->size - r->io.off);
+		size_t keep = r->io.off >= size ? 0 : (size_t)(size - r->io.off);
 
 		if (r->io.op == PCACHE_BIO_READ)
 			memset(r->data + keep, 0, r->io.len - keep);
@@ -542,11 +547,11 @@ static void bk_op_done(struct pcache_backing *b, struct bk_req *r, int res)
 			return;
 		}
 		if (r->stage == BK_ST_RMW_HEAD) {
-			uint64_t tail = r->b_off + r->b_len - b->align;
+			uint64_t tail = r->b_off + r->b_len - r->align;
 
-			if (tail > r->b_off && !bk_aligned(r->io.off + r->io.len, b->align)) {
+			if (tail > r->b_off && !bk_aligned(r->io.off + r->io.len, r->align)) {
 				bk_plan_io(r, BK_ST_RMW_TAIL, r->bounce + (tail - r->b_off), tail,
-					   b->align);
+					   r->align);
 				bk_push(&b->ready_q, r);
 			} else {
 				bk_rmw_write(b, r);
@@ -932,6 +937,34 @@ void pcache_backing_get_stats(const struct pcache_backing *b, struct pcache_back
 
 uint64_t pcache_backing_size(const struct pcache_backing *b) { return b->size; }
 uint64_t pcache_backing_span(const struct pcache_backing *b) { return b->span; }
+
+int pcache_backing_grow(struct pcache_backing *b, uint64_t size)
+{
+	if (b->blockdev)
+		return -EFBIG;
+	if (b->read_only)
+		return -EROFS;
+	if (size <= b->size)
+		return 0;
+	if (b->direct && size % b->align) {
+		/* the new last block could never be written with O_DIRECT: go buffered (same open
+		 * file, so its lock stays); requests already started keep their rules, which work
+		 * buffered too */
+		int fl = fcntl(b->fd, F_GETFL);
+
+		if (fl < 0 || fcntl(b->fd, F_SETFL, fl & ~O_DIRECT) < 0)
+			return -errno;
+		b->align = 1;
+		b->mem_align = 1;
+		b->direct = false;
+	}
+	if (ftruncate(b->fd, (off_t)size) < 0)
+		return -errno;
+	/* size before span: a request that passed the new span clips at the new size */
+	b->size = size;
+	b->span = PCACHE_ALIGN_UP(size, (uint64_t)b->lbs);
+	return 0;
+}
 uint32_t pcache_backing_lbs(const struct pcache_backing *b) { return b->lbs; }
 bool pcache_backing_is_direct(const struct pcache_backing *b) { return b->direct; }
 bool pcache_backing_is_blockdev(const struct pcache_backing *b) { return b->blockdev; }

@@ -40,6 +40,10 @@ struct bk_req {
 	uint8_t *data;                /* the caller's memory for READ/WRITE */
 	struct bk_req *parent;        /* internal child: the request it belongs to */
 
+	/* the image's I/O rules when the request started */
+	bool direct;
+	uint32_t align, mem_align;
+
 	/* the current operation */
 	uint8_t stage;
 	bool rmw_owner;               /* holds b->rmw_busy */
@@ -80,13 +84,16 @@ struct pcache_backing {
 	int fd;
 	int efd;                      /* eventfd waking the completion thread */
 	char *path;
-	uint64_t size;                /* bytes (any number for a file) */
-	uint64_t span;                /* size rounded up to lbs: requests may reach this far */
+	/* a file grows (pcache_backing_grow()): size, then span, then maybe direct off (in that
+	 * order); each request reads direct/align/mem_align once, at its start */
+	_Atomic uint64_t size;        /* bytes (any number for a file) */
+	_Atomic uint64_t span;        /* size rounded up to lbs: requests may reach this far */
 	uint32_t lbs;
-	uint32_t align;               /* offset/length alignment for O_DIRECT (1 when buffered) */
-	uint32_t mem_align;           /* memory alignment for O_DIRECT (1 when buffered) */
+	_Atomic uint32_t align;       /* offset/length alignment for O_DIRECT (1 when buffered) */
+	_Atomic uint32_t mem_align;   /* memory alignment for O_DIRECT (1 when buffered) */
 	unsigned int depth;           /* operations allowed in the kernel at once */
-	bool direct, blockdev, read_only;
+	_Atomic bool direct;
+	bool blockdev, read_only;
 	struct pcache_ident ident;    /* what the image reaches (backing_ident.c) */
 	pthread_t cq_thread;
 	pthread_t worker;

@@ -142,6 +142,8 @@ static void image_encode(struct pcache_image_om *om, const struct pcache_image_e
 		om->flags = PCACHE_IMAGE_F_IDENT;
 		memcpy(om->ident, e->ident, strnlen(e->ident, PCACHE_IDENT_LEN - 1));
 	}
+	if (e->fixed)
+		om->flags |= PCACHE_IMAGE_F_FIXED;
 }
 
 /* Decode a CRC-valid image record; 0 or -EUCLEAN with why. */
@@ -162,8 +164,9 @@ int cd_image_decode(struct pcache_image_ent *e, uint32_t slot, const struct pcac
 	if (!memchr(om->name, 0, sizeof(om->name)))
 		return cd_seterr(why, len, -EUCLEAN, "name not NUL-terminated");
 	flags = pcache_le32(&om->flags);
-	if (flags & ~PCACHE_IMAGE_F_IDENT)
+	if (flags & ~(PCACHE_IMAGE_F_IDENT | PCACHE_IMAGE_F_FIXED))
 		return cd_seterr(why, len, -EUCLEAN, "unknown flags 0x%x", flags);
+	e->fixed = (flags & PCACHE_IMAGE_F_FIXED) != 0;
 	if (!memchr(om->path, 0, sizeof(om->path)))
 		return cd_seterr(why, len, -EUCLEAN, flags ? "path not NUL-terminated" :
 			      "path longer than %u bytes (an entry from before identities): "

@@ -204,12 +204,17 @@ struct pcache_subtree {
 };
 
 struct pcache_index {
-	uint32_t nsub;
+	_Atomic uint32_t nsub;      /* subtrees in use (grows with the image, never shrinks) */
+	uint32_t cap;               /* subtrees the mapping has room for */
+	size_t map_len;
 	struct pcache_subtree *sub;
 	struct pcache_index_totals tot;
 };
 
-int pcache_index_init(struct pcache_index *ix, uint64_t size);
+/* An index for size bytes that may grow to max_size (address space only until used). */
+int pcache_index_init(struct pcache_index *ix, uint64_t size, uint64_t max_size);
+/* Make room for size bytes: -EFBIG past max_size. Callers serialize grows. */
+int pcache_index_grow(struct pcache_index *ix, uint64_t size);
 void pcache_index_exit(struct pcache_index *ix);
 /* First key whose end is past off (may be st->n). Lock held. */
 uint32_t pcache_subtree_find(const struct pcache_subtree *st, uint32_t off);
@@ -362,8 +367,10 @@ struct pcache_image {
 	uint32_t id, slot;
 	char name[PCACHE_NAME_MAX + 1];
 	struct pcache_backing *b;
-	uint64_t size;              /* engine bytes: whole sectors (bytes rounded up to lbs) */
-	uint64_t bytes;             /* the image's size as its users see it (any number) */
+	/* a growing image stores bytes, then size (pcache_image_grow(), under grow_lock) */
+	_Atomic uint64_t size;      /* engine bytes: whole sectors (bytes rounded up to lbs) */
+	_Atomic uint64_t bytes;     /* the image's size as its users see it (any number) */
+	pthread_mutex_t grow_lock;
 	uint32_t lbs;               /* engine sector */
 	bool read_only;
 	_Atomic uint32_t cache_mode;

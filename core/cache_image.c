@@ -127,7 +127,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	const struct pcache_ident *id;
 	struct pcache_image_ent e;
 	struct pcache_image *img;
-	bool known, rekey = false;
+	bool known, rekey = false, size_changed = false;
 	char pathbuf[PCACHE_PATH_MAX + 1];
 	const char *path;
 	uint32_t i, mode;
@@ -184,7 +184,9 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	/* again under the lock: the entry may have changed while the backing was opened */
 	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
 	if (known) {
-		bool same_id = e.size == pcache_backing_size(b) && e.lbs == pcache_backing_lbs(b) &&
+		/* a growable file's size is not its identity: it may have grown on either side */
+		bool grows = !e.fixed && !pcache_backing_is_blockdev(b);
+		bool same_id = (e.size == pcache_backing_size(b) || grows) && e.lbs == pcache_backing_lbs(b) &&
 			       (!e.ident[0] || !strcmp(e.ident, id->text));
 		bool same_path = !strcmp(e.path, path);
 
@@ -211,6 +213,24 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			pcache_log(PCACHE_LOG_NOTICE, "image %s: re-keyed to %s (%s), cached data dropped",
 				   ao->name, path, id->text);
 			rekey = true;
+		}
+	}
+	if (known && !rekey && !e.fixed && !pcache_backing_is_blockdev(b) && e.size != pcache_backing_size(b)) {
+		if (e.size > pcache_backing_size(b)) {
+			/* a growth recorded before a crash (or a power loss) reached the file */
+			ret = pcache_backing_grow(b, e.size);
+			if (ret) {
+				ERR("image %s: cannot extend %s to its recorded size %" PRIu64 ": %s", ao->name,
+				    path, e.size, strerror(-ret));
+				goto out_unlock;
+			}
+			pcache_log(PCACHE_LOG_NOTICE, "image %s: %s extended to its recorded size %" PRIu64,
+				   ao->name, path, e.size);
+		} else {
+			pcache_log(PCACHE_LOG_NOTICE, "image %s: %s grew to %" PRIu64 " bytes while not attached",
+				   ao->name, path, pcache_backing_size(b));
+			e.size = pcache_backing_size(b);
+			size_changed = true;
 		}
 	}
 	if (rekey) {
@@ -252,7 +272,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			goto out_unlock;
 		}
 	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode ||
-		   strcmp(e.ident, id->text)) {
+		   strcmp(e.ident, id->text) || size_changed) {
 		snprintf(e.path, sizeof(e.path), "%s", path);
 		snprintf(e.ident, sizeof(e.ident), "%s", id->text); /* recorded on first attach */
 		e.state = PCACHE_IMAGE_ATTACHED;
@@ -287,7 +307,8 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	pthread_mutex_init(&img->ent_lock, NULL);
 	img->ent = e;
 	ent_apply(img);
-	ret = pcache_index_init(&img->ix, img->size);
+	pthread_mutex_init(&img->grow_lock, NULL);
+	ret = pcache_index_init(&img->ix, img->size, pcache_backing_is_blockdev(b) ? img->size : PCACHE_GROW_MAX);
 	if (ret) {
 		ERR("out of memory");
 		goto out_img;
@@ -538,6 +559,79 @@ uint64_t pcache_image_size(const struct pcache_image *img)
 	return img->bytes;
 }
 
+bool pcache_image_growable(const struct pcache_image *img)
+{
+	struct pcache_image *m = (struct pcache_image *)img;
+	bool fixed;
+
+	if (pcache_backing_is_blockdev(img->b) || img->read_only)
+		return false;
+	pthread_mutex_lock(&m->ent_lock);
+	fixed = m->ent.fixed;
+	pthread_mutex_unlock(&m->ent_lock);
+	return !fixed;
+}
+
+static void fixed_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	e->fixed = *(const bool *)arg;
+}
+
+int pcache_image_set_growable(struct pcache_image *img, bool on)
+{
+	bool fixed = !on;
+
+	if (on && pcache_backing_is_blockdev(img->b))
+		return -EINVAL;
+	return pcache_image_ent_edit(img, fixed_edit_fn, &fixed);
+}
+
+static void size_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	e->size = *(const uint64_t *)arg;
+}
+
+/*
+ * Order, so that every state a crash can leave is one the next attach accepts: the image
+ * table first (the new size is durable before any write past the old end is acknowledged:
+ * its keys would not replay past the recorded size), then the backing (an attach finds the
+ * file shorter than the record and extends it), then the index, then the sizes readers see
+ * (a request checked against the new size finds the subtrees there).
+ */
+int pcache_image_grow(struct pcache_image *img, uint64_t bytes)
+{
+	uint64_t old;
+	int ret;
+
+	if (!pcache_image_growable(img))
+		return img->read_only ? -EROFS : -EFBIG;
+	if (bytes > PCACHE_GROW_MAX)
+		return -EFBIG;
+	pthread_mutex_lock(&img->grow_lock);
+	old = img->bytes;
+	if (bytes <= old) {
+		pthread_mutex_unlock(&img->grow_lock);
+		return 0;
+	}
+	ret = pcache_image_ent_edit(img, size_edit_fn, &bytes);
+	if (!ret) {
+		ret = pcache_backing_grow(img->b, bytes);
+		if (ret) {
+			pcache_log(PCACHE_LOG_WARNING, "image %s: cannot grow %s to %" PRIu64 " bytes: %s",
+				   img->name, pcache_backing_path(img->b), bytes, strerror(-ret));
+			pcache_image_ent_edit(img, size_edit_fn, &old);
+		}
+	}
+	if (!ret)
+		ret = pcache_index_grow(&img->ix, PCACHE_ALIGN_UP(bytes, (uint64_t)img->lbs));
+	if (!ret) {
+		img->bytes = bytes;
+		img->size = PCACHE_ALIGN_UP(bytes, (uint64_t)img->lbs);
+	}
+	pthread_mutex_unlock(&img->grow_lock);
+	return ret;
+}
+
 uint32_t pcache_image_lbs(const struct pcache_image *img)
 {
 	return img->lbs;
@@ -608,6 +702,7 @@ void pcache_image_free(struct pcache_image *img)
 	pthread_mutex_destroy(&img->wseq.lock);
 	pthread_mutex_destroy(&img->nofill_lock);
 	pthread_mutex_destroy(&img->ent_lock);
+	pthread_mutex_destroy(&img->grow_lock);
 	free(img);
 }
 

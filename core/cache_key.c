@@ -23,27 +23,53 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cache_i.h"
 
-int pcache_index_init(struct pcache_index *ix, uint64_t size)
+static uint32_t regions_of(uint64_t size)
 {
-	uint32_t i;
+	uint64_t n = (size + PCACHE_REGION_SIZE - 1) >> PCACHE_REGION_SHIFT;
 
-	ix->nsub = (uint32_t)((size + PCACHE_REGION_SIZE - 1) >> PCACHE_REGION_SHIFT);
-	if (ix->nsub == 0)
-		ix->nsub = 1;
-	ix->sub = calloc(ix->nsub, sizeof(*ix->sub));
-	if (!ix->sub)
+	return n ? (uint32_t)n : 1;
+}
+
+int pcache_index_init(struct pcache_index *ix, uint64_t size, uint64_t max_size)
+{
+	uint32_t n = regions_of(size);
+	void *p;
+
+	ix->cap = PCACHE_MAX(regions_of(max_size), n);
+	/* address space for every region the image may grow to; pages are touched (and count)
+	 * only as regions come into use */
+	ix->map_len = PCACHE_ALIGN_UP((size_t)ix->cap * sizeof(*ix->sub), (size_t)4096);
+	p = mmap(NULL, ix->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		ix->sub = NULL;
 		return -ENOMEM;
+	}
+	ix->sub = p;
 	atomic_init(&ix->tot.keys, 0);
 	atomic_init(&ix->tot.cached, 0);
 	atomic_init(&ix->tot.dirty, 0);
 	atomic_init(&ix->tot.cap, 0);
-	for (i = 0; i < ix->nsub; i++) {
+	atomic_init(&ix->nsub, 0);
+	return pcache_index_grow(ix, size);
+}
+
+int pcache_index_grow(struct pcache_index *ix, uint64_t size)
+{
+	uint32_t n = regions_of(size), i;
+
+	if (n > ix->cap)
+		return -EFBIG;
+	for (i = ix->nsub; i < n; i++) {
 		pthread_mutex_init(&ix->sub[i].lock, NULL);
 		ix->sub[i].tot = &ix->tot;
 	}
+	/* published after the subtrees it counts are ready */
+	if (n > ix->nsub)
+		atomic_store_explicit(&ix->nsub, n, memory_order_release);
 	return 0;
 }
 
@@ -68,7 +94,7 @@ void pcache_index_exit(struct pcache_index *ix)
 		pthread_mutex_destroy(&ix->sub[i].lock);
 		free(ix->sub[i].v);
 	}
-	free(ix->sub);
+	munmap(ix->sub, ix->map_len);
 	ix->sub = NULL;
 	ix->nsub = 0;
 }

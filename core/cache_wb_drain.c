@@ -211,7 +211,8 @@ static struct pcache_backing *wb_off_backing(void *ctx, uint32_t id)
 			w->img[slot].err = r;
 			snprintf(w->img[slot].msg, sizeof(w->img[slot].msg), "image %s: %s: %s",
 				 ents[i].name, ents[i].path, err[0] ? err : strerror(-r));
-		} else if (pcache_backing_size(w->img[slot].b) != ents[i].size ||
+		} else if ((pcache_backing_size(w->img[slot].b) != ents[i].size &&
+			    (ents[i].fixed || pcache_backing_is_blockdev(w->img[slot].b))) ||
 			   pcache_backing_lbs(w->img[slot].b) != ents[i].lbs ||
 			   (ents[i].ident[0] &&
 			    strcmp(ents[i].ident, pcache_backing_ident(w->img[slot].b)->text))) {
@@ -225,6 +226,18 @@ static struct pcache_backing *wb_off_backing(void *ctx, uint32_t id)
 				 pcache_backing_size(w->img[slot].b));
 			pcache_backing_close(w->img[slot].b);
 			w->img[slot].b = NULL;
+		}
+		/* a growable file shorter than its recorded size: a growth that did not reach it */
+		if (w->img[slot].b && pcache_backing_size(w->img[slot].b) < ents[i].size) {
+			r = pcache_backing_grow(w->img[slot].b, ents[i].size);
+			if (r) {
+				w->img[slot].err = r;
+				snprintf(w->img[slot].msg, sizeof(w->img[slot].msg), "image %s: cannot extend %s "
+					 "to its recorded size %" PRIu64 ": %s", ents[i].name, ents[i].path,
+					 ents[i].size, strerror(-r));
+				pcache_backing_close(w->img[slot].b);
+				w->img[slot].b = NULL;
+			}
 		}
 		break;
 	}

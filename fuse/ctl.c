@@ -74,7 +74,8 @@ bool pfs_ctl_writable(uint64_t fixed_ino, enum pfs_img_kind k)
 	case PFS_INO_GIVE_UP:
 		return true;
 	case 0:
-		return k == PFS_IK_MODE || k == PFS_IK_FLUSH || k == PFS_IK_SEQ || k == PFS_IK_SHARE;
+		return k == PFS_IK_MODE || k == PFS_IK_FLUSH || k == PFS_IK_SEQ || k == PFS_IK_SHARE ||
+		       k == PFS_IK_GROW;
 	default:
 		return false;
 	}
@@ -347,8 +348,9 @@ static void status_json(struct pfs_text *t)
 		json_str(t, is.name[i]);
 		pfs_text_printf(t, ", \"path\": ");
 		json_str(t, path);
-		pfs_text_printf(t, ", \"size\": %" PRIu64 ", \"lbs\": %u, ", pcache_image_size(is.img[i]),
-				pcache_image_lbs(is.img[i]));
+		pfs_text_printf(t, ", \"size\": %" PRIu64 ", \"lbs\": %u, \"growable\": %s, ",
+				pcache_image_size(is.img[i]), pcache_image_lbs(is.img[i]),
+				pcache_image_growable(is.img[i]) ? "true" : "false");
 		image_stats_json(t, &st);
 		pfs_text_printf(t, "}");
 	}
@@ -625,6 +627,9 @@ int pfs_ctl_read(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, st
 	case PFS_IK_SHARE:
 		pfs_text_printf(out, "%u\n", pcache_image_max_share(s->img));
 		break;
+	case PFS_IK_GROW:
+		pfs_text_printf(out, "%d\n", pcache_image_growable(s->img) ? 1 : 0);
+		break;
 	default:
 		return -EACCES;
 	}
@@ -791,6 +796,9 @@ int pfs_ctl_write(uint64_t fixed_ino, struct pfs_slot *s, enum pfs_img_kind k, c
 	case PFS_IK_SEQ:
 		return logged_set(s->name, "sequential_cutoff", "a size such as 4M, 0 = none", value,
 				  pfs_seq_cutoff_set(s->img, value));
+	case PFS_IK_GROW:
+		return logged_set(s->name, "growable", "1 or 0; block devices never grow", value,
+				  pfs_growable_set(s->img, value));
 	default:
 		return -EACCES;
 	}

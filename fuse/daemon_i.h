@@ -44,6 +44,8 @@ int pfs_knob_get(struct pcache_cache *c, const char *name, char *buf, size_t len
 int pfs_mode_set(struct pcache_image *img, const char *text);
 /* Set an image's sequential cutoff from a size ("4M", "0" = none; one trailing newline). */
 int pfs_seq_cutoff_set(struct pcache_image *img, const char *text);
+/* "1"/"0": the image grows past its end or not (-EINVAL: not 0/1, or a block device). */
+int pfs_growable_set(struct pcache_image *img, const char *text);
 /* .pcache/images/NAME/max_share: a percent 0..100 (0 = no cap). */
 int pfs_max_share_set(struct pcache_image *img, const char *text);
 
@@ -172,7 +174,7 @@ struct pfs_slot {
 	unsigned int open_count;
 	struct pcache_image *img;  /* the daemon's reference */
 	char name[PCACHE_NAME_MAX + 1];
-	uint64_t size;
+	_Atomic uint64_t size;     /* bytes; only grows while attached (pfs_image_grow()) */
 	uint32_t lbs;
 	struct pfs_rangelock rl;
 	/* after a take-over: the image this slot must get back, and its open count (handover.c) */
@@ -210,6 +212,7 @@ enum pfs_img_kind {
 	PFS_IK_FLUSH,
 	PFS_IK_SEQ,        /* .pcache/images/<name>/sequential_cutoff */
 	PFS_IK_SHARE,      /* .pcache/images/<name>/max_share */
+	PFS_IK_GROW,       /* .pcache/images/<name>/growable */
 	PFS_IK_COUNT
 };
 

@@ -130,6 +130,15 @@ int pfs_max_share_set(struct pcache_image *img, const char *text)
 	return pcache_image_set_max_share(img, (uint32_t)v);
 }
 
+int pfs_growable_set(struct pcache_image *img, const char *text)
+{
+	uint64_t v;
+
+	if (pfs_knob_parse(text, 1, &v))
+		return -EINVAL;
+	return pcache_image_set_growable(img, v == 1);
+}
+
 int pfs_mode_set(struct pcache_image *img, const char *text)
 {
 	int m = pcache_mode_parse(text);

@@ -129,6 +129,7 @@ static const char *const img_ctl_names[PFS_IK_COUNT] = {
 	[PFS_IK_FLUSH] = "flush",
 	[PFS_IK_SEQ] = "sequential_cutoff",
 	[PFS_IK_SHARE] = "max_share",
+	[PFS_IK_GROW] = "growable",
 };
 
 /* Resolve name in parent: 0 and *ino, or -ENOENT (pfs.lock held). */

@@ -108,6 +108,32 @@ static int read_sync(struct pcache_image *img, void *buf, uint64_t off, size_t l
 }
 
 /*
+ * Make the image at least end bytes long (a write, truncate or fallocate past its end; the
+ * caller did pfs_io_enter or holds pfs.lock). 0; -ENOSPC if the image does not grow (a block
+ * device, growable=0); -EFBIG past the largest size; or the engine's error. The new size is
+ * in the image table (durable) when this returns.
+ */
+static int image_grow(struct pfs_slot *s, uint64_t end)
+{
+	uint64_t cur, want;
+	int ret;
+
+	if (end <= s->size)
+		return 0;
+	if (!pcache_image_growable(s->img))
+		return -ENOSPC;
+	ret = pcache_image_grow(s->img, end);
+	if (ret)
+		return ret;
+	/* concurrent growers: the slot's size only moves up */
+	want = pcache_image_size(s->img);
+	cur = s->size;
+	while (cur < want && !atomic_compare_exchange_weak(&s->size, &cur, want))
+		;
+	return 0;
+}
+
+/*
  * Write len bytes from src (NULL: zeros) at the unaligned off through a read-modify-write of
  * the aligned envelope, holding it exclusively.
  */
@@ -417,7 +443,10 @@ static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 		if (!s) {
 			ret = -ENOENT;
 		} else if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != s->size) {
-			ret = -EPERM;
+			/* truncate up grows a growable image; shrinking is not supported */
+			ret = (uint64_t)attr->st_size > s->size ? image_grow(s, (uint64_t)attr->st_size) : -EPERM;
+			if (ret == -ENOSPC)
+				ret = -EPERM;
 		} else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 			uint32_t mode, uid, gid;
 
@@ -651,15 +680,22 @@ static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		fuse_reply_write(req, 0);
 		return;
 	}
-	if ((uint64_t)off >= s->size) {
-		fuse_reply_err(req, ENOSPC);
-		return;
-	}
-	if (len > s->size - (uint64_t)off)
-		len = (size_t)(s->size - (uint64_t)off);
 	if (pfs_io_enter(s, ino, PFS_IK_FILE)) {
 		fuse_reply_err(req, ESTALE);
 		return;
+	}
+	if ((uint64_t)off + len > s->size) {
+		/* past the end: a growable image grows; one that does not takes what fits */
+		ret = image_grow(s, (uint64_t)off + len);
+		if (ret == -ENOSPC && (uint64_t)off < s->size) {
+			len = (size_t)(s->size - (uint64_t)off);
+			ret = 0;
+		}
+		if (ret) {
+			pfs_io_exit(s);
+			fuse_reply_err(req, -ret);
+			return;
+		}
 	}
 	if (!(((uint64_t)off | len) & (s->lbs - 1)) &&
 	    pcache_image_cache_mode(s->img) != PCACHE_MODE_WRITEBACK) {
@@ -722,9 +758,20 @@ static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 	}
 	off = (uint64_t)offset;
 	end = off + (uint64_t)length;
-	if (mode == 0) {
-		fuse_reply_err(req, end <= s->size ? 0 : EFBIG);
-		return;
+	if (mode == 0 || (mode == FALLOC_FL_ZERO_RANGE && end > s->size)) {
+		/* allocation (and zeroing) past the end grows a growable image */
+		if (pfs_io_enter(s, ino, PFS_IK_FILE)) {
+			fuse_reply_err(req, ESTALE);
+			return;
+		}
+		ret = image_grow(s, end);
+		pfs_io_exit(s);
+		if (ret == -ENOSPC)
+			ret = -EFBIG;
+		if (ret || mode == 0) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
 	}
 	if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE))
 		zero = false;

@@ -89,6 +89,13 @@ void pcache_backing_close(struct pcache_backing *b);
 
 uint64_t pcache_backing_size(const struct pcache_backing *b);       /* bytes */
 uint64_t pcache_backing_span(const struct pcache_backing *b);       /* size rounded up to lbs */
+/*
+ * Grow a file to size bytes (ftruncate; the new bytes read as zeros): 0 (also when it is not
+ * smaller), -EFBIG for a block device, -EROFS, or the errno of ftruncate/fcntl. A direct image
+ * whose new size is not a multiple of its alignment goes on buffered. Callers serialize grows;
+ * I/O may run meanwhile. The new size is durable after the next flush.
+ */
+int pcache_backing_grow(struct pcache_backing *b, uint64_t size);
 uint32_t pcache_backing_lbs(const struct pcache_backing *b);        /* BLKSSZGET; 512 for files */
 bool pcache_backing_is_direct(const struct pcache_backing *b);      /* opened O_DIRECT */
 bool pcache_backing_is_blockdev(const struct pcache_backing *b);

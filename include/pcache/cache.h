@@ -168,6 +168,18 @@ int pcache_cache_images(struct pcache_cache *c, struct pcache_image **v, int max
 const char *pcache_image_name(const struct pcache_image *img);
 uint64_t pcache_image_size(const struct pcache_image *img);
 uint32_t pcache_image_lbs(const struct pcache_image *img);      /* engine sector size */
+/* Largest size a file image grows to. */
+#define PCACHE_GROW_MAX (16ull << 40)
+/*
+ * Growable images (files; block devices keep their size): growable by default, switchable,
+ * persisted in the image table. pcache_image_grow() makes the image bytes long (if longer):
+ * the new size is durable in the image table before it returns, the backing file is extended
+ * (zeros), and I/O up to the new size is accepted afterwards. 0, -EFBIG (not growable, or past
+ * PCACHE_GROW_MAX), -EROFS, or the errno of the table or the backing.
+ */
+bool pcache_image_growable(const struct pcache_image *img);
+int pcache_image_set_growable(struct pcache_image *img, bool on);
+int pcache_image_grow(struct pcache_image *img, uint64_t bytes);
 /* Mode/owner shown on the mount (persisted in the image table). */
 void pcache_image_attr(const struct pcache_image *img, uint32_t *mode, uint32_t *uid, uint32_t *gid);
 int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid);

@@ -186,6 +186,7 @@ struct pcache_image_ent {
 	uint64_t wb_lsn, wb_time;
 	uint32_t seq_cutoff;     /* as the record: KiB, 0 = default, PCACHE_SEQ_CUTOFF_OFF = none */
 	uint32_t max_share;      /* percent of the data area, 0 = no cap */
+	bool fixed;              /* a file image that does not grow (PCACHE_IMAGE_F_FIXED) */
 	char name[PCACHE_NAME_MAX + 1];
 	char path[PCACHE_PATH_MAX + 1];
 	char ident[PCACHE_IDENT_LEN];    /* "" = not recorded yet (an entry from before identities) */

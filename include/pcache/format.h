@@ -95,7 +95,11 @@
  *   56  4    file_mode   permission bits shown on the mount
  *   60  4    uid
  *   64  4    gid
- *   68  4    flags       PCACHE_IMAGE_F_IDENT: ident holds the backing's stable identity
+ *   68  4    flags       PCACHE_IMAGE_F_IDENT: ident holds the backing's stable identity;
+ *                       PCACHE_IMAGE_F_FIXED: a file image that does not grow (block devices
+ *                       never do). size is the image's size in bytes (any number for a file;
+ *                       a growing file image persists its new size here before any write past
+ *                       the old end is acknowledged)
  *   72  8    wb_lsn      writeback done up to this log sequence number
  *   80  8    wb_time     wall-clock seconds of that writeback
  *   88  4    seq_cutoff  KiB: reads in a sequential stream past it are not cached; 0 = the
@@ -242,6 +246,7 @@
 #define PCACHE_PATH_MAX 511u
 #define PCACHE_IDENT_LEN 256u
 #define PCACHE_IMAGE_F_IDENT (1u << 0)
+#define PCACHE_IMAGE_F_FIXED (1u << 1)   /* a file image that does not grow (growable=0) */
 /* image entry seq_cutoff (KiB): 0 = this default, PCACHE_SEQ_CUTOFF_OFF = every read cached */
 #define PCACHE_SEQ_CUTOFF_DEFAULT (4u << 20)
 #define PCACHE_SEQ_CUTOFF_OFF 0xFFFFFFFFu
