@@ -176,6 +176,83 @@ START_TEST(identity_is_recorded_and_a_different_file_refused)
 }
 END_TEST
 
+/*
+ * A file image grows: the size is in the image table when grow returns, then the file is
+ * extended. A crash between the two (the file still short) is finished at the next attach;
+ * the data written past the old end, in the cache only, reads back. A file grown while not
+ * attached is the same image with its new size. growable=0 is persisted and refuses growth.
+ */
+START_TEST(file_image_grows_and_a_short_backing_is_extended_at_attach)
+{
+	const uint64_t big = IMG_SIZE + (1u << 20) + 100;
+	struct pcache_image_ent e;
+	struct pcache_image *img;
+	uint8_t buf[4096];
+	struct stat st;
+	char err[512];
+
+	no_background = true;   /* the grown region stays dirty in the cache */
+	pcache_cache_stop(c, false);
+	start();
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert(pcache_image_growable(img));
+	ck_assert_int_eq(pcache_image_grow(img, big), 0);
+	ck_assert_uint_eq(pcache_image_size(img), big);
+	ck_assert_int_eq(pcache_cache_known_image(c, "a", &e), 0);
+	ck_assert_uint_eq(e.size, big);
+	ck_assert_int_eq(stat(ipath, &st), 0);
+	ck_assert_int_eq(st.st_size, (off_t)big);
+	/* the last sector is whole for the engine; past it, refused */
+	ck_assert_int_eq(eng_write(img, IMG_SIZE, 1u << 20, 3, 9), 0);
+	ck_assert_int_eq(eng_write(img, IMG_SIZE + (1u << 20), 512, 3, 9), 0);
+	ck_assert_int_eq(eng_write(img, IMG_SIZE + (1u << 20) + 512, 512, 3, 9), -EINVAL);
+	ck_assert_int_eq(pcache_image_flush(img), 0);
+	pcache_image_put(img);
+	pcache_cache_stop(c, false);
+	c = NULL;
+
+	/* a crash after the table, before the file: the file is short */
+	ck_assert_int_eq(truncate(ipath, IMG_SIZE), 0);
+	start();
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(stat(ipath, &st), 0);
+	ck_assert_int_eq(st.st_size, (off_t)big);
+	img = pcache_image_get(c, "a");
+	ck_assert_uint_eq(pcache_image_size(img), big);
+	ck_assert_int_eq(eng_read(img, buf, IMG_SIZE + (1u << 20) - 4096, 4096), 0);
+	for (unsigned int i = 0; i < 4096; i += 512) {
+		uint32_t v = 0;
+
+		ck_assert_int_eq(eng_decode(buf + i, 3, IMG_SIZE + (1u << 20) - 4096 + i, &v), 0);
+		ck_assert_uint_eq(v, 9);
+	}
+
+	/* growable=0: persisted, refuses */
+	ck_assert_int_eq(pcache_image_set_growable(img, false), 0);
+	ck_assert_int_eq(pcache_image_grow(img, big + 4096), -EFBIG);
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_image_detach(c, "a", false), 0);
+	ck_assert_int_eq(pcache_cache_known_image(c, "a", &e), 0);
+	ck_assert(e.fixed);
+
+	/* a fixed image's file that grew meanwhile is not the image any more */
+	ck_assert_int_eq(truncate(ipath, big + 512), 0);
+	ck_assert_int_eq(attach("a", ipath, err, sizeof(err)), -EEXIST);
+	/* growable again: the file that grew while not attached is the same image, new size */
+	ck_assert_int_eq(truncate(ipath, big), 0);
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert_int_eq(pcache_image_set_growable(img, true), 0);
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_image_detach(c, "a", false), 0);
+	ck_assert_int_eq(truncate(ipath, big + 8192), 0);
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(pcache_cache_known_image(c, "a", &e), 0);
+	ck_assert_uint_eq(e.size, big + 8192);
+}
+END_TEST
+
 START_TEST(identity_survives_a_restart_and_a_new_path)
 {
 	struct pcache_image_ent e;
@@ -285,6 +362,7 @@ Suite *cache_ident_suite(void)
 	tcase_add_test(tc, backing_held_by_another_opener_is_refused_naming_it);
 	tcase_add_test(tc, identity_is_recorded_and_a_different_file_refused);
 	tcase_add_test(tc, identity_survives_a_restart_and_a_new_path);
+	tcase_add_test(tc, file_image_grows_and_a_short_backing_is_extended_at_attach);
 	tcase_add_test(tc, new_image_takes_the_backing_permissions);
 	tcase_add_test(tc, missing_backing_waits_while_the_others_come_up);
 	tcase_add_test(tc, overlap_rules);
