@@ -5,7 +5,7 @@
  *
  *   pcachefs -o cache=/dev/pmem0 -o image=vm1:/var/lib/images/vm1.raw /mnt/pcache
  *
- * Caveats: images never change size through the mount; shared mmap of an image needs
+ * Caveats: images do not shrink, block devices do not grow; shared mmap of an image needs
  * -o kernel_cache (direct I/O files cannot be mmapped with libfuse 3.14).
  * Build: cc ... $(pkg-config --cflags --libs fuse3 liburing libpmem2) (see the Makefile).
  *
