@@ -184,9 +184,17 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	/* again under the lock: the entry may have changed while the backing was opened */
 	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
 	if (known) {
-		/* a growable file's size is not its identity: it may have grown on either side */
+		/*
+		 * A growable file's size may differ from its record: shorter, a growth a crash kept
+		 * from reaching the file (extended below); longer, it grew while not attached,
+		 * accepted only when the cache holds no dirty data of it (changed behind the
+		 * cache's back while it did: refused, as any other size change).
+		 */
+		uint64_t bsize = pcache_backing_size(b);
 		bool grows = !e.fixed && !pcache_backing_is_blockdev(b);
-		bool same_id = (e.size == pcache_backing_size(b) || grows) && e.lbs == pcache_backing_lbs(b) &&
+		bool size_ok = e.size == bsize ||
+			       (grows && (bsize < e.size || !pcache_image_has_dirty(c, e.id)));
+		bool same_id = size_ok && e.lbs == pcache_backing_lbs(b) &&
 			       (!e.ident[0] || !strcmp(e.ident, id->text));
 		bool same_path = !strcmp(e.path, path);
 

@@ -239,11 +239,24 @@ START_TEST(file_image_grows_and_a_short_backing_is_extended_at_attach)
 	/* a fixed image's file that grew meanwhile is not the image any more */
 	ck_assert_int_eq(truncate(ipath, big + 512), 0);
 	ck_assert_int_eq(attach("a", ipath, err, sizeof(err)), -EEXIST);
-	/* growable again: the file that grew while not attached is the same image, new size */
+	/* growable, but the cache holds dirty data of it: changed behind its back, refused */
 	ck_assert_int_eq(truncate(ipath, big), 0);
 	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
 	img = pcache_image_get(c, "a");
 	ck_assert_int_eq(pcache_image_set_growable(img, true), 0);
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_image_detach(c, "a", false), 0);
+	ck_assert_int_eq(truncate(ipath, big + 8192), 0);
+	ck_assert_int_eq(attach("a", ipath, err, sizeof(err)), -EEXIST);
+	ck_assert_msg(strstr(err, "dirty data"), "%s", err);
+	/* clean (written back): the file that grew while not attached is the image, new size */
+	pcache_cache_stop(c, false);
+	no_background = false;
+	start();
+	ck_assert_int_eq(truncate(ipath, big), 0);
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
 	pcache_image_put(img);
 	ck_assert_int_eq(pcache_image_detach(c, "a", false), 0);
 	ck_assert_int_eq(truncate(ipath, big + 8192), 0);

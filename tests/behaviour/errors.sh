@@ -86,6 +86,8 @@ bad_ctl gc_percent -5
 bad_ctl gc_percent autox
 bad_ctl images/a/max_share 101
 bad_ctl images/a/max_share 30%
+bad_ctl images/a/growable 2
+bad_ctl images/a/growable yes
 bad_ctl dirty_high lots
 bad_ctl writeback_rate 12abc
 bad_ctl flush 2
@@ -118,11 +120,12 @@ fi
 if "${NOBODY[@]}" dd if=/dev/zero of="$MNT/a" bs=512 count=1 conv=notrunc status=none 2>/dev/null; then
 	fail "non-root wrote a root-owned 0644 image"
 fi
-# size changes are refused, the same size is fine
-truncate -s 16M "$MNT/a" 2>/dev/null && fail "truncate to another size succeeded"
+# shrinking is refused, the same size is fine; with growable 0 growing is refused too
+truncate -s 16M "$MNT/a" 2>/dev/null && fail "truncate to a smaller size succeeded"
 truncate -s 32M "$MNT/a" || fail "truncate to the same size failed"
+pc_ctl "$MNT" images/a/growable 0 || fail "growable 0"
 dd if=/dev/zero of="$MNT/a" bs=512 seek=$((64 << 11)) count=1 conv=notrunc status=none 2>/dev/null \
-	&& fail "a write past EOF succeeded"
-[ "$(stat -c %s "$MNT/a")" -eq $((32 << 20)) ] || fail "the image grew"
+	&& fail "a write past EOF of a fixed-size image succeeded"
+[ "$(stat -c %s "$MNT/a")" -eq $((32 << 20)) ] || fail "the fixed-size image grew"
 pc_umount "$MNT"
 exit 0

@@ -4,7 +4,7 @@
 # qemu-img check, keeps every fsynced cluster across kill -9, and after a flush its backing file
 # equals the image byte for byte. A raw image grows by a write past its end, truncate -s,
 # fallocate -l and qemu-img resize; the new bytes read as zeros. growable=0 (persisted) stops
-# growth: a write at the end gets ENOSPC, truncate up EPERM.
+# growth: a write at the end gets ENOSPC, truncate up EPERM. A block device never grows.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -68,6 +68,17 @@ grep -q "No space left" "$SCRATCH/dd.err" || { cat "$SCRATCH/dd.err"; fail "no E
 truncate -s 20M "$MNT/r" 2>/dev/null && fail "truncate grew a fixed image"
 pc_ctl "$MNT" images/r/growable 1
 truncate -s 20M "$MNT/r" || fail "truncate after growable=1"
+
+# a block device never grows
+need_cmd losetup
+pc_image "$SCRATCH/dev.raw" 4M
+LOOP=$(losetup -f --show "$SCRATCH/dev.raw") || fail "losetup"
+pc_cleanup_add "losetup -d $LOOP"
+pc_ctl "$MNT" attach "blk:$LOOP" || fail "attach a block device"
+[ "$(cat "$MNT/.pcache/images/blk/growable")" = 0 ] || fail "a block device image says it grows"
+pc_ctl "$MNT" images/blk/growable 1 2>/dev/null && fail "a block device was made growable"
+dd if="$SCRATCH/blk" of="$MNT/blk" bs=4096 seek=1024 conv=notrunc status=none 2>/dev/null && fail "a block device image grew"
+pc_ctl "$MNT" detach blk || fail "detach the block device"
 
 # writeback: the backing files equal the images, sizes included
 pc_ctl "$MNT" flush 1 || fail "flush"
