@@ -285,6 +285,95 @@ START_TEST(readers_of_one_cold_range_share_backing_reads)
 }
 END_TEST
 
+/*
+ * Growth under I/O: one thread grows a file image across index regions while writers write and
+ * a reader reads at its current end (the range check, the index and the backing see the new
+ * size in the right order: no request below the size it read is refused, every write reads
+ * back). Under TSan this is the race check of pcache_image_grow().
+ */
+#define GROW_TO (12u << 20)
+static atomic_uint grow_last_v[2];
+static atomic_ullong grow_last_off[2];
+
+static void *grow_writer(void *arg)
+{
+	int i = (int)(intptr_t)arg;
+	uint32_t v;
+
+	for (v = 1; !atomic_load(&done); v++) {
+		uint64_t size = pcache_image_size(img);
+		uint64_t off = PCACHE_ALIGN_DOWN(size, 8192u) - 8192 + (uint64_t)i * 4096;
+
+		if (eng_write(img, off, 4096, 1, v)) {
+			atomic_fetch_add(&failures, 1);
+			break;
+		}
+		atomic_store(&grow_last_off[i], off);
+		atomic_store(&grow_last_v[i], v);
+	}
+	return NULL;
+}
+
+static void *grow_reader(void *arg)
+{
+	uint8_t *buf = malloc(4096);
+
+	(void)arg;
+	while (!atomic_load(&done)) {
+		uint64_t size = pcache_image_size(img);
+
+		if (eng_read(img, buf, PCACHE_ALIGN_DOWN(size, 4096u) - 4096, 4096))
+			atomic_fetch_add(&failures, 1);
+	}
+	free(buf);
+	return NULL;
+}
+
+START_TEST(a_file_image_grows_under_io)
+{
+	struct pcache_cache_opts o;
+	struct pcache_attach_opts ao = { .name = "grow", .path = ipath, .cache_mode = -1 };
+	uint8_t buf[4096];
+	pthread_t t[3];
+	uint64_t size;
+	char err[256];
+	int i;
+
+	check_scratch_path(cpath, sizeof(cpath), "grow-cache");
+	check_scratch_path(ipath, sizeof(ipath), "grow-img");
+	ck_assert_int_eq(eng_format(cpath, 64u << 20, 1u << 20, false), 0);
+	eng_make_image(ipath, 1u << 20, 1);
+	eng_opts(&o, cpath);
+	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
+	atomic_store(&failures, 0);
+	atomic_store(&done, false);
+	for (i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, grow_writer, (void *)(intptr_t)i);
+	pthread_create(&t[2], NULL, grow_reader, NULL);
+	for (size = (1u << 20) + 100; size <= GROW_TO; size += check_under_tsan() ? 256u << 10 : 64u << 10) {
+		ck_assert_int_eq(pcache_image_grow(img, size), 0);
+		usleep(200);
+	}
+	atomic_store(&done, true);
+	for (i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	ck_assert_int_eq(atomic_load(&failures), 0);
+	for (i = 0; i < 2; i++) {
+		uint32_t v = 0;
+
+		ck_assert_int_eq(eng_read(img, buf, atomic_load(&grow_last_off[i]), 4096), 0);
+		ck_assert_int_eq(eng_decode(buf, 1, atomic_load(&grow_last_off[i]), &v), 0);
+		ck_assert_uint_eq(v, atomic_load(&grow_last_v[i]));
+	}
+	ck_assert_uint_gt(atomic_load(&grow_last_off[0]), 8u << 20);
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	unlink(cpath);
+	unlink(ipath);
+}
+END_TEST
+
 Suite *cache_conc_suite(void);
 Suite *cache_conc_suite(void)
 {
@@ -295,6 +384,7 @@ Suite *cache_conc_suite(void)
 	tcase_add_test(tc, writers_readers_flushers_on_overlapping_ranges);
 	tcase_add_test(tc, the_same_in_writethrough_and_writearound_mode);
 	tcase_add_test(tc, readers_of_one_cold_range_share_backing_reads);
+	tcase_add_test(tc, a_file_image_grows_under_io);
 	suite_add_tcase(s, tc);
 	return s;
 }
