@@ -367,7 +367,7 @@ struct pcache_image {
 	uint32_t id, slot;
 	char name[PCACHE_NAME_MAX + 1];
 	struct pcache_backing *b;
-	/* a growing image stores bytes, then size (pcache_image_grow(), under grow_lock) */
+	/* a growing image stores size, then bytes (pcache_image_grow(), under grow_lock) */
 	_Atomic uint64_t size;      /* engine bytes: whole sectors (bytes rounded up to lbs) */
 	_Atomic uint64_t bytes;     /* the image's size as its users see it (any number) */
 	pthread_mutex_t grow_lock;

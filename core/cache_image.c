@@ -127,7 +127,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	const struct pcache_ident *id;
 	struct pcache_image_ent e;
 	struct pcache_image *img;
-	bool known, rekey = false, size_changed = false;
+	bool known, rekey = false;
 	char pathbuf[PCACHE_PATH_MAX + 1];
 	const char *path;
 	uint32_t i, mode;
@@ -185,15 +185,13 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	known = pcache_cache_dev_image_find(c->cd, ao->name, &e) == 0;
 	if (known) {
 		/*
-		 * A growable file's size may differ from its record: shorter, a growth a crash kept
-		 * from reaching the file (extended below); longer, it grew while not attached,
-		 * accepted only when the cache holds no dirty data of it (changed behind the
-		 * cache's back while it did: refused, as any other size change).
+		 * A growable file shorter than its record: a growth a crash kept from reaching the
+		 * file (extended below). Longer: it changed behind the cache's back (its cached
+		 * copies, clean ones too, may be stale), refused as any other size change.
 		 */
 		uint64_t bsize = pcache_backing_size(b);
 		bool grows = !e.fixed && !pcache_backing_is_blockdev(b);
-		bool size_ok = e.size == bsize ||
-			       (grows && (bsize < e.size || !pcache_image_has_dirty(c, e.id)));
+		bool size_ok = e.size == bsize || (grows && bsize < e.size);
 		bool same_id = size_ok && e.lbs == pcache_backing_lbs(b) &&
 			       (!e.ident[0] || !strcmp(e.ident, id->text));
 		bool same_path = !strcmp(e.path, path);
@@ -223,23 +221,16 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			rekey = true;
 		}
 	}
-	if (known && !rekey && !e.fixed && !pcache_backing_is_blockdev(b) && e.size != pcache_backing_size(b)) {
-		if (e.size > pcache_backing_size(b)) {
-			/* a growth recorded before a crash (or a power loss) reached the file */
-			ret = pcache_backing_grow(b, e.size);
-			if (ret) {
-				ERR("image %s: cannot extend %s to its recorded size %" PRIu64 ": %s", ao->name,
-				    path, e.size, strerror(-ret));
-				goto out_unlock;
-			}
-			pcache_log(PCACHE_LOG_NOTICE, "image %s: %s extended to its recorded size %" PRIu64,
-				   ao->name, path, e.size);
-		} else {
-			pcache_log(PCACHE_LOG_NOTICE, "image %s: %s grew to %" PRIu64 " bytes while not attached",
-				   ao->name, path, pcache_backing_size(b));
-			e.size = pcache_backing_size(b);
-			size_changed = true;
+	if (known && !rekey && !e.fixed && e.size > pcache_backing_size(b)) {
+		/* a growth recorded before a crash (or a power loss) reached the file */
+		ret = pcache_backing_grow(b, e.size);
+		if (ret) {
+			ERR("image %s: cannot extend %s to its recorded size %" PRIu64 ": %s", ao->name,
+			    path, e.size, strerror(-ret));
+			goto out_unlock;
 		}
+		pcache_log(PCACHE_LOG_NOTICE, "image %s: %s extended to its recorded size %" PRIu64,
+			   ao->name, path, e.size);
 	}
 	if (rekey) {
 		struct pcache_image_ent old = e;
@@ -280,7 +271,7 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 			goto out_unlock;
 		}
 	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode ||
-		   strcmp(e.ident, id->text) || size_changed) {
+		   strcmp(e.ident, id->text)) {
 		snprintf(e.path, sizeof(e.path), "%s", path);
 		snprintf(e.ident, sizeof(e.ident), "%s", id->text); /* recorded on first attach */
 		e.state = PCACHE_IMAGE_ATTACHED;
@@ -603,8 +594,9 @@ static void size_edit_fn(struct pcache_image_ent *e, void *arg)
  * Order, so that every state a crash can leave is one the next attach accepts: the image
  * table first (the new size is durable before any write past the old end is acknowledged:
  * its keys would not replay past the recorded size), then the backing (an attach finds the
- * file shorter than the record and extends it), then the index, then the sizes readers see
- * (a request checked against the new size finds the subtrees there).
+ * file shorter than the record and extends it), then the index, then the engine's sector
+ * bound (a request checked against it finds the subtrees there), then the byte size callers
+ * see (a request sized from it passes the bound).
  */
 int pcache_image_grow(struct pcache_image *img, uint64_t bytes)
 {
@@ -633,8 +625,9 @@ int pcache_image_grow(struct pcache_image *img, uint64_t bytes)
 	if (!ret)
 		ret = pcache_index_grow(&img->ix, PCACHE_ALIGN_UP(bytes, (uint64_t)img->lbs));
 	if (!ret) {
-		img->bytes = bytes;
+		/* the engine's bound first: whoever sees the new byte size is let in */
 		img->size = PCACHE_ALIGN_UP(bytes, (uint64_t)img->lbs);
+		img->bytes = bytes;
 	}
 	pthread_mutex_unlock(&img->grow_lock);
 	return ret;

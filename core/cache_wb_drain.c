@@ -212,7 +212,8 @@ static struct pcache_backing *wb_off_backing(void *ctx, uint32_t id)
 			snprintf(w->img[slot].msg, sizeof(w->img[slot].msg), "image %s: %s: %s",
 				 ents[i].name, ents[i].path, err[0] ? err : strerror(-r));
 		} else if ((pcache_backing_size(w->img[slot].b) != ents[i].size &&
-			    (ents[i].fixed || pcache_backing_is_blockdev(w->img[slot].b))) ||
+			    (ents[i].fixed || pcache_backing_is_blockdev(w->img[slot].b) ||
+			     pcache_backing_size(w->img[slot].b) > ents[i].size)) ||
 			   pcache_backing_lbs(w->img[slot].b) != ents[i].lbs ||
 			   (ents[i].ident[0] &&
 			    strcmp(ents[i].ident, pcache_backing_ident(w->img[slot].b)->text))) {

@@ -304,7 +304,11 @@ static void *grow_writer(void *arg)
 		uint64_t size = pcache_image_size(img);
 		uint64_t off = PCACHE_ALIGN_DOWN(size, 8192u) - 8192 + (uint64_t)i * 4096;
 
-		if (eng_write(img, off, 4096, 1, v)) {
+		int ret = eng_write(img, off, 4096, 1, v);
+
+		if (ret) {
+			fprintf(stderr, "grow: write at %llu (size %llu): %s\n", (unsigned long long)off,
+				(unsigned long long)size, strerror(-ret));
 			atomic_fetch_add(&failures, 1);
 			break;
 		}
@@ -322,8 +326,14 @@ static void *grow_reader(void *arg)
 	while (!atomic_load(&done)) {
 		uint64_t size = pcache_image_size(img);
 
-		if (eng_read(img, buf, PCACHE_ALIGN_DOWN(size, 4096u) - 4096, 4096))
+		int ret = eng_read(img, buf, PCACHE_ALIGN_DOWN(size, 4096u) - 4096, 4096);
+
+		if (ret) {
+			fprintf(stderr, "grow: read at %llu (size %llu): %s\n",
+				(unsigned long long)PCACHE_ALIGN_DOWN(size, 4096u) - 4096,
+				(unsigned long long)size, strerror(-ret));
 			atomic_fetch_add(&failures, 1);
+		}
 	}
 	free(buf);
 	return NULL;
