@@ -57,7 +57,8 @@ printf 'END' | dd of="$MNT/odd" bs=1 seek=$(((1 << 20) + 297)) conv=notrunc,fsyn
 printf 'END' | dd of="$SCRATCH/odd.raw.orig" bs=1 seek=$(((1 << 20) + 297)) conv=notrunc status=none
 cmp "$MNT/short" "$SCRATCH/short.iso.orig" || fail "the last sector's new bytes do not read back"
 cmp "$MNT/odd" "$SCRATCH/odd.raw.orig" || fail "the odd image's new bytes do not read back"
-# a write that starts at the end is refused (images do not grow), one that crosses it is cut
+# with growable 0 a write that starts at the end is refused (growth: growable-images.sh)
+pc_ctl "$MNT" images/short/growable 0 || fail "growable 0"
 dd if=/dev/zero of="$MNT/short" bs=1 count=1 seek=1000 conv=notrunc status=none 2>/dev/null && fail "a write past the end succeeded"
 [ "$(stat -c %s "$MNT/short")" = 1000 ] || fail "the image grew"
 
