@@ -254,22 +254,39 @@ static void *cold_reader(void *arg)
 	return NULL;
 }
 
-START_TEST(readers_of_one_cold_range_share_backing_reads)
+/* A 64 MiB cache with one image "name" of size bytes (tag 1), attached as img. */
+static void solo_start(const char *name, uint64_t size)
 {
 	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "cold", .path = ipath, .cache_mode = -1 };
-	pthread_t t[4];
-	char err[256];
-	int i;
+	struct pcache_attach_opts ao = { .name = name, .path = ipath, .cache_mode = -1 };
+	char err[256], base[64];
 
-	check_scratch_path(cpath, sizeof(cpath), "cold-cache");
-	check_scratch_path(ipath, sizeof(ipath), "cold-img");
+	snprintf(base, sizeof(base), "%s-cache", name);
+	check_scratch_path(cpath, sizeof(cpath), base);
+	snprintf(base, sizeof(base), "%s-img", name);
+	check_scratch_path(ipath, sizeof(ipath), base);
 	ck_assert_int_eq(eng_format(cpath, 64u << 20, 1u << 20, false), 0);
-	eng_make_image(ipath, IMG_SIZE, 1);
+	eng_make_image(ipath, size, 1);
 	eng_opts(&o, cpath);
 	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
 	atomic_store(&failures, 0);
+}
+
+static void solo_stop(void)
+{
+	pcache_image_put(img);
+	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
+	unlink(cpath);
+	unlink(ipath);
+}
+
+START_TEST(readers_of_one_cold_range_share_backing_reads)
+{
+	pthread_t t[4];
+	int i;
+
+	solo_start("cold", IMG_SIZE);
 	pthread_barrier_init(&bar, NULL, 4);
 	for (i = 0; i < 4; i++)
 		pthread_create(&t[i], NULL, cold_reader, NULL);
@@ -278,10 +295,7 @@ START_TEST(readers_of_one_cold_range_share_backing_reads)
 	pthread_barrier_destroy(&bar);
 	ck_assert_int_eq(atomic_load(&failures), 0);
 	fprintf(stderr, "cold: %llu misses shared\n", (unsigned long long)atomic_load(&c->shared_misses));
-	pcache_image_put(img);
-	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
-	unlink(cpath);
-	unlink(ipath);
+	solo_stop();
 }
 END_TEST
 
@@ -341,22 +355,12 @@ static void *grow_reader(void *arg)
 
 START_TEST(a_file_image_grows_under_io)
 {
-	struct pcache_cache_opts o;
-	struct pcache_attach_opts ao = { .name = "grow", .path = ipath, .cache_mode = -1 };
 	uint8_t buf[4096];
 	pthread_t t[3];
 	uint64_t size;
-	char err[256];
 	int i;
 
-	check_scratch_path(cpath, sizeof(cpath), "grow-cache");
-	check_scratch_path(ipath, sizeof(ipath), "grow-img");
-	ck_assert_int_eq(eng_format(cpath, 64u << 20, 1u << 20, false), 0);
-	eng_make_image(ipath, 1u << 20, 1);
-	eng_opts(&o, cpath);
-	ck_assert_msg(pcache_cache_start(&o, &c, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_msg(pcache_image_attach(c, &ao, &img, err, sizeof(err)) == 0, "%s", err);
-	atomic_store(&failures, 0);
+	solo_start("grow", 1u << 20);
 	atomic_store(&done, false);
 	for (i = 0; i < 2; i++)
 		pthread_create(&t[i], NULL, grow_writer, (void *)(intptr_t)i);
@@ -377,10 +381,7 @@ START_TEST(a_file_image_grows_under_io)
 		ck_assert_uint_eq(v, atomic_load(&grow_last_v[i]));
 	}
 	ck_assert_uint_gt(atomic_load(&grow_last_off[0]), 8u << 20);
-	pcache_image_put(img);
-	ck_assert_int_eq(pcache_cache_stop(c, false), 0);
-	unlink(cpath);
-	unlink(ipath);
+	solo_stop();
 }
 END_TEST
 
