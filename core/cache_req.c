@@ -522,15 +522,34 @@ struct through_req {
 	struct pcache_through_ent nf;
 };
 
+/* Take e off the gate's list but stay inside the gate; was it overlapped? */
+static bool through_unlink(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	struct pcache_through_gate *g = &img->through;
+	bool overlapped;
+
+	pthread_mutex_lock(&g->lock);
+	(void)ent_unlink(&g->ents, e);
+	overlapped = e->overlapped;
+	pthread_mutex_unlock(&g->lock);
+	return overlapped;
+}
+
 static void through_finish(struct through_req *t, int status)
 {
 	struct pcache_image *img = t->img;
+	bool overlapped = through_unlink(img, &t->ent);
 
-	pcache_through_leave(img, &t->ent);
 	if (status)
 		atomic_fetch_add(&img->backing_errors, 1);
-	else if (!t->ent.overlapped)
+	else if (!overlapped)
 		mark_on_backing(img, &t->tk, false);
+	/*
+	 * Only now out of the gate: a writeback that held it and saw the through count move asks
+	 * again which bytes are live, and must find the mark (else it writes the same bytes again).
+	 * The mark only tries the subtree lock (bounded), so the gate is not held for long.
+	 */
+	pcache_through_leave(img, NULL);
 	for (uint32_t j = 0; j < t->pinned; j++)
 		pcache_seg_read_unpin(img->c, t->tk.k[j].seg);
 	if (t->copy) {

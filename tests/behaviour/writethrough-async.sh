@@ -34,7 +34,11 @@ fio --output-format=terse --minimal --direct=1 --ioengine=psync --bs=64k --rw=wr
 cmp "$MNT/a" "$SCRATCH/real" || fail "backing behind the mount without a flush"
 note "fio verify QD16 and 4 jobs: verified, backing equal without a flush"
 
-# 2. each write reaches the backing once: a flush-all after them writes nothing more
+# 2. each write reaches the backing once: a flush-all after them writes nothing more. First the
+# writeback passes the keys of part 1: a writethrough key whose "on the backing" mark was missed
+# (the completion thread only tries the index lock) is written once more by design, and must not
+# be counted as one of the writes below.
+pc_ctl "$MNT" flush 1 || fail "flush-all before the count failed"
 printf 'reset\n' > "$FL/.control"
 dd if=/dev/urandom of="$MNT/a" bs=4k count=256 seek=100 oflag=direct conv=notrunc status=none ||
 	fail "writes failed"
