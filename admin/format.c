@@ -41,6 +41,8 @@ const struct pcachectl_cmd pcachectl_cmd_format = {
 		"  --gc-percent=N|auto  start evicting clean data at N% of segments used (0-90), or keep\n"
 		"                       a free reserve sized from the write rate (auto, the default)\n"
 		"  --size=SIZE          create DEVICE as a file of SIZE bytes if missing (or empty)\n"
+		"  --max-images=N       entries of the image table, a multiple of 64 from 64 to 512\n"
+		"                       (default: one per MiB of the device, 64 to 512)\n"
 		"  --force              overwrite a device that is not blank, including an existing\n"
 		"                       pcachefs cache and any dirty data in it\n"
 		"SIZE takes K, M, G, T suffixes (powers of 1024).\n\n"
@@ -52,13 +54,15 @@ static int device_content(const char *path, char *what, size_t len)
 {
 	struct pcache_cache_dev_opts o = { .path = path, .read_only = true };
 	struct pcache_cache_dev *cd;
-	struct pcache_image_ent ents[PCACHE_MAX_IMAGES];
 	char err[512], uuid[40];
 	int rc, n;
 
 	rc = pcache_cache_dev_open(&o, &cd, err, sizeof(err));
 	if (rc == 0) {
-		n = pcache_cache_dev_images(cd, ents, PCACHE_MAX_IMAGES);
+		struct pcache_image_ent *ents = calloc(PCACHE_MAX_IMAGES, sizeof(*ents));
+
+		n = ents ? pcache_cache_dev_images(cd, ents, PCACHE_MAX_IMAGES) : 0;
+		free(ents);
 		snprintf(what, len, "a pcachefs cache (uuid %s, %d image%s; its dirty data would be lost)",
 			 pcachectl_fmt_uuid(pcache_cache_dev_sb(cd)->uuid, uuid, sizeof(uuid)), n,
 			 n == 1 ? "" : "s");
@@ -86,6 +90,7 @@ static int format_run(int argc, char **argv)
 		{ "data-crc", no_argument, NULL, 'c' },
 		{ "gc-percent", required_argument, NULL, 'g' },
 		{ "size", required_argument, NULL, 'S' },
+		{ "max-images", required_argument, NULL, 'm' },
 		{ "force", no_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -129,6 +134,17 @@ static int format_run(int argc, char **argv)
 		case 'f':
 			force = true;
 			break;
+		case 'm': {
+			char *end;
+			unsigned long v = strtoul(optarg, &end, 10);
+
+			if (!*optarg || *end || v > UINT32_MAX || !pcache_max_images_valid((uint32_t)v))
+				return pcachectl_usage_error(cmd, "--max-images: '%s' is not a multiple of %u from %u to %u",
+							     optarg, PCACHE_IMAGES_STEP, PCACHE_MAX_IMAGES_V1,
+							     PCACHE_MAX_IMAGES);
+			fo.max_images = (uint32_t)v;
+			break;
+		}
 		default:
 			return pcachectl_usage_error(cmd, "unknown or incomplete option '%s'", argv[optind - 1]);
 		}
@@ -160,6 +176,7 @@ static int format_run(int argc, char **argv)
 	}
 	if (dev_size) {
 		rc = pcache_cache_dev_geometry(dev_size, fo.seg_size ? fo.seg_size : pcache_default_seg_size(dev_size),
+					       fo.max_images ? fo.max_images : pcache_default_max_images(dev_size),
 					       &seg_count, &seg_base);
 		if (rc == -ENOSPC) {
 			uint64_t s = fo.seg_size ? fo.seg_size : pcache_default_seg_size(dev_size);

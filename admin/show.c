@@ -86,7 +86,7 @@ static void print_info(struct pcache_cache_dev *cd, FILE *f)
 	fprintf(f, "damaged slots: %u%s\n", pcache_cache_dev_damaged(cd),
 		pcache_cache_dev_damaged(cd) ? " (run 'pcachectl check')" : "");
 	n = ents ? pcache_cache_dev_images(cd, ents, PCACHE_MAX_IMAGES) : 0;
-	fprintf(f, "images:        %d\n", n);
+	fprintf(f, "images:        %d of %u\n", n, pcache_cache_dev_max_images(cd));
 	if (n)
 		fprintf(f, "  %-4s %-4s %-20s %-9s %-12s %-10s %-6s %s\n", "SLOT", "ID", "NAME", "STATE",
 			"MODE", "SIZE", "LBS", "PATH");
@@ -231,7 +231,7 @@ static void dump_json(struct pcache_cache_dev *cd)
 	struct pcache_pos kt, dt;
 	struct slot_view v[2];
 	char uuid[40], b1[16];
-	uint32_t i, count = pcache_cache_dev_seg_count(cd);
+	uint32_t i, count = pcache_cache_dev_seg_count(cd), maxi = pcache_cache_dev_max_images(cd);
 	int n, j, first = 1;
 	FILE *f = stdout;
 
@@ -294,7 +294,7 @@ static void dump_json(struct pcache_cache_dev *cd)
 	}
 	fprintf(f, "%s],\n  \"segments\": [", n ? "\n  " : "");
 	for (i = 0; i < count; i++) {
-		slot_pair(cd, PCACHE_SEG_SLOT(i, 0), PCACHE_SEG_SLOT(i, 1), PCACHE_REC_SEG,
+		slot_pair(cd, PCACHE_SEG_SLOT(maxi, i, 0), PCACHE_SEG_SLOT(maxi, i, 1), PCACHE_REC_SEG,
 			  sizeof(struct pcache_seg_om), v);
 		fprintf(f, "%s\n    {\"id\": %u, \"gen\": %" PRIu64 ", ", i ? "," : "", i,
 			pcache_cache_dev_seg_gen(cd, i));
@@ -312,7 +312,7 @@ static void dump_text(struct pcache_cache_dev *cd)
 	struct pcache_image_ent *ents = calloc(PCACHE_MAX_IMAGES, sizeof(*ents));
 	struct slot_view v[2];
 	char name[PCACHE_NAME_MAX + 64];
-	uint32_t i, count = pcache_cache_dev_seg_count(cd);
+	uint32_t i, count = pcache_cache_dev_seg_count(cd), maxi = pcache_cache_dev_max_images(cd);
 	int n, j;
 
 	print_info(cd, stdout);
@@ -338,7 +338,7 @@ static void dump_text(struct pcache_cache_dev *cd)
 	}
 	printf("\nsegments (generation, slots):\n");
 	for (i = 0; i < count; i++) {
-		slot_pair(cd, PCACHE_SEG_SLOT(i, 0), PCACHE_SEG_SLOT(i, 1), PCACHE_REC_SEG,
+		slot_pair(cd, PCACHE_SEG_SLOT(maxi, i, 0), PCACHE_SEG_SLOT(maxi, i, 1), PCACHE_REC_SEG,
 			  sizeof(struct pcache_seg_om), v);
 		snprintf(name, sizeof(name), "segment %u gen %" PRIu64, i, pcache_cache_dev_seg_gen(cd, i));
 		text_slots(stdout, name, v);

@@ -132,30 +132,35 @@ int cd_pread(struct pcache_cache_dev *cd, void *buf, size_t len, uint64_t off)
 
 /* ---- geometry ----------------------------------------------------------------------------- */
 
-uint64_t cd_seg_base_for(uint64_t seg_count)
+uint64_t cd_seg_base_for(uint32_t max_images, uint64_t seg_count)
 {
-	return PCACHE_ALIGN_UP(PCACHE_SEGTAB_OFF + seg_count * 2u * PCACHE_SEG_SLOT_SIZE,
+	return PCACHE_ALIGN_UP(PCACHE_SEGTAB_OFF(max_images) + seg_count * 2u * PCACHE_SEG_SLOT_SIZE,
 			       (uint64_t)PCACHE_SEG_BASE_ALIGN);
 }
 
-int pcache_cache_dev_geometry(uint64_t dev_size, uint64_t seg_size, uint32_t *seg_count,
-			      uint64_t *seg_base)
+int pcache_cache_dev_geometry(uint64_t dev_size, uint64_t seg_size, uint32_t maxi,
+			      uint32_t *seg_count, uint64_t *seg_base)
 {
 	uint64_t n;
 
 	if (!PCACHE_IS_POW2(seg_size) || seg_size < PCACHE_MIN_SEG_SIZE ||
-	    seg_size > PCACHE_MAX_SEG_SIZE)
+	    seg_size > PCACHE_MAX_SEG_SIZE || !pcache_max_images_valid(maxi))
 		return -EINVAL;
-	if (dev_size < cd_seg_base_for(PCACHE_MIN_SEGS) + PCACHE_MIN_SEGS * seg_size)
+	if (dev_size < cd_seg_base_for(maxi, PCACHE_MIN_SEGS) + PCACHE_MIN_SEGS * seg_size)
 		return -ENOSPC;
-	n = (dev_size - cd_seg_base_for(0)) / seg_size;
+	n = (dev_size - cd_seg_base_for(maxi, 0)) / seg_size;
 	if (n > PCACHE_MAX_SEGS)
 		n = PCACHE_MAX_SEGS;
-	while (n > PCACHE_MIN_SEGS && cd_seg_base_for(n) + n * seg_size > dev_size)
+	while (n > PCACHE_MIN_SEGS && cd_seg_base_for(maxi, n) + n * seg_size > dev_size)
 		n--;
 	*seg_count = (uint32_t)n;
-	*seg_base = cd_seg_base_for(n);
+	*seg_base = cd_seg_base_for(maxi, n);
 	return 0;
+}
+
+uint32_t pcache_cache_dev_max_images(const struct pcache_cache_dev *cd)
+{
+	return cd->max_images;
 }
 
 void cd_assert_state(struct pcache_cache_dev *cd)
@@ -166,7 +171,7 @@ void cd_assert_state(struct pcache_cache_dev *cd)
 	pthread_mutex_lock(&cd->img_lock);
 	pthread_mutex_lock(&cd->info_lock);
 	assert(cd->info_rs.newest <= 1 && !cd_info_check(&cd->info, NULL, 0));
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+	for (i = 0; i < cd->max_images; i++) {
 		assert(cd->img_rs[i].newest <= 1);
 		if (!cd->img[i].id)
 			continue;
@@ -586,7 +591,7 @@ int pcache_cache_dev_repair(struct pcache_cache_dev *cd)
 			cd->sb_damaged[c] = false;
 		}
 	LOCK(cd, img_lock);
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+	for (i = 0; i < cd->max_images; i++)
 		if (cd->img_rs[i].damaged) {
 			struct pcache_image_ent e = cd->img[i];
 

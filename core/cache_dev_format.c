@@ -1,5 +1,5 @@
 /*
- * cache_dev_format.c -- format v1 of a cache device: old superblocks invalidated first, every
+ * cache_dev_format.c -- format (version 2) of a cache device: old superblocks invalidated first, every
  * record in both slots, the log empty, the new superblocks last (invariants 4 and 5 of
  * core/cache_dev.c).
  */
@@ -28,6 +28,7 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 	struct pcache_seg_om *segs;
 	struct pcache_pos pos = { .seg = 0, .off = 0, .lsn = 1 };
 	uint64_t seg_base, tab_len;
+	uint32_t maxi = fo && fo->max_images ? fo->max_images : pcache_default_max_images(cd->map.size);
 	uint32_t count, i, k;
 	int rc;
 
@@ -35,7 +36,11 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 		return cd_seterr(err, errlen, -EROFS, "format: device opened read-only");
 	if (!seg_size)
 		seg_size = pcache_default_seg_size(cd->map.size);
-	rc = pcache_cache_dev_geometry(cd->map.size, seg_size, &count, &seg_base);
+	if (!pcache_max_images_valid(maxi))
+		return cd_seterr(err, errlen, -EINVAL,
+			      "format: max_images %u invalid (a multiple of %u, %u .. %u)", maxi,
+			      PCACHE_IMAGES_STEP, PCACHE_MAX_IMAGES_V1, PCACHE_MAX_IMAGES);
+	rc = pcache_cache_dev_geometry(cd->map.size, seg_size, maxi, &count, &seg_base);
 	if (rc == -EINVAL)
 		return cd_seterr(err, errlen, rc,
 			      "format: segment size %" PRIu64 " invalid (power of two, 1 MiB .. 1 GiB)",
@@ -44,7 +49,7 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 		return cd_seterr(err, errlen, rc,
 			      "device: too small (%" PRIu64 " bytes; %u segments of %" PRIu64
 			      " bytes need %" PRIu64 ")", cd->map.size, PCACHE_MIN_SEGS, seg_size,
-			      cd_seg_base_for(PCACHE_MIN_SEGS) + PCACHE_MIN_SEGS * seg_size);
+			      cd_seg_base_for(maxi, PCACHE_MIN_SEGS) + PCACHE_MIN_SEGS * seg_size);
 	ci = (struct pcache_cache_info){
 		.flags = fo && fo->data_crc ? PCACHE_INFO_DATA_CRC : 0,
 		.gc_percent = fo && fo->set_gc_percent ? fo->gc_percent : PCACHE_DEFAULT_GC_PERCENT,
@@ -95,7 +100,7 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 
 		img.hdr = (struct pcache_rec_hdr_om){ .type = PCACHE_REC_IMAGE, .len = sizeof(img), .seq = seq };
 		img.hdr.crc = cd_rec_crc(&img, sizeof(img));
-		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		for (i = 0; i < maxi; i++)
 			pm->ops->memcpy(pm->ctx, base + PCACHE_IMAGE_SLOT(i, k), &img, sizeof(img),
 					PCACHE_PM_NODRAIN);
 
@@ -106,7 +111,7 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 			sg->hdr.crc = cd_rec_crc(sg, sizeof(*sg));
 		}
 	}
-	pm->ops->memcpy(pm->ctx, base + PCACHE_SEGTAB_OFF, segs, tab_len, PCACHE_PM_NODRAIN);
+	pm->ops->memcpy(pm->ctx, base + PCACHE_SEGTAB_OFF(maxi), segs, tab_len, PCACHE_PM_NODRAIN);
 	free(segs);
 	/* orders every zeroing and record above before the superblock that makes them live */
 	pm->ops->drain(pm->ctx);
@@ -122,7 +127,7 @@ int cd_format(struct pcache_cache_dev *cd, const struct pcache_format_opts *fo, 
 	sb.seg_size = seg_size;
 	sb.seg_base = seg_base;
 	sb.dev_size = cd->map.size;
-	sb.max_images = PCACHE_MAX_IMAGES;
+	sb.max_images = maxi;
 	rc = cd_random_uuid(sb.uuid);
 	if (rc)
 		return cd_seterr(err, errlen, rc, "format: getrandom: %s", strerror(-rc));

@@ -49,6 +49,8 @@ struct pcache_cache_dev {
 	uint64_t seg_size;
 	uint64_t seg_base;
 	uint64_t md_len;            /* end of the segment table */
+	uint32_t max_images;        /* entries of the image table (sb->max_images) */
+	uint64_t segtab_off;        /* PCACHE_SEGTAB_OFF(max_images) */
 	bool sb_damaged[2];         /* superblock copy damaged at load */
 
 	/* findings of the load (written during open and repair only) */
@@ -92,7 +94,7 @@ int cd_pread(struct pcache_cache_dev *cd, void *buf, size_t len, uint64_t off);
 void cd_note(struct pcache_cache_dev *cd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int cd_random_uuid(uint8_t uuid[16]);
 uint32_t cd_rec_crc(const void *rec, size_t len);
-uint64_t cd_seg_base_for(uint64_t seg_count);
+uint64_t cd_seg_base_for(uint32_t max_images, uint64_t seg_count);
 int cd_seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 

@@ -207,10 +207,11 @@ static int sb_validate(struct pcache_cache_dev *cd, const struct pcache_sb_om *s
 		return cd_seterr(err, errlen, -EUCLEAN, "superblock: segment size %" PRIu64 " invalid", size);
 	if (count < PCACHE_MIN_SEGS || count > PCACHE_MAX_SEGS)
 		return cd_seterr(err, errlen, -EUCLEAN, "superblock: segment count %u out of range", count);
-	if (maxi != PCACHE_MAX_IMAGES)
-		return cd_seterr(err, errlen, -EUCLEAN, "superblock: max_images %u (expected %u)", maxi,
-			      PCACHE_MAX_IMAGES);
-	if (base % PCACHE_SEG_BASE_ALIGN || base < PCACHE_SEGTAB_OFF + (uint64_t)count * 2u *
+	if (version == PCACHE_FORMAT_VERSION_V1 ? maxi != PCACHE_MAX_IMAGES_V1 :
+	    !pcache_max_images_valid(maxi))
+		return cd_seterr(err, errlen, -EUCLEAN, "superblock: max_images %u invalid for version %u",
+			      maxi, version);
+	if (base % PCACHE_SEG_BASE_ALIGN || base < PCACHE_SEGTAB_OFF(maxi) + (uint64_t)count * 2u *
 	    PCACHE_SEG_SLOT_SIZE)
 		return cd_seterr(err, errlen, -EUCLEAN, "superblock: segment base %" PRIu64 " invalid", base);
 	if (dev > cd->map.size)
@@ -224,7 +225,9 @@ static int sb_validate(struct pcache_cache_dev *cd, const struct pcache_sb_om *s
 	cd->seg_count = count;
 	cd->seg_size = size;
 	cd->seg_base = base;
-	cd->md_len = PCACHE_SEGTAB_OFF + (uint64_t)count * 2u * PCACHE_SEG_SLOT_SIZE;
+	cd->max_images = maxi;
+	cd->segtab_off = PCACHE_SEGTAB_OFF(maxi);
+	cd->md_len = cd->segtab_off + (uint64_t)count * 2u * PCACHE_SEG_SLOT_SIZE;
 	return 0;
 }
 
@@ -319,7 +322,7 @@ int cd_records_load(struct pcache_cache_dev *cd, const struct md_buf *md, char *
 		}
 	}
 
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+	for (i = 0; i < cd->max_images; i++) {
 		struct pcache_image_ent *e = &cd->img[i];
 
 		snprintf(name, sizeof(name), "image %u", i);
@@ -378,11 +381,11 @@ int cd_records_load(struct pcache_cache_dev *cd, const struct md_buf *md, char *
 		const struct pcache_seg_om *om;
 
 		snprintf(name, sizeof(name), "segment %u record", i);
-		k = rec_pick(cd, md, name, PCACHE_SEG_SLOT(i, 0), PCACHE_SEG_SLOT(i, 1), PCACHE_REC_SEG,
+		k = rec_pick(cd, md, name, PCACHE_SEG_SLOT(cd->max_images, i, 0), PCACHE_SEG_SLOT(cd->max_images, i, 1), PCACHE_REC_SEG,
 			     sizeof(struct pcache_seg_om), &cd->seg_rs[i], err, errlen);
 		if (k < 0)
 			return k;
-		om = (const void *)(md->buf + PCACHE_SEG_SLOT(i, (uint32_t)k));
+		om = (const void *)(md->buf + PCACHE_SEG_SLOT(cd->max_images, i, (uint32_t)k));
 		atomic_init(&cd->seg_gen[i], pcache_le64(&om->gen));
 	}
 	return 0;

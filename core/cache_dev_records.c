@@ -74,7 +74,7 @@ static int image_check(const struct pcache_image_ent *e, char *why, size_t len)
 		return cd_seterr(why, len, -EINVAL, "state %u invalid", e->state);
 	if (!PCACHE_IS_POW2(e->lbs) || e->lbs < 512 || e->lbs > 65536)
 		return cd_seterr(why, len, -EINVAL, "logical block size %u invalid", e->lbs);
-	if (e->size == 0)
+	if (e->size == 0 && e->lbs > 512)  /* an empty file is an image (it grows); a device is not */
 		return cd_seterr(why, len, -EINVAL, "size 0");
 	/* files may have any size (lbs 512); a block device is whole blocks */
 	if (e->lbs > 512 && e->size % e->lbs)
@@ -325,7 +325,7 @@ void cd_seg_commit(struct pcache_cache_dev *cd, uint32_t seg, uint64_t gen)
 
 	memset(&om, 0, sizeof(om));
 	om.gen = gen;
-	rec_commit(cd, PCACHE_SEG_SLOT(seg, 0), PCACHE_SEG_SLOT(seg, 1), &cd->seg_rs[seg], &om,
+	rec_commit(cd, PCACHE_SEG_SLOT(cd->max_images, seg, 0), PCACHE_SEG_SLOT(cd->max_images, seg, 1), &cd->seg_rs[seg], &om,
 		   PCACHE_REC_SEG, sizeof(om));
 	/* published after the record is durable: a reader that sees gen can rely on it */
 	atomic_store_explicit(&cd->seg_gen[seg], gen, memory_order_release);
@@ -351,7 +351,7 @@ int pcache_cache_dev_images(const struct pcache_cache_dev *cd, struct pcache_ima
 	int n = 0;
 
 	LOCK(cd, img_lock);
-	for (i = 0; i < PCACHE_MAX_IMAGES && n < max; i++)
+	for (i = 0; i < cd->max_images && n < max; i++)
 		if (cd->img[i].id)
 			ents[n++] = cd->img[i];
 	UNLOCK(cd, img_lock);
@@ -363,7 +363,7 @@ static int image_lookup(const struct pcache_cache_dev *cd, const char *name)
 {
 	uint32_t i;
 
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+	for (i = 0; i < cd->max_images; i++)
 		if (cd->img[i].id && !strcmp(cd->img[i].name, name))
 			return (int)i;
 	return -1;
@@ -435,9 +435,9 @@ int pcache_cache_dev_image_add(struct pcache_cache_dev *cd, struct pcache_image_
 		rc = -EEXIST;
 		goto out;
 	}
-	for (slot = 0; slot < PCACHE_MAX_IMAGES && cd->img[slot].id; slot++)
+	for (slot = 0; slot < cd->max_images && cd->img[slot].id; slot++)
 		;
-	if (slot == PCACHE_MAX_IMAGES) {
+	if (slot == cd->max_images) {
 		rc = -ENOSPC;
 		goto out;
 	}
@@ -472,7 +472,7 @@ int pcache_cache_dev_image_update(struct pcache_cache_dev *cd, const struct pcac
 
 	if (cd->read_only)
 		return -EROFS;
-	if (e->slot >= PCACHE_MAX_IMAGES || !e->id)
+	if (e->slot >= cd->max_images || !e->id)
 		return -ENOENT;
 	rc = image_normalise(&n, e);
 	if (rc)
@@ -504,7 +504,7 @@ int pcache_cache_dev_image_modify(struct pcache_cache_dev *cd, uint32_t slot, ui
 
 	if (cd->read_only)
 		return -EROFS;
-	if (slot >= PCACHE_MAX_IMAGES || !id)
+	if (slot >= cd->max_images || !id)
 		return -ENOENT;
 	LOCK(cd, img_lock);
 	if (cd->img[slot].id != id) {
@@ -561,7 +561,7 @@ int pcache_cache_dev_image_remove(struct pcache_cache_dev *cd, uint32_t slot)
 
 	if (cd->read_only)
 		return -EROFS;
-	if (slot >= PCACHE_MAX_IMAGES)
+	if (slot >= cd->max_images)
 		return -EINVAL;
 	LOCK(cd, img_lock);
 	if (!cd->img[slot].id) {

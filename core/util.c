@@ -272,6 +272,21 @@ uint64_t pcache_default_seg_size(uint64_t dev_size)
 	return s;
 }
 
+uint32_t pcache_default_max_images(uint64_t dev_size)
+{
+	uint64_t n = dev_size >> 20;   /* one entry per MiB: the table takes at most 1/512 */
+
+	n -= n % PCACHE_IMAGES_STEP;
+	if (n < PCACHE_MAX_IMAGES_V1)
+		return PCACHE_MAX_IMAGES_V1;
+	return n > PCACHE_MAX_IMAGES ? PCACHE_MAX_IMAGES : (uint32_t)n;
+}
+
+bool pcache_max_images_valid(uint32_t n)
+{
+	return n >= PCACHE_MAX_IMAGES_V1 && n <= PCACHE_MAX_IMAGES && n % PCACHE_IMAGES_STEP == 0;
+}
+
 bool pcache_gc_percent_valid(uint32_t v)
 {
 	return v <= PCACHE_MAX_GC_PERCENT || v == PCACHE_GC_PERCENT_AUTO;

@@ -25,6 +25,7 @@
 
 #define MIB (1024u * 1024u)
 #define SMALL_SIZE (10u * MIB) /* 2 MiB metadata + 8 x 1 MiB segments */
+#define V1T PCACHE_MAX_IMAGES_V1     /* the image table of the small devices here (under 128 MiB) */
 
 static char errbuf[256];
 
@@ -201,8 +202,8 @@ START_TEST(blank_file_is_created_formatted_and_reopens_with_same_identity)
 	/* both superblock copies and both slots of every record were written */
 	ck_assert(slot_valid(p, 0, sizeof(struct pcache_sb_om), PCACHE_REC_SB));
 	ck_assert(slot_valid(p, PCACHE_SB_SLOT_SIZE, sizeof(struct pcache_sb_om), PCACHE_REC_SB));
-	ck_assert(slot_valid(p, PCACHE_SEG_SLOT(7, 0), 32, PCACHE_REC_SEG));
-	ck_assert(slot_valid(p, PCACHE_SEG_SLOT(7, 1), 32, PCACHE_REC_SEG));
+	ck_assert(slot_valid(p, PCACHE_SEG_SLOT(V1T, 7, 0), 32, PCACHE_REC_SEG));
+	ck_assert(slot_valid(p, PCACHE_SEG_SLOT(V1T, 7, 1), 32, PCACHE_REC_SEG));
 	ck_assert(slot_valid(p, PCACHE_IMAGE_SLOT(63, 0), 1024, PCACHE_REC_IMAGE));
 	ck_assert(slot_valid(p, PCACHE_IMAGE_SLOT(63, 1), 1024, PCACHE_REC_IMAGE));
 	ck_assert(slot_valid(p, PCACHE_INFO_OFF + PCACHE_INFO_SLOT_SIZE, 64, PCACHE_REC_INFO));
@@ -226,7 +227,10 @@ START_TEST(format_api_uses_default_segment_size_and_honours_options)
 	cd = open_ok(p, false);
 	/* a small device gets 4 MiB segments by default (pcache_default_seg_size()) */
 	ck_assert_uint_eq(pcache_cache_dev_seg_size(cd), 4 * MIB);
-	ck_assert_int_eq(pcache_cache_dev_geometry(300 * MIB, 4 * MIB, &count, &base), 0);
+	/* and a table of one entry per MiB, rounded down to 64s: 256 */
+	ck_assert_uint_eq(pcache_cache_dev_max_images(cd), 256);
+	ck_assert_uint_eq(pcache_cache_dev_sb(cd)->version, PCACHE_FORMAT_VERSION);
+	ck_assert_int_eq(pcache_cache_dev_geometry(300 * MIB, 4 * MIB, 256, &count, &base), 0);
 	ck_assert_uint_eq(pcache_cache_dev_seg_count(cd), count);
 	ck_assert_uint_eq(count, 74); /* (300 - 2) / 4 */
 	pcache_cache_dev_get_info(cd, &ci);
@@ -255,13 +259,15 @@ START_TEST(geometry_is_maximal_aligned_and_fits)
 	static const uint64_t sizes[] = { 10 * MIB, 10 * MIB + 4095, 130 * MIB, 1024ull * MIB,
 					  (64ull << 30) + 12345, 3ull << 40 };
 	static const uint64_t segs[] = { MIB, 2 * MIB, 16 * MIB, 1024 * MIB };
+	static const uint32_t tabs[] = { PCACHE_MAX_IMAGES_V1, 128, PCACHE_MAX_IMAGES };
 	uint32_t count;
 	uint64_t base;
-	size_t i, j;
+	size_t i, j, t;
 
+	for (t = 0; t < PCACHE_ARRAY_SIZE(tabs); t++)
 	for (i = 0; i < PCACHE_ARRAY_SIZE(sizes); i++)
 		for (j = 0; j < PCACHE_ARRAY_SIZE(segs); j++) {
-			int rc = pcache_cache_dev_geometry(sizes[i], segs[j], &count, &base);
+			int rc = pcache_cache_dev_geometry(sizes[i], segs[j], tabs[t], &count, &base);
 
 			if (rc) {
 				ck_assert_int_eq(rc, -ENOSPC);
@@ -270,19 +276,21 @@ START_TEST(geometry_is_maximal_aligned_and_fits)
 			ck_assert_uint_ge(count, PCACHE_MIN_SEGS);
 			ck_assert_uint_le(count, PCACHE_MAX_SEGS);
 			ck_assert_uint_eq(base % PCACHE_SEG_BASE_ALIGN, 0);
-			ck_assert_uint_ge(base, PCACHE_SEGTAB_OFF + (uint64_t)count * 64);
+			ck_assert_uint_ge(base, PCACHE_SEGTAB_OFF(tabs[t]) + (uint64_t)count * 64);
 			ck_assert_uint_le(base + count * segs[j], sizes[i]);
 			if (count < PCACHE_MAX_SEGS) { /* one more segment would not fit */
-				uint64_t b2 = PCACHE_ALIGN_UP(PCACHE_SEGTAB_OFF + (count + 1ull) * 64,
+				uint64_t b2 = PCACHE_ALIGN_UP(PCACHE_SEGTAB_OFF(tabs[t]) + (count + 1ull) * 64,
 							      (uint64_t)PCACHE_SEG_BASE_ALIGN);
 
 				ck_assert_uint_gt(b2 + (count + 1ull) * segs[j], sizes[i]);
 			}
 		}
-	ck_assert_int_eq(pcache_cache_dev_geometry(10 * MIB - 1, MIB, &count, &base), -ENOSPC);
-	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 40, 3 * MIB, &count, &base), -EINVAL);
-	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 40, 2ull << 30, &count, &base), -EINVAL);
-	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 42, MIB, &count, &base), 0);
+	ck_assert_int_eq(pcache_cache_dev_geometry(10 * MIB - 1, MIB, 64, &count, &base), -ENOSPC);
+	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 40, 3 * MIB, 64, &count, &base), -EINVAL);
+	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 40, 2ull << 30, 64, &count, &base), -EINVAL);
+	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 40, MIB, 100, &count, &base), -EINVAL);
+	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 40, MIB, 576, &count, &base), -EINVAL);
+	ck_assert_int_eq(pcache_cache_dev_geometry(1ull << 42, MIB, 512, &count, &base), 0);
 	ck_assert_uint_eq(count, PCACHE_MAX_SEGS);
 }
 END_TEST
@@ -535,7 +543,7 @@ START_TEST(damaged_superblock_copy_and_torn_slot_are_reported_repairable)
 	struct lines l = { "" };
 
 	flip_byte(p, PCACHE_SB_SLOT_SIZE + 20, 0x01);
-	flip_byte(p, PCACHE_SEG_SLOT(5, 1) + 3, 0x80); /* the older copy */
+	flip_byte(p, PCACHE_SEG_SLOT(V1T, 5, 1) + 3, 0x80); /* the older copy */
 	cd = open_ok(p, false);
 	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 2);
 	ck_assert_int_eq(pcache_cache_dev_check(cd, collect, &l), PCACHE_CHECK_REPAIRABLE);
@@ -616,7 +624,7 @@ START_TEST(unreadable_slots_count_as_invalid)
 	ck_assert_msg(strstr(errbuf, "superblock: both copies invalid (copy 0: unreadable, copy 1: unreadable)"),
 		      "%s", errbuf);
 	/* a poisoned segment-table page takes out its records, not the whole read */
-	po = (struct poison){ { PCACHE_SEGTAB_OFF / 4096 }, 1 };
+	po = (struct poison){ { PCACHE_SEGTAB_OFF(V1T) / 4096 }, 1 };
 	ck_assert_int_eq(open_poisoned(p, &po, &cd), -EUCLEAN);
 	ck_assert_msg(strstr(errbuf, "segment 0 record: both slots invalid"), "%s", errbuf);
 	po = (struct poison){ { PCACHE_IMAGES_OFF / 4096 + 3 }, 1 }; /* images 6 and 7 */
@@ -674,7 +682,7 @@ START_TEST(both_copies_corrupt_is_refused_naming_the_structure)
 		{ PCACHE_KEY_TAIL_SLOT(0), PCACHE_KEY_TAIL_SLOT(1), "key_tail: " },
 		{ PCACHE_DIRTY_TAIL_SLOT(0), PCACHE_DIRTY_TAIL_SLOT(1), "dirty_tail: " },
 		{ PCACHE_IMAGE_SLOT(9, 0), PCACHE_IMAGE_SLOT(9, 1), "image 9: " },
-		{ PCACHE_SEG_SLOT(6, 0), PCACHE_SEG_SLOT(6, 1), "segment 6 record: " },
+		{ PCACHE_SEG_SLOT(V1T, 6, 0), PCACHE_SEG_SLOT(V1T, 6, 1), "segment 6 record: " },
 		{ 0, PCACHE_SB_SLOT_SIZE, "superblock: both copies invalid" },
 	};
 	const char *p = dev_path("both");
@@ -917,15 +925,17 @@ START_TEST(image_names_paths_and_fields_are_validated)
 }
 END_TEST
 
-START_TEST(full_image_table_is_refused_with_enospc)
+/* Fill a table of maxi entries, one more is -ENOSPC; a reopen lists them all. */
+static void fill_table(const char *p, uint32_t maxi)
 {
-	const char *p = fresh_dev("imgfull");
 	struct pcache_cache_dev *cd = open_ok(p, false);
-	struct pcache_image_ent e;
+	struct pcache_image_ent e, *list = calloc(PCACHE_MAX_IMAGES + 1, sizeof(*list));
 	char name[32];
 	uint32_t i;
 
-	for (i = 0; i < PCACHE_MAX_IMAGES; i++) {
+	ck_assert_ptr_nonnull(list);
+	ck_assert_uint_eq(pcache_cache_dev_max_images(cd), maxi);
+	for (i = 0; i < maxi; i++) {
 		snprintf(name, sizeof(name), "img%u", i);
 		e = mk_image(name, "/dev/null");
 		ck_assert_int_eq(pcache_cache_dev_image_add(cd, &e), 0);
@@ -935,14 +945,58 @@ START_TEST(full_image_table_is_refused_with_enospc)
 	ck_assert_int_eq(pcache_cache_dev_image_add(cd, &e), -ENOSPC);
 	pcache_cache_dev_close(cd);
 	cd = open_ok(p, false);
-	{
-		struct pcache_image_ent list[PCACHE_MAX_IMAGES + 1];
-
-		ck_assert_int_eq(pcache_cache_dev_images(cd, list, PCACHE_MAX_IMAGES + 1),
-				 (int)PCACHE_MAX_IMAGES);
-		ck_assert_int_eq(pcache_cache_dev_images(cd, list, 3), 3);
-	}
+	ck_assert_int_eq(pcache_cache_dev_images(cd, list, PCACHE_MAX_IMAGES + 1), (int)maxi);
+	ck_assert_str_eq(list[maxi - 1].name, name);
+	ck_assert_int_eq(pcache_cache_dev_images(cd, list, 3), 3);
+	/* the last entry's record sits right before the segment table, which is intact */
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 0);
 	pcache_cache_dev_close(cd);
+	free(list);
+}
+
+START_TEST(full_image_table_is_refused_with_enospc)
+{
+	struct pcache_format_opts fo = { .seg_size = MIB, .max_images = PCACHE_MAX_IMAGES };
+	const char *p = fresh_dev("imgfull");
+
+	fill_table(p, PCACHE_MAX_IMAGES_V1);       /* a small device's default table */
+	unlink(p);
+	ck_assert_int_eq(pcache_cache_dev_format(p, SMALL_SIZE, &fo, errbuf, sizeof(errbuf)), 0);
+	fill_table(p, PCACHE_MAX_IMAGES);
+	fo.max_images = 100;
+	ck_assert_int_eq(pcache_cache_dev_format(p, 0, &fo, errbuf, sizeof(errbuf)), -EINVAL);
+	ck_assert_msg(strstr(errbuf, "max_images 100"), "%s", errbuf);
+	unlink(p);
+}
+END_TEST
+
+/* A version 1 device (a fixed table of 64) is read and written as it is. */
+START_TEST(version1_device_is_used_as_is)
+{
+	const char *p = fresh_dev("v1");
+	struct pcache_cache_dev *cd;
+	struct pcache_image_ent e = mk_image("old", "/dev/null"), got;
+	struct pcache_sb_om sb;
+
+	raw_read(p, 0, &sb, sizeof(sb));
+	ck_assert_uint_eq(sb.version, PCACHE_FORMAT_VERSION);
+	ck_assert_uint_eq(sb.max_images, PCACHE_MAX_IMAGES_V1);
+	sb.version = PCACHE_FORMAT_VERSION_V1;  /* the same layout, as version 1 wrote it */
+	raw_write_rec(p, 0, &sb, sizeof(sb));
+	raw_write_rec(p, PCACHE_SB_SLOT_SIZE, &sb, sizeof(sb));
+	cd = open_ok(p, false);
+	ck_assert_uint_eq(pcache_cache_dev_sb(cd)->version, PCACHE_FORMAT_VERSION_V1);
+	ck_assert_uint_eq(pcache_cache_dev_max_images(cd), PCACHE_MAX_IMAGES_V1);
+	ck_assert_int_eq(pcache_cache_dev_image_add(cd, &e), 0);
+	ck_assert_int_eq(pcache_cache_dev_seg_gen_bump(cd, 3), 0);
+	pcache_cache_dev_close(cd);
+	cd = open_ok(p, false);
+	ck_assert_uint_eq(pcache_cache_dev_sb(cd)->version, PCACHE_FORMAT_VERSION_V1);
+	ck_assert_int_eq(pcache_cache_dev_image_find(cd, "old", &got), 0);
+	ck_assert_uint_eq(pcache_cache_dev_seg_gen(cd, 3), 1);
+	ck_assert_uint_eq(pcache_cache_dev_damaged(cd), 0);
+	pcache_cache_dev_close(cd);
+	unlink(p);
 }
 END_TEST
 
@@ -976,7 +1030,7 @@ START_TEST(crafted_image_entries_are_refused)
 	CRAFT(om.id = 3, "next_image_id");
 	CRAFT(om.state = 5, "state");
 	CRAFT(om.lbs = 100, "block size");
-	CRAFT(om.size = 0, "size 0");
+	CRAFT((om.size = 0, om.lbs = 4096), "size 0");
 	CRAFT((om.lbs = 4096, om.size = 4096 * 3 + 512), "not a multiple of its block size");
 	CRAFT(om.id = 0, "id 0 with state");
 	CRAFT(strcpy(om.name, "x/y"), "name");
@@ -1038,12 +1092,12 @@ START_TEST(blank_foreign_newer_and_too_small_devices_are_refused_untouched)
 	/* newer version (valid CRC) and unknown incompat feature */
 	p = fresh_dev("refuse");
 	raw_read(p, 0, &sb, sizeof(sb));
-	sb.version = 2;
+	sb.version = PCACHE_FORMAT_VERSION + 1;
 	raw_write_rec(p, 0, &sb, sizeof(sb));
 	raw_write_rec(p, PCACHE_SB_SLOT_SIZE, &sb, sizeof(sb));
 	crc = file_crc(p);
 	ck_assert_int_eq(try_open(p, &cd, true, false), -EPROTONOSUPPORT);
-	ck_assert_msg(strstr(errbuf, "superblock: format version 2 is newer"), "%s", errbuf);
+	ck_assert_msg(strstr(errbuf, "superblock: format version 3 is newer"), "%s", errbuf);
 	ck_assert_uint_eq(file_crc(p), crc);
 	sb.version = 1;
 	sb.incompat = 4;
@@ -1120,8 +1174,17 @@ START_TEST(crafted_superblock_geometry_is_refused)
 	CRAFT(sb.seg_base = 1ull << 62, "do not fit");
 	CRAFT(sb.dev_size = 1ull << 50, "smaller than at format");
 	CRAFT(sb.max_images = 65, "max_images");
+	CRAFT(sb.max_images = 1024, "max_images");
+	CRAFT((sb.version = PCACHE_FORMAT_VERSION_V1, sb.max_images = 128), "max_images 128 invalid for version 1");
 	CRAFT(sb.version = 0, "version 0");
 #undef CRAFT
+	/* a table of 128 would read the segment records as image 64: refused, never misread */
+	sb = orig;
+	sb.max_images = 128;
+	raw_write_rec(p, 0, &sb, sizeof(sb));
+	raw_write_rec(p, PCACHE_SB_SLOT_SIZE, &sb, sizeof(sb));
+	ck_assert_int_eq(try_open(p, &cd, false, false), -EUCLEAN);
+	ck_assert_msg(strstr(errbuf, "image 64: both slots invalid"), "%s", errbuf);
 	raw_write(p, 0, &orig, sizeof(orig));
 	raw_write(p, PCACHE_SB_SLOT_SIZE, &orig, sizeof(orig));
 	pcache_cache_dev_close(open_ok(p, false));
@@ -1464,7 +1527,7 @@ START_TEST(counting_seam_sees_a_durable_store_per_update_into_the_other_slot)
 		before = cnt.durable_copies;
 		ck_assert_int_eq(pcache_cache_dev_seg_gen_bump(cd, 3), 0);
 		ck_assert_uint_eq(cnt.durable_copies, before + 1);
-		ck_assert_uint_eq(cnt.last_off, PCACHE_SEG_SLOT(3, slot));
+		ck_assert_uint_eq(cnt.last_off, PCACHE_SEG_SLOT(V1T, 3, slot));
 	}
 	before = cnt.durable_copies;
 	ck_assert_int_eq(pcache_cache_dev_image_add(cd, &e), 0);
@@ -1862,7 +1925,7 @@ static void sweep_expect(const struct sweep *sw, uint64_t off, struct expect *ex
 			ex->snap = &sw->old_dt;
 		return;
 	}
-	if (off < PCACHE_SEGTAB_OFF) {
+	if (off < PCACHE_SEGTAB_OFF(V1T)) {
 		i = (uint32_t)((off - PCACHE_IMAGES_OFF) / (2 * PCACHE_IMAGE_SLOT_SIZE));
 		k = (uint32_t)((off - PCACHE_IMAGES_OFF) / PCACHE_IMAGE_SLOT_SIZE) % 2;
 		if (i == 0 && (int)k == sw->newest_img0) /* other entries: same values in both slots */
@@ -1870,8 +1933,8 @@ static void sweep_expect(const struct sweep *sw, uint64_t off, struct expect *ex
 		return;
 	}
 	if (off < sw->md_len) {
-		i = (uint32_t)((off - PCACHE_SEGTAB_OFF) / (2 * PCACHE_SEG_SLOT_SIZE));
-		k = (uint32_t)((off - PCACHE_SEGTAB_OFF) / PCACHE_SEG_SLOT_SIZE) % 2;
+		i = (uint32_t)((off - PCACHE_SEGTAB_OFF(V1T)) / (2 * PCACHE_SEG_SLOT_SIZE));
+		k = (uint32_t)((off - PCACHE_SEGTAB_OFF(V1T)) / PCACHE_SEG_SLOT_SIZE) % 2;
 		if (i == 3 && (int)k == sw->newest_seg3)
 			ex->snap = &sw->old_seg3;
 	}
@@ -1986,8 +2049,8 @@ static void sweep_setup(struct sweep *sw)
 	sw->newest_kt = newest_of(sw->path, PCACHE_KEY_TAIL_SLOT(0), PCACHE_KEY_TAIL_SLOT(1));
 	sw->newest_dt = newest_of(sw->path, PCACHE_DIRTY_TAIL_SLOT(0), PCACHE_DIRTY_TAIL_SLOT(1));
 	sw->newest_img0 = newest_of(sw->path, PCACHE_IMAGE_SLOT(0, 0), PCACHE_IMAGE_SLOT(0, 1));
-	sw->newest_seg3 = newest_of(sw->path, PCACHE_SEG_SLOT(3, 0), PCACHE_SEG_SLOT(3, 1));
-	sw->md_len = PCACHE_SEGTAB_OFF + 8 * 2 * PCACHE_SEG_SLOT_SIZE;
+	sw->newest_seg3 = newest_of(sw->path, PCACHE_SEG_SLOT(V1T, 3, 0), PCACHE_SEG_SLOT(V1T, 3, 1));
+	sw->md_len = PCACHE_SEGTAB_OFF(V1T) + 8 * 2 * PCACHE_SEG_SLOT_SIZE;
 	sw->fd = open(sw->path, O_RDWR);
 	ck_assert_int_ge(sw->fd, 0);
 	sw->rng = 12345;
@@ -2016,8 +2079,8 @@ START_TEST(corruption_sweep_never_loads_wrong_values)
 		for (off = 0; off < PCACHE_IMAGE_SLOT_SIZE; off += stride)
 			sweep_case(sw, PCACHE_IMAGE_SLOT(0, k) + off);
 		for (off = 0; off < PCACHE_SEG_SLOT_SIZE; off++) {
-			sweep_case(sw, PCACHE_SEG_SLOT(3, k) + off); /* slots differ */
-			sweep_case(sw, PCACHE_SEG_SLOT(6, k) + off); /* slots as format wrote them */
+			sweep_case(sw, PCACHE_SEG_SLOT(V1T, 3, k) + off); /* slots differ */
+			sweep_case(sw, PCACHE_SEG_SLOT(V1T, 6, k) + off); /* slots as format wrote them */
 		}
 		for (off = 0; off < 64; off++)
 			sweep_case(sw, PCACHE_IMAGE_SLOT(7, k) + off * 16); /* an unused entry */
@@ -2038,7 +2101,7 @@ START_TEST(corruption_sweep_never_loads_wrong_values)
 		sweep_both(sw, PCACHE_IMAGE_SLOT(0, 0), PCACHE_IMAGE_SLOT(0, 1), off,
 			   PCACHE_IMAGE_SLOT_SIZE, "image 0");
 	for (off = 0; off < PCACHE_SEG_SLOT_SIZE; off++)
-		sweep_both(sw, PCACHE_SEG_SLOT(6, 0), PCACHE_SEG_SLOT(6, 1), off, PCACHE_SEG_SLOT_SIZE,
+		sweep_both(sw, PCACHE_SEG_SLOT(V1T, 6, 0), PCACHE_SEG_SLOT(V1T, 6, 1), off, PCACHE_SEG_SLOT_SIZE,
 			   "segment 6 record");
 	/* random bytes anywhere in the metadata area */
 	n = check_under_tsan() ? 200 : 3000;
@@ -2103,6 +2166,7 @@ Suite *cache_dev_suite(void)
 	tcase_add_test(tc, image_names_paths_and_fields_are_validated);
 	tcase_add_test(tc, image_modify_and_set_wb_update_fields_without_undoing_others);
 	tcase_add_test(tc, full_image_table_is_refused_with_enospc);
+	tcase_add_test(tc, version1_device_is_used_as_is);
 	tcase_add_test(tc, crafted_image_entries_are_refused);
 	suite_add_tcase(s, tc);
 

@@ -59,6 +59,7 @@ struct pcache_cache_dev;
 
 struct pcache_format_opts {
 	uint64_t seg_size;     /* 0 = pcache_default_seg_size() of the device */
+	uint32_t max_images;   /* image table entries; 0 = pcache_default_max_images() */
 	bool data_crc;
 	uint32_t gc_percent;   /* 0 = default; stored as given when set_gc_percent is true */
 	bool set_gc_percent;
@@ -258,7 +259,9 @@ enum pcache_check_result pcache_cache_dev_check(const struct pcache_cache_dev *c
 int pcache_cache_dev_repair(struct pcache_cache_dev *cd);
 
 /* Format geometry for a device of dev_size bytes: 0, -EINVAL (bad seg_size) or -ENOSPC. */
-int pcache_cache_dev_geometry(uint64_t dev_size, uint64_t seg_size, uint32_t *seg_count,
-			      uint64_t *seg_base);
+int pcache_cache_dev_geometry(uint64_t dev_size, uint64_t seg_size, uint32_t max_images,
+			      uint32_t *seg_count, uint64_t *seg_base);
+/* Entries of the device's image table (64 for a version 1 device). */
+uint32_t pcache_cache_dev_max_images(const struct pcache_cache_dev *cd);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * format.h -- the pcachefs on-media format, version 1.
+ * format.h -- the pcachefs on-media format, version 2 (version 1 is read as is: see VERSIONS).
  *
  * Depends only on libc. Every structure here is little-endian with fixed-width fields and has
  * a compile-time size assert at the bottom. Nothing read from media is trusted: the loader
@@ -16,8 +16,8 @@
  *   16 KiB   +------------------------+
  *            | tails                  |  4 KiB: key_tail slots @0,@256; dirty_tail @512,@768
  *   20 KiB   +------------------------+
- *            | image table            |  PCACHE_MAX_IMAGES x 2 slots x 1 KiB
- *   148 KiB  +------------------------+
+ *            | image table            |  max_images x 2 slots x 1 KiB (64..512 entries)
+ *  segtab    +------------------------+  20 KiB + max_images x 2 KiB (148 KiB for 64)
  *            | segment table          |  seg_count x 2 slots x 32 B (struct pcache_seg_om)
  *            +------------------------+
  *            | (pad to 2 MiB)         |
@@ -57,7 +57,8 @@
  *   48  8    seg_base    byte offset of segment 0 (2 MiB aligned, after the segment table)
  *   56  8    dev_size    device size at format time (the device may not shrink below it)
  *   64  16   uuid        random, identifies this cache
- *   80  4    max_images  PCACHE_MAX_IMAGES
+ *   80  4    max_images  entries of the image table: exactly PCACHE_MAX_IMAGES_V1 in a version 1
+ *                       superblock; a multiple of 64 in 64..PCACHE_MAX_IMAGES in version 2
  *   84  44   reserved    zero
  *
  * CACHE INFO (struct pcache_cache_info_om, 64 B, slots at 8 KiB and 12 KiB)
@@ -81,6 +82,11 @@
  *   16  4    seg    segment id of the kset at the tail (< seg_count)
  *   20  4    off    byte offset inside the segment (< seg_size, 8-aligned)
  *   24  8    lsn    log sequence number of the kset at that position
+ *
+ * VERSIONS. Version 1 had a fixed table of 64 images; version 2 sizes the table at format
+ * (max_images: by default 1 entry per MiB of device, 64..512, so it takes at most 1/512 of it)
+ * and moves the segment table behind it. Nothing else differs: a version 1 device is read and
+ * written as it is (64 images), and a new format writes version 2.
  *
  * IMAGE ENTRY (struct pcache_image_om, 1 KiB; image i slots at 20 KiB + i*2 KiB + {0, 1 KiB})
  *
@@ -121,7 +127,7 @@
  * Entries written before identities existed have flags 0 and a path of up to 767 bytes; they
  * get an ident (and need a path of at most 511 bytes) at their next attach.
  *
- * SEGMENT RECORD (struct pcache_seg_om, 32 B; segment i slots at seg_table + i*64 + {0, 32})
+ * SEGMENT RECORD (struct pcache_seg_om, 32 B; segment i slots at segtab + i*64 + {0, 32})
  *
  *   OFF SIZE FIELD  DESCRIPTION
  *   0   16   hdr    type PCACHE_REC_SEG
@@ -182,7 +188,8 @@
 #error "pcachefs stores little-endian fields with plain loads; big-endian hosts are not supported"
 #endif
 
-#define PCACHE_FORMAT_VERSION 1u
+#define PCACHE_FORMAT_VERSION 2u
+#define PCACHE_FORMAT_VERSION_V1 1u   /* fixed 64-image table */
 #define PCACHE_SB_MAGIC 0x3146454843414350ULL   /* "PCACHEF1" */
 #define PCACHE_KSET_MAGIC 0x5445534B48435050ULL /* "PPCHKSET" */
 
@@ -204,14 +211,17 @@
 #define PCACHE_KEY_TAIL_SLOT(i) (PCACHE_TAILS_OFF + (i) * 256u)
 #define PCACHE_DIRTY_TAIL_SLOT(i) (PCACHE_TAILS_OFF + 512u + (i) * 256u)
 #define PCACHE_IMAGES_OFF (PCACHE_TAILS_OFF + PCACHE_TAILS_SIZE)
-#define PCACHE_MAX_IMAGES 64u
+#define PCACHE_MAX_IMAGES_V1 64u    /* the table of a version 1 device */
+#define PCACHE_MAX_IMAGES 512u      /* the largest table (version 2) */
+#define PCACHE_IMAGES_STEP 64u      /* a version 2 table is a multiple of this */
 #define PCACHE_IMAGE_SLOT_SIZE 1024u
 #define PCACHE_IMAGE_SLOT(img, i) \
 	(PCACHE_IMAGES_OFF + (img) * 2u * PCACHE_IMAGE_SLOT_SIZE + (i) * PCACHE_IMAGE_SLOT_SIZE)
-#define PCACHE_SEGTAB_OFF (PCACHE_IMAGES_OFF + PCACHE_MAX_IMAGES * 2u * PCACHE_IMAGE_SLOT_SIZE)
+/* the segment table follows an image table of maxi entries */
+#define PCACHE_SEGTAB_OFF(maxi) (PCACHE_IMAGES_OFF + (uint64_t)(maxi) * 2u * PCACHE_IMAGE_SLOT_SIZE)
 #define PCACHE_SEG_SLOT_SIZE 32u
-#define PCACHE_SEG_SLOT(seg, i) \
-	(PCACHE_SEGTAB_OFF + (uint64_t)(seg) * 2u * PCACHE_SEG_SLOT_SIZE + (i) * PCACHE_SEG_SLOT_SIZE)
+#define PCACHE_SEG_SLOT(maxi, seg, i) \
+	(PCACHE_SEGTAB_OFF(maxi) + (uint64_t)(seg) * 2u * PCACHE_SEG_SLOT_SIZE + (i) * PCACHE_SEG_SLOT_SIZE)
 #define PCACHE_SEG_BASE_ALIGN (2u << 20)
 
 /* segment geometry */
@@ -365,6 +375,7 @@ _Static_assert(sizeof(struct pcache_seg_om) == PCACHE_SEG_SLOT_SIZE, "segment re
 _Static_assert(sizeof(struct pcache_key_om) == 40, "key is 40 bytes");
 _Static_assert(sizeof(struct pcache_kset_om) == 40, "kset header is 40 bytes");
 _Static_assert(PCACHE_IMAGES_OFF == 20u * 1024u, "image table at 20 KiB");
-_Static_assert(PCACHE_SEGTAB_OFF == 148u * 1024u, "segment table at 148 KiB");
+_Static_assert(PCACHE_SEGTAB_OFF(PCACHE_MAX_IMAGES_V1) == 148u * 1024u, "v1 segment table at 148 KiB");
+_Static_assert(PCACHE_SEGTAB_OFF(PCACHE_MAX_IMAGES) < PCACHE_SEG_BASE_ALIGN, "the largest image table ends below 2 MiB");
 
 #endif

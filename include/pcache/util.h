@@ -116,6 +116,13 @@ int pcache_parse_size(const char *s, uint64_t *out);
  * of it.
  */
 uint64_t pcache_default_seg_size(uint64_t dev_size);
+/*
+ * The image table a format of a dev_size-byte device gets by default: one entry per MiB,
+ * rounded down to a multiple of 64, within 64..PCACHE_MAX_IMAGES (so at most 1/512 of it).
+ */
+uint32_t pcache_default_max_images(uint64_t dev_size);
+/* A version 2 table size: a multiple of 64 in 64..PCACHE_MAX_IMAGES. */
+bool pcache_max_images_valid(uint32_t n);
 /* gc_percent: a value 0..PCACHE_MAX_GC_PERCENT or PCACHE_GC_PERCENT_AUTO. */
 bool pcache_gc_percent_valid(uint32_t v);
 /* Parse "auto" or a number 0..PCACHE_MAX_GC_PERCENT (no sign, no blanks). 0 or -EINVAL. */

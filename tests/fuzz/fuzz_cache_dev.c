@@ -28,7 +28,7 @@
 #define MIB (1024u * 1024u)
 #define DEV_SIZE (10u * MIB)
 #define SEGS 8u
-#define MD_LEN (PCACHE_SEGTAB_OFF + SEGS * 2u * PCACHE_SEG_SLOT_SIZE)
+#define MD_LEN (PCACHE_SEGTAB_OFF(PCACHE_MAX_IMAGES_V1) + SEGS * 2u * PCACHE_SEG_SLOT_SIZE)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -123,10 +123,10 @@ static void fix_crcs(void)
 			 sizeof(struct pcache_cache_info_om));
 		fix_slot(PCACHE_KEY_TAIL_SLOT(k), PCACHE_REC_KEY_TAIL, sizeof(struct pcache_tail_om));
 		fix_slot(PCACHE_DIRTY_TAIL_SLOT(k), PCACHE_REC_DIRTY_TAIL, sizeof(struct pcache_tail_om));
-		for (i = 0; i < PCACHE_MAX_IMAGES; i++)
+		for (i = 0; i < PCACHE_MAX_IMAGES_V1; i++)
 			fix_slot(PCACHE_IMAGE_SLOT(i, k), PCACHE_REC_IMAGE, sizeof(struct pcache_image_om));
 		for (i = 0; i < SEGS; i++)
-			fix_slot(PCACHE_SEG_SLOT(i, k), PCACHE_REC_SEG, sizeof(struct pcache_seg_om));
+			fix_slot(PCACHE_SEG_SLOT(PCACHE_MAX_IMAGES_V1, i, k), PCACHE_REC_SEG, sizeof(struct pcache_seg_om));
 	}
 }
 
@@ -151,7 +151,9 @@ static void check_loaded(struct pcache_cache_dev *cd, struct seen *s)
 	CHECK(PCACHE_IS_POW2(seg_size) && seg_size >= PCACHE_MIN_SEG_SIZE);
 	CHECK(sb->seg_base % PCACHE_SEG_BASE_ALIGN == 0);
 	CHECK(sb->seg_base + (uint64_t)count * seg_size <= size);
-	CHECK(sb->version == PCACHE_FORMAT_VERSION && sb->magic == PCACHE_SB_MAGIC);
+	CHECK((sb->version == PCACHE_FORMAT_VERSION || sb->version == PCACHE_FORMAT_VERSION_V1) &&
+	      sb->magic == PCACHE_SB_MAGIC);
+	CHECK(pcache_cache_dev_max_images(cd) == sb->max_images && pcache_max_images_valid(sb->max_images));
 	CHECK((char *)pcache_cache_dev_seg_addr(cd, count - 1) + seg_size <= base + size);
 	CHECK(pcache_cache_dev_seg_addr(cd, count) == NULL);
 	pcache_cache_dev_get_info(cd, &s->ci);
@@ -169,7 +171,7 @@ static void check_loaded(struct pcache_cache_dev *cd, struct seen *s)
 	for (j = 0; j < s->nimg; j++) {
 		const struct pcache_image_ent *e = &s->img[j];
 
-		CHECK(e->id && e->id < s->ci.next_image_id && e->slot < PCACHE_MAX_IMAGES);
+		CHECK(e->id && e->id < s->ci.next_image_id && e->slot < sb->max_images);
 		CHECK(pcache_image_name_valid(e->name));
 		CHECK(strlen(e->path) > 0 && strlen(e->path) <= PCACHE_PATH_MAX);
 		CHECK(e->state == PCACHE_IMAGE_ATTACHED || e->state == PCACHE_IMAGE_DETACHED);

@@ -41,7 +41,7 @@
 #define DEV_SIZE (10u * MIB)
 #define SEGS 8u
 #define IMG_SIZE (16u * MIB)
-#define MD_LEN (PCACHE_SEGTAB_OFF + SEGS * 2u * PCACHE_SEG_SLOT_SIZE)
+#define MD_LEN (PCACHE_SEGTAB_OFF(PCACHE_MAX_IMAGES_V1) + SEGS * 2u * PCACHE_SEG_SLOT_SIZE)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
