@@ -247,7 +247,10 @@ static void bk_plan_simple(struct pcache_backing *b, struct bk_req *r)
 		break;
 	case PCACHE_BIO_ZERO:
 		r->stage = BK_ST_FALLOC;
-		r->falloc_mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+		/* a file reads zeros in a hole too, and a sparse image stays sparse (du); a device's
+		 * discard may not read back as zeros */
+		r->falloc_mode = b->blockdev ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE :
+			FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 		break;
 	}
 }
@@ -467,6 +470,20 @@ static void bk_start_bounce(struct pcache_backing *b, struct bk_req *r)
 	bk_push(&b->ready_q, r);
 }
 
+/*
+ * A write that started before a shrink (pcache_backing_shrink()) and landed after the file
+ * was cut has extended it again: cut it once more (completion thread). Requests started after
+ * the new size was set are clipped at it, so they never get here.
+ */
+static void bk_keep_cut(struct pcache_backing *b, struct bk_req *r)
+{
+	uint64_t size = b->size, end = r->bounce ? r->b_off + r->b_len : r->io.off + r->io.len;
+
+	if (end > size && !b->blockdev && ftruncate(b->fd, (off_t)size) < 0)
+		pcache_log(PCACHE_LOG_WARNING, "%s: cannot cut back to %" PRIu64 " bytes after a late write: %s",
+			   b->path, size, strerror(errno));
+}
+
 /* Plan a freshly accepted request (completion thread). */
 static void bk_req_start(struct pcache_backing *b, struct bk_req *r)
 {
@@ -522,6 +539,8 @@ static bool bk_retryable(struct bk_req *r, int res)
 /* One ring operation of r completed with res. */
 static void bk_op_done(struct pcache_backing *b, struct bk_req *r, int res)
 {
+	if (r->stage == BK_ST_IO && r->io.op == PCACHE_BIO_WRITE && res > 0)
+		bk_keep_cut(b, r);
 	if (bk_retryable(r, res)) {
 		bk_push(&b->ready_q, r);
 		return;
@@ -938,14 +957,18 @@ void pcache_backing_get_stats(const struct pcache_backing *b, struct pcache_back
 uint64_t pcache_backing_size(const struct pcache_backing *b) { return b->size; }
 uint64_t pcache_backing_span(const struct pcache_backing *b) { return b->span; }
 
-int pcache_backing_grow(struct pcache_backing *b, uint64_t size)
+uint64_t pcache_backing_blocks(const struct pcache_backing *b)
 {
-	if (b->blockdev)
-		return -EFBIG;
-	if (b->read_only)
-		return -EROFS;
-	if (size <= b->size)
-		return 0;
+	struct stat st;
+
+	if (b->blockdev || fstat(b->fd, &st) != 0)
+		return (b->size + 511) / 512;
+	return (uint64_t)st.st_blocks;
+}
+
+/* A file image's new size is not a multiple of the O_DIRECT alignment: go buffered. */
+static int bk_size_unaligned(struct pcache_backing *b, uint64_t size)
+{
 	if (b->direct && size % b->align) {
 		/* the new last block could never be written with O_DIRECT: go buffered (same open
 		 * file, so its lock stays); requests already started keep their rules, which work
@@ -958,11 +981,48 @@ int pcache_backing_grow(struct pcache_backing *b, uint64_t size)
 		b->mem_align = 1;
 		b->direct = false;
 	}
+	return 0;
+}
+
+int pcache_backing_grow(struct pcache_backing *b, uint64_t size)
+{
+	int ret;
+
+	if (b->blockdev)
+		return -EFBIG;
+	if (b->read_only)
+		return -EROFS;
+	if (size <= b->size)
+		return 0;
+	ret = bk_size_unaligned(b, size);
+	if (ret)
+		return ret;
 	if (ftruncate(b->fd, (off_t)size) < 0)
 		return -errno;
 	/* size before span: a request that passed the new span clips at the new size */
 	b->size = size;
 	b->span = PCACHE_ALIGN_UP(size, (uint64_t)b->lbs);
+	return 0;
+}
+
+int pcache_backing_shrink(struct pcache_backing *b, uint64_t size)
+{
+	int ret;
+
+	if (b->blockdev)
+		return -EPERM;
+	if (b->read_only)
+		return -EROFS;
+	if (size >= b->size)
+		return 0;
+	ret = bk_size_unaligned(b, size);
+	if (ret)
+		return ret;
+	/* the new size first: requests started from now on clip at it (bk_req_start) */
+	b->span = PCACHE_ALIGN_UP(size, (uint64_t)b->lbs);
+	b->size = size;
+	if (ftruncate(b->fd, (off_t)size) < 0)
+		return -errno;
 	return 0;
 }
 uint32_t pcache_backing_lbs(const struct pcache_backing *b) { return b->lbs; }

@@ -79,10 +79,8 @@ static int bk_probe(struct pcache_backing *b, char *err, size_t errlen)
 		       b->path);
 		return -ENXIO;
 	}
-	if (b->size == 0) {
-		bk_err(err, errlen, "%s: size is 0", b->path);
-		return -EINVAL;
-	}
+	/* an empty file is an image of size 0 (a file just created, or cut to 0 before a
+	 * qemu-img create fills it): it can only grow */
 	if (b->size % b->lbs) {
 		/* a file cut anywhere (a fresh qcow2, a short ISO): served with its exact size; the
 		 * engine sees whole sectors up to b->span (the tail past the end reads as zeros) */

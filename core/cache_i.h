@@ -358,6 +358,11 @@ struct pcache_seq {
 	} s[PCACHE_SEQ_STREAMS];
 };
 
+struct pcache_name_node {
+	struct pcache_name_node *next;
+	char s[PCACHE_NAME_MAX + 1];
+};
+
 struct pcache_image {
 	struct pcache_cache *c;
 	_Atomic int refs;
@@ -365,7 +370,10 @@ struct pcache_image {
 	_Atomic bool detaching;
 	_Atomic int wb_refs;        /* backings lent to the writeback */
 	uint32_t id, slot;
-	char name[PCACHE_NAME_MAX + 1];
+	/* the name: a string never changed in place; a rename publishes a new one (renames keeps
+	 * every string the image had until it is freed, so a reader's pointer stays valid) */
+	char *_Atomic name;
+	struct pcache_name_node *renames;
 	struct pcache_backing *b;
 	/* a growing image stores size, then bytes (pcache_image_grow(), under grow_lock) */
 	_Atomic uint64_t size;      /* engine bytes: whole sectors (bytes rounded up to lbs) */

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,7 +268,14 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 		e.cache_mode = mode;
 		ret = pcache_cache_dev_image_add(c->cd, &e);
 		if (ret) {
-			ERR("image %s: image table: %s", ao->name, ret == -ENOSPC ? "full" : strerror(-ret));
+			if (ret == -ENOSPC && pcache_cache_dev_max_images(c->cd) == PCACHE_MAX_IMAGES_V1)
+				ERR("image %s: image table full (%u images: a version 1 cache; a new format holds up to %u)",
+				    ao->name, PCACHE_MAX_IMAGES_V1, PCACHE_MAX_IMAGES);
+			else if (ret == -ENOSPC)
+				ERR("image %s: image table full (%u images)", ao->name,
+				    pcache_cache_dev_max_images(c->cd));
+			else
+				ERR("image %s: image table: %s", ao->name, strerror(-ret));
 			goto out_unlock;
 		}
 	} else if (strcmp(e.path, path) || e.state != PCACHE_IMAGE_ATTACHED || e.cache_mode != mode ||
@@ -292,7 +300,15 @@ int pcache_image_attach(struct pcache_cache *c, const struct pcache_attach_opts 
 	atomic_init(&img->refs, 1);
 	img->id = e.id;
 	img->slot = e.slot;
-	snprintf(img->name, sizeof(img->name), "%s", e.name);
+	img->renames = calloc(1, sizeof(*img->renames));
+	if (!img->renames) {
+		ret = -ENOMEM;
+		ERR("out of memory");
+		free(img);
+		goto out_unlock;
+	}
+	snprintf(img->renames->s, sizeof(img->renames->s), "%s", e.name);
+	atomic_init(&img->name, img->renames->s);
 	img->b = b;
 	img->lbs = PCACHE_MAX(e.lbs, PCACHE_SECTOR);
 	img->bytes = e.size;
@@ -553,6 +569,62 @@ const char *pcache_image_name(const struct pcache_image *img)
 	return img->name;
 }
 
+struct rename_arg {
+	const char *to, *path;
+};
+
+static void rename_edit_fn(struct pcache_image_ent *e, void *arg)
+{
+	const struct rename_arg *r = arg;
+
+	snprintf(e->name, sizeof(e->name), "%s", r->to);
+	snprintf(e->path, sizeof(e->path), "%s", r->path);
+}
+
+int pcache_image_rename(struct pcache_cache *c, const char *name, const char *to, const char *path)
+{
+	struct rename_arg ra = { to, path };
+	struct pcache_image_ent e, got;
+	struct pcache_name_node *n = NULL;
+	struct pcache_image *img;
+	int ret;
+
+	if (!pcache_image_name_valid(to) || !*path || strlen(path) > PCACHE_PATH_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&c->img_lock);
+	if (strcmp(name, to) && (find_attached(c, to) || pcache_cache_dev_image_find(c->cd, to, &e) == 0)) {
+		ret = -EEXIST;
+		goto out;
+	}
+	img = find_attached(c, name);
+	if (img) {
+		n = calloc(1, sizeof(*n));
+		if (!n) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		ret = pcache_image_ent_edit(img, rename_edit_fn, &ra);
+		if (!ret) {
+			/* older names stay allocated: a reader may hold one */
+			snprintf(n->s, sizeof(n->s), "%s", to);
+			n->next = img->renames;
+			img->renames = n;
+			atomic_store(&img->name, n->s);
+			n = NULL;
+		}
+	} else if (pcache_cache_dev_image_find(c->cd, name, &e) == 0) {
+		ret = pcache_cache_dev_image_modify(c->cd, e.slot, e.id, rename_edit_fn, &ra, &got);
+	} else {
+		ret = -ENOENT;
+	}
+	if (!ret)
+		pcache_log(PCACHE_LOG_INFO, "image %s: renamed to %s (%s)", name, to, path);
+out:
+	pthread_mutex_unlock(&c->img_lock);
+	free(n);
+	return ret;
+}
+
 uint64_t pcache_image_size(const struct pcache_image *img)
 {
 	return img->bytes;
@@ -633,6 +705,108 @@ int pcache_image_grow(struct pcache_image *img, uint64_t bytes)
 	return ret;
 }
 
+struct read_wait {
+	sem_t sem;
+	int status;
+};
+
+static void read_wait_done(void *priv, int status)
+{
+	struct read_wait *w = priv;
+
+	w->status = status;
+	sem_post(&w->sem);
+}
+
+int pcache_image_read_wait(struct pcache_image *img, void *buf, uint64_t off, size_t len)
+{
+	struct read_wait w = { .status = 0 };
+	int ret;
+
+	sem_init(&w.sem, 0, 0);
+	ret = pcache_image_read(img, buf, off, len, read_wait_done, &w);
+	if (ret == PCACHE_IO_PENDING) {
+		while (sem_wait(&w.sem) != 0)
+			;
+		ret = w.status;
+	}
+	sem_destroy(&w.sem);
+	return ret;
+}
+
+/* The bytes of the new last sector past the new end become zeros (a read-modify-write). */
+static int shrink_zero_tail(struct pcache_image *img, uint64_t bytes)
+{
+	uint64_t sec = bytes - bytes % img->lbs;
+	char *buf;
+	int ret;
+
+	if (bytes % img->lbs == 0)
+		return 0;
+	buf = aligned_alloc(4096, PCACHE_ALIGN_UP(img->lbs, 4096u));
+	if (!buf)
+		return -ENOMEM;
+	ret = pcache_image_read_wait(img, buf, sec, img->lbs);
+	if (!ret) {
+		memset(buf + (bytes - sec), 0, img->lbs - (bytes - sec));
+		ret = pcache_image_write(img, buf, sec, img->lbs, 0);
+	}
+	free(buf);
+	return ret;
+}
+
+/*
+ * Order, so that a crash leaves the old size with zeros past the new end, or the new size:
+ * the tail becomes zeros in the cache (ZERO keys, logged after every older key of those bytes,
+ * so the writeback writes the old bytes, if at all, before the zeros), durable with a flush;
+ * then the bounds drop (no new I/O past the end); then the file is cut (an attach finds it
+ * shorter than the record and extends it with zeros: the old size, zero tail); then the record.
+ * Replay drops keys past the recorded end and clips a key across it.
+ */
+int pcache_image_shrink(struct pcache_image *img, uint64_t bytes)
+{
+	uint64_t old_span, new_span;
+	int ret;
+
+	if (img->read_only)
+		return -EROFS;
+	if (!pcache_image_growable(img))
+		return -EPERM;
+	pthread_mutex_lock(&img->grow_lock);
+	if (bytes >= img->bytes) {
+		pthread_mutex_unlock(&img->grow_lock);
+		return 0;
+	}
+	old_span = img->size;
+	new_span = PCACHE_ALIGN_UP(bytes, (uint64_t)img->lbs);
+	ret = shrink_zero_tail(img, bytes);
+	if (!ret && new_span < old_span)
+		ret = pcache_image_discard(img, new_span, old_span - new_span, true);
+	if (!ret)
+		ret = pcache_image_flush(img);
+	if (ret) {
+		pthread_mutex_unlock(&img->grow_lock);
+		return ret;
+	}
+	/* the byte size callers see first, then the engine's bound (the reverse of a growth) */
+	img->bytes = bytes;
+	img->size = new_span;
+	ret = pcache_backing_shrink(img->b, bytes);
+	if (!ret)
+		ret = pcache_image_ent_edit(img, size_edit_fn, &bytes);
+	if (ret)
+		pcache_log(PCACHE_LOG_WARNING, "image %s: shrinking %s to %" PRIu64 " bytes: %s (the bytes "
+			   "past it read as zeros)", img->name, pcache_backing_path(img->b), bytes,
+			   strerror(-ret));
+	pthread_mutex_unlock(&img->grow_lock);
+	return ret;
+}
+
+uint64_t pcache_image_blocks(const struct pcache_image *img)
+{
+	return pcache_backing_blocks(img->b);
+}
+
 uint32_t pcache_image_lbs(const struct pcache_image *img)
 {
 	return img->lbs;
@@ -697,6 +871,12 @@ int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid,
 
 void pcache_image_free(struct pcache_image *img)
 {
+	while (img->renames) {
+		struct pcache_name_node *n = img->renames;
+
+		img->renames = n->next;
+		free(n);
+	}
 	pcache_index_exit(&img->ix);
 	pcache_through_destroy(&img->through);
 	pthread_mutex_destroy(&img->seq.lock);

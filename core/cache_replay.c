@@ -224,12 +224,15 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 		struct pcache_ikey ik;
 		struct pcache_subtree *sub;
 		uint64_t region;
+		uint32_t len;
 		int ret;
 
 		if (k->image_id != img->id)
 			continue;
-		if (k->off >= img->size || k->len > img->size - k->off)
-			continue; /* beyond the image (identity is checked at attach) */
+		if (k->off >= img->size)
+			continue; /* beyond the image (identity is checked at attach; a shrink cut it) */
+		/* across the end (a shrink): its bytes before the end count, the CRC still covers all */
+		len = (uint32_t)PCACHE_MIN((uint64_t)k->len, img->size - k->off);
 		region = k->off >> PCACHE_REGION_SHIFT;
 		if (!(k->flags & PCACHE_KEY_ZERO) &&
 		    k->seg_gen != pcache_cache_dev_seg_gen(r->c->cd, k->seg)) {
@@ -237,7 +240,7 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 			sub = &img->ix.sub[region];
 			pthread_mutex_lock(&sub->lock);
 			ret = pcache_subtree_punch(sub, (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1)),
-						   k->len);
+						   len);
 			pthread_mutex_unlock(&sub->lock);
 			if (ret)
 				return ret;
@@ -245,13 +248,13 @@ static int replay_img_kset(void *arg, const struct pcache_kset_om *ks, const str
 		}
 		memset(&ik, 0, sizeof(ik));
 		ik.off = (uint32_t)(k->off & (PCACHE_REGION_SIZE - 1));
-		ik.len = k->len;
+		ik.len = len;
 		ik.flags = k->flags;
 		if (pos->lsn < r->dirty_lsn)
 			ik.flags |= PCACHE_KEY_CLEAN; /* written back already */
 		if (!(ik.flags & PCACHE_KEY_CLEAN) && pos->lsn >= r->count_lsn) {
 			r->dirty_keys++;
-			r->dirty_bytes += k->len;
+			r->dirty_bytes += len;
 		}
 		ik.flags |= PCACHE_IKEY_EPOCH; /* the kset says which epoch the key belongs to */
 		ik.epoch16 = (uint16_t)ks->epoch;

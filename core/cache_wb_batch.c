@@ -645,7 +645,7 @@ static int wb_collect_key(struct pcache_wb *wb, struct wb_batch *b, const struct
 	struct wb_img *im;
 	uint32_t len = pcache_le32(&key->len), kseg;
 	uint16_t flags = pcache_le16(&key->flags);
-	uint64_t live[2 * WB_LIVE_MAX];
+	uint64_t live[2 * WB_LIVE_MAX], span;
 	int idx, nlive, r;
 
 	if (pcache_log_key_check(key, wb->seg_count, wb->seg_size, NULL, 0)) {
@@ -704,6 +704,15 @@ static int wb_collect_key(struct pcache_wb *wb, struct wb_batch *b, const struct
 	}
 	im->batch_keys++;
 	im->batch_key_bytes += len;
+	/* an image cut since (pcache_image_shrink()): its bytes past the end are gone, as at replay */
+	span = pcache_backing_span(im->b);
+	if (e.off >= span) {
+		b->superseded += len;
+		b->bytes += len;
+		return 0;
+	}
+	if (e.end > span)
+		e.end = span;
 	nlive = wb_live_ext(wb, &e, ep, live);
 	if (nlive == 0) {
 		b->superseded += len;
@@ -724,10 +733,6 @@ static int wb_collect_key(struct pcache_wb *wb, struct wb_batch *b, const struct
 			im->batch_err = -EBADMSG;
 			return 0;
 		}
-	}
-	if (e.end > pcache_backing_span(im->b)) {
-		im->batch_err = -ERANGE;
-		return 0;
 	}
 	r = wb_push_live(&wb->exts, &e, live, nlive, &b->superseded);
 	if (r)

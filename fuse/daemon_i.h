@@ -27,7 +27,7 @@
 #include "pcache/util.h"
 
 #define PFS_VERSION "0.1"
-#define PFS_MAX_IMAGE_OPTS 64
+#define PFS_MAX_IMAGE_OPTS ((int)PCACHE_MAX_IMAGES)
 #define PFS_KEEP_TIMEOUT_DEFAULT 60u
 
 /* ---- tunables as text (knobs.c) ----------------------------------------------------------- */
@@ -59,6 +59,8 @@ struct pfs_image_opt {
 
 struct pfs_opts {
 	char *cache_path;          /* absolute after validation */
+	char *image_dir;           /* -o image_dir=DIR: absolute and resolved after validation */
+	uint32_t max_images;       /* -o max_images=N: format time (0 = one per MiB, 64..512) */
 	uint64_t cache_size;       /* -o cache_size: create a missing cache file (0 = no) */
 	uint64_t segment_size;     /* -o segment_size: format time */
 	int gc_percent;            /* -1 = keep persisted */
@@ -226,10 +228,11 @@ enum pfs_img_kind {
 #define PFS_INO_GEN_SHIFT 12
 #define PFS_INO_GEN_MASK 0xfffffffull
 #define PFS_INO_IMG_FLAG (1ull << 40)
-#define PFS_MAX_SLOTS 64
+#define PFS_MAX_SLOTS 512   /* PCACHE_MAX_IMAGES: every entry of the largest table */
 
 _Static_assert(PFS_IK_COUNT <= PFS_INO_KIND_MASK + 1, "image node kinds fit their bits");
 _Static_assert(PFS_MAX_SLOTS <= PFS_INO_SLOT_MASK + 1, "slots fit their bits");
+_Static_assert(PFS_MAX_SLOTS >= PCACHE_MAX_IMAGES, "every image of a full table has a slot");
 _Static_assert(PFS_INO_FIXED_END < PFS_INO_IMG_FLAG, "fixed inodes stay below image nodes");
 
 static inline uint64_t pfs_img_ino(uint32_t slot, uint32_t gen, enum pfs_img_kind k)
@@ -275,6 +278,28 @@ int pfs_image_detach(const char *name, char *err, size_t errlen);
  * or an engine error, with a message; *lost = dirty bytes dropped.
  */
 int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen);
+/* The image from was renamed to to in the engine: the slot follows (inode numbers stay). */
+void pfs_images_renamed(const char *from, const char *to);
+/* ---- the image directory (imagedir.c, -o image_dir) ----------------------------------------- */
+struct statvfs;
+/* Open the directory (start): 0 (also without image_dir), or -errno + message. */
+int pfs_dir_open(char *err, size_t errlen);
+void pfs_dir_close(void);
+bool pfs_dir_active(void);
+/* Attach every file of the directory not attached yet (start, listings of the root). */
+void pfs_dir_scan(void);
+/* A lookup found no image name: attach the directory's file of that name. 0 or -ENOENT. */
+int pfs_dir_adopt(const char *name);
+/* Is the known image name one of the directory's (backing path DIR/name)? */
+bool pfs_dir_owns(const char *name);
+/* Create DIR/name (O_EXCL, mode, owner) and attach it: 0 or -errno. */
+int pfs_dir_create(const char *name, mode_t mode, uid_t uid, gid_t gid);
+/* Remove DIR/name and drop its image: 0, -ENOENT, -EPERM (not the directory's), -EBUSY (open). */
+int pfs_dir_unlink(const char *name);
+/* Rename DIR/from to DIR/to and the image with it (flags: RENAME_NOREPLACE). 0 or -errno. */
+int pfs_dir_rename(const char *from, const char *to, unsigned int flags);
+/* The directory's file system figures (statfs of the mount): 0 or -errno. */
+int pfs_dir_statfs(struct statvfs *sv);
 /* Release the daemon's references of every slot (at exit, before pcache_cache_stop). */
 void pfs_images_release(void);
 
@@ -325,7 +350,7 @@ struct pfs_slot *pfs_slot_of(fuse_ino_t ino, const struct pfs_node *n);
  * processes of the same machine; magic, version and size are checked on receipt.
  */
 #define PFS_HSTATE_MAGIC 0x31444e4853464350ull   /* "PCFSHND1" */
-#define PFS_HSTATE_VERSION 1u
+#define PFS_HSTATE_VERSION 2u   /* 2: 512 slots */
 #define PFS_HSTATE_INIT_MAX 256u
 #define PFS_HSTATE_PATH_MAX 1024u
 

@@ -364,6 +364,19 @@ int pfs_image_give_up(const char *name, uint64_t *lost, char *err, size_t errlen
 	return 0;
 }
 
+void pfs_images_renamed(const char *from, const char *to)
+{
+	pthread_mutex_lock(&pfs.lock);
+	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
+		struct pfs_slot *s = &pfs.slots[i];
+
+		if (s->state != PFS_SLOT_FREE && !strcmp(s->name, from))
+			snprintf(s->name, sizeof(s->name), "%s", to);
+	}
+	pthread_mutex_unlock(&pfs.lock);
+	pfs_handover_changed();
+}
+
 void pfs_images_release(void)
 {
 	pthread_mutex_lock(&pfs.lock);

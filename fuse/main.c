@@ -288,6 +288,7 @@ static int start_engine(const struct pfs_opts *o)
 	co.create_size = o->cache_size;
 	co.format_if_blank = true;
 	co.format.seg_size = o->segment_size;
+	co.format.max_images = o->max_images;
 	co.format.data_crc = o->data_crc;
 	if (o->gc_percent >= 0) {
 		co.format.gc_percent = (uint32_t)o->gc_percent;
@@ -370,6 +371,16 @@ static int attach_images(const struct pfs_opts *o)
 				goto undo;
 			}
 		}
+	}
+	if (o->image_dir) {
+		/* after the named images: a file of the directory with a taken name stays out */
+		ret = pfs_dir_open(err, sizeof(err));
+		if (ret) {
+			fprintf(stderr, "pcachefs: %s\n", err);
+			i = o->n_images;
+			goto undo;
+		}
+		pfs_dir_scan();
 	}
 	free(ent);
 	return 0;
@@ -704,6 +715,7 @@ int main(int argc, char **argv)
 		fuse_session_unmount(pfs.se);
 out_images:
 	pfs_images_release();
+	pfs_dir_close();
 out_engine:
 	stop_ret = pcache_cache_stop(pfs.cache, opts.drain_on_exit);
 	if (stop_ret) {

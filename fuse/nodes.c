@@ -83,6 +83,8 @@ int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 		return -ENOENT;
 	switch (n.kind) {
 	case PFS_IK_FILE:
+		/* st_blocks follows the writeback, and the file may change size: re-asked soon */
+		*timeout = PFS_CTL_ATTR_TIMEOUT;
 		stat_common(st, ino);
 		pcache_image_attr(s->img, &mode, &uid, &gid);
 		st->st_mode = S_IFREG | ((mode & 07777) ? (mode & 07777) : 0644);
@@ -90,7 +92,8 @@ int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 		st->st_gid = gid;
 		st->st_nlink = 1;
 		st->st_size = (off_t)s->size;
-		st->st_blocks = (blkcnt_t)((s->size + 511) / 512);
+		/* what the backing holds (du of a sparse or growing image), not the size */
+		st->st_blocks = (blkcnt_t)pcache_image_blocks(s->img);
 		st->st_blksize = s->lbs > 4096 ? s->lbs : 4096;
 		return 0;
 	case PFS_IK_DIR:

@@ -36,7 +36,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,37 +75,6 @@ struct pfs_read {
 
 /* ---- the engine I/O helpers ------------------------------------------------------------------ */
 
-struct sync_wait {
-	sem_t sem;
-	int status;
-};
-
-static void sync_done(void *priv, int status)
-{
-	struct sync_wait *w = priv;
-
-	w->status = status;
-	sem_post(&w->sem);
-}
-
-/* Read [off, off+len) (aligned) into buf and wait for it, pending or not. */
-static int read_sync(struct pcache_image *img, void *buf, uint64_t off, size_t len)
-{
-	struct sync_wait w;
-	int ret;
-
-	sem_init(&w.sem, 0, 0);
-	w.status = 0;
-	ret = pcache_image_read(img, buf, off, len, sync_done, &w);
-	if (ret == PCACHE_IO_PENDING) {
-		while (sem_wait(&w.sem) != 0 && errno == EINTR)
-			;
-		ret = w.status;
-	}
-	sem_destroy(&w.sem);
-	return ret;
-}
-
 /*
  * Make the image at least end bytes long (a write, truncate or fallocate past its end; the
  * caller did pfs_io_enter or holds pfs.lock). 0; -ENOSPC if the image does not grow (a block
@@ -134,6 +102,25 @@ static int image_grow(struct pfs_slot *s, uint64_t end)
 }
 
 /*
+ * Make the image size bytes long: a growth (-EPERM if it does not grow) or a cut (the cached
+ * bytes past the end are dropped, dirty ones too). The caller did pfs_io_enter.
+ */
+static int image_resize(struct pfs_slot *s, uint64_t size)
+{
+	int ret;
+
+	if (size > s->size) {
+		ret = image_grow(s, size);
+		return ret == -ENOSPC ? -EPERM : ret;
+	}
+	if (size == s->size)
+		return 0;
+	ret = pcache_image_shrink(s->img, size);
+	atomic_store(&s->size, pcache_image_size(s->img));
+	return ret;
+}
+
+/*
  * Write len bytes from src (NULL: zeros) at the unaligned off through a read-modify-write of
  * the aligned envelope, holding it exclusively.
  */
@@ -155,12 +142,12 @@ static int write_rmw(struct pfs_slot *s, const char *src, uint64_t off, size_t l
 		return -ENOMEM;
 	pfs_rangelock_lock(&s->rl, &r, a, e, true);
 	if (e - a <= 2 * lbs) {
-		ret = read_sync(s->img, tmp, a, e - a);
+		ret = pcache_image_read_wait(s->img, tmp, a, e - a);
 	} else {
 		if (off != a)
-			ret = read_sync(s->img, tmp, a, lbs);
+			ret = pcache_image_read_wait(s->img, tmp, a, lbs);
 		if (!ret && off + len != e)
-			ret = read_sync(s->img, tmp + (e - lbs - a), e - lbs, lbs);
+			ret = pcache_image_read_wait(s->img, tmp + (e - lbs - a), e - lbs, lbs);
 	}
 	if (!ret) {
 		if (src)
@@ -390,9 +377,18 @@ static void pfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	memset(&e, 0, sizeof(e));
 	pthread_mutex_lock(&pfs.lock);
 	ret = pfs_node_lookup(parent, name, &ino);
-	if (!ret)
-		ret = pfs_node_stat(ino, &e.attr, &e.attr_timeout);
 	pthread_mutex_unlock(&pfs.lock);
+	/* a file made in the image directory behind our back: serve it from now on */
+	if (ret == -ENOENT && parent == PFS_INO_ROOT && pfs_dir_adopt(name) == 0) {
+		pthread_mutex_lock(&pfs.lock);
+		ret = pfs_node_lookup(parent, name, &ino);
+		pthread_mutex_unlock(&pfs.lock);
+	}
+	if (!ret) {
+		pthread_mutex_lock(&pfs.lock);
+		ret = pfs_node_stat(ino, &e.attr, &e.attr_timeout);
+		pthread_mutex_unlock(&pfs.lock);
+	}
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -420,9 +416,9 @@ static void pfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 }
 
 /*
- * Image files: mode, uid, gid persisted; size only to the current size (else EPERM); times
- * accepted and ignored. Control files: size changes (O_TRUNC of a shell redirection) ignored.
- * Valid replies: fuse_reply_attr, fuse_reply_err (ENOENT, EPERM, engine errors).
+ * Image files: mode, uid, gid persisted; size: a growable image grows or is cut (else EPERM);
+ * times accepted and ignored. Control files: size changes (O_TRUNC of a shell redirection)
+ * ignored. Valid replies: fuse_reply_attr, fuse_reply_err (ENOENT, EPERM, engine errors).
  */
 static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 			struct fuse_file_info *fi)
@@ -437,16 +433,28 @@ static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	if (!n.fixed && n.kind == PFS_IK_FILE && (to_set & FUSE_SET_ATTR_SIZE)) {
+		/* outside pfs.lock: a cut writes and flushes */
+		pthread_mutex_lock(&pfs.lock);
+		s = pfs_slot_of(ino, &n);
+		pthread_mutex_unlock(&pfs.lock);
+		ret = !s ? -ENOENT : attr->st_size < 0 ? -EINVAL : pfs_io_enter(s, ino, PFS_IK_FILE);
+		if (!ret) {
+			ret = image_resize(s, (uint64_t)attr->st_size);
+			pfs_io_exit(s);
+		}
+		if (ret == -ESTALE)
+			ret = -ENOENT;
+		if (ret) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
+	}
 	pthread_mutex_lock(&pfs.lock);
 	if (!n.fixed && n.kind == PFS_IK_FILE) {
 		s = pfs_slot_of(ino, &n);
 		if (!s) {
 			ret = -ENOENT;
-		} else if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != s->size) {
-			/* truncate up grows a growable image; shrinking is not supported */
-			ret = (uint64_t)attr->st_size > s->size ? image_grow(s, (uint64_t)attr->st_size) : -EPERM;
-			if (ret == -ENOSPC)
-				ret = -EPERM;
 		} else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 			uint32_t mode, uid, gid;
 
@@ -502,9 +510,6 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, EACCES);
 			return;
 		}
-	} else if (fi->flags & O_TRUNC) {
-		fuse_reply_err(req, EPERM);
-		return;
 	}
 	if (!n.fixed) {
 		pthread_mutex_lock(&pfs.lock);
@@ -514,6 +519,19 @@ static void pfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		else
 			err = ENOENT;
 		pthread_mutex_unlock(&pfs.lock);
+		if (!err && n.kind == PFS_IK_FILE && wr && (fi->flags & O_TRUNC)) {
+			/* the kernel left the truncation to the open (atomic O_TRUNC) */
+			err = pfs_io_enter(s, ino, PFS_IK_FILE) ? ENOENT : 0;
+			if (!err) {
+				err = -image_resize(s, 0);
+				pfs_io_exit(s);
+			}
+			if (err) {
+				pthread_mutex_lock(&pfs.lock);
+				s->open_count--;
+				pthread_mutex_unlock(&pfs.lock);
+			}
+		}
 		if (err) {
 			fuse_reply_err(req, err);
 			return;
@@ -852,6 +870,8 @@ static void pfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	if (ino == PFS_INO_ROOT && off == 0)
+		pfs_dir_scan();   /* files made in the image directory behind our back appear */
 	pthread_mutex_lock(&pfs.lock);
 	cnt = pfs_dir_list(ino, v);
 	pthread_mutex_unlock(&pfs.lock);
@@ -901,6 +921,18 @@ static void pfs_statfs(fuse_req_t req, fuse_ino_t ino)
 	sv.f_bavail = sv.f_bfree;
 	sv.f_files = PFS_MAX_SLOTS;
 	sv.f_ffree = PFS_MAX_SLOTS > cs.images ? PFS_MAX_SLOTS - cs.images : 0;
+	if (pfs_dir_active()) {
+		/* a directory of images: the space is the directory's (the cache only caches it) */
+		struct statvfs dv;
+
+		if (pfs_dir_statfs(&dv) == 0) {
+			sv.f_bsize = dv.f_bsize;
+			sv.f_frsize = dv.f_frsize;
+			sv.f_blocks = dv.f_blocks;
+			sv.f_bfree = dv.f_bfree;
+			sv.f_bavail = dv.f_bavail;
+		}
+	}
 	sv.f_namemax = PCACHE_NAME_MAX;
 	fuse_reply_statfs(req, &sv);
 }
@@ -914,6 +946,170 @@ static void pfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 static void pfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	fuse_reply_none(req);
+}
+
+/* ---- the image directory (imagedir.c): names in the root ------------------------------------ */
+
+/* The entry of a root name just attached. 0 or -ENOENT. */
+static int root_entry(const char *name, struct fuse_entry_param *e)
+{
+	fuse_ino_t ino;
+	int ret;
+
+	memset(e, 0, sizeof(*e));
+	pthread_mutex_lock(&pfs.lock);
+	ret = pfs_node_lookup(PFS_INO_ROOT, name, &ino);
+	if (!ret)
+		ret = pfs_node_stat(ino, &e->attr, &e->attr_timeout);
+	pthread_mutex_unlock(&pfs.lock);
+	e->ino = ino;
+	e->generation = 1;
+	e->entry_timeout = PFS_ENTRY_TIMEOUT;
+	return ret;
+}
+
+/* Names of the root only (-EPERM elsewhere), and only with an image directory (-EROFS). */
+static int dir_op_check(fuse_ino_t parent, const char *name)
+{
+	if (parent != PFS_INO_ROOT)
+		return -EPERM;
+	if (!pfs_dir_active())
+		return -EPERM;
+	if (!strcmp(name, ".pcache"))
+		return -EEXIST;
+	return 0;
+}
+
+/* A new regular file of the image directory, attached; its entry in e. 0 or -errno. */
+static int root_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     struct fuse_entry_param *e)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int ret = dir_op_check(parent, name);
+
+	if (!ret && !S_ISREG(mode))
+		ret = -EPERM;
+	if (!ret)
+		ret = pfs_dir_create(name, mode, ctx->uid, ctx->gid);
+	if (!ret)
+		ret = root_entry(name, e);
+	return ret;
+}
+
+/* Valid replies: fuse_reply_create, fuse_reply_err. */
+static void pfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	struct fuse_entry_param e;
+	int ret = root_make(req, parent, name, mode, &e);
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	pthread_mutex_lock(&pfs.lock);
+	{
+		struct pfs_node n;
+
+		ret = pfs_node_decode(e.ino, &n) ? -ENOENT : 0;
+		if (!ret && pfs_slot_of(e.ino, &n))
+			pfs.slots[n.slot].open_count++;
+		else
+			ret = -ENOENT;
+	}
+	pthread_mutex_unlock(&pfs.lock);
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	if (pfs.opts->kernel_cache)
+		fi->keep_cache = 1;
+	else
+		fi->direct_io = 1;
+	fi->noflush = 1;
+	fi->fh = (uint64_t)e.ino | ((fi->flags & (O_SYNC | O_DSYNC)) ? PFS_FH_SYNC : 0);
+	pfs_handover_changed();
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		struct pfs_node n;
+
+		pfs_node_decode(e.ino, &n);
+		pthread_mutex_lock(&pfs.lock);
+		pfs.slots[n.slot].open_count--;
+		pthread_mutex_unlock(&pfs.lock);
+		pfs_handover_changed();
+	}
+}
+
+/* Regular files only (mknod, or create without the create call). Valid replies: fuse_reply_entry, fuse_reply_err. */
+static void pfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	struct fuse_entry_param e;
+	int ret = root_make(req, parent, name, mode, &e);
+
+	(void)rdev;
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+/* Valid replies: fuse_reply_err. */
+static void pfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	int ret = dir_op_check(parent, name);
+
+	if (ret == -EEXIST)
+		ret = -EPERM;
+	if (!ret)
+		ret = pfs_dir_unlink(name);
+	fuse_reply_err(req, -ret);
+}
+
+/* Valid replies: fuse_reply_err. */
+static void pfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		       const char *newname, unsigned int flags)
+{
+	int ret = dir_op_check(parent, name);
+
+	if (!ret)
+		ret = dir_op_check(newparent, newname);
+	if (ret == -EEXIST)
+		ret = -EPERM;
+	if (!ret)
+		ret = pfs_dir_rename(name, newname, flags);
+	fuse_reply_err(req, -ret);
+}
+
+/* Image names are flat file names: no directories, links or symlinks. Valid replies: fuse_reply_err. */
+static void pfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	fuse_reply_err(req, EPERM);
+}
+
+static void pfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EPERM);
+}
+
+static void pfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link;
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EPERM);
+}
+
+static void pfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, EPERM);
 }
 
 const struct fuse_lowlevel_ops pfs_ops = {
@@ -933,4 +1129,12 @@ const struct fuse_lowlevel_ops pfs_ops = {
 	.readdir = pfs_readdir,
 	.statfs = pfs_statfs,
 	.fallocate = pfs_fallocate,
+	.create = pfs_create,
+	.mknod = pfs_mknod,
+	.unlink = pfs_unlink,
+	.rename = pfs_rename,
+	.mkdir = pfs_mkdir,
+	.rmdir = pfs_rmdir,
+	.symlink = pfs_symlink,
+	.link = pfs_link,
 };

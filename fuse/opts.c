@@ -43,6 +43,8 @@ enum {
 	KEY_SEQ_CUTOFF,
 	KEY_MAX_SHARE,
 	KEY_SEGMENT_SIZE,
+	KEY_MAX_IMAGES,
+	KEY_IMAGE_DIR,
 	KEY_ALLOW_OTHER,
 	KEY_KERNEL_CACHE,
 	KEY_DRAIN,
@@ -74,6 +76,8 @@ static const struct fuse_opt pfs_opt_spec[] = {
 	FUSE_OPT_KEY("sequential_cutoff=", KEY_SEQ_CUTOFF),
 	FUSE_OPT_KEY("max_share=", KEY_MAX_SHARE),
 	FUSE_OPT_KEY("segment_size=", KEY_SEGMENT_SIZE),
+	FUSE_OPT_KEY("max_images=", KEY_MAX_IMAGES),
+	FUSE_OPT_KEY("image_dir=", KEY_IMAGE_DIR),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("kernel_cache", KEY_KERNEL_CACHE),
 	FUSE_OPT_KEY("drain_on_exit", KEY_DRAIN),
@@ -117,6 +121,9 @@ static void usage(const char *prog)
 	       "                              images known to the cache device come back by themselves\n"
 	       "                              (PATH is stored as given: use a stable name such as\n"
 	       "                              /dev/disk/by-id/...; the backing's identity is checked)\n"
+	       "    -o image_dir=DIR          serve every regular file of DIR as an image named like it;\n"
+	       "                              files created, renamed or removed through the mount are\n"
+	       "                              created, renamed or removed in DIR (one per mount)\n"
 	       "    -o rekey=NAME             accept a different backing for the clean image NAME\n"
 	       "                              (named with -o image), dropping its cached data\n"
 	       "    -o cache_mode=MODE        writeback (default), writethrough or writearound, for\n"
@@ -134,6 +141,8 @@ static void usage(const char *prog)
 	       "    -o data_crc               checksum cached data (format time) and verify it on hits\n"
 	       "    -o segment_size=SIZE      segment size when formatting (default 1/256 of the\n"
 	       "                              cache, 4M-16M)\n"
+	       "    -o max_images=N           image table entries when formatting (a multiple of 64,\n"
+	       "                              64-512; default one per MiB of cache)\n"
 	       "    -o allow_other            let other users access the mount (needs\n"
 	       "                              user_allow_other in /etc/fuse.conf for non-root)\n"
 	       "    -o kernel_cache           use the kernel page cache instead of direct I/O\n"
@@ -342,6 +351,25 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 			return perr(c, "bad -o segment_size=%s (a power of two, 1M-1G)", v);
 		o->segment_size = n;
 		return 0;
+	case KEY_MAX_IMAGES: {
+		char *end;
+		unsigned long m;
+
+		errno = 0;
+		m = strtoul(v, &end, 10);
+		if (errno || end == v || *end || m > UINT32_MAX || !pcache_max_images_valid((uint32_t)m))
+			return perr(c, "bad -o max_images=%s (a multiple of %u, %u-%u)", v, PCACHE_IMAGES_STEP,
+				    PCACHE_MAX_IMAGES_V1, PCACHE_MAX_IMAGES);
+		o->max_images = (uint32_t)m;
+		return 0;
+	}
+	case KEY_IMAGE_DIR:
+		if (!*v)
+			return perr(c, "empty -o image_dir=");
+		if (o->image_dir)
+			return perr(c, "-o image_dir given twice (one directory per mount: its files are "
+				    "the mount's names)");
+		return set_string(&o->image_dir, v);
 	case KEY_ALLOW_OTHER:
 		o->allow_other = true;
 		return fuse_opt_add_arg(outargs, "-oallow_other");
@@ -496,6 +524,23 @@ static int validate(struct parse_ctx *c)
 	if (resolve(c, &o->mountpoint, "mount point"))
 		return -1;
 images:
+	if (o->image_dir) {
+		if (stat(o->image_dir, &st) != 0) {
+			fprintf(stderr, "pcachefs: image_dir '%s': %s\n", o->image_dir, strerror(errno));
+			c->error = 1;
+			return -1;
+		}
+		if (!S_ISDIR(st.st_mode))
+			return perr(c, "image_dir '%s' is not a directory", o->image_dir);
+		if (resolve(c, &o->image_dir, "image_dir"))
+			return -1;
+		if (pfs_path_under(o->image_dir, o->mountpoint) || pfs_path_under(o->mountpoint, o->image_dir))
+			return perr(c, "image_dir '%s' and the mount point %s contain one another",
+				    o->image_dir, o->mountpoint);
+		if (strlen(o->image_dir) + 2 > PCACHE_PATH_MAX)
+			return perr(c, "image_dir '%s' is too long (its files' paths must fit %u bytes)",
+				    o->image_dir, PCACHE_PATH_MAX);
+	}
 	for (int i = 0; i < o->n_images; i++) {
 		struct pfs_image_opt *io = &o->images[i];
 		char *abs;
@@ -621,6 +666,7 @@ out:
 void pfs_opts_free(struct pfs_opts *o)
 {
 	free(o->cache_path);
+	free(o->image_dir);
 	free(o->mountpoint);
 	for (int i = 0; i < o->n_images; i++) {
 		free(o->images[i].name);

@@ -368,7 +368,15 @@ START_TEST(open_refuses_non_images_with_a_reason)
 	close(s);
 	expect_refused("/dev/null", -EINVAL, "is a character device");
 	check_make_file(tpath(p, sizeof(p), "empty"), 0, 1);
-	expect_refused(p, -EINVAL, "size is 0");
+	{
+		/* an empty file is an image of size 0 (it can only grow) */
+		struct pcache_backing *b = NULL;
+
+		ck_assert_int_eq(pcache_backing_open(p, NULL, &b, NULL, 0), 0);
+		ck_assert_uint_eq(pcache_backing_size(b), 0);
+		ck_assert_uint_eq(pcache_backing_span(b), 0);
+		pcache_backing_close(b);
+	}
 	expect_refused(tpath(p, sizeof(p), "missing"), -ENOENT, "No such file");
 	/* err may be NULL */
 	ck_assert_int_eq(pcache_backing_open(tdir, NULL, &(struct pcache_backing *){ NULL }, NULL, 0),

@@ -267,6 +267,112 @@ START_TEST(file_image_grows_and_a_short_backing_is_extended_at_attach)
 }
 END_TEST
 
+/* v of every 512-byte block of [off, off + len) as written by eng_write with tag 3; 0 = zeros */
+static void expect_blocks(struct pcache_image *img, uint64_t off, uint32_t len, uint32_t want)
+{
+	static uint8_t buf[2 * 65536];
+	static const uint8_t zero[512];
+
+	ck_assert_uint_le(len, sizeof(buf));
+	ck_assert_int_eq(eng_read(img, buf, off, len), 0);
+	for (uint32_t i = 0; i < len; i += 512) {
+		uint32_t v = 0;
+
+		if (!want) {
+			ck_assert_msg(!memcmp(buf + i, zero, 512), "block at %llu not zeros",
+				      (unsigned long long)(off + i));
+			continue;
+		}
+		ck_assert_int_eq(eng_decode(buf + i, 3, off + i, &v), 0);
+		ck_assert_uint_eq(v, want);
+	}
+}
+
+/*
+ * A file image is cut: the size is smaller in the table and the file, bytes past the new end
+ * are gone from the cache (dirty ones too: a growth afterwards reads zeros there), the last
+ * partial sector keeps its bytes before the end and zeros after, and after a restart a dirty
+ * key across the new end still serves its bytes before it (replay clips it).
+ */
+START_TEST(file_image_shrinks_dropping_the_tail_dirty_data_included)
+{
+	const uint64_t cut = (4u << 20) + 1000, region = 4u << 20;
+	struct pcache_image_ent e;
+	struct pcache_image *img;
+	uint8_t buf[512], before[512];
+	struct stat st;
+	char err[512];
+
+	no_background = true;   /* the written bytes stay dirty in the cache */
+	pcache_cache_stop(c, false);
+	start();
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	/* dirty data across the new end: one key up to the region, one from it (keys never
+	 * cross a region) running past the cut */
+	ck_assert_int_eq(eng_write(img, region - 65536, 65536 + (1u << 20), 3, 7), 0);
+	ck_assert_int_eq(eng_read(img, before, region + 512, 512), 0);
+	ck_assert_int_eq(pcache_image_shrink(img, cut), 0);
+	ck_assert_uint_eq(pcache_image_size(img), cut);
+	ck_assert_int_eq(pcache_cache_known_image(c, "a", &e), 0);
+	ck_assert_uint_eq(e.size, cut);
+	ck_assert_int_eq(stat(ipath, &st), 0);
+	ck_assert_int_eq(st.st_size, (off_t)cut);
+	expect_blocks(img, region - 65536, 65536 + 512, 7);
+	ck_assert_int_eq(eng_read(img, buf, region + 512, 512), 0);
+	ck_assert(!memcmp(buf, before, 1000 - 512));     /* the bytes before the end stay */
+	for (uint32_t i = 1000 - 512; i < 512; i++)
+		ck_assert_msg(buf[i] == 0, "byte %u past the end", i);
+	ck_assert_int_eq(eng_write(img, region + 1024, 512, 3, 7), -EINVAL);   /* past the end */
+	/* a growth afterwards reads zeros where the dropped dirty bytes were */
+	ck_assert_int_eq(pcache_image_grow(img, IMG_SIZE), 0);
+	expect_blocks(img, region + 1024, 65536, 0);
+	expect_blocks(img, region + (1u << 20) - 65536, 65536, 0);
+	ck_assert_int_eq(pcache_image_shrink(img, cut), 0);
+	ck_assert_int_eq(pcache_image_flush(img), 0);
+	pcache_image_put(img);
+	pcache_cache_stop(c, false);
+	c = NULL;
+
+	/* after a restart: the key across the end serves its first sector, nothing past it */
+	start();
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert_uint_eq(pcache_image_size(img), cut);
+	expect_blocks(img, region - 65536, 65536 + 512, 7);
+	ck_assert_int_eq(eng_read(img, buf, region + 512, 512), 0);
+	ck_assert(!memcmp(buf, before, 1000 - 512));
+	for (uint32_t i = 1000 - 512; i < 512; i++)
+		ck_assert_msg(buf[i] == 0, "byte %u past the end after a restart", i);
+	/* writeback of everything keeps the file at its size, the data in it */
+	ck_assert_int_eq(pcache_image_writeback_all(img), 0);
+	ck_assert_int_eq(stat(ipath, &st), 0);
+	ck_assert_int_eq(st.st_size, (off_t)cut);
+	/* growable=0 refuses a cut */
+	ck_assert_int_eq(pcache_image_set_growable(img, false), 0);
+	ck_assert_int_eq(pcache_image_shrink(img, 4096), -EPERM);
+	pcache_image_put(img);
+	pcache_cache_stop(c, false);
+	c = NULL;
+	{
+		int fd = open(ipath, O_RDONLY);
+		uint8_t *tail = malloc(65536 + 1000);
+		uint32_t v = 0;
+
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(pread(fd, tail, 65536 + 1000, (off_t)(region - 65536)), 65536 + 1000);
+		for (uint32_t i = 0; i < 65536 + 512; i += 512) {
+			ck_assert_int_eq(eng_decode(tail + i, 3, region - 65536 + i, &v), 0);
+			ck_assert_uint_eq(v, 7);
+		}
+		free(tail);
+		close(fd);
+	}
+	no_background = false;
+	start();
+}
+END_TEST
+
 START_TEST(identity_survives_a_restart_and_a_new_path)
 {
 	struct pcache_image_ent e;
@@ -377,6 +483,7 @@ Suite *cache_ident_suite(void)
 	tcase_add_test(tc, identity_is_recorded_and_a_different_file_refused);
 	tcase_add_test(tc, identity_survives_a_restart_and_a_new_path);
 	tcase_add_test(tc, file_image_grows_and_a_short_backing_is_extended_at_attach);
+	tcase_add_test(tc, file_image_shrinks_dropping_the_tail_dirty_data_included);
 	tcase_add_test(tc, new_image_takes_the_backing_permissions);
 	tcase_add_test(tc, missing_backing_waits_while_the_others_come_up);
 	tcase_add_test(tc, overlap_rules);

@@ -89,6 +89,8 @@ void pcache_backing_close(struct pcache_backing *b);
 
 uint64_t pcache_backing_size(const struct pcache_backing *b);       /* bytes */
 uint64_t pcache_backing_span(const struct pcache_backing *b);       /* size rounded up to lbs */
+/* 512-byte blocks the backing occupies: a file's allocation (st_blocks), a device's size. */
+uint64_t pcache_backing_blocks(const struct pcache_backing *b);
 /*
  * Grow a file to size bytes (ftruncate; the new bytes read as zeros): 0 (also when it is not
  * smaller), -EFBIG for a block device, -EROFS, or the errno of ftruncate/fcntl. A direct image
@@ -96,6 +98,12 @@ uint64_t pcache_backing_span(const struct pcache_backing *b);       /* size roun
  * I/O may run meanwhile. The new size is durable after the next flush.
  */
 int pcache_backing_grow(struct pcache_backing *b, uint64_t size);
+/*
+ * Cut a file backing to size bytes (0 too): requests started from now on stop at the new end, a
+ * write already in flight that lands past it is cut off again when it completes. -EPERM for a
+ * block device, -EROFS, -errno of ftruncate.
+ */
+int pcache_backing_shrink(struct pcache_backing *b, uint64_t size);
 uint32_t pcache_backing_lbs(const struct pcache_backing *b);        /* BLKSSZGET; 512 for files */
 bool pcache_backing_is_direct(const struct pcache_backing *b);      /* opened O_DIRECT */
 bool pcache_backing_is_blockdev(const struct pcache_backing *b);

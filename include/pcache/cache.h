@@ -166,8 +166,16 @@ void pcache_image_put(struct pcache_image *img);
 int pcache_cache_images(struct pcache_cache *c, struct pcache_image **v, int max);
 
 const char *pcache_image_name(const struct pcache_image *img);
+/*
+ * Rename a known image (attached or not) and give it a new backing path (the same backing:
+ * its identity is unchanged, a renamed file). Durable in the image table on return; the cached
+ * data stays with it. 0, -EINVAL (bad name or path), -ENOENT, -EEXIST (the new name is known).
+ */
+int pcache_image_rename(struct pcache_cache *c, const char *name, const char *to, const char *path);
 uint64_t pcache_image_size(const struct pcache_image *img);
 uint32_t pcache_image_lbs(const struct pcache_image *img);      /* engine sector size */
+/* 512-byte blocks its backing occupies now (a file's allocation; du of the image). */
+uint64_t pcache_image_blocks(const struct pcache_image *img);
 /* Largest size a file image grows to. */
 #define PCACHE_GROW_MAX (16ull << 40)
 /*
@@ -180,6 +188,15 @@ uint32_t pcache_image_lbs(const struct pcache_image *img);      /* engine sector
 bool pcache_image_growable(const struct pcache_image *img);
 int pcache_image_set_growable(struct pcache_image *img, bool on);
 int pcache_image_grow(struct pcache_image *img, uint64_t bytes);
+/*
+ * Make a growable image bytes long if it is longer (ftruncate down): the bytes past the new
+ * end are dropped from the cache, dirty ones included (they become zeros first, in log order,
+ * so the writeback never puts old bytes back), the file is cut, then the new size is recorded.
+ * A crash leaves the old size with zeros past the new end, or the new size. I/O past the new
+ * end fails afterwards. 0, -EPERM (not growable: a block device, growable=0), -EROFS, or an
+ * I/O error. Callers serialize size changes of one image.
+ */
+int pcache_image_shrink(struct pcache_image *img, uint64_t bytes);
 /* Mode/owner shown on the mount (persisted in the image table). */
 void pcache_image_attr(const struct pcache_image *img, uint32_t *mode, uint32_t *uid, uint32_t *gid);
 int pcache_image_set_attr(struct pcache_image *img, uint32_t mode, uint32_t uid, uint32_t gid);
@@ -203,6 +220,8 @@ typedef void (*pcache_io_done_fn)(void *priv, int status);
  */
 int pcache_image_read(struct pcache_image *img, void *buf, uint64_t off, size_t len,
 		      pcache_io_done_fn done, void *priv);
+/* pcache_image_read() that waits for a pending read: 0 or -errno. */
+int pcache_image_read_wait(struct pcache_image *img, void *buf, uint64_t off, size_t len);
 /*
  * Zero-copy reads: the bytes of a read that is entirely cached, pointed to in place.
  * pcache_image_read_pin() succeeds (0) only when every byte of [off, off+len) is a hit (data or

@@ -120,10 +120,10 @@ fi
 if "${NOBODY[@]}" dd if=/dev/zero of="$MNT/a" bs=512 count=1 conv=notrunc status=none 2>/dev/null; then
 	fail "non-root wrote a root-owned 0644 image"
 fi
-# shrinking is refused, the same size is fine; with growable 0 growing is refused too
-truncate -s 16M "$MNT/a" 2>/dev/null && fail "truncate to a smaller size succeeded"
+# the same size is fine; with growable 0, shrinking and growing are refused
 truncate -s 32M "$MNT/a" || fail "truncate to the same size failed"
 pc_ctl "$MNT" images/a/growable 0 || fail "growable 0"
+truncate -s 16M "$MNT/a" 2>/dev/null && fail "truncate cut a fixed-size image"
 dd if=/dev/zero of="$MNT/a" bs=512 seek=$((64 << 11)) count=1 conv=notrunc status=none 2>/dev/null \
 	&& fail "a write past EOF of a fixed-size image succeeded"
 [ "$(stat -c %s "$MNT/a")" -eq $((32 << 20)) ] || fail "the fixed-size image grew"

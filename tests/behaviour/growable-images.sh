@@ -3,8 +3,10 @@
 # attached through -o image grows through qemu-io writes to many times its size, passes
 # qemu-img check, keeps every fsynced cluster across kill -9, and after a flush its backing file
 # equals the image byte for byte. A raw image grows by a write past its end, truncate -s,
-# fallocate -l and qemu-img resize; the new bytes read as zeros. growable=0 (persisted) stops
-# growth: a write at the end gets ENOSPC, truncate up EPERM. A block device never grows.
+# fallocate -l and qemu-img resize; the new bytes read as zeros. It shrinks by truncate and
+# qemu-img resize --shrink: the file is cut, the bytes past the end are gone (zeros after a
+# growth), the new size survives kill -9. growable=0 (persisted) stops growth and cuts: a write
+# at the end gets ENOSPC, truncate EPERM. A block device never grows.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -56,7 +58,26 @@ fallocate -l 12M "$MNT/r" || fail "fallocate -l 12M"
 [ "$(stat -c %s "$MNT/r")" = $((12 << 20)) ] || fail "fallocate did not grow r"
 qemu-img resize -q -f raw "$MNT/r" 16M || fail "qemu-img resize"
 [ "$(stat -c %s "$MNT/r")" = $((16 << 20)) ] || fail "qemu-img resize did not grow r"
-truncate -s 4M "$MNT/r" 2>/dev/null && fail "shrinking succeeded"
+
+# shrinking: the bytes past the new end are gone (dirty ones too), a growth reads zeros there,
+# the new size survives kill -9 and the file is cut
+head -c $((4 << 20)) /dev/urandom > "$SCRATCH/tail"
+dd if="$SCRATCH/tail" of="$MNT/r" bs=1M seek=12 conv=notrunc,fsync status=none || fail "write the tail of r"
+cut=$(((12 << 20) + 1000))
+truncate -s $cut "$MNT/r" || fail "truncate -s down"
+[ "$(stat -c %s "$MNT/r")" = $cut ] || fail "r is $(stat -c %s "$MNT/r") bytes after a cut to $cut"
+[ "$(stat -c %s "$SCRATCH/r.raw")" = $cut ] || fail "the backing is $(stat -c %s "$SCRATCH/r.raw") bytes after a cut to $cut"
+cmp -n 1000 "$SCRATCH/tail" <(dd if="$MNT/r" bs=1M skip=12 status=none) || fail "the bytes before the new end changed"
+pc_kill9 "$MNT"
+pc_mount "$MNT" "${CMD[@]}"
+[ "$(stat -c %s "$MNT/r")" = $cut ] || fail "r is $(stat -c %s "$MNT/r") bytes after kill -9, cut to $cut"
+cmp -n 1000 "$SCRATCH/tail" <(dd if="$MNT/r" bs=1M skip=12 status=none) || fail "the bytes before the new end changed across kill -9"
+qemu-img resize -q -f raw "$MNT/r" 16M || fail "qemu-img resize up again"
+cmp <(head -c $(((4 << 20) - 1000)) /dev/zero) <(dd if="$MNT/r" bs=1M skip=$cut iflag=skip_bytes status=none) ||
+	fail "the bytes past a cut do not read as zeros after a growth"
+qemu-img resize -q -f raw --shrink "$MNT/r" 14M || fail "qemu-img resize --shrink"
+[ "$(stat -c %s "$MNT/r")" = $((14 << 20)) ] || fail "qemu-img resize --shrink did not cut r"
+qemu-img resize -q -f raw "$MNT/r" 16M || fail "qemu-img resize up to 16M"
 
 # growable=0 stops growth, and is kept across a restart
 pc_ctl "$MNT" images/r/growable 0
@@ -66,6 +87,7 @@ pc_mount "$MNT" "${CMD[@]}"
 dd if="$SCRATCH/blk" of="$MNT/r" bs=4096 seek=$((4 << 10)) conv=notrunc status=none 2>"$SCRATCH/dd.err" && fail "a write past the end of a fixed image succeeded"
 grep -q "No space left" "$SCRATCH/dd.err" || { cat "$SCRATCH/dd.err"; fail "no ENOSPC for a write past the end of a fixed image"; }
 truncate -s 20M "$MNT/r" 2>/dev/null && fail "truncate grew a fixed image"
+truncate -s 1M "$MNT/r" 2>/dev/null && fail "truncate cut a fixed image"
 pc_ctl "$MNT" images/r/growable 1
 truncate -s 20M "$MNT/r" || fail "truncate after growable=1"
 
