@@ -1,7 +1,7 @@
 #!/bin/bash
 # Description: images grow while the cache is full. A qcow2 created on an image_dir mount over
-# a 48 MiB cache takes 192 MiB of writes (1 MiB each, below the sequential cutoff, so all
-# through the cache) spread over 8 GiB: it grows cluster by cluster while the writers wait for
+# a 48 MiB cache takes 192 MiB of writes (1 MiB each, sequential cutoff off, so all through
+# the cache) spread over 8 GiB: it grows cluster by cluster while the writers wait for
 # the writeback and GC to free space (back-pressure, no error). Every write reads back, the
 # qcow2 passes qemu-img check, and after a flush its file equals the image; a raw image grown
 # by fio (random writes with verify past its end) does too.
@@ -17,6 +17,9 @@ mkdir -p "$DIR"
 pc_cleanup_add pc_unmount_if "$MNT"
 pc_mount "$MNT" -o "cache=$CACHE,cache_size=48M,keep_timeout=0,image_dir=$DIR"
 qemu-img create -q -f qcow2 "$MNT/q.qcow2" 8G || fail "qemu-img create on the mount"
+# qcow2 allocates clusters one after the other: a sequential stream, which would go around the
+# cache past the cutoff; here every write goes through it
+pc_ctl "$MNT" images/q.qcow2/sequential_cutoff 0 || fail "sequential_cutoff 0"
 
 args=() reads=()
 for i in $(seq 0 191); do
@@ -38,6 +41,8 @@ qemu-img check -q "$MNT/q.qcow2" || fail "qemu-img check after growth under a fu
 
 # raw: fio random writes with verify on a file that grows from nothing
 truncate -s 0 "$DIR/r.raw"
+stat "$MNT/r.raw" >/dev/null || fail "r.raw made in the directory is not served"
+pc_ctl "$MNT" images/r.raw/sequential_cutoff 0 || fail "sequential_cutoff 0 for r.raw"
 fio --name=g --filename="$MNT/r.raw" --rw=randwrite --bs=64k --size=96M --direct=1 --ioengine=psync \
 	--verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=1 > "$SCRATCH/fio.out" 2>&1 ||
 	{ tail "$SCRATCH/fio.out"; fail "fio on a growing raw image over a full cache"; }
