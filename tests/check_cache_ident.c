@@ -373,6 +373,59 @@ START_TEST(file_image_shrinks_dropping_the_tail_dirty_data_included)
 }
 END_TEST
 
+/*
+ * Rename: an attached image keeps its cached (dirty) data under the new name and path, durable
+ * in the table; a name in use is refused; a detached image is renamed in the table only.
+ */
+START_TEST(images_are_renamed_with_their_cached_data)
+{
+	struct pcache_image_ent e;
+	struct pcache_image *img;
+	uint8_t buf[4096];
+	char err[512];
+
+	no_background = true;
+	pcache_cache_stop(c, false);
+	start();
+	ck_assert_msg(attach("a", ipath, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(attach("b", ipath2, err, sizeof(err)) == 0, "%s", err);
+	img = pcache_image_get(c, "a");
+	ck_assert_int_eq(eng_write(img, 65536, 4096, 3, 5), 0);
+	ck_assert_int_eq(pcache_image_rename(c, "a", "b", ipath), -EEXIST);
+	ck_assert_int_eq(pcache_image_rename(c, "a", "bad/name", ipath), -EINVAL);
+	ck_assert_int_eq(pcache_image_rename(c, "nope", "x", ipath), -ENOENT);
+	ck_assert_int_eq(rename(ipath, lpath), 0);
+	ck_assert_int_eq(pcache_image_rename(c, "a", "a2", lpath), 0);
+	ck_assert_str_eq(pcache_image_name(img), "a2");
+	pcache_image_put(img);
+	ck_assert_ptr_null(pcache_image_get(c, "a"));
+	ck_assert_int_eq(pcache_cache_known_image(c, "a2", &e), 0);
+	ck_assert_str_eq(e.path, lpath);
+	ck_assert_int_ne(pcache_cache_known_image(c, "a", &e), 0);
+	pcache_cache_stop(c, false);
+	c = NULL;
+	start();    /* dirty data still in the cache only: it comes back under the new name */
+	ck_assert_int_eq(pcache_cache_attach_known(c, err, sizeof(err)), 0);
+	img = pcache_image_get(c, "a2");
+	ck_assert_ptr_nonnull(img);
+	ck_assert_int_eq(eng_read(img, buf, 65536, 4096), 0);
+	for (unsigned int i = 0; i < 4096; i += 512) {
+		uint32_t v = 0;
+
+		ck_assert_int_eq(eng_decode(buf + i, 3, 65536 + i, &v), 0);
+		ck_assert_uint_eq(v, 5);
+	}
+	pcache_image_put(img);
+	/* a detached image is renamed in the table */
+	ck_assert_int_eq(pcache_image_detach(c, "b", false), 0);
+	ck_assert_int_eq(pcache_image_rename(c, "b", "b2", ipath2), 0);
+	ck_assert_int_eq(pcache_cache_known_image(c, "b2", &e), 0);
+	ck_assert_int_eq(e.state, PCACHE_IMAGE_DETACHED);
+	ck_assert_int_eq(rename(lpath, ipath), 0);
+	no_background = false;
+}
+END_TEST
+
 START_TEST(identity_survives_a_restart_and_a_new_path)
 {
 	struct pcache_image_ent e;
@@ -484,6 +537,7 @@ Suite *cache_ident_suite(void)
 	tcase_add_test(tc, identity_survives_a_restart_and_a_new_path);
 	tcase_add_test(tc, file_image_grows_and_a_short_backing_is_extended_at_attach);
 	tcase_add_test(tc, file_image_shrinks_dropping_the_tail_dirty_data_included);
+	tcase_add_test(tc, images_are_renamed_with_their_cached_data);
 	tcase_add_test(tc, new_image_takes_the_backing_permissions);
 	tcase_add_test(tc, missing_backing_waits_while_the_others_come_up);
 	tcase_add_test(tc, overlap_rules);
