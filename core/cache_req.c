@@ -388,6 +388,34 @@ void pcache_through_destroy(struct pcache_through_gate *g)
 	pthread_mutex_destroy(&g->lock);
 }
 
+/* Put e on the gate's list of writes in flight, marking overlaps both ways (g->lock held). */
+static void ent_register(struct pcache_through_gate *g, struct pcache_through_ent *e)
+{
+	e->overlapped = false;
+	for (struct pcache_through_ent *o = g->ents; o; o = o->next) {
+		if (o->off < e->end && e->off < o->end) {
+			o->overlapped = true;
+			e->overlapped = true;
+		}
+	}
+	e->next = g->ents;
+	g->ents = e;
+}
+
+/*
+ * A writethrough write is in flight from its key's staging on: registered before it, an older
+ * overlapping write whose backing write lands after a newer one's is seen as overlapped by
+ * both, so neither is marked on the backing (the writeback settles them in log order).
+ */
+static void through_register(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	struct pcache_through_gate *g = &img->through;
+
+	pthread_mutex_lock(&g->lock);
+	ent_register(g, e);
+	pthread_mutex_unlock(&g->lock);
+}
+
 void pcache_through_enter(struct pcache_image *img, struct pcache_through_ent *e)
 {
 	struct pcache_through_gate *g = &img->through;
@@ -396,17 +424,8 @@ void pcache_through_enter(struct pcache_image *img, struct pcache_through_ent *e
 	while (g->excl || g->excl_waiting)
 		pthread_cond_wait(&g->cond, &g->lock);
 	g->shared++;
-	if (e) {
-		e->overlapped = false;
-		for (struct pcache_through_ent *o = g->ents; o; o = o->next) {
-			if (o->off < e->end && e->off < o->end) {
-				o->overlapped = true;
-				e->overlapped = true;
-			}
-		}
-		e->next = g->ents;
-		g->ents = e;
-	}
+	if (e)
+		ent_register(g, e);
 	pthread_mutex_unlock(&g->lock);
 }
 
@@ -478,26 +497,44 @@ static void mark_on_backing(struct pcache_image *img, const struct wt_keys *tk, 
 	}
 }
 
+/* Take e off the gate's list but stay inside the gate; was it overlapped? */
+static bool through_unlink(struct pcache_image *img, struct pcache_through_ent *e)
+{
+	struct pcache_through_gate *g = &img->through;
+	bool overlapped;
+
+	pthread_mutex_lock(&g->lock);
+	(void)ent_unlink(&g->ents, e);
+	overlapped = e->overlapped;
+	pthread_mutex_unlock(&g->lock);
+	return overlapped;
+}
+
 /*
  * Writethrough and writearound: write (buf) or zero (buf NULL) the backing image, and flush it
  * for FUA, inside the through gate (after the range's THROUGH keys are staged). With tk (a
- * writethrough write's keys), they are marked on the backing when that is certain. 0/-errno.
+ * writethrough write's keys, registered as reg before they were staged), they are marked on the
+ * backing when that is certain. 0/-errno.
  */
 static int through_io(struct pcache_image *img, const void *buf, uint64_t off, size_t len,
-		      unsigned int flags, const struct wt_keys *tk)
+		      unsigned int flags, const struct wt_keys *tk, struct pcache_through_ent *reg)
 {
 	struct pcache_through_ent e = { .off = off, .end = off + len };
+	bool overlapped;
 	int ret;
 
-	pcache_through_enter(img, &e);
+	pcache_through_enter(img, reg ? NULL : &e);
 	ret = pcache_backing_rw_sync(img->b, buf ? PCACHE_BIO_WRITE : PCACHE_BIO_ZERO, (void *)buf,
 				     len, off);
 	if (!ret && (flags & PCACHE_IO_FUA))
 		ret = pcache_backing_flush_sync(img->b);
-	pcache_through_leave(img, &e);
+	overlapped = through_unlink(img, reg ? reg : &e);
+	/* marked after leaving: a blocking mark inside the gate could wait for log space that
+	 * the writeback, waiting for the gate, frees (a missed race costs one extra write) */
+	pcache_through_leave(img, NULL);
 	if (ret)
 		atomic_fetch_add(&img->backing_errors, 1);
-	else if (tk && !e.overlapped)
+	else if (tk && !overlapped)
 		mark_on_backing(img, tk, true);
 	return ret;
 }
@@ -521,19 +558,6 @@ struct through_req {
 	void *copy;
 	struct pcache_through_ent nf;
 };
-
-/* Take e off the gate's list but stay inside the gate; was it overlapped? */
-static bool through_unlink(struct pcache_image *img, struct pcache_through_ent *e)
-{
-	struct pcache_through_gate *g = &img->through;
-	bool overlapped;
-
-	pthread_mutex_lock(&g->lock);
-	(void)ent_unlink(&g->ents, e);
-	overlapped = e->overlapped;
-	pthread_mutex_unlock(&g->lock);
-	return overlapped;
-}
 
 static void through_finish(struct through_req *t, int status)
 {
@@ -599,7 +623,7 @@ static int writearound_io(struct pcache_image *img, const void *buf, uint64_t of
 	pcache_nofill_add(img, &nf);
 	ret = writearound_fix(img, buf, off, len, flags);
 	if (!ret)
-		ret = through_io(img, buf, off, len, flags, NULL);
+		ret = through_io(img, buf, off, len, flags, NULL, NULL);
 	pcache_nofill_del(img, &nf);
 	return ret;
 }
@@ -655,10 +679,14 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 		 * writes the keys again in log order, which settles it.
 		 */
 		struct wt_keys tk = { 0 };
+		struct pcache_through_ent e = { .off = off, .end = off + len };
 
+		through_register(img, &e);
 		ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH, &tk);
 		if (!ret)
-			ret = through_io(img, buf, off, len, flags, &tk);
+			ret = through_io(img, buf, off, len, flags, &tk, &e);
+		else
+			(void)through_unlink(img, &e);
 	} else {
 		ret = cache_write(img, buf, off, len, flags, 0, NULL);
 	}
@@ -666,18 +694,16 @@ int pcache_image_write(struct pcache_image *img, const void *buf, uint64_t off, 
 	return ret;
 }
 
-/* Set up t for `writes` backing writes of [off, off + len); its pending count holds one more
- * for the submitter, dropped (through_end(t, 0)) once every write is submitted. */
-static void through_req_init(struct through_req *t, struct pcache_image *img, uint64_t off,
-			     size_t len, unsigned int flags, pcache_io_done_fn done, void *priv,
-			     uint32_t writes)
+/* Set up t for `writes` backing writes; its pending count holds one more for the submitter,
+ * dropped (through_end(t, 0)) once every write is submitted. t->ent is the caller's: it may be
+ * on the gate's list already, where other writes read it. */
+static void through_req_init(struct through_req *t, struct pcache_image *img, unsigned int flags,
+			     pcache_io_done_fn done, void *priv, uint32_t writes)
 {
 	t->img = img;
 	t->done = done;
 	t->priv = priv;
 	t->fua = flags & PCACHE_IO_FUA;
-	t->ent.off = off;
-	t->ent.end = off + len;
 	atomic_init(&t->pending, writes + 1);
 }
 
@@ -708,8 +734,10 @@ static int writearound_async(struct pcache_image *img, struct through_req *t, co
 		t->copy = NULL;
 		return ret;
 	}
-	through_req_init(t, img, off, len, flags, done, priv, 1);
+	through_req_init(t, img, flags, done, priv, 1);
 	io.kmem = t->copy;
+	t->ent.off = off;
+	t->ent.end = off + len;
 	pcache_through_enter(img, &t->ent);
 	ret = pcache_backing_submit(img->b, &io);
 	if (ret)
@@ -749,10 +777,15 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 			return ret;
 		goto out;
 	}
-	/* the THROUGH key first, as in pcache_image_write() */
+	/* the THROUGH key first, as in pcache_image_write() (registered before it) */
+	t->ent.off = off;
+	t->ent.end = off + len;
+	through_register(img, &t->ent);
 	ret = cache_write(img, buf, off, len, flags, PCACHE_IKEY_THROUGH, &t->tk);
-	if (ret)
+	if (ret) {
+		(void)through_unlink(img, &t->ent);
 		goto out;
+	}
 	for (j = 0; j < t->tk.n && !t->tk.overflow; j++) {
 		if (!pcache_seg_read_pin(c, t->tk.k[j].seg, t->tk.k[j].seg_gen))
 			break;
@@ -760,11 +793,12 @@ int pcache_image_write_async(struct pcache_image *img, const void *buf, uint64_t
 	}
 	if (t->tk.overflow || t->pinned < t->tk.n) {
 		/* too many pieces (or one freed already): write from the caller's buffer now */
-		ret = through_io(img, buf, off, len, flags, NULL);
+		(void)through_unlink(img, &t->ent);
+		ret = through_io(img, buf, off, len, flags, NULL, NULL);
 		goto out;
 	}
-	through_req_init(t, img, off, len, flags, done, priv, t->tk.n);
-	pcache_through_enter(img, &t->ent);
+	through_req_init(t, img, flags, done, priv, t->tk.n);
+	pcache_through_enter(img, NULL);   /* t->ent is on the list since before its keys */
 	pcache_backing_plug(img->b);
 	for (j = 0; j < t->tk.n; j++) {
 		const struct pcache_ikey *k = &t->tk.k[j];
@@ -835,7 +869,7 @@ int pcache_image_discard(struct pcache_image *img, uint64_t off, uint64_t len, b
 		len -= chunk;
 	}
 	if (!ret && mode == PCACHE_MODE_WRITETHROUGH)
-		ret = through_io(img, NULL, off0, len0, 0, NULL);
+		ret = through_io(img, NULL, off0, len0, 0, NULL, NULL);
 out:
 	pcache_req_exit(img);
 	return ret;
