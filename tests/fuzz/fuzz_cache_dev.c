@@ -176,7 +176,9 @@ static void check_loaded(struct pcache_cache_dev *cd, struct seen *s)
 		CHECK(strlen(e->path) > 0 && strlen(e->path) <= PCACHE_PATH_MAX);
 		CHECK(e->state == PCACHE_IMAGE_ATTACHED || e->state == PCACHE_IMAGE_DETACHED);
 		CHECK(PCACHE_IS_POW2(e->lbs) && e->lbs >= 512 && e->lbs <= 65536);
-		CHECK(e->size % 512 == 0 && e->cache_mode <= PCACHE_MODE_WRITEAROUND);
+		/* a file (lbs 512) has any size, 0 included; a larger-block device whole blocks */
+		CHECK((e->lbs == 512 || (e->size && e->size % e->lbs == 0)) &&
+		      e->cache_mode <= PCACHE_MODE_WRITEAROUND);
 		for (k = 0; k < j; k++)
 			CHECK(s->img[k].id != e->id && strcmp(s->img[k].name, e->name));
 	}
