@@ -15,8 +15,8 @@
  * its name is matched by identity (docs/identity.md) against the images of DIR whose file is
  * missing, and that image is renamed to it before the attach.
  *
- * Locks: none of its own. Calls the engine and images.c without pfs.lock held (attach opens
- * backings); reads slots under pfs.lock.
+ * Locks: only a leaf lock for its log throttle. Calls the engine and images.c without pfs.lock
+ * held (attach opens backings); reads slots under pfs.lock.
  */
 #include "daemon_i.h"
 
@@ -131,10 +131,11 @@ out:
  */
 static int dir_attach(const char *name)
 {
-	static char last_refused[PCACHE_NAME_MAX + 1];
+	static pthread_mutex_t refused_lock = PTHREAD_MUTEX_INITIALIZER;
+	static char last_refused[PCACHE_NAME_MAX + 1];   /* refused_lock */
 	char path[PCACHE_PATH_MAX + 2], err[1024];
 	struct stat st;
-	bool taken;
+	bool taken, again;
 	int ret;
 
 	if (!pcache_name_valid(name) || fstatat(dir_fd, name, &st, 0) != 0 || !S_ISREG(st.st_mode) ||
@@ -156,10 +157,14 @@ static int dir_attach(const char *name)
 		if (taken)
 			return 0;   /* attached meanwhile by another request */
 	}
-	if (ret && strcmp(last_refused, name)) {
+	if (ret) {
 		/* once per name in a row: a listing retries it each time */
+		pthread_mutex_lock(&refused_lock);
+		again = !strcmp(last_refused, name);
 		snprintf(last_refused, sizeof(last_refused), "%s", name);
-		pfs_log(LOG_WARNING, "image_dir: %s not served: %s", path, err[0] ? err : strerror(-ret));
+		pthread_mutex_unlock(&refused_lock);
+		if (!again)
+			pfs_log(LOG_WARNING, "image_dir: %s not served: %s", path, err[0] ? err : strerror(-ret));
 	}
 	return ret;
 }
