@@ -222,12 +222,19 @@ static uint32_t gc_copy_key(struct pcache_cache *c, struct gc_imgs *g, const str
 		return 0;
 	for (i = pcache_subtree_find(sub, roff); i < sub->n && sub->v[i].off < roff + len; i++) {
 		const struct pcache_ikey *e = &sub->v[i];
+		uint32_t lo, hi;
 
 		if (pcache_ikey_refs(e) && pcache_ikey_same_extent(e, seg, gen, seg_off, roff)) {
 			if (np == GC_COPY_PIECES)
 				break;
-			pc[np].off = e->off;
-			pc[np].len = e->len;
+			/* only the part inside this key's extent: gc_buf holds [roff, roff + len),
+			 * and a damaged log can hold two keys on one extent that overlap */
+			lo = PCACHE_MAX(e->off, roff);
+			hi = PCACHE_MIN(e->off + e->len, roff + len);
+			if (lo >= hi)
+				continue;
+			pc[np].off = lo;
+			pc[np].len = hi - lo;
 			np++;
 		}
 	}
