@@ -169,6 +169,20 @@ static void usage(const char *prog)
 	       prog, prog);
 }
 
+/* A decimal integer in [lo, hi], the whole of v: true and *out, or false. */
+static bool parse_long(const char *v, long lo, long hi, long *out)
+{
+	char *end;
+	long t;
+
+	errno = 0;
+	t = strtol(v, &end, 10);
+	if (errno || end == v || *end || t < lo || t > hi)
+		return false;
+	*out = t;
+	return true;
+}
+
 static int perr(struct parse_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int perr(struct parse_ctx *c, const char *fmt, ...)
 {
@@ -300,12 +314,9 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		return 0;
 	}
 	case KEY_KEEP_TIMEOUT: {
-		char *end;
 		long t;
 
-		errno = 0;
-		t = strtol(v, &end, 10);
-		if (errno || end == v || *end || t < 0 || t > 7 * 24 * 3600)
+		if (!parse_long(v, 0, 7 * 24 * 3600, &t))
 			return perr(c, "bad -o keep_timeout=%s (seconds, 0-604800)", v);
 		o->keep_timeout = (unsigned int)t;
 		return 0;
@@ -317,12 +328,9 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		o->fdstore = true;
 		return 0;
 	case KEY_SPACE_TIMEOUT: {
-		char *end;
 		long t;
 
-		errno = 0;
-		t = strtol(v, &end, 10);
-		if (errno || end == v || *end || t < 0 || t > 24 * 3600)
+		if (!parse_long(v, 0, 24 * 3600, &t))
 			return perr(c, "bad -o space_timeout=%s (seconds, 0-86400)", v);
 		o->space_timeout = (int)t;
 		return 0;
@@ -380,12 +388,9 @@ static int pfs_opt_proc(void *data, const char *arg, int key, struct fuse_args *
 		o->drain_on_exit = true;
 		return 0;
 	case KEY_MAX_THREADS: {
-		char *end;
 		long t;
 
-		errno = 0;
-		t = strtol(v, &end, 10);
-		if (errno || end == v || *end || t < 1 || t > 256)
+		if (!parse_long(v, 1, 256, &t))
 			return perr(c, "bad -o max_threads=%s (1-256)", v);
 		o->max_threads = (unsigned int)t;
 		return 0;
