@@ -966,6 +966,11 @@ uint64_t pcache_backing_blocks(const struct pcache_backing *b)
 	return (uint64_t)st.st_blocks;
 }
 
+int pcache_backing_stat(const struct pcache_backing *b, struct stat *st)
+{
+	return fstat(b->fd, st) == 0 ? 0 : -errno;
+}
+
 /* A file image's new size is not a multiple of the O_DIRECT alignment: go buffered. */
 static int bk_size_unaligned(struct pcache_backing *b, uint64_t size)
 {

@@ -807,6 +807,11 @@ uint64_t pcache_image_blocks(const struct pcache_image *img)
 	return pcache_backing_blocks(img->b);
 }
 
+int pcache_image_backing_stat(const struct pcache_image *img, struct stat *st)
+{
+	return pcache_backing_stat(img->b, st);
+}
+
 uint32_t pcache_image_lbs(const struct pcache_image *img)
 {
 	return img->lbs;

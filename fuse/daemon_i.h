@@ -286,15 +286,36 @@ struct statvfs;
 int pfs_dir_open(char *err, size_t errlen);
 void pfs_dir_close(void);
 bool pfs_dir_active(void);
-/* Attach every file of the directory not attached yet (start, listings of the root). */
+/*
+ * Bring the images up to date with the directory (start, listings of the root): images whose
+ * file was renamed, removed or moved out behind the daemon's back follow it, then every file
+ * not attached yet is attached.
+ */
 void pfs_dir_scan(void);
+/* Before a lookup of name in the root: pfs_dir_scan() if name's file is no longer its image's. */
+void pfs_dir_revalidate(const char *name);
+/* Is name one the mount keeps for an image removed while open (never served in the root)? */
+bool pfs_dir_hidden(const char *name);
+/* The last file of image name was closed: drop it if it was removed while open. */
+void pfs_dir_closed(const char *name);
+/*
+ * Tell the kernel to forget the root names pfs_dir_scan() changed (the image behind them
+ * went, or took another name). Only after the reply of the request that scanned: the kernel
+ * may hold the root's lock until then.
+ */
+void pfs_dir_send_inval(void);
+/* At start: drop the records of images removed while open before a crash. 0 or -ENOMEM. */
+int pfs_dir_purge_hidden(void);
 /* A lookup found no image name: attach the directory's file of that name. 0 or -ENOENT. */
 int pfs_dir_adopt(const char *name);
 /* Is the known image name one of the directory's (backing path DIR/name)? */
 bool pfs_dir_owns(const char *name);
 /* Create DIR/name (O_EXCL, mode, owner) and attach it: 0 or -errno. */
 int pfs_dir_create(const char *name, mode_t mode, uid_t uid, gid_t gid);
-/* Remove DIR/name and drop its image: 0, -ENOENT, -EPERM (not the directory's), -EBUSY (open). */
+/*
+ * Remove DIR/name and drop its image (kept under a hidden name until the last close if open):
+ * 0, -ENOENT, -EPERM (not the directory's).
+ */
 int pfs_dir_unlink(const char *name);
 /* Rename DIR/from to DIR/to and the image with it (flags: RENAME_NOREPLACE). 0 or -errno. */
 int pfs_dir_rename(const char *from, const char *to, unsigned int flags);
@@ -306,6 +327,8 @@ void pfs_images_release(void);
 /* ---- nodes (nodes.c): the inode layout, stat, lookup, directory listings ------------------- */
 
 #define PFS_ENTRY_TIMEOUT 60.0
+/* image names of an image directory: files change behind the daemon's back, re-asked soon */
+#define PFS_DIR_ENTRY_TIMEOUT 1.0
 #define PFS_CTL_ATTR_TIMEOUT 1.0
 
 /* A decoded inode number. */

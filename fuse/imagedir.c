@@ -15,8 +15,21 @@
  * its name is matched by identity (docs/identity.md) against the images of DIR whose file is
  * missing, and that image is renamed to it before the attach.
  *
- * Locks: only a leaf lock for its log throttle. Calls the engine and images.c without pfs.lock
- * held (attach opens backings); reads slots under pfs.lock.
+ * Files change behind the daemon's back while it runs too: a listing of the root (and a lookup
+ * of a name whose file is no longer the image's) compares every attached image of DIR with the
+ * file DIR/NAME (device and inode of the open backing). An image whose file has another name in
+ * DIR follows it (renamed, cached data kept); one whose file has no name left is dropped as by
+ * an unlink; one whose file was moved out of DIR is detached (written back first).
+ *
+ * Unlinking an open image (through the mount, or its file gone behind the daemon's back) works
+ * as on a plain directory: the name goes at once, the open files keep the image until the last
+ * close, then its cached data is dropped. Meanwhile the image is renamed in the table to a name
+ * of the mount's own (DIR_GONE_PREFIX, never served, refused for new images); a start drops
+ * such records (the file they stood for died with the daemon that held it open).
+ *
+ * Locks: dir_lock orders every change of DIR's images (create, unlink, rename, attach of a
+ * file, the comparison above): taken before pfs.lock, never while holding it; held across
+ * engine calls (attach opens backings, detach writes back). A leaf lock for the log throttle.
  */
 #include "daemon_i.h"
 
@@ -32,7 +45,57 @@
 
 #include "pcache/backing.h"
 
+#define DIR_GONE_PREFIX ".pcache-deleted-"
+
 static int dir_fd = -1;
+static pthread_mutex_t dir_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Root names the kernel must forget (pfs_dir_send_inval); past DIR_INVAL_MAX a name waits for
+ * its entry timeout (PFS_DIR_ENTRY_TIMEOUT). inval_lock is a leaf lock.
+ */
+#define DIR_INVAL_MAX 64
+static pthread_mutex_t inval_lock = PTHREAD_MUTEX_INITIALIZER;
+static char inval_names[DIR_INVAL_MAX][PCACHE_NAME_MAX + 1];   /* inval_lock */
+static int inval_n;                                           /* inval_lock */
+
+static void inval_add(const char *name)
+{
+	pthread_mutex_lock(&inval_lock);
+	if (inval_n < DIR_INVAL_MAX)
+		snprintf(inval_names[inval_n++], sizeof(inval_names[0]), "%s", name);
+	pthread_mutex_unlock(&inval_lock);
+}
+
+void pfs_dir_send_inval(void)
+{
+	char name[PCACHE_NAME_MAX + 1];
+
+	for (;;) {
+		pthread_mutex_lock(&inval_lock);
+		if (inval_n)
+			snprintf(name, sizeof(name), "%s", inval_names[--inval_n]);
+		else
+			name[0] = '\0';
+		pthread_mutex_unlock(&inval_lock);
+		if (!name[0])
+			return;
+		/* an error only says the kernel had no entry of it */
+		(void)fuse_lowlevel_notify_inval_entry(pfs.se, PFS_INO_ROOT, name, strlen(name));
+		(void)fuse_lowlevel_notify_inval_entry(pfs.se, PFS_INO_IMAGES_DIR, name, strlen(name));
+	}
+}
+
+bool pfs_dir_hidden(const char *name)
+{
+	return !strncmp(name, DIR_GONE_PREFIX, sizeof(DIR_GONE_PREFIX) - 1);
+}
+
+/* A name a file of DIR can be served under. */
+static bool dir_name_ok(const char *name)
+{
+	return pcache_name_valid(name) && !pfs_dir_hidden(name);
+}
 
 bool pfs_dir_active(void)
 {
@@ -138,7 +201,7 @@ static int dir_attach(const char *name)
 	bool taken, again;
 	int ret;
 
-	if (!pcache_name_valid(name) || fstatat(dir_fd, name, &st, 0) != 0 || !S_ISREG(st.st_mode) ||
+	if (!dir_name_ok(name) || fstatat(dir_fd, name, &st, 0) != 0 || !S_ISREG(st.st_mode) ||
 	    dir_path(name, path, sizeof(path)) != 0)
 		return -ENOENT;
 	pthread_mutex_lock(&pfs.lock);
@@ -171,33 +234,284 @@ static int dir_attach(const char *name)
 
 int pfs_dir_adopt(const char *name)
 {
+	int ret;
+
 	if (dir_fd < 0)
 		return -ENOENT;
-	return dir_attach(name) == 0 ? 0 : -ENOENT;
+	pthread_mutex_lock(&dir_lock);
+	ret = dir_attach(name);
+	pthread_mutex_unlock(&dir_lock);
+	return ret == 0 ? 0 : -ENOENT;
 }
 
-void pfs_dir_scan(void)
+/*
+ * The file of an open image of DIR is gone: rename the image to a name of the mount's own, so
+ * its name is free and unseen while the open files keep using it (dir_lock held). 0 or -errno.
+ */
+static int hide_image(const char *name)
 {
-	DIR *d;
-	struct dirent *de;
-	int fd;
+	char hidden[PCACHE_NAME_MAX + 1], path[PCACHE_PATH_MAX + 2], err[256];
+	struct pfs_slot *s;
+	uint32_t slot = 0, gen = 0;
+	int ret;
 
-	if (dir_fd < 0)
+	if (pfs_dir_hidden(name))
+		return 0;
+	pthread_mutex_lock(&pfs.lock);
+	s = pfs_slot_by_name(name);
+	if (s) {
+		slot = (uint32_t)(s - pfs.slots);
+		gen = atomic_load(&s->gen);
+	}
+	pthread_mutex_unlock(&pfs.lock);
+	if (!s)
+		return -ENOENT;
+	snprintf(hidden, sizeof(hidden), DIR_GONE_PREFIX "%u.%u", slot, gen);
+	ret = dir_path(hidden, path, sizeof(path));
+	if (!ret)
+		ret = pcache_image_rename(pfs.cache, name, hidden, path);
+	if (ret) {
+		snprintf(err, sizeof(err), "%s", strerror(-ret));
+		pfs_log(LOG_WARNING, "image_dir: %s: its file is gone but the image stays: %s", name, err);
+		return ret;
+	}
+	pfs_images_renamed(name, hidden);
+	pfs_log(LOG_INFO, "image_dir: %s removed while open: its open files keep it (as %s) until "
+		"the last close", name, hidden);
+	return 0;
+}
+
+/*
+ * The file of an image of DIR is gone (unlinked, or replaced by a rename; dir_lock held): drop
+ * the image and its cached data, or hide it while files of it are open.
+ */
+static void drop_image(const char *name)
+{
+	uint64_t lost = 0;
+	char err[512];
+	int ret = pfs_image_give_up(name, &lost, err, sizeof(err));
+
+	if (ret == -EBUSY)
+		(void)hide_image(name);
+	else if (ret)
+		pfs_log(LOG_WARNING, "image_dir: %s: its file is gone, the image stays: %s", name, err);
+	else if (lost)
+		pfs_log(LOG_INFO, "image_dir: %s removed with %llu cached bytes not written back "
+			"(its file is gone)", name, (unsigned long long)lost);
+}
+
+void pfs_dir_closed(const char *name)
+{
+	if (!pfs_dir_hidden(name))
 		return;
+	pthread_mutex_lock(&dir_lock);
+	drop_image(name);
+	pthread_mutex_unlock(&dir_lock);
+}
+
+int pfs_dir_purge_hidden(void)
+{
+	struct pcache_unattached *v = calloc(PFS_MAX_SLOTS, sizeof(*v));
+	struct stat st;
+	uint64_t lost;
+	int n;
+
+	if (!v)
+		return -ENOMEM;
+	n = pcache_cache_unattached(pfs.cache, v, PFS_MAX_SLOTS);
+	for (int i = 0; i < n; i++) {
+		/* the path of such a record is never made: one that exists is not ours to drop */
+		if (!pfs_dir_hidden(v[i].name) || stat(v[i].path, &st) == 0)
+			continue;
+		lost = 0;
+		if (pcache_image_give_up(pfs.cache, v[i].name, &lost) == 0)
+			pfs_log(LOG_INFO, "image %s (removed while open, before a crash) dropped with "
+				"%llu cached bytes", v[i].name, (unsigned long long)lost);
+	}
+	free(v);
+	return n < 0 ? n : 0;
+}
+
+/* A regular file of DIR with a name DIR may serve, and its inode. */
+struct dir_file {
+	char name[PCACHE_NAME_MAX + 1];
+	dev_t dev;
+	ino_t ino;
+};
+
+/* The files of DIR (*n of them, malloc'ed), or NULL (logged). */
+static struct dir_file *dir_files(int *n)
+{
+	struct dir_file *v = NULL, *nv;
+	int fd, cap = 0;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+
+	*n = 0;
 	fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	d = fd >= 0 ? fdopendir(fd) : NULL;
 	if (!d) {
 		if (fd >= 0)
 			close(fd);
 		pfs_log(LOG_WARNING, "image_dir %s: %s", pfs.opts->image_dir, strerror(errno));
-		return;
+		return NULL;
 	}
 	while ((de = readdir(d)) != NULL) {
 		if (de->d_type != DT_REG && de->d_type != DT_LNK && de->d_type != DT_UNKNOWN)
 			continue;
-		(void)dir_attach(de->d_name);
+		if (!dir_name_ok(de->d_name) || fstatat(dir_fd, de->d_name, &st, 0) != 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		if (*n == cap) {
+			cap = cap ? 2 * cap : 64;
+			nv = realloc(v, (size_t)cap * sizeof(*v));
+			if (!nv)
+				break;
+			v = nv;
+		}
+		snprintf(v[*n].name, sizeof(v[*n].name), "%.*s", (int)PCACHE_NAME_MAX, de->d_name);
+		v[*n].dev = st.st_dev;
+		v[*n].ino = st.st_ino;
+		(*n)++;
 	}
 	closedir(d);
+	if (!v)
+		v = malloc(sizeof(*v));   /* an empty directory is a list too */
+	return v;
+}
+
+/* What became of an attached image's file (dir_follow). */
+enum dir_fate { DF_SAME, DF_RENAMED, DF_GONE, DF_MOVED };
+
+/*
+ * Attached images of DIR whose file is no longer DIR/NAME follow it (dir_lock held): renamed
+ * in DIR (the image takes the new name), gone (dropped as by an unlink), or moved out of DIR
+ * (detached once nothing has it open: written back first, the table forgets it). Drops and
+ * detaches come before renames, which may take the name of a dropped one.
+ */
+static void dir_follow(const struct dir_file *f, int nf)
+{
+	char (*names)[PCACHE_NAME_MAX + 1] = calloc(PFS_MAX_SLOTS, sizeof(*names));
+	enum dir_fate *fate = calloc(PFS_MAX_SLOTS, sizeof(*fate));
+	int *to = calloc(PFS_MAX_SLOTS, sizeof(*to));
+	char err[512], path[PCACHE_PATH_MAX + 2];
+	int n = 0, ret;
+
+	if (!names || !fate || !to)
+		goto out;
+	pthread_mutex_lock(&pfs.lock);
+	for (int i = 0; i < PFS_MAX_SLOTS; i++) {
+		if (pfs.slots[i].state == PFS_SLOT_ATTACHED)
+			snprintf(names[n++], sizeof(names[0]), "%s", pfs.slots[i].name);
+	}
+	pthread_mutex_unlock(&pfs.lock);
+	for (int i = 0; i < n; i++) {
+		struct pcache_image *img;
+		struct stat st;
+
+		fate[i] = DF_SAME;
+		if (pfs_dir_hidden(names[i])) {
+			fate[i] = DF_GONE;      /* its last close did not drop it: drop it now */
+			continue;
+		}
+		if (!pfs_dir_owns(names[i]) || !(img = pcache_image_get(pfs.cache, names[i])))
+			continue;
+		ret = pcache_image_backing_stat(img, &st);
+		pcache_image_put(img);
+		if (ret)
+			continue;
+		fate[i] = st.st_nlink ? DF_MOVED : DF_GONE;
+		for (int j = 0; j < nf; j++) {
+			if (f[j].dev != st.st_dev || f[j].ino != st.st_ino)
+				continue;
+			if (!strcmp(f[j].name, names[i])) {
+				fate[i] = DF_SAME;
+				break;
+			}
+			if (fate[i] != DF_RENAMED) {
+				fate[i] = DF_RENAMED;   /* the image takes the first other name met */
+				to[i] = j;
+			}
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		if (fate[i] != DF_SAME)
+			inval_add(names[i]);
+		if (fate[i] == DF_GONE) {
+			drop_image(names[i]);
+		} else if (fate[i] == DF_MOVED) {
+			ret = pfs_image_detach(names[i], err, sizeof(err));
+			if (ret == 0)
+				pfs_log(LOG_NOTICE, "image_dir: the file of %s left the directory: detached "
+					"(written back)", names[i]);
+			else
+				pfs_log(LOG_WARNING, "image_dir: the file of %s left the directory; it is "
+					"served until it can be detached: %s", names[i], err);
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		const char *nn = f[to[i]].name;
+		bool taken;
+
+		if (fate[i] != DF_RENAMED || dir_path(nn, path, sizeof(path)) != 0)
+			continue;
+		pthread_mutex_lock(&pfs.lock);
+		taken = pfs_slot_by_name(nn) != NULL;
+		pthread_mutex_unlock(&pfs.lock);
+		if (taken)
+			continue;   /* served by another image the file is no longer (logged below) */
+		/* a record of the new name left over from an earlier file of that name */
+		if (pcache_cache_known_image(pfs.cache, nn, &(struct pcache_image_ent){ 0 }) == 0)
+			drop_image(nn);
+		ret = pcache_image_rename(pfs.cache, names[i], nn, path);
+		if (ret) {
+			snprintf(err, sizeof(err), "%s", strerror(-ret));
+			pfs_log(LOG_WARNING, "image_dir: %s was renamed to %s behind the daemon's back, "
+				"but not its image: %s", names[i], nn, err);
+			continue;
+		}
+		pfs_images_renamed(names[i], nn);
+		pfs_log(LOG_NOTICE, "image_dir: %s was renamed to %s: its cached data goes with it",
+			names[i], nn);
+	}
+out:
+	free(names);
+	free(fate);
+	free(to);
+}
+
+void pfs_dir_scan(void)
+{
+	struct dir_file *f;
+	int n;
+
+	if (dir_fd < 0)
+		return;
+	pthread_mutex_lock(&dir_lock);
+	f = dir_files(&n);
+	if (f) {
+		dir_follow(f, n);
+		for (int i = 0; i < n; i++)
+			(void)dir_attach(f[i].name);
+	}
+	pthread_mutex_unlock(&dir_lock);
+	free(f);
+}
+
+void pfs_dir_revalidate(const char *name)
+{
+	struct pcache_image *img;
+	struct stat a, b;
+	bool same;
+
+	if (dir_fd < 0 || !pfs_dir_owns(name) || !(img = pcache_image_get(pfs.cache, name)))
+		return;
+	same = pcache_image_backing_stat(img, &a) == 0 && fstatat(dir_fd, name, &b, 0) == 0 &&
+	       a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+	pcache_image_put(img);
+	if (!same)
+		pfs_dir_scan();
 }
 
 int pfs_dir_create(const char *name, mode_t mode, uid_t uid, gid_t gid)
@@ -207,14 +521,17 @@ int pfs_dir_create(const char *name, mode_t mode, uid_t uid, gid_t gid)
 
 	if (dir_fd < 0)
 		return -EROFS;
-	if (!pcache_name_valid(name))
+	if (!dir_name_ok(name))
 		return -EINVAL;
 	ret = dir_path(name, path, sizeof(path));
 	if (ret)
 		return ret;
+	pthread_mutex_lock(&dir_lock);
 	fd = openat(dir_fd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode & 07777);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		ret = -errno;
+		goto out;
+	}
 	/* the caller owns the new file, as on any directory (the daemon runs as root) */
 	if (fchown(fd, uid, gid) != 0 && errno != EPERM)
 		pfs_log(LOG_WARNING, "image_dir: chown %s: %s", path, strerror(errno));
@@ -226,83 +543,62 @@ int pfs_dir_create(const char *name, mode_t mode, uid_t uid, gid_t gid)
 			err[0] ? err : strerror(-ret));
 		(void)unlinkat(dir_fd, name, 0);
 	}
+out:
+	pthread_mutex_unlock(&dir_lock);
 	return ret;
 }
 
 /* The slot serving name, if it is an image of DIR: 0, -ENOENT, -EPERM (not DIR's). */
-static int dir_image(const char *name, bool *open)
+static int dir_image(const char *name)
 {
 	struct pfs_slot *s;
 
+	if (pfs_dir_hidden(name))
+		return -ENOENT;
 	pthread_mutex_lock(&pfs.lock);
 	s = pfs_slot_by_name(name);
-	*open = s && s->open_count;
 	pthread_mutex_unlock(&pfs.lock);
 	if (!s)
 		return -ENOENT;
 	return pfs_dir_owns(name) ? 0 : -EPERM;
 }
 
-/* The file of an image of DIR is gone (unlinked, or replaced by a rename): drop the image. */
-static void drop_image(const char *name)
-{
-	uint64_t lost = 0;
-	char err[512];
-
-	if (pfs_image_give_up(name, &lost, err, sizeof(err)) != 0)
-		pfs_log(LOG_WARNING, "image_dir: %s: its file is gone, the image stays: %s", name, err);
-	else if (lost)
-		pfs_log(LOG_INFO, "image_dir: %s removed with %llu cached bytes not written back "
-			"(its file is gone)", name, (unsigned long long)lost);
-}
-
 int pfs_dir_unlink(const char *name)
 {
-	bool open;
 	int ret;
 
 	if (dir_fd < 0)
 		return -EPERM;
-	ret = dir_image(name, &open);
-	if (ret)
-		return ret;
-	if (open)
-		return -EBUSY;
+	pthread_mutex_lock(&dir_lock);
+	ret = dir_image(name);
 	/* the file first: if that fails nothing changed; a crash after it leaves the image
 	 * missing its file (status shows it; give_up forgets it), never a file without its data */
-	if (unlinkat(dir_fd, name, 0) != 0)
-		return -errno;
-	drop_image(name);
-	return 0;
+	if (!ret && unlinkat(dir_fd, name, 0) != 0)
+		ret = -errno;
+	if (!ret)
+		drop_image(name);
+	pthread_mutex_unlock(&dir_lock);
+	return ret;
 }
 
-int pfs_dir_rename(const char *from, const char *to, unsigned int flags)
+static int dir_rename_locked(const char *from, const char *to, unsigned int flags)
 {
 	char path[PCACHE_PATH_MAX + 2], err[512];
-	bool open, dst_open = false;
 	int ret, dst;
 
-	if (dir_fd < 0)
-		return -EPERM;
-	if (flags & ~(unsigned int)RENAME_NOREPLACE)
-		return -EINVAL;    /* RENAME_EXCHANGE, RENAME_WHITEOUT */
-	if (!pcache_name_valid(to))
-		return -EINVAL;
 	ret = dir_path(to, path, sizeof(path));
 	if (ret)
 		return ret;
-	ret = dir_image(from, &open);
+	ret = dir_image(from);
 	if (ret)
 		return ret;
 	if (!strcmp(from, to))
 		return 0;
-	dst = dir_image(to, &dst_open);
+	dst = dir_image(to);
 	if (dst == -EPERM)
 		return -EPERM;          /* would replace an image that is not DIR's */
 	if (dst == 0 && (flags & RENAME_NOREPLACE))
 		return -EEXIST;
-	if (dst == 0 && dst_open)
-		return -EBUSY;
 	if (renameat2(dir_fd, from, dir_fd, to, flags) != 0)
 		return -errno;
 	/* the file it replaced is gone: so is its image (or a record of that name left over) */
@@ -310,13 +606,29 @@ int pfs_dir_rename(const char *from, const char *to, unsigned int flags)
 		drop_image(to);
 	ret = pcache_image_rename(pfs.cache, from, to, path);
 	if (ret) {
-		/* the file has its new name; the next attach of it finds the image by identity */
+		/* the file has its new name; the next listing finds the image by its file */
 		snprintf(err, sizeof(err), "%s", strerror(-ret));
 		pfs_log(LOG_WARNING, "image_dir: renamed %s to %s, but not its image: %s", from, to, err);
 		return 0;
 	}
 	pfs_images_renamed(from, to);
 	return 0;
+}
+
+int pfs_dir_rename(const char *from, const char *to, unsigned int flags)
+{
+	int ret;
+
+	if (dir_fd < 0)
+		return -EPERM;
+	if (flags & ~(unsigned int)RENAME_NOREPLACE)
+		return -EINVAL;    /* RENAME_EXCHANGE, RENAME_WHITEOUT */
+	if (!dir_name_ok(to))
+		return -EINVAL;
+	pthread_mutex_lock(&dir_lock);
+	ret = dir_rename_locked(from, to, flags);
+	pthread_mutex_unlock(&dir_lock);
+	return ret;
 }
 
 int pfs_dir_statfs(struct statvfs *sv)

@@ -185,6 +185,10 @@ int pfs_image_attach(const char *name, const char *path, int cache_mode, bool re
 		snprintf(err, errlen, "invalid image name '%s'", name);
 		return -EINVAL;
 	}
+	if (pfs_dir_hidden(name)) {
+		snprintf(err, errlen, "image names starting with '.pcache-deleted-' are the mount's own");
+		return -EINVAL;
+	}
 	pthread_mutex_lock(&pfs.lock);
 	taken = pfs_slot_by_name(name) != NULL;
 	pthread_mutex_unlock(&pfs.lock);

@@ -335,6 +335,8 @@ static int attach_images(const struct pfs_opts *o)
 		free(ent);
 		return ret;
 	}
+	/* images removed while open died with the daemon that held them */
+	(void)pfs_dir_purge_hidden();
 	ret = pfs_images_attach_known(named, o->n_images, err, sizeof(err));
 	if (ret) {
 		fprintf(stderr, "pcachefs: attaching the images known to the cache device: %s\n",

@@ -148,7 +148,7 @@ int pfs_node_lookup(fuse_ino_t parent, const char *name, fuse_ino_t *ino)
 			*ino = PFS_INO_CTL_DIR;
 			return 0;
 		}
-		s = pfs_slot_by_name(name);
+		s = pfs_dir_hidden(name) ? NULL : pfs_slot_by_name(name);
 		if (!s)
 			return -ENOENT;
 		*ino = pfs_img_ino((uint32_t)(s - pfs.slots), s->gen, PFS_IK_FILE);
@@ -212,7 +212,7 @@ int pfs_dir_list(fuse_ino_t ino, struct pfs_dent *v)
 		dir_add(v, &cnt, ".pcache", PFS_INO_CTL_DIR, S_IFDIR);
 		for (int i = 0; i < PFS_MAX_SLOTS; i++) {
 			s = &pfs.slots[i];
-			if (s->state == PFS_SLOT_ATTACHED)
+			if (s->state == PFS_SLOT_ATTACHED && !pfs_dir_hidden(s->name))
 				dir_add(v, &cnt, s->name, pfs_img_ino((uint32_t)i, s->gen, PFS_IK_FILE), S_IFREG);
 		}
 		return cnt;

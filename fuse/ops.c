@@ -375,6 +375,8 @@ static void pfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	int ret;
 
 	memset(&e, 0, sizeof(e));
+	if (parent == PFS_INO_ROOT)
+		pfs_dir_revalidate(name);   /* its file may have changed behind our back */
 	pthread_mutex_lock(&pfs.lock);
 	ret = pfs_node_lookup(parent, name, &ino);
 	pthread_mutex_unlock(&pfs.lock);
@@ -391,12 +393,15 @@ static void pfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (ret) {
 		fuse_reply_err(req, -ret);
+		pfs_dir_send_inval();
 		return;
 	}
 	e.ino = ino;
 	e.generation = 1;
-	e.entry_timeout = PFS_ENTRY_TIMEOUT;
+	e.entry_timeout = parent == PFS_INO_ROOT && pfs_dir_active() ? PFS_DIR_ENTRY_TIMEOUT :
+			  PFS_ENTRY_TIMEOUT;
 	fuse_reply_entry(req, &e);
+	pfs_dir_send_inval();
 }
 
 /* Valid replies: fuse_reply_attr, fuse_reply_err (ENOENT). */
@@ -573,16 +578,22 @@ static bool file_is_image(const struct pfs_file *f)
 /* Valid replies: fuse_reply_err (always 0). */
 static void pfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	char name[PCACHE_NAME_MAX + 1] = "";
 	struct pfs_file f;
 
 	if (file_of(ino, fi, &f) == 0 && f.s) {
 		pthread_mutex_lock(&pfs.lock);
 		if (f.s->open_count)
 			f.s->open_count--;
+		/* the last close of an image removed while open ends it */
+		if (!f.s->open_count && pfs_slot_of(ino, &f.node))
+			snprintf(name, sizeof(name), "%s", f.s->name);
 		pthread_mutex_unlock(&pfs.lock);
 		pfs_handover_changed();
 	}
 	fuse_reply_err(req, 0);
+	if (name[0])
+		pfs_dir_closed(name);
 }
 
 /* Control file read: generated afresh for every read (control files are direct-io). */
@@ -901,6 +912,7 @@ static void pfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
 	fuse_reply_buf(req, buf, used);
 	free(buf);
 	free(v);
+	pfs_dir_send_inval();
 }
 
 /* Cache usage: blocks = cache size, free = free segments. Valid replies: fuse_reply_statfs. */
@@ -964,7 +976,7 @@ static int root_entry(const char *name, struct fuse_entry_param *e)
 	pthread_mutex_unlock(&pfs.lock);
 	e->ino = ino;
 	e->generation = 1;
-	e->entry_timeout = PFS_ENTRY_TIMEOUT;
+	e->entry_timeout = PFS_DIR_ENTRY_TIMEOUT;   /* only made with an image directory */
 	return ret;
 }
 

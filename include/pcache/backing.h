@@ -54,6 +54,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct stat;
+
 struct pcache_backing;
 
 /* ---- opening and querying ----------------------------------------------------------------- */
@@ -91,6 +93,8 @@ uint64_t pcache_backing_size(const struct pcache_backing *b);       /* bytes */
 uint64_t pcache_backing_span(const struct pcache_backing *b);       /* size rounded up to lbs */
 /* 512-byte blocks the backing occupies: a file's allocation (st_blocks), a device's size. */
 uint64_t pcache_backing_blocks(const struct pcache_backing *b);
+/* fstat of the open backing (its inode now: st_nlink 0 once every name of a file is gone). */
+int pcache_backing_stat(const struct pcache_backing *b, struct stat *st);
 /*
  * Grow a file to size bytes (ftruncate; the new bytes read as zeros): 0 (also when it is not
  * smaller), -EFBIG for a block device, -EROFS, or the errno of ftruncate/fcntl. A direct image

@@ -19,6 +19,8 @@
 
 #include "pcache/cache_dev.h"
 
+struct stat;
+
 struct pcache_cache;
 struct pcache_image;
 
@@ -176,6 +178,8 @@ uint64_t pcache_image_size(const struct pcache_image *img);
 uint32_t pcache_image_lbs(const struct pcache_image *img);      /* engine sector size */
 /* 512-byte blocks its backing occupies now (a file's allocation; du of the image). */
 uint64_t pcache_image_blocks(const struct pcache_image *img);
+/* fstat of the image's open backing: 0 or -errno. */
+int pcache_image_backing_stat(const struct pcache_image *img, struct stat *st);
 /* Largest size a file image grows to. */
 #define PCACHE_GROW_MAX (16ull << 40)
 /*
