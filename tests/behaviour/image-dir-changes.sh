@@ -6,13 +6,14 @@
 # image is open leaves a record that the next start drops. Files removed, renamed and replaced
 # in DIR behind the running daemon's back are followed at the next listing or lookup: a renamed
 # file keeps its cached dirty data under its new name, a removed file's image goes, a replaced
-# file is served with its new bytes, a file moved out of DIR is written back and detached.
+# file is served with its new bytes, a file moved out of DIR is written back and detached. A
+# second pcachefs on the same directory serves none of the files the first holds.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
 need_cmd cmp jq
 
-pc_shm 160M
+pc_shm 192M
 MNT=$SCRATCH/mnt
 DIR=$SCRATCH/images
 mkdir -p "$DIR" "$SCRATCH/out"
@@ -97,6 +98,16 @@ sleep 1.2   # the kernel keeps a name for 1 s
 [ "$(cat "$MNT/a.raw")" = second ] || fail "a lookup serves a replaced file's old bytes"
 pc_ctl "$MNT" flush 1 || fail "flush"
 cmp "$DIR/renamed.raw" "$MNT/renamed.raw" || fail "renamed.raw: the file differs from the image after flush"
+
+# ---- one owner: a second pcachefs on the same directory serves none of the held files
+FIRST=$PC_PID
+MNT2=$SCRATCH/mnt2
+pc_cleanup_add pc_unmount_if "$MNT2"
+pc_mount "$MNT2" -o "cache=$SCRATCH/shm/cache2.img,cache_size=48M,keep_timeout=0,image_dir=$DIR"
+[ -z "$(list "$MNT2")" ] || fail "a second pcachefs serves '$(list "$MNT2")' of a directory the first holds"
+grep -q "not served" "$SCRATCH/pcachefs.mnt2.log" || fail "the second pcachefs did not log the held files"
+pc_umount "$MNT2" || fail "umount the second mount"
+PC_PID=$FIRST
 pc_umount "$MNT" || fail "umount"
 note "unlink and rename over open images; kill -9 with a removed open image; rename, removal, replacement and move-out behind the daemon's back"
 exit 0
