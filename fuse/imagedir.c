@@ -188,17 +188,34 @@ out:
 }
 
 /*
- * Attach DIR/name if it is a regular file with a valid image name and not attached: 0 (now
- * attached), -ENOENT (no such file, or not one that can be an image), or the attach's error
- * (logged once per name and file).
+ * Is this the first refusal of name lately (dir_lock held)? Listings retry a refused file each
+ * time: its log line is written once (the last DIR_REFUSED_MAX names are remembered).
+ */
+#define DIR_REFUSED_MAX 32
+static bool first_refusal(const char *name)
+{
+	static char refused[DIR_REFUSED_MAX][PCACHE_NAME_MAX + 1];   /* dir_lock */
+	static int next;                                            /* dir_lock */
+
+	for (int i = 0; i < DIR_REFUSED_MAX; i++) {
+		if (!strncmp(refused[i], name, PCACHE_NAME_MAX))
+			return false;
+	}
+	snprintf(refused[next], sizeof(refused[0]), "%.*s", (int)PCACHE_NAME_MAX, name);
+	next = (next + 1) % DIR_REFUSED_MAX;
+	return true;
+}
+
+/*
+ * Attach DIR/name if it is a regular file with a valid image name and not attached (dir_lock
+ * held): 0 (now attached), -ENOENT (no such file, or not one that can be an image), or the
+ * attach's error (logged once per name).
  */
 static int dir_attach(const char *name)
 {
-	static pthread_mutex_t refused_lock = PTHREAD_MUTEX_INITIALIZER;
-	static char last_refused[PCACHE_NAME_MAX + 1];   /* refused_lock */
 	char path[PCACHE_PATH_MAX + 2], err[1024];
 	struct stat st;
-	bool taken, again;
+	bool taken;
 	int ret;
 
 	if (!dir_name_ok(name) || fstatat(dir_fd, name, &st, 0) != 0 || !S_ISREG(st.st_mode) ||
@@ -220,15 +237,8 @@ static int dir_attach(const char *name)
 		if (taken)
 			return 0;   /* attached meanwhile by another request */
 	}
-	if (ret) {
-		/* once per name in a row: a listing retries it each time */
-		pthread_mutex_lock(&refused_lock);
-		again = !strcmp(last_refused, name);
-		snprintf(last_refused, sizeof(last_refused), "%s", name);
-		pthread_mutex_unlock(&refused_lock);
-		if (!again)
-			pfs_log(LOG_WARNING, "image_dir: %s not served: %s", path, err[0] ? err : strerror(-ret));
-	}
+	if (ret && first_refusal(name))
+		pfs_log(LOG_WARNING, "image_dir: %s not served: %s", path, err[0] ? err : strerror(-ret));
 	return ret;
 }
 
@@ -360,9 +370,15 @@ static struct dir_file *dir_files(int *n)
 	while ((de = readdir(d)) != NULL) {
 		if (de->d_type != DT_REG && de->d_type != DT_LNK && de->d_type != DT_UNKNOWN)
 			continue;
-		if (!dir_name_ok(de->d_name) || fstatat(dir_fd, de->d_name, &st, 0) != 0 ||
-		    !S_ISREG(st.st_mode))
+		if (fstatat(dir_fd, de->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode))
 			continue;
+		if (!dir_name_ok(de->d_name)) {
+			if (!pfs_dir_hidden(de->d_name) && first_refusal(de->d_name))
+				pfs_log(LOG_WARNING, "image_dir: %s/%s not served: image names are 1-%u "
+					"bytes without control characters (rename the file)", pfs.opts->image_dir,
+					de->d_name, PCACHE_NAME_MAX);
+			continue;
+		}
 		if (*n == cap) {
 			cap = cap ? 2 * cap : 64;
 			nv = realloc(v, (size_t)cap * sizeof(*v));

@@ -343,7 +343,10 @@ int pcache_image_set_seq_cutoff(struct pcache_image *img, uint64_t bytes);
 int pcache_image_set_max_share(struct pcache_image *img, uint32_t pct);
 uint32_t pcache_image_max_share(struct pcache_image *img);
 uint64_t pcache_image_seq_cutoff(const struct pcache_image *img);
-/* Is name valid for an image (the image table's rule: [A-Za-z0-9._-], 1..PCACHE_NAME_MAX)? */
+/*
+ * Is name valid for an image (the image table's rule: 1..PCACHE_NAME_MAX bytes, no '/', no
+ * control characters, not ".", ".." or ".pcache")?
+ */
 bool pcache_name_valid(const char *name);
 /* The image table's entry of a known image by name (attached or not): 0 or -ENOENT. */
 int pcache_cache_known_image(struct pcache_cache *c, const char *name, struct pcache_image_ent *e);

@@ -7,7 +7,9 @@
 # in DIR behind the running daemon's back are followed at the next listing or lookup: a renamed
 # file keeps its cached dirty data under its new name, a removed file's image goes, a replaced
 # file is served with its new bytes, a file moved out of DIR is written back and detached. A
-# second pcachefs on the same directory serves none of the files the first holds.
+# second pcachefs on the same directory serves none of the files the first holds; a file whose
+# name cannot be an image's (over 127 bytes) is left out with one log line, a name with a space
+# is served.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -92,6 +94,15 @@ cmp -n $((1 << 20)) "$SCRATCH/blk2" <(dd if="$MNT/renamed.raw" bs=1M skip=3 coun
 	fail "a file renamed behind the daemon's back lost its cached data"
 cmp -n $((1 << 20)) "$SCRATCH/blk" <(dd if="$SCRATCH/out/x.raw" bs=1M skip=2 count=1 status=none) ||
 	fail "a file moved out of the directory was not written back"
+# a file whose name cannot be an image's is left out with one log line
+LONG=$(printf 'x%.0s' $(seq 130)).raw
+truncate -s 1M "$DIR/$LONG" "$DIR/my disk.raw"
+ls "$MNT" > /dev/null; ls "$MNT" > /dev/null
+[ -e "$MNT/$LONG" ] && fail "a file with a 134-byte name is served"
+[ "$(grep -c "$LONG not served: image names are" "$SCRATCH/pcachefs.mnt.log")" = 1 ] ||
+	fail "the file with a long name was not logged once"
+[ -f "$MNT/my disk.raw" ] || fail "a file with a space in its name is not served"
+rm "$DIR/$LONG" "$MNT/my disk.raw"
 # a lookup alone notices a replaced file (no listing in between)
 echo second > "$SCRATCH/new.raw"; mv "$SCRATCH/new.raw" "$DIR/a.raw"
 sleep 1.2   # the kernel keeps a name for 1 s
