@@ -303,7 +303,7 @@ static void drop_image(const char *name)
 
 	if (ret == -EBUSY)
 		(void)hide_image(name);
-	else if (ret)
+	else if (ret && ret != -ENOENT)    /* -ENOENT: dropped meanwhile (a listing, a close) */
 		pfs_log(LOG_WARNING, "image_dir: %s: its file is gone, the image stays: %s", name, err);
 	else if (lost)
 		pfs_log(LOG_INFO, "image_dir: %s removed with %llu cached bytes not written back "
