@@ -319,6 +319,11 @@ int pfs_dir_create(const char *name, mode_t mode, uid_t uid, gid_t gid);
 int pfs_dir_unlink(const char *name);
 /* Rename DIR/from to DIR/to and the image with it (flags: RENAME_NOREPLACE). 0 or -errno. */
 int pfs_dir_rename(const char *from, const char *to, unsigned int flags);
+/*
+ * chmod/chown of image name (FUSE_SET_ATTR_MODE/UID/GID of to_set) applied to its file if it is
+ * an image of the directory: 0 (also when it is not), or -errno of fchmodat/fchownat.
+ */
+int pfs_dir_set_attr(const char *name, const struct stat *attr, int to_set);
 /* The directory's file system figures (statfs of the mount): 0 or -errno. */
 int pfs_dir_statfs(struct statvfs *sv);
 /* Release the daemon's references of every slot (at exit, before pcache_cache_stop). */

@@ -647,6 +647,20 @@ int pfs_dir_rename(const char *from, const char *to, unsigned int flags)
 	return ret;
 }
 
+int pfs_dir_set_attr(const char *name, const struct stat *attr, int to_set)
+{
+	uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
+	gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
+
+	if (dir_fd < 0 || pfs_dir_hidden(name) || !pfs_dir_owns(name))
+		return 0;
+	if ((to_set & FUSE_SET_ATTR_MODE) && fchmodat(dir_fd, name, attr->st_mode & 07777, 0) != 0)
+		return -errno;
+	if ((uid != (uid_t)-1 || gid != (gid_t)-1) && fchownat(dir_fd, name, uid, gid, 0) != 0)
+		return -errno;
+	return 0;
+}
+
 int pfs_dir_statfs(struct statvfs *sv)
 {
 	if (dir_fd < 0)

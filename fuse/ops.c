@@ -455,6 +455,22 @@ static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 			return;
 		}
 	}
+	if (!n.fixed && n.kind == PFS_IK_FILE &&
+	    (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+		char name[PCACHE_NAME_MAX + 1] = "";
+
+		/* an image of the image directory: its file first (as chmod/chown there would) */
+		pthread_mutex_lock(&pfs.lock);
+		s = pfs_slot_of(ino, &n);
+		if (s)
+			snprintf(name, sizeof(name), "%s", s->name);
+		pthread_mutex_unlock(&pfs.lock);
+		ret = name[0] ? pfs_dir_set_attr(name, attr, to_set) : 0;
+		if (ret) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
+	}
 	pthread_mutex_lock(&pfs.lock);
 	if (!n.fixed && n.kind == PFS_IK_FILE) {
 		s = pfs_slot_of(ino, &n);

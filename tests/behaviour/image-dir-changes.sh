@@ -9,7 +9,7 @@
 # file is served with its new bytes, a file moved out of DIR is written back and detached. A
 # second pcachefs on the same directory serves none of the files the first holds; a file whose
 # name cannot be an image's (over 127 bytes) is left out with one log line, a name with a space
-# is served.
+# is served; chmod and chown on the mount apply to the file in DIR too.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -107,6 +107,12 @@ rm "$DIR/$LONG" "$MNT/my disk.raw"
 echo second > "$SCRATCH/new.raw"; mv "$SCRATCH/new.raw" "$DIR/a.raw"
 sleep 1.2   # the kernel keeps a name for 1 s
 [ "$(cat "$MNT/a.raw")" = second ] || fail "a lookup serves a replaced file's old bytes"
+# chmod and chown on the mount apply to the file in DIR too
+chmod 0600 "$MNT/renamed.raw" && chown 1234:4321 "$MNT/renamed.raw" || fail "chmod/chown on the mount"
+[ "$(stat -c '%a %u %g' "$DIR/renamed.raw")" = "600 1234 4321" ] ||
+	fail "chmod/chown on the mount left the file at $(stat -c '%a %u %g' "$DIR/renamed.raw")"
+[ "$(stat -c '%a %u %g' "$MNT/renamed.raw")" = "600 1234 4321" ] ||
+	fail "the mount shows $(stat -c '%a %u %g' "$MNT/renamed.raw") after chmod/chown"
 pc_ctl "$MNT" flush 1 || fail "flush"
 cmp "$DIR/renamed.raw" "$MNT/renamed.raw" || fail "renamed.raw: the file differs from the image after flush"
 
