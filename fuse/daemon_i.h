@@ -177,6 +177,9 @@ struct pfs_slot {
 	struct pcache_image *img;  /* the daemon's reference */
 	char name[PCACHE_NAME_MAX + 1];
 	_Atomic uint64_t size;     /* bytes; only grows while attached (pfs_image_grow()) */
+	/* times shown on the mount (ns since the epoch): the backing's at attach, then changed by
+	 * writes, size and attribute changes and utimensat through the mount (pfs_slot_touch) */
+	_Atomic int64_t atime_ns, mtime_ns, ctime_ns;
 	uint32_t lbs;
 	struct pfs_rangelock rl;
 	/* after a take-over: the image this slot must get back, and its open count (handover.c) */
@@ -366,6 +369,16 @@ void pfs_buf_put(char *p);
 int pfs_io_enter(struct pfs_slot *s, fuse_ino_t ino, enum pfs_img_kind k);
 void pfs_io_exit(struct pfs_slot *s);
 struct pfs_slot *pfs_slot_by_name(const char *name);
+/* Now in ns since the epoch (CLOCK_REALTIME). */
+int64_t pfs_now_ns(void);
+/* The image's data changed (write, discard, size): mtime and ctime become now. */
+static inline void pfs_slot_touch(struct pfs_slot *s)
+{
+	int64_t now = pfs_now_ns();
+
+	atomic_store_explicit(&s->mtime_ns, now, memory_order_relaxed);
+	atomic_store_explicit(&s->ctime_ns, now, memory_order_relaxed);
+}
 struct pfs_slot *pfs_slot_of(fuse_ino_t ino, const struct pfs_node *n);
 
 /* ---- keeping the connection across daemon restarts (handover.c, keeper.c) ---------------- */

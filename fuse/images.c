@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 /*
@@ -142,6 +144,30 @@ static struct pfs_slot *slot_pick(const char *name)
 	return unreserved ? unreserved : any;
 }
 
+int64_t pfs_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A slot's times start as its backing's (now if it cannot be asked). */
+static void slot_times(struct pfs_slot *s, const struct pcache_image *img)
+{
+	struct stat st;
+
+	if (pcache_image_backing_stat(img, &st) != 0) {
+		atomic_store(&s->atime_ns, pfs_now_ns());
+		atomic_store(&s->mtime_ns, atomic_load(&s->atime_ns));
+		atomic_store(&s->ctime_ns, atomic_load(&s->atime_ns));
+		return;
+	}
+	atomic_store(&s->atime_ns, (int64_t)st.st_atim.tv_sec * 1000000000 + st.st_atim.tv_nsec);
+	atomic_store(&s->mtime_ns, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
+	atomic_store(&s->ctime_ns, (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec);
+}
+
 /* Fill a free slot with a referenced image (pfs.lock held). */
 static int slot_fill(struct pcache_image *img)
 {
@@ -157,6 +183,7 @@ static int slot_fill(struct pcache_image *img)
 	s->img = img;
 	snprintf(s->name, sizeof(s->name), "%s", pcache_image_name(img));
 	s->size = pcache_image_size(img);
+	slot_times(s, img);
 	s->lbs = pcache_image_lbs(img);
 	if (s->lbs == 0)
 		s->lbs = 512;

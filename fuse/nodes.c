@@ -39,6 +39,16 @@ static void stat_common(struct stat *st, fuse_ino_t ino)
 	st->st_blksize = 4096;
 }
 
+static void ns_to_ts(struct timespec *ts, int64_t ns)
+{
+	ts->tv_sec = (time_t)(ns / 1000000000);
+	ts->tv_nsec = (long)(ns % 1000000000);
+	if (ts->tv_nsec < 0) {
+		ts->tv_sec--;
+		ts->tv_nsec += 1000000000;
+	}
+}
+
 static void stat_dir(struct stat *st, fuse_ino_t ino)
 {
 	stat_common(st, ino);
@@ -92,6 +102,9 @@ int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 		st->st_gid = gid;
 		st->st_nlink = 1;
 		st->st_size = (off_t)s->size;
+		ns_to_ts(&st->st_atim, atomic_load(&s->atime_ns));
+		ns_to_ts(&st->st_mtim, atomic_load(&s->mtime_ns));
+		ns_to_ts(&st->st_ctim, atomic_load(&s->ctime_ns));
 		/* what the backing holds (du of a sparse or growing image), not the size */
 		st->st_blocks = (blkcnt_t)pcache_image_blocks(s->img);
 		st->st_blksize = s->lbs > 4096 ? s->lbs : 4096;

@@ -109,6 +109,7 @@ static int image_resize(struct pfs_slot *s, uint64_t size)
 {
 	int ret;
 
+	pfs_slot_touch(s);   /* even a truncate to the same size changes mtime */
 	if (size > s->size) {
 		ret = image_grow(s, size);
 		return ret == -ENOSPC ? -EPERM : ret;
@@ -420,10 +421,25 @@ static void pfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		fuse_reply_attr(req, &st, tmo);
 }
 
+/* utimensat of an image (pfs.lock held): the times asked for, ctime now. */
+static void set_times(struct pfs_slot *s, const struct stat *attr, int to_set)
+{
+	int64_t now = pfs_now_ns();
+
+	if (to_set & FUSE_SET_ATTR_ATIME)
+		atomic_store(&s->atime_ns, (to_set & FUSE_SET_ATTR_ATIME_NOW) ? now :
+			     (int64_t)attr->st_atim.tv_sec * 1000000000 + attr->st_atim.tv_nsec);
+	if (to_set & FUSE_SET_ATTR_MTIME)
+		atomic_store(&s->mtime_ns, (to_set & FUSE_SET_ATTR_MTIME_NOW) ? now :
+			     (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec);
+	atomic_store(&s->ctime_ns, now);
+}
+
 /*
  * Image files: mode, uid, gid persisted; size: a growable image grows or is cut (else EPERM);
- * times accepted and ignored. Control files: size changes (O_TRUNC of a shell redirection)
- * ignored. Valid replies: fuse_reply_attr, fuse_reply_err (ENOENT, EPERM, engine errors).
+ * atime and mtime set (kept while attached, not persisted: a start shows the backing's).
+ * Control files: size changes (O_TRUNC of a shell redirection) ignored.
+ * Valid replies: fuse_reply_attr, fuse_reply_err (ENOENT, EPERM, engine errors).
  */
 static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 			struct fuse_file_info *fi)
@@ -487,7 +503,11 @@ static void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 			if (to_set & FUSE_SET_ATTR_GID)
 				gid = attr->st_gid;
 			ret = pcache_image_set_attr(s->img, mode, uid, gid);
+			if (!ret)
+				atomic_store(&s->ctime_ns, pfs_now_ns());
 		}
+		if (s && !ret && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)))
+			set_times(s, attr, to_set);
 	} else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		ret = -EPERM;
 	}
@@ -729,6 +749,7 @@ static void pfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
+	pfs_slot_touch(s);
 	if ((uint64_t)off + len > s->size) {
 		/* past the end: a growable image grows; one that does not takes what fits */
 		ret = image_grow(s, (uint64_t)off + len);
@@ -859,6 +880,7 @@ static void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 		if (!ret && f.sync)
 			ret = pcache_image_flush(s->img);
 	}
+	pfs_slot_touch(s);
 	pfs_io_exit(s);
 	fuse_reply_err(req, -ret);
 }

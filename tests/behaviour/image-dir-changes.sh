@@ -9,7 +9,8 @@
 # file is served with its new bytes, a file moved out of DIR is written back and detached. A
 # second pcachefs on the same directory serves none of the files the first holds; a file whose
 # name cannot be an image's (over 127 bytes) is left out with one log line, a name with a space
-# is served; chmod and chown on the mount apply to the file in DIR too.
+# is served; chmod and chown on the mount apply to the file in DIR too; touch -d sets an
+# image's mtime and a write moves mtime and ctime to now.
 # Timeout: 180
 . "$TESTS_DIR/behaviour/lib.sh"
 . "$TESTS_DIR/behaviour/pcachefs.lib"
@@ -107,6 +108,15 @@ rm "$DIR/$LONG" "$MNT/my disk.raw"
 echo second > "$SCRATCH/new.raw"; mv "$SCRATCH/new.raw" "$DIR/a.raw"
 sleep 1.2   # the kernel keeps a name for 1 s
 [ "$(cat "$MNT/a.raw")" = second ] || fail "a lookup serves a replaced file's old bytes"
+# times: touch -d sets mtime, a write moves mtime and ctime to now (backup tools compare them)
+touch -m -d "2020-01-02 03:04:05" "$MNT/renamed.raw" || fail "touch -d on the mount"
+[ "$(stat -c %Y "$MNT/renamed.raw")" = "$(date -d "2020-01-02 03:04:05" +%s)" ] ||
+	fail "touch -d left mtime at $(stat -c %y "$MNT/renamed.raw")"
+t0=$(date +%s)
+dd if=/dev/zero of="$MNT/renamed.raw" bs=4k count=1 conv=notrunc status=none || fail "write renamed.raw"
+sleep 1.2   # the kernel keeps an image's attributes for 1 s
+[ "$(stat -c %Y "$MNT/renamed.raw")" -ge "$t0" ] && [ "$(stat -c %Z "$MNT/renamed.raw")" -ge "$t0" ] ||
+	fail "a write left mtime/ctime at $(stat -c '%y / %z' "$MNT/renamed.raw")"
 # chmod and chown on the mount apply to the file in DIR too
 chmod 0600 "$MNT/renamed.raw" && chown 1234:4321 "$MNT/renamed.raw" || fail "chmod/chown on the mount"
 [ "$(stat -c '%a %u %g' "$DIR/renamed.raw")" = "600 1234 4321" ] ||
