@@ -461,22 +461,25 @@ static void dir_follow(const struct dir_file *f, int nf)
 			if (ret == 0)
 				pfs_log(LOG_NOTICE, "image_dir: the file of %s left the directory: detached "
 					"(written back)", names[i]);
-			else
+			else if (first_refusal(names[i]))   /* open: every listing tries again */
 				pfs_log(LOG_WARNING, "image_dir: the file of %s left the directory; it is "
 					"served until it can be detached: %s", names[i], err);
 		}
 	}
 	for (int i = 0; i < n; i++) {
-		const char *nn = f[to[i]].name;
+		const char *nn;
 		bool taken;
 
-		if (fate[i] != DF_RENAMED || dir_path(nn, path, sizeof(path)) != 0)
+		if (fate[i] != DF_RENAMED)
+			continue;
+		nn = f[to[i]].name;
+		if (dir_path(nn, path, sizeof(path)) != 0)
 			continue;
 		pthread_mutex_lock(&pfs.lock);
 		taken = pfs_slot_by_name(nn) != NULL;
 		pthread_mutex_unlock(&pfs.lock);
 		if (taken)
-			continue;   /* served by another image the file is no longer (logged below) */
+			continue;   /* another image (open, moved out) still holds it: the next listing */
 		/* a record of the new name left over from an earlier file of that name */
 		if (pcache_cache_known_image(pfs.cache, nn, &(struct pcache_image_ent){ 0 }) == 0)
 			drop_image(nn);
