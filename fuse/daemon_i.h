@@ -178,7 +178,8 @@ struct pfs_slot {
 	char name[PCACHE_NAME_MAX + 1];
 	_Atomic uint64_t size;     /* bytes; only grows while attached (pfs_image_grow()) */
 	/* times shown on the mount (ns since the epoch): the backing's at attach, then changed by
-	 * writes, size and attribute changes and utimensat through the mount (pfs_slot_touch) */
+	 * writes and size changes (mtime, pfs_slot_touch), chmod/chown and utimensat through the
+	 * mount; the ctime shown is the later of ctime_ns and mtime_ns (a write moves both) */
 	_Atomic int64_t atime_ns, mtime_ns, ctime_ns;
 	uint32_t lbs;
 	struct pfs_rangelock rl;
@@ -371,13 +372,14 @@ void pfs_io_exit(struct pfs_slot *s);
 struct pfs_slot *pfs_slot_by_name(const char *name);
 /* Now in ns since the epoch (CLOCK_REALTIME). */
 int64_t pfs_now_ns(void);
-/* The image's data changed (write, discard, size): mtime and ctime become now. */
+static inline int64_t pfs_ts_ns(const struct timespec *ts)
+{
+	return (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec;
+}
+/* The image's data changed (write, discard, size): mtime becomes now (ctime shown follows it). */
 static inline void pfs_slot_touch(struct pfs_slot *s)
 {
-	int64_t now = pfs_now_ns();
-
-	atomic_store_explicit(&s->mtime_ns, now, memory_order_relaxed);
-	atomic_store_explicit(&s->ctime_ns, now, memory_order_relaxed);
+	atomic_store_explicit(&s->mtime_ns, pfs_now_ns(), memory_order_relaxed);
 }
 struct pfs_slot *pfs_slot_of(fuse_ino_t ino, const struct pfs_node *n);
 

@@ -158,14 +158,12 @@ static void slot_times(struct pfs_slot *s, const struct pcache_image *img)
 	struct stat st;
 
 	if (pcache_image_backing_stat(img, &st) != 0) {
-		atomic_store(&s->atime_ns, pfs_now_ns());
-		atomic_store(&s->mtime_ns, atomic_load(&s->atime_ns));
-		atomic_store(&s->ctime_ns, atomic_load(&s->atime_ns));
-		return;
+		clock_gettime(CLOCK_REALTIME, &st.st_mtim);
+		st.st_atim = st.st_ctim = st.st_mtim;
 	}
-	atomic_store(&s->atime_ns, (int64_t)st.st_atim.tv_sec * 1000000000 + st.st_atim.tv_nsec);
-	atomic_store(&s->mtime_ns, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec);
-	atomic_store(&s->ctime_ns, (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec);
+	atomic_store(&s->atime_ns, pfs_ts_ns(&st.st_atim));
+	atomic_store(&s->mtime_ns, pfs_ts_ns(&st.st_mtim));
+	atomic_store(&s->ctime_ns, pfs_ts_ns(&st.st_ctim));
 }
 
 /* Fill a free slot with a referenced image (pfs.lock held). */

@@ -69,6 +69,7 @@ int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 	struct pfs_node n;
 	struct pfs_slot *s;
 	uint32_t mode, uid, gid;
+	int64_t mtime, ctime;
 
 	if (pfs_node_decode(ino, &n))
 		return -ENOENT;
@@ -102,9 +103,11 @@ int pfs_node_stat(fuse_ino_t ino, struct stat *st, double *timeout)
 		st->st_gid = gid;
 		st->st_nlink = 1;
 		st->st_size = (off_t)s->size;
+		mtime = atomic_load(&s->mtime_ns);
+		ctime = atomic_load(&s->ctime_ns);
 		ns_to_ts(&st->st_atim, atomic_load(&s->atime_ns));
-		ns_to_ts(&st->st_mtim, atomic_load(&s->mtime_ns));
-		ns_to_ts(&st->st_ctim, atomic_load(&s->ctime_ns));
+		ns_to_ts(&st->st_mtim, mtime);
+		ns_to_ts(&st->st_ctim, ctime > mtime ? ctime : mtime);
 		/* what the backing holds (du of a sparse or growing image), not the size */
 		st->st_blocks = (blkcnt_t)pcache_image_blocks(s->img);
 		st->st_blksize = s->lbs > 4096 ? s->lbs : 4096;

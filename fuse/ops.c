@@ -427,11 +427,9 @@ static void set_times(struct pfs_slot *s, const struct stat *attr, int to_set)
 	int64_t now = pfs_now_ns();
 
 	if (to_set & FUSE_SET_ATTR_ATIME)
-		atomic_store(&s->atime_ns, (to_set & FUSE_SET_ATTR_ATIME_NOW) ? now :
-			     (int64_t)attr->st_atim.tv_sec * 1000000000 + attr->st_atim.tv_nsec);
+		atomic_store(&s->atime_ns, (to_set & FUSE_SET_ATTR_ATIME_NOW) ? now : pfs_ts_ns(&attr->st_atim));
 	if (to_set & FUSE_SET_ATTR_MTIME)
-		atomic_store(&s->mtime_ns, (to_set & FUSE_SET_ATTR_MTIME_NOW) ? now :
-			     (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec);
+		atomic_store(&s->mtime_ns, (to_set & FUSE_SET_ATTR_MTIME_NOW) ? now : pfs_ts_ns(&attr->st_mtim));
 	atomic_store(&s->ctime_ns, now);
 }
 
